@@ -1,0 +1,4 @@
+//! x86-64 and VMX/EPT vocabulary. Knows nothing about VMs.
+#![cfg_attr(not(test), no_std)]
+
+pub mod vmx;

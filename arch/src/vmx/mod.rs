@@ -1,0 +1,2 @@
+//! VMX: capabilities, instructions, VMCS fields, exit reasons, EPT.
+pub mod caps;

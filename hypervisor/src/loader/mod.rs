@@ -1,0 +1,2 @@
+//! Guest image loaders.
+pub mod elf;

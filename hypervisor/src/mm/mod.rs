@@ -1,0 +1,2 @@
+//! Physical memory: frame allocator, host page tables, guest memory.
+pub mod frames;
