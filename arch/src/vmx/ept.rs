@@ -1,0 +1,78 @@
+//! EPT paging-structure entries and the EPT pointer (SDM Vol. 3C 29.3.2, 25.6.11).
+
+pub const READ: u64 = 1 << 0;
+pub const WRITE: u64 = 1 << 1;
+pub const EXECUTE: u64 = 1 << 2;
+pub const RWX: u64 = READ | WRITE | EXECUTE;
+/// Memory type field, bits 5:3 of a leaf entry.
+pub const MEMTYPE_SHIFT: u64 = 3;
+pub const IGNORE_PAT: u64 = 1 << 6;
+/// Bit 7: the entry maps a 1 GiB (PDPTE) or 2 MiB (PDE) page.
+pub const LARGE: u64 = 1 << 7;
+pub const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+
+/// EPT memory types (SDM 29.3.7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum MemType {
+    Uncacheable = 0,
+    WriteCombining = 1,
+    WriteThrough = 4,
+    WriteProtected = 5,
+    WriteBack = 6,
+}
+
+/// Page sizes an EPT leaf can map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageSize {
+    Size4K,
+    Size2M,
+    Size1G,
+}
+
+impl PageSize {
+    pub const fn bytes(self) -> u64 {
+        match self {
+            PageSize::Size4K => 0x1000,
+            PageSize::Size2M => 0x20_0000,
+            PageSize::Size1G => 0x4000_0000,
+        }
+    }
+}
+
+/// A non-leaf entry pointing to the next table with full permissions.
+pub const fn table_entry(next_table_phys: u64) -> u64 {
+    (next_table_phys & ADDR_MASK) | RWX
+}
+
+/// A leaf entry mapping `host_phys` with permissions and memory type.
+pub fn leaf_entry(host_phys: u64, perms: u64, mt: MemType, size: PageSize) -> u64 {
+    let large = if size == PageSize::Size4K { 0 } else { LARGE };
+    (host_phys & ADDR_MASK) | (perms & RWX) | ((mt as u64) << MEMTYPE_SHIFT) | IGNORE_PAT | large
+}
+
+/// The EPT pointer: write-back paging structures, 4-level walk (SDM 25.6.11).
+pub const fn eptp(pml4_phys: u64) -> u64 {
+    (pml4_phys & ADDR_MASK) | 6 | ((4 - 1) << 3)
+}
+
+/// Index of `gpa` in the table at `level` (4 = PML4 .. 1 = PT).
+pub const fn index(gpa: u64, level: u32) -> usize {
+    ((gpa >> (12 + 9 * (level - 1))) & 0x1FF) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_encode() {
+        assert_eq!(eptp(0x1234_5000), 0x1234_501E);
+        let e = leaf_entry(0x20_0000, RWX, MemType::WriteBack, PageSize::Size2M);
+        assert_eq!(e, 0x20_0000 | 7 | (6 << 3) | (1 << 6) | (1 << 7));
+        assert_eq!(index(0x4020_3000, 4), 0);
+        assert_eq!(index(0x4020_3000, 3), 1);
+        assert_eq!(index(0x4020_3000, 2), 1);
+        assert_eq!(index(0x4020_3000, 1), 3);
+    }
+}

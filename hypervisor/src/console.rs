@@ -1,0 +1,156 @@
+//! The hypervisor console: COM1 for every line, a `log` logger whose lines are
+//! prefixed with their source, and an optional mirror (the UEFI text console
+//! while boot services exist).
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use spin::Mutex;
+use uart_16550::{Config, Uart16550};
+
+pub const COM1: u16 = 0x3F8;
+
+struct Serial {
+    uart: Option<Uart16550<uart_16550::backend::PioBackend>>,
+}
+
+static SERIAL: Mutex<Serial> = Mutex::new(Serial { uart: None });
+/// A second sink, used only before ExitBootServices; cleared before then.
+static MIRROR: AtomicUsize = AtomicUsize::new(0);
+static LOGGER: Logger = Logger;
+static INIT: AtomicBool = AtomicBool::new(false);
+
+/// Initialises COM1 and installs the logger. Idempotent.
+pub fn init() {
+    if INIT.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    {
+        let mut s = SERIAL.lock();
+        // SAFETY: COM1 at 0x3F8 is the platform's first serial port; the
+        // hypervisor is its only user once it has the machine.
+        if let Ok(mut uart) = unsafe { Uart16550::new_port(COM1) } {
+            if uart.init(Config::default()).is_ok() {
+                s.uart = Some(uart);
+            }
+        }
+    }
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Info);
+}
+
+/// Sets (or clears, with `None`) a function that receives every line as well.
+pub fn set_mirror(f: Option<fn(&str)>) {
+    MIRROR.store(f.map_or(0, |f| f as usize), Ordering::Release);
+}
+
+/// Writes raw bytes to the serial console.
+pub fn write_bytes(bytes: &[u8]) {
+    let mut s = SERIAL.lock();
+    if let Some(uart) = s.uart.as_mut() {
+        for &b in bytes {
+            if b == b'\n' {
+                uart.send_bytes_exact(b"\r");
+            }
+            uart.send_bytes_exact(&[b]);
+        }
+    }
+}
+
+/// Writes a string to every sink.
+pub fn write_str(s: &str) {
+    write_bytes(s.as_bytes());
+    let m = MIRROR.load(Ordering::Acquire);
+    if m != 0 {
+        // SAFETY: only `set_mirror` stores here, always a valid `fn(&str)`.
+        let f: fn(&str) = unsafe { core::mem::transmute::<usize, fn(&str)>(m) };
+        f(s);
+    }
+}
+
+/// Forcibly unlocks the console (used by the panic path, where the CPU that
+/// panicked may hold the lock).
+///
+/// # Safety
+/// Only when every other CPU is stopped or about to be.
+pub unsafe fn force_unlock() {
+    // SAFETY: forwarded to the caller.
+    unsafe { SERIAL.force_unlock() };
+}
+
+/// A line buffer that is flushed to the console as one write.
+pub struct LineBuf {
+    buf: [u8; 512],
+    len: usize,
+}
+
+impl LineBuf {
+    pub const fn new() -> Self {
+        Self {
+            buf: [0; 512],
+            len: 0,
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("<invalid utf-8>")
+    }
+}
+
+impl Default for LineBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Write for LineBuf {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &b in s.as_bytes() {
+            if self.len < self.buf.len() {
+                self.buf[self.len] = b;
+                self.len += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Prints one line: `args` followed by a newline, written atomically.
+pub fn println(args: fmt::Arguments) {
+    static LINE_LOCK: Mutex<()> = Mutex::new(());
+    let mut line = LineBuf::new();
+    let _ = line.write_fmt(args);
+    let _ = line.write_str("\n");
+    let _g = LINE_LOCK.lock();
+    write_str(line.as_str());
+}
+
+/// `println!`-style macro for the hypervisor console. Lines should start with
+/// their source, e.g. `hv:`, `cpu1:` or `vm <name>:`.
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => { $crate::console::println(format_args!($($arg)*)) };
+}
+
+struct Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        // Messages carry their own source prefix ("hv: ...", "cpu1: ..."); levels
+        // other than info are shown so that warnings stand out in the log.
+        match record.level() {
+            log::Level::Info => println(format_args!("{}", record.args())),
+            l => println(format_args!(
+                "[{}] {}",
+                l.as_str().to_ascii_lowercase(),
+                record.args()
+            )),
+        }
+    }
+
+    fn flush(&self) {}
+}
