@@ -431,7 +431,7 @@ pub struct CpuEntry {
     /// Flags bit 0: usable now.
     pub enabled: bool,
     /// Flags bit 1: may be enabled at run time (only meaningful when not
-    /// enabled, §5.2.12.2 Table 5.23).
+    /// enabled, §5.2.12.2).
     pub online_capable: bool,
     /// From a type 9 (x2APIC) entry.
     pub x2apic: bool,
@@ -674,7 +674,7 @@ impl GenericAddress {
     }
 }
 
-/// The reset register and the value to write to it (§4.8.4.6).
+/// The reset register and the value to write to it (FADT RESET_REG, §5.2.9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResetRegister {
     pub reg: GenericAddress,
@@ -721,7 +721,7 @@ impl Fadt {
 /// ACPI 1.0 FADT length; everything later is optional by length.
 const FADT_V1_LEN: usize = 116;
 
-/// Parses a validated FADT (field offsets from §5.2.9 Table 5.9).
+/// Parses a validated FADT (field offsets from §5.2.9).
 pub fn parse_fadt(table: &Table) -> Result<Fadt, AcpiError> {
     table.need(FADT_V1_LEN)?;
     let d = &table.data;
@@ -774,8 +774,9 @@ pub fn parse_fadt(table: &Table) -> Result<Fadt, AcpiError> {
 // \_S5_ (§7.4.2, AML encoding §20.2)
 // ---------------------------------------------------------------------------
 
-/// SLP_TYPa/SLP_TYPb values for the soft-off state (§7.4.2.6); written to
-/// PM1a/PM1b_CNT bits 12:10 with SLP_EN (bit 13) to power off (§4.8.4.2.1).
+/// SLP_TYPa/SLP_TYPb values for the soft-off state (`\_S5`, §7.4.2); written
+/// to PM1a/PM1b_CNT bits 12:10 with SLP_EN (bit 13) to power off (PM1
+/// Control Register, chapter 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct S5 {
     pub slp_typa: u8,
@@ -871,7 +872,7 @@ fn s5_element(aml: &[u8], p: &mut usize) -> Result<u8, AcpiError> {
             .fold(0u64, |v, &b| (v << 8) | u64::from(b))
     };
     *p = start + 1 + width;
-    // SLP_TYP is a 3-bit field (§4.8.4.2.1).
+    // SLP_TYP is a 3-bit field of the PM1 control register (chapter 4).
     u8::try_from(value)
         .ok()
         .filter(|&v| v <= 7)

@@ -125,6 +125,17 @@ HV_ISR 29, 1
 HV_ISR 30, 1
 HV_ISR 31, 0
 
+    .align 16
+hv_isr_irq_base:
+    .set hv_vec, 32
+    .rept 224
+    .align 16
+    push 0
+    push hv_vec
+    jmp hv_isr_common
+    .set hv_vec, hv_vec + 1
+    .endr
+
 .section .rdata
 .align 8
 hv_isr_table:
@@ -139,6 +150,7 @@ hv_isr_table:
 
 unsafe extern "C" {
     static hv_isr_table: [u64; 32];
+    static hv_isr_irq_base: u8;
 }
 
 #[repr(C, align(16))]
@@ -191,6 +203,11 @@ pub fn init() {
             let ist = if v == 2 || v == 8 { 1 } else { 0 };
             idt.0[v] = IdtEntry::interrupt_gate(handler, KERNEL_CS, ist);
         }
+        // SAFETY: only the address of the stub block is taken.
+        let irq_base = unsafe { &hv_isr_irq_base as *const u8 as u64 };
+        for v in 32..256 {
+            idt.0[v] = IdtEntry::interrupt_gate(irq_base + 16 * (v as u64 - 32), KERNEL_CS, 0);
+        }
         alloc::boxed::Box::leak(idt)
     });
 }
@@ -212,6 +229,13 @@ pub fn idt_base() -> u64 {
 }
 
 extern "sysv64" fn exception_handler(frame: &mut ExceptionFrame) {
+    if frame.vector >= 32 {
+        // Wake-up IPIs and stray interrupts: nothing to do but end them.
+        if frame.vector != 0xFF {
+            crate::lapic::eoi();
+        }
+        return;
+    }
     let cpu = percpu::current_index();
     if frame.vector == 2 && STOPPING.load(Ordering::Acquire) {
         // Another CPU is stopping the machine.

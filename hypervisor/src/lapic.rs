@@ -47,3 +47,61 @@ pub fn send_ipi(dest: u32, low: u32) {
         }
     }
 }
+
+/// Signals end of interrupt to the local APIC.
+pub fn eoi() {
+    if x2apic() {
+        // SAFETY: the x2APIC EOI MSR exists in x2APIC mode; writing 0 ends the interrupt.
+        unsafe { wrmsr(0x80B, 0) };
+    } else {
+        // SAFETY: the xAPIC page is identity-mapped; EOI is write-only.
+        unsafe { ((mmio_base() + 0xB0) as *mut u32).write_volatile(0) };
+    }
+}
+
+/// Masks the local APIC timer and LINT0/LINT1 and the legacy 8259 PICs, so
+/// that firmware-programmed interrupt sources stay quiet after takeover.
+pub fn quiesce() {
+    // SAFETY: ports 0x21/0xA1 are the 8259 mask registers; masking all lines
+    // only stops legacy interrupts, which the hypervisor doesn't use.
+    unsafe {
+        arch::regs::outb(0x21, 0xFF);
+        arch::regs::outb(0xA1, 0xFF);
+    }
+    const MASKED: u32 = 1 << 16;
+    for reg in [0x320u64, 0x350, 0x360] {
+        if x2apic() {
+            let m = 0x800 + (reg as u32 >> 4);
+            // SAFETY: LVT MSRs exist in x2APIC mode; setting the mask bit is harmless.
+            unsafe { wrmsr(m, u64::from(MASKED) | (rdmsr(m) & 0x700)) };
+        } else {
+            // SAFETY: LVT registers in the identity-mapped xAPIC page.
+            unsafe {
+                let p = (mmio_base() + reg) as *mut u32;
+                p.write_volatile(p.read_volatile() | MASKED);
+            }
+        }
+    }
+    // Software-enable the APIC (spurious vector 0xFF) so fixed IPIs arrive.
+    if x2apic() {
+        // SAFETY: the spurious-interrupt vector register MSR in x2APIC mode.
+        unsafe { wrmsr(0x80F, 0x1FF) };
+    } else {
+        // SAFETY: SVR in the identity-mapped xAPIC page.
+        unsafe { ((mmio_base() + 0xF0) as *mut u32).write_volatile(0x1FF) };
+    }
+}
+
+/// This CPU's local APIC ID as the APIC reports it.
+pub fn id() -> u32 {
+    if x2apic() {
+        // SAFETY: the x2APIC ID MSR exists in x2APIC mode.
+        unsafe { rdmsr(0x802) as u32 }
+    } else {
+        // SAFETY: the ID register in the identity-mapped xAPIC page.
+        unsafe { ((mmio_base() + 0x20) as *const u32).read_volatile() >> 24 }
+    }
+}
+
+/// Vector of the scheduler's wake-up IPI.
+pub const WAKE_VECTOR: u8 = 0xF0;

@@ -7,6 +7,8 @@ extern crate alloc;
 pub mod acpi;
 pub mod bootinfo;
 pub mod console;
+pub mod devices;
+pub mod exits;
 pub mod firmware;
 pub mod heap;
 pub mod interrupts;
@@ -18,9 +20,12 @@ pub mod paging;
 pub mod percpu;
 pub mod platform;
 pub mod power;
+pub mod sched;
 pub mod smp;
 pub mod time;
+pub mod vm;
 pub mod vmx;
+pub mod xsave;
 
 pub use bootinfo::BootInfo;
 
@@ -74,19 +79,81 @@ pub fn on_panic(info: &core::panic::PanicInfo) -> ! {
     fatal_stop()
 }
 
-/// Runs the guests of the manifest on the ESP, then powers off.
-pub fn run_guests(info: &'static BootInfo) -> ! {
-    match info.file("manifest.toml") {
-        None => println!("hv: no manifest at \\hv\\manifest.toml: no guests to run"),
-        Some(f) => println!("hv: manifest: {} bytes", f.len),
-    }
-    println!("hv: summary: 0 guests");
+/// Stops the other CPUs and powers off (the normal end of a test run).
+pub fn fatal_stop_quiet() -> ! {
+    smp::stop_others();
     power::poweroff()
 }
 
-/// What an application processor does when it has no vCPU to run.
-pub fn ap_idle(_index: usize) -> ! {
-    loop {
-        arch::regs::hlt();
+/// Runs the guests of the manifest on the ESP; every CPU ends up in the scheduler.
+pub fn run_guests(info: &'static BootInfo) -> ! {
+    let manifest = match info.file("manifest.toml") {
+        None => {
+            println!("hv: no manifest at \\hv\\manifest.toml: no guests to run");
+            None
+        }
+        Some(f) => match core::str::from_utf8(f.data()) {
+            Err(e) => {
+                println!(
+                    "hv: manifest: hv/manifest.toml is not UTF-8 text (byte {})",
+                    e.valid_up_to()
+                );
+                None
+            }
+            Ok(text) => match manifest::parse("hv/manifest.toml", text) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    println!("hv: manifest: {e}");
+                    None
+                }
+            },
+        },
+    };
+    let (hv, guests) = match manifest {
+        Some(m) => (m.hypervisor, m.guests),
+        None => (manifest::HvConfig::default(), alloc::vec::Vec::new()),
+    };
+    sched::configure(
+        time::us_to_tsc(u64::from(hv.timeslice_us)),
+        hv.poweroff_when_done,
+    );
+    println!(
+        "hv: manifest: {} guest{}, time slice {} us",
+        guests.len(),
+        if guests.len() == 1 { "" } else { "s" },
+        hv.timeslice_us
+    );
+    for (id, cfg) in guests.into_iter().enumerate() {
+        let name = cfg.name.clone();
+        let Some(file) = info.file(&cfg.image) else {
+            println!("vm {name}: not started: image file \\hv\\{} not found on the ESP (manifest line {})", cfg.image, cfg.line);
+            continue;
+        };
+        let desc = loader::describe(&cfg.kind);
+        let (mem, vcpus) = (cfg.memory, cfg.vcpus);
+        match vm::Vm::create(id, cfg, file.data()) {
+            Ok((vm, vcpus_v)) => {
+                let host = vm.mem.ranges.first().map_or(0, |r| r.host);
+                println!(
+                    "vm {name}: started ({} MiB at host {:#x}, {} vcpu{}, {}, image {} bytes, EPT {} KiB)",
+                    mem >> 20,
+                    host,
+                    vcpus,
+                    if vcpus == 1 { "" } else { "s" },
+                    desc,
+                    file.len,
+                    vm.mem.ept_bytes() >> 10
+                );
+                sched::add_vm(vm, vcpus_v);
+            }
+            Err(e) => println!("vm {name}: not started: {e}"),
+        }
     }
+    sched::start();
+    sched::cpu_loop()
+}
+
+/// What an application processor does once it is in VMX root operation.
+pub fn ap_idle(_index: usize) -> ! {
+    sched::cpu_loop()
 }

@@ -1,1 +1,1683 @@
+//! The guest manifest: which guests to run and how.
+//!
+//! The syntax is a subset of TOML 1.0: `# comments`, blank lines, one
+//! `[hypervisor]` table, any number of `[[guest]]` tables, and
+//! `key = value` lines whose value is a basic string ("..." with the escapes
+//! `\"` `\\` `\n` `\t`), an integer (decimal or `0x` hex, `_` between digits)
+//! or a boolean. Sizes are strings such as "16M", "512K", "1G" (binary
+//! multiples; K, M, G, T in either case, optionally followed by "iB") or
+//! integers counting bytes.
+//!
+//! ```toml
+//! [hypervisor]
+//! poweroff_when_done = true
+//!
+//! [[guest]]
+//! name = "linux"
+//! memory = "256M"
+//! image = "vmlinuz"
+//! kind = "bzimage"
+//! initrd = "initrd.gz"
+//! cmdline = "console=ttyS0"
+//! ```
+//!
+//! Every problem is a [`ManifestError`] naming the file, line and field.
 
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// The whole manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The `[hypervisor]` table (defaults when absent).
+    pub hypervisor: HvConfig,
+    /// The `[[guest]]` tables in file order (may be empty).
+    pub guests: Vec<GuestConfig>,
+}
+
+/// The `[hypervisor]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HvConfig {
+    /// Power the machine off once every guest has stopped (default true).
+    pub poweroff_when_done: bool,
+    /// Scheduler time slice in microseconds, 1..=1_000_000 (default 5000).
+    pub timeslice_us: u32,
+}
+
+impl Default for HvConfig {
+    fn default() -> Self {
+        Self {
+            poweroff_when_done: true,
+            timeslice_us: 5000,
+        }
+    }
+}
+
+/// One `[[guest]]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestConfig {
+    /// 1..=32 characters of `A-Z a-z 0-9 _ -`, unique in the manifest.
+    pub name: String,
+    /// Guest RAM in bytes: a multiple of 1 MiB, from 1 MiB to 64 GiB.
+    pub memory: u64,
+    /// Virtual CPUs, 1..=64 (default 1).
+    pub vcpus: u32,
+    /// Path of the kernel image.
+    pub image: String,
+    /// Image format and, for flat images, where it goes.
+    pub kind: ImageKind,
+    /// Kernel command line (default empty).
+    pub cmdline: String,
+    /// What to do when the guest shuts down (default stop).
+    pub on_exit: Policy,
+    /// What to do when the guest crashes (default stop).
+    pub on_crash: Policy,
+    /// Scheduling weight, 1..=1000 (default 100).
+    pub weight: u32,
+    /// Initial ramdisk path (bzimage and multiboot only).
+    pub initrd: Option<String>,
+    /// Restarts allowed before the guest stays stopped (default 3).
+    pub max_restarts: u32,
+    /// Line of the `[[guest]]` header.
+    pub line: u32,
+}
+
+/// Guest image format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageKind {
+    /// `kind = "elf64"`.
+    Elf64,
+    /// `kind = "flat"`: raw bytes copied to `load`, started at `entry`.
+    Flat {
+        load: u64,
+        entry: u64,
+        mode: EntryMode,
+    },
+    /// `kind = "bzimage"`: Linux boot protocol.
+    BzImage,
+    /// `kind = "multiboot"`.
+    Multiboot,
+}
+
+/// CPU mode a flat image starts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryMode {
+    /// `mode = "real16"`.
+    Real16,
+    /// `mode = "prot32"`.
+    Prot32,
+    /// `mode = "long64"`.
+    Long64,
+}
+
+/// What to do when a guest ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// `"stop"`.
+    Stop,
+    /// `"restart"`.
+    Restart,
+}
+
+/// A manifest problem: where and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    /// The file name given to [`parse`].
+    pub file: String,
+    /// 1-based line number.
+    pub line: u32,
+    /// The key concerned, when there is one.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub kind: ErrorKind,
+}
+
+/// What is wrong with a manifest line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Not a comment, table header or `key = value`.
+    InvalidLine { text: String },
+    /// A key with characters outside `A-Z a-z 0-9 _ -` (quoted and dotted
+    /// keys are not supported).
+    InvalidKey { key: String },
+    /// Nothing after `=`.
+    MissingValue,
+    /// A string without its closing quote.
+    UnterminatedString,
+    /// A backslash escape other than `\"` `\\` `\n` `\t`.
+    BadEscape { escape: char },
+    /// Malformed integer.
+    InvalidInteger { text: String },
+    /// A TOML value kind this subset lacks, or a bare word.
+    UnsupportedValue { text: String },
+    /// Text after the value that is not a comment.
+    TrailingCharacters { text: String },
+    /// A table other than `[hypervisor]` / `[[guest]]`.
+    UnknownTable { name: String },
+    /// `[guest]` or `[[hypervisor]]`.
+    WrongTableForm { name: String, write: &'static str },
+    /// `[hypervisor]` twice.
+    DuplicateTable { name: String, first_line: u32 },
+    /// `key = value` before any table header.
+    KeyOutsideTable,
+    /// A key the table does not have.
+    UnknownKey { table: &'static str },
+    /// The same key twice in one table.
+    DuplicateKey { first_line: u32 },
+    /// A required key is absent from the table starting on this line.
+    MissingKey { table: &'static str },
+    /// The value has the wrong type or form.
+    Expected { what: &'static str, got: String },
+    /// The value is outside the allowed range.
+    OutOfRange { got: String, allowed: &'static str },
+    /// The value is not a multiple of the required unit.
+    NotMultiple { got: String, of: &'static str },
+    /// Not a valid guest name.
+    BadName { got: String },
+    /// Two guests with the same name.
+    DuplicateGuest { name: String, first_line: u32 },
+    /// The key does not apply to this image kind.
+    NotForKind {
+        kind: &'static str,
+        valid_for: &'static str,
+    },
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorKind::InvalidLine { text } => write!(
+                f,
+                "expected `key = value`, `[table]` or `[[table]]`, got `{text}`"
+            ),
+            ErrorKind::InvalidKey { key } => write!(
+                f,
+                "invalid key `{key}` (keys are A-Z a-z 0-9 _ - without quotes or dots)"
+            ),
+            ErrorKind::MissingValue => f.write_str("missing value after `=`"),
+            ErrorKind::UnterminatedString => f.write_str("string has no closing quote"),
+            ErrorKind::BadEscape { escape } => {
+                write!(f, "unsupported escape `\\{escape}` (use \\\" \\\\ \\n \\t)")
+            }
+            ErrorKind::InvalidInteger { text } => write!(f, "invalid integer `{text}`"),
+            ErrorKind::UnsupportedValue { text } => write!(
+                f,
+                "unsupported value `{text}` (expected a \"string\", an integer or true/false)"
+            ),
+            ErrorKind::TrailingCharacters { text } => {
+                write!(f, "unexpected `{text}` after the value")
+            }
+            ErrorKind::UnknownTable { name } => write!(
+                f,
+                "unknown table `{name}` (expected [hypervisor] or [[guest]])"
+            ),
+            ErrorKind::WrongTableForm { name, write } => {
+                write!(f, "table `{name}` must be written {write}")
+            }
+            ErrorKind::DuplicateTable { name, first_line } => {
+                write!(f, "table [{name}] already defined at line {first_line}")
+            }
+            ErrorKind::KeyOutsideTable => {
+                f.write_str("key outside any table (put it under [hypervisor] or [[guest]])")
+            }
+            ErrorKind::UnknownKey { table } => write!(f, "unknown key in {table}"),
+            ErrorKind::DuplicateKey { first_line } => {
+                write!(f, "duplicate key (first set at line {first_line})")
+            }
+            ErrorKind::MissingKey { table } => write!(f, "required in {table} but missing"),
+            ErrorKind::Expected { what, got } => write!(f, "expected {what}, got {got}"),
+            ErrorKind::OutOfRange { got, allowed } => {
+                write!(f, "{got} is out of range (allowed: {allowed})")
+            }
+            ErrorKind::NotMultiple { got, of } => write!(f, "{got} is not a multiple of {of}"),
+            ErrorKind::BadName { got } => write!(
+                f,
+                "{got} is not a valid guest name (1 to 32 characters of A-Z a-z 0-9 _ -)"
+            ),
+            ErrorKind::DuplicateGuest { name, first_line } => write!(
+                f,
+                "guest name \"{name}\" already used by the guest at line {first_line}"
+            ),
+            ErrorKind::NotForKind { kind, valid_for } => {
+                write!(f, "not valid for kind \"{kind}\" (only for {valid_for})")
+            }
+        }
+    }
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: ", self.file, self.line)?;
+        if let Some(field) = &self.field {
+            write!(f, "field '{field}': ")?;
+        }
+        write!(f, "{}", self.kind)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Lexing one line
+// ---------------------------------------------------------------------------
+
+/// A scalar value as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Value {
+    Str(String),
+    Int(i128),
+    Bool(bool),
+}
+
+impl Value {
+    /// The value as it would be written in TOML, for messages.
+    fn render(&self) -> String {
+        match self {
+            Value::Str(s) => {
+                let mut out = String::from("\"");
+                for c in s.chars() {
+                    match c {
+                        '"' => out.push_str("\\\""),
+                        '\\' => out.push_str("\\\\"),
+                        '\n' => out.push_str("\\n"),
+                        '\t' => out.push_str("\\t"),
+                        c => out.push(c),
+                    }
+                }
+                out.push('"');
+                out
+            }
+            Value::Int(i) => i.to_string(),
+            Value::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+enum Line<'a> {
+    Blank,
+    Table(&'a str),
+    ArrayTable(&'a str),
+    KeyValue(&'a str, Value),
+}
+
+/// A lexing error: the key it concerns (if known) and what.
+type LexError = (Option<String>, ErrorKind);
+
+fn is_key_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// What follows a value or header must be blank or a comment.
+fn expect_end(rest: &str) -> Result<(), ErrorKind> {
+    let rest = rest.trim_start();
+    if rest.is_empty() || rest.starts_with('#') {
+        Ok(())
+    } else {
+        Err(ErrorKind::TrailingCharacters {
+            text: rest.to_string(),
+        })
+    }
+}
+
+fn lex_line(raw: &str) -> Result<Line<'_>, LexError> {
+    let s = raw.trim();
+    if s.is_empty() || s.starts_with('#') {
+        return Ok(Line::Blank);
+    }
+    if let Some(inner) = s.strip_prefix("[[") {
+        let close = inner.find("]]").ok_or_else(|| invalid_line(s))?;
+        expect_end(&inner[close + 2..]).map_err(|k| (None, k))?;
+        return Ok(Line::ArrayTable(inner[..close].trim()));
+    }
+    if let Some(inner) = s.strip_prefix('[') {
+        let close = inner.find(']').ok_or_else(|| invalid_line(s))?;
+        expect_end(&inner[close + 1..]).map_err(|k| (None, k))?;
+        return Ok(Line::Table(inner[..close].trim()));
+    }
+    let eq = s.find('=').ok_or_else(|| invalid_line(s))?;
+    let key = s[..eq].trim_end();
+    if key.is_empty() {
+        return Err(invalid_line(s));
+    }
+    if !key.chars().all(is_key_char) {
+        return Err((
+            None,
+            ErrorKind::InvalidKey {
+                key: key.to_string(),
+            },
+        ));
+    }
+    let field = || Some(key.to_string());
+    let rest = s[eq + 1..].trim_start();
+    if rest.is_empty() || rest.starts_with('#') {
+        return Err((field(), ErrorKind::MissingValue));
+    }
+    let (value, after) = lex_value(rest).map_err(|k| (field(), k))?;
+    expect_end(after).map_err(|k| (field(), k))?;
+    Ok(Line::KeyValue(key, value))
+}
+
+fn invalid_line(s: &str) -> LexError {
+    (
+        None,
+        ErrorKind::InvalidLine {
+            text: s.to_string(),
+        },
+    )
+}
+
+/// Lexes a value at the start of `s`; returns it and the rest of the line.
+fn lex_value(s: &str) -> Result<(Value, &str), ErrorKind> {
+    if let Some(body) = s.strip_prefix('"') {
+        return lex_string(body);
+    }
+    // Everything else runs to whitespace or a comment.
+    let end = s
+        .find(|c: char| c.is_whitespace() || c == '#')
+        .unwrap_or(s.len());
+    let (tok, rest) = s.split_at(end);
+    match tok {
+        "true" => return Ok((Value::Bool(true), rest)),
+        "false" => return Ok((Value::Bool(false), rest)),
+        _ => {}
+    }
+    let first = tok.chars().next().unwrap_or(' ');
+    if first.is_ascii_digit() || first == '+' || first == '-' {
+        return Ok((Value::Int(lex_int(tok)?), rest));
+    }
+    Err(ErrorKind::UnsupportedValue {
+        text: s.trim_end().to_string(),
+    })
+}
+
+/// Lexes the rest of a basic string after its opening quote (TOML basic
+/// strings, restricted to four escapes).
+fn lex_string(body: &str) -> Result<(Value, &str), ErrorKind> {
+    let mut out = String::new();
+    let mut chars = body.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Ok((Value::Str(out), &body[i + 1..])),
+            '\\' => match chars.next() {
+                Some((_, '"')) => out.push('"'),
+                Some((_, '\\')) => out.push('\\'),
+                Some((_, 'n')) => out.push('\n'),
+                Some((_, 't')) => out.push('\t'),
+                Some((_, e)) => return Err(ErrorKind::BadEscape { escape: e }),
+                None => return Err(ErrorKind::UnterminatedString),
+            },
+            c => out.push(c),
+        }
+    }
+    Err(ErrorKind::UnterminatedString)
+}
+
+/// Parses digits with `_` allowed only between two digits (TOML 1.0
+/// integers).
+fn parse_digits(digits: &str, radix: u32) -> Option<u128> {
+    let bytes = digits.as_bytes();
+    if bytes.is_empty() {
+        return None;
+    }
+    let mut v: u128 = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'_' {
+            let ok = i > 0
+                && i + 1 < bytes.len()
+                && (bytes[i - 1] as char).is_digit(radix)
+                && (bytes[i + 1] as char).is_digit(radix);
+            if !ok {
+                return None;
+            }
+            continue;
+        }
+        let d = (b as char).to_digit(radix)?;
+        v = v.checked_mul(radix.into())?.checked_add(d.into())?;
+        if v > u128::from(u64::MAX) {
+            return None;
+        }
+    }
+    Some(v)
+}
+
+fn lex_int(tok: &str) -> Result<i128, ErrorKind> {
+    let bad = || ErrorKind::InvalidInteger {
+        text: tok.to_string(),
+    };
+    if let Some(hex) = tok.strip_prefix("0x") {
+        return parse_digits(hex, 16).map(|v| v as i128).ok_or_else(bad);
+    }
+    let (neg, digits) = match tok.as_bytes()[0] {
+        b'-' => (true, &tok[1..]),
+        b'+' => (false, &tok[1..]),
+        _ => (false, tok),
+    };
+    // Leading zeros are not allowed (TOML 1.0), so "010" is not octal.
+    if digits.len() > 1 && digits.starts_with('0') {
+        return Err(bad());
+    }
+    let v = parse_digits(digits, 10).ok_or_else(bad)? as i128;
+    Ok(if neg { -v } else { v })
+}
+
+// ---------------------------------------------------------------------------
+// Value conversion
+// ---------------------------------------------------------------------------
+
+fn expected(what: &'static str, v: &Value) -> ErrorKind {
+    ErrorKind::Expected {
+        what,
+        got: v.render(),
+    }
+}
+
+fn to_str(v: Value) -> Result<String, ErrorKind> {
+    match v {
+        Value::Str(s) => Ok(s),
+        other => Err(expected("a string", &other)),
+    }
+}
+
+fn to_path(v: Value) -> Result<String, ErrorKind> {
+    match v {
+        Value::Str(s) if !s.is_empty() => Ok(s),
+        other => Err(expected("a non-empty path string", &other)),
+    }
+}
+
+fn to_bool(v: &Value) -> Result<bool, ErrorKind> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        other => Err(expected("true or false", other)),
+    }
+}
+
+fn to_u32(v: &Value, min: u32, max: u32, allowed: &'static str) -> Result<u32, ErrorKind> {
+    match v {
+        Value::Int(i) if (i128::from(min)..=i128::from(max)).contains(i) => Ok(*i as u32),
+        Value::Int(_) => Err(ErrorKind::OutOfRange {
+            got: v.render(),
+            allowed,
+        }),
+        other => Err(expected("an integer", other)),
+    }
+}
+
+fn to_addr(v: &Value) -> Result<u64, ErrorKind> {
+    match v {
+        Value::Int(i) if (0..=i128::from(u64::MAX)).contains(i) => Ok(*i as u64),
+        Value::Int(_) => Err(ErrorKind::OutOfRange {
+            got: v.render(),
+            allowed: "0 to 0xffff_ffff_ffff_ffff",
+        }),
+        other => Err(expected("an integer address", other)),
+    }
+}
+
+const SIZE_WHAT: &str = "a size like \"64M\"";
+
+/// A size: an integer byte count or a string such as "16M".
+fn to_size(v: &Value) -> Result<u64, ErrorKind> {
+    let too_big = || ErrorKind::OutOfRange {
+        got: v.render(),
+        allowed: "at most 2^64 - 1 bytes",
+    };
+    match v {
+        Value::Int(i) if *i < 0 => Err(ErrorKind::OutOfRange {
+            got: v.render(),
+            allowed: "0 or more bytes",
+        }),
+        Value::Int(i) => u64::try_from(*i).map_err(|_| too_big()),
+        Value::Str(s) => {
+            let split = s
+                .find(|c: char| !c.is_ascii_digit() && c != '_')
+                .unwrap_or(s.len());
+            let (num, unit) = s.split_at(split);
+            let n = parse_digits(num, 10).ok_or_else(|| expected(SIZE_WHAT, v))?;
+            let unit = unit.strip_suffix("iB").unwrap_or(unit);
+            let mult: u64 = match unit {
+                "" if !s.ends_with("iB") => 1,
+                "K" | "k" => KIB,
+                "M" | "m" => MIB,
+                "G" | "g" => GIB,
+                "T" | "t" => 1 << 40,
+                _ => return Err(expected(SIZE_WHAT, v)),
+            };
+            u64::try_from(n)
+                .ok()
+                .and_then(|n| n.checked_mul(mult))
+                .ok_or_else(too_big)
+        }
+        Value::Bool(_) => Err(expected(SIZE_WHAT, v)),
+    }
+}
+
+fn to_enum<T: Copy>(v: &Value, options: &[(&str, T)], what: &'static str) -> Result<T, ErrorKind> {
+    if let Value::Str(s) = v {
+        if let Some((_, t)) = options.iter().find(|(name, _)| name == s) {
+            return Ok(*t);
+        }
+    }
+    Err(expected(what, v))
+}
+
+fn valid_name(s: &str) -> bool {
+    (1..=32).contains(&s.len()) && s.chars().all(is_key_char)
+}
+
+// ---------------------------------------------------------------------------
+// Tables
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KindTag {
+    Elf64,
+    Flat,
+    BzImage,
+    Multiboot,
+}
+
+impl KindTag {
+    const OPTIONS: [(&'static str, KindTag); 4] = [
+        ("elf64", KindTag::Elf64),
+        ("flat", KindTag::Flat),
+        ("bzimage", KindTag::BzImage),
+        ("multiboot", KindTag::Multiboot),
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            KindTag::Elf64 => "elf64",
+            KindTag::Flat => "flat",
+            KindTag::BzImage => "bzimage",
+            KindTag::Multiboot => "multiboot",
+        }
+    }
+}
+
+const POLICIES: [(&str, Policy); 2] = [("stop", Policy::Stop), ("restart", Policy::Restart)];
+const POLICY_WHAT: &str = "one of \"stop\", \"restart\"";
+const MODES: [(&str, EntryMode); 3] = [
+    ("real16", EntryMode::Real16),
+    ("prot32", EntryMode::Prot32),
+    ("long64", EntryMode::Long64),
+];
+
+/// Tracks which keys a table has set, and where.
+#[derive(Default)]
+struct Seen(Vec<(&'static str, u32)>);
+
+impl Seen {
+    /// Resolves `key` against `known`, rejecting unknown and repeated keys.
+    fn claim(
+        &mut self,
+        key: &str,
+        line: u32,
+        known: &[&'static str],
+        table: &'static str,
+    ) -> Result<&'static str, ErrorKind> {
+        let k = *known
+            .iter()
+            .find(|k| **k == key)
+            .ok_or(ErrorKind::UnknownKey { table })?;
+        if let Some(&(_, first_line)) = self.0.iter().find(|(s, _)| *s == k) {
+            return Err(ErrorKind::DuplicateKey { first_line });
+        }
+        self.0.push((k, line));
+        Ok(k)
+    }
+
+    fn line_of(&self, key: &str) -> Option<u32> {
+        self.0.iter().find(|(k, _)| *k == key).map(|&(_, l)| l)
+    }
+}
+
+const HV_TABLE: &str = "[hypervisor]";
+const HV_KEYS: [&str; 2] = ["poweroff_when_done", "timeslice_us"];
+
+const GUEST_TABLE: &str = "[[guest]]";
+const GUEST_KEYS: [&str; 14] = [
+    "name",
+    "memory",
+    "vcpus",
+    "image",
+    "kind",
+    "cmdline",
+    "on_exit",
+    "on_crash",
+    "weight",
+    "initrd",
+    "max_restarts",
+    "load",
+    "entry",
+    "mode",
+];
+
+fn set_hv(
+    hv: &mut HvConfig,
+    seen: &mut Seen,
+    key: &str,
+    v: Value,
+    line: u32,
+) -> Result<(), ErrorKind> {
+    match seen.claim(key, line, &HV_KEYS, HV_TABLE)? {
+        "poweroff_when_done" => hv.poweroff_when_done = to_bool(&v)?,
+        _ => hv.timeslice_us = to_u32(&v, 1, 1_000_000, "1 to 1000000 microseconds")?,
+    }
+    Ok(())
+}
+
+/// A `[[guest]]` table being read.
+struct GuestBuilder {
+    line: u32,
+    seen: Seen,
+    name: Option<String>,
+    memory: Option<u64>,
+    vcpus: u32,
+    image: Option<String>,
+    kind: Option<KindTag>,
+    cmdline: String,
+    on_exit: Policy,
+    on_crash: Policy,
+    weight: u32,
+    initrd: Option<String>,
+    max_restarts: u32,
+    load: Option<u64>,
+    entry: Option<u64>,
+    mode: Option<EntryMode>,
+}
+
+impl GuestBuilder {
+    fn new(line: u32) -> Self {
+        Self {
+            line,
+            seen: Seen::default(),
+            name: None,
+            memory: None,
+            vcpus: 1,
+            image: None,
+            kind: None,
+            cmdline: String::new(),
+            on_exit: Policy::Stop,
+            on_crash: Policy::Stop,
+            weight: 100,
+            initrd: None,
+            max_restarts: 3,
+            load: None,
+            entry: None,
+            mode: None,
+        }
+    }
+
+    fn set(&mut self, key: &str, v: Value, line: u32) -> Result<(), ErrorKind> {
+        match self.seen.claim(key, line, &GUEST_KEYS, GUEST_TABLE)? {
+            "name" => {
+                let s = to_str(v)?;
+                if !valid_name(&s) {
+                    return Err(ErrorKind::BadName {
+                        got: Value::Str(s).render(),
+                    });
+                }
+                self.name = Some(s);
+            }
+            "memory" => {
+                let m = to_size(&v)?;
+                if !(MIB..=64 * GIB).contains(&m) {
+                    return Err(ErrorKind::OutOfRange {
+                        got: v.render(),
+                        allowed: "1M to 64G",
+                    });
+                }
+                if !m.is_multiple_of(MIB) {
+                    return Err(ErrorKind::NotMultiple {
+                        got: v.render(),
+                        of: "1M",
+                    });
+                }
+                self.memory = Some(m);
+            }
+            "vcpus" => self.vcpus = to_u32(&v, 1, 64, "1 to 64")?,
+            "image" => self.image = Some(to_path(v)?),
+            "kind" => {
+                let what = "one of \"elf64\", \"flat\", \"bzimage\", \"multiboot\"";
+                self.kind = Some(to_enum(&v, &KindTag::OPTIONS, what)?);
+            }
+            "cmdline" => self.cmdline = to_str(v)?,
+            "on_exit" => self.on_exit = to_enum(&v, &POLICIES, POLICY_WHAT)?,
+            "on_crash" => self.on_crash = to_enum(&v, &POLICIES, POLICY_WHAT)?,
+            "weight" => self.weight = to_u32(&v, 1, 1000, "1 to 1000")?,
+            "initrd" => self.initrd = Some(to_path(v)?),
+            "max_restarts" => self.max_restarts = to_u32(&v, 0, u32::MAX, "0 to 4294967295")?,
+            "load" => self.load = Some(to_addr(&v)?),
+            "entry" => self.entry = Some(to_addr(&v)?),
+            _ => {
+                let what = "one of \"real16\", \"prot32\", \"long64\"";
+                self.mode = Some(to_enum(&v, &MODES, what)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Cross-key checks; errors are (line, field, kind).
+    fn finish(self) -> Result<GuestConfig, (u32, &'static str, ErrorKind)> {
+        let missing = |key| (self.line, key, ErrorKind::MissingKey { table: GUEST_TABLE });
+        let name = self.name.clone().ok_or_else(|| missing("name"))?;
+        let memory = self.memory.ok_or_else(|| missing("memory"))?;
+        let image = self.image.clone().ok_or_else(|| missing("image"))?;
+        let tag = self.kind.ok_or_else(|| missing("kind"))?;
+        let line_of = |key| self.seen.line_of(key).unwrap_or(self.line);
+
+        if tag != KindTag::Flat {
+            for key in ["load", "entry", "mode"] {
+                if self.seen.line_of(key).is_some() {
+                    let kind = ErrorKind::NotForKind {
+                        kind: tag.name(),
+                        valid_for: "kind \"flat\"",
+                    };
+                    return Err((line_of(key), key, kind));
+                }
+            }
+        }
+        if self.initrd.is_some() && !matches!(tag, KindTag::BzImage | KindTag::Multiboot) {
+            let kind = ErrorKind::NotForKind {
+                kind: tag.name(),
+                valid_for: "kind \"bzimage\" or \"multiboot\"",
+            };
+            return Err((line_of("initrd"), "initrd", kind));
+        }
+        let kind = match tag {
+            KindTag::Elf64 => ImageKind::Elf64,
+            KindTag::BzImage => ImageKind::BzImage,
+            KindTag::Multiboot => ImageKind::Multiboot,
+            KindTag::Flat => {
+                let load = self.load.ok_or_else(|| missing("load"))?;
+                let mode = self.mode.ok_or_else(|| missing("mode"))?;
+                let entry = self.entry.unwrap_or(load);
+                // Real mode reaches only the first 1 MiB, 32-bit mode 4 GiB.
+                let mode_limit = match mode {
+                    EntryMode::Real16 => Some((MIB, "below 0x100000 for mode \"real16\"")),
+                    EntryMode::Prot32 => Some((4 * GIB, "below 0x1_0000_0000 for mode \"prot32\"")),
+                    EntryMode::Long64 => None,
+                };
+                let ram = Some((memory, "inside guest memory"));
+                for (key, value) in [("load", load), ("entry", entry)] {
+                    for (limit, allowed) in [mode_limit, ram].into_iter().flatten() {
+                        if value >= limit {
+                            let got = format!("{value:#x}");
+                            let kind = ErrorKind::OutOfRange { got, allowed };
+                            return Err((line_of(key), key, kind));
+                        }
+                    }
+                }
+                ImageKind::Flat { load, entry, mode }
+            }
+        };
+        Ok(GuestConfig {
+            name,
+            memory,
+            vcpus: self.vcpus,
+            image,
+            kind,
+            cmdline: self.cmdline,
+            on_exit: self.on_exit,
+            on_crash: self.on_crash,
+            weight: self.weight,
+            initrd: self.initrd,
+            max_restarts: self.max_restarts,
+            line: self.line,
+        })
+    }
+}
+
+enum Section {
+    Top,
+    Hypervisor,
+    Guest(GuestBuilder),
+}
+
+struct Parser<'f> {
+    file: &'f str,
+    hv: HvConfig,
+    hv_seen: Seen,
+    hv_line: Option<u32>,
+    guests: Vec<GuestConfig>,
+    section: Section,
+}
+
+impl Parser<'_> {
+    fn err(&self, line: u32, field: Option<&str>, kind: ErrorKind) -> ManifestError {
+        ManifestError {
+            file: self.file.to_string(),
+            line,
+            field: field.map(str::to_string),
+            kind,
+        }
+    }
+
+    /// Ends the current table, validating a finished guest.
+    fn close_section(&mut self) -> Result<(), ManifestError> {
+        let Section::Guest(g) = core::mem::replace(&mut self.section, Section::Top) else {
+            return Ok(());
+        };
+        let name_line = g.seen.line_of("name");
+        let guest = g
+            .finish()
+            .map_err(|(line, field, kind)| self.err(line, Some(field), kind))?;
+        if let Some(first) = self.guests.iter().find(|o| o.name == guest.name) {
+            let kind = ErrorKind::DuplicateGuest {
+                name: guest.name.clone(),
+                first_line: first.line,
+            };
+            return Err(self.err(name_line.unwrap_or(guest.line), Some("name"), kind));
+        }
+        self.guests.push(guest);
+        Ok(())
+    }
+
+    fn open_table(&mut self, name: &str, line: u32, array: bool) -> Result<(), ManifestError> {
+        self.close_section()?;
+        let kind = match (name, array) {
+            ("hypervisor", false) => {
+                if let Some(first_line) = self.hv_line {
+                    let name = name.to_string();
+                    return Err(self.err(
+                        line,
+                        None,
+                        ErrorKind::DuplicateTable { name, first_line },
+                    ));
+                }
+                self.hv_line = Some(line);
+                self.section = Section::Hypervisor;
+                return Ok(());
+            }
+            ("guest", true) => {
+                self.section = Section::Guest(GuestBuilder::new(line));
+                return Ok(());
+            }
+            ("hypervisor", true) => ErrorKind::WrongTableForm {
+                name: name.to_string(),
+                write: "[hypervisor]",
+            },
+            ("guest", false) => ErrorKind::WrongTableForm {
+                name: name.to_string(),
+                write: "[[guest]]",
+            },
+            _ => ErrorKind::UnknownTable {
+                name: name.to_string(),
+            },
+        };
+        Err(self.err(line, None, kind))
+    }
+
+    fn set(&mut self, key: &str, v: Value, line: u32) -> Result<(), ManifestError> {
+        let r = match &mut self.section {
+            Section::Top => Err(ErrorKind::KeyOutsideTable),
+            Section::Hypervisor => set_hv(&mut self.hv, &mut self.hv_seen, key, v, line),
+            Section::Guest(g) => g.set(key, v, line),
+        };
+        r.map_err(|kind| self.err(line, Some(key), kind))
+    }
+}
+
+/// Parses a manifest. `file` only names the source in errors.
+pub fn parse(file: &str, text: &str) -> Result<Manifest, ManifestError> {
+    let mut p = Parser {
+        file,
+        hv: HvConfig::default(),
+        hv_seen: Seen::default(),
+        hv_line: None,
+        guests: Vec::new(),
+        section: Section::Top,
+    };
+    for (i, raw) in text.lines().enumerate() {
+        let line = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        let lexed = lex_line(raw).map_err(|(field, kind)| p.err(line, field.as_deref(), kind))?;
+        match lexed {
+            Line::Blank => {}
+            Line::Table(name) => p.open_table(name, line, false)?,
+            Line::ArrayTable(name) => p.open_table(name, line, true)?,
+            Line::KeyValue(key, value) => p.set(key, value, line)?,
+        }
+    }
+    p.close_section()?;
+    Ok(Manifest {
+        hypervisor: p.hv,
+        guests: p.guests,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"# ferrovisor guest manifest
+[hypervisor]
+poweroff_when_done = false   # keep running
+timeslice_us = 10_000
+
+[[guest]]
+name = "linux-1"
+memory = "512M"
+vcpus = 2
+image = "\\EFI\\guests\\vmlinuz"
+kind = "bzimage"
+initrd = "initrd.gz"
+cmdline = "console=ttyS0 quiet \"x\"\t#not a comment"
+on_exit = "stop"
+on_crash = "restart"
+weight = 200
+max_restarts = 0
+
+[[guest]]   # minimal flat real-mode guest
+name = "rt_0"
+memory = 0x20_0000
+image = "rt.bin"
+kind = "flat"
+load = 0x7c00
+mode = "real16"
+
+[[guest]]
+name = "k64"
+memory = "1GiB"
+image = "kernel.elf"
+kind = "elf64"
+
+[[guest]]
+name = "mb"
+memory = "64m"
+image = "mb.bin"
+kind = "multiboot"
+
+[[guest]]
+name = "flat64"
+memory = "16M"
+image = "f.bin"
+kind = "flat"
+load = 0x100000
+entry = 0x100040
+mode = "long64"
+"#;
+
+    fn err(text: &str) -> ManifestError {
+        parse("m.toml", text).unwrap_err()
+    }
+
+    /// Asserts the error line, field and kind.
+    fn check(text: &str, line: u32, field: Option<&str>, kind: ErrorKind) {
+        let e = err(text);
+        assert_eq!(
+            (e.line, e.field.as_deref(), &e.kind),
+            (line, field, &kind),
+            "{e}"
+        );
+    }
+
+    fn guest(extra: &str) -> String {
+        format!("[[guest]]\nname = \"g\"\nmemory = \"16M\"\nimage = \"g.elf\"\nkind = \"elf64\"\n{extra}")
+    }
+
+    #[test]
+    fn full_example() {
+        let m = parse("hv/manifest.toml", FULL).unwrap();
+        assert_eq!(
+            m.hypervisor,
+            HvConfig {
+                poweroff_when_done: false,
+                timeslice_us: 10_000
+            }
+        );
+        assert_eq!(m.guests.len(), 5);
+        let g = &m.guests[0];
+        assert_eq!(
+            *g,
+            GuestConfig {
+                name: "linux-1".into(),
+                memory: 512 * MIB,
+                vcpus: 2,
+                image: "\\EFI\\guests\\vmlinuz".into(),
+                kind: ImageKind::BzImage,
+                cmdline: "console=ttyS0 quiet \"x\"\t#not a comment".into(),
+                on_exit: Policy::Stop,
+                on_crash: Policy::Restart,
+                weight: 200,
+                initrd: Some("initrd.gz".into()),
+                max_restarts: 0,
+                line: 6,
+            }
+        );
+        let g = &m.guests[1];
+        assert_eq!(g.name, "rt_0");
+        assert_eq!(g.memory, 2 * MIB);
+        assert_eq!(
+            g.kind,
+            ImageKind::Flat {
+                load: 0x7c00,
+                entry: 0x7c00,
+                mode: EntryMode::Real16
+            }
+        );
+        // Defaults.
+        assert_eq!((g.vcpus, g.weight, g.max_restarts), (1, 100, 3));
+        assert_eq!((g.on_exit, g.on_crash), (Policy::Stop, Policy::Stop));
+        assert_eq!((g.cmdline.as_str(), g.initrd.as_ref()), ("", None));
+        assert_eq!(g.line, 19);
+        assert_eq!(m.guests[2].memory, GIB);
+        assert_eq!(m.guests[2].kind, ImageKind::Elf64);
+        assert_eq!(m.guests[3].kind, ImageKind::Multiboot);
+        assert_eq!(m.guests[3].memory, 64 * MIB);
+        assert_eq!(
+            m.guests[4].kind,
+            ImageKind::Flat {
+                load: 0x100000,
+                entry: 0x100040,
+                mode: EntryMode::Long64
+            }
+        );
+    }
+
+    #[test]
+    fn empty_and_comment_only_manifests() {
+        for text in ["", "\n\n", "# nothing\n   # here\n", "[hypervisor]\n"] {
+            let m = parse("m.toml", text).unwrap();
+            assert_eq!(m.hypervisor, HvConfig::default());
+            assert!(m.guests.is_empty());
+        }
+        assert!(HvConfig::default().poweroff_when_done);
+        assert_eq!(HvConfig::default().timeslice_us, 5000);
+    }
+
+    #[test]
+    fn crlf_line_endings() {
+        let m = parse("m.toml", "[[guest]]\r\nname = \"a\"\r\nmemory = 1048576\r\nimage = \"a\"\r\nkind = \"elf64\"\r\n").unwrap();
+        assert_eq!(m.guests[0].memory, MIB);
+    }
+
+    #[test]
+    fn display_format() {
+        let e = parse(
+            "hv/manifest.toml",
+            "# x\n\n[[guest]]\nname = \"a\"\nimage = \"a\"\nkind = \"elf64\"\nmemory = \"lots\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "hv/manifest.toml:7: field 'memory': expected a size like \"64M\", got \"lots\""
+        );
+        let e = parse("m.toml", "[foo]\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "m.toml:1: unknown table `foo` (expected [hypervisor] or [[guest]])"
+        );
+    }
+
+    #[test]
+    fn syntax_errors() {
+        check(
+            "[hypervisor]\njust words\n",
+            2,
+            None,
+            ErrorKind::InvalidLine {
+                text: "just words".into(),
+            },
+        );
+        check(
+            "[hypervisor]\n\"quoted\" = 1\n",
+            2,
+            None,
+            ErrorKind::InvalidKey {
+                key: "\"quoted\"".into(),
+            },
+        );
+        check(
+            "[hypervisor]\na.b = 1\n",
+            2,
+            None,
+            ErrorKind::InvalidKey { key: "a.b".into() },
+        );
+        check(
+            "[hypervisor]\ntimeslice_us 5\n",
+            2,
+            None,
+            ErrorKind::InvalidLine {
+                text: "timeslice_us 5".into(),
+            },
+        );
+        check(
+            "[hypervisor]\ntimeslice us = 5\n",
+            2,
+            None,
+            ErrorKind::InvalidKey {
+                key: "timeslice us".into(),
+            },
+        );
+        check(
+            "[hypervisor]\n\ntimeslice_us =   # none\n",
+            3,
+            Some("timeslice_us"),
+            ErrorKind::MissingValue,
+        );
+        check(
+            &guest("cmdline = \"abc\n"),
+            6,
+            Some("cmdline"),
+            ErrorKind::UnterminatedString,
+        );
+        check(
+            &guest("cmdline = \"a\\qb\"\n"),
+            6,
+            Some("cmdline"),
+            ErrorKind::BadEscape { escape: 'q' },
+        );
+        check(
+            &guest("cmdline = \"a\" b\n"),
+            6,
+            Some("cmdline"),
+            ErrorKind::TrailingCharacters { text: "b".into() },
+        );
+        check(
+            "[hypervisor] x\n",
+            1,
+            None,
+            ErrorKind::TrailingCharacters { text: "x".into() },
+        );
+        check(
+            "[hypervisor\n",
+            1,
+            None,
+            ErrorKind::InvalidLine {
+                text: "[hypervisor".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn integer_and_value_syntax() {
+        for bad in [
+            "1__0",
+            "1_",
+            "0x",
+            "0xg",
+            "012",
+            "1.5",
+            "-0x10",
+            "99999999999999999999999",
+        ] {
+            check(
+                &format!("[hypervisor]\ntimeslice_us = {bad}\n"),
+                2,
+                Some("timeslice_us"),
+                ErrorKind::InvalidInteger { text: bad.into() },
+            );
+        }
+        for bad in ["[1, 2]", "{ a = 1 }", "'lit'", "yes", "True", "_1"] {
+            check(
+                &format!("[hypervisor]\ntimeslice_us = {bad}\n"),
+                2,
+                Some("timeslice_us"),
+                ErrorKind::UnsupportedValue { text: bad.into() },
+            );
+        }
+        let m = parse("m", "[hypervisor]\ntimeslice_us = 0x1_F4\n").unwrap();
+        assert_eq!(m.hypervisor.timeslice_us, 500);
+        let m = parse("m", "[hypervisor]\ntimeslice_us = +7#c\n").unwrap();
+        assert_eq!(m.hypervisor.timeslice_us, 7);
+    }
+
+    #[test]
+    fn table_errors() {
+        check(
+            "[hypervisor]\n[network]\n",
+            2,
+            None,
+            ErrorKind::UnknownTable {
+                name: "network".into(),
+            },
+        );
+        check(
+            "[[vm]]\n",
+            1,
+            None,
+            ErrorKind::UnknownTable { name: "vm".into() },
+        );
+        check(
+            "[guest]\n",
+            1,
+            None,
+            ErrorKind::WrongTableForm {
+                name: "guest".into(),
+                write: "[[guest]]",
+            },
+        );
+        check(
+            "[[hypervisor]]\n",
+            1,
+            None,
+            ErrorKind::WrongTableForm {
+                name: "hypervisor".into(),
+                write: "[hypervisor]",
+            },
+        );
+        check(
+            "[hypervisor]\n\n[ hypervisor ]\n",
+            3,
+            None,
+            ErrorKind::DuplicateTable {
+                name: "hypervisor".into(),
+                first_line: 1,
+            },
+        );
+        check(
+            "# top\nname = \"x\"\n",
+            2,
+            Some("name"),
+            ErrorKind::KeyOutsideTable,
+        );
+    }
+
+    #[test]
+    fn unknown_and_duplicate_keys() {
+        check(
+            "[hypervisor]\nspeed = 1\n",
+            2,
+            Some("speed"),
+            ErrorKind::UnknownKey {
+                table: "[hypervisor]",
+            },
+        );
+        check(
+            &guest("ram = \"1G\"\n"),
+            6,
+            Some("ram"),
+            ErrorKind::UnknownKey { table: "[[guest]]" },
+        );
+        check(
+            &guest("vcpus = 1\nvcpus = 2\n"),
+            7,
+            Some("vcpus"),
+            ErrorKind::DuplicateKey { first_line: 6 },
+        );
+        check(
+            "[hypervisor]\ntimeslice_us = 5\ntimeslice_us = 5\n",
+            3,
+            Some("timeslice_us"),
+            ErrorKind::DuplicateKey { first_line: 2 },
+        );
+    }
+
+    #[test]
+    fn missing_required_keys_point_at_header() {
+        let full = [
+            "name = \"g\"",
+            "memory = \"16M\"",
+            "image = \"g\"",
+            "kind = \"elf64\"",
+        ];
+        let keys = ["name", "memory", "image", "kind"];
+        for (skip, key) in keys.iter().enumerate() {
+            let mut text = String::from("[hypervisor]\n\n[[guest]]\n");
+            for (i, l) in full.iter().enumerate() {
+                if i != skip {
+                    text.push_str(l);
+                    text.push('\n');
+                }
+            }
+            check(
+                &text,
+                3,
+                Some(*key),
+                ErrorKind::MissingKey { table: "[[guest]]" },
+            );
+        }
+        // Flat needs load and mode.
+        let flat = "[[guest]]\nname = \"f\"\nmemory = \"16M\"\nimage = \"f\"\nkind = \"flat\"\n";
+        check(
+            &format!("{flat}mode = \"real16\"\n"),
+            1,
+            Some("load"),
+            ErrorKind::MissingKey { table: "[[guest]]" },
+        );
+        check(
+            &format!("{flat}load = 0x1000\n"),
+            1,
+            Some("mode"),
+            ErrorKind::MissingKey { table: "[[guest]]" },
+        );
+    }
+
+    #[test]
+    fn wrong_types() {
+        check(
+            "[hypervisor]\npoweroff_when_done = \"yes\"\n",
+            2,
+            Some("poweroff_when_done"),
+            ErrorKind::Expected {
+                what: "true or false",
+                got: "\"yes\"".into(),
+            },
+        );
+        check(
+            &guest("vcpus = \"2\"\n"),
+            6,
+            Some("vcpus"),
+            ErrorKind::Expected {
+                what: "an integer",
+                got: "\"2\"".into(),
+            },
+        );
+        check(
+            "[[guest]]\nname = 5\n",
+            2,
+            Some("name"),
+            ErrorKind::Expected {
+                what: "a string",
+                got: "5".into(),
+            },
+        );
+        check(
+            "[[guest]]\nmemory = true\n",
+            2,
+            Some("memory"),
+            ErrorKind::Expected {
+                what: SIZE_WHAT,
+                got: "true".into(),
+            },
+        );
+        for bad in ["lots", "16X", "M", "16 M", "", "16iB"] {
+            check(
+                &format!("[[guest]]\nmemory = \"{bad}\"\n"),
+                2,
+                Some("memory"),
+                ErrorKind::Expected {
+                    what: SIZE_WHAT,
+                    got: format!("\"{bad}\""),
+                },
+            );
+        }
+        check(
+            &guest("on_crash = \"reboot\"\n"),
+            6,
+            Some("on_crash"),
+            ErrorKind::Expected {
+                what: POLICY_WHAT,
+                got: "\"reboot\"".into(),
+            },
+        );
+        check(
+            "[[guest]]\nkind = \"pe\"\n",
+            2,
+            Some("kind"),
+            ErrorKind::Expected {
+                what: "one of \"elf64\", \"flat\", \"bzimage\", \"multiboot\"",
+                got: "\"pe\"".into(),
+            },
+        );
+        check(
+            "[[guest]]\nimage = \"\"\n",
+            2,
+            Some("image"),
+            ErrorKind::Expected {
+                what: "a non-empty path string",
+                got: "\"\"".into(),
+            },
+        );
+        check(
+            "[[guest]]\nload = \"0x1000\"\n",
+            2,
+            Some("load"),
+            ErrorKind::Expected {
+                what: "an integer address",
+                got: "\"0x1000\"".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        let mem = |s: &str| {
+            parse(
+                "m",
+                &format!("[[guest]]\nname=\"a\"\nimage=\"a\"\nkind=\"elf64\"\nmemory = {s}\n"),
+            )
+            .map(|m| m.guests[0].memory)
+        };
+        assert_eq!(mem("\"1M\""), Ok(MIB));
+        assert_eq!(mem("\"1024K\""), Ok(MIB));
+        assert_eq!(mem("\"2048KiB\""), Ok(2 * MIB));
+        assert_eq!(mem("\"64G\""), Ok(64 * GIB));
+        assert_eq!(mem("\"1_024M\""), Ok(GIB));
+        assert_eq!(mem("\"3145728\""), Ok(3 * MIB));
+        assert_eq!(mem("0x100000"), Ok(MIB));
+    }
+
+    #[test]
+    fn out_of_range() {
+        let r = |got: &str, allowed| ErrorKind::OutOfRange {
+            got: got.into(),
+            allowed,
+        };
+        check(&guest("vcpus = 0\n"), 6, Some("vcpus"), r("0", "1 to 64"));
+        check(&guest("vcpus = 65\n"), 6, Some("vcpus"), r("65", "1 to 64"));
+        check(
+            &guest("weight = 1001\n"),
+            6,
+            Some("weight"),
+            r("1001", "1 to 1000"),
+        );
+        check(
+            &guest("weight = -1\n"),
+            6,
+            Some("weight"),
+            r("-1", "1 to 1000"),
+        );
+        check(
+            &guest("max_restarts = 4294967296\n"),
+            6,
+            Some("max_restarts"),
+            r("4294967296", "0 to 4294967295"),
+        );
+        check(
+            "[hypervisor]\ntimeslice_us = 0\n",
+            2,
+            Some("timeslice_us"),
+            r("0", "1 to 1000000 microseconds"),
+        );
+        check(
+            "[[guest]]\nmemory = \"512K\"\n",
+            2,
+            Some("memory"),
+            r("\"512K\"", "1M to 64G"),
+        );
+        check(
+            "[[guest]]\nmemory = \"65G\"\n",
+            2,
+            Some("memory"),
+            r("\"65G\"", "1M to 64G"),
+        );
+        check(
+            "[[guest]]\nmemory = \"99999999999T\"\n",
+            2,
+            Some("memory"),
+            r("\"99999999999T\"", "at most 2^64 - 1 bytes"),
+        );
+        check(
+            "[[guest]]\nmemory = -5\n",
+            2,
+            Some("memory"),
+            r("-5", "0 or more bytes"),
+        );
+        check(
+            "[[guest]]\nmemory = \"1536K\"\n",
+            2,
+            Some("memory"),
+            ErrorKind::NotMultiple {
+                got: "\"1536K\"".into(),
+                of: "1M",
+            },
+        );
+    }
+
+    #[test]
+    fn flat_addresses_checked_against_mode_and_memory() {
+        let flat = |extra: &str| {
+            format!("[[guest]]\nname = \"f\"\nmemory = \"16M\"\nimage = \"f\"\nkind = \"flat\"\n{extra}")
+        };
+        check(
+            &flat("load = 0x100000\nmode = \"real16\"\n"),
+            6,
+            Some("load"),
+            ErrorKind::OutOfRange {
+                got: "0x100000".into(),
+                allowed: "below 0x100000 for mode \"real16\"",
+            },
+        );
+        check(
+            &flat("load = 0x1000\nentry = 0x1_0000_0000\nmode = \"prot32\"\n"),
+            7,
+            Some("entry"),
+            ErrorKind::OutOfRange {
+                got: "0x100000000".into(),
+                allowed: "below 0x1_0000_0000 for mode \"prot32\"",
+            },
+        );
+        check(
+            &flat("mode = \"long64\"\nload = 0x1000000\n"),
+            7,
+            Some("load"),
+            ErrorKind::OutOfRange {
+                got: "0x1000000".into(),
+                allowed: "inside guest memory",
+            },
+        );
+        check(
+            &flat("load = 0x1000\nmode = \"protected\"\n"),
+            7,
+            Some("mode"),
+            ErrorKind::Expected {
+                what: "one of \"real16\", \"prot32\", \"long64\"",
+                got: "\"protected\"".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn keys_not_for_kind() {
+        check(
+            &guest("load = 0x1000\n"),
+            6,
+            Some("load"),
+            ErrorKind::NotForKind {
+                kind: "elf64",
+                valid_for: "kind \"flat\"",
+            },
+        );
+        check(
+            &guest("\nmode = \"real16\"\n"),
+            7,
+            Some("mode"),
+            ErrorKind::NotForKind {
+                kind: "elf64",
+                valid_for: "kind \"flat\"",
+            },
+        );
+        // The kind key may come after the offending key.
+        check(
+            "[[guest]]\ninitrd = \"i\"\nname = \"g\"\nmemory = \"16M\"\nimage = \"g\"\nkind = \"elf64\"\n",
+            2,
+            Some("initrd"),
+            ErrorKind::NotForKind {
+                kind: "elf64",
+                valid_for: "kind \"bzimage\" or \"multiboot\"",
+            },
+        );
+    }
+
+    #[test]
+    fn guest_names() {
+        for bad in [
+            "",
+            "has space",
+            "dot.ted",
+            "ümlaut",
+            "a23456789012345678901234567890123",
+        ] {
+            check(
+                &format!("[[guest]]\nname = \"{bad}\"\n"),
+                2,
+                Some("name"),
+                ErrorKind::BadName {
+                    got: format!("\"{bad}\""),
+                },
+            );
+        }
+        let ok = "A_-9a23456789012345678901234567";
+        assert_eq!(ok.len(), 31);
+        let text = format!(
+            "[[guest]]\nname = \"{ok}x\"\nmemory = \"1M\"\nimage = \"a\"\nkind = \"elf64\"\n"
+        );
+        assert_eq!(parse("m", &text).unwrap().guests[0].name.len(), 32);
+    }
+
+    #[test]
+    fn duplicate_guest_names() {
+        let text = format!("{}\n{}", guest(""), guest("vcpus = 2\n"));
+        // Second guest header on line 7, its name on line 8.
+        check(
+            &text,
+            8,
+            Some("name"),
+            ErrorKind::DuplicateGuest {
+                name: "g".into(),
+                first_line: 1,
+            },
+        );
+        let e = err(&text);
+        assert_eq!(
+            e.to_string(),
+            "m.toml:8: field 'name': guest name \"g\" already used by the guest at line 1"
+        );
+    }
+
+    #[test]
+    fn first_error_in_file_order_wins() {
+        // A bad value in guest 1 is reported before a syntax error later.
+        let text = format!("{}\n[[guest]]\n!!!\n", guest("vcpus = 0\n"));
+        assert_eq!(err(&text).line, 6);
+        // A missing key in guest 1 is reported when guest 2 starts.
+        let text = "[[guest]]\nname = \"a\"\n[[guest]]\nbogus = 1\n";
+        check(
+            text,
+            1,
+            Some("memory"),
+            ErrorKind::MissingKey { table: "[[guest]]" },
+        );
+    }
+
+    #[test]
+    fn error_display_messages() {
+        let cases = [
+            (
+                "[[guest]]\nvcpus = 0\n",
+                "m.toml:2: field 'vcpus': 0 is out of range (allowed: 1 to 64)",
+            ),
+            (
+                "[[guest]]\n",
+                "m.toml:1: field 'name': required in [[guest]] but missing",
+            ),
+            (
+                "[hypervisor]\nx = 1\n",
+                "m.toml:2: field 'x': unknown key in [hypervisor]",
+            ),
+            (
+                "[[guest]]\ncmdline = \"\\x\"\n",
+                "m.toml:2: field 'cmdline': unsupported escape `\\x` (use \\\" \\\\ \\n \\t)",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(err(text).to_string(), want);
+        }
+    }
+}

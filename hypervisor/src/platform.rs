@@ -101,7 +101,7 @@ pub fn start(info: &'static BootInfo, stack_top: u64) -> ! {
         ));
     }
 
-    let platform = crate::firmware::discover(info);
+    let platform = crate::firmware::discover(info, top.max(4 << 30));
     let cpus = platform.cpus(info, bsp_apic);
     println!(
         "hv: cpus: {} (apic ids {}) from {}",
@@ -114,6 +114,9 @@ pub fn start(info: &'static BootInfo, stack_top: u64) -> ! {
         Ok(c) => c,
         Err(e) => fatal(format_args!("{e}")),
     };
+    if !crate::xsave::supported() || crate::xsave::area_size() > 8192 {
+        fatal(format_args!("this CPU lacks XSAVE (or needs more than 8 KiB for it), which guest FPU/SIMD isolation uses"));
+    }
     print_caps(&caps);
     vmx::set_caps(caps);
     let khz = time::calibrate();
@@ -211,6 +214,10 @@ fn yes(b: bool) -> &'static str {
 }
 
 fn enable_vmx_or_die(index: usize) {
+    crate::lapic::quiesce();
+    if crate::xsave::supported() {
+        crate::xsave::enable_on_this_cpu();
+    }
     match vmx::enable_on_this_cpu() {
         Ok(region) => {
             let cpu = percpu::current();

@@ -8,6 +8,7 @@
 //!   1. memory at or above 16 MiB,
 //!   2. memory in [1 MiB, 16 MiB) (ISA DMA, early loaders, guest low RAM),
 //!   3. memory below 1 MiB (real-mode trampolines, SIPI vectors).
+//!
 //! Within a pass the highest fitting, suitably aligned block is taken.
 //! Physical page 0 is never handed out, so 0 never names an allocation.
 
@@ -198,7 +199,7 @@ impl FrameAllocator {
     /// Allocates `size` bytes aligned to `align` that end at or below `limit`
     /// (e.g. 1 MiB for an AP trampoline, 4 GiB for 32-bit structures).
     pub fn alloc_below(&mut self, size: u64, align: u64, limit: u64) -> Result<u64, FrameError> {
-        if size == 0 || size % FRAME_SIZE != 0 {
+        if size == 0 || !size.is_multiple_of(FRAME_SIZE) {
             return Err(FrameError::BadSize { size });
         }
         if !align.is_power_of_two() || align < FRAME_SIZE {
@@ -217,10 +218,10 @@ impl FrameAllocator {
     /// Returns [start, start+size) to the free list, merging neighbours.
     /// Overlap with memory already free is reported as a double free.
     pub fn free(&mut self, start: u64, size: u64) -> Result<(), FrameError> {
-        if start % FRAME_SIZE != 0 {
+        if !start.is_multiple_of(FRAME_SIZE) {
             return Err(FrameError::Unaligned { addr: start });
         }
-        if size == 0 || size % FRAME_SIZE != 0 {
+        if size == 0 || !size.is_multiple_of(FRAME_SIZE) {
             return Err(FrameError::BadSize { size });
         }
         let end = end_of(start, size)?;

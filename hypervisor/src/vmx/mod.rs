@@ -1,5 +1,7 @@
 //! VMX operation on the host side: the capability check that decides whether
 //! the hypervisor can run at all, and VMXON on each CPU (SDM Vol. 3C 24.7, 24.8).
+pub mod run;
+
 use crate::mm;
 use arch::cpuid::{cpuid, leaf1_ecx};
 use arch::msr::{self, feature_control as fc, rdmsr, wrmsr};

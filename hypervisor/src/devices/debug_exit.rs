@@ -1,0 +1,20 @@
+//! Debug-exit port 0xF4 (QEMU's isa-debug-exit convention for test guests): a
+//! write ends the guest; the value written is its exit code.
+use super::{Action, PortDevice};
+
+pub struct DebugExit;
+
+impl PortDevice for DebugExit {
+    fn name(&self) -> &'static str {
+        "debug-exit"
+    }
+    fn ports(&self) -> &'static [(u16, u16)] {
+        &[(0xF4, 1)]
+    }
+    fn read(&mut self, _port: u16, size: u8) -> u32 {
+        super::all_ones(size)
+    }
+    fn write(&mut self, _port: u16, _size: u8, value: u32) -> Action {
+        Action::Exit(value)
+    }
+}

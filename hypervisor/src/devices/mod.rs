@@ -1,0 +1,100 @@
+//! Device models. Each model owns some I/O ports of one guest and talks to the
+//! core only through [`PortDevice`]: a request in, a value and an [`Action`]
+//! out. No model touches the VMCS, the EPT or another guest's memory.
+pub mod debug_exit;
+pub mod uart;
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+/// What the core should do after a device access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    None,
+    /// The guest asked to end with this exit code.
+    Exit(u32),
+}
+
+pub trait PortDevice: Send {
+    fn name(&self) -> &'static str;
+    /// Port ranges as (first port, count).
+    fn ports(&self) -> &'static [(u16, u16)];
+    fn read(&mut self, port: u16, size: u8) -> u32;
+    fn write(&mut self, port: u16, size: u8, value: u32) -> Action;
+    /// Pushes out buffered output (a partial console line) when the guest ends.
+    fn flush(&mut self) {}
+}
+
+/// A guest's I/O port space.
+#[derive(Default)]
+pub struct IoBus {
+    devices: Vec<Box<dyn PortDevice>>,
+    /// Accesses to ports nobody claims (reads give all-ones, writes are dropped).
+    pub unclaimed_reads: u64,
+    pub unclaimed_writes: u64,
+}
+
+impl IoBus {
+    pub fn register(&mut self, dev: Box<dyn PortDevice>) {
+        self.devices.push(dev);
+    }
+
+    fn find(&mut self, port: u16) -> Option<&mut Box<dyn PortDevice>> {
+        self.devices.iter_mut().find(|d| {
+            d.ports().iter().any(|&(first, n)| {
+                port >= first && u32::from(port) < u32::from(first) + u32::from(n)
+            })
+        })
+    }
+
+    pub fn read(&mut self, port: u16, size: u8) -> u32 {
+        match self.find(port) {
+            Some(d) => d.read(port, size),
+            None => {
+                self.unclaimed_reads += 1;
+                all_ones(size)
+            }
+        }
+    }
+
+    pub fn write(&mut self, port: u16, size: u8, value: u32) -> Action {
+        match self.find(port) {
+            Some(d) => d.write(port, size, value & all_ones(size)),
+            None => {
+                self.unclaimed_writes += 1;
+                Action::None
+            }
+        }
+    }
+
+    pub fn flush_all(&mut self) {
+        for d in &mut self.devices {
+            d.flush();
+        }
+    }
+}
+
+pub fn all_ones(size: u8) -> u32 {
+    match size {
+        1 => 0xFF,
+        2 => 0xFFFF,
+        _ => 0xFFFF_FFFF,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unclaimed_ports_read_all_ones_and_count() {
+        let mut bus = IoBus::default();
+        assert_eq!(bus.read(0x1234, 1), 0xFF);
+        assert_eq!(bus.read(0x1234, 2), 0xFFFF);
+        assert_eq!(bus.read(0x1234, 4), 0xFFFF_FFFF);
+        assert_eq!(bus.write(0x1234, 1, 5), Action::None);
+        assert_eq!((bus.unclaimed_reads, bus.unclaimed_writes), (3, 1));
+        bus.register(Box::new(debug_exit::DebugExit));
+        assert_eq!(bus.write(0xF4, 1, 3), Action::Exit(3));
+    }
+}

@@ -1,0 +1,128 @@
+//! Control-register accesses that exit: CR0.NE/PG and every constrained CR4
+//! bit (read shadows keep the guest's own view), and CR8 (SDM Vol. 3C 25.6.6,
+//! 28.1.3). Invalid values inject #GP as the architecture would.
+use super::GP;
+use crate::vm::vcpu::{Flow, Vcpu};
+use crate::vmx::run::RSP;
+use arch::msr::{self, rdmsr};
+use arch::regs::{cr0, cr4};
+use arch::vmx::exit::{CrAccessType, CrQualification};
+use arch::vmx::vmcs::{ctrl, guest, ro};
+
+fn fixed(lo: u32, hi: u32) -> (u64, u64) {
+    // SAFETY: the fixed-bit MSRs exist in VMX operation.
+    unsafe { (rdmsr(lo), rdmsr(hi)) }
+}
+
+/// CR4 bits the guest may not change on its own: fixed ones and VMX/SMX.
+pub fn cr4_mask() -> u64 {
+    let (f0, f1) = fixed(msr::IA32_VMX_CR4_FIXED0, msr::IA32_VMX_CR4_FIXED1);
+    (f0 | !f1 | cr4::VMXE | cr4::SMXE) & 0xFFFF_FFFF
+}
+
+/// The CR4 the CPU runs with for a guest value.
+pub fn real_cr4(v: u64) -> u64 {
+    let (f0, _) = fixed(msr::IA32_VMX_CR4_FIXED0, msr::IA32_VMX_CR4_FIXED1);
+    v | f0
+}
+
+/// The CR0 the CPU runs with for a guest value (PE/PG are free with
+/// unrestricted guest, SDM 26.3.1.1).
+pub fn real_cr0(v: u64) -> u64 {
+    let (f0, _) = fixed(msr::IA32_VMX_CR0_FIXED0, msr::IA32_VMX_CR0_FIXED1);
+    v | (f0 & !(cr0::PE | cr0::PG))
+}
+
+fn gpr(v: &Vcpu, n: u8) -> u64 {
+    if usize::from(n) == RSP {
+        guest::RSP.read().unwrap_or(0)
+    } else {
+        v.regs.gpr[usize::from(n)]
+    }
+}
+
+fn set_gpr(v: &mut Vcpu, n: u8, val: u64) {
+    if usize::from(n) == RSP {
+        // SAFETY: the vCPU's VMCS is current.
+        let _ = unsafe { guest::RSP.write(val) };
+    } else {
+        v.regs.gpr[usize::from(n)] = val;
+    }
+}
+
+fn write_cr0(v: &mut Vcpu, val: u64) -> bool {
+    if val >> 32 != 0
+        || (val & cr0::PG != 0 && val & cr0::PE == 0)
+        || (val & cr0::NW != 0 && val & cr0::CD == 0)
+    {
+        return false;
+    }
+    let efer = guest::IA32_EFER.read().unwrap_or(0);
+    let cr4v = ctrl::CR4_READ_SHADOW.read().unwrap_or(0);
+    let lme = efer & (1 << 8) != 0;
+    let pg = val & cr0::PG != 0;
+    if pg && lme && cr4v & cr4::PAE == 0 {
+        return false;
+    }
+    let lma = pg && lme;
+    v.set_entry_ia32e(lma);
+    // SAFETY: the vCPU's VMCS is current.
+    unsafe {
+        let _ = guest::IA32_EFER.write((efer & !(1 << 10)) | if lma { 1 << 10 } else { 0 });
+        let _ = ctrl::CR0_READ_SHADOW.write(val);
+        let _ = guest::CR0.write(real_cr0(val));
+    }
+    true
+}
+
+fn write_cr4(val: u64) -> bool {
+    let (_, f1) = fixed(msr::IA32_VMX_CR4_FIXED0, msr::IA32_VMX_CR4_FIXED1);
+    let allowed = f1 & !(cr4::VMXE | cr4::SMXE);
+    if val & !allowed != 0 {
+        return false;
+    }
+    let efer = guest::IA32_EFER.read().unwrap_or(0);
+    if efer & (1 << 10) != 0 && val & cr4::PAE == 0 {
+        return false;
+    }
+    // SAFETY: the vCPU's VMCS is current.
+    unsafe {
+        let _ = ctrl::CR4_READ_SHADOW.write(val);
+        let _ = guest::CR4.write(real_cr4(val));
+    }
+    true
+}
+
+pub fn handle(v: &mut Vcpu) -> Flow {
+    let q = CrQualification::decode(ro::EXIT_QUALIFICATION.read().unwrap_or(0));
+    let ok = match (q.access, q.cr) {
+        (CrAccessType::MovToCr, 0) => write_cr0(v, gpr(v, q.gpr)),
+        (CrAccessType::MovToCr, 4) => write_cr4(gpr(v, q.gpr)),
+        (CrAccessType::MovToCr, 8) => {
+            let val = gpr(v, q.gpr);
+            v.cr8 = val & 0xF;
+            val >> 4 == 0
+        }
+        (CrAccessType::MovFromCr, 8) => {
+            set_gpr(v, q.gpr, v.cr8);
+            true
+        }
+        (CrAccessType::Lmsw, _) => {
+            let shadow = ctrl::CR0_READ_SHADOW.read().unwrap_or(0);
+            // LMSW loads PE, MP, EM, TS and can't clear PE.
+            let new = (shadow & !0xE) | u64::from(q.lmsw_source & 0xF) | (shadow & cr0::PE);
+            write_cr0(v, new)
+        }
+        (CrAccessType::Clts, _) => {
+            let shadow = ctrl::CR0_READ_SHADOW.read().unwrap_or(0);
+            write_cr0(v, shadow & !cr0::TS)
+        }
+        _ => false,
+    };
+    if ok {
+        v.advance_rip();
+    } else {
+        v.inject_exception(GP, Some(0));
+    }
+    Flow::Continue
+}

@@ -1,0 +1,139 @@
+//! VM-exit dispatch: read the exit reason, hand it to the one handler for its
+//! class, return what the run loop should do. Handlers finish in the core
+//! (CPUID, MSR, CR, XSETBV, HLT) or pass a request to a device model (I/O).
+pub mod cpuid;
+pub mod cr;
+pub mod ept;
+pub mod io;
+pub mod msr;
+pub mod vmcall;
+pub mod xsetbv;
+
+use crate::vm::vcpu::{Flow, Vcpu};
+use crate::vm::VmEnd;
+use alloc::format;
+use alloc::string::String;
+use arch::vmx::exit::{ExitReason, InterruptionInfo};
+use arch::vmx::vmcs::{guest, ro};
+
+pub const UD: u8 = 6;
+pub const GP: u8 = 13;
+
+pub fn handle(v: &mut Vcpu, raw: u32) -> Flow {
+    use ExitReason as R;
+    let Some(reason) = ExitReason::from_raw(raw) else {
+        return Flow::End(VmEnd::Crashed(format!(
+            "unexpected VM exit reason {}",
+            raw & 0xFFFF
+        )));
+    };
+    match reason {
+        R::Cpuid => cpuid::handle(v),
+        R::Rdmsr => msr::rdmsr(v),
+        R::Wrmsr => msr::wrmsr(v),
+        R::IoInstruction => io::handle(v),
+        R::CrAccess => cr::handle(v),
+        R::Xsetbv => xsetbv::handle(v),
+        R::Vmcall => vmcall::handle(v),
+        R::EptViolation => ept::violation(v),
+        R::EptMisconfig => ept::misconfig(v),
+        R::PreemptionTimer => Flow::Continue,
+        R::Hlt => hlt(v),
+        R::ExternalInterrupt => external_interrupt(),
+        R::ExceptionOrNmi => exception_or_nmi(v),
+        R::TripleFault => Flow::End(VmEnd::Crashed(format!(
+            "triple fault at rip {:#x}",
+            v.rip()
+        ))),
+        // INIT and SIPI reach a vCPU only through the host CPU; a guest can't send them to us.
+        R::Init | R::Sipi => Flow::Continue,
+        // VMX instructions in a guest: VMX is hidden, so they are undefined (SDM 25.1.3).
+        R::Vmclear
+        | R::Vmlaunch
+        | R::Vmptrld
+        | R::Vmptrst
+        | R::Vmread
+        | R::Vmresume
+        | R::Vmwrite
+        | R::Vmxoff
+        | R::Vmxon
+        | R::Invept
+        | R::Invvpid
+        | R::Vmfunc
+        | R::Getsec
+        | R::Mwait
+        | R::Monitor
+        | R::Rdpmc
+        | R::Encls => {
+            v.inject_exception(UD, None);
+            Flow::Continue
+        }
+        R::Invd | R::Wbinvd => {
+            v.advance_rip();
+            Flow::Continue
+        }
+        R::Pause | R::InterruptWindow | R::NmiWindow | R::MonitorTrapFlag => Flow::Continue,
+        other => Flow::End(VmEnd::Crashed(format!(
+            "unhandled VM exit {other:?} at rip {:#x}",
+            v.rip()
+        ))),
+    }
+}
+
+fn hlt(v: &mut Vcpu) -> Flow {
+    v.advance_rip();
+    let rflags = guest::RFLAGS.read().unwrap_or(0);
+    if rflags & (1 << 9) == 0 {
+        // Nothing can ever wake it: no NMI sources are given to guests.
+        return Flow::End(VmEnd::Crashed(format!(
+            "hung: HLT with interrupts disabled at rip {:#x}",
+            v.rip()
+        )));
+    }
+    Flow::Halt
+}
+
+fn external_interrupt() -> Flow {
+    // Acknowledged on exit; the host has no interrupt handlers of its own, so
+    // end the interrupt at the local APIC and re-run the scheduler's checks.
+    let info = InterruptionInfo::decode(ro::VMEXIT_INTERRUPTION_INFO.read().unwrap_or(0));
+    if info.valid {
+        crate::lapic::eoi();
+    }
+    Flow::Continue
+}
+
+fn exception_or_nmi(v: &mut Vcpu) -> Flow {
+    let info = InterruptionInfo::decode(ro::VMEXIT_INTERRUPTION_INFO.read().unwrap_or(0));
+    if info.kind == 2 {
+        // A host NMI (the stop signal, or a platform NMI). The run loop checks
+        // the stop flag before re-entering.
+        if crate::interrupts::STOPPING.load(core::sync::atomic::Ordering::Acquire) {
+            arch::regs::halt_forever();
+        }
+        return Flow::Continue;
+    }
+    Flow::End(VmEnd::Crashed(format!(
+        "unexpected exception exit: vector {} at rip {:#x}",
+        info.vector,
+        v.rip()
+    )))
+}
+
+/// Describes a failed VM entry (exit reason bit 31, SDM 27.8).
+pub fn entry_failure_reason(raw: u32, qualification: u64) -> String {
+    match raw & 0xFFFF {
+        33 => format!(
+            "VM entry failed: invalid guest state ({})",
+            match qualification {
+                2 => "PDPTE load failed",
+                3 => "NMI injection check",
+                4 => "invalid VMCS link pointer",
+                _ => "a guest-state field check of SDM 27.3.1 failed",
+            }
+        ),
+        34 => format!("VM entry failed: MSR loading (entry {qualification})"),
+        41 => "VM entry failed: machine-check event".into(),
+        n => format!("VM entry failed: reason {n}"),
+    }
+}

@@ -1,0 +1,188 @@
+//! The architectural state a guest starts in, per entry mode, and the
+//! structures in guest RAM that mode needs (GDT, identity page tables).
+use crate::vm::memory::GuestMemory;
+
+pub const PML4_GPA: u64 = 0x1000;
+pub const PDPT_GPA: u64 = 0x2000;
+pub const PD_GPA: u64 = 0x3000; // four PDs: 0x3000..0x7000
+pub const GDT_GPA: u64 = 0x7000;
+pub const CMDLINE_GPA: u64 = 0x8000;
+pub const INITIAL_RSP: u64 = 0x8_0000;
+
+/// Guest GDT: null, 64-bit code, data, 32-bit code.
+pub const GDT: [u64; 4] = [
+    0,
+    0x00AF_9B00_0000_FFFF,
+    0x00CF_9300_0000_FFFF,
+    0x00CF_9B00_0000_FFFF,
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Real16,
+    Prot32,
+    Long64,
+}
+
+/// One segment register as the VMCS holds it.
+#[derive(Clone, Copy, Debug)]
+pub struct Seg {
+    pub sel: u16,
+    pub base: u64,
+    pub limit: u32,
+    pub ar: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct EntryState {
+    pub mode: Mode,
+    pub rip: u64,
+    pub rsp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+    pub cs: Seg,
+    pub ds: Seg,
+    pub gdt_base: u64,
+    pub gdt_limit: u32,
+}
+
+const CR0_PE: u64 = 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_NE: u64 = 1 << 5;
+const CR0_PG: u64 = 1 << 31;
+
+fn write_gdt(mem: &GuestMemory) {
+    for (i, d) in GDT.iter().enumerate() {
+        let _ = mem.write_u64(GDT_GPA + 8 * i as u64, *d);
+    }
+}
+
+fn write_cmdline(mem: &GuestMemory, cmdline: &str) {
+    let _ = mem.write(CMDLINE_GPA, cmdline.as_bytes());
+    let _ = mem.write(CMDLINE_GPA + cmdline.len() as u64, &[0]);
+}
+
+/// 64-bit long mode with an identity map of the low 4 GiB (2 MiB pages).
+pub fn long64(mem: &GuestMemory, entry: u64, cmdline: &str) -> EntryState {
+    let _ = mem.write_u64(PML4_GPA, PDPT_GPA | 3);
+    for g in 0..4u64 {
+        let pd = PD_GPA + g * 0x1000;
+        let _ = mem.write_u64(PDPT_GPA + 8 * g, pd | 3);
+        for i in 0..512u64 {
+            let _ = mem.write_u64(pd + 8 * i, (g << 30) | (i << 21) | 0x83);
+        }
+    }
+    write_gdt(mem);
+    write_cmdline(mem, cmdline);
+    EntryState {
+        mode: Mode::Long64,
+        rip: entry,
+        rsp: INITIAL_RSP,
+        rdi: CMDLINE_GPA,
+        rsi: mem.size(),
+        rbx: 0,
+        rax: 0,
+        cr0: CR0_PE | CR0_ET | CR0_NE | CR0_PG,
+        cr3: PML4_GPA,
+        cr4: 1 << 5,                // PAE
+        efer: (1 << 8) | (1 << 10), // LME | LMA
+        cs: Seg {
+            sel: 0x08,
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            ar: 0xA09B,
+        },
+        ds: Seg {
+            sel: 0x10,
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            ar: 0xC093,
+        },
+        gdt_base: GDT_GPA,
+        gdt_limit: (GDT.len() * 8 - 1) as u32,
+    }
+}
+
+/// 32-bit protected mode, flat segments, paging off.
+pub fn prot32(mem: &GuestMemory, entry: u64, cmdline: &str) -> EntryState {
+    write_gdt(mem);
+    write_cmdline(mem, cmdline);
+    EntryState {
+        mode: Mode::Prot32,
+        rip: entry,
+        rsp: INITIAL_RSP,
+        rdi: CMDLINE_GPA,
+        rsi: mem.size().min(u64::from(u32::MAX)),
+        rbx: 0,
+        rax: 0,
+        cr0: CR0_PE | CR0_ET | CR0_NE,
+        cr3: 0,
+        cr4: 0,
+        efer: 0,
+        cs: Seg {
+            sel: 0x18,
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            ar: 0xC09B,
+        },
+        ds: Seg {
+            sel: 0x10,
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            ar: 0xC093,
+        },
+        gdt_base: GDT_GPA,
+        gdt_limit: (GDT.len() * 8 - 1) as u32,
+    }
+}
+
+/// 16-bit real mode: CS:IP reaches `entry`; other segments 0.
+pub fn real16(entry: u64) -> EntryState {
+    let cs_base = entry & 0xF_0000;
+    EntryState {
+        mode: Mode::Real16,
+        rip: entry - cs_base,
+        rsp: 0x7000,
+        rdi: 0,
+        rsi: 0,
+        rbx: 0,
+        rax: 0,
+        cr0: CR0_ET | CR0_NE,
+        cr3: 0,
+        cr4: 0,
+        efer: 0,
+        cs: Seg {
+            sel: (cs_base >> 4) as u16,
+            base: cs_base,
+            limit: 0xFFFF,
+            ar: 0x9B,
+        },
+        ds: Seg {
+            sel: 0,
+            base: 0,
+            limit: 0xFFFF,
+            ar: 0x93,
+        },
+        gdt_base: 0,
+        gdt_limit: 0xFFFF,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_mode_entry_splits_cs_ip() {
+        let s = real16(0x7C00);
+        assert_eq!((s.cs.sel, s.cs.base, s.rip), (0, 0, 0x7C00));
+        let s = real16(0x9_1234);
+        assert_eq!((s.cs.sel, s.cs.base, s.rip), (0x9000, 0x9_0000, 0x1234));
+    }
+}

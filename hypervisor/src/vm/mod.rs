@@ -1,0 +1,185 @@
+//! Virtual machines: one per manifest entry, with its own RAM, EPT, I/O
+//! space, bitmaps and vCPUs, and a life cycle that ends in exactly one
+//! reported outcome (or a restart, as its policy says).
+pub mod memory;
+pub mod vcpu;
+
+use crate::devices::{debug_exit::DebugExit, uart::Uart, IoBus};
+use crate::manifest::{GuestConfig, Policy};
+use crate::{loader, mm, println};
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use memory::GuestMemory;
+use spin::Mutex;
+
+/// How a guest ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmEnd {
+    /// The guest asked to end (debug-exit port, shutdown hypercall, ACPI).
+    Exited(u32),
+    /// The guest broke a rule or crashed; the reason names what happened.
+    Crashed(String),
+    /// Ended by the operator or the hypervisor (not the guest's fault).
+    Stopped(String),
+}
+
+impl VmEnd {
+    pub fn is_crash(&self) -> bool {
+        matches!(self, VmEnd::Crashed(_))
+    }
+}
+
+/// Mutable VM-wide state, behind the VM's own lock (never shared with another guest).
+pub struct VmShared {
+    pub io: IoBus,
+    pub end: Option<VmEnd>,
+}
+
+pub struct Vm {
+    pub id: usize,
+    pub name: String,
+    pub config: GuestConfig,
+    pub mem: GuestMemory,
+    pub image: &'static [u8],
+    pub shared: Mutex<VmShared>,
+    /// Set once the VM has ended; vCPUs leave at their next exit.
+    pub ending: AtomicBool,
+    pub restarts: AtomicU32,
+    /// 4 KiB MSR bitmap and two 4 KiB I/O bitmaps (host-physical).
+    pub msr_bitmap: u64,
+    pub io_bitmaps: u64,
+    /// The boot state, kept so a restart can start over.
+    pub entry: Mutex<loader::EntryState>,
+    pub tsc_offset: u64,
+}
+
+#[derive(Debug)]
+pub enum CreateError {
+    Memory(memory::MemError),
+    Load(loader::LoadError),
+    NoMemory,
+}
+
+impl core::fmt::Display for CreateError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CreateError::Memory(e) => write!(f, "{e}"),
+            CreateError::Load(e) => write!(f, "{e}"),
+            CreateError::NoMemory => write!(f, "not enough host memory for the VM's bitmaps"),
+        }
+    }
+}
+
+/// Writes a finished guest console line to the hypervisor console.
+fn console_line(guest: &str, line: &str) {
+    println!("[{guest}] {line}");
+}
+
+impl Vm {
+    /// Creates a VM: RAM and EPT, image loaded, devices registered, vCPUs built.
+    pub fn create(
+        id: usize,
+        config: GuestConfig,
+        image: &'static [u8],
+    ) -> Result<(Arc<Vm>, Vec<Box<vcpu::Vcpu>>), CreateError> {
+        let mem = GuestMemory::new(config.memory).map_err(CreateError::Memory)?;
+        let entry = loader::load(&config, image, &mem).map_err(CreateError::Load)?;
+        let msr_bitmap = mm::alloc_zeroed_page().ok_or(CreateError::NoMemory)?;
+        let io_bitmaps = match mm::alloc_zeroed(2 * mm::PAGE, mm::PAGE) {
+            Some(p) => p,
+            None => {
+                mm::free_zeroed(msr_bitmap, mm::PAGE);
+                return Err(CreateError::NoMemory);
+            }
+        };
+        vcpu::init_msr_bitmap(msr_bitmap);
+        // Every port traps: guests reach only device models.
+        // SAFETY: freshly allocated, identity-mapped pages owned by this VM.
+        unsafe { core::ptr::write_bytes(io_bitmaps as *mut u8, 0xFF, 2 * mm::PAGE as usize) };
+        let mut io = IoBus::default();
+        io.register(Box::new(Uart::new(&config.name, console_line)));
+        io.register(Box::new(DebugExit));
+        let vm = Arc::new(Vm {
+            id,
+            name: config.name.clone(),
+            mem,
+            image,
+            shared: Mutex::new(VmShared { io, end: None }),
+            ending: AtomicBool::new(false),
+            restarts: AtomicU32::new(0),
+            msr_bitmap,
+            io_bitmaps,
+            entry: Mutex::new(entry),
+            tsc_offset: 0u64.wrapping_sub(arch::regs::rdtsc()),
+            config,
+        });
+        let mut vcpus = Vec::new();
+        for i in 0..vm.config.vcpus {
+            vcpus.push(Box::new(vcpu::Vcpu::new(vm.clone(), i as usize)));
+        }
+        Ok((vm, vcpus))
+    }
+
+    /// Records how the VM ended; the first call wins and is logged.
+    /// Returns true when this call ended it.
+    pub fn end(&self, how: VmEnd) -> bool {
+        let mut s = self.shared.lock();
+        if s.end.is_some() {
+            return false;
+        }
+        s.io.flush_all();
+        match &how {
+            VmEnd::Exited(code) => println!("vm {}: exited code={code}", self.name),
+            VmEnd::Crashed(r) => println!("vm {}: stopped: {r}", self.name),
+            VmEnd::Stopped(r) => println!("vm {}: stopped: {r}", self.name),
+        }
+        s.end = Some(how);
+        self.ending.store(true, Ordering::Release);
+        true
+    }
+
+    pub fn ended(&self) -> bool {
+        self.ending.load(Ordering::Acquire)
+    }
+
+    /// Whether the ended VM should start over, per its policy and restart budget.
+    pub fn wants_restart(&self) -> bool {
+        let s = self.shared.lock();
+        let policy = match &s.end {
+            Some(e) if e.is_crash() => self.config.on_crash,
+            Some(_) => self.config.on_exit,
+            None => return false,
+        };
+        policy == Policy::Restart
+            && self.restarts.load(Ordering::Acquire) < self.config.max_restarts
+    }
+
+    /// Reloads the image into zeroed RAM and clears the ended state.
+    pub fn restart(&self) -> Result<(), loader::LoadError> {
+        let n = self.restarts.fetch_add(1, Ordering::AcqRel) + 1;
+        println!(
+            "vm {}: restarting ({n} of at most {})",
+            self.name, self.config.max_restarts
+        );
+        self.mem.zero();
+        let entry = loader::load(&self.config, self.image, &self.mem)?;
+        *self.entry.lock() = entry;
+        self.shared.lock().end = None;
+        self.ending.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn outcome(&self) -> Option<VmEnd> {
+        self.shared.lock().end.clone()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        mm::free_zeroed(self.msr_bitmap, mm::PAGE);
+        mm::free_zeroed(self.io_bitmaps, 2 * mm::PAGE);
+    }
+}

@@ -1,0 +1,518 @@
+//! Virtual CPUs: each owns a VMCS, its saved registers and FPU/XSAVE state.
+//! A vCPU runs on one physical CPU at a time; between time slices its VMCS is
+//! VMCLEARed so that any CPU may load it next (SDM Vol. 3C 25.11.1).
+use super::{Vm, VmEnd};
+use crate::loader::setup::Mode;
+use crate::vmx::run::{self, GuestRegs};
+use crate::{exits, interrupts, mm, percpu, vmx};
+use alloc::format;
+use alloc::sync::Arc;
+use arch::msr;
+use arch::regs::{self, rdtsc};
+use arch::vmx::exit::EXIT_REASON_ENTRY_FAILURE;
+use arch::vmx::instr::{self, VmFail};
+use arch::vmx::vmcs::{bits, ctrl, guest, host, ro};
+use core::sync::atomic::{AtomicU16, Ordering};
+
+static NEXT_VPID: AtomicU16 = AtomicU16::new(1);
+
+/// MSRs the guest reads and writes directly: they are not part of the VMCS
+/// and the host never uses them, so they are switched with the vCPU.
+pub const PASSTHROUGH_MSRS: [u32; 8] = [
+    msr::IA32_FS_BASE,
+    msr::IA32_GS_BASE,
+    msr::IA32_KERNEL_GS_BASE,
+    msr::IA32_STAR,
+    msr::IA32_LSTAR,
+    msr::IA32_CSTAR,
+    msr::IA32_FMASK,
+    msr::IA32_TSC_AUX,
+];
+/// Of those, the ones the VMCS does not switch.
+const SWITCHED_MSRS: [u32; 6] = [
+    msr::IA32_KERNEL_GS_BASE,
+    msr::IA32_STAR,
+    msr::IA32_LSTAR,
+    msr::IA32_CSTAR,
+    msr::IA32_FMASK,
+    msr::IA32_TSC_AUX,
+];
+
+/// Sets every MSR to trap except the pass-through ones (SDM 25.6.9).
+pub fn init_msr_bitmap(page: u64) {
+    // SAFETY: `page` is a 4 KiB page owned by the VM being built.
+    unsafe { core::ptr::write_bytes(page as *mut u8, 0xFF, 4096) };
+    for m in PASSTHROUGH_MSRS {
+        let (base, bit) = if m >= 0xC000_0000 {
+            (0x400, m - 0xC000_0000)
+        } else {
+            (0, m)
+        };
+        for off in [base, base + 0x800] {
+            let byte = (page + off + u64::from(bit / 8)) as *mut u8;
+            // SAFETY: inside the bitmap page.
+            unsafe { byte.write(byte.read() & !(1 << (bit % 8))) };
+        }
+    }
+}
+
+/// Why a time slice ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SliceEnd {
+    Preempted,
+    Yielded,
+    Halted,
+    VmEnded,
+}
+
+/// What an exit handler tells the run loop.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Yield,
+    Halt,
+    End(VmEnd),
+}
+
+pub struct Vcpu {
+    pub vm: Arc<Vm>,
+    pub index: usize,
+    vmcs: u64,
+    pub regs: GuestRegs,
+    launched: bool,
+    configured: bool,
+    pub vpid: u16,
+    xsave_area: u64,
+    pub xcr0: u64,
+    /// The guest's view of the TPR (CR8), since CR8 accesses exit.
+    pub cr8: u64,
+    /// Event to inject at the next VM entry: (interruption info, error code).
+    pub pending_event: Option<(u32, u32)>,
+    switched_msrs: [u64; SWITCHED_MSRS.len()],
+    pub exits: u64,
+    pub halted: bool,
+}
+
+fn vmw<T>(r: Result<T, VmFail>, what: &str) {
+    if let Err(e) = r {
+        log::error!("hv: vmwrite {what}: {e}");
+    }
+}
+
+macro_rules! w {
+    ($f:expr, $v:expr) => {
+        // SAFETY: the vCPU's VMCS is current on this CPU (checked by callers).
+        vmw(unsafe { $f.write($v) }, stringify!($f))
+    };
+}
+
+impl Vcpu {
+    pub fn new(vm: Arc<Vm>, index: usize) -> Self {
+        let vmcs = mm::alloc_zeroed_page().expect("memory for a VMCS");
+        // SAFETY: fresh page; the first dword is the VMCS revision identifier.
+        unsafe { (vmcs as *mut u32).write(vmx::caps().basic.revision_id) };
+        let xsave_area = mm::alloc_zeroed(2 * mm::PAGE, mm::PAGE).expect("memory for XSAVE state");
+        Vcpu {
+            vm,
+            index,
+            vmcs,
+            regs: GuestRegs::default(),
+            launched: false,
+            configured: false,
+            vpid: NEXT_VPID.fetch_add(1, Ordering::Relaxed).max(1),
+            xsave_area,
+            xcr0: 1,
+            cr8: 0,
+            pending_event: None,
+            switched_msrs: [0; SWITCHED_MSRS.len()],
+            exits: 0,
+            halted: false,
+        }
+    }
+
+    /// Back to the boot state (after a restart).
+    pub fn reset(&mut self) {
+        self.configured = false;
+        self.launched = false;
+        self.regs = GuestRegs::default();
+        self.xcr0 = 1;
+        self.cr8 = 0;
+        self.pending_event = None;
+        self.switched_msrs = [0; SWITCHED_MSRS.len()];
+        self.halted = false;
+        // SAFETY: the XSAVE area is this vCPU's; an all-zero header restores init state.
+        unsafe { core::ptr::write_bytes(self.xsave_area as *mut u8, 0, 2 * mm::PAGE as usize) };
+    }
+
+    /// Runs the vCPU on this CPU for up to `slice` TSC ticks.
+    pub fn run_slice(&mut self, slice: u64) -> SliceEnd {
+        // SAFETY: the VMCS belongs to this vCPU, which runs on no other CPU now
+        // (the scheduler hands each vCPU to one CPU at a time).
+        if let Err(e) = unsafe { instr::vmptrld(self.vmcs) } {
+            self.vm.end(VmEnd::Crashed(format!("VMPTRLD failed: {e}")));
+            return SliceEnd::VmEnded;
+        }
+        self.load_host_state();
+        if !self.configured {
+            if let Err(e) = self.configure() {
+                self.vm.end(VmEnd::Crashed(e));
+                self.put();
+                return SliceEnd::VmEnded;
+            }
+            self.configured = true;
+        }
+        self.switch_in();
+        let deadline = rdtsc().wrapping_add(slice);
+        let rate = vmx::caps().misc.preemption_timer_rate;
+        let end = loop {
+            if self.vm.ended() || interrupts::STOPPING.load(Ordering::Relaxed) {
+                break SliceEnd::VmEnded;
+            }
+            let now = rdtsc();
+            let left = deadline.saturating_sub(now);
+            if left == 0 {
+                break SliceEnd::Preempted;
+            }
+            w!(
+                guest::VMX_PREEMPTION_TIMER_VALUE,
+                (left >> rate).min(u64::from(u32::MAX)) as u32
+            );
+            if let Some((info, err)) = self.pending_event.take() {
+                w!(ctrl::VMENTRY_INTERRUPTION_INFO, info);
+                w!(ctrl::VMENTRY_EXCEPTION_ERR_CODE, err);
+                w!(ctrl::VMENTRY_INSTRUCTION_LEN, 0);
+            }
+            // SAFETY: the VMCS is current and fully configured for this CPU.
+            if unsafe { run::enter(&mut self.regs, self.launched) }.is_err() {
+                let err = instr::vmread(ro::VM_INSTRUCTION_ERROR.0).unwrap_or(0) as u32;
+                let e = arch::vmx::instr::VmInstructionError::from_number(err);
+                self.vm.end(VmEnd::Crashed(format!(
+                    "VM entry failed: VM-instruction error {err} ({})",
+                    e.description()
+                )));
+                break SliceEnd::VmEnded;
+            }
+            self.launched = true;
+            self.exits += 1;
+            let reason = ro::EXIT_REASON.read().unwrap_or(0);
+            if reason & EXIT_REASON_ENTRY_FAILURE != 0 {
+                let q = ro::EXIT_QUALIFICATION.read().unwrap_or(0);
+                let what = crate::exits::entry_failure_reason(reason, q);
+                self.vm.end(VmEnd::Crashed(what));
+                break SliceEnd::VmEnded;
+            }
+            match exits::handle(self, reason) {
+                Flow::Continue => {}
+                Flow::Yield => break SliceEnd::Yielded,
+                Flow::Halt => {
+                    self.halted = true;
+                    break SliceEnd::Halted;
+                }
+                Flow::End(how) => {
+                    self.vm.end(how);
+                    break SliceEnd::VmEnded;
+                }
+            }
+        };
+        self.switch_out();
+        self.put();
+        end
+    }
+
+    /// VMCLEARs the VMCS so the vCPU can run on any CPU next.
+    fn put(&mut self) {
+        // SAFETY: the VMCS is this vCPU's and is current here.
+        if let Err(e) = unsafe { instr::vmclear(self.vmcs) } {
+            log::error!("hv: vm {}: VMCLEAR failed: {e}", self.vm.name);
+        }
+        self.launched = false;
+    }
+
+    /// Loads guest FPU/XSAVE state and the MSRs the VMCS doesn't switch.
+    fn switch_in(&mut self) {
+        let full = crate::xsave::host_mask();
+        // SAFETY: XSAVE is enabled in the host CR4 (checked at start-up) and
+        // the area is this vCPU's, 64-byte aligned, large enough for `full`.
+        unsafe {
+            regs::xsetbv(0, full);
+            core::arch::asm!("xrstor64 [{}]", in(reg) self.xsave_area, in("eax") full as u32, in("edx") (full >> 32) as u32);
+            regs::xsetbv(0, self.xcr0);
+            for (i, &m) in SWITCHED_MSRS.iter().enumerate() {
+                msr::wrmsr(m, self.switched_msrs[i]);
+            }
+        }
+    }
+
+    fn switch_out(&mut self) {
+        let full = crate::xsave::host_mask();
+        // SAFETY: as in `switch_in`.
+        unsafe {
+            regs::xsetbv(0, full);
+            core::arch::asm!("xsave64 [{}]", in(reg) self.xsave_area, in("eax") full as u32, in("edx") (full >> 32) as u32);
+            for (i, &m) in SWITCHED_MSRS.iter().enumerate() {
+                self.switched_msrs[i] = msr::rdmsr(m);
+                msr::wrmsr(m, 0);
+            }
+        }
+    }
+
+    /// Host-state fields: they differ per physical CPU (SDM 25.5).
+    fn load_host_state(&mut self) {
+        let cpu = percpu::current();
+        let gdt = &cpu.gdt;
+        w!(host::CR0, regs::read_cr0());
+        w!(host::CR3, regs::read_cr3());
+        w!(host::CR4, regs::read_cr4());
+        w!(host::CS_SEL, arch::desc::KERNEL_CS);
+        w!(host::SS_SEL, arch::desc::KERNEL_DS);
+        w!(host::DS_SEL, arch::desc::KERNEL_DS);
+        w!(host::ES_SEL, arch::desc::KERNEL_DS);
+        w!(host::FS_SEL, 0);
+        w!(host::GS_SEL, 0);
+        w!(host::TR_SEL, arch::desc::TSS_SEL);
+        w!(host::FS_BASE, 0);
+        // SAFETY: IA32_GS_BASE, EFER and PAT exist on every x86-64 CPU.
+        let (gs, efer, pat) = unsafe {
+            (
+                msr::rdmsr(msr::IA32_GS_BASE),
+                msr::rdmsr(msr::IA32_EFER),
+                msr::rdmsr(msr::IA32_PAT),
+            )
+        };
+        w!(host::GS_BASE, gs);
+        w!(
+            host::TR_BASE,
+            arch::desc::descriptor_base(gdt, arch::desc::TSS_SEL)
+        );
+        w!(host::GDTR_BASE, gdt.as_ptr() as u64);
+        w!(host::IDTR_BASE, crate::interrupts::idt_base());
+        w!(host::IA32_SYSENTER_CS, 0);
+        w!(host::IA32_SYSENTER_ESP, 0);
+        w!(host::IA32_SYSENTER_EIP, 0);
+        w!(host::IA32_EFER, efer);
+        w!(host::IA32_PAT, pat);
+        w!(host::RIP, run::exit_rip());
+    }
+
+    /// Control and guest-state fields for a fresh start (SDM 25.6-25.8, 27.3).
+    fn configure(&mut self) -> Result<(), alloc::string::String> {
+        let caps = vmx::caps();
+        let vm = self.vm.clone();
+        let entry = *vm.entry.lock();
+        let err = |e: arch::vmx::caps::ControlError| format!("cannot configure VMX controls: {e}");
+        let pin = caps
+            .pin
+            .adjust(
+                0,
+                bits::pin::EXTERNAL_INTERRUPT_EXITING
+                    | bits::pin::NMI_EXITING
+                    | bits::pin::PREEMPTION_TIMER,
+            )
+            .map_err(err)?;
+        use bits::primary as p;
+        let primary = caps
+            .primary
+            .adjust(
+                p::MWAIT_EXITING | p::MONITOR_EXITING | p::RDPMC_EXITING | p::USE_TSC_OFFSETTING,
+                p::HLT_EXITING
+                    | p::USE_IO_BITMAPS
+                    | p::USE_MSR_BITMAPS
+                    | p::ACTIVATE_SECONDARY_CONTROLS
+                    | p::CR8_LOAD_EXITING
+                    | p::CR8_STORE_EXITING,
+            )
+            .map_err(err)?
+            & !(p::CR3_LOAD_EXITING | p::CR3_STORE_EXITING | p::INVLPG_EXITING | p::RDTSC_EXITING)
+            | (caps.primary.allowed0
+                & (p::CR3_LOAD_EXITING | p::CR3_STORE_EXITING | p::INVLPG_EXITING));
+        use bits::secondary as s;
+        let mut want2 = s::ENABLE_RDTSCP | s::ENABLE_INVPCID | s::ENABLE_XSAVES;
+        if caps.vpid {
+            want2 |= s::ENABLE_VPID;
+        }
+        let secondary = caps
+            .secondary
+            .adjust(want2, s::ENABLE_EPT | s::UNRESTRICTED_GUEST)
+            .map_err(err)?;
+        use bits::exit as x;
+        let exit = caps
+            .exit
+            .adjust(
+                x::SAVE_IA32_PAT | x::LOAD_IA32_PAT,
+                x::HOST_ADDRESS_SPACE_SIZE
+                    | x::SAVE_IA32_EFER
+                    | x::LOAD_IA32_EFER
+                    | x::ACK_INTERRUPT_ON_EXIT,
+            )
+            .map_err(err)?;
+        use bits::entry as n;
+        let mut entry_ctl = caps
+            .entry
+            .adjust(n::LOAD_IA32_PAT, n::LOAD_IA32_EFER)
+            .map_err(err)?;
+        if entry.mode == Mode::Long64 {
+            entry_ctl |= n::IA32E_MODE_GUEST;
+        } else {
+            entry_ctl &= !n::IA32E_MODE_GUEST;
+        }
+        w!(ctrl::PINBASED_EXEC_CONTROLS, pin);
+        w!(ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS, primary);
+        w!(ctrl::SECONDARY_PROCBASED_EXEC_CONTROLS, secondary);
+        w!(ctrl::VMEXIT_CONTROLS, exit);
+        w!(ctrl::VMENTRY_CONTROLS, entry_ctl);
+        w!(ctrl::EXCEPTION_BITMAP, 0);
+        w!(ctrl::PAGE_FAULT_ERR_CODE_MASK, 0);
+        w!(ctrl::PAGE_FAULT_ERR_CODE_MATCH, 0);
+        w!(ctrl::CR3_TARGET_COUNT, 0);
+        w!(ctrl::VMEXIT_MSR_STORE_COUNT, 0);
+        w!(ctrl::VMEXIT_MSR_LOAD_COUNT, 0);
+        w!(ctrl::VMENTRY_MSR_LOAD_COUNT, 0);
+        w!(ctrl::VMENTRY_INTERRUPTION_INFO, 0);
+        w!(ctrl::IO_BITMAP_A, vm.io_bitmaps);
+        w!(ctrl::IO_BITMAP_B, vm.io_bitmaps + mm::PAGE);
+        w!(ctrl::MSR_BITMAPS, vm.msr_bitmap);
+        w!(ctrl::TSC_OFFSET, vm.tsc_offset);
+        w!(ctrl::EPT_POINTER, vm.mem.eptp());
+        if secondary & s::ENABLE_VPID != 0 {
+            w!(ctrl::VPID, self.vpid);
+        }
+        // CR0.NE and CR4.VMXE are fixed to 1 in VMX operation; the guest sees
+        // its own values through the read shadows. CR0.PG exits so that the
+        // IA-32e mode entry control follows EFER.LMA.
+        let cr0_mask =
+            arch::regs::cr0::NE | arch::regs::cr0::PG | arch::regs::cr0::CD | arch::regs::cr0::NW;
+        w!(ctrl::CR0_GUEST_HOST_MASK, cr0_mask);
+        w!(ctrl::CR0_READ_SHADOW, entry.cr0);
+        w!(ctrl::CR4_GUEST_HOST_MASK, crate::exits::cr::cr4_mask());
+        w!(ctrl::CR4_READ_SHADOW, entry.cr4);
+        w!(guest::CR0, crate::exits::cr::real_cr0(entry.cr0));
+        w!(guest::CR3, entry.cr3);
+        w!(guest::CR4, crate::exits::cr::real_cr4(entry.cr4));
+        w!(guest::DR7, 0x400);
+        w!(guest::RSP, entry.rsp);
+        w!(guest::RIP, entry.rip);
+        w!(guest::RFLAGS, 0x2);
+        let ds = entry.ds;
+        for (sel, base, limit, ar) in [
+            (
+                guest::ES_SEL,
+                guest::ES_BASE,
+                guest::ES_LIMIT,
+                guest::ES_ACCESS_RIGHTS,
+            ),
+            (
+                guest::SS_SEL,
+                guest::SS_BASE,
+                guest::SS_LIMIT,
+                guest::SS_ACCESS_RIGHTS,
+            ),
+            (
+                guest::DS_SEL,
+                guest::DS_BASE,
+                guest::DS_LIMIT,
+                guest::DS_ACCESS_RIGHTS,
+            ),
+            (
+                guest::FS_SEL,
+                guest::FS_BASE,
+                guest::FS_LIMIT,
+                guest::FS_ACCESS_RIGHTS,
+            ),
+            (
+                guest::GS_SEL,
+                guest::GS_BASE,
+                guest::GS_LIMIT,
+                guest::GS_ACCESS_RIGHTS,
+            ),
+        ] {
+            w!(sel, ds.sel);
+            w!(base, ds.base);
+            w!(limit, ds.limit);
+            w!(ar, ds.ar);
+        }
+        w!(guest::CS_SEL, entry.cs.sel);
+        w!(guest::CS_BASE, entry.cs.base);
+        w!(guest::CS_LIMIT, entry.cs.limit);
+        w!(guest::CS_ACCESS_RIGHTS, entry.cs.ar);
+        w!(guest::LDTR_SEL, 0);
+        w!(guest::LDTR_BASE, 0);
+        w!(guest::LDTR_LIMIT, 0);
+        w!(guest::LDTR_ACCESS_RIGHTS, 0x1_0000); // unusable
+        w!(guest::TR_SEL, 0);
+        w!(guest::TR_BASE, 0);
+        w!(guest::TR_LIMIT, 0xFFFF);
+        w!(guest::TR_ACCESS_RIGHTS, 0x8B); // present, busy TSS
+        w!(guest::GDTR_BASE, entry.gdt_base);
+        w!(guest::GDTR_LIMIT, entry.gdt_limit);
+        w!(guest::IDTR_BASE, 0);
+        w!(guest::IDTR_LIMIT, 0xFFFF);
+        w!(guest::IA32_EFER, entry.efer);
+        w!(guest::IA32_PAT, 0x0007_0406_0007_0406);
+        w!(guest::IA32_DEBUGCTL, 0);
+        w!(guest::IA32_SYSENTER_CS, 0);
+        w!(guest::IA32_SYSENTER_ESP, 0);
+        w!(guest::IA32_SYSENTER_EIP, 0);
+        w!(guest::INTERRUPTIBILITY_STATE, 0);
+        w!(guest::ACTIVITY_STATE, 0);
+        w!(guest::PENDING_DBG_EXCEPTIONS, 0);
+        w!(guest::VMCS_LINK_PTR, u64::MAX);
+        self.regs.gpr[run::RDI] = entry.rdi;
+        self.regs.gpr[run::RSI] = entry.rsi;
+        self.regs.gpr[run::RBX] = entry.rbx;
+        self.regs.gpr[run::RAX] = entry.rax;
+        // Fresh mappings for this VPID/EPT: drop anything a previous user left.
+        // SAFETY: in VMX root operation with INVEPT supported (checked in probe).
+        unsafe {
+            let _ = instr::invept(instr::InveptType::SingleContext, vm.mem.eptp());
+            if secondary & s::ENABLE_VPID != 0 {
+                let _ = instr::invvpid(instr::InvvpidType::SingleContext, self.vpid, 0);
+            }
+        }
+        Ok(())
+    }
+
+    // ---- helpers for exit handlers -------------------------------------
+
+    pub fn rip(&self) -> u64 {
+        guest::RIP.read().unwrap_or(0)
+    }
+
+    /// Skips the instruction that caused the exit.
+    pub fn advance_rip(&mut self) {
+        let len = ro::VMEXIT_INSTRUCTION_LEN.read().unwrap_or(0) as u64;
+        w!(guest::RIP, self.rip().wrapping_add(len));
+        // Blocking by STI / MOV SS ends with the instruction (SDM 26.4.2? 24.4.2).
+        let st = guest::INTERRUPTIBILITY_STATE.read().unwrap_or(0);
+        if st & 3 != 0 {
+            w!(guest::INTERRUPTIBILITY_STATE, st & !3);
+        }
+    }
+
+    /// Queues a hardware exception for the next VM entry.
+    pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        let info = arch::vmx::exit::hw_exception(vector, error_code.is_some());
+        self.pending_event = Some((info, error_code.unwrap_or(0)));
+    }
+
+    /// The guest's current privilege level (SS.DPL, SDM 5.5 / 27.3.1.5).
+    pub fn cpl(&self) -> u8 {
+        ((guest::SS_ACCESS_RIGHTS.read().unwrap_or(0) >> 5) & 3) as u8
+    }
+
+    pub fn set_entry_ia32e(&mut self, on: bool) {
+        let v = ctrl::VMENTRY_CONTROLS.read().unwrap_or(0);
+        let v = if on {
+            v | bits::entry::IA32E_MODE_GUEST
+        } else {
+            v & !bits::entry::IA32E_MODE_GUEST
+        };
+        w!(ctrl::VMENTRY_CONTROLS, v);
+    }
+}
+
+impl Drop for Vcpu {
+    fn drop(&mut self) {
+        mm::free_zeroed(self.vmcs, mm::PAGE);
+        mm::free_zeroed(self.xsave_area, 2 * mm::PAGE);
+    }
+}
