@@ -182,6 +182,8 @@ fn finish() {
     for (i, vm) in vms.iter().enumerate() {
         let what = match vm.outcome() {
             Some(VmEnd::Exited(c)) => alloc::format!("exited code={c}"),
+            Some(VmEnd::PoweredOff) => "exited code=0 (powered off)".into(),
+            Some(VmEnd::Reset) => "stopped (reset requested, restart budget used up)".into(),
             Some(VmEnd::Crashed(r)) | Some(VmEnd::Stopped(r)) => alloc::format!("stopped ({r})"),
             None => "running".into(),
         };

@@ -13,8 +13,23 @@ pub enum Action {
     None,
     /// The guest asked to end with this exit code.
     Exit(u32),
+    /// The guest asked for a platform reset (i8042 pulse, reset register, ...).
+    Reset,
+    /// The guest asked to power off (ACPI S5).
+    PowerOff,
 }
 
+/// Interrupt request lines a device drives (ISA IRQ numbers 0..15).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IrqState {
+    /// Lines currently asserted (level).
+    pub level: u16,
+    /// Lines that had a rising edge since the last poll.
+    pub pulse: u16,
+}
+
+/// A device model reached through I/O ports. Time is guest time in
+/// nanoseconds since the VM started (`now_ns`), monotonic.
 pub trait PortDevice: Send {
     fn name(&self) -> &'static str;
     /// Port ranges as (first port, count).
@@ -23,6 +38,14 @@ pub trait PortDevice: Send {
     fn write(&mut self, port: u16, size: u8, value: u32) -> Action;
     /// Pushes out buffered output (a partial console line) when the guest ends.
     fn flush(&mut self) {}
+    /// Brings time-driven state up to `now_ns` and reports the IRQ lines.
+    fn poll(&mut self, _now_ns: u64) -> IrqState {
+        IrqState::default()
+    }
+    /// The next time (ns) at which `poll` would report something new, if any.
+    fn next_event_ns(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A guest's I/O port space.

@@ -45,6 +45,8 @@ pub fn handle(v: &mut Vcpu) -> Flow {
         match action {
             Action::None => Flow::Continue,
             Action::Exit(code) => Flow::End(VmEnd::Exited(code)),
+            Action::PowerOff => Flow::End(VmEnd::PoweredOff),
+            Action::Reset => Flow::End(VmEnd::Reset),
         }
     }
 }

@@ -24,6 +24,10 @@ pub enum VmEnd {
     Crashed(String),
     /// Ended by the operator or the hypervisor (not the guest's fault).
     Stopped(String),
+    /// The guest powered itself off (ACPI S5).
+    PoweredOff,
+    /// The guest asked for a reset (reboot): it restarts while its restart budget lasts.
+    Reset,
 }
 
 impl VmEnd {
@@ -135,6 +139,8 @@ impl Vm {
             VmEnd::Exited(code) => println!("vm {}: exited code={code}", self.name),
             VmEnd::Crashed(r) => println!("vm {}: stopped: {r}", self.name),
             VmEnd::Stopped(r) => println!("vm {}: stopped: {r}", self.name),
+            VmEnd::PoweredOff => println!("vm {}: exited code=0 (powered off)", self.name),
+            VmEnd::Reset => println!("vm {}: reset requested", self.name),
         }
         s.end = Some(how);
         self.ending.store(true, Ordering::Release);
@@ -149,6 +155,7 @@ impl Vm {
     pub fn wants_restart(&self) -> bool {
         let s = self.shared.lock();
         let policy = match &s.end {
+            Some(VmEnd::Reset) => Policy::Restart,
             Some(e) if e.is_crash() => self.config.on_crash,
             Some(_) => self.config.on_exit,
             None => return false,
