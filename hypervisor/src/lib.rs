@@ -11,6 +11,7 @@ pub mod devices;
 pub mod exits;
 pub mod firmware;
 pub mod heap;
+pub mod hosttimer;
 pub mod interrupts;
 pub mod lapic;
 pub mod loader;

@@ -1,30 +1,39 @@
-//! Scheduling: a run queue of vCPUs shared by all physical CPUs, time slices
-//! bounded by the VMX-preemption timer, idle CPUs halted until a wake-up IPI.
+//! Scheduling: per-CPU run queues ordered by weighted run time, time slices
+//! bounded by the VMX-preemption timer, push migration for balance, halted
+//! vCPUs parked until an interrupt or timer is due, idle CPUs halted.
 //!
-//! Lock order: SCHED, then a VM's `shared` lock; FRAMES is a leaf.
+//! A vCPU in a CPU's queue keeps its VMCS active on that CPU; only that CPU
+//! VMCLEARs it, before it moves elsewhere (SDM Vol. 3C 25.11.1).
+//!
+//! Lock order: a CPU queue, then SLEEPING, then GLOBAL, then a VM's `shared`
+//! lock; FRAMES is a leaf. At most one CPU queue is held at a time.
 use crate::vm::vcpu::{SliceEnd, Vcpu};
 use crate::vm::{Vm, VmEnd};
 use crate::{lapic, percpu, println};
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use arch::regs::rdtsc;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
 
-struct Sched {
-    runq: VecDeque<Box<Vcpu>>,
-    sleeping: Vec<Box<Vcpu>>,
+const MAX: usize = percpu::MAX_CPUS;
+
+struct Global {
     vms: Vec<Arc<Vm>>,
     /// vCPUs still alive per VM id.
     alive: Vec<(usize, usize)>,
 }
 
-static SCHED: Mutex<Sched> = Mutex::new(Sched {
-    runq: VecDeque::new(),
-    sleeping: Vec::new(),
+static QUEUES: [Mutex<Vec<Box<Vcpu>>>; MAX] = [const { Mutex::new(Vec::new()) }; MAX];
+/// Runnable vCPUs per CPU, the running one included (read without the lock).
+static LOAD: [AtomicUsize; MAX] = [const { AtomicUsize::new(0) }; MAX];
+/// Lowest vruntime among the vCPUs a CPU holds, published for balancing.
+static MIN_VRT: [AtomicU64; MAX] = [const { AtomicU64::new(u64::MAX) }; MAX];
+static SLEEPING: Mutex<Vec<Box<Vcpu>>> = Mutex::new(Vec::new());
+static GLOBAL: Mutex<Global> = Mutex::new(Global {
     vms: Vec::new(),
     alive: Vec::new(),
 });
@@ -33,22 +42,55 @@ static SLICE_TSC: AtomicU64 = AtomicU64::new(10_000_000);
 static IDLE: AtomicU64 = AtomicU64::new(0);
 static POWEROFF_WHEN_DONE: AtomicBool = AtomicBool::new(true);
 static FINISHED: AtomicBool = AtomicBool::new(false);
+static NEXT_CPU: AtomicUsize = AtomicUsize::new(0);
 
 pub fn configure(slice_tsc: u64, poweroff_when_done: bool) {
     SLICE_TSC.store(slice_tsc.max(1000), Ordering::Relaxed);
     POWEROFF_WHEN_DONE.store(poweroff_when_done, Ordering::Relaxed);
 }
 
-/// Adds a VM and queues its vCPUs.
+fn cpus() -> usize {
+    percpu::online().max(1)
+}
+
+/// Queues a released vCPU on `cpu` and wakes that CPU if it idles.
+fn enqueue(cpu: usize, v: Box<Vcpu>) {
+    let vrt = v.vruntime;
+    QUEUES[cpu].lock().push(v);
+    LOAD[cpu].fetch_add(1, Ordering::AcqRel);
+    MIN_VRT[cpu].fetch_min(vrt, Ordering::AcqRel);
+    kick(cpu);
+}
+
+fn kick(cpu: usize) {
+    if cpu != percpu::current_index() && IDLE.load(Ordering::Acquire) & (1 << cpu) != 0 {
+        if let Some(c) = percpu::get(cpu) {
+            lapic::send_ipi(c.apic_id, u32::from(lapic::WAKE_VECTOR));
+        }
+    }
+}
+
+/// The least loaded CPU (ties: round robin).
+fn least_loaded() -> usize {
+    let n = cpus();
+    let start = NEXT_CPU.fetch_add(1, Ordering::Relaxed);
+    (0..n)
+        .map(|i| (start + i) % n)
+        .min_by_key(|&c| LOAD[c].load(Ordering::Acquire))
+        .unwrap_or(0)
+}
+
+/// Adds a VM and spreads its vCPUs over the CPUs.
 pub fn add_vm(vm: Arc<Vm>, vcpus: Vec<Box<Vcpu>>) {
     LIVE_VMS.fetch_add(1, Ordering::AcqRel);
     {
-        let mut s = SCHED.lock();
-        s.alive.push((vm.id, vcpus.len()));
-        s.vms.push(vm);
-        s.runq.extend(vcpus);
+        let mut g = GLOBAL.lock();
+        g.alive.push((vm.id, vcpus.len()));
+        g.vms.push(vm);
     }
-    kick_idle();
+    for v in vcpus {
+        enqueue(least_loaded(), v);
+    }
 }
 
 /// Called once all VMs are queued: if there are none, finish right away.
@@ -58,76 +100,201 @@ pub fn start() {
     }
 }
 
-fn kick_idle() {
-    let idle = IDLE.load(Ordering::Acquire);
-    if idle == 0 {
-        return;
-    }
-    let me = percpu::current_index();
-    for i in 0..64 {
-        if idle & (1 << i) != 0 && i != me {
-            if let Some(c) = percpu::get(i) {
-                lapic::send_ipi(c.apic_id, u32::from(lapic::WAKE_VECTOR));
-                return;
-            }
-        }
-    }
+/// Takes the vCPU with the lowest weighted run time from this CPU's queue.
+fn pick(me: usize) -> Option<Box<Vcpu>> {
+    let mut q = QUEUES[me].lock();
+    let i = (0..q.len()).min_by_key(|&i| q[i].vruntime)?;
+    let v = q.swap_remove(i);
+    MIN_VRT[me].store(
+        q.iter()
+            .map(|v| v.vruntime)
+            .min()
+            .unwrap_or(u64::MAX)
+            .min(v.vruntime),
+        Ordering::Release,
+    );
+    Some(v)
 }
 
 /// The loop every physical CPU runs once the guests are set up.
 pub fn cpu_loop() -> ! {
     let me = percpu::current_index();
     loop {
-        let next = SCHED.lock().runq.pop_front();
-        match next {
+        wake_sleepers(me);
+        match pick(me) {
             Some(mut v) => {
+                let t0 = rdtsc();
                 let end = v.run_slice(SLICE_TSC.load(Ordering::Relaxed));
-                after_slice(v, end);
+                let used = rdtsc().saturating_sub(t0);
+                v.vruntime = v.vruntime.saturating_add(used * 100 / v.weight());
+                after_slice(me, v, end);
+                balance(me);
             }
             None => idle(me),
         }
     }
 }
 
-fn idle(me: usize) {
-    IDLE.fetch_or(1 << me, Ordering::AcqRel);
-    if SCHED.lock().runq.is_empty() {
-        // SAFETY: STI's one-instruction shadow makes HLT start before any
-        // pending interrupt is taken, so a wake-up IPI can't be lost.
-        unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
-    }
-    IDLE.fetch_and(!(1 << me), Ordering::AcqRel);
-}
-
-fn after_slice(v: Box<Vcpu>, end: SliceEnd) {
+fn after_slice(me: usize, mut v: Box<Vcpu>, end: SliceEnd) {
     match end {
         SliceEnd::Preempted | SliceEnd::Yielded => {
-            SCHED.lock().runq.push_back(v);
-            kick_idle();
+            let vrt = v.vruntime;
+            QUEUES[me].lock().push(v);
+            MIN_VRT[me].fetch_min(vrt, Ordering::AcqRel);
         }
-        SliceEnd::Halted => SCHED.lock().sleeping.push(v),
-        SliceEnd::VmEnded => vcpu_done(v),
+        SliceEnd::Halted => {
+            v.release();
+            LOAD[me].fetch_sub(1, Ordering::AcqRel);
+            SLEEPING.lock().push(v);
+        }
+        SliceEnd::VmEnded => {
+            v.release();
+            LOAD[me].fetch_sub(1, Ordering::AcqRel);
+            vcpu_done(v);
+        }
     }
+}
+
+/// Push migration: when this CPU holds more runnable vCPUs than another and a
+/// waiting one lags behind that CPU's, move it there (VMCLEAR here first).
+/// This evens out both load and weighted run time across CPUs.
+fn balance(me: usize) {
+    let n = cpus();
+    let my_load = LOAD[me].load(Ordering::Acquire);
+    if my_load < 2 {
+        return;
+    }
+    let slice = SLICE_TSC.load(Ordering::Relaxed);
+    for d in (0..n).filter(|&d| d != me) {
+        let their_load = LOAD[d].load(Ordering::Acquire);
+        let their_min = MIN_VRT[d].load(Ordering::Acquire);
+        let idle = IDLE.load(Ordering::Acquire) & (1 << d) != 0 || their_load == 0;
+        if their_load + 1 > my_load && !idle {
+            continue;
+        }
+        let mut q = QUEUES[me].lock();
+        let Some(i) = (0..q.len()).min_by_key(|&i| q[i].vruntime) else {
+            return;
+        };
+        let lagging = q[i].vruntime.saturating_add(2 * slice) < their_min;
+        if !(idle || their_load + 1 < my_load || lagging) {
+            continue;
+        }
+        let mut v = q.swap_remove(i);
+        MIN_VRT[me].store(
+            q.iter().map(|v| v.vruntime).min().unwrap_or(u64::MAX),
+            Ordering::Release,
+        );
+        drop(q);
+        LOAD[me].fetch_sub(1, Ordering::AcqRel);
+        v.release();
+        enqueue(d, v);
+        return;
+    }
+}
+
+/// Moves halted vCPUs whose wake condition holds onto this CPU's queue.
+fn wake_sleepers(me: usize) {
+    let now = rdtsc();
+    let woken: Vec<Box<Vcpu>> = {
+        let mut s = SLEEPING.lock();
+        if s.is_empty() {
+            return;
+        }
+        let mut w = Vec::new();
+        let mut i = 0;
+        while i < s.len() {
+            if s[i].vm.ended() || s[i].wants_to_run(now) {
+                w.push(s.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        w
+    };
+    let floor = MIN_VRT[me].load(Ordering::Acquire);
+    for mut v in woken {
+        if v.vm.ended() {
+            vcpu_done(v);
+            continue;
+        }
+        v.halted = false;
+        // A long sleeper doesn't get to monopolise the CPU afterwards.
+        if floor != u64::MAX {
+            v.vruntime = v
+                .vruntime
+                .max(floor.saturating_sub(SLICE_TSC.load(Ordering::Relaxed)));
+        }
+        LOAD[me].fetch_add(1, Ordering::AcqRel);
+        let vrt = v.vruntime;
+        QUEUES[me].lock().push(v);
+        MIN_VRT[me].fetch_min(vrt, Ordering::AcqRel);
+    }
+}
+
+/// The earliest TSC at which a sleeping vCPU wants to run again.
+fn next_wake() -> Option<u64> {
+    SLEEPING
+        .lock()
+        .iter()
+        .filter_map(|v| v.next_event_tsc())
+        .min()
+}
+
+/// Wakes a sleeping vCPU of `vm` (an interrupt became pending for it).
+pub fn notify(vm: &Vm) {
+    let _ = vm;
+    for c in 0..cpus() {
+        kick(c);
+    }
+}
+
+fn idle(me: usize) {
+    IDLE.fetch_or(1 << me, Ordering::AcqRel);
+    if QUEUES[me].lock().is_empty() {
+        let deadline = next_wake();
+        if crate::hosttimer::arm(deadline) {
+            // SAFETY: STI's one-instruction shadow makes HLT start before any
+            // pending interrupt is taken, so a wake-up IPI can't be lost.
+            unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+            crate::hosttimer::arm(None);
+        } else if let Some(d) = deadline {
+            // No TSC-deadline timer: wait actively, but only until the deadline.
+            while rdtsc() < d && QUEUES[me].lock().is_empty() {
+                core::hint::spin_loop();
+            }
+        }
+    }
+    IDLE.fetch_and(!(1 << me), Ordering::AcqRel);
 }
 
 /// A vCPU left because its VM ended. The last one out restarts the VM or
 /// reports it finished.
 fn vcpu_done(v: Box<Vcpu>) {
     let vm = v.vm.clone();
+    drop(v);
     if !vm.ended() {
         // The machine is stopping; nothing to report.
         return;
     }
+    // Sleeping vCPUs of this VM leave too.
+    let mut dropped = 1;
+    {
+        let mut s = SLEEPING.lock();
+        let mut i = 0;
+        while i < s.len() {
+            if Arc::ptr_eq(&s[i].vm, &vm) {
+                let o = s.swap_remove(i);
+                drop(o);
+                dropped += 1;
+            } else {
+                i += 1;
+            }
+        }
+    }
     let last = {
-        let mut s = SCHED.lock();
-        let mut dropped = 1;
-        s.sleeping.retain(|o| {
-            let same = Arc::ptr_eq(&o.vm, &vm);
-            dropped += usize::from(same);
-            !same
-        });
-        let entry = s.alive.iter_mut().find(|(id, _)| *id == vm.id);
-        match entry {
+        let mut g = GLOBAL.lock();
+        match g.alive.iter_mut().find(|(id, _)| *id == vm.id) {
             Some((_, n)) => {
                 *n = n.saturating_sub(dropped);
                 *n == 0
@@ -135,7 +302,6 @@ fn vcpu_done(v: Box<Vcpu>) {
             None => true,
         }
     };
-    drop(v);
     if !last {
         return;
     }
@@ -145,14 +311,13 @@ fn vcpu_done(v: Box<Vcpu>) {
                 let vcpus: Vec<Box<Vcpu>> = (0..vm.config.vcpus as usize)
                     .map(|i| Box::new(Vcpu::new(vm.clone(), i)))
                     .collect();
-                let mut s = SCHED.lock();
-                if let Some((_, n)) = s.alive.iter_mut().find(|(id, _)| *id == vm.id) {
+                if let Some((_, n)) = GLOBAL.lock().alive.iter_mut().find(|(id, _)| *id == vm.id) {
                     *n = vcpus.len();
                 }
-                s.runq.extend(vcpus);
-                drop(s);
                 println!("vm {}: started (restart)", vm.name);
-                kick_idle();
+                for v in vcpus {
+                    enqueue(least_loaded(), v);
+                }
                 return;
             }
             Err(e) => {
@@ -171,7 +336,7 @@ fn finish() {
     if FINISHED.swap(true, Ordering::AcqRel) {
         return;
     }
-    let vms: Vec<Arc<Vm>> = SCHED.lock().vms.clone();
+    let vms: Vec<Arc<Vm>> = GLOBAL.lock().vms.clone();
     let mut line = String::new();
     let _ = write!(
         line,
@@ -205,7 +370,7 @@ fn finish() {
     }
     println!("{line}");
     // Free the VMs' memory (it is scrubbed on the way back to the allocator).
-    SCHED.lock().vms.clear();
+    GLOBAL.lock().vms.clear();
     drop(vms);
     println!(
         "hv: {} MiB free after all guests ended",

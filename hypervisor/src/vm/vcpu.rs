@@ -91,6 +91,19 @@ pub struct Vcpu {
     switched_msrs: [u64; SWITCHED_MSRS.len()],
     pub exits: u64,
     pub halted: bool,
+    /// The CPU whose VMCS cache holds this vCPU's VMCS (it is "active" there).
+    active_on: Option<usize>,
+    /// Weighted run time: TSC ticks used × 100 / weight (the scheduler's key).
+    pub vruntime: u64,
+    /// TSC ticks in a row spent with interrupts disabled and no exit but the
+    /// preemption timer: a guest spinning with IF = 0.
+    spin_tsc: u64,
+}
+
+/// A guest spinning this long (TSC ticks) with interrupts off and no other
+/// exit is considered hung.
+pub fn watchdog_tsc() -> u64 {
+    crate::time::us_to_tsc(10_000_000)
 }
 
 fn vmw<T>(r: Result<T, VmFail>, what: &str) {
@@ -127,6 +140,9 @@ impl Vcpu {
             switched_msrs: [0; SWITCHED_MSRS.len()],
             exits: 0,
             halted: false,
+            active_on: None,
+            vruntime: 0,
+            spin_tsc: 0,
         }
     }
 
@@ -146,17 +162,28 @@ impl Vcpu {
 
     /// Runs the vCPU on this CPU for up to `slice` TSC ticks.
     pub fn run_slice(&mut self, slice: u64) -> SliceEnd {
+        let me = percpu::current_index();
+        if self.active_on.is_some_and(|c| c != me) {
+            // The scheduler releases a vCPU before moving it; this is a bug, not a guest's doing.
+            panic!(
+                "vm {}: vcpu {} still active on cpu{:?}",
+                self.vm.name, self.index, self.active_on
+            );
+        }
         // SAFETY: the VMCS belongs to this vCPU, which runs on no other CPU now
         // (the scheduler hands each vCPU to one CPU at a time).
         if let Err(e) = unsafe { instr::vmptrld(self.vmcs) } {
             self.vm.end(VmEnd::Crashed(format!("VMPTRLD failed: {e}")));
             return SliceEnd::VmEnded;
         }
-        self.load_host_state();
+        if self.active_on.is_none() {
+            self.active_on = Some(me);
+            self.launched = false;
+            self.load_host_state();
+        }
         if !self.configured {
             if let Err(e) = self.configure() {
                 self.vm.end(VmEnd::Crashed(e));
-                self.put();
                 return SliceEnd::VmEnded;
             }
             self.configured = true;
@@ -195,6 +222,19 @@ impl Vcpu {
             self.launched = true;
             self.exits += 1;
             let reason = ro::EXIT_REASON.read().unwrap_or(0);
+            if reason & 0xFFFF == 52 && guest::RFLAGS.read().unwrap_or(0) & (1 << 9) == 0 {
+                self.spin_tsc += rdtsc().saturating_sub(now);
+                if self.spin_tsc > watchdog_tsc() {
+                    let rip = self.rip();
+                    self.vm.end(VmEnd::Crashed(format!(
+                        "hung: spinning with interrupts disabled for {} s at rip {rip:#x}",
+                        self.spin_tsc / watchdog_tsc() * 10
+                    )));
+                    break SliceEnd::VmEnded;
+                }
+            } else {
+                self.spin_tsc = 0;
+            }
             if reason & EXIT_REASON_ENTRY_FAILURE != 0 {
                 let q = ro::EXIT_QUALIFICATION.read().unwrap_or(0);
                 let what = crate::exits::entry_failure_reason(reason, q);
@@ -215,17 +255,35 @@ impl Vcpu {
             }
         };
         self.switch_out();
-        self.put();
         end
     }
 
-    /// VMCLEARs the VMCS so the vCPU can run on any CPU next.
-    fn put(&mut self) {
-        // SAFETY: the VMCS is this vCPU's and is current here.
-        if let Err(e) = unsafe { instr::vmclear(self.vmcs) } {
-            log::error!("hv: vm {}: VMCLEAR failed: {e}", self.vm.name);
+    /// VMCLEARs the VMCS on the CPU where it is active, so that any CPU may
+    /// load it next (SDM 25.11.1). Must run on that CPU.
+    pub fn release(&mut self) {
+        if let Some(c) = self.active_on.take() {
+            debug_assert_eq!(c, percpu::current_index());
+            // SAFETY: the VMCS is this vCPU's and is active on this CPU.
+            if let Err(e) = unsafe { instr::vmclear(self.vmcs) } {
+                log::error!("hv: vm {}: VMCLEAR failed: {e}", self.vm.name);
+            }
         }
         self.launched = false;
+    }
+
+    /// Whether a halted vCPU should run again: an interrupt is pending for it
+    /// or one of its timers is due.
+    pub fn wants_to_run(&self, now_tsc: u64) -> bool {
+        self.next_event_tsc().is_some_and(|t| t <= now_tsc)
+    }
+
+    /// When this vCPU's next timer event is due (TSC), if any.
+    pub fn next_event_tsc(&self) -> Option<u64> {
+        None
+    }
+
+    pub fn weight(&self) -> u64 {
+        u64::from(self.vm.config.weight.max(1))
     }
 
     /// Loads guest FPU/XSAVE state and the MSRs the VMCS doesn't switch.
@@ -512,6 +570,7 @@ impl Vcpu {
 
 impl Drop for Vcpu {
     fn drop(&mut self) {
+        self.release();
         mm::free_zeroed(self.vmcs, mm::PAGE);
         mm::free_zeroed(self.xsave_area, 2 * mm::PAGE);
     }
