@@ -154,3 +154,14 @@ impl log::Log for Logger {
 
     fn flush(&self) {}
 }
+
+/// Waits until COM1 has sent every byte (LSR.TEMT), bounded.
+pub fn drain() {
+    for _ in 0..1_000_000 {
+        // SAFETY: reading the line status register has no side effects.
+        if unsafe { arch::regs::inb(COM1 + 5) } & 0x40 != 0 {
+            return;
+        }
+        core::hint::spin_loop();
+    }
+}

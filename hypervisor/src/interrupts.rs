@@ -51,7 +51,7 @@ hv_isr_\n:
 .endm
 
 .section .text
-.global hv_isr_table
+.global hv_isr_table, hv_isr_irq_base
 hv_isr_common:
     push rax
     push rbx

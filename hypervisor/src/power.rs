@@ -26,6 +26,7 @@ pub fn poweroff() -> ! {
             "hv: powering off (ACPI S5 via PM1a_CNT port {:#x})",
             s5.pm1a_cnt
         );
+        crate::console::drain();
         // SAFETY: the FADT names these ports as the PM1 control blocks;
         // writing SLP_TYP|SLP_EN is the ACPI-defined way to enter S5.
         unsafe {
@@ -39,6 +40,8 @@ pub fn poweroff() -> ! {
     } else {
         crate::println!("hv: powering off (no ACPI: emulator shutdown port 0x8900)");
     }
+    // Let the UART drain first: the emulator exits at once.
+    crate::console::drain();
     // Bochs' shutdown port: the bytes of "Shutdown" end the simulation.
     for &b in b"Shutdown" {
         // SAFETY: port 0x8900 is Bochs' shutdown port; on other machines the

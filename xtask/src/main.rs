@@ -1,1 +1,257 @@
-fn main() {}
+//! `cargo xtask <command>`: see `cargo xtask help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use xtask::machine::{self, Echo, Emulator, EndedBy, MachineConfig, Media};
+use xtask::prereq::{self, Need};
+use xtask::{build, disk, esp, paths, run_command};
+
+const HELP: &str = "\
+cargo xtask <command> [options]
+
+Commands:
+  build     Build boot.efi (release, x86_64-unknown-uefi) and the test guests.
+  image     Lay out an ESP directory and a raw GPT disk image for a manifest.
+              --manifest FILE   manifest (default tests/manifests/demo.toml)
+              --out DIR         ESP directory (default target/esp)
+              --disk FILE       disk image (default target/ferrovisor.img); write it to a
+                                USB stick with `dd if=FILE of=/dev/sdX bs=4M conv=fsync`
+  run       Build, make the ESP, boot it and stream the serial console until the machine
+            powers off (exit 0) or the timeout (exit 1).
+              --emulator bochs|qemu  bochs (default): VT-x and EPT emulated, slow;
+                                     qemu: TCG, fast, no VT-x (shows the no-VT-x path)
+              --kvm             QEMU with KVM and nested VT-x (-cpu host,+vmx); Intel hosts
+              --cpus N          CPUs (default 2)
+              --memory MiB      RAM (default 512)
+              --manifest FILE   manifest (default tests/manifests/demo.toml)
+              --timeout SECS    give up after SECS (default 900; 0 = never)
+              --disk-image      boot the GPT disk image instead of the ESP directory
+              --no-build        use what the last build left
+  test      Host unit tests, `cargo xtask build`, then the emulator integration tests.
+            Arguments after `--` go to the integration test harness (e.g. a test name).
+  help      This text.
+
+Runs keep their files (ESP, emulator configuration, serial and emulator logs) in
+target/runs/<name>/. The OVMF image can be overridden with FERROVISOR_OVMF=<path>.
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match dispatch(&args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(args: &[String]) -> Result<ExitCode> {
+    let Some((command, rest)) = args.split_first() else {
+        print!("{HELP}");
+        return Ok(ExitCode::FAILURE);
+    };
+    match command.as_str() {
+        "build" => {
+            Options::parse(rest, &[])?;
+            build::build_all()?;
+        }
+        "image" => image(Options::parse(rest, &["--manifest", "--out", "--disk"])?)?,
+        "run" => return run(Options::parse(rest, RUN_OPTIONS)?),
+        "test" => return test(rest),
+        "help" | "--help" | "-h" => print!("{HELP}"),
+        other => bail!("unknown command `{other}`; see `cargo xtask help`"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+const RUN_OPTIONS: &[&str] = &[
+    "--emulator",
+    "--kvm",
+    "--cpus",
+    "--memory",
+    "--manifest",
+    "--timeout",
+    "--disk-image",
+    "--no-build",
+];
+const FLAGS: &[&str] = &["--kvm", "--disk-image", "--no-build"];
+
+/// `--name value`, `--name=value` and flags, checked against the command's list.
+#[derive(Debug, Default)]
+struct Options(Vec<(String, Option<String>)>);
+
+impl Options {
+    fn parse(args: &[String], allowed: &[&str]) -> Result<Self> {
+        let mut options = Vec::new();
+        let mut iter = args.iter();
+        while let Some(arg) = iter.next() {
+            let (name, inline) = match arg.split_once('=') {
+                Some((name, value)) => (name, Some(value.to_string())),
+                None => (arg.as_str(), None),
+            };
+            if !allowed.contains(&name) {
+                bail!("unknown option `{arg}`; see `cargo xtask help`");
+            }
+            let value = if FLAGS.contains(&name) {
+                if inline.is_some() {
+                    bail!("{name} takes no value");
+                }
+                None
+            } else {
+                Some(match inline {
+                    Some(value) => value,
+                    None => iter
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| anyhow!("{name} needs a value"))?,
+                })
+            };
+            options.push((name.to_string(), value));
+        }
+        Ok(Self(options))
+    }
+
+    fn value(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
+    }
+
+    fn number(&self, name: &str, default: u64) -> Result<u64> {
+        self.value(name).map_or(Ok(default), |v| {
+            v.parse()
+                .map_err(|_| anyhow!("{name} needs a whole number (got `{v}`)"))
+        })
+    }
+
+    fn path(&self, name: &str, default: PathBuf) -> PathBuf {
+        self.value(name).map_or(default, PathBuf::from)
+    }
+}
+
+fn image(options: Options) -> Result<()> {
+    let manifest = options.path("--manifest", paths::default_manifest());
+    let out = options.path("--out", paths::default_esp_dir());
+    let disk_path = options.path("--disk", paths::default_disk_image());
+    let esp = esp::make_esp(&manifest, &out, &esp::EspSources::default())?;
+    let image = disk::write_disk_image(&esp.dir, &disk_path)?;
+    println!("ESP directory: {}", esp.dir.display());
+    for (inside, source) in &esp.files {
+        println!("  {inside:<24} <- {}", paths::display(source));
+    }
+    println!(
+        "disk image:    {} ({} MiB, GPT, FAT32 EFI System Partition at LBA {})",
+        image.path.display(),
+        image.disk_bytes >> 20,
+        image.partition_first_lba
+    );
+    Ok(())
+}
+
+fn run(options: Options) -> Result<ExitCode> {
+    let kind = match (options.value("--emulator"), options.flag("--kvm")) {
+        (Some("bochs"), true) => {
+            bail!("--kvm runs QEMU; it cannot be combined with --emulator bochs")
+        }
+        (_, true) => Emulator::QemuKvm,
+        (None | Some("bochs"), false) => Emulator::Bochs,
+        (Some("qemu"), false) => Emulator::Qemu,
+        (Some(other), false) => bail!("unknown emulator `{other}` (bochs or qemu)"),
+    };
+    if kind == Emulator::QemuKvm {
+        if let Some(why) = prereq::kvm_unusable() {
+            bail!("QEMU with KVM cannot run VT-x guests here: {why}");
+        }
+    }
+    let timeout = options.number("--timeout", 900)?;
+    let manifest = options.path("--manifest", paths::default_manifest());
+    let run_dir = paths::run_dir(&format!("xtask-run-{kind}"));
+    let mut cfg = MachineConfig {
+        emulator: kind,
+        cpus: u32::try_from(options.number("--cpus", 2)?).context("--cpus")?,
+        memory_mib: u32::try_from(options.number("--memory", 512)?).context("--memory")?,
+        timeout: (timeout > 0).then(|| Duration::from_secs(timeout)),
+        media: Media::EspDir(run_dir.join("esp")),
+        run_dir: run_dir.clone(),
+        echo: Echo::Stdout,
+    };
+    machine::validate(&cfg)?;
+    let emulators = prereq::ensure(&[match kind {
+        Emulator::Bochs => Need::Bochs,
+        _ => Need::Qemu,
+    }])?;
+    if !options.flag("--no-build") {
+        build::build_all()?;
+    }
+
+    if run_dir.exists() {
+        std::fs::remove_dir_all(&run_dir)
+            .with_context(|| format!("removing {}", run_dir.display()))?;
+    }
+    let esp = esp::make_esp(&manifest, &run_dir.join("esp"), &esp::EspSources::default())?;
+    if options.flag("--disk-image") {
+        let image = disk::write_disk_image(&esp.dir, &run_dir.join("ferrovisor.img"))?;
+        cfg.media = Media::DiskImage(image.path);
+    }
+    eprintln!(
+        "xtask: booting {} with {kind}, {} CPUs, {} MiB; files in {}",
+        paths::display(&manifest),
+        cfg.cpus,
+        cfg.memory_mib,
+        run_dir.display()
+    );
+    if kind == Emulator::Bochs {
+        eprintln!("xtask: Bochs needs about 15 s to reach the UEFI application");
+    }
+    eprintln!("---- serial console ----");
+    let result = machine::run(&cfg, &emulators)?;
+    eprintln!("---- end of serial console ----");
+    eprintln!("xtask: {}", result.summary());
+    eprintln!("xtask: serial log: {}", result.serial_log.display());
+    eprintln!("xtask: {} log: {}", kind, result.emulator_log.display());
+    if result.ended_by == EndedBy::PowerOff {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("{}", result.emulator_log_excerpt(30));
+    Ok(ExitCode::FAILURE)
+}
+
+fn test(rest: &[String]) -> Result<ExitCode> {
+    let harness_args: &[String] = match rest.split_first() {
+        None => &[],
+        Some((dashes, args)) if dashes == "--" => args,
+        Some((other, _)) => bail!("unknown option `{other}` (harness arguments go after `--`)"),
+    };
+    // Emulators first: a missing package should fail in seconds, not after the builds.
+    prereq::ensure(&[Need::Bochs, Need::Qemu])?;
+    build::ensure_rust_targets()?;
+    eprintln!("xtask: [1/3] host unit tests");
+    run_command(build::cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "boot",
+        "--exclude",
+        "integration-tests",
+    ]))?;
+    eprintln!("xtask: [2/3] cargo xtask build");
+    build::build_all()?;
+    eprintln!("xtask: [3/3] emulator integration tests");
+    // Bochs is single-threaded and CPU-bound: two runs side by side fill two cores.
+    run_command(
+        build::cargo()
+            .args(["test", "-p", "integration-tests", "--", "--test-threads=2"])
+            .args(harness_args),
+    )?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,36 @@
+//! One Bochs boot with two CPUs (VT-x and EPT emulated) running the first test guests.
+
+use integration_tests::Scenario;
+
+#[test]
+fn bochs_vmx_root_two_cpus_and_first_guests() {
+    let mut boot = Scenario::bochs("bochs_basic", "basic.toml")
+        .cpus(2)
+        .timeout_secs(600)
+        .boot();
+    boot.line("hv: ferrovisor 0.1.0 starting")
+        .line_starting("cpu0: entered VMX root operation")
+        .line_starting("cpu1: entered VMX root operation");
+
+    boot.line_starting("vm hello: started")
+        .line("[hello] hello from a ferrovisor guest")
+        .line("vm hello: exited code=0");
+    boot.line("[cpuid] cpuid: PASS")
+        .line("vm cpuid: exited code=0");
+    boot.line("[hypercall] hypercall: PASS")
+        .line("vm hypercall: exited code=0");
+    boot.line("[memtest] memtest: PASS")
+        .line("vm memtest: exited code=0");
+
+    // Reaching outside its own memory stops a guest; nothing else is harmed.
+    boot.line_starting_containing("vm escape-high: stopped: ", "EPT violation")
+        .line_starting_containing("vm escape-hole: stopped: ", "EPT violation")
+        .no_line_containing("LEAKED")
+        .line("[witness] witness: done")
+        .line("vm witness: exited code=0");
+
+    boot.line_starting("hv: summary:")
+        .line_starting("hv: powering off")
+        .powered_off();
+    boot.finish();
+}

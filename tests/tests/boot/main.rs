@@ -1,0 +1,7 @@
+//! Integration tests: boot ferrovisor in an emulator and read its serial console.
+//!
+//! They need `cargo xtask build` to have run (`cargo xtask test` does both). Each test is one
+//! boot with many checks; Bochs boots are CPU-heavy, so run at most two at a time on two cores.
+
+mod bochs_basic;
+mod qemu_no_vtx;

@@ -1,0 +1,639 @@
+//! Booting an ESP (or a disk image) under Bochs or QEMU and watching the serial console.
+//!
+//! Every run has its own working directory holding the emulator configuration and logs, so runs
+//! can go side by side. A run ends when the machine powers off, when the emulator exits for any
+//! other reason, or at the timeout (the emulator is then killed).
+//!
+//! How power-off is recognised:
+//! - Bochs: the hypervisor writes the bytes of `Shutdown` to port 0x8900; Bochs reports the
+//!   panic `Shutdown port: shutdown requested` in its log and exits with status 1.
+//! - QEMU: ACPI S5. QEMU's QMP monitor (on QEMU's stdin/stdout) reports a `SHUTDOWN` event
+//!   with reason `guest-shutdown`; a guest reset is reported as `guest-reset` and, with
+//!   `-no-reboot`, also ends QEMU, so the two can be told apart.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::prereq::Emulators;
+use crate::serial::{self, Sanitizer};
+
+/// Which emulator runs the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emulator {
+    /// Bochs with VT-x and EPT emulated (`cpu: model=corei7_skylake_x`).
+    Bochs,
+    /// QEMU with TCG: fast, but its CPU has no VMX.
+    Qemu,
+    /// QEMU with KVM and `-cpu host,+vmx`: nested VT-x on an Intel host.
+    QemuKvm,
+}
+
+impl fmt::Display for Emulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Emulator::Bochs => "bochs",
+            Emulator::Qemu => "qemu",
+            Emulator::QemuKvm => "qemu-kvm",
+        })
+    }
+}
+
+/// What the machine boots from.
+#[derive(Debug, Clone)]
+pub enum Media {
+    /// A directory presented as a FAT disk (Bochs `vvfat`, QEMU `fat:`).
+    EspDir(PathBuf),
+    /// A raw disk image (GPT + FAT32 ESP).
+    DiskImage(PathBuf),
+}
+
+/// Where the serial console goes while the machine runs (it is always logged to a file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Echo {
+    /// Nowhere.
+    Quiet,
+    /// Cleaned text straight to stdout, as it arrives.
+    Stdout,
+    /// Cleaned text to stderr, each line prefixed (for tests running side by side).
+    Prefixed(String),
+}
+
+/// One machine to boot.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    pub emulator: Emulator,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// `None`: wait for the machine however long it takes.
+    pub timeout: Option<Duration>,
+    pub media: Media,
+    /// Working directory for configuration and logs; created if missing.
+    pub run_dir: PathBuf,
+    pub echo: Echo,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndedBy {
+    /// The machine powered itself off.
+    PowerOff,
+    /// The timeout ran out and the emulator was killed.
+    Timeout,
+    /// The emulator exited without a power-off (status; 128+N for signal N).
+    EmulatorExit(i32),
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub emulator: Emulator,
+    pub ended_by: EndedBy,
+    pub wall: Duration,
+    /// The serial console, cleaned by [`serial::normalize`].
+    pub serial: String,
+    pub serial_log: PathBuf,
+    /// Bochs' log, or QEMU's stderr.
+    pub emulator_log: PathBuf,
+    /// Why the emulator stopped, in its own words, when it said (e.g. a Bochs panic message or
+    /// QEMU's shutdown reason).
+    pub reason: Option<String>,
+}
+
+impl RunResult {
+    /// Lines of the cleaned serial console.
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        self.serial.lines()
+    }
+
+    /// A short account of how the run ended.
+    pub fn summary(&self) -> String {
+        let secs = self.wall.as_secs_f64();
+        let how = match &self.ended_by {
+            EndedBy::PowerOff => format!("the machine powered off after {secs:.1} s"),
+            EndedBy::Timeout => {
+                format!("TIMEOUT: the machine had not powered off after {secs:.1} s")
+            }
+            EndedBy::EmulatorExit(code) => format!(
+                "{} exited with status {code} after {secs:.1} s without a power-off",
+                self.emulator
+            ),
+        };
+        match &self.reason {
+            Some(reason) => format!("{how} [{}: {reason}]", self.emulator),
+            None => format!("{how} [{}]", self.emulator),
+        }
+    }
+
+    /// The part of the emulator's log worth reading when a run went wrong: its error and panic
+    /// lines (for Bochs these name failing VM-entry checks) and its last lines.
+    pub fn emulator_log_excerpt(&self, last_lines: usize) -> String {
+        let text = read_tail(&self.emulator_log, 512 * 1024).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let notable: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| is_notable_log_line(l))
+            .collect();
+        let mut out = String::new();
+        if !notable.is_empty() {
+            out += "errors and panics:\n";
+            for line in &notable[notable.len().saturating_sub(40)..] {
+                out += &format!("  {line}\n");
+            }
+        }
+        if lines.is_empty() {
+            out += &format!("{} is empty\n", self.emulator_log.display());
+            return out;
+        }
+        out += &format!("last {last_lines} lines:\n");
+        for line in &lines[lines.len().saturating_sub(last_lines)..] {
+            out += &format!("  {line}\n");
+        }
+        out
+    }
+}
+
+/// Bochs log lines at error or panic level (`<ticks>e[...]`, `<ticks>p[...]`), VMX failures
+/// and QEMU errors.
+fn is_notable_log_line(line: &str) -> bool {
+    let level = line.trim_start_matches(|c: char| c.is_ascii_digit());
+    level.starts_with("e[")
+        || level.starts_with("p[")
+        || line.contains("VMFAIL")
+        || line.contains("VMEXIT")
+        || line.contains("VMABORT")
+        || line.contains("qemu-system")
+}
+
+/// The `bochsrc` for `cfg`. `ovmf_size` places the firmware image right below 4 GiB.
+///
+/// Measured with Debian's Bochs 2.7: the PC speaker plugin opens ALSA and, on a machine with no
+/// sound card, Bochs can abort with `*** buffer overflow detected ***`, so it is turned off;
+/// `rfb` with `timeout=0` is the display that needs no X server (each instance takes the next
+/// free port from 5900 up, so runs side by side don't collide); `reset_on_triple_fault=0`
+/// makes a triple fault end the run with a panic naming it instead of rebooting the firmware.
+pub fn bochsrc(cfg: &MachineConfig, ovmf: &Path, ovmf_size: u64, vgabios: &Path) -> String {
+    let rom_address = 0x1_0000_0000u64 - ovmf_size;
+    let disk = match &cfg.media {
+        Media::EspDir(dir) => format!("type=disk, path=\"{}\", mode=vvfat", dir.display()),
+        Media::DiskImage(img) => format!("type=disk, path=\"{}\", mode=flat", img.display()),
+    };
+    let dir = &cfg.run_dir;
+    format!(
+        "# Generated by cargo xtask; rewritten for every run.\n\
+         config_interface: textconfig\n\
+         plugin_ctrl: speaker=0\n\
+         display_library: rfb, options=\"timeout=0\"\n\
+         memory: guest={mem}, host={mem}\n\
+         romimage: file=\"{ovmf}\", address={rom_address:#x}\n\
+         vgaromimage: file=\"{vga}\"\n\
+         cpu: count={cpus}, model=corei7_skylake_x, ips=200000000, reset_on_triple_fault=0\n\
+         pci: enabled=1, chipset=i440fx\n\
+         ata0: enabled=1, ioaddr1=0x1f0, ioaddr2=0x3f0, irq=14\n\
+         ata0-master: {disk}\n\
+         boot: disk\n\
+         com1: enabled=1, mode=file, dev=\"{serial}\"\n\
+         port_e9_hack: enabled=1\n\
+         mouse: enabled=0\n\
+         log: \"{log}\"\n\
+         panic: action=fatal\n\
+         error: action=report\n\
+         info: action=report\n\
+         debug: action=ignore\n",
+        mem = cfg.memory_mib,
+        ovmf = ovmf.display(),
+        vga = vgabios.display(),
+        cpus = cfg.cpus,
+        serial = dir.join("serial.log").display(),
+        log = dir.join("bochs.log").display(),
+    )
+}
+
+/// QEMU's command-line arguments for `cfg`.
+pub fn qemu_args(cfg: &MachineConfig, ovmf: &Path) -> Vec<String> {
+    let mut args: Vec<String> = vec!["-machine".into(), "q35".into()];
+    match cfg.emulator {
+        Emulator::QemuKvm => args.extend(["-accel", "kvm", "-cpu", "host,+vmx"].map(String::from)),
+        _ => args.extend(["-accel", "tcg", "-cpu", "max"].map(String::from)),
+    }
+    // QEMU option values separate sub-options with ',': a literal comma is written twice.
+    let escape = |p: &Path| p.display().to_string().replace(',', ",,");
+    let drive = match &cfg.media {
+        Media::EspDir(dir) => format!("format=raw,file=fat:rw:{}", escape(dir)),
+        Media::DiskImage(img) => format!("format=raw,file={}", escape(img)),
+    };
+    args.extend([
+        "-m".into(),
+        cfg.memory_mib.to_string(),
+        "-smp".into(),
+        cfg.cpus.to_string(),
+        "-bios".into(),
+        ovmf.display().to_string(),
+        "-drive".into(),
+        drive,
+        "-serial".into(),
+        format!("file:{}", cfg.run_dir.join("serial.log").display()),
+        "-display".into(),
+        "none".into(),
+        "-nodefaults".into(),
+        "-no-reboot".into(),
+        "-qmp".into(),
+        "stdio".into(),
+    ]);
+    args
+}
+
+/// Boots `cfg` and waits until it powers off, the emulator exits, or the timeout.
+pub fn run(cfg: &MachineConfig, emulators: &Emulators) -> Result<RunResult> {
+    fs::create_dir_all(&cfg.run_dir)
+        .with_context(|| format!("creating {}", cfg.run_dir.display()))?;
+    let serial_log = cfg.run_dir.join("serial.log");
+    let _ = fs::remove_file(&serial_log);
+    File::create(&serial_log).with_context(|| format!("creating {}", serial_log.display()))?;
+    let ovmf = emulators
+        .ovmf
+        .as_deref()
+        .context("no OVMF firmware found (install the `ovmf` package or set FERROVISOR_OVMF)")?;
+
+    let (mut command, emulator_log) = match cfg.emulator {
+        Emulator::Bochs => {
+            let bochs = emulators
+                .bochs
+                .as_deref()
+                .context("bochs is not installed")?;
+            let vgabios = emulators
+                .vgabios
+                .as_deref()
+                .context("no VGA BIOS for Bochs")?;
+            let rc = cfg.run_dir.join("bochsrc");
+            let ovmf_size = fs::metadata(ovmf)?.len();
+            fs::write(&rc, bochsrc(cfg, ovmf, ovmf_size, vgabios))?;
+            // Debian's Bochs has the internal debugger: without commands it stops at a prompt.
+            let commands = cfg.run_dir.join("bochs-debugger.rc");
+            fs::write(&commands, "c\n")?;
+            let log = cfg.run_dir.join("bochs.log");
+            let _ = fs::remove_file(&log);
+            let mut cmd = Command::new(bochs);
+            cmd.arg("-q").arg("-f").arg(&rc).arg("-rc").arg(&commands);
+            let out = File::create(cfg.run_dir.join("bochs.out"))?;
+            cmd.stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out);
+            (cmd, log)
+        }
+        Emulator::Qemu | Emulator::QemuKvm => {
+            let qemu = emulators
+                .qemu
+                .as_deref()
+                .context("qemu-system-x86_64 is not installed")?;
+            let mut cmd = Command::new(qemu);
+            cmd.args(qemu_args(cfg, ovmf));
+            let log = cfg.run_dir.join("qemu.err");
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(File::create(&log)?);
+            (cmd, log)
+        }
+    };
+    fs::write(cfg.run_dir.join("command.txt"), format!("{command:?}\n"))?;
+
+    let start = Instant::now();
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {:?}", command.get_program()))?;
+    let qmp = match cfg.emulator {
+        Emulator::Bochs => None,
+        _ => Some(Qmp::start(&mut child)),
+    };
+
+    let mut console = Console::new(&serial_log, cfg.echo.clone());
+    // `None`: the timeout ran out.
+    let status = loop {
+        console.pump();
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if cfg.timeout.is_some_and(|t| start.elapsed() >= t) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let wall = start.elapsed();
+    console.pump();
+    console.finish();
+
+    let qmp_events = qmp.map(Qmp::finish).unwrap_or_default();
+    let (ended_by, reason) = match status {
+        None => (EndedBy::Timeout, None),
+        Some(status) if cfg.emulator == Emulator::Bochs => bochs_ending(status, &emulator_log),
+        Some(status) => qemu_ending(status, &qmp_events),
+    };
+    let raw = fs::read(&serial_log).unwrap_or_default();
+    Ok(RunResult {
+        emulator: cfg.emulator,
+        ended_by,
+        wall,
+        serial: serial::normalize(&raw),
+        serial_log,
+        emulator_log,
+        reason,
+    })
+}
+
+fn exit_code(status: ExitStatus) -> i32 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return 128 + signal;
+        }
+    }
+    status.code().unwrap_or(-1)
+}
+
+/// Bochs exits with status 1 on every fatal panic; the log says which one it was.
+fn bochs_ending(status: ExitStatus, log: &Path) -> (EndedBy, Option<String>) {
+    let tail = read_tail(log, 64 * 1024).unwrap_or_default();
+    let panic = tail.lines().rev().find_map(|l| {
+        l.split_once(">>PANIC<< ")
+            .map(|(_, msg)| msg.trim().to_string())
+    });
+    match panic {
+        Some(msg) if msg.contains("Shutdown port: shutdown requested") => {
+            (EndedBy::PowerOff, Some(msg))
+        }
+        panic => (EndedBy::EmulatorExit(exit_code(status)), panic),
+    }
+}
+
+/// QEMU exits 0 after a guest power-off and, with `-no-reboot`, after a guest reset too; the
+/// QMP `SHUTDOWN` event's reason tells them apart.
+fn qemu_ending(status: ExitStatus, qmp_events: &str) -> (EndedBy, Option<String>) {
+    let reason = qmp_events
+        .lines()
+        .filter(|l| l.contains("\"SHUTDOWN\""))
+        .find_map(|l| {
+            let (_, rest) = l.split_once("\"reason\": \"")?;
+            rest.split_once('"').map(|(reason, _)| reason.to_string())
+        });
+    match reason.as_deref() {
+        Some("guest-shutdown") if status.success() => (EndedBy::PowerOff, reason),
+        _ => (EndedBy::EmulatorExit(exit_code(status)), reason),
+    }
+}
+
+/// QEMU's QMP monitor on its stdin/stdout: enables events, then collects everything it says.
+struct Qmp {
+    stdin: std::process::ChildStdin,
+    reader: thread::JoinHandle<String>,
+}
+
+impl Qmp {
+    fn start(child: &mut Child) -> Self {
+        let mut stdin = child.stdin.take().expect("QEMU's stdin is piped");
+        let mut stdout = child.stdout.take().expect("QEMU's stdout is piped");
+        // QMP sends events only after capabilities negotiation; QEMU reads this after its
+        // greeting. Keeping stdin open keeps the monitor alive. A QEMU that already died is
+        // reported by its exit status, so a failed write needs no error of its own.
+        let _ = stdin.write_all(b"{\"execute\": \"qmp_capabilities\"}\n");
+        let reader = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            text
+        });
+        Self { stdin, reader }
+    }
+
+    fn finish(self) -> String {
+        drop(self.stdin);
+        self.reader.join().unwrap_or_default()
+    }
+}
+
+/// Follows the serial log file as the emulator writes it.
+struct Console {
+    path: PathBuf,
+    file: Option<File>,
+    echo: Echo,
+    sanitizer: Sanitizer,
+    pending: Vec<u8>,
+    /// Whether the last byte echoed to stdout ended a line (stderr gets whole lines only).
+    at_line_start: bool,
+}
+
+impl Console {
+    fn new(path: &Path, echo: Echo) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            file: None,
+            echo,
+            sanitizer: Sanitizer::new(),
+            pending: Vec::new(),
+            at_line_start: true,
+        }
+    }
+
+    /// Reads whatever the emulator wrote since the last call and echoes it.
+    fn pump(&mut self) {
+        if self.echo == Echo::Quiet {
+            return;
+        }
+        if self.file.is_none() {
+            self.file = File::open(&self.path).ok();
+        }
+        let Some(file) = self.file.as_mut() else {
+            return;
+        };
+        let mut raw = Vec::new();
+        if file.read_to_end(&mut raw).is_err() || raw.is_empty() {
+            return;
+        }
+        self.sanitizer.feed(&raw, &mut self.pending);
+        self.write_pending();
+    }
+
+    /// Echoes the cleaned text so far: all of it to stdout, whole lines to stderr (so that runs
+    /// side by side don't interleave mid-line). Writes to the streams directly, not through
+    /// `print!`, so that a test harness capturing output does not hold it back.
+    fn write_pending(&mut self) {
+        match &self.echo {
+            Echo::Quiet => self.pending.clear(),
+            Echo::Stdout => {
+                if let Some(last) = self.pending.last() {
+                    self.at_line_start = *last == b'\n';
+                }
+                let mut out = io::stdout().lock();
+                let _ = out.write_all(&self.pending);
+                let _ = out.flush();
+                self.pending.clear();
+            }
+            Echo::Prefixed(prefix) => {
+                let Some(end) = self.pending.iter().rposition(|b| *b == b'\n') else {
+                    return;
+                };
+                let text = String::from_utf8_lossy(&self.pending[..=end]).into_owned();
+                self.pending.drain(..=end);
+                let mut err = io::stderr().lock();
+                for line in text.lines() {
+                    let _ = writeln!(err, "{prefix}{line}");
+                }
+            }
+        }
+    }
+
+    /// Writes what is still pending and ends a last unterminated line.
+    fn finish(&mut self) {
+        self.sanitizer.finish(&mut self.pending);
+        let open_line = match self.pending.last() {
+            Some(last) => *last != b'\n',
+            None => !self.at_line_start,
+        };
+        if open_line {
+            self.pending.push(b'\n');
+        }
+        self.write_pending();
+    }
+}
+
+/// The last `max` bytes of a file, as text.
+fn read_tail(path: &Path, max: u64) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut raw = Vec::new();
+    file.read_to_end(&mut raw)?;
+    Ok(String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// Checks `cfg` for values the emulators reject, before starting one.
+pub fn validate(cfg: &MachineConfig) -> Result<()> {
+    if cfg.cpus == 0 || cfg.cpus > 64 {
+        bail!("--cpus must be between 1 and 64 (got {})", cfg.cpus);
+    }
+    // Bochs' 32-bit memory model and the OVMF image below 4 GiB leave at most 3 GiB of RAM.
+    if cfg.memory_mib < 64 || (cfg.emulator == Emulator::Bochs && cfg.memory_mib > 3072) {
+        bail!(
+            "--memory must be between 64 and {} MiB for {} (got {})",
+            if cfg.emulator == Emulator::Bochs {
+                3072
+            } else {
+                u32::MAX
+            },
+            cfg.emulator,
+            cfg.memory_mib
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(emulator: Emulator) -> MachineConfig {
+        MachineConfig {
+            emulator,
+            cpus: 2,
+            memory_mib: 512,
+            timeout: Some(Duration::from_secs(60)),
+            media: Media::EspDir(PathBuf::from("/r/esp")),
+            run_dir: PathBuf::from("/r"),
+            echo: Echo::Quiet,
+        }
+    }
+
+    #[test]
+    fn bochsrc_has_the_settings_that_boot_ovmf_with_vmx() {
+        let rc = bochsrc(
+            &cfg(Emulator::Bochs),
+            Path::new("/usr/share/ovmf/OVMF.fd"),
+            2 * 1024 * 1024,
+            Path::new("/vga.bin"),
+        );
+        for line in [
+            "romimage: file=\"/usr/share/ovmf/OVMF.fd\", address=0xffe00000",
+            "cpu: count=2, model=corei7_skylake_x, ips=200000000, reset_on_triple_fault=0",
+            "memory: guest=512, host=512",
+            "ata0-master: type=disk, path=\"/r/esp\", mode=vvfat",
+            "com1: enabled=1, mode=file, dev=\"/r/serial.log\"",
+            "display_library: rfb, options=\"timeout=0\"",
+            "panic: action=fatal",
+            "plugin_ctrl: speaker=0",
+            "log: \"/r/bochs.log\"",
+        ] {
+            assert!(rc.lines().any(|l| l == line), "missing `{line}` in\n{rc}");
+        }
+    }
+
+    #[test]
+    fn qemu_args_for_tcg_and_kvm() {
+        let mut c = cfg(Emulator::Qemu);
+        c.media = Media::EspDir(PathBuf::from("/a,b/esp"));
+        let args = qemu_args(&c, Path::new("/ovmf.fd")).join(" ");
+        assert!(args.contains("-accel tcg -cpu max"), "{args}");
+        assert!(
+            args.contains("-drive format=raw,file=fat:rw:/a,,b/esp"),
+            "{args}"
+        );
+        assert!(args.contains("-smp 2 "), "{args}");
+        assert!(args.contains("-serial file:/r/serial.log"), "{args}");
+        assert!(args.contains("-no-reboot -qmp stdio"), "{args}");
+        let kvm = qemu_args(&cfg(Emulator::QemuKvm), Path::new("/ovmf.fd")).join(" ");
+        assert!(kvm.contains("-accel kvm -cpu host,+vmx"), "{kvm}");
+    }
+
+    #[test]
+    fn qmp_shutdown_reason_decides_power_off() {
+        use std::os::unix::process::ExitStatusExt;
+        let ok = ExitStatus::from_raw(0);
+        let off = "{\"QMP\": {}}\n{\"return\": {}}\n{\"timestamp\": {\"seconds\": 1}, \"event\": \"SHUTDOWN\", \"data\": {\"guest\": true, \"reason\": \"guest-shutdown\"}}\n";
+        assert_eq!(qemu_ending(ok, off).0, EndedBy::PowerOff);
+        let reset = off.replace("guest-shutdown", "guest-reset");
+        let (ended, reason) = qemu_ending(ok, &reset);
+        assert_eq!(ended, EndedBy::EmulatorExit(0));
+        assert_eq!(reason.as_deref(), Some("guest-reset"));
+        assert_eq!(
+            qemu_ending(ExitStatus::from_raw(1 << 8), "").0,
+            EndedBy::EmulatorExit(1)
+        );
+    }
+
+    #[test]
+    fn bochs_shutdown_port_panic_is_a_power_off() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = std::env::temp_dir().join(format!("xtask-machine-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("bochs.log");
+        let status = ExitStatus::from_raw(1 << 8);
+        fs::write(&log, "00000000000i[      ] x\n00788006550p[UNMAP ] >>PANIC<< Shutdown port: shutdown requested\n").unwrap();
+        assert_eq!(bochs_ending(status, &log).0, EndedBy::PowerOff);
+        fs::write(&log, "00000000001e[CPU0  ] VMFAIL: VMCS invalid host TR selector\n00000000002p[CPU0  ] >>PANIC<< exception(): 3rd (13) exception with no resolution\n").unwrap();
+        let (ended, reason) = bochs_ending(status, &log);
+        assert_eq!(ended, EndedBy::EmulatorExit(1));
+        assert!(reason.unwrap().starts_with("exception(): 3rd (13)"));
+        let result = RunResult {
+            emulator: Emulator::Bochs,
+            ended_by: ended,
+            wall: Duration::from_secs(1),
+            serial: String::new(),
+            serial_log: dir.join("serial.log"),
+            emulator_log: log,
+            reason: None,
+        };
+        let excerpt = result.emulator_log_excerpt(5);
+        assert!(
+            excerpt.contains("errors and panics:\n  00000000001e[CPU0  ] VMFAIL"),
+            "{excerpt}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
