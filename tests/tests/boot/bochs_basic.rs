@@ -29,6 +29,14 @@ fn bochs_vmx_root_two_cpus_and_first_guests() {
         .line("[witness] witness: done")
         .line("vm witness: exited code=0");
 
+    // Restart policy: two restarts, then the final exit is reported.
+    boot.line("vm again: restarting (1 of at most 2)")
+        .line("vm again: restarting (2 of at most 2)")
+        .line("vm again: exited code=0");
+    // Bad input: refused with the defect named, before the guest starts.
+    boot.line_starting_containing("vm bad-image: not started: ", "bad ELF64 image")
+        .no_line_containing("vm bad-image: started");
+
     boot.line_starting("hv: summary:")
         .line_starting("hv: powering off")
         .powered_off();
