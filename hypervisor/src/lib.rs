@@ -88,6 +88,7 @@ pub fn fatal_stop_quiet() -> ! {
 
 /// Runs the guests of the manifest on the ESP; every CPU ends up in the scheduler.
 pub fn run_guests(info: &'static BootInfo) -> ! {
+    vm::MANIFEST_TSC.store(arch::regs::rdtsc(), core::sync::atomic::Ordering::Relaxed);
     let manifest = match info.file("manifest.toml") {
         None => {
             println!("hv: no manifest at \\hv\\manifest.toml: no guests to run");
@@ -132,8 +133,22 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
         };
         let desc = loader::describe(&cfg.kind);
         let (mem, vcpus) = (cfg.memory, cfg.vcpus);
+        let (free0, heap0) = (mm::free_bytes(), heap::usage().0 as u64);
         match vm::Vm::create(id, cfg, file.data()) {
             Ok((vm, vcpus_v)) => {
+                let frames = free0
+                    .saturating_sub(mm::free_bytes())
+                    .saturating_sub(vm.mem.size());
+                let heap_used = (heap::usage().0 as u64).saturating_sub(heap0);
+                let ept = vm.mem.ept_bytes();
+                println!(
+                    "vm {name}: memory overhead {} KiB for {} MiB of RAM (EPT {} KiB, VMCS+XSAVE+bitmaps {} KiB, heap {} KiB)",
+                    (frames + heap_used) >> 10,
+                    mem >> 20,
+                    ept >> 10,
+                    frames.saturating_sub(ept) >> 10,
+                    heap_used >> 10
+                );
                 let host = vm.mem.ranges.first().map_or(0, |r| r.host);
                 println!(
                     "vm {name}: started ({} MiB at host {:#x}, {} vcpu{}, {}, image {} bytes, EPT {} KiB)",

@@ -8,6 +8,9 @@ const HUGE: u64 = 1 << 7;
 const TWO_MIB: u64 = 0x20_0000;
 const ONE_GIB: u64 = 0x4000_0000;
 
+/// Bytes of host page tables (for the memory report).
+pub static TABLE_BYTES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 /// Builds the identity map covering `[0, top)` (rounded up to 1 GiB, at least
 /// 4 GiB) and returns the PML4's physical address (below 4 GiB, so APs can
 /// load it from 32-bit code).
@@ -32,5 +35,9 @@ pub fn build_identity(top: u64) -> Option<u64> {
                 .write(pd | PRESENT | WRITABLE);
         }
     }
+    TABLE_BYTES.store(
+        (2 + top / ONE_GIB) * 4096,
+        core::sync::atomic::Ordering::Relaxed,
+    );
     Some(pml4)
 }

@@ -40,6 +40,19 @@ pub fn handle(v: &mut Vcpu) -> Flow {
         Flow::Continue
     } else {
         let val = (v.regs.gpr[RAX] & mask) as u32;
+        if q.port == 0x3F8
+            && !vm
+                .first_output
+                .swap(true, core::sync::atomic::Ordering::Relaxed)
+        {
+            let t = arch::regs::rdtsc().saturating_sub(
+                crate::vm::MANIFEST_TSC.load(core::sync::atomic::Ordering::Relaxed),
+            );
+            crate::println!(
+                "vm {}: first output {t} TSC ticks after the manifest was read",
+                vm.name
+            );
+        }
         let action = vm.shared.lock().io.write(q.port, q.size, val);
         v.advance_rip();
         match action {

@@ -58,7 +58,12 @@ pub struct Vm {
     /// The boot state, kept so a restart can start over.
     pub entry: Mutex<loader::EntryState>,
     pub tsc_offset: u64,
+    /// Set once the guest's first console byte has been reported.
+    pub first_output: AtomicBool,
 }
+
+/// TSC when the manifest was read (start-up figures are measured from here).
+pub static MANIFEST_TSC: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 #[derive(Debug)]
 pub enum CreateError {
@@ -118,6 +123,7 @@ impl Vm {
             io_bitmaps,
             entry: Mutex::new(entry),
             tsc_offset: 0u64.wrapping_sub(arch::regs::rdtsc()),
+            first_output: AtomicBool::new(false),
             config,
         });
         let mut vcpus = Vec::new();
