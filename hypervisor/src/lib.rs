@@ -5,6 +5,7 @@
 extern crate alloc;
 
 pub mod acpi;
+pub mod acpi_gen;
 pub mod bootinfo;
 pub mod console;
 pub mod devices;

@@ -241,9 +241,8 @@ fn next_wake() -> Option<u64> {
         .min()
 }
 
-/// Wakes a sleeping vCPU of `vm` (an interrupt became pending for it).
-pub fn notify(vm: &Vm) {
-    let _ = vm;
+/// A sleeping vCPU may have become runnable: wake idle CPUs to check.
+pub fn notify() {
     for c in 0..cpus() {
         kick(c);
     }

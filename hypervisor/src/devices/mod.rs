@@ -2,6 +2,15 @@
 //! core only through [`PortDevice`]: a request in, a value and an [`Action`]
 //! out. No model touches the VMCS, the EPT or another guest's memory.
 pub mod debug_exit;
+pub mod i8042;
+pub mod ioapic;
+pub mod lapic;
+pub mod pci;
+pub mod pic;
+pub mod pit;
+pub mod pm;
+pub mod post;
+pub mod rtc;
 pub mod uart;
 
 use alloc::boxed::Box;

@@ -26,19 +26,10 @@ pub struct View {
 }
 
 /// Leaf 1 ECX bits hidden from guests: VMX, SMX, EST, TM2, PDCM, DTES64,
-/// MONITOR, DS-CPL, x2APIC and TSC-deadline (no virtual local APIC yet),
-/// PCID stays. OSXSAVE follows the guest's CR4.
-const L1_ECX_HIDE: u32 = (1 << 5)
-    | (1 << 6)
-    | (1 << 7)
-    | (1 << 8)
-    | (1 << 15)
-    | (1 << 2)
-    | (1 << 3)
-    | (1 << 4)
-    | (1 << 21)
-    | (1 << 24)
-    | (1 << 27);
+/// MONITOR, DS-CPL. OSXSAVE follows the guest's CR4. x2APIC and TSC-deadline
+/// are set: every vCPU has a virtual local APIC with both.
+const L1_ECX_HIDE: u32 = (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 15) | (1 << 27);
+const L1_ECX_SET: u32 = (1 << 21) | (1 << 24) | (1 << 31);
 /// Leaf 1 EDX: MCE, MTRR, MCA, DS, ACPI thermal, TM, PBE.
 const L1_EDX_HIDE: u32 =
     (1 << 7) | (1 << 12) | (1 << 14) | (1 << 21) | (1 << 22) | (1 << 29) | (1 << 31);
@@ -77,11 +68,12 @@ pub fn virtual_cpuid(leaf: u32, sub: u32, view: &View, host: impl Fn(u32, u32) -
             match leaf {
                 1 => {
                     r.ecx &= !L1_ECX_HIDE;
-                    r.ecx |= 1 << 31;
+                    r.ecx |= L1_ECX_SET;
                     if view.guest_osxsave {
                         r.ecx |= 1 << 27;
                     }
                     r.edx &= !L1_EDX_HIDE;
+                    r.edx |= 1 << 9; // APIC
                     if view.vcpus > 1 {
                         r.edx |= 1 << 28;
                     } else {

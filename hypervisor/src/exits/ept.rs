@@ -9,6 +9,9 @@ use arch::vmx::vmcs::ro;
 
 pub fn violation(v: &mut Vcpu) -> Flow {
     let gpa = ro::GUEST_PHYSICAL_ADDR.read().unwrap_or(0);
+    if let Some(flow) = super::mmio::handle(v, gpa) {
+        return flow;
+    }
     let q = EptViolation::decode(ro::EXIT_QUALIFICATION.read().unwrap_or(0));
     let region = if gpa >= crate::vm::memory::MMIO_HOLE_START && gpa < crate::vm::memory::FOUR_GIB {
         "MMIO hole, no device there"

@@ -3,8 +3,10 @@
 //! (CPUID, MSR, CR, XSETBV, HLT) or pass a request to a device model (I/O).
 pub mod cpuid;
 pub mod cr;
+pub mod decode;
 pub mod ept;
 pub mod io;
+pub mod mmio;
 pub mod msr;
 pub mod vmcall;
 pub mod xsetbv;
@@ -73,6 +75,7 @@ pub fn handle(v: &mut Vcpu, raw: u32) -> Flow {
             Flow::Continue
         }
         R::Pause | R::InterruptWindow | R::NmiWindow | R::MonitorTrapFlag => Flow::Continue,
+        R::ApicAccess | R::ApicWrite | R::VirtualizedEoi | R::TprBelowThreshold => Flow::Continue,
         other => Flow::End(VmEnd::Crashed(format!(
             "unhandled VM exit {other:?} at rip {:#x}",
             v.rip()

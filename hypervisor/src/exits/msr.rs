@@ -6,8 +6,6 @@ use crate::vmx::run::{RAX, RCX, RDX};
 use arch::msr as m;
 use arch::vmx::vmcs::{ctrl, guest};
 
-/// The local APIC base every vCPU reports (xAPIC mode, enabled).
-pub const APIC_BASE: u64 = 0xFEE0_0000;
 /// EFER bits a guest may set: SCE, LME, LMA (ignored on write), NXE.
 const EFER_ALLOWED: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11);
 
@@ -19,7 +17,9 @@ fn valid_pat(v: u64) -> bool {
 pub fn read(v: &Vcpu, msr: u32) -> Option<u64> {
     Some(match msr {
         0x10 => arch::regs::rdtsc().wrapping_add(ctrl::TSC_OFFSET.read().ok()?),
-        m::IA32_APIC_BASE => APIC_BASE | (1 << 11) | if v.index == 0 { 1 << 8 } else { 0 },
+        m::IA32_APIC_BASE => v.vm.lapics[v.index].lock().apic_base(),
+        m::IA32_TSC_DEADLINE => v.vm.lapics[v.index].lock().read_tsc_deadline(v.vm.guest_tsc()),
+        0x800..=0x8FF => v.vm.lapics[v.index].lock().read_msr(msr, v.vm.guest_tsc())?,
         // Locked with VMX off: guests can't use VT-x.
         m::IA32_FEATURE_CONTROL => m::feature_control::LOCK,
         0x17 | 0x8B => 0,
@@ -43,7 +43,27 @@ pub fn write(v: &mut Vcpu, msr: u32, value: u64) -> bool {
             0x10 => ctrl::TSC_OFFSET
                 .write(value.wrapping_sub(arch::regs::rdtsc()))
                 .is_ok(),
-            m::IA32_APIC_BASE => value & !(1 << 8) == APIC_BASE | (1 << 11),
+            m::IA32_APIC_BASE => {
+                let vm = v.vm.clone();
+                let r = vm.lapics[v.index].lock().set_apic_base(value);
+                r.is_ok()
+            }
+            m::IA32_TSC_DEADLINE => {
+                let vm = v.vm.clone();
+                vm.lapics[v.index].lock().write_tsc_deadline(value, vm.guest_tsc());
+                true
+            }
+            0x800..=0x8FF => {
+                let vm = v.vm.clone();
+                let r = vm.lapics[v.index].lock().write_msr(msr, value, vm.guest_tsc());
+                match r {
+                    Ok(effect) => {
+                        vm.lapic_effect(v.index, effect);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
             0x8B => true,
             m::IA32_MISC_ENABLE => true,
             m::IA32_PAT => valid_pat(value) && guest::IA32_PAT.write(value).is_ok(),

@@ -1,6 +1,9 @@
 //! Guest image loaders: each turns an image file into guest RAM contents and
 //! the vCPU state the image expects at its entry point.
+pub mod bzimage;
+pub mod e820;
 pub mod elf;
+pub mod multiboot;
 pub mod setup;
 
 use crate::manifest::{EntryMode, GuestConfig, ImageKind};

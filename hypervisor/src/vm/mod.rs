@@ -1,9 +1,13 @@
 //! Virtual machines: one per manifest entry, with its own RAM, EPT, I/O
 //! space, bitmaps and vCPUs, and a life cycle that ends in exactly one
 //! reported outcome (or a restart, as its policy says).
+pub mod gwalk;
+pub mod irq;
 pub mod memory;
 pub mod vcpu;
 
+use crate::devices::ioapic::IoApic;
+use crate::devices::lapic::VLapic;
 use crate::devices::{debug_exit::DebugExit, uart::Uart, IoBus};
 use crate::manifest::{GuestConfig, Policy};
 use crate::{loader, mm, println};
@@ -39,6 +43,7 @@ impl VmEnd {
 /// Mutable VM-wide state, behind the VM's own lock (never shared with another guest).
 pub struct VmShared {
     pub io: IoBus,
+    pub ioapic: IoApic,
     pub end: Option<VmEnd>,
 }
 
@@ -58,6 +63,11 @@ pub struct Vm {
     /// The boot state, kept so a restart can start over.
     pub entry: Mutex<loader::EntryState>,
     pub tsc_offset: u64,
+    /// One local APIC per vCPU (index = vCPU index = APIC ID).
+    pub lapics: Vec<Mutex<VLapic>>,
+    pub mailbox: Vec<irq::Mailbox>,
+    /// vCPUs halted with interrupts disabled (only NMI/INIT can wake them).
+    pub halted_noirq: core::sync::atomic::AtomicUsize,
     /// Set once the guest's first console byte has been reported.
     pub first_output: AtomicBool,
 }
@@ -80,6 +90,11 @@ impl core::fmt::Display for CreateError {
             CreateError::NoMemory => write!(f, "not enough host memory for the VM's bitmaps"),
         }
     }
+}
+
+/// TSC ticks per tick of the virtual APIC bus (a 100 MHz bus).
+fn tsc_per_bus_tick() -> u64 {
+    (crate::time::tsc_khz() / 100_000).max(1)
 }
 
 /// Writes a finished guest console line to the hypervisor console.
@@ -116,7 +131,7 @@ impl Vm {
             name: config.name.clone(),
             mem,
             image,
-            shared: Mutex::new(VmShared { io, end: None }),
+            shared: Mutex::new(VmShared { io, ioapic: IoApic::new(config.vcpus as u8), end: None }),
             ending: AtomicBool::new(false),
             restarts: AtomicU32::new(0),
             msr_bitmap,
@@ -124,6 +139,9 @@ impl Vm {
             entry: Mutex::new(entry),
             tsc_offset: 0u64.wrapping_sub(arch::regs::rdtsc()),
             first_output: AtomicBool::new(false),
+            lapics: (0..config.vcpus).map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick()))).collect(),
+            mailbox: (0..config.vcpus).map(|_| irq::Mailbox::default()).collect(),
+            halted_noirq: core::sync::atomic::AtomicUsize::new(0),
             config,
         });
         let mut vcpus = Vec::new();
@@ -180,6 +198,16 @@ impl Vm {
         self.mem.zero();
         let entry = loader::load(&self.config, self.image, &self.mem)?;
         *self.entry.lock() = entry;
+        for (i, l) in self.lapics.iter().enumerate() {
+            *l.lock() = VLapic::new(i as u32, i == 0, tsc_per_bus_tick());
+        }
+        for m in &self.mailbox {
+            m.init.store(false, Ordering::Release);
+            m.sipi.store(0, Ordering::Release);
+            m.nmi.store(false, Ordering::Release);
+        }
+        self.halted_noirq.store(0, Ordering::Release);
+        self.shared.lock().ioapic = IoApic::new(self.config.vcpus as u8);
         self.shared.lock().end = None;
         self.ending.store(false, Ordering::Release);
         Ok(())

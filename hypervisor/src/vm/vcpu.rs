@@ -98,6 +98,12 @@ pub struct Vcpu {
     /// TSC ticks in a row spent with interrupts disabled and no exit but the
     /// preemption timer: a guest spinning with IF = 0.
     spin_tsc: u64,
+    /// An application processor waiting for a start-up IPI (SDM 9.4.4).
+    pub wait_sipi: bool,
+    /// Halted with interrupts disabled: only NMI or INIT wake it.
+    pub halted_noirq: bool,
+    /// The state to start from instead of the VM's boot state (after a SIPI).
+    start_state: Option<crate::loader::EntryState>,
 }
 
 /// A guest spinning this long (TSC ticks) with interrupts off and no other
@@ -143,6 +149,9 @@ impl Vcpu {
             active_on: None,
             vruntime: 0,
             spin_tsc: 0,
+            wait_sipi: index != 0,
+            halted_noirq: false,
+            start_state: None,
         }
     }
 
@@ -181,6 +190,9 @@ impl Vcpu {
             self.launched = false;
             self.load_host_state();
         }
+        if let Some(end) = self.take_signals() {
+            return end;
+        }
         if !self.configured {
             if let Err(e) = self.configure() {
                 self.vm.end(VmEnd::Crashed(e));
@@ -188,6 +200,7 @@ impl Vcpu {
             }
             self.configured = true;
         }
+        self.vm.mailbox[self.index].running_on.store(me + 1, Ordering::Release);
         self.switch_in();
         let deadline = rdtsc().wrapping_add(slice);
         let rate = vmx::caps().misc.preemption_timer_rate;
@@ -200,10 +213,16 @@ impl Vcpu {
             if left == 0 {
                 break SliceEnd::Preempted;
             }
-            w!(
-                guest::VMX_PREEMPTION_TIMER_VALUE,
-                (left >> rate).min(u64::from(u32::MAX)) as u32
-            );
+            if self.vm.mailbox[self.index].init.load(Ordering::Acquire) {
+                break SliceEnd::Yielded;
+            }
+            // Timers first, so that an interrupt due now is injected now.
+            let timer = self.poll_timers();
+            let left = timer.map_or(left, |t| left.min(t.saturating_sub(now).max(1)));
+            w!(guest::VMX_PREEMPTION_TIMER_VALUE, (left >> rate).min(u64::from(u32::MAX)) as u32);
+            if self.pending_event.is_none() {
+                self.inject_interrupts();
+            }
             if let Some((info, err)) = self.pending_event.take() {
                 w!(ctrl::VMENTRY_INTERRUPTION_INFO, info);
                 w!(ctrl::VMENTRY_EXCEPTION_ERR_CODE, err);
@@ -261,8 +280,111 @@ impl Vcpu {
                 }
             }
         };
+        self.vm.mailbox[self.index].running_on.store(0, Ordering::Release);
         self.switch_out();
         end
+    }
+
+    /// INIT, SIPI and NMI signals left by other vCPUs (SDM 9.4.4, 11.6.1).
+    /// Returns how the slice ends if the vCPU can't run now.
+    fn take_signals(&mut self) -> Option<SliceEnd> {
+        let vm = self.vm.clone();
+        let mb = &vm.mailbox[self.index];
+        if mb.init.swap(false, Ordering::AcqRel) {
+            // INIT: back to the wait-for-SIPI state with a fresh APIC.
+            vm.lapics[self.index].lock().reset_on_init();
+            self.wait_sipi = true;
+            self.configured = false;
+            self.launched = false;
+            self.pending_event = None;
+            self.set_halted_noirq(false);
+        }
+        if self.halted_noirq && mb.nmi.load(Ordering::Acquire) {
+            self.set_halted_noirq(false);
+        }
+        if self.wait_sipi {
+            let sipi = mb.sipi.swap(0, Ordering::AcqRel);
+            if sipi == 0 {
+                return Some(SliceEnd::Halted);
+            }
+            // Start in real mode at vector:0000 (SDM 9.4.4.2).
+            let page = u64::from(sipi & 0xFF) << 12;
+            self.start_state = Some(crate::loader::setup::real16(page));
+            self.regs = GuestRegs::default();
+            self.wait_sipi = false;
+            self.configured = false;
+            self.launched = false;
+        }
+        None
+    }
+
+    pub fn set_halted_noirq(&mut self, on: bool) {
+        if self.halted_noirq != on {
+            self.halted_noirq = on;
+            if on {
+                self.vm.halted_noirq.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.vm.halted_noirq.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Brings this vCPU's timers up to date; returns the next host-TSC deadline.
+    fn poll_timers(&mut self) -> Option<u64> {
+        let vm = &self.vm;
+        let now = vm.guest_tsc();
+        let mut l = vm.lapics[self.index].lock();
+        l.poll_timer(now);
+        l.next_timer_deadline().map(|g| vm.host_tsc(g))
+    }
+
+    /// Injects the highest-priority deliverable interrupt, or asks for an
+    /// interrupt-window exit when the guest can't take it yet (SDM 26.6.5, 27.6).
+    fn inject_interrupts(&mut self) {
+        use arch::vmx::vmcs::bits::primary;
+        let window = |on: bool| {
+            let p = ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS.read().unwrap_or(0);
+            let n = if on { p | primary::INTERRUPT_WINDOW_EXITING } else { p & !primary::INTERRUPT_WINDOW_EXITING };
+            if n != p {
+                w!(ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS, n);
+            }
+        };
+        let blocking = guest::INTERRUPTIBILITY_STATE.read().unwrap_or(0);
+        if self.vm.mailbox[self.index].nmi.load(Ordering::Acquire) && blocking & 0xB == 0 {
+            self.vm.mailbox[self.index].nmi.store(false, Ordering::Release);
+            self.pending_event = Some((2 | (2 << 8) | (1 << 31), 0));
+            return;
+        }
+        let vector = self.vm.lapics[self.index].lock().pending();
+        let Some(vector) = vector else {
+            window(false);
+            return;
+        };
+        let rflags = guest::RFLAGS.read().unwrap_or(0);
+        if rflags & (1 << 9) != 0 && blocking & 3 == 0 {
+            self.vm.lapics[self.index].lock().ack(vector);
+            self.pending_event = Some((arch::vmx::exit::external_interrupt(vector), 0));
+            window(false);
+        } else {
+            window(true);
+        }
+    }
+
+    /// Whether an interrupt could be delivered to this vCPU now or soon.
+    pub fn interrupt_pending(&self) -> bool {
+        let mb = &self.vm.mailbox[self.index];
+        if mb.nmi.load(Ordering::Acquire) || mb.init.load(Ordering::Acquire) {
+            return true;
+        }
+        if self.wait_sipi {
+            return mb.sipi.load(Ordering::Acquire) != 0;
+        }
+        if self.halted_noirq {
+            return false;
+        }
+        let mut l = self.vm.lapics[self.index].lock();
+        l.poll_timer(self.vm.guest_tsc());
+        l.pending().is_some()
     }
 
     /// VMCLEARs the VMCS on the CPU where it is active, so that any CPU may
@@ -281,12 +403,16 @@ impl Vcpu {
     /// Whether a halted vCPU should run again: an interrupt is pending for it
     /// or one of its timers is due.
     pub fn wants_to_run(&self, now_tsc: u64) -> bool {
-        self.next_event_tsc().is_some_and(|t| t <= now_tsc)
+        let _ = now_tsc;
+        self.interrupt_pending()
     }
 
-    /// When this vCPU's next timer event is due (TSC), if any.
+    /// When this vCPU's next timer event is due (host TSC), if any.
     pub fn next_event_tsc(&self) -> Option<u64> {
-        None
+        if self.wait_sipi || self.halted_noirq {
+            return None;
+        }
+        self.vm.lapics[self.index].lock().next_timer_deadline().map(|g| self.vm.host_tsc(g))
     }
 
     pub fn weight(&self) -> u64 {
@@ -363,7 +489,7 @@ impl Vcpu {
     fn configure(&mut self) -> Result<(), alloc::string::String> {
         let caps = vmx::caps();
         let vm = self.vm.clone();
-        let entry = *vm.entry.lock();
+        let entry = self.start_state.unwrap_or_else(|| *vm.entry.lock());
         let err = |e: arch::vmx::caps::ControlError| format!("cannot configure VMX controls: {e}");
         let pin = caps
             .pin

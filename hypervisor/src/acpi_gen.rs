@@ -1,0 +1,840 @@
+//! Generates a guest's ACPI tables (ACPI 6.3; section numbers below are the
+//! same in 6.5): RSDP, XSDT, RSDT, FADT, FACS, MADT and a DSDT with `\_S5_`
+//! and optionally a PCI root bridge `\_SB.PCI0`.
+//!
+//! The tables are built as one byte blob for a guest-physical area starting
+//! at `base_gpa` (4 KiB aligned, below 4 GiB):
+//!
+//! | offset | what | E820 type |
+//! | --- | --- | --- |
+//! | 0x0000 | FACS (64 bytes, 64-byte aligned, §5.2.10) | NVS (4 KiB page) |
+//! | 0x1000 | RSDP (36 bytes, 16-byte aligned, §5.2.5) | ACPI |
+//! | then | XSDT, RSDT, FADT, MADT, DSDT, each 16-byte aligned | ACPI |
+//!
+//! With `base_gpa` in 0xE0000..0xFFFFF, the RSDP is also where the legacy
+//! BIOS-area scan (§5.2.5.1) looks. [`AcpiBlob::e820_areas`] gives the
+//! ranges to mark in the memory map.
+//!
+//! Interrupt model: the MADT lists one enabled Processor Local APIC per vCPU
+//! (APIC IDs and ACPI processor UIDs 0..n), the local APIC at 0xFEE00000,
+//! PCAT_COMPAT (8259s present), LINT1 as NMI on all processors, and with an
+//! I/O APIC (ID n, at 0xFEC00000, GSI base 0): ISA IRQ 0 -> GSI 2 (edge,
+//! active high) and the SCI, ISA IRQ 9 -> GSI 9, level-triggered,
+//! active-high. The PM model must therefore raise GSI 9 as a level
+//! interrupt, asserted (high) while an enabled PM1/GPE0 status bit is set.
+
+use crate::loader::e820::E820Type;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+
+/// Local APIC MMIO base.
+pub const LAPIC_ADDR: u32 = 0xFEE0_0000;
+/// I/O APIC MMIO base.
+pub const IOAPIC_ADDR: u32 = 0xFEC0_0000;
+/// The SCI's ISA IRQ and GSI.
+pub const SCI_IRQ: u16 = 9;
+/// Reset register: I/O port 0xCF9 (reset control), value 0x06 (full reset).
+pub const RESET_PORT: u16 = 0xCF9;
+pub const RESET_VALUE: u8 = 0x06;
+/// RTC CMOS index of the century byte.
+pub const CENTURY_INDEX: u8 = 0x32;
+/// The default area size.
+pub const DEFAULT_MAX_LEN: usize = 128 << 10;
+
+/// Offsets of the PM registers from the PM base.
+pub const PM1A_EVT_OFF: u16 = 0x00;
+pub const PM1A_CNT_OFF: u16 = 0x04;
+pub const PM_TMR_OFF: u16 = 0x08;
+pub const GPE0_OFF: u16 = 0x20;
+/// Lengths of the PM register blocks.
+const PM1_EVT_LEN: u8 = 4;
+const PM1_CNT_LEN: u8 = 2;
+const PM_TMR_LEN: u8 = 4;
+const GPE0_LEN: u8 = 4;
+
+const OEM_ID: &[u8; 6] = b"FERRO ";
+const OEM_TABLE_ID: &[u8; 8] = b"FERROVSR";
+const CREATOR_ID: &[u8; 4] = b"FRVR";
+const HEADER_LEN: usize = 36;
+const FACS_LEN: usize = 64;
+const RSDP_OFF: usize = 0x1000;
+const RSDP_LEN: usize = 36;
+const FADT_LEN: usize = 276;
+
+/// What to describe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcpiConfig {
+    /// Number of vCPUs; their local APIC IDs are 0..vcpus.
+    pub vcpus: u32,
+    /// I/O port base of the PM registers: PM1a_EVT = base, PM1a_CNT =
+    /// base + 4, PM_TMR = base + 8, GPE0 = base + 0x20 (4 bytes).
+    pub pm_base: u16,
+    /// The PM timer counts 32 bits (TMR_VAL_EXT) rather than 24.
+    pub pm_timer_32bit: bool,
+    /// Describe an I/O APIC (and the interrupt source overrides).
+    pub ioapic: bool,
+    /// SLP_TYPa = SLP_TYPb for `\_S5_` (3 bits): what the PM model takes as
+    /// "power off" with SLP_EN.
+    pub s5_slp_typ: u8,
+    /// Add `\_SB.PCI0` (PNP0A03, bus 0) to the DSDT.
+    pub pci_root: bool,
+    /// IAPC_BOOT_ARCH bit 1: an 8042 keyboard controller is present.
+    pub i8042: bool,
+    /// Size of the area the tables must fit in.
+    pub max_len: usize,
+}
+
+impl Default for AcpiConfig {
+    fn default() -> Self {
+        Self {
+            vcpus: 1,
+            pm_base: 0x600,
+            pm_timer_32bit: true,
+            ioapic: true,
+            s5_slp_typ: 5,
+            pci_root: false,
+            i8042: true,
+            max_len: DEFAULT_MAX_LEN,
+        }
+    }
+}
+
+/// Why tables could not be generated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcpiGenError {
+    /// No vCPUs.
+    NoVcpus,
+    /// More vCPUs than 8-bit APIC IDs allow (0xFF is the broadcast ID and
+    /// the I/O APIC takes the ID after the last vCPU).
+    TooManyVcpus { vcpus: u32 },
+    /// `base_gpa` is not 4 KiB aligned.
+    Unaligned { base: u64 },
+    /// The area reaches above 4 GiB, out of reach of the 32-bit pointers.
+    Above4G { base: u64, end: u64 },
+    /// The tables need more than `max_len` bytes.
+    TooLarge { need: usize, max: usize },
+    /// SLP_TYP does not fit in 3 bits.
+    BadSleepType { value: u8 },
+    /// The PM register blocks run past I/O port 0xFFFF.
+    PmBaseTooHigh { base: u16 },
+}
+
+impl fmt::Display for AcpiGenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            AcpiGenError::NoVcpus => f.write_str("acpi: a guest needs at least one vCPU"),
+            AcpiGenError::TooManyVcpus { vcpus } => write!(
+                f,
+                "acpi: {vcpus} vCPUs do not fit in 8-bit APIC IDs (at most 254 with the I/O APIC's)"
+            ),
+            AcpiGenError::Unaligned { base } => {
+                write!(f, "acpi: table area base {base:#x} is not 4 KiB aligned")
+            }
+            AcpiGenError::Above4G { base, end } => write!(
+                f,
+                "acpi: table area [{base:#x}, {end:#x}) reaches above 4 GiB"
+            ),
+            AcpiGenError::TooLarge { need, max } => {
+                write!(f, "acpi: tables need {need} bytes, the area has {max}")
+            }
+            AcpiGenError::BadSleepType { value } => {
+                write!(f, "acpi: \\_S5_ sleep type {value} does not fit in 3 bits")
+            }
+            AcpiGenError::PmBaseTooHigh { base } => write!(
+                f,
+                "acpi: PM register blocks from port {base:#x} run past port 0xffff"
+            ),
+        }
+    }
+}
+
+/// The generated tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcpiBlob {
+    /// Guest-physical address of `bytes[0]`.
+    pub base_gpa: u64,
+    /// Everything, to copy to `base_gpa`.
+    pub bytes: Vec<u8>,
+    /// Where the RSDP is (for the zero page's `acpi_rsdp_addr` or the UEFI
+    /// configuration table).
+    pub rsdp_gpa: u64,
+    /// Where the FACS is.
+    pub facs_gpa: u64,
+}
+
+impl AcpiBlob {
+    /// The memory-map ranges: the FACS page as NVS (the FACS must not be
+    /// reported as memory, §5.2.10) and the tables as ACPI reclaim.
+    pub fn e820_areas(&self) -> [(u64, u64, E820Type); 2] {
+        let len = self.bytes.len() as u64;
+        let tables = RSDP_OFF as u64;
+        [
+            (self.base_gpa, tables, E820Type::Nvs),
+            (
+                self.base_gpa + tables,
+                len.next_multiple_of(4096) - tables,
+                E820Type::Acpi,
+            ),
+        ]
+    }
+}
+
+/// The byte that makes `bytes` (with their checksum field zero) sum to zero
+/// modulo 256 (§5.2.5.3, §5.2.6).
+pub fn checksum(bytes: &[u8]) -> u8 {
+    0u8.wrapping_sub(bytes.iter().fold(0u8, |a, &b| a.wrapping_add(b)))
+}
+
+/// Writes a little-endian value.
+fn put(b: &mut [u8], off: usize, v: &[u8]) {
+    b[off..off + v.len()].copy_from_slice(v);
+}
+
+/// A table with its standard header (§5.2.6): signature, length (filled by
+/// [`finish`]), revision, checksum (by [`finish`]), OEM ID, OEM table ID,
+/// OEM revision, creator ID, creator revision.
+fn table(sig: &[u8; 4], revision: u8, len: usize) -> Vec<u8> {
+    let mut t = vec![0u8; len];
+    put(&mut t, 0, sig);
+    t[8] = revision;
+    put(&mut t, 10, OEM_ID);
+    put(&mut t, 16, OEM_TABLE_ID);
+    put(&mut t, 24, &1u32.to_le_bytes());
+    put(&mut t, 28, CREATOR_ID);
+    put(&mut t, 32, &1u32.to_le_bytes());
+    t
+}
+
+/// Sets the length and checksum of a table.
+fn finish(t: &mut [u8]) {
+    let len = t.len() as u32;
+    put(t, 4, &len.to_le_bytes());
+    t[9] = 0;
+    t[9] = checksum(t);
+}
+
+/// Generic Address Structure (§5.2.3.2) for an I/O port register:
+/// address space 1 (system I/O), bit width, bit offset 0, access size
+/// (1 byte, 2 word, 3 dword), address.
+fn gas_io(port: u16, bytes: u8, access: u8) -> [u8; 12] {
+    let mut g = [0u8; 12];
+    g[0] = 1;
+    g[1] = bytes * 8;
+    g[3] = access;
+    put(&mut g, 4, &u64::from(port).to_le_bytes());
+    g
+}
+
+/// The FADT (§5.2.9, revision 6, 276 bytes).
+fn fadt(cfg: &AcpiConfig, facs: u64, dsdt: u64) -> Vec<u8> {
+    let mut t = table(b"FACP", 6, FADT_LEN);
+    let pm1a_evt = cfg.pm_base + PM1A_EVT_OFF;
+    let pm1a_cnt = cfg.pm_base + PM1A_CNT_OFF;
+    let pm_tmr = cfg.pm_base + PM_TMR_OFF;
+    let gpe0 = cfg.pm_base + GPE0_OFF;
+    // FIRMWARE_CTRL (36) set, so X_FIRMWARE_CTRL (132) stays zero.
+    put(&mut t, 36, &(facs as u32).to_le_bytes());
+    put(&mut t, 40, &(dsdt as u32).to_le_bytes());
+    // 45 Preferred_PM_Profile 0: unspecified.
+    put(&mut t, 46, &SCI_IRQ.to_le_bytes());
+    // 48 SMI_CMD 0, 52 ACPI_ENABLE 0, 53 ACPI_DISABLE 0: the hardware is
+    // always in ACPI mode (SCI_EN reads 1).
+    put(&mut t, 56, &u32::from(pm1a_evt).to_le_bytes());
+    put(&mut t, 64, &u32::from(pm1a_cnt).to_le_bytes());
+    put(&mut t, 76, &u32::from(pm_tmr).to_le_bytes());
+    put(&mut t, 80, &u32::from(gpe0).to_le_bytes());
+    t[88] = PM1_EVT_LEN;
+    t[89] = PM1_CNT_LEN;
+    t[91] = PM_TMR_LEN;
+    t[92] = GPE0_LEN;
+    // P_LVL2_LAT > 100 and P_LVL3_LAT > 1000: no C2, no C3.
+    put(&mut t, 96, &101u16.to_le_bytes());
+    put(&mut t, 98, &1001u16.to_le_bytes());
+    t[108] = CENTURY_INDEX;
+    // IAPC_BOOT_ARCH: bit 0 LEGACY_DEVICES, bit 1 8042, bit 2 VGA Not Present.
+    let boot_arch: u16 = 1 | (u16::from(cfg.i8042) << 1) | (1 << 2);
+    put(&mut t, 109, &boot_arch.to_le_bytes());
+    // Flags: WBINVD (0), PROC_C1 (2), PWR_BUTTON (4) and SLP_BUTTON (5) =
+    // no fixed-feature buttons, FIX_RTC (6) = no RTC wake status,
+    // TMR_VAL_EXT (8), RESET_REG_SUP (10).
+    let mut flags: u32 = 1 | 1 << 2 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 10;
+    if cfg.pm_timer_32bit {
+        flags |= 1 << 8;
+    }
+    put(&mut t, 112, &flags.to_le_bytes());
+    put(&mut t, 116, &gas_io(RESET_PORT, 1, 1));
+    t[128] = RESET_VALUE;
+    // 129 ARM_BOOT_ARCH 0; 131 FADT minor version 3 (ACPI 6.3).
+    t[131] = 3;
+    put(&mut t, 140, &dsdt.to_le_bytes());
+    put(&mut t, 148, &gas_io(pm1a_evt, PM1_EVT_LEN, 2));
+    put(&mut t, 172, &gas_io(pm1a_cnt, PM1_CNT_LEN, 2));
+    put(&mut t, 208, &gas_io(pm_tmr, PM_TMR_LEN, 3));
+    put(&mut t, 220, &gas_io(gpe0, GPE0_LEN, 1));
+    // 244/256 sleep control/status registers: only for hardware-reduced
+    // ACPI; 268 hypervisor vendor identity.
+    put(&mut t, 268, b"FERROVSR");
+    finish(&mut t);
+    t
+}
+
+/// The FACS (§5.2.10): no checksum, version 2, everything else zero (no
+/// waking vector, no global lock users).
+fn facs() -> Vec<u8> {
+    let mut f = vec![0u8; FACS_LEN];
+    put(&mut f, 0, b"FACS");
+    put(&mut f, 4, &(FACS_LEN as u32).to_le_bytes());
+    f[32] = 2;
+    f
+}
+
+/// The MADT (§5.2.12, revision 5).
+fn madt(cfg: &AcpiConfig) -> Vec<u8> {
+    let mut t = table(b"APIC", 5, HEADER_LEN);
+    t.extend_from_slice(&LAPIC_ADDR.to_le_bytes());
+    // Flags bit 0 PCAT_COMPAT: dual 8259s installed.
+    t.extend_from_slice(&1u32.to_le_bytes());
+    for i in 0..cfg.vcpus as u8 {
+        // Processor Local APIC (§5.2.12.2): type 0, length 8, ACPI
+        // processor UID, APIC ID, flags bit 0 Enabled.
+        t.extend_from_slice(&[0, 8, i, i]);
+        t.extend_from_slice(&1u32.to_le_bytes());
+    }
+    if cfg.ioapic {
+        // I/O APIC (§5.2.12.3): type 1, length 12, ID, reserved, address,
+        // GSI base.
+        t.extend_from_slice(&[1, 12, cfg.vcpus as u8, 0]);
+        t.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
+        t.extend_from_slice(&0u32.to_le_bytes());
+        // Interrupt Source Overrides (§5.2.12.5): type 2, length 10, bus 0
+        // (ISA), source IRQ, GSI, MPS INTI flags (bits 1:0 polarity 01 =
+        // active high; bits 3:2 trigger 01 = edge, 11 = level).
+        let iso = |t: &mut Vec<u8>, irq: u8, gsi: u32, flags: u16| {
+            t.extend_from_slice(&[2, 10, 0, irq]);
+            t.extend_from_slice(&gsi.to_le_bytes());
+            t.extend_from_slice(&flags.to_le_bytes());
+        };
+        // The PIT's IRQ 0 is wired to I/O APIC input 2.
+        iso(&mut t, 0, 2, 0b0101);
+        // The SCI: level, active high.
+        iso(&mut t, SCI_IRQ as u8, SCI_IRQ.into(), 0b1101);
+    }
+    // Local APIC NMI (§5.2.12.7): type 4, length 6, UID 0xFF = all
+    // processors, flags 0 (conforms to the bus), LINT1.
+    t.extend_from_slice(&[4, 6, 0xFF, 0, 0, 1]);
+    finish(&mut t);
+    t
+}
+
+/// AML PkgLength (§20.2.4): the length of the package including the
+/// PkgLength bytes themselves. One byte holds up to 63 (bits 5:0); longer
+/// lengths put the byte count - 1 in bits 7:6 of the lead byte, the low 4
+/// bits of the length in its bits 3:0 and the rest in the following bytes.
+fn pkg_length(body_len: usize) -> Vec<u8> {
+    let mut n = 1;
+    while n < 4 {
+        let total = body_len + n;
+        let fits = match n {
+            1 => total < 1 << 6,
+            _ => total < 1 << (4 + 8 * (n - 1)),
+        };
+        if fits {
+            break;
+        }
+        n += 1;
+    }
+    let total = body_len + n;
+    if n == 1 {
+        return vec![total as u8];
+    }
+    let mut v = vec![((n as u8 - 1) << 6) | (total as u8 & 0x0F)];
+    for k in 0..n - 1 {
+        v.push((total >> (4 + 8 * k)) as u8);
+    }
+    v
+}
+
+/// An AML integer constant (§20.2.3): ZeroOp 0x00, OneOp 0x01, else
+/// BytePrefix 0x0A and the byte.
+fn aml_byte(v: u8) -> Vec<u8> {
+    match v {
+        0 => vec![0x00],
+        1 => vec![0x01],
+        _ => vec![0x0A, v],
+    }
+}
+
+/// A compressed EISA ID (§19.6.35 EISAID): three letters of 5 bits each
+/// ('A' = 1) then four hex digits, stored big-endian as a DWord.
+fn eisa_id(id: &[u8; 7]) -> u32 {
+    let l = |c: u8| u16::from(c - b'@') & 0x1F;
+    let vendor = (l(id[0]) << 10) | (l(id[1]) << 5) | l(id[2]);
+    let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u16;
+    let product = id[3..].iter().fold(0u16, |a, &c| (a << 4) | hex(c));
+    let be = [
+        (vendor >> 8) as u8,
+        vendor as u8,
+        (product >> 8) as u8,
+        product as u8,
+    ];
+    u32::from_le_bytes(be)
+}
+
+/// The DSDT's AML (§20, Definition Block body).
+fn dsdt_aml(cfg: &AcpiConfig) -> Vec<u8> {
+    let mut aml = Vec::new();
+    // Name (\_S5_, Package (4) { SLP_TYPa, SLP_TYPb, 0, 0 }) (§7.4.2.6)
+    let mut elems = vec![4u8]; // NumElements
+    elems.extend(aml_byte(cfg.s5_slp_typ)); // SLP_TYPa
+    elems.extend(aml_byte(cfg.s5_slp_typ)); // SLP_TYPb
+    elems.extend([0x00, 0x00]); // reserved: ZeroOp, ZeroOp
+    aml.push(0x08); // NameOp
+    aml.extend(b"\\_S5_"); // RootChar, NameSeg
+    aml.push(0x12); // PackageOp
+    aml.extend(pkg_length(elems.len()));
+    aml.extend(elems);
+    if cfg.pci_root {
+        // Device (PCI0) { Name (_HID, EisaId ("PNP0A03")) Name (_BBN, 0) }
+        let mut dev = b"PCI0".to_vec(); // NameSeg
+        dev.extend([0x08, b'_', b'H', b'I', b'D']); // NameOp "_HID"
+        dev.push(0x0C); // DWordPrefix
+        dev.extend(eisa_id(b"PNP0A03").to_le_bytes());
+        dev.extend([0x08, b'_', b'B', b'B', b'N']); // NameOp "_BBN"
+        dev.push(0x00); // ZeroOp
+        let mut device = vec![0x5B, 0x82]; // ExtOpPrefix, DeviceOp
+        device.extend(pkg_length(dev.len()));
+        device.extend(dev);
+        // Scope (\_SB) { ... }
+        let mut scope_body = b"\\_SB_".to_vec(); // RootChar, NameSeg
+        scope_body.extend(device);
+        aml.push(0x10); // ScopeOp
+        aml.extend(pkg_length(scope_body.len()));
+        aml.extend(scope_body);
+    }
+    aml
+}
+
+fn align16(v: &mut Vec<u8>) {
+    v.resize(v.len().next_multiple_of(16), 0);
+}
+
+/// Builds the tables for the area at `base_gpa` (see the module docs).
+pub fn build(base_gpa: u64, cfg: &AcpiConfig) -> Result<AcpiBlob, AcpiGenError> {
+    if cfg.vcpus == 0 {
+        return Err(AcpiGenError::NoVcpus);
+    }
+    if cfg.vcpus > 254 {
+        return Err(AcpiGenError::TooManyVcpus { vcpus: cfg.vcpus });
+    }
+    if !base_gpa.is_multiple_of(4096) {
+        return Err(AcpiGenError::Unaligned { base: base_gpa });
+    }
+    if cfg.s5_slp_typ > 7 {
+        return Err(AcpiGenError::BadSleepType {
+            value: cfg.s5_slp_typ,
+        });
+    }
+    if cfg
+        .pm_base
+        .checked_add(GPE0_OFF + u16::from(GPE0_LEN) - 1)
+        .is_none()
+    {
+        return Err(AcpiGenError::PmBaseTooHigh { base: cfg.pm_base });
+    }
+
+    let mut b = facs();
+    b.resize(RSDP_OFF + RSDP_LEN, 0);
+    align16(&mut b);
+    let gpa = |off: usize| base_gpa + off as u64;
+
+    // Fixed order: XSDT, RSDT, FADT, MADT, DSDT. Sizes are known up front.
+    let madt = madt(cfg);
+    let mut dsdt = table(b"DSDT", 2, HEADER_LEN);
+    dsdt.extend(dsdt_aml(cfg));
+    finish(&mut dsdt);
+    let xsdt_off = b.len();
+    let xsdt_len = HEADER_LEN + 8 * 2;
+    let rsdt_off = (xsdt_off + xsdt_len).next_multiple_of(16);
+    let rsdt_len = HEADER_LEN + 4 * 2;
+    let fadt_off = (rsdt_off + rsdt_len).next_multiple_of(16);
+    let madt_off = (fadt_off + FADT_LEN).next_multiple_of(16);
+    let dsdt_off = (madt_off + madt.len()).next_multiple_of(16);
+    let end = dsdt_off + dsdt.len();
+    if end > cfg.max_len {
+        return Err(AcpiGenError::TooLarge {
+            need: end,
+            max: cfg.max_len,
+        });
+    }
+    let end_gpa = base_gpa.saturating_add(end as u64);
+    if end_gpa > 0x1_0000_0000 {
+        return Err(AcpiGenError::Above4G {
+            base: base_gpa,
+            end: end_gpa,
+        });
+    }
+
+    // XSDT (§5.2.8): 64-bit entries.
+    let mut xsdt = table(b"XSDT", 1, HEADER_LEN);
+    for off in [fadt_off, madt_off] {
+        xsdt.extend(gpa(off).to_le_bytes());
+    }
+    finish(&mut xsdt);
+    // RSDT (§5.2.7): 32-bit entries.
+    let mut rsdt = table(b"RSDT", 1, HEADER_LEN);
+    for off in [fadt_off, madt_off] {
+        rsdt.extend((gpa(off) as u32).to_le_bytes());
+    }
+    finish(&mut rsdt);
+    let fadt = fadt(cfg, base_gpa, gpa(dsdt_off));
+
+    for (off, t) in [
+        (xsdt_off, &xsdt),
+        (rsdt_off, &rsdt),
+        (fadt_off, &fadt),
+        (madt_off, &madt),
+        (dsdt_off, &dsdt),
+    ] {
+        b.resize(off, 0);
+        b.extend_from_slice(t);
+    }
+
+    // RSDP (§5.2.5.3): "RSD PTR ", checksum over the first 20 bytes, OEM ID,
+    // revision 2, RSDT address, length 36, XSDT address, extended checksum
+    // over all 36 bytes, 3 reserved.
+    let r = &mut b[RSDP_OFF..RSDP_OFF + RSDP_LEN];
+    put(r, 0, b"RSD PTR ");
+    put(r, 9, OEM_ID);
+    r[15] = 2;
+    put(r, 16, &(gpa(rsdt_off) as u32).to_le_bytes());
+    put(r, 20, &(RSDP_LEN as u32).to_le_bytes());
+    put(r, 24, &gpa(xsdt_off).to_le_bytes());
+    r[8] = checksum(&r[..20]);
+    r[32] = checksum(r);
+
+    Ok(AcpiBlob {
+        base_gpa,
+        bytes: b,
+        rsdp_gpa: gpa(RSDP_OFF),
+        facs_gpa: base_gpa,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acpi::{
+        self, AcpiTables, GenericAddress, PhysMem, Polarity, Signature, Trigger, S5,
+    };
+    use alloc::string::ToString;
+
+    const BASE: u64 = 0xE_0000;
+
+    struct Blob<'a>(&'a AcpiBlob);
+
+    impl PhysMem for Blob<'_> {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+            let b = self.0;
+            let Some(off) = addr.checked_sub(b.base_gpa) else {
+                return false;
+            };
+            let off = off as usize;
+            match b.bytes.get(off..off + buf.len()) {
+                Some(s) => {
+                    buf.copy_from_slice(s);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
+    #[test]
+    fn parses_back_with_the_acpi_module() {
+        let cfg = AcpiConfig {
+            vcpus: 4,
+            pm_base: 0xB000,
+            pci_root: true,
+            ..AcpiConfig::default()
+        };
+        let blob = build(BASE, &cfg).unwrap();
+        assert_eq!(blob.rsdp_gpa, 0xE_1000);
+        assert_eq!(blob.facs_gpa, 0xE_0000);
+        let mem = Blob(&blob);
+        let t = AcpiTables::new(&mem, blob.rsdp_gpa).unwrap();
+        assert_eq!(t.rsdp.revision, 2);
+        assert_eq!(&t.rsdp.oem_id, b"FERRO ");
+        assert_eq!(t.root, Signature::XSDT);
+        assert_eq!(t.entries.len(), 2);
+
+        let m = t.madt(&mem).unwrap();
+        assert_eq!(m.lapic_addr, 0xFEE0_0000);
+        assert!(m.legacy_pics);
+        assert_eq!(m.cpus.len(), 4);
+        for (i, c) in m.cpus.iter().enumerate() {
+            assert_eq!((c.apic_id, c.processor_uid), (i as u32, i as u32));
+            assert!(c.enabled && !c.x2apic);
+        }
+        assert_eq!(
+            m.io_apics,
+            vec![acpi::IoApic {
+                id: 4,
+                address: 0xFEC0_0000,
+                gsi_base: 0
+            }]
+        );
+        assert_eq!(m.overrides.len(), 2);
+        let (irq0, sci) = (m.overrides[0], m.overrides[1]);
+        assert_eq!((irq0.bus, irq0.source, irq0.gsi), (0, 0, 2));
+        assert_eq!(
+            (irq0.polarity(), irq0.trigger()),
+            (Polarity::ActiveHigh, Trigger::Edge)
+        );
+        assert_eq!((sci.bus, sci.source, sci.gsi), (0, 9, 9));
+        assert_eq!(
+            (sci.polarity(), sci.trigger()),
+            (Polarity::ActiveHigh, Trigger::Level)
+        );
+
+        let f = t.fadt(&mem).unwrap();
+        assert_eq!(f.revision, 6);
+        assert_eq!(f.sci_int, 9);
+        assert_eq!(f.smi_cmd, 0);
+        assert_eq!(f.century, Some(0x32));
+        assert_eq!(f.iapc_boot_arch, 0b111);
+        assert_eq!(f.flags, 0x0575);
+        let pm1a = f.pm1a_cnt.unwrap();
+        assert_eq!(
+            (pm1a.space_id, pm1a.bit_width, pm1a.io_port()),
+            (GenericAddress::SYSTEM_IO, 16, Some(0xB004))
+        );
+        assert_eq!(f.pm1b_cnt, None);
+        let tmr = f.pm_tmr.unwrap();
+        assert_eq!((tmr.bit_width, tmr.io_port()), (32, Some(0xB008)));
+        let reset = f.reset.unwrap();
+        assert_eq!(
+            (reset.reg.io_port(), reset.reg.bit_width, reset.value),
+            (Some(0xCF9), 8, 6)
+        );
+        let dsdt = f.dsdt.unwrap();
+        assert!(dsdt > blob.rsdp_gpa && dsdt < BASE + blob.bytes.len() as u64);
+        assert_eq!(
+            t.s5(&mem).unwrap(),
+            S5 {
+                slp_typa: 5,
+                slp_typb: 5
+            }
+        );
+
+        // The 32-bit fields match the X_ ones.
+        let fadt = t.find(&mem, Signature::FADT).unwrap();
+        let d = &fadt.data;
+        let u32_at = |o: usize| u32::from_le_bytes(d[o..o + 4].try_into().unwrap());
+        assert_eq!(u32_at(36) as u64, blob.facs_gpa);
+        assert_eq!(&d[132..140], &[0; 8], "X_FIRMWARE_CTRL must be 0");
+        assert_eq!(u32_at(40) as u64, dsdt);
+        assert_eq!(
+            [u32_at(56), u32_at(64), u32_at(76), u32_at(80)],
+            [0xB000, 0xB004, 0xB008, 0xB020]
+        );
+        assert_eq!(&d[88..93], &[4, 2, 0, 4, 4]);
+        assert_eq!(&d[148..160], &gas_io(0xB000, 4, 2));
+        assert_eq!(&d[220..232], &gas_io(0xB020, 4, 1));
+        assert_eq!(d.len(), FADT_LEN);
+    }
+
+    #[test]
+    fn facs_and_rsdt() {
+        let blob = build(BASE, &AcpiConfig::default()).unwrap();
+        let b = &blob.bytes;
+        assert_eq!(&b[0..4], b"FACS");
+        assert_eq!(u32::from_le_bytes(b[4..8].try_into().unwrap()), 64);
+        assert_eq!(blob.facs_gpa % 64, 0);
+        // The RSDT lists the same tables as the XSDT.
+        let mem = Blob(&blob);
+        let t = AcpiTables::new(&mem, blob.rsdp_gpa).unwrap();
+        let rsdp = &b[0x1000..0x1024];
+        let rsdt_addr = u32::from_le_bytes(rsdp[16..20].try_into().unwrap());
+        let rsdt = acpi::read_table(&mem, rsdt_addr.into(), Some(Signature::RSDT)).unwrap();
+        let entries: Vec<u64> = rsdt
+            .body()
+            .chunks(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()).into())
+            .collect();
+        assert_eq!(entries, t.entries);
+        // Every table is 16-byte aligned.
+        assert!(t.entries.iter().all(|a| a % 16 == 0));
+    }
+
+    #[test]
+    fn legacy_scan_finds_the_rsdp() {
+        let blob = build(BASE, &AcpiConfig::default()).unwrap();
+        let b = &blob.bytes;
+        let found = (0..b.len() - 20)
+            .step_by(16)
+            .find(|&o| b[o..].starts_with(b"RSD PTR ") && acpi::checksum_ok(&b[o..o + 20]))
+            .map(|o| BASE + o as u64);
+        assert_eq!(found, Some(blob.rsdp_gpa));
+        assert!(blob.rsdp_gpa >= 0xE_0000 && blob.rsdp_gpa < 0x10_0000);
+    }
+
+    #[test]
+    fn no_ioapic_no_overrides_and_24bit_timer() {
+        let cfg = AcpiConfig {
+            ioapic: false,
+            pm_timer_32bit: false,
+            i8042: false,
+            s5_slp_typ: 0,
+            ..AcpiConfig::default()
+        };
+        let blob = build(0x7FF0_0000, &cfg).unwrap();
+        let mem = Blob(&blob);
+        let t = AcpiTables::new(&mem, blob.rsdp_gpa).unwrap();
+        let m = t.madt(&mem).unwrap();
+        assert_eq!(m.cpus.len(), 1);
+        assert!(m.io_apics.is_empty() && m.overrides.is_empty());
+        let f = t.fadt(&mem).unwrap();
+        assert_eq!(f.flags & (1 << 8), 0);
+        assert_eq!(f.iapc_boot_arch, 0b101);
+        assert_eq!(
+            t.s5(&mem).unwrap(),
+            S5 {
+                slp_typa: 0,
+                slp_typb: 0
+            }
+        );
+    }
+
+    #[test]
+    fn sleep_type_encodings() {
+        for v in 0..=7u8 {
+            let cfg = AcpiConfig {
+                s5_slp_typ: v,
+                ..AcpiConfig::default()
+            };
+            let blob = build(BASE, &cfg).unwrap();
+            let mem = Blob(&blob);
+            let s5 = AcpiTables::new(&mem, blob.rsdp_gpa)
+                .unwrap()
+                .s5(&mem)
+                .unwrap();
+            assert_eq!((s5.slp_typa, s5.slp_typb), (v, v));
+        }
+    }
+
+    #[test]
+    fn dsdt_aml_bytes() {
+        let cfg = AcpiConfig {
+            pci_root: true,
+            ..AcpiConfig::default()
+        };
+        #[rustfmt::skip]
+        let want: &[u8] = &[
+            // Name (\_S5_, Package (4) { 5, 5, 0, 0 })
+            0x08, b'\\', b'_', b'S', b'5', b'_',
+            0x12, 0x08, 0x04, 0x0A, 0x05, 0x0A, 0x05, 0x00, 0x00,
+            // Scope (\_SB) {
+            0x10, 0x1D, b'\\', b'_', b'S', b'B', b'_',
+            //   Device (PCI0) {
+            0x5B, 0x82, 0x15, b'P', b'C', b'I', b'0',
+            //     Name (_HID, EisaId ("PNP0A03"))
+            0x08, b'_', b'H', b'I', b'D', 0x0C, 0x41, 0xD0, 0x0A, 0x03,
+            //     Name (_BBN, Zero)
+            0x08, b'_', b'B', b'B', b'N', 0x00,
+        ];
+        assert_eq!(dsdt_aml(&cfg), want);
+        assert_eq!(eisa_id(b"PNP0A03"), 0x030A_D041);
+        assert_eq!(eisa_id(b"PNP0C0F"), 0x0F0C_D041);
+        let plain = dsdt_aml(&AcpiConfig::default());
+        assert_eq!(plain, want[..15]);
+    }
+
+    #[test]
+    fn pkg_length_encodings() {
+        assert_eq!(pkg_length(0), [0x01]);
+        assert_eq!(pkg_length(62), [0x3F]);
+        // 63 + 2 = 65 = 0x41: lead 0x41 (1 extra byte, low nibble 1), 0x04.
+        assert_eq!(pkg_length(63), [0x41, 0x04]);
+        assert_eq!(pkg_length(0xFFD), [0x4F, 0xFF]);
+        assert_eq!(pkg_length(0xFFE), [0x81, 0x00, 0x01]);
+        assert_eq!(pkg_length(0xF_FFFC), [0x8F, 0xFF, 0xFF]);
+        assert_eq!(pkg_length(0xF_FFFD), [0xC1, 0x00, 0x00, 0x01]);
+    }
+
+    #[test]
+    fn checksum_helper() {
+        assert_eq!(checksum(&[]), 0);
+        assert_eq!(checksum(&[1, 2, 3]), 0xFA);
+        let mut v = vec![0xFFu8, 0x80, 0x7F, 0];
+        v[3] = checksum(&v);
+        assert!(acpi::checksum_ok(&v));
+    }
+
+    #[test]
+    fn e820_areas_cover_the_blob() {
+        let blob = build(BASE, &AcpiConfig::default()).unwrap();
+        let [nvs, tables] = blob.e820_areas();
+        assert_eq!(nvs, (0xE_0000, 0x1000, E820Type::Nvs));
+        assert_eq!(tables.0, 0xE_1000);
+        assert_eq!(tables.2, E820Type::Acpi);
+        assert!(tables.0 + tables.1 >= BASE + blob.bytes.len() as u64);
+        assert_eq!((tables.0 + tables.1) % 4096, 0);
+    }
+
+    #[test]
+    fn config_errors() {
+        let cfg = AcpiConfig::default();
+        let err = |base: u64, c: AcpiConfig| build(base, &c).unwrap_err();
+        assert_eq!(
+            err(BASE, AcpiConfig { vcpus: 0, ..cfg }),
+            AcpiGenError::NoVcpus
+        );
+        let e = err(BASE, AcpiConfig { vcpus: 255, ..cfg });
+        assert_eq!(e, AcpiGenError::TooManyVcpus { vcpus: 255 });
+        build(BASE, &AcpiConfig { vcpus: 254, ..cfg }).unwrap();
+        assert_eq!(
+            err(BASE + 16, cfg),
+            AcpiGenError::Unaligned { base: BASE + 16 }
+        );
+        let e = err(0xFFFF_F000, cfg);
+        assert!(matches!(
+            e,
+            AcpiGenError::Above4G {
+                base: 0xFFFF_F000,
+                ..
+            }
+        ));
+        assert!(e.to_string().contains("reaches above 4 GiB"));
+        let e = err(
+            BASE,
+            AcpiConfig {
+                max_len: 0x1000,
+                ..cfg
+            },
+        );
+        assert!(matches!(e, AcpiGenError::TooLarge { max: 0x1000, .. }));
+        assert_eq!(
+            err(
+                BASE,
+                AcpiConfig {
+                    s5_slp_typ: 8,
+                    ..cfg
+                }
+            ),
+            AcpiGenError::BadSleepType { value: 8 }
+        );
+        let e = err(
+            BASE,
+            AcpiConfig {
+                pm_base: 0xFFF0,
+                ..cfg
+            },
+        );
+        assert_eq!(e, AcpiGenError::PmBaseTooHigh { base: 0xFFF0 });
+        assert_eq!(
+            e.to_string(),
+            "acpi: PM register blocks from port 0xfff0 run past port 0xffff"
+        );
+    }
+}

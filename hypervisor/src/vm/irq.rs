@@ -1,0 +1,116 @@
+//! Interrupt routing inside one VM: IPIs between its vCPUs' local APICs, I/O
+//! APIC deliveries, NMI/INIT/SIPI, and kicking a vCPU that must notice a new
+//! interrupt (SDM Vol. 3A 11.6, 11.11; 82093AA data sheet).
+use super::Vm;
+use crate::devices::ioapic::Delivery;
+use crate::devices::lapic::{DeliveryMode, Ipi, LapicEffect, Shorthand};
+use crate::{lapic, percpu};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+
+/// Per-vCPU signals other vCPUs and devices leave for it.
+#[derive(Default)]
+pub struct Mailbox {
+    pub init: AtomicBool,
+    /// 0 = none, else 0x100 | start-up vector.
+    pub sipi: AtomicU32,
+    pub nmi: AtomicBool,
+    /// 1 + the physical CPU running this vCPU, or 0.
+    pub running_on: AtomicUsize,
+}
+
+impl Vm {
+    /// The guest's TSC (all vCPUs of a VM share one TSC offset).
+    pub fn guest_tsc(&self) -> u64 {
+        arch::regs::rdtsc().wrapping_add(self.tsc_offset)
+    }
+
+    /// Host TSC for a guest TSC value.
+    pub fn host_tsc(&self, guest: u64) -> u64 {
+        guest.wrapping_sub(self.tsc_offset)
+    }
+
+    /// Makes vCPU `i` look at its interrupts soon: an IPI to the CPU running
+    /// it (the exit re-evaluates), or a wake-up of idle CPUs if it sleeps.
+    pub fn kick(&self, i: usize) {
+        let on = self.mailbox[i].running_on.load(Ordering::Acquire);
+        if on != 0 {
+            let cpu = on - 1;
+            if cpu != percpu::current_index() {
+                if let Some(c) = percpu::get(cpu) {
+                    lapic::send_ipi(c.apic_id, u32::from(lapic::WAKE_VECTOR));
+                }
+            }
+        } else {
+            crate::sched::notify();
+        }
+    }
+
+    /// Acts on what a local APIC register write asked for.
+    pub fn lapic_effect(&self, src: usize, e: LapicEffect) {
+        match e {
+            LapicEffect::None => {}
+            LapicEffect::Eoi { vector, level } => {
+                if level {
+                    let d = self.shared.lock().ioapic.eoi(vector);
+                    self.ioapic_deliver(&d);
+                }
+            }
+            LapicEffect::Ipi(ipi) => self.route_ipi(src, &ipi),
+        }
+    }
+
+    fn targets(&self, src: usize, shorthand: Shorthand, dest: u32, logical: bool, x2apic: bool) -> impl Iterator<Item = usize> + '_ {
+        (0..self.lapics.len()).filter(move |&i| match shorthand {
+            Shorthand::SelfOnly => i == src,
+            Shorthand::AllIncludingSelf => true,
+            Shorthand::AllExcludingSelf => i != src,
+            Shorthand::None => self.lapics[i].lock().matches_destination(dest, logical, x2apic),
+        })
+    }
+
+    fn deliver_to(&self, i: usize, mode: DeliveryMode, vector: u8, level_triggered: bool) {
+        match mode {
+            DeliveryMode::Fixed | DeliveryMode::LowestPriority => {
+                if self.lapics[i].lock().accept(vector, level_triggered) {
+                    self.kick(i);
+                }
+            }
+            DeliveryMode::Nmi => {
+                self.mailbox[i].nmi.store(true, Ordering::Release);
+                self.kick(i);
+            }
+            DeliveryMode::Init => {
+                self.mailbox[i].init.store(true, Ordering::Release);
+                self.kick(i);
+            }
+            DeliveryMode::Startup => {
+                self.mailbox[i].sipi.store(0x100 | u32::from(vector), Ordering::Release);
+                self.kick(i);
+            }
+            // SMI and ExtINT are not modelled for IPIs.
+            DeliveryMode::Smi | DeliveryMode::ExtInt => {}
+        }
+    }
+
+    /// Delivers an IPI from vCPU `src`.
+    pub fn route_ipi(&self, src: usize, ipi: &Ipi) {
+        let targets: alloc::vec::Vec<usize> =
+            self.targets(src, ipi.dest_shorthand, ipi.dest, ipi.dest_mode_logical, ipi.x2apic).collect();
+        let targets = if ipi.delivery == DeliveryMode::LowestPriority { &targets[..targets.len().min(1)] } else { &targets[..] };
+        for &i in targets {
+            self.deliver_to(i, ipi.delivery, ipi.vector, ipi.trigger_level);
+        }
+    }
+
+    /// Delivers I/O APIC messages (physical or logical xAPIC destinations).
+    pub fn ioapic_deliver(&self, ds: &[Delivery]) {
+        for d in ds {
+            let targets: alloc::vec::Vec<usize> =
+                self.targets(usize::MAX, Shorthand::None, u32::from(d.dest), d.logical, false).collect();
+            let targets = if d.mode == DeliveryMode::LowestPriority { &targets[..targets.len().min(1)] } else { &targets[..] };
+            for &i in targets {
+                self.deliver_to(i, d.mode, d.vector, d.level_triggered);
+            }
+        }
+    }
+}
