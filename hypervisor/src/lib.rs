@@ -132,10 +132,20 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
             println!("vm {name}: not started: image file \\hv\\{} not found on the ESP (manifest line {})", cfg.image, cfg.line);
             continue;
         };
+        let initrd = match &cfg.initrd {
+            None => None,
+            Some(n) => match info.file(n) {
+                Some(f) => Some(f.data()),
+                None => {
+                    println!("vm {name}: not started: initrd file \\hv\\{n} not found on the ESP (manifest line {})", cfg.line);
+                    continue;
+                }
+            },
+        };
         let desc = loader::describe(&cfg.kind);
         let (mem, vcpus) = (cfg.memory, cfg.vcpus);
         let (free0, heap0) = (mm::free_bytes(), heap::usage().0 as u64);
-        match vm::Vm::create(id, cfg, file.data()) {
+        match vm::Vm::create(id, cfg, file.data(), initrd) {
             Ok((vm, vcpus_v)) => {
                 let frames = free0
                     .saturating_sub(mm::free_bytes())

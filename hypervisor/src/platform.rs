@@ -119,6 +119,11 @@ pub fn start(info: &'static BootInfo, stack_top: u64) -> ! {
     }
     print_caps(&caps);
     vmx::set_caps(caps);
+    let date = host_date();
+    println!(
+        "hv: rtc: {:04}-{:02}-{:02} {:02}:{:02}:{:02} (host CMOS clock; guests' RTCs start from it)",
+        date.year, date.month, date.day, date.hour, date.minute, date.second
+    );
     let khz = time::calibrate();
     println!("hv: tsc: {} kHz (calibrated against the PIT)", khz);
 
@@ -244,4 +249,36 @@ extern "sysv64" fn ap_entry(index: u64) -> ! {
     smp::report_started();
     enable_vmx_or_die(index);
     crate::ap_idle(index)
+}
+
+static HOST_DATE: spin::Once<crate::devices::rtc::DateTime> = spin::Once::new();
+
+/// The wall-clock date and time read from the host's CMOS RTC at start-up
+/// (MC146818: wait for UIP to clear, then read the time registers).
+pub fn read_host_rtc() -> crate::devices::rtc::DateTime {
+    use arch::regs::{inb, outb};
+    let rd = |i: u8| -> u8 {
+        // SAFETY: ports 0x70/0x71 are the CMOS index/data ports; reading
+        // the clock registers has no side effects (bit 7 keeps NMIs masked
+        // as they are).
+        unsafe {
+            outb(0x70, i);
+            inb(0x71)
+        }
+    };
+    for _ in 0..1_000_000 {
+        if rd(0x0A) & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut regs = [0u8; 10];
+    for (i, r) in regs.iter_mut().enumerate() {
+        *r = rd(i as u8);
+    }
+    crate::devices::rtc::parse_cmos_time(regs, rd(0x0B), rd(0x32))
+}
+
+/// The host date, read once.
+pub fn host_date() -> crate::devices::rtc::DateTime {
+    *HOST_DATE.call_once(read_host_rtc)
 }

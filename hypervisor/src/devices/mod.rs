@@ -55,6 +55,8 @@ pub trait PortDevice: Send {
     fn next_event_ns(&self) -> Option<u64> {
         None
     }
+    /// Brings time-driven state up to `now_ns` before an access.
+    fn set_time(&mut self, _now_ns: u64) {}
 }
 
 /// A guest's I/O port space.
@@ -79,9 +81,12 @@ impl IoBus {
         })
     }
 
-    pub fn read(&mut self, port: u16, size: u8) -> u32 {
+    pub fn read(&mut self, port: u16, size: u8, now_ns: u64) -> u32 {
         match self.find(port) {
-            Some(d) => d.read(port, size),
+            Some(d) => {
+                d.set_time(now_ns);
+                d.read(port, size)
+            }
             None => {
                 self.unclaimed_reads += 1;
                 all_ones(size)
@@ -89,14 +94,38 @@ impl IoBus {
         }
     }
 
-    pub fn write(&mut self, port: u16, size: u8, value: u32) -> Action {
+    pub fn write(&mut self, port: u16, size: u8, value: u32, now_ns: u64) -> Action {
         match self.find(port) {
-            Some(d) => d.write(port, size, value & all_ones(size)),
+            Some(d) => {
+                d.set_time(now_ns);
+                d.write(port, size, value & all_ones(size))
+            }
             None => {
                 self.unclaimed_writes += 1;
                 Action::None
             }
         }
+    }
+
+    /// Polls every device; returns the combined IRQ lines and the earliest
+    /// next event (ns).
+    pub fn poll(&mut self, now_ns: u64) -> (IrqState, Option<u64>) {
+        let mut st = IrqState::default();
+        let mut next: Option<u64> = None;
+        for d in &mut self.devices {
+            let s = d.poll(now_ns);
+            st.level |= s.level;
+            st.pulse |= s.pulse;
+            if let Some(t) = d.next_event_ns() {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        (st, next)
+    }
+
+    /// The earliest next event (ns) of any device.
+    pub fn next_event(&self) -> Option<u64> {
+        self.devices.iter().filter_map(|d| d.next_event_ns()).min()
     }
 
     pub fn flush_all(&mut self) {
@@ -121,12 +150,12 @@ mod tests {
     #[test]
     fn unclaimed_ports_read_all_ones_and_count() {
         let mut bus = IoBus::default();
-        assert_eq!(bus.read(0x1234, 1), 0xFF);
-        assert_eq!(bus.read(0x1234, 2), 0xFFFF);
-        assert_eq!(bus.read(0x1234, 4), 0xFFFF_FFFF);
-        assert_eq!(bus.write(0x1234, 1, 5), Action::None);
+        assert_eq!(bus.read(0x1234, 1, 0), 0xFF);
+        assert_eq!(bus.read(0x1234, 2, 0), 0xFFFF);
+        assert_eq!(bus.read(0x1234, 4, 0), 0xFFFF_FFFF);
+        assert_eq!(bus.write(0x1234, 1, 5, 0), Action::None);
         assert_eq!((bus.unclaimed_reads, bus.unclaimed_writes), (3, 1));
         bus.register(Box::new(debug_exit::DebugExit));
-        assert_eq!(bus.write(0xF4, 1, 3), Action::Exit(3));
+        assert_eq!(bus.write(0xF4, 1, 3, 0), Action::Exit(3));
     }
 }

@@ -590,6 +590,10 @@ impl Pit {
 }
 
 impl PortDevice for Pit {
+    fn set_time(&mut self, now_ns: u64) {
+        Pit::set_time(self, now_ns);
+    }
+
     fn name(&self) -> &'static str {
         "pit"
     }

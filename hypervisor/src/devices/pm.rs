@@ -212,6 +212,10 @@ impl Pm {
 }
 
 impl PortDevice for Pm {
+    fn set_time(&mut self, now_ns: u64) {
+        Pm::set_time(self, now_ns);
+    }
+
     fn name(&self) -> &'static str {
         "acpi-pm"
     }

@@ -501,6 +501,10 @@ impl Rtc {
 }
 
 impl PortDevice for Rtc {
+    fn set_time(&mut self, now_ns: u64) {
+        Rtc::set_time(self, now_ns);
+    }
+
     fn name(&self) -> &'static str {
         "rtc"
     }

@@ -28,7 +28,15 @@ pub struct View {
 /// Leaf 1 ECX bits hidden from guests: VMX, SMX, EST, TM2, PDCM, DTES64,
 /// MONITOR, DS-CPL. OSXSAVE follows the guest's CR4. x2APIC and TSC-deadline
 /// are set: every vCPU has a virtual local APIC with both.
-const L1_ECX_HIDE: u32 = (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 15) | (1 << 27);
+const L1_ECX_HIDE: u32 = (1 << 2)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 6)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 15)
+    | (1 << 27);
 const L1_ECX_SET: u32 = (1 << 21) | (1 << 24) | (1 << 31);
 /// Leaf 1 EDX: MCE, MTRR, MCA, DS, ACPI thermal, TM, PBE.
 const L1_EDX_HIDE: u32 =

@@ -28,7 +28,7 @@ pub fn handle(v: &mut Vcpu) -> Flow {
     };
     let vm = v.vm.clone();
     if q.is_in {
-        let val = vm.shared.lock().io.read(q.port, q.size);
+        let val = vm.io_read(q.port, q.size);
         let rax = &mut v.regs.gpr[RAX];
         // A 32-bit IN zero-extends into RAX; 8/16-bit ones merge.
         *rax = if q.size == 4 {
@@ -53,7 +53,7 @@ pub fn handle(v: &mut Vcpu) -> Flow {
                 vm.name
             );
         }
-        let action = vm.shared.lock().io.write(q.port, q.size, val);
+        let action = vm.io_write(q.port, q.size, val);
         v.advance_rip();
         match action {
             Action::None => Flow::Continue,

@@ -74,13 +74,11 @@ pub fn handle(v: &mut Vcpu, gpa: u64) -> Option<Flow> {
     };
     let d = match decode::decode(&bytes[..n], cpu_mode()) {
         Ok(d) => d,
-        Err(e) => {
-            return Some(Flow::End(VmEnd::Crashed(format!(
-                "MMIO at {gpa:#x}: cannot emulate the instruction at rip {:#x} ({e:?}, bytes {:02x?})",
-                v.rip(),
-                &bytes[..n.min(8)]
-            ))))
-        }
+        Err(e) => return Some(Flow::End(VmEnd::Crashed(format!(
+            "MMIO at {gpa:#x}: cannot emulate the instruction at rip {:#x} ({e:?}, bytes {:02x?})",
+            v.rip(),
+            &bytes[..n.min(8)]
+        )))),
     };
     let vm = v.vm.clone();
     let idx = v.index;
@@ -103,7 +101,11 @@ pub fn handle(v: &mut Vcpu, gpa: u64) -> Option<Flow> {
             let effect = vm.lapics[idx].lock().write_mmio(offset, value as u32, now);
             vm.lapic_effect(idx, effect);
         } else {
-            let deliveries = vm.shared.lock().ioapic.write_mmio(offset, size, value as u32);
+            let deliveries = vm
+                .shared
+                .lock()
+                .ioapic
+                .write_mmio(offset, size, value as u32);
             vm.ioapic_deliver(&deliveries);
         }
     }

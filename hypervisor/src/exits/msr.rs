@@ -18,8 +18,12 @@ pub fn read(v: &Vcpu, msr: u32) -> Option<u64> {
     Some(match msr {
         0x10 => arch::regs::rdtsc().wrapping_add(ctrl::TSC_OFFSET.read().ok()?),
         m::IA32_APIC_BASE => v.vm.lapics[v.index].lock().apic_base(),
-        m::IA32_TSC_DEADLINE => v.vm.lapics[v.index].lock().read_tsc_deadline(v.vm.guest_tsc()),
-        0x800..=0x8FF => v.vm.lapics[v.index].lock().read_msr(msr, v.vm.guest_tsc())?,
+        m::IA32_TSC_DEADLINE => v.vm.lapics[v.index]
+            .lock()
+            .read_tsc_deadline(v.vm.guest_tsc()),
+        0x800..=0x8FF => v.vm.lapics[v.index]
+            .lock()
+            .read_msr(msr, v.vm.guest_tsc())?,
         // Locked with VMX off: guests can't use VT-x.
         m::IA32_FEATURE_CONTROL => m::feature_control::LOCK,
         0x17 | 0x8B => 0,
@@ -50,12 +54,16 @@ pub fn write(v: &mut Vcpu, msr: u32, value: u64) -> bool {
             }
             m::IA32_TSC_DEADLINE => {
                 let vm = v.vm.clone();
-                vm.lapics[v.index].lock().write_tsc_deadline(value, vm.guest_tsc());
+                vm.lapics[v.index]
+                    .lock()
+                    .write_tsc_deadline(value, vm.guest_tsc());
                 true
             }
             0x800..=0x8FF => {
                 let vm = v.vm.clone();
-                let r = vm.lapics[v.index].lock().write_msr(msr, value, vm.guest_tsc());
+                let r = vm.lapics[v.index]
+                    .lock()
+                    .write_msr(msr, value, vm.guest_tsc());
                 match r {
                     Ok(effect) => {
                         vm.lapic_effect(v.index, effect);

@@ -47,9 +47,8 @@ fn console_write(v: &mut Vcpu, gpa: u64, len: u64) -> i64 {
     };
     // Copy first: another vCPU of this guest may change the buffer meanwhile.
     let copy = bytes.to_vec();
-    let mut s = vm.shared.lock();
     for b in copy {
-        let _ = s.io.write(0x3F8, 1, u32::from(b));
+        let _ = vm.io_write(0x3F8, 1, u32::from(b));
     }
     len as i64
 }

@@ -26,6 +26,10 @@ pub enum LoadError {
     RealModeEntryTooHigh { entry: u64 },
     CmdlineTooLong(usize),
     Unsupported(&'static str),
+    BzImage(bzimage::BzError),
+    Multiboot(multiboot::MbError),
+    Acpi(crate::acpi_gen::AcpiGenError),
+    E820(e820::E820Error),
 }
 
 impl fmt::Display for LoadError {
@@ -54,12 +58,21 @@ impl fmt::Display for LoadError {
                 write!(f, "command line of {n} bytes is longer than 4095")
             }
             LoadError::Unsupported(what) => write!(f, "{what}"),
+            LoadError::BzImage(e) => write!(f, "{e}"),
+            LoadError::Multiboot(e) => write!(f, "{e}"),
+            LoadError::Acpi(e) => write!(f, "building ACPI tables: {e}"),
+            LoadError::E820(e) => write!(f, "building the E820 map: {e}"),
         }
     }
 }
 
 /// Loads `image` for `cfg` into zeroed guest memory and returns the boot vCPU state.
-pub fn load(cfg: &GuestConfig, image: &[u8], mem: &GuestMemory) -> Result<EntryState, LoadError> {
+pub fn load(
+    cfg: &GuestConfig,
+    image: &[u8],
+    initrd: Option<&[u8]>,
+    mem: &GuestMemory,
+) -> Result<EntryState, LoadError> {
     if image.is_empty() {
         return Err(LoadError::Empty);
     }
@@ -102,12 +115,45 @@ pub fn load(cfg: &GuestConfig, image: &[u8], mem: &GuestMemory) -> Result<EntryS
                 EntryMode::Long64 => Ok(setup::long64(mem, entry, &cfg.cmdline)),
             }
         }
-        ImageKind::BzImage => Err(LoadError::Unsupported(
-            "the Linux bzImage loader is not implemented yet",
-        )),
-        ImageKind::Multiboot => Err(LoadError::Unsupported(
-            "the Multiboot loader is not implemented yet",
-        )),
+        ImageKind::BzImage => {
+            let (acpi, map) = platform_tables(cfg, mem)?;
+            let boot = bzimage::load(
+                image,
+                mem,
+                &bzimage::BootConfig {
+                    cmdline: &cfg.cmdline,
+                    initrd,
+                    e820: &map,
+                    rsdp: Some(acpi.rsdp_gpa),
+                },
+            )
+            .map_err(LoadError::BzImage)?;
+            Ok(setup::linux64(mem, boot.entry, boot.boot_params_gpa))
+        }
+        ImageKind::Multiboot => {
+            let (_acpi, map) = platform_tables(cfg, mem)?;
+            let module = initrd.map(|data| multiboot::Module {
+                data,
+                cmdline: cfg.initrd.as_deref().unwrap_or(""),
+            });
+            let modules: alloc::vec::Vec<multiboot::Module> = module.into_iter().collect();
+            let mb = multiboot::load(
+                image,
+                mem,
+                &multiboot::MultibootConfig {
+                    cmdline: &cfg.cmdline,
+                    modules: &modules,
+                    e820: &map,
+                },
+            )
+            .map_err(LoadError::Multiboot)?;
+            let mut st = setup::prot32(mem, mb.entry, "");
+            st.rax = u64::from(mb.eax);
+            st.rbx = mb.info_gpa;
+            st.rdi = 0;
+            st.rsi = 0;
+            Ok(st)
+        }
     }
 }
 
@@ -119,4 +165,32 @@ pub fn describe(kind: &ImageKind) -> String {
         ImageKind::BzImage => "bzimage".into(),
         ImageKind::Multiboot => "multiboot".into(),
     }
+}
+
+/// Guest-physical base of the generated ACPI tables (in the BIOS area).
+pub const ACPI_BASE: u64 = 0xE_0000;
+/// I/O base of the ACPI PM block (PM1a_EVT; PM1a_CNT = +4, PM_TMR = +8, GPE0 = +0x20).
+pub const PM_BASE: u16 = 0x600;
+
+/// Writes the guest's ACPI tables and returns them with its E820 map.
+fn platform_tables(
+    cfg: &GuestConfig,
+    mem: &GuestMemory,
+) -> Result<(crate::acpi_gen::AcpiBlob, e820::E820Map), LoadError> {
+    use e820::GuestRam;
+    let acpi = crate::acpi_gen::build(
+        ACPI_BASE,
+        &crate::acpi_gen::AcpiConfig {
+            vcpus: cfg.vcpus,
+            pm_base: PM_BASE,
+            ..Default::default()
+        },
+    )
+    .map_err(LoadError::Acpi)?;
+    mem.write(acpi.base_gpa, &acpi.bytes)
+        .ok_or(LoadError::Unsupported(
+            "guest RAM too small for the ACPI tables",
+        ))?;
+    let map = e820::standard(&mem.ram_ranges(), &acpi.e820_areas()).map_err(LoadError::E820)?;
+    Ok((acpi, map))
 }

@@ -186,3 +186,28 @@ mod tests {
         assert_eq!((s.cs.sel, s.cs.base, s.rip), (0x9000, 0x9_0000, 0x1234));
     }
 }
+
+/// Linux's 64-bit boot protocol: long mode, identity map, `__BOOT_CS` = 0x10
+/// and `__BOOT_DS` = 0x18, RSI = the zero page (boot.rst "64-bit BOOT PROTOCOL").
+pub fn linux64(mem: &GuestMemory, entry: u64, boot_params: u64) -> EntryState {
+    let mut st = long64(mem, entry, "");
+    for (i, d) in super::bzimage::GDT64.iter().enumerate() {
+        let _ = mem.write_u64(GDT_GPA + 8 * i as u64, *d);
+    }
+    st.cs = Seg {
+        sel: super::bzimage::BOOT_CS,
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        ar: 0xA09B,
+    };
+    st.ds = Seg {
+        sel: super::bzimage::BOOT_DS,
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        ar: 0xC093,
+    };
+    st.gdt_limit = (super::bzimage::GDT64.len() * 8 - 1) as u32;
+    st.rsi = boot_params;
+    st.rdi = 0;
+    st
+}

@@ -59,12 +59,21 @@ impl Vm {
         }
     }
 
-    fn targets(&self, src: usize, shorthand: Shorthand, dest: u32, logical: bool, x2apic: bool) -> impl Iterator<Item = usize> + '_ {
+    fn targets(
+        &self,
+        src: usize,
+        shorthand: Shorthand,
+        dest: u32,
+        logical: bool,
+        x2apic: bool,
+    ) -> impl Iterator<Item = usize> + '_ {
         (0..self.lapics.len()).filter(move |&i| match shorthand {
             Shorthand::SelfOnly => i == src,
             Shorthand::AllIncludingSelf => true,
             Shorthand::AllExcludingSelf => i != src,
-            Shorthand::None => self.lapics[i].lock().matches_destination(dest, logical, x2apic),
+            Shorthand::None => self.lapics[i]
+                .lock()
+                .matches_destination(dest, logical, x2apic),
         })
     }
 
@@ -84,7 +93,9 @@ impl Vm {
                 self.kick(i);
             }
             DeliveryMode::Startup => {
-                self.mailbox[i].sipi.store(0x100 | u32::from(vector), Ordering::Release);
+                self.mailbox[i]
+                    .sipi
+                    .store(0x100 | u32::from(vector), Ordering::Release);
                 self.kick(i);
             }
             // SMI and ExtINT are not modelled for IPIs.
@@ -94,9 +105,20 @@ impl Vm {
 
     /// Delivers an IPI from vCPU `src`.
     pub fn route_ipi(&self, src: usize, ipi: &Ipi) {
-        let targets: alloc::vec::Vec<usize> =
-            self.targets(src, ipi.dest_shorthand, ipi.dest, ipi.dest_mode_logical, ipi.x2apic).collect();
-        let targets = if ipi.delivery == DeliveryMode::LowestPriority { &targets[..targets.len().min(1)] } else { &targets[..] };
+        let targets: alloc::vec::Vec<usize> = self
+            .targets(
+                src,
+                ipi.dest_shorthand,
+                ipi.dest,
+                ipi.dest_mode_logical,
+                ipi.x2apic,
+            )
+            .collect();
+        let targets = if ipi.delivery == DeliveryMode::LowestPriority {
+            &targets[..targets.len().min(1)]
+        } else {
+            &targets[..]
+        };
         for &i in targets {
             self.deliver_to(i, ipi.delivery, ipi.vector, ipi.trigger_level);
         }
@@ -105,9 +127,20 @@ impl Vm {
     /// Delivers I/O APIC messages (physical or logical xAPIC destinations).
     pub fn ioapic_deliver(&self, ds: &[Delivery]) {
         for d in ds {
-            let targets: alloc::vec::Vec<usize> =
-                self.targets(usize::MAX, Shorthand::None, u32::from(d.dest), d.logical, false).collect();
-            let targets = if d.mode == DeliveryMode::LowestPriority { &targets[..targets.len().min(1)] } else { &targets[..] };
+            let targets: alloc::vec::Vec<usize> = self
+                .targets(
+                    usize::MAX,
+                    Shorthand::None,
+                    u32::from(d.dest),
+                    d.logical,
+                    false,
+                )
+                .collect();
+            let targets = if d.mode == DeliveryMode::LowestPriority {
+                &targets[..targets.len().min(1)]
+            } else {
+                &targets[..]
+            };
             for &i in targets {
                 self.deliver_to(i, d.mode, d.vector, d.level_triggered);
             }

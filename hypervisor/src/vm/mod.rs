@@ -4,11 +4,16 @@
 pub mod gwalk;
 pub mod irq;
 pub mod memory;
+pub mod platform;
 pub mod vcpu;
 
 use crate::devices::ioapic::IoApic;
 use crate::devices::lapic::VLapic;
-use crate::devices::{debug_exit::DebugExit, uart::Uart, IoBus};
+use crate::devices::pic::Pic;
+use crate::devices::{
+    debug_exit::DebugExit, i8042::I8042, pci::Pci, pit::Pit, pm::Pm, post::PostCode, rtc::Rtc,
+    uart::Uart, IoBus,
+};
 use crate::manifest::{GuestConfig, Policy};
 use crate::{loader, mm, println};
 use alloc::boxed::Box;
@@ -43,6 +48,7 @@ impl VmEnd {
 /// Mutable VM-wide state, behind the VM's own lock (never shared with another guest).
 pub struct VmShared {
     pub io: IoBus,
+    pub pic: Pic,
     pub ioapic: IoApic,
     pub end: Option<VmEnd>,
 }
@@ -53,6 +59,7 @@ pub struct Vm {
     pub config: GuestConfig,
     pub mem: GuestMemory,
     pub image: &'static [u8],
+    pub initrd: Option<&'static [u8]>,
     pub shared: Mutex<VmShared>,
     /// Set once the VM has ended; vCPUs leave at their next exit.
     pub ending: AtomicBool,
@@ -108,9 +115,10 @@ impl Vm {
         id: usize,
         config: GuestConfig,
         image: &'static [u8],
+        initrd: Option<&'static [u8]>,
     ) -> Result<(Arc<Vm>, Vec<Box<vcpu::Vcpu>>), CreateError> {
         let mem = GuestMemory::new(config.memory).map_err(CreateError::Memory)?;
-        let entry = loader::load(&config, image, &mem).map_err(CreateError::Load)?;
+        let entry = loader::load(&config, image, initrd, &mem).map_err(CreateError::Load)?;
         let msr_bitmap = mm::alloc_zeroed_page().ok_or(CreateError::NoMemory)?;
         let io_bitmaps = match mm::alloc_zeroed(2 * mm::PAGE, mm::PAGE) {
             Some(p) => p,
@@ -126,12 +134,24 @@ impl Vm {
         let mut io = IoBus::default();
         io.register(Box::new(Uart::new(&config.name, console_line)));
         io.register(Box::new(DebugExit));
+        io.register(Box::new(Pit::new()));
+        io.register(Box::new(Rtc::new(crate::platform::host_date(), 0)));
+        io.register(Box::new(Pci::new()));
+        io.register(Box::new(I8042::new()));
+        io.register(Box::new(Pm::new(loader::PM_BASE)));
+        io.register(Box::new(PostCode::new()));
         let vm = Arc::new(Vm {
             id,
             name: config.name.clone(),
             mem,
             image,
-            shared: Mutex::new(VmShared { io, ioapic: IoApic::new(config.vcpus as u8), end: None }),
+            initrd,
+            shared: Mutex::new(VmShared {
+                io,
+                pic: Pic::new(),
+                ioapic: IoApic::new(config.vcpus as u8),
+                end: None,
+            }),
             ending: AtomicBool::new(false),
             restarts: AtomicU32::new(0),
             msr_bitmap,
@@ -139,16 +159,29 @@ impl Vm {
             entry: Mutex::new(entry),
             tsc_offset: 0u64.wrapping_sub(arch::regs::rdtsc()),
             first_output: AtomicBool::new(false),
-            lapics: (0..config.vcpus).map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick()))).collect(),
+            lapics: (0..config.vcpus)
+                .map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick())))
+                .collect(),
             mailbox: (0..config.vcpus).map(|_| irq::Mailbox::default()).collect(),
             halted_noirq: core::sync::atomic::AtomicUsize::new(0),
             config,
         });
+        vm.firmware_lapic_setup();
         let mut vcpus = Vec::new();
         for i in 0..vm.config.vcpus {
             vcpus.push(Box::new(vcpu::Vcpu::new(vm.clone(), i as usize)));
         }
         Ok((vm, vcpus))
+    }
+
+    /// What firmware leaves for an OS: the BSP's local APIC enabled in
+    /// virtual-wire mode (LINT0 = ExtINT from the 8259, LINT1 = NMI).
+    fn firmware_lapic_setup(&self) {
+        let now = self.guest_tsc();
+        let mut l = self.lapics[0].lock();
+        let _ = l.write_mmio(0xF0, 0x1FF, now);
+        let _ = l.write_mmio(0x350, 0x700, now);
+        let _ = l.write_mmio(0x360, 0x400, now);
     }
 
     /// Records how the VM ended; the first call wins and is logged.
@@ -196,11 +229,12 @@ impl Vm {
             self.name, self.config.max_restarts
         );
         self.mem.zero();
-        let entry = loader::load(&self.config, self.image, &self.mem)?;
+        let entry = loader::load(&self.config, self.image, self.initrd, &self.mem)?;
         *self.entry.lock() = entry;
         for (i, l) in self.lapics.iter().enumerate() {
             *l.lock() = VLapic::new(i as u32, i == 0, tsc_per_bus_tick());
         }
+        self.firmware_lapic_setup();
         for m in &self.mailbox {
             m.init.store(false, Ordering::Release);
             m.sipi.store(0, Ordering::Release);

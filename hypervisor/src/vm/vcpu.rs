@@ -200,7 +200,9 @@ impl Vcpu {
             }
             self.configured = true;
         }
-        self.vm.mailbox[self.index].running_on.store(me + 1, Ordering::Release);
+        self.vm.mailbox[self.index]
+            .running_on
+            .store(me + 1, Ordering::Release);
         self.switch_in();
         let deadline = rdtsc().wrapping_add(slice);
         let rate = vmx::caps().misc.preemption_timer_rate;
@@ -219,7 +221,10 @@ impl Vcpu {
             // Timers first, so that an interrupt due now is injected now.
             let timer = self.poll_timers();
             let left = timer.map_or(left, |t| left.min(t.saturating_sub(now).max(1)));
-            w!(guest::VMX_PREEMPTION_TIMER_VALUE, (left >> rate).min(u64::from(u32::MAX)) as u32);
+            w!(
+                guest::VMX_PREEMPTION_TIMER_VALUE,
+                (left >> rate).min(u64::from(u32::MAX)) as u32
+            );
             if self.pending_event.is_none() {
                 self.inject_interrupts();
             }
@@ -280,7 +285,9 @@ impl Vcpu {
                 }
             }
         };
-        self.vm.mailbox[self.index].running_on.store(0, Ordering::Release);
+        self.vm.mailbox[self.index]
+            .running_on
+            .store(0, Ordering::Release);
         self.switch_out();
         end
     }
@@ -331,11 +338,32 @@ impl Vcpu {
 
     /// Brings this vCPU's timers up to date; returns the next host-TSC deadline.
     fn poll_timers(&mut self) -> Option<u64> {
-        let vm = &self.vm;
+        let vm = self.vm.clone();
+        // The BSP keeps the platform's devices (PIT, RTC, ...) up to date.
+        let dev = if self.index == 0 {
+            vm.poll_devices()
+        } else {
+            None
+        };
         let now = vm.guest_tsc();
         let mut l = vm.lapics[self.index].lock();
         l.poll_timer(now);
-        l.next_timer_deadline().map(|g| vm.host_tsc(g))
+        let lapic = l.next_timer_deadline().map(|g| vm.host_tsc(g));
+        match (lapic, dev) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether the 8259 can interrupt this vCPU: only the BSP, through
+    /// LINT0 programmed for ExtINT (virtual-wire mode, MP spec 3.6.2.2).
+    fn pic_wired(&self) -> bool {
+        use crate::devices::lapic::DeliveryMode;
+        self.index == 0
+            && self.vm.lapics[0]
+                .lock()
+                .lint(0)
+                .is_some_and(|l| l.mode == DeliveryMode::ExtInt)
     }
 
     /// Injects the highest-priority deliverable interrupt, or asks for an
@@ -344,30 +372,45 @@ impl Vcpu {
         use arch::vmx::vmcs::bits::primary;
         let window = |on: bool| {
             let p = ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS.read().unwrap_or(0);
-            let n = if on { p | primary::INTERRUPT_WINDOW_EXITING } else { p & !primary::INTERRUPT_WINDOW_EXITING };
+            let n = if on {
+                p | primary::INTERRUPT_WINDOW_EXITING
+            } else {
+                p & !primary::INTERRUPT_WINDOW_EXITING
+            };
             if n != p {
                 w!(ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS, n);
             }
         };
         let blocking = guest::INTERRUPTIBILITY_STATE.read().unwrap_or(0);
         if self.vm.mailbox[self.index].nmi.load(Ordering::Acquire) && blocking & 0xB == 0 {
-            self.vm.mailbox[self.index].nmi.store(false, Ordering::Release);
+            self.vm.mailbox[self.index]
+                .nmi
+                .store(false, Ordering::Release);
             self.pending_event = Some((2 | (2 << 8) | (1 << 31), 0));
             return;
         }
         let vector = self.vm.lapics[self.index].lock().pending();
-        let Some(vector) = vector else {
+        let pic = vector.is_none() && self.pic_wired() && self.vm.pic_pending();
+        if vector.is_none() && !pic {
             window(false);
             return;
-        };
-        let rflags = guest::RFLAGS.read().unwrap_or(0);
-        if rflags & (1 << 9) != 0 && blocking & 3 == 0 {
-            self.vm.lapics[self.index].lock().ack(vector);
-            self.pending_event = Some((arch::vmx::exit::external_interrupt(vector), 0));
-            window(false);
-        } else {
-            window(true);
         }
+        let rflags = guest::RFLAGS.read().unwrap_or(0);
+        if rflags & (1 << 9) == 0 || blocking & 3 != 0 {
+            window(true);
+            return;
+        }
+        let vector = match vector {
+            Some(v) => {
+                self.vm.lapics[self.index].lock().ack(v);
+                Some(v)
+            }
+            None => self.vm.pic_acknowledge(),
+        };
+        if let Some(v) = vector {
+            self.pending_event = Some((arch::vmx::exit::external_interrupt(v), 0));
+        }
+        window(false);
     }
 
     /// Whether an interrupt could be delivered to this vCPU now or soon.
@@ -382,9 +425,14 @@ impl Vcpu {
         if self.halted_noirq {
             return false;
         }
-        let mut l = self.vm.lapics[self.index].lock();
-        l.poll_timer(self.vm.guest_tsc());
-        l.pending().is_some()
+        {
+            let mut l = self.vm.lapics[self.index].lock();
+            l.poll_timer(self.vm.guest_tsc());
+            if l.pending().is_some() {
+                return true;
+            }
+        }
+        self.pic_wired() && self.vm.pic_pending()
     }
 
     /// VMCLEARs the VMCS on the CPU where it is active, so that any CPU may
@@ -403,8 +451,7 @@ impl Vcpu {
     /// Whether a halted vCPU should run again: an interrupt is pending for it
     /// or one of its timers is due.
     pub fn wants_to_run(&self, now_tsc: u64) -> bool {
-        let _ = now_tsc;
-        self.interrupt_pending()
+        self.interrupt_pending() || self.next_event_tsc().is_some_and(|t| t <= now_tsc)
     }
 
     /// When this vCPU's next timer event is due (host TSC), if any.
@@ -412,7 +459,19 @@ impl Vcpu {
         if self.wait_sipi || self.halted_noirq {
             return None;
         }
-        self.vm.lapics[self.index].lock().next_timer_deadline().map(|g| self.vm.host_tsc(g))
+        let lapic = self.vm.lapics[self.index]
+            .lock()
+            .next_timer_deadline()
+            .map(|g| self.vm.host_tsc(g));
+        let dev = if self.index == 0 {
+            self.vm.next_device_event()
+        } else {
+            None
+        };
+        match (lapic, dev) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn weight(&self) -> u64 {
