@@ -155,9 +155,13 @@ pub fn start(info: &'static BootInfo, stack_top: u64) -> ! {
         VMX_READY.load(Ordering::Acquire),
         cpus.len()
     );
+    let (heap_used, heap_free) = crate::heap::usage();
     println!(
-        "hv: heap: {} KiB used, {} MiB free RAM",
-        crate::heap::usage().0 >> 10,
+        "hv: memory: loader data (image, heap, stacks, ESP files) {} KiB (heap {} KiB used of {} KiB), host page tables {} KiB, {} MiB free for guests",
+        loader >> 10,
+        heap_used >> 10,
+        (heap_used + heap_free) >> 10,
+        paging::TABLE_BYTES.load(Ordering::Relaxed) >> 10,
         mm::free_bytes() >> 20
     );
 

@@ -89,6 +89,7 @@ pub fn build_guests() -> Result<Vec<String>> {
         .arg(paths::guests_target_dir());
     run_command(&mut cmd)
         .context("building the test guests failed (see the compiler output above)")?;
+    crate::flat::write_flat_guests(&paths::guest_bin_dir())?;
     built_guests()
 }
 
@@ -125,6 +126,16 @@ pub fn build_all() -> Result<()> {
             guests.join(", "),
             paths::guest_bin_dir().display()
         );
+    }
+    // The Linux guest's kernel and initramfs: only the Linux tests need them, so a machine
+    // without the packages (or the network) still builds and runs everything else.
+    match crate::linux::prepare() {
+        Ok(linux) => println!(
+            "linux:    {}, {}",
+            linux.kernel.display(),
+            linux.initrd.display()
+        ),
+        Err(e) => eprintln!("xtask: warning: the Linux guest files are not ready: {e:#}"),
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::manifest::{self, FileRef};
-use crate::paths;
+use crate::{linux, paths};
 
 /// Where the ESP's files come from.
 #[derive(Debug, Clone)]
@@ -43,19 +43,37 @@ pub struct Esp {
 }
 
 /// Finds the file a manifest line names: next to the manifest first, then among the built test
-/// guests (`X.elf` is the guest binary `X`).
+/// guests (`X.elf` is the guest binary `X`, `X.bin` its flat image), then, for `vmlinuz` and
+/// `initrd.gz`, among the Linux guest files `cargo xtask build` prepares in `target/linux/`.
 pub fn resolve(file: &FileRef, manifest_dir: &Path, guest_dir: &Path) -> Result<PathBuf> {
+    resolve_in(file, manifest_dir, guest_dir, &linux::dir())
+}
+
+fn resolve_in(
+    file: &FileRef,
+    manifest_dir: &Path,
+    guest_dir: &Path,
+    linux_dir: &Path,
+) -> Result<PathBuf> {
     let beside = manifest_dir.join(&file.path);
     if beside.is_file() {
         return Ok(beside);
     }
+    let plain = !file.path.contains('/');
     let guest = file
         .path
         .strip_suffix(".elf")
-        .filter(|name| !name.contains('/'))
-        .map(|name| guest_dir.join(name));
+        .filter(|_| plain)
+        .map(|name| guest_dir.join(name))
+        .or_else(|| (plain && file.path.ends_with(".bin")).then(|| guest_dir.join(&file.path)));
     if let Some(guest) = guest.as_ref().filter(|g| g.is_file()) {
         return Ok(guest.clone());
+    }
+    let linux_asset = linux::ASSET_FILES
+        .contains(&file.path.as_str())
+        .then(|| linux_dir.join(&file.path));
+    if let Some(asset) = linux_asset.as_ref().filter(|a| a.is_file()) {
+        return Ok(asset.clone());
     }
     let mut msg = format!(
         "no file {} next to the manifest ({})",
@@ -67,6 +85,13 @@ pub fn resolve(file: &FileRef, manifest_dir: &Path, guest_dir: &Path) -> Result<
             " and no built test guest {} ({}); run `cargo xtask build` if it is a test guest",
             guest.file_name().unwrap_or_default().to_string_lossy(),
             guest.display()
+        );
+    }
+    if let Some(asset) = linux_asset {
+        msg += &format!(
+            " and no Linux guest file {}: `cargo xtask build` prepares it from Debian packages \
+             (see its `linux:` lines for why it could not)",
+            asset.display()
         );
     }
     Err(anyhow!(msg))
@@ -190,6 +215,47 @@ mod tests {
         );
         assert!(err.contains("line 3: `image = \"nope.elf\"`"), "{err}");
         assert!(err.contains("no built test guest nope"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn finds_flat_guest_images_and_linux_files() {
+        let dir = scratch("where");
+        for sub in ["m", "guests", "linux"] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        fs::write(dir.join("guests/mbkernel.bin"), b"flat").unwrap();
+        fs::write(dir.join("linux/vmlinuz"), b"bzImage").unwrap();
+        fs::write(dir.join("linux/initrd.gz"), b"gz").unwrap();
+        fs::write(dir.join("linux/other.bin"), b"not a linux asset").unwrap();
+        let find = |path: &str| {
+            let file = FileRef {
+                key: "image".into(),
+                path: path.into(),
+                line_no: 1,
+                line: String::new(),
+            };
+            resolve_in(
+                &file,
+                &dir.join("m"),
+                &dir.join("guests"),
+                &dir.join("linux"),
+            )
+        };
+        assert_eq!(
+            find("mbkernel.bin").unwrap(),
+            dir.join("guests/mbkernel.bin")
+        );
+        assert_eq!(find("vmlinuz").unwrap(), dir.join("linux/vmlinuz"));
+        assert_eq!(find("initrd.gz").unwrap(), dir.join("linux/initrd.gz"));
+        assert!(find("other.bin").is_err());
+        // Next to the manifest wins.
+        fs::write(dir.join("m/vmlinuz"), b"mine").unwrap();
+        assert_eq!(find("vmlinuz").unwrap(), dir.join("m/vmlinuz"));
+        fs::remove_file(dir.join("linux/initrd.gz")).unwrap();
+        let err = format!("{:#}", find("initrd.gz").unwrap_err());
+        assert!(err.contains("no Linux guest file"), "{err}");
+        assert!(err.contains("cargo xtask build"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

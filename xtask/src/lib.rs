@@ -4,9 +4,12 @@
 //! the integration tests (`tests/`) call the same functions to lay out an ESP for a manifest
 //! and boot it under Bochs or QEMU. Nothing here is needed when the hypervisor runs.
 
+pub mod bench;
 pub mod build;
 pub mod disk;
 pub mod esp;
+pub mod flat;
+pub mod linux;
 pub mod machine;
 pub mod manifest;
 pub mod paths;

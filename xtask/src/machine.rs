@@ -104,6 +104,9 @@ pub struct RunResult {
     /// Why the emulator stopped, in its own words, when it said (e.g. a Bochs panic message or
     /// QEMU's shutdown reason).
     pub reason: Option<String>,
+    /// The lines of [`Self::serial`], each with the time since the emulator started at which it
+    /// was first seen (the log is polled every 50 ms, so that is the resolution).
+    pub timed_lines: Vec<(Duration, String)>,
 }
 
 impl RunResult {
@@ -179,6 +182,8 @@ fn is_notable_log_line(line: &str) -> bool {
 /// `rfb` with `timeout=0` is the display that needs no X server (each instance takes the next
 /// free port from 5900 up, so runs side by side don't collide); `reset_on_triple_fault=0`
 /// makes a triple fault end the run with a panic naming it instead of rebooting the firmware.
+/// Bochs 2.7 allocates at most 2048 MiB of host memory for the guest's RAM (`host=`); more
+/// guest RAM (`guest=`, up to 3072 MiB here) is backed by a swap file beyond that.
 pub fn bochsrc(cfg: &MachineConfig, ovmf: &Path, ovmf_size: u64, vgabios: &Path) -> String {
     let rom_address = 0x1_0000_0000u64 - ovmf_size;
     let disk = match &cfg.media {
@@ -191,7 +196,7 @@ pub fn bochsrc(cfg: &MachineConfig, ovmf: &Path, ovmf_size: u64, vgabios: &Path)
          config_interface: textconfig\n\
          plugin_ctrl: speaker=0\n\
          display_library: rfb, options=\"timeout=0\"\n\
-         memory: guest={mem}, host={mem}\n\
+         memory: guest={mem}, host={host}\n\
          romimage: file=\"{ovmf}\", address={rom_address:#x}\n\
          vgaromimage: file=\"{vga}\"\n\
          cpu: count={cpus}, model=corei7_skylake_x, ips=200000000, reset_on_triple_fault=0\n\
@@ -208,6 +213,7 @@ pub fn bochsrc(cfg: &MachineConfig, ovmf: &Path, ovmf_size: u64, vgabios: &Path)
          info: action=report\n\
          debug: action=ignore\n",
         mem = cfg.memory_mib,
+        host = cfg.memory_mib.min(BOCHS_MAX_HOST_MIB),
         ovmf = ovmf.display(),
         vga = vgabios.display(),
         cpus = cfg.cpus,
@@ -215,6 +221,9 @@ pub fn bochsrc(cfg: &MachineConfig, ovmf: &Path, ovmf_size: u64, vgabios: &Path)
         log = dir.join("bochs.log").display(),
     )
 }
+
+/// The largest `memory: host=` Bochs 2.7 accepts (it refuses 3072: "out of range 1 to 2048").
+const BOCHS_MAX_HOST_MIB: u32 = 2048;
 
 /// QEMU's command-line arguments for `cfg`.
 pub fn qemu_args(cfg: &MachineConfig, ovmf: &Path) -> Vec<String> {
@@ -313,7 +322,7 @@ pub fn run(cfg: &MachineConfig, emulators: &Emulators) -> Result<RunResult> {
         _ => Some(Qmp::start(&mut child)),
     };
 
-    let mut console = Console::new(&serial_log, cfg.echo.clone());
+    let mut console = Console::new(&serial_log, cfg.echo.clone(), start);
     // `None`: the timeout ran out.
     let status = loop {
         console.pump();
@@ -346,6 +355,7 @@ pub fn run(cfg: &MachineConfig, emulators: &Emulators) -> Result<RunResult> {
         serial_log,
         emulator_log,
         reason,
+        timed_lines: console.timed_lines,
     })
 }
 
@@ -428,10 +438,16 @@ struct Console {
     pending: Vec<u8>,
     /// Whether the last byte echoed to stdout ended a line (stderr gets whole lines only).
     at_line_start: bool,
+    /// When the emulator started; lines are timed from here.
+    start: Instant,
+    /// The cleaned text of the line not yet ended.
+    line: Vec<u8>,
+    /// Every ended line with the time it was first seen.
+    timed_lines: Vec<(Duration, String)>,
 }
 
 impl Console {
-    fn new(path: &Path, echo: Echo) -> Self {
+    fn new(path: &Path, echo: Echo, start: Instant) -> Self {
         Self {
             path: path.to_path_buf(),
             file: None,
@@ -439,14 +455,14 @@ impl Console {
             sanitizer: Sanitizer::new(),
             pending: Vec::new(),
             at_line_start: true,
+            start,
+            line: Vec::new(),
+            timed_lines: Vec::new(),
         }
     }
 
-    /// Reads whatever the emulator wrote since the last call and echoes it.
+    /// Reads whatever the emulator wrote since the last call, times its lines and echoes it.
     fn pump(&mut self) {
-        if self.echo == Echo::Quiet {
-            return;
-        }
         if self.file.is_none() {
             self.file = File::open(&self.path).ok();
         }
@@ -457,8 +473,25 @@ impl Console {
         if file.read_to_end(&mut raw).is_err() || raw.is_empty() {
             return;
         }
-        self.sanitizer.feed(&raw, &mut self.pending);
+        let mut clean = Vec::new();
+        self.sanitizer.feed(&raw, &mut clean);
+        self.take_lines(&clean);
+        self.pending.extend_from_slice(&clean);
         self.write_pending();
+    }
+
+    /// Adds the lines `clean` ends to [`Self::timed_lines`], timed now.
+    fn take_lines(&mut self, clean: &[u8]) {
+        let now = self.start.elapsed();
+        for &byte in clean {
+            if byte == b'\n' {
+                let text = String::from_utf8_lossy(&self.line).into_owned();
+                self.timed_lines.push((now, text));
+                self.line.clear();
+            } else {
+                self.line.push(byte);
+            }
+        }
     }
 
     /// Echoes the cleaned text so far: all of it to stdout, whole lines to stderr (so that runs
@@ -492,7 +525,13 @@ impl Console {
 
     /// Writes what is still pending and ends a last unterminated line.
     fn finish(&mut self) {
-        self.sanitizer.finish(&mut self.pending);
+        let mut clean = Vec::new();
+        self.sanitizer.finish(&mut clean);
+        self.take_lines(&clean);
+        if !self.line.is_empty() {
+            self.take_lines(b"\n");
+        }
+        self.pending.extend_from_slice(&clean);
         let open_line = match self.pending.last() {
             Some(last) => *last != b'\n',
             None => !self.at_line_start,
@@ -575,6 +614,40 @@ mod tests {
     }
 
     #[test]
+    fn console_times_every_line_even_when_quiet() {
+        let dir = std::env::temp_dir().join(format!("xtask-console-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("serial.log");
+        fs::write(&path, b"\x1b[2Jfirst\r\nsec").unwrap();
+        let mut console = Console::new(&path, Echo::Quiet, Instant::now());
+        console.pump();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"ond\r\nlast")
+            .unwrap();
+        console.pump();
+        console.finish();
+        let lines: Vec<&str> = console
+            .timed_lines
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect();
+        assert_eq!(lines, ["first", "second", "last"]);
+        assert!(console.timed_lines[0].0 <= console.timed_lines[1].0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bochs_host_memory_is_capped() {
+        let mut c = cfg(Emulator::Bochs);
+        c.memory_mib = 3072;
+        let rc = bochsrc(&c, Path::new("/o.fd"), 2 << 20, Path::new("/v.bin"));
+        assert!(rc.contains("memory: guest=3072, host=2048\n"), "{rc}");
+    }
+
+    #[test]
     fn qemu_args_for_tcg_and_kvm() {
         let mut c = cfg(Emulator::Qemu);
         c.media = Media::EspDir(PathBuf::from("/a,b/esp"));
@@ -628,6 +701,7 @@ mod tests {
             serial_log: dir.join("serial.log"),
             emulator_log: log,
             reason: None,
+            timed_lines: Vec::new(),
         };
         let excerpt = result.emulator_log_excerpt(5);
         assert!(

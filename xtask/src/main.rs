@@ -32,6 +32,15 @@ Commands:
               --no-build        use what the last build left
   test      Host unit tests, `cargo xtask build`, then the emulator integration tests.
             Arguments after `--` go to the integration test harness (e.g. a test name).
+  bench     Benchmark under Bochs (figures, never a pass/fail): VM-exit costs in instructions
+            (TSC = instructions under Bochs), scheduling fairness, memory overhead per guest,
+            start-up time. Builds boot.efi with --features bench into target/bench, boots up to
+            two machines side by side (5 to 10 minutes on 2 cores), prints tables and writes
+            target/bench/results.json and docs/BENCHMARKS.md.
+              --only LIST       some of exits,fairness,memory (docs/BENCHMARKS.md is then
+                                left alone)
+              --cycles N        guest TSC ticks each fairness spinner runs (default 1000000000)
+              --no-build        use what the last bench build left
   help      This text.
 
 Runs keep their files (ESP, emulator configuration, serial and emulator logs) in
@@ -62,6 +71,7 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
         "image" => image(Options::parse(rest, &["--manifest", "--out", "--disk"])?)?,
         "run" => return run(Options::parse(rest, RUN_OPTIONS)?),
         "test" => return test(rest),
+        "bench" => bench(Options::parse(rest, &["--only", "--cycles", "--no-build"])?)?,
         "help" | "--help" | "-h" => print!("{HELP}"),
         other => bail!("unknown command `{other}`; see `cargo xtask help`"),
     }
@@ -224,6 +234,24 @@ fn run(options: Options) -> Result<ExitCode> {
     }
     eprintln!("{}", result.emulator_log_excerpt(30));
     Ok(ExitCode::FAILURE)
+}
+
+fn bench(options: Options) -> Result<()> {
+    let mut bench = xtask::bench::Options {
+        build: !options.flag("--no-build"),
+        ..Default::default()
+    };
+    if let Some(list) = options.value("--only") {
+        bench.sections = xtask::bench::Sections::parse(list)?;
+    }
+    if options.value("--cycles").is_some() {
+        bench.cycles = Some(options.number("--cycles", 0)?).filter(|c| *c > 0);
+        if bench.cycles.is_none() {
+            bail!("--cycles needs a number above 0");
+        }
+    }
+    xtask::bench::run(&bench)?;
+    Ok(())
 }
 
 fn test(rest: &[String]) -> Result<ExitCode> {

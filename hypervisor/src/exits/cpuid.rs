@@ -43,7 +43,7 @@ const L1_EDX_HIDE: u32 =
     (1 << 7) | (1 << 12) | (1 << 14) | (1 << 21) | (1 << 22) | (1 << 29) | (1 << 31);
 /// Leaf 7.0 EBX: SGX, HLE, RTM, MPX, Intel PT; ECX: WAITPKG, SGX-LC;
 /// EDX: hybrid, IBRS/IBPB, STIBP, L1D_FLUSH, ARCH_CAPABILITIES, core caps, SSBD.
-const L7_EBX_HIDE: u32 = (1 << 2) | (1 << 4) | (1 << 11) | (1 << 14) | (1 << 25);
+const L7_EBX_HIDE: u32 = (1 << 1) | (1 << 2) | (1 << 4) | (1 << 11) | (1 << 14) | (1 << 25);
 const L7_ECX_HIDE: u32 = (1 << 5) | (1 << 30);
 const L7_EDX_HIDE: u32 =
     (1 << 15) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 29) | (1 << 30) | (1 << 31);
@@ -92,7 +92,11 @@ pub fn virtual_cpuid(leaf: u32, sub: u32, view: &View, host: impl Fn(u32, u32) -
                 4 => {
                     r.eax = (r.eax & 0x3FF) | ((view.vcpus.next_power_of_two() - 1).min(63) << 26);
                 }
-                5 | 6 | 0xA | 0x12 | 0x14 | 0x1A | 0x1B | 0x1F => r = zero,
+                // MONITOR, thermal/power, PMU, SGX, PT, TSC/crystal and
+                // frequency leaves (the guest calibrates the TSC against the
+                // virtual PIT, whose clock is the TSC the guest really sees),
+                // hybrid, PCONFIG, v2 topology.
+                5 | 6 | 0xA | 0x12 | 0x14 | 0x15 | 0x16 | 0x1A | 0x1B | 0x1F => r = zero,
                 7 if sub == 0 => {
                     r.ebx &= !L7_EBX_HIDE;
                     if !view.invpcid {

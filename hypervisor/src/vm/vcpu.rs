@@ -315,8 +315,11 @@ impl Vcpu {
                 return Some(SliceEnd::Halted);
             }
             // Start in real mode at vector:0000 (SDM 9.4.4.2).
-            let page = u64::from(sipi & 0xFF) << 12;
-            self.start_state = Some(crate::loader::setup::real16(page));
+            let vector = u64::from(sipi & 0xFF);
+            let mut st = crate::loader::setup::real16(0);
+            st.cs = crate::loader::setup::Seg { sel: (vector << 8) as u16, base: vector << 12, limit: 0xFFFF, ar: 0x9B };
+            st.rip = 0;
+            self.start_state = Some(st);
             self.regs = GuestRegs::default();
             self.wait_sipi = false;
             self.configured = false;
@@ -576,7 +579,8 @@ impl Vcpu {
             | (caps.primary.allowed0
                 & (p::CR3_LOAD_EXITING | p::CR3_STORE_EXITING | p::INVLPG_EXITING));
         use bits::secondary as s;
-        let mut want2 = s::ENABLE_RDTSCP | s::ENABLE_INVPCID | s::ENABLE_XSAVES;
+        // XSAVES stays off (and hidden in CPUID): IA32_XSS isn't switched per vCPU.
+        let mut want2 = s::ENABLE_RDTSCP | s::ENABLE_INVPCID;
         if caps.vpid {
             want2 |= s::ENABLE_VPID;
         }

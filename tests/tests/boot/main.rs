@@ -4,4 +4,5 @@
 //! boot with many checks; Bochs boots are CPU-heavy, so run at most two at a time on two cores.
 
 mod bochs_basic;
+mod bochs_linux;
 mod qemu_no_vtx;

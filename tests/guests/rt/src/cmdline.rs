@@ -54,6 +54,32 @@ pub fn parse_hex(s: &str) -> Option<u64> {
     any.then_some(value)
 }
 
+/// Parses a number: hex with a `0x`/`0X` prefix, else decimal; `_`
+/// separators are allowed.
+pub fn parse_u64(s: &str) -> Option<u64> {
+    if s.starts_with("0x") || s.starts_with("0X") {
+        return parse_hex(s);
+    }
+    let mut value: u64 = 0;
+    let mut any = false;
+    for c in s.chars() {
+        if c == '_' {
+            continue;
+        }
+        value = value
+            .checked_mul(10)?
+            .checked_add(u64::from(c.to_digit(10)?))?;
+        any = true;
+    }
+    any.then_some(value)
+}
+
+/// The number given for `key` (see [`parse_u64`]); `default` if the key is
+/// absent, `None` if its value does not parse.
+pub fn number(cmdline: &str, key: &str, default: u64) -> Option<u64> {
+    get(cmdline, key).map_or(Some(default), parse_u64)
+}
+
 /// True if `key` is present with value `1`, `true`, `yes` or `on`.
 pub fn flag(cmdline: &str, key: &str) -> bool {
     matches!(get(cmdline, key), Some("1" | "true" | "yes" | "on"))
@@ -85,6 +111,22 @@ mod tests {
         assert_eq!(parse_hex(""), None);
         assert_eq!(parse_hex("12g"), None);
         assert_eq!(parse_hex("+12"), None);
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_u64("0"), Some(0));
+        assert_eq!(parse_u64("1_000_000"), Some(1_000_000));
+        assert_eq!(parse_u64("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_u64("18446744073709551616"), None);
+        assert_eq!(parse_u64("0x2f0"), Some(0x2F0));
+        assert_eq!(parse_u64("2f0"), None);
+        assert_eq!(parse_u64(""), None);
+        assert_eq!(parse_u64("_"), None);
+        assert_eq!(parse_u64("-1"), None);
+        assert_eq!(number("cycles=500 x=1", "cycles", 7), Some(500));
+        assert_eq!(number("x=1", "cycles", 7), Some(7));
+        assert_eq!(number("cycles=abc", "cycles", 7), None);
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub const SHUTDOWN: u64 = 3;
 pub const ENOSYS: i64 = -1;
 pub const EFAULT: i64 = -2;
 pub const EINVAL: i64 = -3;
+/// Hypercalls from CPL > 0.
+pub const EPERM: i64 = -4;
 
 /// Largest CONSOLE_WRITE length the hypervisor accepts.
 pub const CONSOLE_WRITE_MAX: u64 = 4096;

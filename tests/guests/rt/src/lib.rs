@@ -5,6 +5,7 @@
 //! a NUL-terminated command line, RSI = RAM size in bytes. `_start` switches
 //! to a stack in .bss, zeroes .bss, installs an IDT and calls the guest's main
 //! (registered with [`entry!`]); its return value becomes the exit code.
+//! Exceptions print and exit unless caught by a [`probe!`].
 //!
 //! The hardware parts only exist for `target_os = "none"`; the pure parts
 //! (command line parsing, marker pattern) also build on the host for tests.
@@ -16,13 +17,15 @@ pub mod marker;
 #[cfg(target_os = "none")]
 pub mod console;
 #[cfg(target_os = "none")]
+pub mod cpu;
+#[cfg(target_os = "none")]
 pub mod hypercall;
 #[cfg(target_os = "none")]
-mod idt;
+pub mod idt;
 #[cfg(target_os = "none")]
 pub mod image;
 #[cfg(target_os = "none")]
-mod io;
+pub mod io;
 #[cfg(target_os = "none")]
 mod start;
 

@@ -1,0 +1,344 @@
+/*
+ * mbkernel: a Multiboot (v1, spec 0.6.96) kernel in 32-bit protected mode.
+ *
+ * Entered with paging off, flat segments, EAX = 0x2BADB002, EBX = the
+ * information structure. Prints on the 16550 at 0x3F8:
+ *
+ *   mbkernel: magic ok
+ *   mbkernel: flags 0x........
+ *   mbkernel: mem_lower <n> KiB mem_upper <m> KiB
+ *   mbkernel: cmdline <cmdline>
+ *   mbkernel: mmap base 0x... len 0x... type <t>      (one line an entry)
+ *   mbkernel: mmap <k> entries
+ *   mbkernel: loader <name>
+ *   mbkernel: PASS
+ *
+ * and writes 0 to the debug-exit port 0xF4; on a failed check it prints
+ * `mbkernel: FAIL: <why>` and writes 1 instead.
+ *
+ * AT&T syntax. Everything (header, code, strings) lives in .text._start,
+ * which the guests' link.ld places first, at 1 MiB: the flat image starts
+ * with the header.
+ */
+
+    .set COM1, 0x3f8
+    .set COM1_LSR, COM1 + 5
+    .set LSR_THR_EMPTY, 0x20
+    .set DEBUG_EXIT, 0xf4
+
+    .set MB_HEADER_MAGIC, 0x1badb002
+    /* bit 0: page-align modules, bit 1: memory information, bit 16: a.out kludge */
+    .set MB_HEADER_FLAGS, 0x00010003
+    .set MB_BOOT_MAGIC, 0x2badb002
+
+    /* information structure: offsets and flag bits */
+    .set MBI_FLAGS, 0
+    .set MBI_MEM_LOWER, 4
+    .set MBI_MEM_UPPER, 8
+    .set MBI_CMDLINE, 16
+    .set MBI_MMAP_LENGTH, 44
+    .set MBI_MMAP_ADDR, 48
+    .set MBI_LOADER_NAME, 64
+    .set MBI_F_MEMORY, 1 << 0
+    .set MBI_F_CMDLINE, 1 << 2
+    .set MBI_F_MMAP, 1 << 6
+    .set MBI_F_LOADER_NAME, 1 << 9
+
+    /* where this kernel is loaded: the memory map must call it RAM */
+    .set KERNEL_BASE, 0x100000
+    /* a memory map longer than this is taken as garbage */
+    .set MMAP_MAX_ENTRIES, 128
+
+    .macro PRINT msg
+    push %esi
+    mov $\msg, %esi
+    call puts
+    pop %esi
+    .endm
+
+    .macro FAIL msg
+    mov $\msg, %esi
+    jmp fail
+    .endm
+
+    .section .text._start, "ax"
+    .code32
+
+/* The Multiboot header: 4-byte aligned, at file offset 0. */
+    .balign 4
+mb_header:
+    .long MB_HEADER_MAGIC
+    .long MB_HEADER_FLAGS
+    .long -(MB_HEADER_MAGIC + MB_HEADER_FLAGS)
+    .long mb_header             /* header_addr */
+    .long mb_header             /* load_addr: the file is loaded from its start */
+    .long mb_load_end           /* load_end_addr */
+    .long __bss_end             /* bss_end_addr (link.ld): zeroed by the loader */
+    .long _start                /* entry_addr */
+
+    .globl _start
+_start:
+    cli
+    cld
+    mov $mb_stack_top, %esp
+    mov %ebx, %ebp              /* %ebp = information structure from here on */
+
+    cmp $MB_BOOT_MAGIC, %eax
+    je .Lmagic_ok
+    mov %eax, %ebx
+    PRINT msg_bad_magic
+    mov %ebx, %eax
+    call put_hex
+    call newline
+    FAIL why_magic
+.Lmagic_ok:
+    PRINT msg_magic_ok
+
+    PRINT msg_flags
+    mov MBI_FLAGS(%ebp), %eax
+    call put_hex
+    call newline
+
+    /* mem_lower / mem_upper */
+    testl $MBI_F_MEMORY, MBI_FLAGS(%ebp)
+    jnz .Lhave_memory
+    FAIL why_no_memory
+.Lhave_memory:
+    PRINT msg_mem_lower
+    mov MBI_MEM_LOWER(%ebp), %eax
+    call put_dec
+    PRINT msg_mem_upper
+    mov MBI_MEM_UPPER(%ebp), %eax
+    call put_dec
+    PRINT msg_kib
+    cmpl $640, MBI_MEM_LOWER(%ebp)
+    jbe .Lmem_lower_ok
+    FAIL why_mem_lower
+.Lmem_lower_ok:
+    cmpl $0, MBI_MEM_UPPER(%ebp)
+    jne .Lmem_upper_ok
+    FAIL why_mem_upper
+.Lmem_upper_ok:
+
+    /* command line */
+    testl $MBI_F_CMDLINE, MBI_FLAGS(%ebp)
+    jnz .Lhave_cmdline
+    FAIL why_no_cmdline
+.Lhave_cmdline:
+    PRINT msg_cmdline
+    push %esi
+    mov MBI_CMDLINE(%ebp), %esi
+    call puts
+    pop %esi
+    call newline
+
+    /* memory map: entries of `size` (u32, not counting itself), base (u64),
+       length (u64), type (u32) */
+    testl $MBI_F_MMAP, MBI_FLAGS(%ebp)
+    jnz .Lhave_mmap
+    FAIL why_no_mmap
+.Lhave_mmap:
+    mov MBI_MMAP_ADDR(%ebp), %esi
+    mov MBI_MMAP_LENGTH(%ebp), %edi
+    add %esi, %edi              /* %edi = end of the map */
+    xor %ebx, %ebx              /* %ebx = entries seen */
+    xor %edx, %edx              /* %edx = 1 once RAM holding KERNEL_BASE is seen */
+.Lmmap_next:
+    cmp %edi, %esi
+    jae .Lmmap_done
+    cmp $MMAP_MAX_ENTRIES, %ebx
+    jb .Lmmap_entry
+    FAIL why_mmap_long
+.Lmmap_entry:
+    PRINT msg_mmap_base
+    mov 8(%esi), %eax
+    call put_hex
+    mov 4(%esi), %eax
+    call put_hex
+    PRINT msg_mmap_len
+    mov 16(%esi), %eax
+    call put_hex
+    mov 12(%esi), %eax
+    call put_hex
+    PRINT msg_mmap_type
+    mov 20(%esi), %eax
+    call put_dec
+    call newline
+
+    /* available RAM (type 1) with base <= KERNEL_BASE < base + length? */
+    cmpl $1, 20(%esi)
+    jne .Lmmap_advance
+    cmpl $0, 8(%esi)
+    jne .Lmmap_advance
+    mov 4(%esi), %eax
+    cmp $KERNEL_BASE, %eax
+    ja .Lmmap_advance
+    cmpl $0, 16(%esi)
+    jne .Lmmap_kernel_ram
+    add 12(%esi), %eax
+    jc .Lmmap_kernel_ram
+    cmp $KERNEL_BASE, %eax
+    jbe .Lmmap_advance
+.Lmmap_kernel_ram:
+    mov $1, %edx
+.Lmmap_advance:
+    inc %ebx
+    mov (%esi), %eax
+    lea 4(%esi,%eax), %esi
+    jmp .Lmmap_next
+.Lmmap_done:
+    PRINT msg_mmap_count
+    mov %ebx, %eax
+    call put_dec
+    PRINT msg_entries
+    test %ebx, %ebx
+    jnz .Lmmap_not_empty
+    FAIL why_mmap_empty
+.Lmmap_not_empty:
+    test %edx, %edx
+    jnz .Lmmap_kernel_ok
+    FAIL why_mmap_kernel
+.Lmmap_kernel_ok:
+
+    /* boot loader name */
+    testl $MBI_F_LOADER_NAME, MBI_FLAGS(%ebp)
+    jnz .Lhave_loader
+    FAIL why_no_loader
+.Lhave_loader:
+    PRINT msg_loader
+    push %esi
+    mov MBI_LOADER_NAME(%ebp), %esi
+    call puts
+    pop %esi
+    call newline
+
+    PRINT msg_pass
+    xor %eax, %eax
+    outb %al, $DEBUG_EXIT
+    jmp halt
+
+/* %esi = why (a string): prints `mbkernel: FAIL: <why>` and exits 1. */
+fail:
+    push %esi
+    PRINT msg_fail
+    pop %esi
+    call puts
+    call newline
+    mov $1, %al
+    outb %al, $DEBUG_EXIT
+halt:
+    cli
+    hlt
+    jmp halt
+
+/* Writes %al to COM1, waiting (boundedly) for the transmitter. Keeps all registers. */
+putc:
+    pushal
+    mov %al, %bl
+    mov $100000, %ecx
+    mov $COM1_LSR, %dx
+.Lputc_wait:
+    inb %dx, %al
+    test $LSR_THR_EMPTY, %al
+    jnz .Lputc_ready
+    dec %ecx
+    jnz .Lputc_wait
+.Lputc_ready:
+    mov %bl, %al
+    mov $COM1, %dx
+    outb %al, %dx
+    popal
+    ret
+
+/* Writes the NUL-terminated string at %esi. Keeps all registers. */
+puts:
+    pushal
+.Lputs_next:
+    lodsb
+    test %al, %al
+    jz .Lputs_done
+    call putc
+    jmp .Lputs_next
+.Lputs_done:
+    popal
+    ret
+
+newline:
+    push %eax
+    mov $0x0a, %al              /* newline */
+    call putc
+    pop %eax
+    ret
+
+/* Writes %eax in decimal. Keeps all registers. */
+put_dec:
+    pushal
+    mov $10, %ebx
+    xor %ecx, %ecx
+.Lput_dec_divide:
+    xor %edx, %edx
+    div %ebx
+    push %edx
+    inc %ecx
+    test %eax, %eax
+    jnz .Lput_dec_divide
+.Lput_dec_print:
+    pop %eax
+    add $0x30, %al             /* '0' */
+    call putc
+    loop .Lput_dec_print
+    popal
+    ret
+
+/* Writes %eax as 8 hex digits. Keeps all registers. */
+put_hex:
+    pushal
+    mov %eax, %ebx
+    mov $8, %ecx
+.Lput_hex_digit:
+    rol $4, %ebx
+    mov %bl, %al
+    and $0xf, %al
+    cmp $10, %al
+    jb .Lput_hex_decimal
+    add $(0x61 - 0x30 - 10), %al  /* 'a' - '0' - 10 */
+.Lput_hex_decimal:
+    add $0x30, %al             /* '0' */
+    call putc
+    loop .Lput_hex_digit
+    popal
+    ret
+
+msg_magic_ok:   .asciz "mbkernel: magic ok\n"
+msg_bad_magic:  .asciz "mbkernel: bad magic in EAX: 0x"
+msg_flags:      .asciz "mbkernel: flags 0x"
+msg_mem_lower:  .asciz "mbkernel: mem_lower "
+msg_mem_upper:  .asciz " KiB mem_upper "
+msg_kib:        .asciz " KiB\n"
+msg_cmdline:    .asciz "mbkernel: cmdline "
+msg_mmap_base:  .asciz "mbkernel: mmap base 0x"
+msg_mmap_len:   .asciz " len 0x"
+msg_mmap_type:  .asciz " type "
+msg_mmap_count: .asciz "mbkernel: mmap "
+msg_entries:    .asciz " entries\n"
+msg_loader:     .asciz "mbkernel: loader "
+msg_pass:       .asciz "mbkernel: PASS\n"
+msg_fail:       .asciz "mbkernel: FAIL: "
+why_magic:      .asciz "EAX is not 0x2BADB002"
+why_no_memory:  .asciz "no memory information (flag 0)"
+why_mem_lower:  .asciz "mem_lower above 640 KiB"
+why_mem_upper:  .asciz "mem_upper is 0"
+why_no_cmdline: .asciz "no command line (flag 2)"
+why_no_mmap:    .asciz "no memory map (flag 6)"
+why_mmap_long:  .asciz "memory map has too many entries"
+why_mmap_empty: .asciz "memory map is empty"
+why_mmap_kernel: .asciz "memory map has no RAM at 1 MiB, where this kernel is"
+why_no_loader:  .asciz "no boot loader name (flag 9)"
+
+    .balign 4
+mb_load_end:
+
+    .section .bss.mbkernel_stack, "aw", @nobits
+    .balign 16
+    .skip 8192
+mb_stack_top:
