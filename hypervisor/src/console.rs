@@ -4,7 +4,7 @@
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use spin::Mutex;
-use uart_16550::{Config, Uart16550};
+use uart_16550::{BaudRate, Config, Uart16550};
 
 pub const COM1: u16 = 0x3F8;
 
@@ -28,7 +28,12 @@ pub fn init() {
         // SAFETY: COM1 at 0x3F8 is the platform's first serial port; the
         // hypervisor is its only user once it has the machine.
         if let Ok(mut uart) = unsafe { Uart16550::new_port(COM1) } {
-            if uart.init(Config::default()).is_ok() {
+            // 115200 8N1, the usual server console setting.
+            let cfg = Config {
+                baud_rate: BaudRate::Baud115200,
+                ..Config::default()
+            };
+            if uart.init(cfg).is_ok() {
                 s.uart = Some(uart);
             }
         }

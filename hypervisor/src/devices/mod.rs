@@ -63,64 +63,96 @@ pub trait PortDevice: Send {
 #[derive(Default)]
 pub struct IoBus {
     devices: Vec<Box<dyn PortDevice>>,
+    /// Each device's IRQ lines as last polled.
+    irqs: Vec<IrqState>,
+    /// Index of the device that served the last access (accesses cluster).
+    last: usize,
     /// Accesses to ports nobody claims (reads give all-ones, writes are dropped).
     pub unclaimed_reads: u64,
     pub unclaimed_writes: u64,
 }
 
+fn claims(d: &dyn PortDevice, port: u16) -> bool {
+    d.ports()
+        .iter()
+        .any(|&(first, n)| port >= first && u32::from(port) < u32::from(first) + u32::from(n))
+}
+
 impl IoBus {
     pub fn register(&mut self, dev: Box<dyn PortDevice>) {
         self.devices.push(dev);
+        self.irqs.push(IrqState::default());
     }
 
-    fn find(&mut self, port: u16) -> Option<&mut Box<dyn PortDevice>> {
-        self.devices.iter_mut().find(|d| {
-            d.ports().iter().any(|&(first, n)| {
-                port >= first && u32::from(port) < u32::from(first) + u32::from(n)
-            })
-        })
+    fn find(&mut self, port: u16) -> Option<usize> {
+        if self
+            .devices
+            .get(self.last)
+            .is_some_and(|d| claims(d.as_ref(), port))
+        {
+            return Some(self.last);
+        }
+        let i = self.devices.iter().position(|d| claims(d.as_ref(), port))?;
+        self.last = i;
+        Some(i)
     }
 
-    pub fn read(&mut self, port: u16, size: u8, now_ns: u64) -> u32 {
+    /// Reads a port; also returns the serving device's index for [`IoBus::poll_one`].
+    pub fn read(&mut self, port: u16, size: u8, now_ns: u64) -> (u32, Option<usize>) {
         match self.find(port) {
-            Some(d) => {
+            Some(i) => {
+                let d = &mut self.devices[i];
                 d.set_time(now_ns);
-                d.read(port, size)
+                (d.read(port, size), Some(i))
             }
             None => {
                 self.unclaimed_reads += 1;
-                all_ones(size)
+                (all_ones(size), None)
             }
         }
     }
 
-    pub fn write(&mut self, port: u16, size: u8, value: u32, now_ns: u64) -> Action {
+    pub fn write(
+        &mut self,
+        port: u16,
+        size: u8,
+        value: u32,
+        now_ns: u64,
+    ) -> (Action, Option<usize>) {
         match self.find(port) {
-            Some(d) => {
+            Some(i) => {
+                let d = &mut self.devices[i];
                 d.set_time(now_ns);
-                d.write(port, size, value & all_ones(size))
+                (d.write(port, size, value & all_ones(size)), Some(i))
             }
             None => {
                 self.unclaimed_writes += 1;
-                Action::None
+                (Action::None, None)
             }
         }
     }
 
-    /// Polls every device; returns the combined IRQ lines and the earliest
-    /// next event (ns).
-    pub fn poll(&mut self, now_ns: u64) -> (IrqState, Option<u64>) {
-        let mut st = IrqState::default();
-        let mut next: Option<u64> = None;
-        for d in &mut self.devices {
+    fn combined(&self, pulse: u16) -> IrqState {
+        let level = self.irqs.iter().fold(0, |a, s| a | s.level);
+        IrqState { level, pulse }
+    }
+
+    /// Re-polls one device (after an access to it); returns all lines.
+    pub fn poll_one(&mut self, i: usize, now_ns: u64) -> IrqState {
+        let s = self.devices[i].poll(now_ns);
+        self.irqs[i] = s;
+        self.combined(s.pulse)
+    }
+
+    /// Polls every device; returns the combined IRQ lines.
+    pub fn poll(&mut self, now_ns: u64) -> IrqState {
+        let mut pulse = 0;
+        for (i, d) in self.devices.iter_mut().enumerate() {
             let s = d.poll(now_ns);
-            st.level |= s.level;
-            st.pulse |= s.pulse;
-            if let Some(t) = d.next_event_ns() {
-                next = Some(next.map_or(t, |n| n.min(t)));
-            }
+            pulse |= s.pulse;
+            self.irqs[i] = s;
         }
-        (st, next)
+        self.combined(pulse)
     }
 
     /// The earliest next event (ns) of any device.
@@ -150,12 +182,12 @@ mod tests {
     #[test]
     fn unclaimed_ports_read_all_ones_and_count() {
         let mut bus = IoBus::default();
-        assert_eq!(bus.read(0x1234, 1, 0), 0xFF);
-        assert_eq!(bus.read(0x1234, 2, 0), 0xFFFF);
-        assert_eq!(bus.read(0x1234, 4, 0), 0xFFFF_FFFF);
-        assert_eq!(bus.write(0x1234, 1, 5, 0), Action::None);
+        assert_eq!(bus.read(0x1234, 1, 0).0, 0xFF);
+        assert_eq!(bus.read(0x1234, 2, 0).0, 0xFFFF);
+        assert_eq!(bus.read(0x1234, 4, 0).0, 0xFFFF_FFFF);
+        assert_eq!(bus.write(0x1234, 1, 5, 0).0, Action::None);
         assert_eq!((bus.unclaimed_reads, bus.unclaimed_writes), (3, 1));
         bus.register(Box::new(debug_exit::DebugExit));
-        assert_eq!(bus.write(0xF4, 1, 3, 0), Action::Exit(3));
+        assert_eq!(bus.write(0xF4, 1, 3, 0).0, Action::Exit(3));
     }
 }

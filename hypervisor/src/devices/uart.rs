@@ -187,7 +187,11 @@ impl PortDevice for Uart {
 
     /// IRQ 4, gated by MCR.OUT2 as on PC serial ports.
     fn poll(&mut self, _now_ns: u64) -> super::IrqState {
-        let level = if self.irq_pending() && self.mcr & 0x08 != 0 { 1 << 4 } else { 0 };
+        let level = if self.irq_pending() && self.mcr & 0x08 != 0 {
+            1 << 4
+        } else {
+            0
+        };
         super::IrqState { level, pulse: 0 }
     }
 

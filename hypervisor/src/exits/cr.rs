@@ -33,6 +33,19 @@ pub fn real_cr0(v: u64) -> u64 {
     v | (f0 & !(cr0::PE | cr0::PG))
 }
 
+/// CR0 as the guest sees it: its own bits where the mask gives them to the
+/// guest, the read shadow where the hypervisor owns them (SDM 25.6.6).
+pub fn visible_cr0() -> u64 {
+    let mask = ctrl::CR0_GUEST_HOST_MASK.read().unwrap_or(0);
+    (guest::CR0.read().unwrap_or(0) & !mask) | (ctrl::CR0_READ_SHADOW.read().unwrap_or(0) & mask)
+}
+
+/// CR4 as the guest sees it.
+pub fn visible_cr4() -> u64 {
+    let mask = ctrl::CR4_GUEST_HOST_MASK.read().unwrap_or(0);
+    (guest::CR4.read().unwrap_or(0) & !mask) | (ctrl::CR4_READ_SHADOW.read().unwrap_or(0) & mask)
+}
+
 fn gpr(v: &Vcpu, n: u8) -> u64 {
     if usize::from(n) == RSP {
         guest::RSP.read().unwrap_or(0)
@@ -58,7 +71,7 @@ fn write_cr0(v: &mut Vcpu, val: u64) -> bool {
         return false;
     }
     let efer = guest::IA32_EFER.read().unwrap_or(0);
-    let cr4v = ctrl::CR4_READ_SHADOW.read().unwrap_or(0);
+    let cr4v = visible_cr4();
     let lme = efer & (1 << 8) != 0;
     let pg = val & cr0::PG != 0;
     if pg && lme && cr4v & cr4::PAE == 0 {
@@ -108,13 +121,13 @@ pub fn handle(v: &mut Vcpu) -> Flow {
             true
         }
         (CrAccessType::Lmsw, _) => {
-            let shadow = ctrl::CR0_READ_SHADOW.read().unwrap_or(0);
+            let shadow = visible_cr0();
             // LMSW loads PE, MP, EM, TS and can't clear PE.
             let new = (shadow & !0xE) | u64::from(q.lmsw_source & 0xF) | (shadow & cr0::PE);
             write_cr0(v, new)
         }
         (CrAccessType::Clts, _) => {
-            let shadow = ctrl::CR0_READ_SHADOW.read().unwrap_or(0);
+            let shadow = visible_cr0();
             write_cr0(v, shadow & !cr0::TS)
         }
         _ => false,

@@ -10,7 +10,7 @@ use crate::vm::vcpu::{Flow, Vcpu};
 use crate::vm::VmEnd;
 use crate::vmx::run::RSP;
 use alloc::format;
-use arch::vmx::vmcs::{ctrl, guest};
+use arch::vmx::vmcs::guest;
 
 pub const LAPIC_PAGE: u64 = 0xFEE0_0000;
 pub const IOAPIC_PAGE: u64 = ioapic::BASE;
@@ -28,7 +28,7 @@ impl GuestPhysRead for GuestMemory {
 }
 
 fn cpu_mode() -> Mode {
-    let cr0 = ctrl::CR0_READ_SHADOW.read().unwrap_or(0);
+    let cr0 = super::cr::visible_cr0();
     let ar = guest::CS_ACCESS_RIGHTS.read().unwrap_or(0);
     if cr0 & 1 == 0 {
         Mode::Real16
@@ -43,7 +43,7 @@ fn cpu_mode() -> Mode {
 }
 
 /// Fetches up to 15 instruction bytes at the guest's CS:RIP.
-fn fetch(v: &Vcpu, buf: &mut [u8; 15]) -> Result<usize, alloc::string::String> {
+pub fn fetch(v: &Vcpu, buf: &mut [u8; 15]) -> Result<usize, alloc::string::String> {
     let regs = PagingRegs {
         cr0: guest::CR0.read().unwrap_or(0),
         cr3: guest::CR3.read().unwrap_or(0),
@@ -74,11 +74,13 @@ pub fn handle(v: &mut Vcpu, gpa: u64) -> Option<Flow> {
     };
     let d = match decode::decode(&bytes[..n], cpu_mode()) {
         Ok(d) => d,
-        Err(e) => return Some(Flow::End(VmEnd::Crashed(format!(
+        Err(e) => {
+            return Some(Flow::End(VmEnd::Crashed(format!(
             "MMIO at {gpa:#x}: cannot emulate the instruction at rip {:#x} ({e:?}, bytes {:02x?})",
             v.rip(),
             &bytes[..n.min(8)]
-        )))),
+        ))))
+        }
     };
     let vm = v.vm.clone();
     let idx = v.index;

@@ -23,6 +23,22 @@ pub const GP: u8 = 13;
 
 pub fn handle(v: &mut Vcpu, raw: u32) -> Flow {
     use ExitReason as R;
+    // Exits that can change timers or make an interrupt deliverable make the
+    // run loop re-poll timers and re-evaluate injection before re-entry.
+    match raw & 0xFFFF {
+        // I/O, WRMSR, EPT violation (MMIO): device or APIC registers written.
+        30 | 32 | 48 => {
+            v.timers_dirty = true;
+            v.vm.mailbox[v.index]
+                .check_irq
+                .store(true, core::sync::atomic::Ordering::Release);
+        }
+        // External interrupt (a kick), interrupt/NMI window, CR8 writes.
+        1 | 7 | 8 | 28 => v.vm.mailbox[v.index]
+            .check_irq
+            .store(true, core::sync::atomic::Ordering::Release),
+        _ => {}
+    }
     let Some(reason) = ExitReason::from_raw(raw) else {
         return Flow::End(VmEnd::Crashed(format!(
             "unexpected VM exit reason {}",
@@ -44,8 +60,9 @@ pub fn handle(v: &mut Vcpu, raw: u32) -> Flow {
         R::ExternalInterrupt => external_interrupt(),
         R::ExceptionOrNmi => exception_or_nmi(v),
         R::TripleFault => Flow::End(VmEnd::Crashed(format!(
-            "triple fault at rip {:#x}",
-            v.rip()
+            "triple fault at rip {:#x} ({})",
+            v.rip(),
+            guest_state(v)
         ))),
         // INIT and SIPI reach a vCPU only through the host CPU; a guest can't send them to us.
         R::Init | R::Sipi => Flow::Continue,
@@ -139,4 +156,29 @@ pub fn entry_failure_reason(raw: u32, qualification: u64) -> String {
         41 => "VM entry failed: machine-check event".into(),
         n => format!("VM entry failed: reason {n}"),
     }
+}
+
+/// A one-line picture of the guest's CPU state for crash diagnostics.
+pub fn guest_state(v: &Vcpu) -> String {
+    let mut bytes = [0u8; 15];
+    let code = match mmio::fetch(v, &mut bytes) {
+        Ok(n) => format!("{:02x?}", &bytes[..n.min(8)]),
+        Err(_) => "unreadable".into(),
+    };
+    format!(
+        "vcpu {} cs={:#x} base={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} rsp={:#x} rflags={:#x} gdtr={:#x}/{:#x} idtr={:#x}/{:#x} code {code}",
+        v.index,
+        guest::CS_SEL.read().unwrap_or(0),
+        guest::CS_BASE.read().unwrap_or(0),
+        cr::visible_cr0(),
+        guest::CR3.read().unwrap_or(0),
+        cr::visible_cr4(),
+        guest::IA32_EFER.read().unwrap_or(0),
+        guest::RSP.read().unwrap_or(0),
+        guest::RFLAGS.read().unwrap_or(0),
+        guest::GDTR_BASE.read().unwrap_or(0),
+        guest::GDTR_LIMIT.read().unwrap_or(0),
+        guest::IDTR_BASE.read().unwrap_or(0),
+        guest::IDTR_LIMIT.read().unwrap_or(0),
+    )
 }

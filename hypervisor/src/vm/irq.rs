@@ -14,6 +14,8 @@ pub struct Mailbox {
     /// 0 = none, else 0x100 | start-up vector.
     pub sipi: AtomicU32,
     pub nmi: AtomicBool,
+    /// Something may have become deliverable: re-evaluate before the next entry.
+    pub check_irq: AtomicBool,
     /// 1 + the physical CPU running this vCPU, or 0.
     pub running_on: AtomicUsize,
 }
@@ -32,6 +34,7 @@ impl Vm {
     /// Makes vCPU `i` look at its interrupts soon: an IPI to the CPU running
     /// it (the exit re-evaluates), or a wake-up of idle CPUs if it sleeps.
     pub fn kick(&self, i: usize) {
+        self.mailbox[i].check_irq.store(true, Ordering::Release);
         let on = self.mailbox[i].running_on.load(Ordering::Acquire);
         if on != 0 {
             let cpu = on - 1;

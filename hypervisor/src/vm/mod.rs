@@ -49,6 +49,8 @@ impl VmEnd {
 pub struct VmShared {
     pub io: IoBus,
     pub pic: Pic,
+    /// ISA IRQ lines as last routed (bit n = IRQ n asserted).
+    pub lines: u16,
     pub ioapic: IoApic,
     pub end: Option<VmEnd>,
 }
@@ -149,6 +151,7 @@ impl Vm {
             shared: Mutex::new(VmShared {
                 io,
                 pic: Pic::new(),
+                lines: 0,
                 ioapic: IoApic::new(config.vcpus as u8),
                 end: None,
             }),

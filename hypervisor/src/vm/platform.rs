@@ -44,14 +44,22 @@ impl Vm {
         let now = self.guest_ns();
         let (val, d) = {
             let mut s = self.shared.lock();
-            let v = if is_pic_port(port) {
-                s.pic.read(port, size)
+            if is_pic_port(port) {
+                let v = s.pic.read(port, size);
+                (v, Vec::new())
             } else {
-                s.io.read(port, size, now)
-            };
-            (v, Self::update_irqs(&mut s, now))
+                let (v, dev) = s.io.read(port, size, now);
+                let d = match dev {
+                    Some(i) => {
+                        let st = s.io.poll_one(i, now);
+                        Self::route(&mut s, st)
+                    }
+                    None => Vec::new(),
+                };
+                (v, d)
+            }
         };
-        self.ioapic_deliver(&d);
+        self.after_io(&d);
         val
     }
 
@@ -59,15 +67,31 @@ impl Vm {
         let now = self.guest_ns();
         let (action, d) = {
             let mut s = self.shared.lock();
-            let a = if is_pic_port(port) {
-                s.pic.write(port, size, value)
+            if is_pic_port(port) {
+                (s.pic.write(port, size, value), Vec::new())
             } else {
-                s.io.write(port, size, value, now)
-            };
-            (a, Self::update_irqs(&mut s, now))
+                let (a, dev) = s.io.write(port, size, value, now);
+                let d = match dev {
+                    Some(i) => {
+                        let st = s.io.poll_one(i, now);
+                        Self::route(&mut s, st)
+                    }
+                    None => Vec::new(),
+                };
+                (a, d)
+            }
         };
-        self.ioapic_deliver(&d);
+        self.after_io(&d);
         action
+    }
+
+    /// After a device access: deliver I/O APIC messages, and make the BSP
+    /// look at the 8259 (its state may have changed).
+    fn after_io(&self, d: &[Delivery]) {
+        self.ioapic_deliver(d);
+        self.mailbox[0]
+            .check_irq
+            .store(true, core::sync::atomic::Ordering::Release);
     }
 
     /// Brings device time up to date and routes IRQs; returns the host TSC of
@@ -76,43 +100,40 @@ impl Vm {
         let now = self.guest_ns();
         let (next, d) = {
             let mut s = self.shared.lock();
-            let d = Self::update_irqs(&mut s, now);
-            (s.io.poll(now).1, d)
+            let st = s.io.poll(now);
+            let d = Self::route(&mut s, st);
+            (s.io.next_event(), d)
         };
         self.ioapic_deliver(&d);
         next.map(|ns| self.host_tsc_at_ns(ns))
     }
 
-    fn update_irqs(s: &mut VmShared, now: u64) -> Vec<Delivery> {
-        let (st, _) = s.io.poll(now);
-        Self::route(s, st)
-    }
-
+    /// Feeds changed lines (and pulses) to the 8259s and the I/O APIC.
     fn route(s: &mut VmShared, st: IrqState) -> Vec<Delivery> {
-        s.pic.apply(st, !(1 << pic::CASCADE_IR));
+        let changed = (st.level ^ s.lines) | st.pulse;
+        s.lines = st.level;
         let mut out = Vec::new();
+        if changed == 0 {
+            return out;
+        }
+        s.pic.apply(st, changed & !(1 << pic::CASCADE_IR));
         for irq in 0..16u8 {
             let m = 1u16 << irq;
-            if irq == pic::CASCADE_IR {
+            if irq == pic::CASCADE_IR || changed & m == 0 {
                 continue;
             }
             let gsi = isa_gsi(irq);
             if st.pulse & m != 0 {
                 out.extend(s.ioapic.set_irq(gsi, true));
-                out.extend(s.ioapic.set_irq(gsi, st.level & m != 0));
-            } else {
-                out.extend(s.ioapic.set_irq(gsi, st.level & m != 0));
             }
+            out.extend(s.ioapic.set_irq(gsi, st.level & m != 0));
         }
         out
     }
 
     /// Host TSC of the next device event, without advancing anything.
     pub fn next_device_event(&self) -> Option<u64> {
-        let next = {
-            let s = self.shared.lock();
-            s.io.next_event()
-        };
+        let next = self.shared.lock().io.next_event();
         next.map(|ns| self.host_tsc_at_ns(ns))
     }
 

@@ -104,6 +104,10 @@ pub struct Vcpu {
     pub halted_noirq: bool,
     /// The state to start from instead of the VM's boot state (after a SIPI).
     start_state: Option<crate::loader::EntryState>,
+    /// Host TSC at which a timer of this vCPU (or the BSP's devices) is due.
+    next_timer: u64,
+    /// Timer state may have changed (a timer register or device was written).
+    pub timers_dirty: bool,
 }
 
 /// A guest spinning this long (TSC ticks) with interrupts off and no other
@@ -152,6 +156,8 @@ impl Vcpu {
             wait_sipi: index != 0,
             halted_noirq: false,
             start_state: None,
+            next_timer: 0,
+            timers_dirty: true,
         }
     }
 
@@ -218,15 +224,28 @@ impl Vcpu {
             if self.vm.mailbox[self.index].init.load(Ordering::Acquire) {
                 break SliceEnd::Yielded;
             }
-            // Timers first, so that an interrupt due now is injected now.
-            let timer = self.poll_timers();
-            let left = timer.map_or(left, |t| left.min(t.saturating_sub(now).max(1)));
+            // Timers first, so that an interrupt due now is injected now.            // Polling costs; it is done only when something is due or changed.
+            if self.timers_dirty || now >= self.next_timer {
+                self.next_timer = self.poll_timers().unwrap_or(u64::MAX);
+                self.timers_dirty = false;
+                self.vm.mailbox[self.index]
+                    .check_irq
+                    .store(true, Ordering::Release);
+            }
+            let left = left.min(self.next_timer.saturating_sub(now).max(1));
             w!(
                 guest::VMX_PREEMPTION_TIMER_VALUE,
                 (left >> rate).min(u64::from(u32::MAX)) as u32
             );
-            if self.pending_event.is_none() {
-                self.inject_interrupts();
+            if self.pending_event.is_none()
+                && self.vm.mailbox[self.index]
+                    .check_irq
+                    .swap(false, Ordering::AcqRel)
+                && self.inject_interrupts()
+            {
+                self.vm.mailbox[self.index]
+                    .check_irq
+                    .store(true, Ordering::Release);
             }
             if let Some((info, err)) = self.pending_event.take() {
                 w!(ctrl::VMENTRY_INTERRUPTION_INFO, info);
@@ -317,7 +336,12 @@ impl Vcpu {
             // Start in real mode at vector:0000 (SDM 9.4.4.2).
             let vector = u64::from(sipi & 0xFF);
             let mut st = crate::loader::setup::real16(0);
-            st.cs = crate::loader::setup::Seg { sel: (vector << 8) as u16, base: vector << 12, limit: 0xFFFF, ar: 0x9B };
+            st.cs = crate::loader::setup::Seg {
+                sel: (vector << 8) as u16,
+                base: vector << 12,
+                limit: 0xFFFF,
+                ar: 0x9B,
+            };
             st.rip = 0;
             self.start_state = Some(st);
             self.regs = GuestRegs::default();
@@ -370,8 +394,8 @@ impl Vcpu {
     }
 
     /// Injects the highest-priority deliverable interrupt, or asks for an
-    /// interrupt-window exit when the guest can't take it yet (SDM 26.6.5, 27.6).
-    fn inject_interrupts(&mut self) {
+    /// interrupt-window exit when the guest can't take it yet (SDM 26.6.5, 27.6).    /// Returns whether more may be pending (check again before the next entry).
+    fn inject_interrupts(&mut self) -> bool {
         use arch::vmx::vmcs::bits::primary;
         let window = |on: bool| {
             let p = ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS.read().unwrap_or(0);
@@ -390,18 +414,19 @@ impl Vcpu {
                 .nmi
                 .store(false, Ordering::Release);
             self.pending_event = Some((2 | (2 << 8) | (1 << 31), 0));
-            return;
+            return true;
         }
         let vector = self.vm.lapics[self.index].lock().pending();
         let pic = vector.is_none() && self.pic_wired() && self.vm.pic_pending();
         if vector.is_none() && !pic {
             window(false);
-            return;
+            return self.vm.mailbox[self.index].nmi.load(Ordering::Acquire);
         }
         let rflags = guest::RFLAGS.read().unwrap_or(0);
         if rflags & (1 << 9) == 0 || blocking & 3 != 0 {
+            // The interrupt-window exit brings us back here.
             window(true);
-            return;
+            return false;
         }
         let vector = match vector {
             Some(v) => {
@@ -414,6 +439,7 @@ impl Vcpu {
             self.pending_event = Some((arch::vmx::exit::external_interrupt(v), 0));
         }
         window(false);
+        true
     }
 
     /// Whether an interrupt could be delivered to this vCPU now or soon.
