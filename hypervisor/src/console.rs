@@ -170,3 +170,9 @@ pub fn drain() {
         core::hint::spin_loop();
     }
 }
+
+/// A byte typed on the serial console, if one is waiting (never blocks).
+pub fn try_read_byte() -> Option<u8> {
+    let mut s = SERIAL.try_lock()?;
+    s.uart.as_mut()?.try_receive_byte().ok()
+}

@@ -116,10 +116,81 @@ fn pick(me: usize) -> Option<Box<Vcpu>> {
     Some(v)
 }
 
+/// Which guest gets the keys typed on the hypervisor console.
+static SELECTED: AtomicUsize = AtomicUsize::new(0);
+static PREFIX: AtomicBool = AtomicBool::new(false);
+/// Ctrl-A: the console's command prefix (Ctrl-A 1..9 selects a guest,
+/// Ctrl-A l lists them, Ctrl-A Ctrl-A sends a Ctrl-A to the guest).
+const PREFIX_KEY: u8 = 0x01;
+
+/// Routes bytes typed on the hypervisor console (polled by CPU 0).
+fn poll_console() {
+    while let Some(b) = crate::console::try_read_byte() {
+        let vms: Vec<Arc<Vm>> = GLOBAL.lock().vms.clone();
+        if vms.is_empty() {
+            continue;
+        }
+        if PREFIX.swap(false, Ordering::AcqRel) {
+            match b {
+                b'1'..=b'9' => {
+                    let i = usize::from(b - b'1');
+                    match vms.get(i) {
+                        Some(vm) => {
+                            SELECTED.store(i, Ordering::Release);
+                            println!(
+                                "hv: console: input goes to vm {} (Ctrl-A l lists the guests)",
+                                vm.name
+                            );
+                        }
+                        None => {
+                            println!("hv: console: no guest {}; Ctrl-A l lists the guests", i + 1)
+                        }
+                    }
+                    continue;
+                }
+                b'l' | b'L' => {
+                    let sel = SELECTED.load(Ordering::Acquire);
+                    for (i, vm) in vms.iter().enumerate() {
+                        let state = if vm.ended() { "ended" } else { "running" };
+                        let mark = if i == sel { " <- console input" } else { "" };
+                        println!(
+                            "hv: console: Ctrl-A {}: vm {} ({state}){mark}",
+                            i + 1,
+                            vm.name
+                        );
+                    }
+                    continue;
+                }
+                PREFIX_KEY => {}
+                _ => {
+                    println!("hv: console: Ctrl-A then 1-9 selects a guest, l lists them, Ctrl-A sends Ctrl-A");
+                    continue;
+                }
+            }
+        } else if b == PREFIX_KEY {
+            PREFIX.store(true, Ordering::Release);
+            continue;
+        }
+        if let Some(vm) = vms.get(SELECTED.load(Ordering::Acquire)) {
+            if !vm.ended() {
+                vm.console_input(b);
+            }
+        }
+    }
+}
+
+/// How often an idle CPU 0 wakes up to look for console input.
+fn console_poll_tsc() -> u64 {
+    crate::time::us_to_tsc(20_000)
+}
+
 /// The loop every physical CPU runs once the guests are set up.
 pub fn cpu_loop() -> ! {
     let me = percpu::current_index();
     loop {
+        if me == 0 {
+            poll_console();
+        }
         wake_sleepers(me);
         match pick(me) {
             Some(mut v) => {
@@ -251,7 +322,11 @@ pub fn notify() {
 fn idle(me: usize) {
     IDLE.fetch_or(1 << me, Ordering::AcqRel);
     if QUEUES[me].lock().is_empty() {
-        let deadline = next_wake();
+        let mut deadline = next_wake();
+        if me == 0 {
+            let poll = rdtsc() + console_poll_tsc();
+            deadline = Some(deadline.map_or(poll, |d| d.min(poll)));
+        }
         if crate::hosttimer::arm(deadline) {
             // SAFETY: STI's one-instruction shadow makes HLT start before any
             // pending interrupt is taken, so a wake-up IPI can't be lost.

@@ -57,6 +57,11 @@ pub trait PortDevice: Send {
     }
     /// Brings time-driven state up to `now_ns` before an access.
     fn set_time(&mut self, _now_ns: u64) {}
+    /// Takes a byte typed for this guest (the console device); false if the
+    /// device doesn't take input.
+    fn input(&mut self, _byte: u8) -> bool {
+        false
+    }
 }
 
 /// A guest's I/O port space.
@@ -135,6 +140,11 @@ impl IoBus {
     fn combined(&self, pulse: u16) -> IrqState {
         let level = self.irqs.iter().fold(0, |a, s| a | s.level);
         IrqState { level, pulse }
+    }
+
+    /// Hands a typed byte to the device that takes input; returns its index.
+    pub fn input(&mut self, byte: u8) -> Option<usize> {
+        self.devices.iter_mut().position(|d| d.input(byte))
     }
 
     /// Re-polls one device (after an access to it); returns all lines.

@@ -185,6 +185,11 @@ impl PortDevice for Uart {
         Action::None
     }
 
+    fn input(&mut self, byte: u8) -> bool {
+        self.push_input(byte);
+        true
+    }
+
     /// IRQ 4, gated by MCR.OUT2 as on PC serial ports.
     fn poll(&mut self, _now_ns: u64) -> super::IrqState {
         let level = if self.irq_pending() && self.mcr & 0x08 != 0 {

@@ -104,11 +104,21 @@ fn hlt(v: &mut Vcpu) -> Flow {
     v.advance_rip();
     let rflags = guest::RFLAGS.read().unwrap_or(0);
     if rflags & (1 << 9) == 0 {
-        // Nothing can ever wake it: no NMI sources are given to guests.
-        return Flow::End(VmEnd::Crashed(format!(
-            "hung: HLT with interrupts disabled at rip {:#x}",
-            v.rip()
-        )));
+        // Only NMI or INIT, which only another vCPU can send, end this HLT.
+        // If every vCPU of the guest is in that state, nothing ever will.
+        let vm = v.vm.clone();
+        let halted = vm.halted_noirq.load(core::sync::atomic::Ordering::Acquire);
+        if halted + 1 >= vm.config.vcpus as usize {
+            return Flow::End(VmEnd::Crashed(format!(
+                "hung: HLT with interrupts disabled at rip {:#x} and no vCPU left to wake it",
+                v.rip()
+            )));
+        }
+        v.set_halted_noirq(true);
+        return Flow::Halt;
+    }
+    if v.interrupt_pending() {
+        return Flow::Continue;
     }
     Flow::Halt
 }

@@ -94,6 +94,23 @@ impl Vm {
             .store(true, core::sync::atomic::Ordering::Release);
     }
 
+    /// A byte typed on the hypervisor console for this guest's UART.
+    pub fn console_input(&self, byte: u8) {
+        let now = self.guest_ns();
+        let d = {
+            let mut s = self.shared.lock();
+            match s.io.input(byte) {
+                Some(i) => {
+                    let st = s.io.poll_one(i, now);
+                    Self::route(&mut s, st)
+                }
+                None => Vec::new(),
+            }
+        };
+        self.after_io(&d);
+        self.kick(0);
+    }
+
     /// Brings device time up to date and routes IRQs; returns the host TSC of
     /// the next device event.
     pub fn poll_devices(&self) -> Option<u64> {

@@ -3,6 +3,7 @@
 //! They need `cargo xtask build` to have run (`cargo xtask test` does both). Each test is one
 //! boot with many checks; Bochs boots are CPU-heavy, so run at most two at a time on two cores.
 
+mod bochs_adversarial;
 mod bochs_basic;
 mod bochs_linux;
 mod qemu_no_vtx;

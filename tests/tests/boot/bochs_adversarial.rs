@@ -1,0 +1,54 @@
+//! One Bochs boot with hostile guests beside a witness: every hostile act ends only the guest
+//! that did it, with a diagnostic, and everyone else finishes.
+
+use integration_tests::Scenario;
+
+#[test]
+fn bochs_adversarial_guests_are_contained() {
+    let mut boot = Scenario::bochs("bochs_adversarial", "adversarial.toml")
+        .cpus(2)
+        .timeout_secs(900)
+        .boot();
+
+    // Well-behaved work completes next to everything below.
+    boot.line("[witness] witness: done")
+        .line("vm witness: exited code=0");
+
+    // VMX instructions inject #UD; MSR and CPUID sweeps see no host-only state; garbage
+    // hypercalls, invalid XCR0 values and a full port sweep are answered, not fatal.
+    for name in [
+        "vmxinsn",
+        "msrsweep",
+        "cpuidsweep",
+        "hcgarbage",
+        "xsetbv",
+        "iosweep",
+    ] {
+        boot.line(&format!("[{name}] {name}: PASS"))
+            .line(&format!("vm {name}: exited code=0"));
+    }
+
+    // Two guests hammer the FPU/SSE/AVX registers with their own patterns and yield all the
+    // time: neither ever sees the other's values.
+    boot.line("[fpu-a] fpu: PASS")
+        .line("vm fpu-a: exited code=0")
+        .line("[fpu-b] fpu: PASS")
+        .line("vm fpu-b: exited code=0");
+
+    // Hung and crashed guests are stopped with the reason.
+    boot.line_starting_containing(
+        "vm cli-spin: stopped: ",
+        "spinning with interrupts disabled",
+    )
+    .line_starting_containing("vm hlt-cli: stopped: ", "HLT with interrupts disabled")
+    .line_starting_containing("vm triple: stopped: ", "triple fault")
+    .line_starting_containing("vm escape-far: stopped: ", "EPT violation")
+    .no_line_containing("LEAKED")
+    .no_line_containing("FAIL");
+
+    boot.line_starting("hv: summary: 14 guests")
+        .no_line_containing("hv: fatal")
+        .line_starting("hv: powering off")
+        .powered_off();
+    boot.finish();
+}
