@@ -1433,10 +1433,11 @@ impl Report {
     fn spread_sentence(run: &FairRun) -> String {
         match (run.end_spread(), run.end_spread_pct()) {
             (Some(spread), Some(pct)) => format!(
-                "The spinners ended {} TSC ticks apart ({pct:.1} % of the run): each starts as \
-                 its VM is created and stops on its own clock, and while fewer than four run, \
-                 the others get more than their share, which skews the shares by up to about \
-                 that much.",
+                "The spinners ended {} TSC ticks apart ({pct:.1} % of the run). Each runs for \
+                 the same time from its own start, so they started about that far apart too; \
+                 while fewer than four run, the others get more than their weighted share, so \
+                 part of the deviation comes from the staggered start and end, not from the \
+                 scheduler's steady state.",
                 grouped(spread)
             ),
             _ => "When the spinners ended is unknown.".to_string(),

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use xtask::machine::{self, Echo, Emulator, EndedBy, MachineConfig, Media};
+use xtask::machine::{self, terminal, Echo, Emulator, EndedBy, Input, MachineConfig, Media};
 use xtask::prereq::{self, Need};
 use xtask::{build, disk, esp, paths, run_command};
 
@@ -20,7 +20,12 @@ Commands:
               --disk FILE       disk image (default target/ferrovisor.img); write it to a
                                 USB stick with `dd if=FILE of=/dev/sdX bs=4M conv=fsync`
   run       Build, make the ESP, boot it and stream the serial console until the machine
-            powers off (exit 0) or the timeout (exit 1).
+            powers off (exit 0) or the timeout (exit 1). The console is interactive: keys
+            typed go to the machine's COM1 unchanged (the terminal is in raw mode for the
+            run; Ctrl-C goes to the machine too), where the hypervisor takes Ctrl-A <digit>
+            (select guest N's console) and Ctrl-A l (list the guests). Ctrl-] ends the run
+            (exit 0). Piped stdin goes to COM1 as it comes, e.g.
+            `(sleep 60; printf 'ls\r') | cargo xtask run`.
               --emulator bochs|qemu  bochs (default): VT-x and EPT emulated, slow;
                                      qemu: TCG, fast, no VT-x (shows the no-VT-x path)
               --kvm             QEMU with KVM and nested VT-x (-cpu host,+vmx); Intel hosts
@@ -223,13 +228,19 @@ fn run(options: Options) -> Result<ExitCode> {
     if kind == Emulator::Bochs {
         eprintln!("xtask: Bochs needs about 15 s to reach the UEFI application");
     }
+    if terminal::stdin_is_foreground_terminal() {
+        eprintln!(
+            "xtask: keys go to the machine (Ctrl-A <digit>: guest N, Ctrl-A l: list); {} ends the run",
+            terminal::QUIT_KEY_NAME
+        );
+    }
     eprintln!("---- serial console ----");
-    let result = machine::run(&cfg, &emulators)?;
+    let result = machine::run_with(&cfg, &emulators, Input::Stdin)?;
     eprintln!("---- end of serial console ----");
     eprintln!("xtask: {}", result.summary());
     eprintln!("xtask: serial log: {}", result.serial_log.display());
     eprintln!("xtask: {} log: {}", kind, result.emulator_log.display());
-    if result.ended_by == EndedBy::PowerOff {
+    if matches!(result.ended_by, EndedBy::PowerOff | EndedBy::User) {
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!("{}", result.emulator_log_excerpt(30));

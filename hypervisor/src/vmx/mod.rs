@@ -1,5 +1,6 @@
 //! VMX operation on the host side: the capability check that decides whether
 //! the hypervisor can run at all, and VMXON on each CPU (SDM Vol. 3C 24.7, 24.8).
+pub mod entry_check;
 pub mod run;
 
 use crate::mm;

@@ -42,7 +42,11 @@ fn bochs_adversarial_guests_are_contained() {
     )
     .line_starting_containing("vm hlt-cli: stopped: ", "HLT with interrupts disabled")
     .line_starting_containing("vm triple: stopped: ", "triple fault")
-    .line_starting_containing("vm escape-far: stopped: ", "EPT violation")
+    .line_starting_containing(
+        "vm escape-4g: stopped: ",
+        "EPT violation: write at guest-physical 0x100000000",
+    )
+    .line("vm escape-far: exited code=142")
     .no_line_containing("LEAKED")
     .no_line_containing("FAIL");
 
