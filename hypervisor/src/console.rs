@@ -119,12 +119,53 @@ impl Write for LineBuf {
 
 /// Prints one line: `args` followed by a newline, written atomically.
 pub fn println(args: fmt::Arguments) {
-    static LINE_LOCK: Mutex<()> = Mutex::new(());
     let mut line = LineBuf::new();
     let _ = line.write_fmt(args);
     let _ = line.write_str("\n");
     let _g = LINE_LOCK.lock();
+    // A focused guest's partial line (a shell prompt) may be on screen.
+    if !AT_LINE_START.swap(true, Ordering::AcqRel) {
+        write_str("\n");
+    }
     write_str(line.as_str());
+}
+
+static LINE_LOCK: Mutex<()> = Mutex::new(());
+/// Whether the console cursor is at the start of a line.
+static AT_LINE_START: AtomicBool = AtomicBool::new(true);
+/// The guest whose console output streams unbuffered (it has the keyboard).
+static FOCUS: Mutex<Option<alloc::string::String>> = Mutex::new(None);
+
+/// Gives the keyboard (and unbuffered output) to the guest named `name`.
+pub fn set_focus(name: &str) {
+    *FOCUS.lock() = Some(alloc::string::String::from(name));
+}
+
+pub fn is_focused(name: &str) -> bool {
+    FOCUS.lock().as_deref() == Some(name)
+}
+
+/// Streams output bytes of the focused guest as they come (prompts and echo
+/// must show before a newline), with the guest's prefix at each line start.
+pub fn guest_raw(guest: &str, bytes: &[u8]) {
+    let _g = LINE_LOCK.lock();
+    for &b in bytes {
+        if AT_LINE_START.load(Ordering::Acquire) {
+            if b == b'\r' {
+                continue;
+            }
+            write_str("[");
+            write_str(guest);
+            write_str("] ");
+            AT_LINE_START.store(false, Ordering::Release);
+        }
+        if b == b'\n' {
+            write_str("\n");
+            AT_LINE_START.store(true, Ordering::Release);
+        } else {
+            write_bytes(&[b]);
+        }
+    }
 }
 
 /// `println!`-style macro for the hypervisor console. Lines should start with

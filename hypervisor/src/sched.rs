@@ -137,6 +137,7 @@ fn poll_console() {
                     match vms.get(i) {
                         Some(vm) => {
                             SELECTED.store(i, Ordering::Release);
+                            crate::console::set_focus(&vm.name);
                             println!(
                                 "hv: console: input goes to vm {} (Ctrl-A l lists the guests)",
                                 vm.name
@@ -173,6 +174,12 @@ fn poll_console() {
         }
         if let Some(vm) = vms.get(SELECTED.load(Ordering::Acquire)) {
             if !vm.ended() {
+                // From the first key on, the guest with the keyboard streams its
+                // output unbuffered (prompts and echo show at once); until then
+                // every guest's output goes out in whole lines.
+                if !crate::console::is_focused(&vm.name) {
+                    crate::console::set_focus(&vm.name);
+                }
                 vm.console_input(b);
             }
         }

@@ -84,6 +84,15 @@ impl Uart {
             self.history.pop_front();
         }
         self.history.push_back(b);
+        if crate::console::is_focused(&self.guest) {
+            // The guest with the keyboard: stream bytes, prompts and echo included.
+            if !self.line.is_empty() {
+                let pending = core::mem::take(&mut self.line);
+                crate::console::guest_raw(&self.guest, pending.as_bytes());
+            }
+            crate::console::guest_raw(&self.guest, &[b]);
+            return;
+        }
         match b {
             b'\n' => self.flush_line(),
             b'\r' => {}

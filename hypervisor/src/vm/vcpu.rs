@@ -287,7 +287,16 @@ impl Vcpu {
             }
             if reason & EXIT_REASON_ENTRY_FAILURE != 0 {
                 let q = ro::EXIT_QUALIFICATION.read().unwrap_or(0);
-                let what = crate::exits::entry_failure_reason(reason, q);
+                let mut what = crate::exits::entry_failure_reason(reason, q);
+                if reason & 0xFFFF == 33 {
+                    // The CPU doesn't say which check failed; find it in software.
+                    use crate::vmx::entry_check::{check_all, EntryContext, GuestState};
+                    let errs =
+                        check_all(&GuestState::read_current(), &EntryContext::read_current());
+                    for e in errs.iter().take(3) {
+                        what.push_str(&format!("; {e}"));
+                    }
+                }
                 self.vm.end(VmEnd::Crashed(what));
                 break SliceEnd::VmEnded;
             }
