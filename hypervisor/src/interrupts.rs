@@ -197,9 +197,9 @@ const NAMES: [&str; 32] = [
 pub fn init() {
     IDT.call_once(|| {
         let mut idt = alloc::boxed::Box::new(Idt([IdtEntry::default(); 256]));
-        for v in 0..32 {
-            // SAFETY: hv_isr_table is a constant table emitted by the asm above.
-            let handler = unsafe { hv_isr_table[v] };
+        // SAFETY: hv_isr_table is a constant table emitted by the asm above.
+        let table = unsafe { &hv_isr_table };
+        for (v, &handler) in table.iter().enumerate() {
             let ist = if v == 2 || v == 8 { 1 } else { 0 };
             idt.0[v] = IdtEntry::interrupt_gate(handler, KERNEL_CS, ist);
         }

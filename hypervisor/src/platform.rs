@@ -128,10 +128,7 @@ pub fn start(info: &'static BootInfo, stack_top: u64) -> ! {
     println!("hv: tsc: {} kHz (calibrated against the PIT)", khz);
 
     enable_vmx_or_die(0);
-    let mut next = 1;
-    for cpu in cpus.iter().filter(|c| c.apic_id != bsp_apic) {
-        let index = next;
-        next += 1;
+    for (index, cpu) in (1..).zip(cpus.iter().filter(|c| c.apic_id != bsp_apic)) {
         if index >= percpu::MAX_CPUS {
             println!(
                 "hv: cpu with apic id {} ignored: more than {} cpus",

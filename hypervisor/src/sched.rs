@@ -27,11 +27,14 @@ struct Global {
     alive: Vec<(usize, usize)>,
 }
 
+// vCPUs are boxed so that moving one between queues moves a pointer.
+#[allow(clippy::vec_box)]
 static QUEUES: [Mutex<Vec<Box<Vcpu>>>; MAX] = [const { Mutex::new(Vec::new()) }; MAX];
 /// Runnable vCPUs per CPU, the running one included (read without the lock).
 static LOAD: [AtomicUsize; MAX] = [const { AtomicUsize::new(0) }; MAX];
 /// Lowest vruntime among the vCPUs a CPU holds, published for balancing.
 static MIN_VRT: [AtomicU64; MAX] = [const { AtomicU64::new(u64::MAX) }; MAX];
+#[allow(clippy::vec_box)]
 static SLEEPING: Mutex<Vec<Box<Vcpu>>> = Mutex::new(Vec::new());
 static GLOBAL: Mutex<Global> = Mutex::new(Global {
     vms: Vec::new(),

@@ -13,7 +13,8 @@ pub fn violation(v: &mut Vcpu) -> Flow {
         return flow;
     }
     let q = EptViolation::decode(ro::EXIT_QUALIFICATION.read().unwrap_or(0));
-    let region = if gpa >= crate::vm::memory::MMIO_HOLE_START && gpa < crate::vm::memory::FOUR_GIB {
+    let region = if (crate::vm::memory::MMIO_HOLE_START..crate::vm::memory::FOUR_GIB).contains(&gpa)
+    {
         "MMIO hole, no device there"
     } else {
         "beyond guest RAM"

@@ -111,16 +111,20 @@ pub fn exit_rip() -> u64 {
     hv_vmx_exit as *const () as u64
 }
 
+/// VMLAUNCH/VMRESUME failed; VM_INSTRUCTION_ERROR says why.
+#[derive(Debug)]
+pub struct EntryFailed;
+
 /// Enters the guest of the current VMCS. Returns `Ok(())` after a VM exit,
-/// `Err(())` when VMLAUNCH/VMRESUME failed (read VM_INSTRUCTION_ERROR).
+/// `Err(EntryFailed)` when VMLAUNCH/VMRESUME failed.
 ///
 /// # Safety
 /// A fully initialised VMCS must be current on this CPU, with HOST_RIP =
 /// [`exit_rip`] and the host state of this CPU.
-pub unsafe fn enter(regs: &mut GuestRegs, launched: bool) -> Result<(), ()> {
+pub unsafe fn enter(regs: &mut GuestRegs, launched: bool) -> Result<(), EntryFailed> {
     // SAFETY: forwarded to the caller; the stub preserves all callee-saved registers.
     match unsafe { hv_vmx_run(regs, u64::from(launched)) } {
         0 => Ok(()),
-        _ => Err(()),
+        _ => Err(EntryFailed),
     }
 }
