@@ -4,6 +4,20 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 const PIT_HZ: u64 = 1_193_182;
 static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
+/// ns per TSC tick and TSC ticks per ns as 32.32 fixed point: conversions on
+/// the exit path multiply instead of dividing.
+static NS_PER_TSC_32: AtomicU64 = AtomicU64::new(1 << 32);
+static TSC_PER_NS_32: AtomicU64 = AtomicU64::new(1 << 32);
+
+/// TSC ticks to nanoseconds.
+pub fn tsc_to_ns(tsc: u64) -> u64 {
+    ((u128::from(tsc) * u128::from(NS_PER_TSC_32.load(Ordering::Relaxed))) >> 32) as u64
+}
+
+/// Nanoseconds to TSC ticks.
+pub fn ns_to_tsc(ns: u64) -> u64 {
+    ((u128::from(ns) * u128::from(TSC_PER_NS_32.load(Ordering::Relaxed))) >> 32) as u64
+}
 
 /// Measures the TSC rate over ~10 ms of PIT time. Call once on the BSP before
 /// other CPUs run (it owns the PIT meanwhile).
@@ -32,6 +46,14 @@ pub fn calibrate() -> u64 {
     };
     let khz = (tsc_delta / 10).max(1000);
     TSC_KHZ.store(khz, Ordering::Release);
+    NS_PER_TSC_32.store(
+        ((1_000_000u128 << 32) / u128::from(khz)) as u64,
+        Ordering::Release,
+    );
+    TSC_PER_NS_32.store(
+        ((u128::from(khz) << 32) / 1_000_000) as u64,
+        Ordering::Release,
+    );
     khz
 }
 

@@ -165,6 +165,11 @@ impl IoBus {
         self.combined(pulse)
     }
 
+    /// Device `i`'s next event (ns), if any.
+    pub fn device_next_event(&self, i: usize) -> Option<u64> {
+        self.devices[i].next_event_ns()
+    }
+
     /// The earliest next event (ns) of any device.
     pub fn next_event(&self) -> Option<u64> {
         self.devices.iter().filter_map(|d| d.next_event_ns()).min()

@@ -26,8 +26,9 @@ pub fn handle(v: &mut Vcpu, raw: u32) -> Flow {
     // Exits that can change timers or make an interrupt deliverable make the
     // run loop re-poll timers and re-evaluate injection before re-entry.
     match raw & 0xFFFF {
-        // I/O, WRMSR, EPT violation (MMIO): device or APIC registers written.
-        30 | 32 | 48 => {
+        // WRMSR, EPT violation (MMIO): APIC registers written. (Port I/O
+        // reports what it changed itself.)
+        32 | 48 => {
             v.timers_dirty = true;
             v.vm.mailbox[v.index]
                 .check_irq

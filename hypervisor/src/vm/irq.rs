@@ -16,6 +16,8 @@ pub struct Mailbox {
     pub nmi: AtomicBool,
     /// Something may have become deliverable: re-evaluate before the next entry.
     pub check_irq: AtomicBool,
+    /// A device timer of the VM changed: the BSP re-polls its deadlines.
+    pub timers_dirty: AtomicBool,
     /// 1 + the physical CPU running this vCPU, or 0.
     pub running_on: AtomicUsize,
 }

@@ -30,63 +30,89 @@ pub fn isa_gsi(irq: u8) -> u32 {
 impl Vm {
     /// Guest time in nanoseconds since the VM started.
     pub fn guest_ns(&self) -> u64 {
-        let khz = u128::from(crate::time::tsc_khz());
-        (u128::from(self.guest_tsc()) * 1_000_000 / khz) as u64
+        crate::time::tsc_to_ns(self.guest_tsc())
     }
 
     /// Host TSC at guest time `ns`.
     fn host_tsc_at_ns(&self, ns: u64) -> u64 {
-        let ticks = (u128::from(ns) * u128::from(crate::time::tsc_khz()) / 1_000_000) as u64;
-        self.host_tsc(ticks)
+        self.host_tsc(crate::time::ns_to_tsc(ns))
     }
 
-    pub fn io_read(&self, port: u16, size: u8) -> u32 {
+    /// One port access; `f` performs it on the bus. Afterwards only what the
+    /// access can have changed is followed up: IRQ lines of the device that
+    /// served it (routed only when they changed), the 8259 after a PIC access,
+    /// and the BSP's timer deadline when the device's next event moved.
+    fn port_access<T>(
+        &self,
+        port: u16,
+        f: impl FnOnce(&mut VmShared, u64) -> (T, Option<usize>),
+    ) -> T {
         let now = self.guest_ns();
-        let (val, d) = {
+        let (val, d, pic, timer) = {
             let mut s = self.shared.lock();
             if is_pic_port(port) {
-                let v = s.pic.read(port, size);
-                (v, Vec::new())
+                let (v, _) = f(&mut s, now);
+                (v, Vec::new(), true, false)
             } else {
-                let (v, dev) = s.io.read(port, size, now);
-                let d = match dev {
+                let (v, dev) = f(&mut s, now);
+                match dev {
                     Some(i) => {
+                        let before = s.io.device_next_event(i);
                         let st = s.io.poll_one(i, now);
-                        Self::route(&mut s, st)
+                        let timer = s.io.device_next_event(i) != before;
+                        let pic_before = s.pic.pending();
+                        let d = Self::route(&mut s, st);
+                        let pic = s.pic.pending() != pic_before;
+                        (v, d, pic, timer)
                     }
-                    None => Vec::new(),
-                };
-                (v, d)
+                    None => (v, Vec::new(), false, false),
+                }
             }
         };
-        self.after_io(&d);
+        self.ioapic_deliver(&d);
+        if pic {
+            self.mailbox[0]
+                .check_irq
+                .store(true, core::sync::atomic::Ordering::Release);
+        }
+        if timer {
+            self.mailbox[0]
+                .timers_dirty
+                .store(true, core::sync::atomic::Ordering::Release);
+        }
+        if (pic || timer)
+            && self.mailbox[0]
+                .running_on
+                .load(core::sync::atomic::Ordering::Acquire)
+                == 0
+        {
+            self.kick(0);
+        }
         val
     }
 
-    pub fn io_write(&self, port: u16, size: u8, value: u32) -> Action {
-        let now = self.guest_ns();
-        let (action, d) = {
-            let mut s = self.shared.lock();
+    pub fn io_read(&self, port: u16, size: u8) -> u32 {
+        self.port_access(port, |s, now| {
             if is_pic_port(port) {
-                (s.pic.write(port, size, value), Vec::new())
+                (s.pic.read(port, size), None)
             } else {
-                let (a, dev) = s.io.write(port, size, value, now);
-                let d = match dev {
-                    Some(i) => {
-                        let st = s.io.poll_one(i, now);
-                        Self::route(&mut s, st)
-                    }
-                    None => Vec::new(),
-                };
-                (a, d)
+                s.io.read(port, size, now)
             }
-        };
-        self.after_io(&d);
-        action
+        })
     }
 
-    /// After a device access: deliver I/O APIC messages, and make the BSP
-    /// look at the 8259 (its state may have changed).
+    pub fn io_write(&self, port: u16, size: u8, value: u32) -> Action {
+        self.port_access(port, |s, now| {
+            if is_pic_port(port) {
+                (s.pic.write(port, size, value), None)
+            } else {
+                s.io.write(port, size, value, now)
+            }
+        })
+    }
+
+    /// After a device access outside the exit path: deliver I/O APIC
+    /// messages and make the BSP look at the 8259.
     fn after_io(&self, d: &[Delivery]) {
         self.ioapic_deliver(d);
         self.mailbox[0]

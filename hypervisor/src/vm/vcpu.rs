@@ -225,7 +225,12 @@ impl Vcpu {
                 break SliceEnd::Yielded;
             }
             // Timers first, so that an interrupt due now is injected now.            // Polling costs; it is done only when something is due or changed.
-            if self.timers_dirty || now >= self.next_timer {
+            if self.timers_dirty
+                || now >= self.next_timer
+                || self.vm.mailbox[self.index]
+                    .timers_dirty
+                    .swap(false, Ordering::AcqRel)
+            {
                 self.next_timer = self.poll_timers().unwrap_or(u64::MAX);
                 self.timers_dirty = false;
                 self.vm.mailbox[self.index]
