@@ -1,5 +1,6 @@
-//! `cargo xtask bench`: exit costs, scheduling fairness, memory overhead and start-up time,
-//! measured under Bochs.
+//! `cargo xtask bench`: exit costs, scheduling fairness, memory overhead, start-up time, the
+//! Linux boot ratio (under ferrovisor / booted directly) and the exit costs of KVM on the same
+//! emulated CPU, measured under Bochs.
 //!
 //! A benchmark, not a test: it prints figures (a table on the terminal, `target/bench/
 //! results.json` and a regenerated `docs/BENCHMARKS.md`) and never fails because of what it
@@ -14,6 +15,12 @@
 //! | `fair-equal` | `bench-fair-equal.toml`: four `spinner`s of weight 100 | 2 | 512 MiB |
 //! | `fair-weighted` | `bench-fair-weighted.toml`: weights 200, 200, 100, 100 | 2 | 512 MiB |
 //! | `mem-1`, `mem-4`, `mem-16` | `bench-mem-<n>.toml`: n `hello` guests of 128 MiB | 2 | 512, 1024, 3072 MiB |
+//! | `linux-hv` | `bench-linux.toml`: Debian's kernel + busybox initramfs, 1 vCPU, 256 MiB | 1 | 512 MiB |
+//! | `linux-direct` | no hypervisor: the same kernel, initramfs and command line started by OVMF's shell through the EFI stub ([`linux_boot`]) | 1 | 512 MiB |
+//! | `kvm-peer` | no hypervisor: the same kernel with an initramfs that loads `kvm_intel` and runs the `bench` guest under a minimal KVM VMM ([`kvmpeer`]) | 1 | 512 MiB |
+//!
+//! `linux-hv` and `linux-direct` go first, side by side, so that their wall times are taken
+//! under the same load.
 //!
 //! The UEFI application is built with `--features bench` (the floor hypercall) into
 //! `target/bench/`, so the normal build in `target/` is left alone.
@@ -30,7 +37,12 @@ use anyhow::{bail, Context, Result};
 use crate::machine::{self, Echo, Emulator, EndedBy, MachineConfig, Media, RunResult};
 use crate::paths::{self, UEFI_TARGET};
 use crate::prereq::{self, Emulators, Need};
-use crate::{build, esp, run_command};
+use crate::{build, esp, linux, run_command};
+
+pub mod kvmpeer;
+pub mod linux_boot;
+
+use linux_boot::{DirectBoot, LinuxBoot, LinuxReport};
 
 /// Core-handled exits should cost at most this many instructions more than the floor.
 pub const CORE_EXIT_GOAL: f64 = 250.0;
@@ -40,7 +52,7 @@ pub const MEMORY_GOAL_PCT: f64 = 1.0;
 /// fairness manifests).
 pub const DEFAULT_CYCLES: u64 = 1_000_000_000;
 /// The boots the start-up figures come from.
-const STARTUP_BOOTS: &[&str] = &["mem-1", "mem-4", "mem-16", "exits-1"];
+const STARTUP_BOOTS: &[&str] = &["mem-1", "mem-4", "mem-16", "exits-1", "linux-hv"];
 /// Boots running side by side: Bochs is single-threaded, this machine kind has two cores.
 const PARALLEL_BOOTS: usize = 2;
 
@@ -71,6 +83,10 @@ pub struct Sections {
     pub exits: bool,
     pub fairness: bool,
     pub memory: bool,
+    /// The Linux boot ratio (`linux-hv`, `linux-direct`).
+    pub linux: bool,
+    /// The KVM peer (`kvm-peer`); compared with the `exits` figures when those ran too.
+    pub peer: bool,
 }
 
 impl Sections {
@@ -78,31 +94,34 @@ impl Sections {
         exits: true,
         fairness: true,
         memory: true,
+        linux: true,
+        peer: true,
+    };
+    const NONE: Sections = Sections {
+        exits: false,
+        fairness: false,
+        memory: false,
+        linux: false,
+        peer: false,
     };
 
-    /// `exits,fairness,memory` (any subset, comma-separated).
+    /// `exits,fairness,memory,linux,peer` (any subset, comma-separated; `kvm` = `peer`).
     pub fn parse(list: &str) -> Result<Self> {
-        let mut s = Sections {
-            exits: false,
-            fairness: false,
-            memory: false,
-        };
+        let mut s = Self::NONE;
         for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
                 "exits" => s.exits = true,
                 "fairness" => s.fairness = true,
                 "memory" => s.memory = true,
+                "linux" => s.linux = true,
+                "peer" | "kvm" => s.peer = true,
                 other => {
-                    bail!("unknown bench section `{other}` (exits, fairness, memory)")
+                    bail!("unknown bench section `{other}` (exits, fairness, memory, linux, peer)")
                 }
             }
         }
-        if s == (Sections {
-            exits: false,
-            fairness: false,
-            memory: false,
-        }) {
-            bail!("--only needs at least one of exits, fairness, memory");
+        if s == Self::NONE {
+            bail!("--only needs at least one of exits, fairness, memory, linux, peer");
         }
         Ok(s)
     }
@@ -199,11 +218,20 @@ pub fn run(options: &Options) -> Result<Report> {
         boot_efi: bench_boot_efi(),
         guest_dir: paths::guest_bin_dir(),
     };
+    let plan = LinuxPlan::prepare(options.sections);
 
-    let jobs = jobs(options);
+    let jobs: Vec<Job> = jobs(options)
+        .into_iter()
+        .filter(|j| plan.can_run(&j.name))
+        .collect();
     eprintln!(
-        "xtask: bench: {} boots under Bochs, {PARALLEL_BOOTS} at a time (5 to 10 minutes)",
-        jobs.len()
+        "xtask: bench: {} boots under Bochs, {PARALLEL_BOOTS} at a time ({})",
+        jobs.len(),
+        if options.sections.linux || options.sections.peer {
+            "10 to 20 minutes"
+        } else {
+            "5 to 10 minutes"
+        }
     );
     let done = run_jobs(jobs, &sources, &emulators);
 
@@ -213,9 +241,13 @@ pub fn run(options: &Options) -> Result<Report> {
         fairness: Vec::new(),
         memory: Vec::new(),
         startup: Vec::new(),
+        linux: None,
+        peer: None,
+        linux_notes: plan.notes(),
         runs: Vec::new(),
         wall_s: 0.0,
     };
+    report.config.kernel = plan.assets.as_ref().map(|a| a.kernel_release.clone());
     for d in &done {
         report.runs.push(RunInfo::of(d));
     }
@@ -240,6 +272,35 @@ pub fn run(options: &Options) -> Result<Report> {
                 report.memory.push(MemRun::from_done(d));
             }
         }
+    }
+    if let (Some(hv), Some(direct)) = (find("linux-hv"), find("linux-direct")) {
+        report.linux = Some(LinuxReport {
+            hv: linux_boot_of(hv, Some(linux_boot::GUEST)),
+            direct: linux_boot_of(direct, None),
+            hv_cmdline: plan.hv_cmdline.clone(),
+            direct_cmdline: plan.direct_cmdline(),
+        });
+    }
+    if options.sections.peer {
+        let run = find("kvm-peer").map(|d| match &d.result {
+            Ok(r) => kvmpeer::PeerRun::analyse(&r.serial, &r.summary()),
+            Err(e) => kvmpeer::PeerRun::analyse("", &format!("could not run: {e}")),
+        });
+        let ferrovisor = report.exits.as_ref().map(|e| e.first.figures.as_slice());
+        let rows = run
+            .as_ref()
+            .map_or_else(Vec::new, |r| kvmpeer::rows(ferrovisor, r.lines()));
+        report.peer = Some(kvmpeer::PeerReport {
+            run,
+            rows,
+            not_run: plan.peer_error.clone(),
+            modules: plan
+                .peer
+                .as_ref()
+                .map_or_else(Vec::new, |p| p.modules.clone()),
+            guest_cmdline: plan.bench_cmdline.clone(),
+            direct_cmdline: plan.peer_cmdline(),
+        });
     }
     // Start-up from the boots whose guests print right away (a spinner's first output is its
     // result, at the end; the second exit boot would repeat the first).
@@ -270,9 +331,16 @@ pub fn run(options: &Options) -> Result<Report> {
     Ok(report)
 }
 
+fn linux_boot_of(d: &Done, guest: Option<&str>) -> LinuxBoot {
+    match &d.result {
+        Ok(r) => LinuxBoot::analyse(&d.job.name, &r.timed_lines, guest, &r.summary()),
+        Err(e) => LinuxBoot::analyse(&d.job.name, &[], guest, &format!("could not run: {e}")),
+    }
+}
+
 fn needed_guests(sections: Sections) -> Vec<&'static str> {
     let mut v = Vec::new();
-    if sections.exits {
+    if sections.exits || sections.peer {
         v.push("bench");
     }
     if sections.fairness {
@@ -284,14 +352,127 @@ fn needed_guests(sections: Sections) -> Vec<&'static str> {
     v
 }
 
+/// The first `key = "value"` of manifest text (comments and other keys skipped).
+pub fn manifest_value(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|raw| {
+        let line = raw.trim();
+        let (k, v) = line.split_once('=')?;
+        if line.starts_with('#') || k.trim() != key {
+            return None;
+        }
+        let v = v.trim();
+        let quote = v.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+        let end = v[1..].find(quote)?;
+        Some(v[1..1 + end].to_string())
+    })
+}
+
+/// The Linux kernel, the initramfs images and the command lines of the Linux and KVM boots,
+/// prepared before any boot starts (a failure only drops those boots, with a note).
+struct LinuxPlan {
+    assets: Option<linux::LinuxAssets>,
+    assets_error: Option<String>,
+    peer: Option<kvmpeer::Prepared>,
+    peer_error: Option<String>,
+    /// The Linux guest's command line in `bench-linux.toml`.
+    hv_cmdline: String,
+    /// The bench guest's command line in `bench-exits.toml`.
+    bench_cmdline: String,
+}
+
+impl LinuxPlan {
+    fn prepare(sections: Sections) -> Self {
+        let read = |file: &str, key: &str| {
+            std::fs::read_to_string(paths::manifests_dir().join(file))
+                .ok()
+                .and_then(|t| manifest_value(&t, key))
+                .unwrap_or_default()
+        };
+        let mut plan = LinuxPlan {
+            assets: None,
+            assets_error: None,
+            peer: None,
+            peer_error: None,
+            hv_cmdline: read("bench-linux.toml", "cmdline"),
+            bench_cmdline: read("bench-exits.toml", "cmdline"),
+        };
+        if !(sections.linux || sections.peer) {
+            return plan;
+        }
+        eprintln!("xtask: bench: preparing the Linux kernel and initramfs (target/linux)");
+        match linux::prepare() {
+            Ok(a) => plan.assets = Some(a),
+            Err(e) => plan.assets_error = Some(format!("{e:#}")),
+        }
+        if sections.peer {
+            let prepared = match &plan.assets {
+                Some(a) => kvmpeer::prepare(a, &plan.bench_cmdline),
+                None => Err(anyhow::anyhow!(
+                    "no Linux kernel: {}",
+                    plan.assets_error.as_deref().unwrap_or("?")
+                )),
+            };
+            match prepared {
+                Ok(p) => plan.peer = Some(p),
+                Err(e) => {
+                    eprintln!("xtask: bench: the KVM peer can't run: {e:#}");
+                    plan.peer_error = Some(format!("{e:#}"));
+                }
+            }
+        }
+        plan
+    }
+
+    /// Whether the boot `name` has what it needs.
+    fn can_run(&self, name: &str) -> bool {
+        match name {
+            "linux-hv" | "linux-direct" => self.assets.is_some(),
+            "kvm-peer" => self.peer.is_some(),
+            _ => true,
+        }
+    }
+
+    fn direct_cmdline(&self) -> String {
+        direct_cmdline(&self.hv_cmdline)
+    }
+
+    fn peer_cmdline(&self) -> String {
+        self.hv_cmdline.clone()
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.assets_error
+            .iter()
+            .map(|e| format!("the Linux boots did not run: {e}"))
+            .collect()
+    }
+}
+
+/// The direct boot's command line: the guest's plus [`linux_boot::DIRECT_EXTRA_CMDLINE`].
+pub fn direct_cmdline(guest: &str) -> String {
+    format!("{guest} {}", linux_boot::DIRECT_EXTRA_CMDLINE)
+        .trim()
+        .to_string()
+}
+
 // ---------------------------------------------------------------------------------------------
 // The boots
+
+/// What a boot runs.
+#[derive(Debug, Clone)]
+pub enum JobKind {
+    /// ferrovisor (the bench build) with this manifest.
+    Hypervisor { manifest: PathBuf },
+    /// No hypervisor: Linux started by OVMF's shell through its EFI stub; the run ends on the
+    /// kernel's last line ([`linux_boot::direct_boot_ended`]).
+    Direct(DirectBoot),
+}
 
 /// One boot of the benchmark.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub name: String,
-    pub manifest: PathBuf,
+    pub kind: JobKind,
     pub cpus: u32,
     pub memory_mib: u32,
     pub timeout: Duration,
@@ -299,18 +480,56 @@ pub struct Job {
     pub cycles: Option<u64>,
 }
 
-/// The boots for `options`, longest first (so two workers finish at about the same time).
+impl Job {
+    /// The manifest, or what a direct boot starts.
+    pub fn what(&self) -> String {
+        match &self.kind {
+            JobKind::Hypervisor { manifest } => paths::display(manifest),
+            JobKind::Direct(d) => d.describe(),
+        }
+    }
+}
+
+/// The boots for `options`: the two Linux boots first (side by side, so their wall times see
+/// the same load), then longest first (so two workers finish at about the same time).
 pub fn jobs(options: &Options) -> Vec<Job> {
     let m = paths::manifests_dir();
     let job = |name: &str, file: &str, cpus, memory_mib, secs| Job {
         name: name.to_string(),
-        manifest: m.join(file),
+        kind: JobKind::Hypervisor {
+            manifest: m.join(file),
+        },
         cpus,
         memory_mib,
         timeout: Duration::from_secs(secs),
         cycles: None,
     };
+    let direct = |name: &str, initrd: PathBuf, cmdline: String, secs| Job {
+        name: name.to_string(),
+        kind: JobKind::Direct(DirectBoot {
+            kernel: linux::dir().join(linux::KERNEL_FILE),
+            initrd,
+            cmdline,
+        }),
+        cpus: 1,
+        memory_mib: 512,
+        timeout: Duration::from_secs(secs),
+        cycles: None,
+    };
+    let guest_cmdline = std::fs::read_to_string(m.join("bench-linux.toml"))
+        .ok()
+        .and_then(|t| manifest_value(&t, "cmdline"))
+        .unwrap_or_default();
     let mut jobs = Vec::new();
+    if options.sections.linux {
+        jobs.push(job("linux-hv", "bench-linux.toml", 1, 512, 900));
+        jobs.push(direct(
+            "linux-direct",
+            linux::dir().join(linux::INITRD_FILE),
+            direct_cmdline(&guest_cmdline),
+            600,
+        ));
+    }
     if options.sections.fairness {
         for (name, file) in [
             ("fair-equal", "bench-fair-equal.toml"),
@@ -320,6 +539,9 @@ pub fn jobs(options: &Options) -> Vec<Job> {
             j.cycles = options.cycles;
             jobs.push(j);
         }
+    }
+    if options.sections.peer {
+        jobs.push(direct("kvm-peer", kvmpeer::initrd(), guest_cmdline, 600));
     }
     if options.sections.memory {
         jobs.push(job("mem-16", "bench-mem-16.toml", 2, 3072, 600));
@@ -339,13 +561,15 @@ pub fn jobs(options: &Options) -> Vec<Job> {
 #[derive(Debug)]
 pub struct Done {
     pub job: Job,
-    /// The manifest text the boot used.
+    /// The manifest text the boot used (empty for a direct boot).
     pub manifest_text: String,
     pub result: Result<RunResult, String>,
 }
 
 fn run_jobs(jobs: Vec<Job>, sources: &esp::EspSources, emulators: &Emulators) -> Vec<Done> {
     let order: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
+    let total = jobs.len();
+    let started = Instant::now();
     let queue = Mutex::new(VecDeque::from(jobs));
     let results = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
@@ -355,7 +579,13 @@ fn run_jobs(jobs: Vec<Job>, sources: &esp::EspSources, emulators: &Emulators) ->
                     break;
                 };
                 let done = run_job(job, sources, emulators);
-                results.lock().expect("results").push(done);
+                let mut results = results.lock().expect("results");
+                results.push(done);
+                eprintln!(
+                    "xtask: bench: {} of {total} boots done, {:.0} s so far",
+                    results.len(),
+                    started.elapsed().as_secs_f64()
+                );
             });
         }
     });
@@ -369,7 +599,7 @@ fn run_job(job: Job, sources: &esp::EspSources, emulators: &Emulators) -> Done {
     eprintln!(
         "xtask: bench: [{}] booting {} ({} CPU{}, {} MiB)",
         job.name,
-        paths::display(&job.manifest),
+        job.what(),
         job.cpus,
         if job.cpus == 1 { "" } else { "s" },
         job.memory_mib
@@ -381,26 +611,37 @@ fn run_job(job: Job, sources: &esp::EspSources, emulators: &Emulators) -> Done {
                 .with_context(|| format!("removing {}", run_dir.display()))?;
         }
         std::fs::create_dir_all(&run_dir)?;
-        manifest_text = std::fs::read_to_string(&job.manifest)
-            .with_context(|| format!("reading {}", job.manifest.display()))?;
-        let mut manifest = job.manifest.clone();
-        if let Some(cycles) = job.cycles {
-            manifest_text = replace_cycles(&manifest_text, cycles);
-            manifest = run_dir.join("manifest.toml");
-            std::fs::write(&manifest, &manifest_text)?;
+        let esp_dir = run_dir.join("esp");
+        match &job.kind {
+            JobKind::Hypervisor { manifest } => {
+                manifest_text = std::fs::read_to_string(manifest)
+                    .with_context(|| format!("reading {}", manifest.display()))?;
+                let mut manifest = manifest.clone();
+                if let Some(cycles) = job.cycles {
+                    manifest_text = replace_cycles(&manifest_text, cycles);
+                    manifest = run_dir.join("manifest.toml");
+                    std::fs::write(&manifest, &manifest_text)?;
+                }
+                esp::make_esp(&manifest, &esp_dir, sources)?;
+            }
+            JobKind::Direct(d) => d.write_esp(&esp_dir)?,
         }
-        let esp = esp::make_esp(&manifest, &run_dir.join("esp"), sources)?;
         let cfg = MachineConfig {
             emulator: Emulator::Bochs,
             cpus: job.cpus,
             memory_mib: job.memory_mib,
             timeout: Some(job.timeout),
-            media: Media::EspDir(esp.dir),
+            media: Media::EspDir(esp_dir),
             run_dir: run_dir.clone(),
             echo: Echo::Quiet,
         };
         machine::validate(&cfg)?;
-        machine::run(&cfg, emulators)
+        match &job.kind {
+            JobKind::Hypervisor { .. } => machine::run(&cfg, emulators),
+            JobKind::Direct(_) => {
+                machine::run_until(&cfg, emulators, &linux_boot::direct_boot_ended)
+            }
+        }
     })();
     match &result {
         Ok(r) => eprintln!("xtask: bench: [{}] {}", job.name, r.summary()),
@@ -1111,6 +1352,8 @@ pub struct Config {
     pub host_cpu: String,
     pub host_cores: usize,
     pub cycles: u64,
+    /// The Linux kernel of the Linux and KVM boots, when they ran (`<release> from <deb>`).
+    pub kernel: Option<String>,
 }
 
 impl Config {
@@ -1170,6 +1413,7 @@ impl Config {
             host_cpu,
             host_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cycles: options.cycles.unwrap_or(DEFAULT_CYCLES),
+            kernel: None,
         }
     }
 }
@@ -1201,26 +1445,31 @@ pub struct RunInfo {
     pub memory_mib: u32,
     pub wall_s: Option<f64>,
     pub powered_off: bool,
+    /// A direct boot's end: the serial line it waited for, which came (the emulator was then
+    /// stopped).
+    pub line_seen: Option<String>,
     pub summary: String,
 }
 
 impl RunInfo {
     fn of(d: &Done) -> Self {
-        let (wall_s, powered_off, summary) = match &d.result {
+        let (wall_s, powered_off, line_seen, summary) = match &d.result {
             Ok(r) => (
                 Some(r.wall.as_secs_f64()),
                 r.ended_by == EndedBy::PowerOff,
+                (r.ended_by == EndedBy::LineSeen).then(|| r.reason.clone().unwrap_or_default()),
                 r.summary(),
             ),
-            Err(e) => (None, false, format!("could not run: {e}")),
+            Err(e) => (None, false, None, format!("could not run: {e}")),
         };
         Self {
             name: d.job.name.clone(),
-            manifest: paths::display(&d.job.manifest),
+            manifest: d.job.what(),
             cpus: d.job.cpus,
             memory_mib: d.job.memory_mib,
             wall_s,
             powered_off,
+            line_seen,
             summary,
         }
     }
@@ -1237,6 +1486,10 @@ pub struct Report {
     pub fairness: Vec<FairRun>,
     pub memory: Vec<MemRun>,
     pub startup: Vec<StartupRow>,
+    pub linux: Option<LinuxReport>,
+    pub peer: Option<kvmpeer::PeerReport>,
+    /// Why the Linux boots could not run, if they could not.
+    pub linux_notes: Vec<String>,
     pub runs: Vec<RunInfo>,
     pub wall_s: f64,
 }
@@ -1544,8 +1797,22 @@ impl Report {
         t
     }
 
+    /// The Linux boot figures side by side.
+    pub fn linux_table(l: &LinuxReport) -> Table {
+        let mut t = Table::new(&[
+            "figure",
+            "under ferrovisor",
+            "direct (OVMF → EFI stub)",
+            "ferrovisor/direct",
+        ]);
+        for row in l.rows() {
+            t.row(row.to_vec());
+        }
+        t
+    }
+
     pub fn runs_table(&self) -> Table {
-        let mut t = Table::new(&["boot", "manifest", "CPUs", "RAM", "wall", "ended"]);
+        let mut t = Table::new(&["boot", "manifest / what", "CPUs", "RAM", "wall", "ended"]);
         for r in &self.runs {
             t.row(vec![
                 r.name.clone(),
@@ -1555,6 +1822,8 @@ impl Report {
                 opt(r.wall_s, |w| format!("{w:.0} s")),
                 if r.powered_off {
                     "power-off".into()
+                } else if let Some(line) = &r.line_seen {
+                    format!("`{}` seen, emulator stopped", line.trim())
                 } else {
                     r.summary.clone()
                 },
@@ -1668,6 +1937,40 @@ impl Report {
                  guest's first console byte; wall seconds from the emulator start"
             );
             s += &self.startup_table().text();
+        }
+        if let Some(l) = &self.linux {
+            let _ = writeln!(
+                s,
+                "\nLinux boot: under ferrovisor (guest `{}`, 1 vCPU, 256 MiB) vs the same kernel \
+                 and initramfs booted directly by OVMF through its EFI stub (`{}`); Bochs with \
+                 1 CPU, 512 MiB, same CPU model and ips in both",
+                linux_boot::GUEST,
+                l.direct_cmdline
+            );
+            s += &Self::linux_table(l).text();
+            for n in l.notes() {
+                let _ = writeln!(s, " note: {n}");
+            }
+        }
+        for n in &self.linux_notes {
+            let _ = writeln!(s, "\nLinux boot: {n}");
+        }
+        if let Some(p) = &self.peer {
+            let _ = writeln!(
+                s,
+                "\nPeer (KVM): the bench guest ({}) under kvm_intel of the same kernel, booted \
+                 directly by OVMF in a 1-CPU Bochs; minimal user-space VMM tests/bench/kvmpeer.c, \
+                 no in-kernel irqchip. Instructions per round trip (empty loop subtracted) on \
+                 both sides; ratio = ferrovisor/KVM",
+                p.guest_cmdline
+            );
+            s += &kvmpeer::table(&p.rows).text();
+            if let Some(line) = p.kvm_line() {
+                let _ = writeln!(s, " {line}");
+            }
+            for n in p.notes() {
+                let _ = writeln!(s, " note: {n}");
+            }
         }
         let _ = writeln!(s, "\nBoots");
         s += &self.runs_table().text();
@@ -1852,14 +2155,131 @@ impl Report {
             s += &self.startup_table().markdown();
         }
 
+        s += &self.linux_markdown();
+        s += &self.peer_markdown();
+        s
+    }
+
+    fn linux_markdown(&self) -> String {
+        let mut s = String::from("\n## Linux boot: under ferrovisor vs booted directly\n\n");
+        let Some(l) = &self.linux else {
+            let _ = writeln!(s, "Not measured in this run.");
+            for n in &self.linux_notes {
+                let _ = writeln!(s, "\nNote: {n}.");
+            }
+            return s;
+        };
+        let kernel = self
+            .config
+            .kernel
+            .as_deref()
+            .map_or(String::new(), |k| format!(" (`{k}`)"));
         let _ = writeln!(
             s,
-            "\n## Peer comparison (KVM)\n\n\
-             Not measured yet. The exit costs above are instruction counts under Bochs; a \
-             comparison with KVM needs real VT-x hardware (this project's CI machines have none) \
-             and cycle counts measured there, both for ferrovisor (`cargo xtask run --kvm`, or \
-             bare metal) and for the same guest under KVM."
+            "Debian's cloud kernel{kernel} with the busybox initramfs of `cargo xtask build` (its \
+             `/init` prints a few facts, sorts and hashes 2000 numbers and powers off), booted \
+             twice in the same Bochs configuration (1 CPU, 512 MiB, the `cpu:` line above):\n\n\
+             - **under ferrovisor**, as its only guest (`tests/manifests/bench-linux.toml`: \
+             1 vCPU, 256 MiB, `bzimage`), command line `{}`: linux1's in \
+             `tests/manifests/linux.toml` plus `{tsc}`;\n\
+             - **directly**: no `\\EFI\\BOOT\\BOOTX64.EFI` on the ESP, so OVMF ends in its UEFI \
+             shell, which runs `startup.nsh` after a 5 s countdown; that starts the kernel \
+             through its EFI stub with the same initramfs and command line plus `{}` (one CPU \
+             and the guest's RAM size), i.e. `{}`.\n\n\
+             The two boots ran side by side, so their wall times saw the same load. Two \
+             figures, each as a ratio ferrovisor/direct:\n\n\
+             - **(a) wall time** from the kernel's `Linux version` banner on the serial console \
+             to `/init`'s `linux-guest: powering off` (or the kernel's `reboot:` line right \
+             after it, where the halt cut that line short). Host seconds: they depend on the \
+             host's speed and load and on the 50 ms polling of the serial log, and they \
+             include what Bochs spends emulating VMX transitions and EPT walks, which take host \
+             time but no emulated time.\n\
+             - **(b) kernel time**: the timestamp the kernel prints on its last line \
+             (`reboot: Power down` under ferrovisor, which gives the guest ACPI S5; \
+             `reboot: System halted` directly, where Bochs + OVMF have no ACPI and \
+             `poweroff -f` halts): the kernel's clock from early boot to power-off, in emulated \
+             seconds. Bochs' TSC advances by one per executed instruction (guest and hypervisor \
+             alike; ferrovisor offsets the guest's TSC but neither scales nor traps it) and, \
+             while the CPU is halted, at the emulated rate of 200,000,000 per second (Bochs' \
+             `ips`); `{tsc}` makes both kernels count time at that rate (left alone, the \
+             directly booted kernel takes 3500 MHz from CPUID leaf 0x16 while ferrovisor's guest \
+             calibrates about 200 MHz against the PM timer). Deterministic up to interrupt \
+             timing, independent of the host's load.\n\n\
+             `quiet` stays on both command lines: the serial console is the one device that \
+             costs differently on the two sides (Bochs' UART models 115200 baud for the direct \
+             kernel; ferrovisor's UART takes the guest's bytes at once), so a verbose boot \
+             would mostly measure console output (a check without `quiet` when this benchmark \
+             was set up: 13.96 s direct vs 8.86 s under ferrovisor, kernel time).\n",
+            l.hv_cmdline,
+            linux_boot::DIRECT_EXTRA_CMDLINE,
+            l.direct_cmdline,
+            tsc = linux_boot::TSC_CMDLINE,
         );
+        s += &Self::linux_table(l).markdown();
+        let _ = writeln!(
+            s,
+            "\n**Ratio ferrovisor/direct: (a) wall time {}, (b) kernel time {}.**",
+            opt(l.wall_ratio(), |r| format!("{r:.2}×")),
+            opt(l.kernel_ratio(), |r| format!("{r:.2}×"))
+        );
+        for n in l.notes() {
+            let _ = writeln!(s, "\nNote: {n}.");
+        }
+        s
+    }
+
+    fn peer_markdown(&self) -> String {
+        let mut s = String::from("\n## Peer comparison (KVM)\n\n");
+        let Some(p) = &self.peer else {
+            let _ = writeln!(s, "Not measured in this run.");
+            return s;
+        };
+        let modules = if p.modules.is_empty() {
+            "`kvm_intel` and its dependencies".to_string()
+        } else {
+            p.modules
+                .iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "The same `bench` guest with the same command line (`{guest}`) under KVM, on the \
+             same emulated CPU. Bochs emulates VT-x with EPT, so KVM runs on it as on hardware: \
+             Debian's kernel (the one above) is booted directly by OVMF (as for the direct \
+             Linux boot; command line `{l1}`) in a 1-CPU, 512 MiB Bochs, with an initramfs \
+             that loads {modules} from the same kernel package and runs the guest under \
+             `kvmpeer` (`tests/bench/kvmpeer.c`, built by xtask with `gcc -static -O2`), a \
+             minimal VMM: one VM, one vCPU, one 16 MiB memory slot, no in-kernel irqchip, the \
+             guest started in the state ferrovisor gives an `elf64` guest (long mode, identity \
+             map, GDT at 0x7000, RDI = command line, RSI = RAM size), \
+             `KVM_SET_CPUID2` with `KVM_GET_SUPPORTED_CPUID`'s entries.\n\n\
+             What serves each exit under KVM: CPUID and RDMSR of IA32_APIC_BASE never leave \
+             the kernel; VMCALL goes to KVM's hypercall handler (ABI_VERSION is RAX = 0, a \
+             number KVM doesn't define: it returns -KVM_ENOSYS in the kernel; the guest only \
+             times the round trip); port I/O and MMIO exit to `kvmpeer` in user space \
+             (`KVM_EXIT_IO` / `KVM_EXIT_MMIO`) and back through `KVM_RUN`. The floor call \
+             doesn't exist under KVM (the guest says `bench: floor unavailable`).\n\n\
+             Under Bochs the TSC counts instructions in every mode, so both columns are \
+             instructions per round trip with the empty loop subtracted: the guest's, the \
+             hypervisor's (KVM and, for exits to user space, the host kernel's way out to \
+             `kvmpeer` and back, and `kvmpeer`'s own), with no time for the VMX transitions \
+             themselves on either side. Counts of instructions, not latencies: on hardware the \
+             transitions, cache misses and the host kernel's mitigations weigh differently.\n\n\
+             Goals (displayed, not asserted): CPUID and VMCALL at most 1/3 of KVM's count; a \
+             port-I/O exit served by a ferrovisor device model at most 1/10 of KVM's I/O exit \
+             served by a user-space VMM.\n",
+            guest = p.guest_cmdline,
+            l1 = p.direct_cmdline,
+        );
+        s += &kvmpeer::table(&p.rows).markdown();
+        if let Some(line) = p.kvm_line() {
+            let _ = writeln!(s, "\n`{line}`");
+        }
+        for n in p.notes() {
+            let _ = writeln!(s, "\nNote: {n}.");
+        }
         s
     }
 
@@ -1900,6 +2320,20 @@ impl Report {
                 "startup",
                 Json::Arr(self.startup.iter().map(StartupRow::json).collect()),
             ),
+            (
+                "linux_boot",
+                self.linux.as_ref().map_or(Json::Null, LinuxReport::json),
+            ),
+            (
+                "linux_boot_notes",
+                Json::Arr(self.linux_notes.iter().map(|n| Json::str(n)).collect()),
+            ),
+            (
+                "kvm_peer",
+                self.peer
+                    .as_ref()
+                    .map_or(Json::Null, kvmpeer::PeerReport::json),
+            ),
         ])
     }
 }
@@ -1923,6 +2357,10 @@ impl Config {
             ("bochs_cpu", Json::str(&self.cpu_line)),
             ("host_cpu", Json::str(&self.host_cpu)),
             ("host_cores", Json::Int(self.host_cores as u64)),
+            (
+                "linux_kernel",
+                self.kernel.as_deref().map_or(Json::Null, Json::str),
+            ),
             ("wall_s", Json::Num(wall_s)),
         ])
     }
@@ -1937,6 +2375,10 @@ impl RunInfo {
             ("memory_mib", Json::Int(u64::from(self.memory_mib))),
             ("wall_s", num(self.wall_s)),
             ("powered_off", Json::Bool(self.powered_off)),
+            (
+                "ended_on_line",
+                self.line_seen.as_deref().map_or(Json::Null, Json::str),
+            ),
             ("summary", Json::str(&self.summary)),
         ])
     }
@@ -2370,6 +2812,9 @@ vm mem-03: not started: out of memory
             fairness: Vec::new(),
             memory: vec![m],
             startup: Vec::new(),
+            linux: None,
+            peer: None,
+            linux_notes: Vec::new(),
             runs: Vec::new(),
             wall_s: 1.0,
         };
@@ -2452,13 +2897,18 @@ vm mem-03: not started: out of memory
         assert!(Sections::parse("exits,memory").unwrap().memory);
         assert!(Sections::parse("cpu").is_err());
         assert!(Sections::parse("").is_err());
+        let some = Sections::parse("linux,kvm").unwrap();
+        assert!(some.linux && some.peer && !some.exits);
         let all = jobs(&Options::default());
         let names: Vec<&str> = all.iter().map(|j| j.name.as_str()).collect();
         assert_eq!(
             names,
             [
+                "linux-hv",
+                "linux-direct",
                 "fair-equal",
                 "fair-weighted",
+                "kvm-peer",
                 "mem-16",
                 "exits-1",
                 "exits-2",
@@ -2467,9 +2917,17 @@ vm mem-03: not started: out of memory
             ]
         );
         for j in &all {
-            assert!(j.manifest.is_file(), "{}", j.manifest.display());
-            let text = std::fs::read_to_string(&j.manifest).unwrap();
-            crate::manifest::file_refs(&text).unwrap();
+            match &j.kind {
+                JobKind::Hypervisor { manifest } => {
+                    assert!(manifest.is_file(), "{}", manifest.display());
+                    let text = std::fs::read_to_string(manifest).unwrap();
+                    crate::manifest::file_refs(&text).unwrap();
+                }
+                JobKind::Direct(d) => {
+                    assert!(d.cmdline.starts_with("console=ttyS0 "), "{}", d.cmdline);
+                    assert_eq!((j.cpus, j.memory_mib), (1, 512));
+                }
+            }
             let cfg = MachineConfig {
                 emulator: Emulator::Bochs,
                 cpus: j.cpus,
@@ -2490,5 +2948,32 @@ vm mem-03: not started: out of memory
             .collect();
         assert_eq!(counts, [1, 4, 16]);
         assert!(bochs_cpu_line().contains("model=corei7_skylake_x"));
+    }
+
+    #[test]
+    fn linux_boots_share_the_command_line() {
+        let text =
+            std::fs::read_to_string(paths::manifests_dir().join("bench-linux.toml")).unwrap();
+        let guest = manifest_value(&text, "cmdline").unwrap();
+        let linux1 = std::fs::read_to_string(paths::manifests_dir().join("linux.toml")).unwrap();
+        let linux1 = manifest_value(&linux1, "cmdline").unwrap();
+        assert_eq!(format!("{linux1} {}", linux_boot::TSC_CMDLINE), guest);
+        assert_eq!(
+            manifest_value(&text, "name").as_deref(),
+            Some(linux_boot::GUEST)
+        );
+        assert_eq!(manifest_value(&text, "memory").as_deref(), Some("256M"));
+        let all = jobs(&Options::default());
+        let direct = all.iter().find(|j| j.name == "linux-direct").unwrap();
+        let JobKind::Direct(d) = &direct.kind else {
+            panic!("linux-direct is not a direct boot");
+        };
+        assert_eq!(d.cmdline, format!("{guest} maxcpus=1 mem=256M"));
+        let hv = all.iter().find(|j| j.name == "linux-hv").unwrap();
+        assert_eq!((hv.cpus, hv.memory_mib), (direct.cpus, direct.memory_mib));
+        assert_eq!(
+            manifest_value("# cmdline = \"x\"\ncmdline = 'a b' # c\n", "cmdline").as_deref(),
+            Some("a b")
+        );
     }
 }

@@ -120,6 +120,9 @@ pub enum EndedBy {
     EmulatorExit(i32),
     /// The quit key ([`terminal::QUIT_KEY`]) was typed and the emulator was killed.
     User,
+    /// [`run_until`] saw the serial line it waited for and killed the emulator (the line is in
+    /// [`RunResult::reason`]).
+    LineSeen,
 }
 
 /// The outcome of a run.
@@ -163,6 +166,9 @@ impl RunResult {
                 "ended from the terminal ({}) after {secs:.1} s",
                 terminal::QUIT_KEY_NAME
             ),
+            EndedBy::LineSeen => {
+                format!("ended after {secs:.1} s on the serial line that was waited for")
+            }
         };
         match &self.reason {
             Some(reason) => format!("{how} [{}: {reason}]", self.emulator),
@@ -346,6 +352,27 @@ pub fn run(cfg: &MachineConfig, emulators: &Emulators) -> Result<RunResult> {
 /// [`run`] with the machine's COM1 input coming from `input`; with [`Input::Stdin`] the run
 /// also ends when the quit key is typed ([`EndedBy::User`]).
 pub fn run_with(cfg: &MachineConfig, emulators: &Emulators, input: Input) -> Result<RunResult> {
+    run_inner(cfg, emulators, input, None)
+}
+
+/// [`run`] that also ends, killing the emulator, as soon as a serial line passes `until`
+/// ([`EndedBy::LineSeen`], the line in [`RunResult::reason`]): for machines that cannot power
+/// themselves off, e.g. Linux booted directly by the firmware under Bochs, where there is no
+/// ACPI and `poweroff -f` only halts.
+pub fn run_until(
+    cfg: &MachineConfig,
+    emulators: &Emulators,
+    until: &dyn Fn(&str) -> bool,
+) -> Result<RunResult> {
+    run_inner(cfg, emulators, Input::None, Some(until))
+}
+
+fn run_inner(
+    cfg: &MachineConfig,
+    emulators: &Emulators,
+    input: Input,
+    until: Option<&dyn Fn(&str) -> bool>,
+) -> Result<RunResult> {
     fs::create_dir_all(&cfg.run_dir)
         .with_context(|| format!("creating {}", cfg.run_dir.display()))?;
     let serial_log = cfg.run_dir.join("serial.log");
@@ -439,12 +466,25 @@ pub fn run_with(cfg: &MachineConfig, emulators: &Emulators, input: Input) -> Res
     };
 
     let mut console = Console::new(&serial_log, cfg.echo.clone(), start);
+    let mut lines_checked = 0;
     let stop = loop {
         if let Some(link) = &mut link {
             link.accept();
             link.warn_if_unconnected(start.elapsed());
         }
         console.pump();
+        if let Some(until) = until {
+            let seen = console.timed_lines[lines_checked..]
+                .iter()
+                .find(|(_, line)| until(line))
+                .map(|(_, line)| line.clone());
+            lines_checked = console.timed_lines.len();
+            if let Some(line) = seen {
+                let _ = child.kill();
+                let _ = child.wait();
+                break Stop::Seen(line);
+            }
+        }
         if let Some(status) = child.try_wait()? {
             break Stop::Exited(status);
         }
@@ -474,6 +514,7 @@ pub fn run_with(cfg: &MachineConfig, emulators: &Emulators, input: Input) -> Res
     let (ended_by, reason) = match stop {
         Stop::Timeout => (EndedBy::Timeout, None),
         Stop::User => (EndedBy::User, None),
+        Stop::Seen(line) => (EndedBy::LineSeen, Some(line)),
         Stop::Exited(status) if cfg.emulator == Emulator::Bochs => {
             bochs_ending(status, &emulator_log)
         }
@@ -497,6 +538,7 @@ enum Stop {
     Exited(ExitStatus),
     Timeout,
     User,
+    Seen(String),
 }
 
 /// COM1 as a TCP connection from the emulator ([`Com1::Connect`]): what comes over it is

@@ -102,13 +102,16 @@ impl IoBus {
         Some(i)
     }
 
-    /// Reads a port; also returns the serving device's index for [`IoBus::poll_one`].
-    pub fn read(&mut self, port: u16, size: u8, now_ns: u64) -> (u32, Option<usize>) {
+    /// Reads a port. Also returns the serving device's index and whether the
+    /// access moved its next timer event (for [`IoBus::poll_one`] and re-arming).
+    pub fn read(&mut self, port: u16, size: u8, now_ns: u64) -> (u32, Option<(usize, bool)>) {
         match self.find(port) {
             Some(i) => {
                 let d = &mut self.devices[i];
                 d.set_time(now_ns);
-                (d.read(port, size), Some(i))
+                let before = d.next_event_ns();
+                let v = d.read(port, size);
+                (v, Some((i, d.next_event_ns() != before)))
             }
             None => {
                 self.unclaimed_reads += 1;
@@ -123,12 +126,14 @@ impl IoBus {
         size: u8,
         value: u32,
         now_ns: u64,
-    ) -> (Action, Option<usize>) {
+    ) -> (Action, Option<(usize, bool)>) {
         match self.find(port) {
             Some(i) => {
                 let d = &mut self.devices[i];
                 d.set_time(now_ns);
-                (d.write(port, size, value & all_ones(size)), Some(i))
+                let before = d.next_event_ns();
+                let a = d.write(port, size, value & all_ones(size));
+                (a, Some((i, d.next_event_ns() != before)))
             }
             None => {
                 self.unclaimed_writes += 1;
@@ -147,11 +152,15 @@ impl IoBus {
         self.devices.iter_mut().position(|d| d.input(byte))
     }
 
-    /// Re-polls one device (after an access to it); returns all lines.
-    pub fn poll_one(&mut self, i: usize, now_ns: u64) -> IrqState {
+    /// Re-polls one device (after an access to it); returns all lines, or
+    /// None when that device's lines didn't change.
+    pub fn poll_one(&mut self, i: usize, now_ns: u64) -> Option<IrqState> {
         let s = self.devices[i].poll(now_ns);
+        if s == self.irqs[i] && s.pulse == 0 {
+            return None;
+        }
         self.irqs[i] = s;
-        self.combined(s.pulse)
+        Some(self.combined(s.pulse))
     }
 
     /// Polls every device; returns the combined IRQ lines.
@@ -202,6 +211,7 @@ mod tests {
         assert_eq!(bus.read(0x1234, 4, 0).0, 0xFFFF_FFFF);
         assert_eq!(bus.write(0x1234, 1, 5, 0).0, Action::None);
         assert_eq!((bus.unclaimed_reads, bus.unclaimed_writes), (3, 1));
+        assert!(bus.write(0x1234, 1, 0, 0).1.is_none(), "no device served it");
         bus.register(Box::new(debug_exit::DebugExit));
         assert_eq!(bus.write(0xF4, 1, 3, 0).0, Action::Exit(3));
     }

@@ -26,9 +26,8 @@ pub fn handle(v: &mut Vcpu) -> Flow {
         2 => 0xFFFF,
         _ => 0xFFFF_FFFF,
     };
-    let vm = v.vm.clone();
     if q.is_in {
-        let val = vm.io_read(q.port, q.size);
+        let val = v.vm.io_read(q.port, q.size);
         let rax = &mut v.regs.gpr[RAX];
         // A 32-bit IN zero-extends into RAX; 8/16-bit ones merge.
         *rax = if q.size == 4 {
@@ -40,6 +39,7 @@ pub fn handle(v: &mut Vcpu) -> Flow {
         Flow::Continue
     } else {
         let val = (v.regs.gpr[RAX] & mask) as u32;
+        let vm = &v.vm;
         if q.port == 0x3F8
             && !vm
                 .first_output

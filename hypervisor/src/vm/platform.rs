@@ -45,31 +45,30 @@ impl Vm {
     fn port_access<T>(
         &self,
         port: u16,
-        f: impl FnOnce(&mut VmShared, u64) -> (T, Option<usize>),
+        f: impl FnOnce(&mut VmShared, u64) -> (T, Option<(usize, bool)>),
     ) -> T {
         let now = self.guest_ns();
         let (val, d, pic, timer) = {
             let mut s = self.shared.lock();
-            if is_pic_port(port) {
-                let (v, _) = f(&mut s, now);
-                (v, Vec::new(), true, false)
-            } else {
-                let (v, dev) = f(&mut s, now);
-                match dev {
-                    Some(i) => {
-                        let before = s.io.device_next_event(i);
-                        let st = s.io.poll_one(i, now);
-                        let timer = s.io.device_next_event(i) != before;
+            let (v, dev) = f(&mut s, now);
+            match dev {
+                // A PIC access (the closure reports no device for it).
+                None if is_pic_port(port) => (v, Vec::new(), true, false),
+                None => (v, Vec::new(), false, false),
+                Some((i, timer)) => match s.io.poll_one(i, now) {
+                    None => (v, Vec::new(), false, timer),
+                    Some(st) => {
                         let pic_before = s.pic.pending();
                         let d = Self::route(&mut s, st);
                         let pic = s.pic.pending() != pic_before;
                         (v, d, pic, timer)
                     }
-                    None => (v, Vec::new(), false, false),
-                }
+                },
             }
         };
-        self.ioapic_deliver(&d);
+        if !d.is_empty() {
+            self.ioapic_deliver(&d);
+        }
         if pic {
             self.mailbox[0]
                 .check_irq
@@ -126,10 +125,10 @@ impl Vm {
         let d = {
             let mut s = self.shared.lock();
             match s.io.input(byte) {
-                Some(i) => {
-                    let st = s.io.poll_one(i, now);
-                    Self::route(&mut s, st)
-                }
+                Some(i) => match s.io.poll_one(i, now) {
+                    Some(st) => Self::route(&mut s, st),
+                    None => Vec::new(),
+                },
                 None => Vec::new(),
             }
         };
