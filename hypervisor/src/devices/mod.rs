@@ -211,7 +211,10 @@ mod tests {
         assert_eq!(bus.read(0x1234, 4, 0).0, 0xFFFF_FFFF);
         assert_eq!(bus.write(0x1234, 1, 5, 0).0, Action::None);
         assert_eq!((bus.unclaimed_reads, bus.unclaimed_writes), (3, 1));
-        assert!(bus.write(0x1234, 1, 0, 0).1.is_none(), "no device served it");
+        assert!(
+            bus.write(0x1234, 1, 0, 0).1.is_none(),
+            "no device served it"
+        );
         bus.register(Box::new(debug_exit::DebugExit));
         assert_eq!(bus.write(0xF4, 1, 3, 0).0, Action::Exit(3));
     }
