@@ -12,8 +12,9 @@ use std::time::Duration;
 use integration_tests::Scenario;
 use xtask::linux::{self, WORKLOAD_MD5};
 
-/// The Linux guests: (name, vCPUs), as in linux.toml.
-const LINUX_GUESTS: &[(&str, u32)] = &[("linux1", 1), ("linux2", 2)];
+/// The Linux guests: (name, vCPUs), as in linux.toml. linux4 has more vCPUs than the
+/// machine has CPUs.
+const LINUX_GUESTS: &[(&str, u32)] = &[("linux1", 1), ("linux2", 2), ("linux4", 4)];
 
 #[test]
 fn bochs_linux_multiboot_and_real_mode_guests() {
@@ -75,10 +76,11 @@ fn bochs_linux_multiboot_and_real_mode_guests() {
         .line("[legacy] realmode: PASS")
         .line("vm legacy: exited code=0");
 
-    boot.line_starting("hv: summary: 4 guests");
+    boot.line_starting("hv: summary: 5 guests");
     for done in [
         "linux1 exited code=0 (powered off)",
         "linux2 exited code=0 (powered off)",
+        "linux4 exited code=0 (powered off)",
         "mb exited code=0",
         "legacy exited code=0",
     ] {
