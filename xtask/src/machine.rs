@@ -367,7 +367,37 @@ pub fn run_until(
     run_inner(cfg, emulators, Input::None, Some(until))
 }
 
+/// Bochs' display server (the only display library Debian builds without X) listens on the
+/// first free TCP port of 5900-5949; when none is free at that moment Bochs exits at once.
+/// That is a start-up failure of the emulator, not a result: try again a few times.
+fn rfb_bind_failure(r: &RunResult) -> bool {
+    r.emulator == Emulator::Bochs
+        && matches!(r.ended_by, EndedBy::EmulatorExit(_))
+        && r.wall < Duration::from_secs(10)
+        && r.reason
+            .as_deref()
+            .is_some_and(|m| m.contains("RFB could not bind"))
+}
+
 fn run_inner(
+    cfg: &MachineConfig,
+    emulators: &Emulators,
+    input: Input,
+    until: Option<&dyn Fn(&str) -> bool>,
+) -> Result<RunResult> {
+    let mut tries = 0;
+    loop {
+        let r = run_once(cfg, emulators, input, until)?;
+        tries += 1;
+        if !rfb_bind_failure(&r) || tries == 4 || input != Input::None {
+            return Ok(r);
+        }
+        eprintln!("xtask: bochs found no free display port (5900-5949); starting it again in 3 s");
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+fn run_once(
     cfg: &MachineConfig,
     emulators: &Emulators,
     input: Input,
