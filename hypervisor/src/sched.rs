@@ -103,19 +103,23 @@ pub fn start() {
     }
 }
 
+/// Index of the queued vCPU with the lowest weighted run time.
+fn lowest(q: &[Box<Vcpu>]) -> Option<usize> {
+    (0..q.len()).min_by_key(|&i| q[i].vruntime)
+}
+
+/// The lowest weighted run time in a queue (u64::MAX when it is empty).
+fn queue_min(q: &[Box<Vcpu>]) -> u64 {
+    q.iter().map(|v| v.vruntime).min().unwrap_or(u64::MAX)
+}
+
 /// Takes the vCPU with the lowest weighted run time from this CPU's queue.
 fn pick(me: usize) -> Option<Box<Vcpu>> {
     let mut q = QUEUES[me].lock();
-    let i = (0..q.len()).min_by_key(|&i| q[i].vruntime)?;
+    let i = lowest(&q)?;
     let v = q.swap_remove(i);
-    MIN_VRT[me].store(
-        q.iter()
-            .map(|v| v.vruntime)
-            .min()
-            .unwrap_or(u64::MAX)
-            .min(v.vruntime),
-        Ordering::Release,
-    );
+    // The picked vCPU still belongs to this CPU while it runs.
+    MIN_VRT[me].store(queue_min(&q).min(v.vruntime), Ordering::Release);
     Some(v)
 }
 
@@ -254,7 +258,7 @@ fn balance(me: usize) {
             continue;
         }
         let mut q = QUEUES[me].lock();
-        let Some(i) = (0..q.len()).min_by_key(|&i| q[i].vruntime) else {
+        let Some(i) = lowest(&q) else {
             return;
         };
         let lagging = q[i].vruntime.saturating_add(2 * slice) < their_min;
@@ -262,10 +266,7 @@ fn balance(me: usize) {
             continue;
         }
         let mut v = q.swap_remove(i);
-        MIN_VRT[me].store(
-            q.iter().map(|v| v.vruntime).min().unwrap_or(u64::MAX),
-            Ordering::Release,
-        );
+        MIN_VRT[me].store(queue_min(&q), Ordering::Release);
         drop(q);
         LOAD[me].fetch_sub(1, Ordering::AcqRel);
         v.release();
@@ -299,7 +300,6 @@ fn wake_sleepers(me: usize) {
             vcpu_done(v);
             continue;
         }
-        v.halted = false;
         // A long sleeper doesn't get to monopolise the CPU afterwards.
         if floor != u64::MAX {
             v.vruntime = v

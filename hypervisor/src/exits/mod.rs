@@ -23,29 +23,29 @@ pub const GP: u8 = 13;
 
 pub fn handle(v: &mut Vcpu, raw: u32) -> Flow {
     use ExitReason as R;
-    // Exits that can change timers or make an interrupt deliverable make the
-    // run loop re-poll timers and re-evaluate injection before re-entry.
-    match raw & 0xFFFF {
-        // WRMSR, EPT violation (MMIO): APIC registers written. (Port I/O
-        // reports what it changed itself.)
-        32 | 48 => {
-            v.timers_dirty = true;
-            v.vm.mailbox[v.index]
-                .check_irq
-                .store(true, core::sync::atomic::Ordering::Release);
-        }
-        // External interrupt (a kick), interrupt/NMI window, CR8 writes.
-        1 | 7 | 8 | 28 => v.vm.mailbox[v.index]
-            .check_irq
-            .store(true, core::sync::atomic::Ordering::Release),
-        _ => {}
-    }
     let Some(reason) = ExitReason::from_raw(raw) else {
         return Flow::End(VmEnd::Crashed(format!(
             "unexpected VM exit reason {}",
             raw & 0xFFFF
         )));
     };
+    // Exits that can change timers or make an interrupt deliverable make the
+    // run loop re-poll timers and re-evaluate injection before re-entry.
+    match reason {
+        // APIC registers written. (Port I/O reports what it changed itself.)
+        R::Wrmsr | R::EptViolation => {
+            v.timers_dirty = true;
+            v.vm.mailbox[v.index]
+                .check_irq
+                .store(true, core::sync::atomic::Ordering::Release);
+        }
+        // A kick, an interrupt/NMI window, a CR8 write.
+        R::ExternalInterrupt | R::InterruptWindow | R::NmiWindow | R::CrAccess => v.vm.mailbox
+            [v.index]
+            .check_irq
+            .store(true, core::sync::atomic::Ordering::Release),
+        _ => {}
+    }
     match reason {
         R::Cpuid => cpuid::handle(v),
         R::Rdmsr => msr::rdmsr(v),

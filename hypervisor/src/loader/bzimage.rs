@@ -19,6 +19,8 @@
 //! | initrd | page-aligned, as high as possible below `initrd_addr_max` and 4 GiB, clear of the kernel |
 
 use super::e820::{E820Map, E820Type, GuestRam};
+use crate::mm::PAGE;
+use crate::vm::memory::FOUR_GIB;
 use alloc::vec;
 use core::fmt;
 
@@ -105,8 +107,6 @@ const LOADER_UNDEFINED: u8 = 0xFF;
 const VID_MODE_NORMAL: u16 = 0xFFFF;
 /// The traditional protected-mode load address.
 const HIGH_LOAD: u64 = 0x10_0000;
-const FOUR_GIB: u64 = 0x1_0000_0000;
-const PAGE: u64 = 4096;
 
 /// The setup header fields the loader uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -23,6 +23,8 @@
 
 use super::e820::{E820Map, E820Type, GuestRam};
 use super::LOW_RESERVED;
+use crate::mm::PAGE;
+use crate::vm::memory::FOUR_GIB;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -57,9 +59,7 @@ const INFO_LOADER_NAME: u32 = 1 << 9;
 /// Size of the 0.6.96 information structure (through vbe_interface_len).
 const INFO_LEN: usize = 88;
 
-const PAGE: u64 = 4096;
 const HIGH_MEMORY: u64 = 0x10_0000;
-const FOUR_GIB: u64 = 0x1_0000_0000;
 
 /// The a.out kludge address fields (§3.1.3, header offsets 12-28).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

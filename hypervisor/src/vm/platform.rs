@@ -27,6 +27,16 @@ pub fn isa_gsi(irq: u8) -> u32 {
     }
 }
 
+/// What a device access changed, to act on after the VM lock is dropped.
+struct Followup {
+    /// I/O APIC messages for local APICs.
+    deliveries: Vec<Delivery>,
+    /// The 8259's output to the BSP may have changed.
+    pic: bool,
+    /// A device's next timer event moved.
+    timer: bool,
+}
+
 impl Vm {
     /// Guest time in nanoseconds since the VM started.
     pub fn guest_ns(&self) -> u64 {
@@ -39,55 +49,68 @@ impl Vm {
     }
 
     /// One port access; `f` performs it on the bus. Afterwards only what the
-    /// access can have changed is followed up: IRQ lines of the device that
-    /// served it (routed only when they changed), the 8259 after a PIC access,
-    /// and the BSP's timer deadline when the device's next event moved.
+    /// access can have changed is followed up (see [`Followup`]).
     fn port_access<T>(
         &self,
         port: u16,
         f: impl FnOnce(&mut VmShared, u64) -> (T, Option<(usize, bool)>),
     ) -> T {
         let now = self.guest_ns();
-        let (val, d, pic, timer) = {
+        let (val, fu) = {
             let mut s = self.shared.lock();
             let (v, dev) = f(&mut s, now);
-            match dev {
-                // A PIC access (the closure reports no device for it).
-                None if is_pic_port(port) => (v, Vec::new(), true, false),
-                None => (v, Vec::new(), false, false),
-                Some((i, timer)) => match s.io.poll_one(i, now) {
-                    None => (v, Vec::new(), false, timer),
-                    Some(st) => {
-                        let pic_before = s.pic.pending();
-                        let d = Self::route(&mut s, st);
-                        let pic = s.pic.pending() != pic_before;
-                        (v, d, pic, timer)
-                    }
+            let fu = match dev {
+                Some((i, timer)) => Self::device_followup(&mut s, i, timer, now),
+                // A PIC access (the closure reports no device for it) or an unclaimed port.
+                None => Followup {
+                    deliveries: Vec::new(),
+                    pic: is_pic_port(port),
+                    timer: false,
                 },
-            }
+            };
+            (v, fu)
         };
-        if !d.is_empty() {
-            self.ioapic_deliver(&d);
+        self.follow_up(fu);
+        val
+    }
+
+    /// After device `i` served an access: its IRQ lines are re-polled and
+    /// routed only if they changed; `timer` says whether its next event moved.
+    fn device_followup(s: &mut VmShared, i: usize, timer: bool, now: u64) -> Followup {
+        match s.io.poll_one(i, now) {
+            None => Followup {
+                deliveries: Vec::new(),
+                pic: false,
+                timer,
+            },
+            Some(st) => {
+                let pic_before = s.pic.pending();
+                let deliveries = Self::route(s, st);
+                Followup {
+                    pic: s.pic.pending() != pic_before,
+                    deliveries,
+                    timer,
+                }
+            }
         }
-        if pic {
-            self.mailbox[0]
-                .check_irq
-                .store(true, core::sync::atomic::Ordering::Release);
+    }
+
+    /// Acts on a [`Followup`] once the VM lock is dropped: I/O APIC messages
+    /// are delivered, and the BSP re-checks the 8259 or its timer deadline.
+    fn follow_up(&self, fu: Followup) {
+        use core::sync::atomic::Ordering;
+        if !fu.deliveries.is_empty() {
+            self.ioapic_deliver(&fu.deliveries);
         }
-        if timer {
-            self.mailbox[0]
-                .timers_dirty
-                .store(true, core::sync::atomic::Ordering::Release);
+        if fu.pic {
+            self.mailbox[0].check_irq.store(true, Ordering::Release);
         }
-        if (pic || timer)
-            && self.mailbox[0]
-                .running_on
-                .load(core::sync::atomic::Ordering::Acquire)
-                == 0
-        {
+        if fu.timer {
+            self.mailbox[0].timers_dirty.store(true, Ordering::Release);
+        }
+        if (fu.pic || fu.timer) && self.mailbox[0].running_on.load(Ordering::Acquire) == 0 {
             self.kick(0);
         }
-        val
     }
 
     pub fn io_read(&self, port: u16, size: u8) -> u32 {
@@ -110,29 +133,21 @@ impl Vm {
         })
     }
 
-    /// After a device access outside the exit path: deliver I/O APIC
-    /// messages and make the BSP look at the 8259.
-    fn after_io(&self, d: &[Delivery]) {
-        self.ioapic_deliver(d);
-        self.mailbox[0]
-            .check_irq
-            .store(true, core::sync::atomic::Ordering::Release);
-    }
-
     /// A byte typed on the hypervisor console for this guest's UART.
     pub fn console_input(&self, byte: u8) {
         let now = self.guest_ns();
-        let d = {
+        let fu = {
             let mut s = self.shared.lock();
             match s.io.input(byte) {
-                Some(i) => match s.io.poll_one(i, now) {
-                    Some(st) => Self::route(&mut s, st),
-                    None => Vec::new(),
+                Some(i) => Self::device_followup(&mut s, i, false, now),
+                None => Followup {
+                    deliveries: Vec::new(),
+                    pic: false,
+                    timer: false,
                 },
-                None => Vec::new(),
             }
         };
-        self.after_io(&d);
+        self.follow_up(fu);
         self.kick(0);
     }
 

@@ -89,8 +89,6 @@ pub struct Vcpu {
     /// Event to inject at the next VM entry: (interruption info, error code).
     pub pending_event: Option<(u32, u32)>,
     switched_msrs: [u64; SWITCHED_MSRS.len()],
-    pub exits: u64,
-    pub halted: bool,
     /// The CPU whose VMCS cache holds this vCPU's VMCS (it is "active" there).
     active_on: Option<usize>,
     /// Weighted run time: TSC ticks used × 100 / weight (the scheduler's key).
@@ -148,8 +146,6 @@ impl Vcpu {
             cr8: 0,
             pending_event: None,
             switched_msrs: [0; SWITCHED_MSRS.len()],
-            exits: 0,
-            halted: false,
             active_on: None,
             vruntime: 0,
             spin_tsc: 0,
@@ -159,20 +155,6 @@ impl Vcpu {
             next_timer: 0,
             timers_dirty: true,
         }
-    }
-
-    /// Back to the boot state (after a restart).
-    pub fn reset(&mut self) {
-        self.configured = false;
-        self.launched = false;
-        self.regs = GuestRegs::default();
-        self.xcr0 = 1;
-        self.cr8 = 0;
-        self.pending_event = None;
-        self.switched_msrs = [0; SWITCHED_MSRS.len()];
-        self.halted = false;
-        // SAFETY: the XSAVE area is this vCPU's; an all-zero header restores init state.
-        unsafe { core::ptr::write_bytes(self.xsave_area as *mut u8, 0, 2 * mm::PAGE as usize) };
     }
 
     /// Runs the vCPU on this CPU for up to `slice` TSC ticks.
@@ -268,7 +250,6 @@ impl Vcpu {
                 break SliceEnd::VmEnded;
             }
             self.launched = true;
-            self.exits += 1;
             let reason = ro::EXIT_REASON.read().unwrap_or(0);
             #[cfg(feature = "bench")]
             if reason == 18 && self.regs.gpr[run::RAX] == 0xFFFF_0000 {
@@ -308,10 +289,7 @@ impl Vcpu {
             match exits::handle(self, reason) {
                 Flow::Continue => {}
                 Flow::Yield => break SliceEnd::Yielded,
-                Flow::Halt => {
-                    self.halted = true;
-                    break SliceEnd::Halted;
-                }
+                Flow::Halt => break SliceEnd::Halted,
                 Flow::End(how) => {
                     self.vm.end(how);
                     break SliceEnd::VmEnded;
@@ -390,10 +368,7 @@ impl Vcpu {
         let mut l = vm.lapics[self.index].lock();
         l.poll_timer(now);
         let lapic = l.next_timer_deadline().map(|g| vm.host_tsc(g));
-        match (lapic, dev) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        lapic.into_iter().chain(dev).min()
     }
 
     /// Whether the 8259 can interrupt this vCPU: only the BSP, through
@@ -511,10 +486,7 @@ impl Vcpu {
         } else {
             None
         };
-        match (lapic, dev) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        lapic.into_iter().chain(dev).min()
     }
 
     pub fn weight(&self) -> u64 {
