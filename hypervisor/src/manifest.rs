@@ -84,6 +84,13 @@ pub struct GuestConfig {
     pub initrd: Option<String>,
     /// Restarts allowed before the guest stays stopped (default 3).
     pub max_restarts: u32,
+    /// Seconds of guest time a vCPU may run with interrupts disabled and no
+    /// exit but the preemption timer before the guest counts as hung; 0 (the
+    /// default) never: a decompressor or a long computation is legitimate.
+    pub irqoff_timeout_s: u32,
+    /// What a guest access to guest-physical memory with neither RAM nor a
+    /// device behind it does (default: as on a PC, reads all-ones, writes dropped).
+    pub unmapped_access: UnmappedAccess,
     /// Line of the `[[guest]]` header.
     pub line: u32,
 }
@@ -114,6 +121,15 @@ pub enum EntryMode {
     Prot32,
     /// `mode = "long64"`.
     Long64,
+}
+
+/// `unmapped_access`: accesses outside RAM and devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnmappedAccess {
+    /// `"ignore"`: reads return all-ones, writes are dropped (counted, logged once a page).
+    Ignore,
+    /// `"stop"`: the guest is stopped (on_crash applies).
+    Stop,
 }
 
 /// What to do when a guest ends.
@@ -601,6 +617,11 @@ impl KindTag {
 
 const POLICIES: [(&str, Policy); 2] = [("stop", Policy::Stop), ("restart", Policy::Restart)];
 const POLICY_WHAT: &str = "one of \"stop\", \"restart\"";
+const UNMAPPED: [(&str, UnmappedAccess); 2] = [
+    ("ignore", UnmappedAccess::Ignore),
+    ("stop", UnmappedAccess::Stop),
+];
+const UNMAPPED_WHAT: &str = "one of \"ignore\", \"stop\"";
 const MODES: [(&str, EntryMode); 3] = [
     ("real16", EntryMode::Real16),
     ("prot32", EntryMode::Prot32),
@@ -640,7 +661,7 @@ const HV_TABLE: &str = "[hypervisor]";
 const HV_KEYS: [&str; 2] = ["poweroff_when_done", "timeslice_us"];
 
 const GUEST_TABLE: &str = "[[guest]]";
-const GUEST_KEYS: [&str; 14] = [
+const GUEST_KEYS: [&str; 16] = [
     "name",
     "memory",
     "vcpus",
@@ -652,6 +673,8 @@ const GUEST_KEYS: [&str; 14] = [
     "weight",
     "initrd",
     "max_restarts",
+    "irqoff_timeout_s",
+    "unmapped_access",
     "load",
     "entry",
     "mode",
@@ -686,6 +709,8 @@ struct GuestBuilder {
     weight: u32,
     initrd: Option<String>,
     max_restarts: u32,
+    irqoff_timeout_s: u32,
+    unmapped_access: UnmappedAccess,
     load: Option<u64>,
     entry: Option<u64>,
     mode: Option<EntryMode>,
@@ -707,6 +732,8 @@ impl GuestBuilder {
             weight: 100,
             initrd: None,
             max_restarts: 3,
+            irqoff_timeout_s: 0,
+            unmapped_access: UnmappedAccess::Ignore,
             load: None,
             entry: None,
             mode: None,
@@ -752,6 +779,8 @@ impl GuestBuilder {
             "weight" => self.weight = to_u32(&v, 1, 1000, "1 to 1000")?,
             "initrd" => self.initrd = Some(to_path(v)?),
             "max_restarts" => self.max_restarts = to_u32(&v, 0, u32::MAX, "0 to 4294967295")?,
+            "irqoff_timeout_s" => self.irqoff_timeout_s = to_u32(&v, 0, 3600, "0 to 3600 seconds")?,
+            "unmapped_access" => self.unmapped_access = to_enum(&v, &UNMAPPED, UNMAPPED_WHAT)?,
             "load" => self.load = Some(to_addr(&v)?),
             "entry" => self.entry = Some(to_addr(&v)?),
             _ => {
@@ -828,6 +857,8 @@ impl GuestBuilder {
             weight: self.weight,
             initrd: self.initrd,
             max_restarts: self.max_restarts,
+            irqoff_timeout_s: self.irqoff_timeout_s,
+            unmapped_access: self.unmapped_access,
             line: self.line,
         })
     }
@@ -971,6 +1002,8 @@ on_exit = "stop"
 on_crash = "restart"
 weight = 200
 max_restarts = 0
+irqoff_timeout_s = 30
+unmapped_access = "stop"
 
 [[guest]]   # minimal flat real-mode guest
 name = "rt_0"
@@ -1046,6 +1079,8 @@ mode = "long64"
                 weight: 200,
                 initrd: Some("initrd.gz".into()),
                 max_restarts: 0,
+                irqoff_timeout_s: 30,
+                unmapped_access: UnmappedAccess::Stop,
                 line: 6,
             }
         );
@@ -1063,8 +1098,12 @@ mode = "long64"
         // Defaults.
         assert_eq!((g.vcpus, g.weight, g.max_restarts), (1, 100, 3));
         assert_eq!((g.on_exit, g.on_crash), (Policy::Stop, Policy::Stop));
+        assert_eq!(
+            (g.irqoff_timeout_s, g.unmapped_access),
+            (0, UnmappedAccess::Ignore)
+        );
         assert_eq!((g.cmdline.as_str(), g.initrd.as_ref()), ("", None));
-        assert_eq!(g.line, 19);
+        assert_eq!(g.line, 21);
         assert_eq!(m.guests[2].memory, GIB);
         assert_eq!(m.guests[2].kind, ImageKind::Elf64);
         assert_eq!(m.guests[3].kind, ImageKind::Multiboot);
@@ -1398,6 +1437,15 @@ mode = "long64"
             );
         }
         check(
+            &guest("unmapped_access = \"allones\"\n"),
+            6,
+            Some("unmapped_access"),
+            ErrorKind::Expected {
+                what: UNMAPPED_WHAT,
+                got: "\"allones\"".into(),
+            },
+        );
+        check(
             &guest("on_crash = \"reboot\"\n"),
             6,
             Some("on_crash"),
@@ -1472,6 +1520,12 @@ mode = "long64"
             6,
             Some("weight"),
             r("-1", "1 to 1000"),
+        );
+        check(
+            &guest("irqoff_timeout_s = 3601\n"),
+            6,
+            Some("irqoff_timeout_s"),
+            r("3601", "0 to 3600 seconds"),
         );
         check(
             &guest("max_restarts = 4294967296\n"),

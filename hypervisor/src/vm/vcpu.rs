@@ -108,10 +108,10 @@ pub struct Vcpu {
     pub timers_dirty: bool,
 }
 
-/// A guest spinning this long (TSC ticks) with interrupts off and no other
-/// exit is considered hung.
-pub fn watchdog_tsc() -> u64 {
-    crate::time::us_to_tsc(10_000_000)
+/// TSC ticks a vCPU may spend with interrupts off and no other exit before
+/// its guest counts as hung (the manifest's `irqoff_timeout_s`; None = never).
+pub fn irqoff_timeout_tsc(seconds: u32) -> Option<u64> {
+    (seconds > 0).then(|| crate::time::us_to_tsc(u64::from(seconds) * 1_000_000))
 }
 
 fn vmw<T>(r: Result<T, VmFail>, what: &str) {
@@ -260,11 +260,12 @@ impl Vcpu {
             }
             if reason & 0xFFFF == 52 && guest::RFLAGS.read().unwrap_or(0) & (1 << 9) == 0 {
                 self.spin_tsc += rdtsc().saturating_sub(now);
-                if self.spin_tsc > watchdog_tsc() {
+                let limit = irqoff_timeout_tsc(self.vm.config.irqoff_timeout_s);
+                if limit.is_some_and(|l| self.spin_tsc > l) {
                     let rip = self.rip();
                     self.vm.end(VmEnd::Crashed(format!(
-                        "hung: spinning with interrupts disabled for {} s at rip {rip:#x}",
-                        self.spin_tsc / watchdog_tsc() * 10
+                        "hung: spinning with interrupts disabled for {} s at rip {rip:#x} (irqoff_timeout_s)",
+                        self.vm.config.irqoff_timeout_s
                     )));
                     break SliceEnd::VmEnded;
                 }
