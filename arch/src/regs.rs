@@ -53,6 +53,12 @@ cr_rw!(read_cr0, write_cr0, "cr0");
 cr_rw!(read_cr2, write_cr2, "cr2");
 cr_rw!(read_cr3, write_cr3, "cr3");
 cr_rw!(read_cr4, write_cr4, "cr4");
+// Debug registers: the host uses none of them; they hold the running guest's values.
+cr_rw!(read_dr0, write_dr0, "dr0");
+cr_rw!(read_dr1, write_dr1, "dr1");
+cr_rw!(read_dr2, write_dr2, "dr2");
+cr_rw!(read_dr3, write_dr3, "dr3");
+cr_rw!(read_dr6, write_dr6, "dr6");
 
 macro_rules! seg_read {
     ($name:ident, $reg:literal) => {

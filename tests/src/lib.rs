@@ -163,6 +163,24 @@ impl Boot {
         self.check(ok, format!("no line `{text}`"))
     }
 
+    /// Exactly `n` lines are `text`.
+    pub fn line_times(&mut self, text: &str, n: usize) -> &mut Self {
+        let got = self.result.lines().filter(|l| l.trim_end() == text).count();
+        self.check(got == n, format!("{got} lines `{text}`, want {n}"))
+    }
+
+    /// Exactly `n` lines start with `prefix`, and they are all the same.
+    pub fn same_lines_starting(&mut self, prefix: &str, n: usize) -> &mut Self {
+        let found: Vec<&str> = self
+            .result
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .collect();
+        let same = found.windows(2).all(|w| w[0].trim_end() == w[1].trim_end());
+        let what = format!("want {n} equal lines starting `{prefix}`, got {found:?}");
+        self.check(found.len() == n && same, what)
+    }
+
     /// Some line starts with `prefix`.
     pub fn line_starting(&mut self, prefix: &str) -> &mut Self {
         let ok = self.result.lines().any(|l| l.starts_with(prefix));

@@ -106,16 +106,11 @@ fn hlt(v: &mut Vcpu) -> Flow {
     let rflags = guest::RFLAGS.read().unwrap_or(0);
     if rflags & (1 << 9) == 0 {
         // Only NMI or INIT, which only another vCPU can send, end this HLT.
-        // If every vCPU of the guest is in that state, nothing ever will.
-        let vm = v.vm.clone();
-        let halted = vm.halted_noirq.load(core::sync::atomic::Ordering::Acquire);
-        if halted + 1 >= vm.config.vcpus as usize {
-            return Flow::End(VmEnd::Crashed(format!(
-                "hung: HLT with interrupts disabled at rip {:#x} and no vCPU left to wake it",
-                v.rip()
-            )));
-        }
+        // If every vCPU of the guest waits for such a signal, none ever comes.
         v.set_halted_noirq(true);
+        if let Some(VmEnd::Crashed(why)) = v.end_if_dead() {
+            return Flow::End(VmEnd::Crashed(format!("{why} at rip {:#x}", v.rip())));
+        }
         return Flow::Halt;
     }
     if v.interrupt_pending() {

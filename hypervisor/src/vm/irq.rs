@@ -5,7 +5,14 @@ use super::Vm;
 use crate::devices::ioapic::Delivery;
 use crate::devices::lapic::{DeliveryMode, Ipi, LapicEffect, Shorthand};
 use crate::{lapic, percpu};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+
+/// `Mailbox::stuck`: the vCPU can run again only by another vCPU's signal.
+pub const RUNNABLE: u8 = 0;
+/// Waiting for a start-up IPI (SDM Vol. 3A 9.4.4).
+pub const WAIT_SIPI: u8 = 1;
+/// HLT with interrupts disabled: only NMI or INIT end it.
+pub const HALT_NOIRQ: u8 = 2;
 
 /// Per-vCPU signals other vCPUs and devices leave for it.
 #[derive(Default)]
@@ -20,17 +27,52 @@ pub struct Mailbox {
     pub timers_dirty: AtomicBool,
     /// 1 + the physical CPU running this vCPU, or 0.
     pub running_on: AtomicUsize,
+    /// [`RUNNABLE`], [`WAIT_SIPI`] or [`HALT_NOIRQ`]. A vCPU clears it before
+    /// it consumes the signal that frees it, so that a vCPU that finds every
+    /// vCPU stuck with no such signal pending knows the guest is dead.
+    pub stuck: AtomicU8,
 }
 
 impl Vm {
+    /// Whether no vCPU of this VM can ever run again: each waits for a
+    /// signal that only a running vCPU could send, and none is pending.
+    /// (NMIs or INITs that a guest routes through its I/O APIC are not
+    /// counted on: a guest waiting for those alone is taken for dead.)
+    pub fn no_vcpu_can_run(&self) -> bool {
+        self.mailbox
+            .iter()
+            .all(|m| match m.stuck.load(Ordering::SeqCst) {
+                WAIT_SIPI => m.sipi.load(Ordering::SeqCst) == 0,
+                HALT_NOIRQ => !m.nmi.load(Ordering::SeqCst) && !m.init.load(Ordering::SeqCst),
+                _ => false,
+            })
+    }
+
+    /// What each vCPU waits for, for the hung-guest diagnostic.
+    pub fn stuck_states(&self) -> alloc::string::String {
+        let mut out = alloc::string::String::new();
+        for (i, m) in self.mailbox.iter().enumerate() {
+            let what = match m.stuck.load(Ordering::SeqCst) {
+                WAIT_SIPI => "waits for a start-up IPI",
+                HALT_NOIRQ => "HLT with interrupts disabled",
+                _ => "runnable",
+            };
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+            let _ = core::fmt::Write::write_fmt(&mut out, format_args!("vcpu {i} {what}"));
+        }
+        out
+    }
+
     /// The guest's TSC (all vCPUs of a VM share one TSC offset).
     pub fn guest_tsc(&self) -> u64 {
-        arch::regs::rdtsc().wrapping_add(self.tsc_offset)
+        arch::regs::rdtsc().wrapping_add(self.tsc_offset.load(Ordering::Relaxed))
     }
 
     /// Host TSC for a guest TSC value.
     pub fn host_tsc(&self, guest: u64) -> u64 {
-        guest.wrapping_sub(self.tsc_offset)
+        guest.wrapping_sub(self.tsc_offset.load(Ordering::Relaxed))
     }
 
     /// Makes vCPU `i` look at its interrupts soon: an IPI to the CPU running

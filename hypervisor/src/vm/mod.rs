@@ -20,7 +20,7 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use memory::GuestMemory;
 use spin::Mutex;
 
@@ -71,12 +71,11 @@ pub struct Vm {
     pub io_bitmaps: u64,
     /// The boot state, kept so a restart can start over.
     pub entry: Mutex<loader::EntryState>,
-    pub tsc_offset: u64,
+    /// Guest TSC = host TSC + this (one offset per VM; reset on restart).
+    pub tsc_offset: AtomicU64,
     /// One local APIC per vCPU (index = vCPU index = APIC ID).
     pub lapics: Vec<Mutex<VLapic>>,
     pub mailbox: Vec<irq::Mailbox>,
-    /// vCPUs halted with interrupts disabled (only NMI/INIT can wake them).
-    pub halted_noirq: core::sync::atomic::AtomicUsize,
     /// Set once the guest's first console byte has been reported.
     pub first_output: AtomicBool,
 }
@@ -111,6 +110,25 @@ fn console_line(guest: &str, line: &str) {
     println!("[{guest}] {line}");
 }
 
+/// The PC devices on the port bus, in their power-on state.
+fn platform_bus(name: &str) -> IoBus {
+    let mut io = IoBus::default();
+    io.register(Box::new(Uart::new(name, console_line)));
+    io.register(Box::new(DebugExit));
+    io.register(Box::new(Pit::new()));
+    io.register(Box::new(Rtc::new(crate::platform::host_date(), 0)));
+    io.register(Box::new(Pci::new()));
+    io.register(Box::new(I8042::new()));
+    io.register(Box::new(Pm::new(loader::PM_BASE)));
+    io.register(Box::new(PostCode::new()));
+    io
+}
+
+/// A TSC offset that makes the guest's TSC start at 0 now (as after RESET).
+fn power_on_tsc_offset() -> u64 {
+    0u64.wrapping_sub(arch::regs::rdtsc())
+}
+
 impl Vm {
     /// Creates a VM: RAM and EPT, image loaded, devices registered, vCPUs built.
     pub fn create(
@@ -133,15 +151,7 @@ impl Vm {
         // Every port traps: guests reach only device models.
         // SAFETY: freshly allocated, identity-mapped pages owned by this VM.
         unsafe { core::ptr::write_bytes(io_bitmaps as *mut u8, 0xFF, 2 * mm::PAGE as usize) };
-        let mut io = IoBus::default();
-        io.register(Box::new(Uart::new(&config.name, console_line)));
-        io.register(Box::new(DebugExit));
-        io.register(Box::new(Pit::new()));
-        io.register(Box::new(Rtc::new(crate::platform::host_date(), 0)));
-        io.register(Box::new(Pci::new()));
-        io.register(Box::new(I8042::new()));
-        io.register(Box::new(Pm::new(loader::PM_BASE)));
-        io.register(Box::new(PostCode::new()));
+        let io = platform_bus(&config.name);
         let vm = Arc::new(Vm {
             id,
             name: config.name.clone(),
@@ -160,16 +170,16 @@ impl Vm {
             msr_bitmap,
             io_bitmaps,
             entry: Mutex::new(entry),
-            tsc_offset: 0u64.wrapping_sub(arch::regs::rdtsc()),
+            tsc_offset: AtomicU64::new(power_on_tsc_offset()),
             first_output: AtomicBool::new(false),
             lapics: (0..config.vcpus)
                 .map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick())))
                 .collect(),
             mailbox: (0..config.vcpus).map(|_| irq::Mailbox::default()).collect(),
-            halted_noirq: core::sync::atomic::AtomicUsize::new(0),
             config,
         });
         vm.firmware_lapic_setup();
+        vm.power_on_mailboxes();
         let mut vcpus = Vec::new();
         for i in 0..vm.config.vcpus {
             vcpus.push(Box::new(vcpu::Vcpu::new(vm.clone(), i as usize)));
@@ -185,6 +195,21 @@ impl Vm {
         let _ = l.write_mmio(0xF0, 0x1FF, now);
         let _ = l.write_mmio(0x350, 0x700, now);
         let _ = l.write_mmio(0x360, 0x400, now);
+    }
+
+    /// No signals pending; application processors wait for a start-up IPI.
+    fn power_on_mailboxes(&self) {
+        for (i, m) in self.mailbox.iter().enumerate() {
+            m.init.store(false, Ordering::Release);
+            m.sipi.store(0, Ordering::Release);
+            m.nmi.store(false, Ordering::Release);
+            let state = if i == 0 {
+                irq::RUNNABLE
+            } else {
+                irq::WAIT_SIPI
+            };
+            m.stuck.store(state, Ordering::SeqCst);
+        }
     }
 
     /// Records how the VM ended; the first call wins and is logged.
@@ -234,18 +259,23 @@ impl Vm {
         self.mem.zero();
         let entry = loader::load(&self.config, self.image, self.initrd, &self.mem)?;
         *self.entry.lock() = entry;
+        // A restart is a power cycle: every device model starts over, the
+        // guest's clocks from 0 (its vCPUs are built anew by the scheduler).
+        self.tsc_offset
+            .store(power_on_tsc_offset(), Ordering::Release);
         for (i, l) in self.lapics.iter().enumerate() {
             *l.lock() = VLapic::new(i as u32, i == 0, tsc_per_bus_tick());
         }
         self.firmware_lapic_setup();
-        for m in &self.mailbox {
-            m.init.store(false, Ordering::Release);
-            m.sipi.store(0, Ordering::Release);
-            m.nmi.store(false, Ordering::Release);
+        self.power_on_mailboxes();
+        {
+            let mut s = self.shared.lock();
+            s.io = platform_bus(&self.config.name);
+            s.pic = Pic::new();
+            s.lines = 0;
+            s.ioapic = IoApic::new(self.config.vcpus as u8);
+            s.end = None;
         }
-        self.halted_noirq.store(0, Ordering::Release);
-        self.shared.lock().ioapic = IoApic::new(self.config.vcpus as u8);
-        self.shared.lock().end = None;
         self.ending.store(false, Ordering::Release);
         Ok(())
     }

@@ -12,9 +12,35 @@ use arch::regs::{self, rdtsc};
 use arch::vmx::exit::EXIT_REASON_ENTRY_FAILURE;
 use arch::vmx::instr::{self, VmFail};
 use arch::vmx::vmcs::{bits, ctrl, guest, host, ro};
-use core::sync::atomic::{AtomicU16, Ordering};
+use core::sync::atomic::Ordering;
 
-static NEXT_VPID: AtomicU16 = AtomicU16::new(1);
+/// VPIDs in use (bit n = VPID n; 0 is the host's). A freed VPID may still
+/// tag TLB entries on some CPU: every first run on a CPU flushes it there.
+static VPIDS: spin::Mutex<[u64; 1024]> = spin::Mutex::new({
+    let mut map = [0; 1024];
+    map[0] = 1;
+    map
+});
+
+/// The lowest free VPID (65535 live vCPUs would need far more memory than
+/// their VMCSs and guests can have, so running out is a hypervisor bug).
+fn alloc_vpid() -> u16 {
+    let mut map = VPIDS.lock();
+    for (i, word) in map.iter_mut().enumerate() {
+        if *word != u64::MAX {
+            let bit = (!*word).trailing_zeros();
+            *word |= 1 << bit;
+            return (i * 64) as u16 + bit as u16;
+        }
+    }
+    panic!("no free VPID");
+}
+
+fn free_vpid(vpid: u16) {
+    if vpid != 0 {
+        VPIDS.lock()[usize::from(vpid / 64)] &= !(1u64 << (vpid % 64));
+    }
+}
 
 /// MSRs the guest reads and writes directly: they are not part of the VMCS
 /// and the host never uses them, so they are switched with the vCPU.
@@ -74,6 +100,29 @@ pub enum Flow {
     End(VmEnd),
 }
 
+/// An event for VM entry to deliver (SDM Vol. 3C 25.8.3, 27.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// VM-entry interruption-information field.
+    pub info: u32,
+    pub error_code: u32,
+    /// Instruction length, for software interrupts and exceptions.
+    pub len: u32,
+}
+
+/// Whether an exception vector is fault-class: the saved RFLAGS must then
+/// have RF set, as delivery by the CPU itself would (SDM Vol. 3A 6.15, 18.3.1.1).
+pub fn is_fault(vector: u8) -> bool {
+    matches!(
+        vector,
+        0 | 5 | 6 | 7 | 10 | 11 | 12 | 13 | 14 | 16 | 17 | 19 | 20 | 21
+    )
+}
+
+/// The power-on values of the debug registers (SDM Vol. 3A 10.1.1, Table 10-1).
+pub const DR6_INIT: u64 = 0xFFFF_0FF0;
+pub const DR7_INIT: u64 = 0x400;
+
 pub struct Vcpu {
     pub vm: Arc<Vm>,
     pub index: usize,
@@ -86,8 +135,16 @@ pub struct Vcpu {
     pub xcr0: u64,
     /// The guest's view of the TPR (CR8), since CR8 accesses exit.
     pub cr8: u64,
-    /// Event to inject at the next VM entry: (interruption info, error code).
-    pub pending_event: Option<(u32, u32)>,
+    /// Event to inject at the next VM entry.
+    pub pending_event: Option<Event>,
+    /// DR0-DR3 and DR6: not in the VMCS, so switched with the vCPU (DR7 and
+    /// IA32_DEBUGCTL are, through the debug-controls entry/exit controls).
+    debug_regs: [u64; 5],
+    /// CR2 is not in the VMCS either; the guest writes it without an exit.
+    cr2: u64,
+    /// The physical CPU this vCPU last ran on: its TLB entries (tagged with
+    /// the VPID and EPTP) there may be stale once it has run elsewhere.
+    last_cpu: Option<usize>,
     switched_msrs: [u64; SWITCHED_MSRS.len()],
     /// The CPU whose VMCS cache holds this vCPU's VMCS (it is "active" there).
     active_on: Option<usize>,
@@ -100,6 +157,8 @@ pub struct Vcpu {
     pub wait_sipi: bool,
     /// Halted with interrupts disabled: only NMI or INIT wake it.
     pub halted_noirq: bool,
+    /// The CPU offers virtual NMIs (and NMI-window exiting) for this vCPU.
+    virtual_nmis: bool,
     /// The state to start from instead of the VM's boot state (after a SIPI).
     start_state: Option<crate::loader::EntryState>,
     /// Host TSC at which a timer of this vCPU (or the BSP's devices) is due.
@@ -133,6 +192,16 @@ impl Vcpu {
         // SAFETY: fresh page; the first dword is the VMCS revision identifier.
         unsafe { (vmcs as *mut u32).write(vmx::caps().basic.revision_id) };
         let xsave_area = mm::alloc_zeroed(2 * mm::PAGE, mm::PAGE).expect("memory for XSAVE state");
+        // Power-on FPU/SSE state (SDM Vol. 1 13.6, Vol. 3A Table 10-1): with
+        // XSTATE_BV = 0 XRSTOR gives every component its initial state (FCW
+        // 0x37F), but MXCSR always comes from the legacy area.
+        // SAFETY: the area is this vCPU's fresh, zeroed, 4 KiB-aligned allocation.
+        unsafe {
+            (xsave_area as *mut u16).write(0x37F);
+            ((xsave_area + 24) as *mut u32).write(0x1F80);
+        }
+        let virtual_nmis = vmx::caps().pin.allowed1 & bits::pin::VIRTUAL_NMIS != 0
+            && vmx::caps().primary.allowed1 & bits::primary::NMI_WINDOW_EXITING != 0;
         Vcpu {
             vm,
             index,
@@ -140,11 +209,15 @@ impl Vcpu {
             regs: GuestRegs::default(),
             launched: false,
             configured: false,
-            vpid: NEXT_VPID.fetch_add(1, Ordering::Relaxed).max(1),
+            vpid: alloc_vpid(),
             xsave_area,
             xcr0: 1,
             cr8: 0,
             pending_event: None,
+            debug_regs: [0, 0, 0, 0, DR6_INIT],
+            cr2: 0,
+            last_cpu: None,
+            virtual_nmis,
             switched_msrs: [0; SWITCHED_MSRS.len()],
             active_on: None,
             vruntime: 0,
@@ -177,6 +250,13 @@ impl Vcpu {
             self.active_on = Some(me);
             self.launched = false;
             self.load_host_state();
+            if self.last_cpu != Some(me) {
+                // Moved here: entries this VPID/EPTP left on this CPU on an
+                // earlier visit (or another vCPU's, before it was freed) may
+                // be stale, as INVLPGs since ran elsewhere (SDM Vol. 3C 29.4.3).
+                self.flush_tlb();
+                self.last_cpu = Some(me);
+            }
         }
         if let Some(end) = self.take_signals() {
             return end;
@@ -234,10 +314,10 @@ impl Vcpu {
                     .check_irq
                     .store(true, Ordering::Release);
             }
-            if let Some((info, err)) = self.pending_event.take() {
-                w!(ctrl::VMENTRY_INTERRUPTION_INFO, info);
-                w!(ctrl::VMENTRY_EXCEPTION_ERR_CODE, err);
-                w!(ctrl::VMENTRY_INSTRUCTION_LEN, 0);
+            if let Some(ev) = self.pending_event.take() {
+                w!(ctrl::VMENTRY_INTERRUPTION_INFO, ev.info);
+                w!(ctrl::VMENTRY_EXCEPTION_ERR_CODE, ev.error_code);
+                w!(ctrl::VMENTRY_INSTRUCTION_LEN, ev.len);
             }
             // SAFETY: the VMCS is current and fully configured for this CPU.
             if unsafe { run::enter(&mut self.regs, self.launched) }.is_err() {
@@ -271,6 +351,12 @@ impl Vcpu {
                 }
             } else {
                 self.spin_tsc = 0;
+            }
+            if reason & EXIT_REASON_ENTRY_FAILURE == 0 {
+                if let Some(end) = self.requeue_vectored_event(reason) {
+                    self.vm.end(end);
+                    break SliceEnd::VmEnded;
+                }
             }
             if reason & EXIT_REASON_ENTRY_FAILURE != 0 {
                 let q = ro::EXIT_QUALIFICATION.read().unwrap_or(0);
@@ -307,23 +393,34 @@ impl Vcpu {
     /// INIT, SIPI and NMI signals left by other vCPUs (SDM 9.4.4, 11.6.1).
     /// Returns how the slice ends if the vCPU can't run now.
     fn take_signals(&mut self) -> Option<SliceEnd> {
+        use super::irq::{RUNNABLE, WAIT_SIPI};
         let vm = self.vm.clone();
         let mb = &vm.mailbox[self.index];
+        if self.halted_noirq && (mb.nmi.load(Ordering::SeqCst) || mb.init.load(Ordering::SeqCst)) {
+            // Runnable again before the signal is consumed (see Mailbox::stuck).
+            self.set_halted_noirq(false);
+        }
         if mb.init.swap(false, Ordering::AcqRel) {
-            // INIT: back to the wait-for-SIPI state with a fresh APIC.
+            // INIT: back to the wait-for-SIPI state with a fresh APIC and the
+            // INIT values of the debug registers and CR2 (SDM Vol. 3A Table
+            // 10-1; x87/SSE state is kept).
             vm.lapics[self.index].lock().reset_on_init();
             self.wait_sipi = true;
             self.configured = false;
             self.launched = false;
             self.pending_event = None;
-            self.set_halted_noirq(false);
-        }
-        if self.halted_noirq && mb.nmi.load(Ordering::Acquire) {
-            self.set_halted_noirq(false);
+            self.debug_regs = [0, 0, 0, 0, DR6_INIT];
+            self.cr2 = 0;
         }
         if self.wait_sipi {
+            mb.stuck.store(RUNNABLE, Ordering::SeqCst);
             let sipi = mb.sipi.swap(0, Ordering::AcqRel);
             if sipi == 0 {
+                mb.stuck.store(WAIT_SIPI, Ordering::SeqCst);
+                if let Some(end) = self.end_if_dead() {
+                    vm.end(end);
+                    return Some(SliceEnd::VmEnded);
+                }
                 return Some(SliceEnd::Halted);
             }
             // Start in real mode at vector:0000 (SDM 9.4.4.2).
@@ -345,15 +442,75 @@ impl Vcpu {
         None
     }
 
-    pub fn set_halted_noirq(&mut self, on: bool) {
-        if self.halted_noirq != on {
-            self.halted_noirq = on;
-            if on {
-                self.vm.halted_noirq.fetch_add(1, Ordering::AcqRel);
-            } else {
-                self.vm.halted_noirq.fetch_sub(1, Ordering::AcqRel);
+    /// The guest's end when no vCPU of it can run again (called by a vCPU
+    /// that just became stuck: the last one to do so sees all of them).
+    pub fn end_if_dead(&self) -> Option<VmEnd> {
+        self.vm.no_vcpu_can_run().then(|| {
+            VmEnd::Crashed(format!(
+                "hung: no vCPU can run again ({})",
+                self.vm.stuck_states()
+            ))
+        })
+    }
+
+    /// An exit that interrupted the delivery of an event (IDT-vectoring
+    /// information valid, SDM Vol. 3C 28.2.4) must not lose it: it is
+    /// delivered again at the next entry (SDM Vol. 3C 27.6).
+    fn requeue_vectored_event(&mut self, reason: u32) -> Option<VmEnd> {
+        let info = ro::IDT_VECTORING_INFO.read().unwrap_or(0);
+        if info & (1 << 31) == 0 {
+            return None;
+        }
+        if reason & 0xFFFF == arch::vmx::exit::ExitReason::EptViolation as u32 {
+            // Delivery touched memory with no RAM behind it (an IDT, GDT or
+            // stack outside RAM): nothing sensible can be delivered.
+            return Some(VmEnd::Crashed(format!(
+                "event delivery (vector {}) touched guest-physical {:#x}, which is not RAM ({})",
+                info & 0xFF,
+                ro::GUEST_PHYSICAL_ADDR.read().unwrap_or(0),
+                exits::guest_state(self)
+            )));
+        }
+        let kind = (info >> 8) & 7;
+        let error_code = if info & (1 << 11) != 0 {
+            ro::IDT_VECTORING_ERR_CODE.read().unwrap_or(0)
+        } else {
+            0
+        };
+        // Software interrupts and exceptions (INT n, INT3, INTO, INT1) need
+        // their instruction length again.
+        let len = if matches!(kind, 4..=6) {
+            ro::VMEXIT_INSTRUCTION_LEN.read().unwrap_or(0)
+        } else {
+            0
+        };
+        // Bit 12 is undefined here; bits 30:12 of the entry field are reserved.
+        self.pending_event = Some(Event {
+            info: info & 0x8000_0FFF,
+            error_code,
+            len,
+        });
+        None
+    }
+
+    /// Drops this vCPU's cached translations on the current CPU.
+    fn flush_tlb(&self) {
+        // SAFETY: in VMX root operation; INVEPT/INVVPID single-context are
+        // supported (checked when VMX was probed); the VPID is this vCPU's.
+        unsafe {
+            let _ = instr::invept(instr::InveptType::SingleContext, self.vm.mem.eptp());
+            if self.vpid != 0 && vmx::caps().vpid {
+                let _ = instr::invvpid(instr::InvvpidType::SingleContext, self.vpid, 0);
             }
         }
+    }
+
+    pub fn set_halted_noirq(&mut self, on: bool) {
+        use super::irq::{HALT_NOIRQ, RUNNABLE};
+        self.halted_noirq = on;
+        self.vm.mailbox[self.index]
+            .stuck
+            .store(if on { HALT_NOIRQ } else { RUNNABLE }, Ordering::SeqCst);
     }
 
     /// Brings this vCPU's timers up to date; returns the next host-TSC deadline.
@@ -383,40 +540,58 @@ impl Vcpu {
                 .is_some_and(|l| l.mode == DeliveryMode::ExtInt)
     }
 
-    /// Injects the highest-priority deliverable interrupt, or asks for an
-    /// interrupt-window exit when the guest can't take it yet (SDM 26.6.5, 27.6).    /// Returns whether more may be pending (check again before the next entry).
+    /// Sets or clears window-exiting bits of the primary controls.
+    fn set_window_exits(&mut self, bits: u32, on: bool) {
+        let p = ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS.read().unwrap_or(0);
+        let n = if on { p | bits } else { p & !bits };
+        if n != p {
+            w!(ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS, n);
+        }
+    }
+
+    /// Injects the highest-priority deliverable event (NMI before external
+    /// interrupts), or asks for an NMI- or interrupt-window exit when the
+    /// guest can't take it yet (SDM Vol. 3C 26.3, 27.6, 28.1).
+    /// Returns whether more may be pending (check again before the next entry).
     fn inject_interrupts(&mut self) -> bool {
-        use arch::vmx::vmcs::bits::primary;
-        let window = |on: bool| {
-            let p = ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS.read().unwrap_or(0);
-            let n = if on {
-                p | primary::INTERRUPT_WINDOW_EXITING
-            } else {
-                p & !primary::INTERRUPT_WINDOW_EXITING
-            };
-            if n != p {
-                w!(ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS, n);
-            }
-        };
+        use arch::vmx::vmcs::bits::primary::{INTERRUPT_WINDOW_EXITING, NMI_WINDOW_EXITING};
         let blocking = guest::INTERRUPTIBILITY_STATE.read().unwrap_or(0);
-        if self.vm.mailbox[self.index].nmi.load(Ordering::Acquire) && blocking & 0xB == 0 {
-            self.vm.mailbox[self.index]
-                .nmi
-                .store(false, Ordering::Release);
-            self.pending_event = Some((2 | (2 << 8) | (1 << 31), 0));
-            return true;
+        let mb = &self.vm.mailbox[self.index];
+        let nmi = mb.nmi.load(Ordering::Acquire);
+        if nmi {
+            // Blocked by STI, MOV SS or an NMI handler that hasn't IRETed yet
+            // (virtual-NMI blocking, bit 3).
+            if blocking & 0xB == 0 {
+                mb.nmi.store(false, Ordering::Release);
+                self.pending_event = Some(Event {
+                    info: 2 | (2 << 8) | (1 << 31),
+                    error_code: 0,
+                    len: 0,
+                });
+                if self.virtual_nmis {
+                    self.set_window_exits(NMI_WINDOW_EXITING, false);
+                }
+                return true;
+            }
+            if self.virtual_nmis {
+                // The exit comes right after the handler's IRET.
+                self.set_window_exits(NMI_WINDOW_EXITING, true);
+            }
+        } else if self.virtual_nmis {
+            self.set_window_exits(NMI_WINDOW_EXITING, false);
         }
         let vector = self.vm.lapics[self.index].lock().pending();
         let pic = vector.is_none() && self.pic_wired() && self.vm.pic_pending();
         if vector.is_none() && !pic {
-            window(false);
-            return self.vm.mailbox[self.index].nmi.load(Ordering::Acquire);
+            self.set_window_exits(INTERRUPT_WINDOW_EXITING, false);
+            // Without NMI-window exits, look again at every exit.
+            return nmi && !self.virtual_nmis;
         }
         let rflags = guest::RFLAGS.read().unwrap_or(0);
         if rflags & (1 << 9) == 0 || blocking & 3 != 0 {
             // The interrupt-window exit brings us back here.
-            window(true);
-            return false;
+            self.set_window_exits(INTERRUPT_WINDOW_EXITING, true);
+            return nmi && !self.virtual_nmis;
         }
         let vector = match vector {
             Some(v) => {
@@ -426,9 +601,13 @@ impl Vcpu {
             None => self.vm.pic_acknowledge(),
         };
         if let Some(v) = vector {
-            self.pending_event = Some((arch::vmx::exit::external_interrupt(v), 0));
+            self.pending_event = Some(Event {
+                info: arch::vmx::exit::external_interrupt(v),
+                error_code: 0,
+                len: 0,
+            });
         }
-        window(false);
+        self.set_window_exits(INTERRUPT_WINDOW_EXITING, false);
         true
     }
 
@@ -506,6 +685,13 @@ impl Vcpu {
             for (i, &m) in SWITCHED_MSRS.iter().enumerate() {
                 msr::wrmsr(m, self.switched_msrs[i]);
             }
+            let [d0, d1, d2, d3, d6] = self.debug_regs;
+            regs::write_dr0(d0);
+            regs::write_dr1(d1);
+            regs::write_dr2(d2);
+            regs::write_dr3(d3);
+            regs::write_dr6(d6);
+            regs::write_cr2(self.cr2);
         }
     }
 
@@ -519,6 +705,25 @@ impl Vcpu {
                 self.switched_msrs[i] = msr::rdmsr(m);
                 msr::wrmsr(m, 0);
             }
+            self.debug_regs = [
+                regs::read_dr0(),
+                regs::read_dr1(),
+                regs::read_dr2(),
+                regs::read_dr3(),
+                regs::read_dr6(),
+            ];
+            self.cr2 = regs::read_cr2();
+            // Nothing of this guest stays behind for the next one to read.
+            for w in [
+                regs::write_dr0,
+                regs::write_dr1,
+                regs::write_dr2,
+                regs::write_dr3,
+            ] {
+                w(0);
+            }
+            regs::write_dr6(DR6_INIT);
+            regs::write_cr2(0);
         }
     }
 
@@ -566,10 +771,16 @@ impl Vcpu {
         let vm = self.vm.clone();
         let entry = self.start_state.unwrap_or_else(|| *vm.entry.lock());
         let err = |e: arch::vmx::caps::ControlError| format!("cannot configure VMX controls: {e}");
+        // Virtual NMIs: the CPU tracks the guest's NMI blocking until its
+        // IRET, so that every NMI is delivered once the previous one is handled.
         let pin = caps
             .pin
             .adjust(
-                0,
+                if self.virtual_nmis {
+                    bits::pin::VIRTUAL_NMIS
+                } else {
+                    0
+                },
                 bits::pin::EXTERNAL_INTERRUPT_EXITING
                     | bits::pin::NMI_EXITING
                     | bits::pin::PREEMPTION_TIMER,
@@ -607,6 +818,7 @@ impl Vcpu {
             .adjust(
                 x::SAVE_IA32_PAT | x::LOAD_IA32_PAT,
                 x::HOST_ADDRESS_SPACE_SIZE
+                    | x::SAVE_DEBUG_CONTROLS
                     | x::SAVE_IA32_EFER
                     | x::LOAD_IA32_EFER
                     | x::ACK_INTERRUPT_ON_EXIT,
@@ -615,7 +827,7 @@ impl Vcpu {
         use bits::entry as n;
         let mut entry_ctl = caps
             .entry
-            .adjust(n::LOAD_IA32_PAT, n::LOAD_IA32_EFER)
+            .adjust(n::LOAD_IA32_PAT, n::LOAD_IA32_EFER | n::LOAD_DEBUG_CONTROLS)
             .map_err(err)?;
         if entry.mode == Mode::Long64 {
             entry_ctl |= n::IA32E_MODE_GUEST;
@@ -638,7 +850,7 @@ impl Vcpu {
         w!(ctrl::IO_BITMAP_A, vm.io_bitmaps);
         w!(ctrl::IO_BITMAP_B, vm.io_bitmaps + mm::PAGE);
         w!(ctrl::MSR_BITMAPS, vm.msr_bitmap);
-        w!(ctrl::TSC_OFFSET, vm.tsc_offset);
+        w!(ctrl::TSC_OFFSET, vm.tsc_offset.load(Ordering::Relaxed));
         w!(ctrl::EPT_POINTER, vm.mem.eptp());
         if secondary & s::ENABLE_VPID != 0 {
             w!(ctrl::VPID, self.vpid);
@@ -655,7 +867,9 @@ impl Vcpu {
         w!(guest::CR0, crate::exits::cr::real_cr0(entry.cr0));
         w!(guest::CR3, entry.cr3);
         w!(guest::CR4, crate::exits::cr::real_cr4(entry.cr4));
-        w!(guest::DR7, 0x400);
+        // DR7 and IA32_DEBUGCTL travel in the VMCS (debug-controls entry and
+        // exit controls), so a breakpoint survives exits.
+        w!(guest::DR7, DR7_INIT);
         w!(guest::RSP, entry.rsp);
         w!(guest::RIP, entry.rip);
         w!(guest::RFLAGS, 0x2);
@@ -758,7 +972,15 @@ impl Vcpu {
     /// Queues a hardware exception for the next VM entry.
     pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         let info = arch::vmx::exit::hw_exception(vector, error_code.is_some());
-        self.pending_event = Some((info, error_code.unwrap_or(0)));
+        self.pending_event = Some(Event {
+            info,
+            error_code: error_code.unwrap_or(0),
+            len: 0,
+        });
+        if is_fault(vector) {
+            let rflags = guest::RFLAGS.read().unwrap_or(0);
+            w!(guest::RFLAGS, rflags | (1 << 16));
+        }
     }
 
     /// The guest's current privilege level (SS.DPL, SDM 5.5 / 27.3.1.5).
@@ -782,5 +1004,6 @@ impl Drop for Vcpu {
         self.release();
         mm::free_zeroed(self.vmcs, mm::PAGE);
         mm::free_zeroed(self.xsave_area, 2 * mm::PAGE);
+        free_vpid(self.vpid);
     }
 }

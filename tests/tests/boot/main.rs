@@ -5,5 +5,6 @@
 
 mod bochs_adversarial;
 mod bochs_basic;
+mod bochs_conformance;
 mod bochs_linux;
 mod qemu_no_vtx;

@@ -31,6 +31,7 @@ pub static PROBE_RESUME: AtomicU64 = AtomicU64::new(0);
 static PROBE_VECTOR: AtomicU64 = AtomicU64::new(0);
 static PROBE_ERROR: AtomicU64 = AtomicU64::new(0);
 static PROBE_RIP: AtomicU64 = AtomicU64::new(0);
+static PROBE_RFLAGS: AtomicU64 = AtomicU64::new(0);
 
 #[repr(C, packed)]
 struct Pointer {
@@ -70,6 +71,8 @@ global_asm!(
     "mov rax, qword ptr [rsp + 8]",
     "or rax, 0x100",
     "mov qword ptr [rip + {fault_vector}], rax",
+    "mov rax, qword ptr [rsp + 40]",
+    "mov qword ptr [rip + {fault_rflags}], rax",
     "pop rax",
     "add rsp, 16",
     "iretq",
@@ -95,6 +98,7 @@ global_asm!(
     fault_rip = sym PROBE_RIP,
     fault_error = sym PROBE_ERROR,
     fault_vector = sym PROBE_VECTOR,
+    fault_rflags = sym PROBE_RFLAGS,
 );
 
 unsafe extern "C" {
@@ -172,6 +176,24 @@ pub unsafe fn set_gate(vector: u8, handler: u64) {
     load();
 }
 
+/// Points exception `vector` (0..=31) at `handler` instead of the runtime's
+/// report-and-exit stub (e.g. an NMI handler).
+///
+/// # Safety
+/// As for [`set_gate`]; the handler must also cope with the CPU's frame for
+/// that vector (an error code or not).
+pub unsafe fn set_exception_gate(vector: u8, handler: u64) {
+    assert!(
+        usize::from(vector) < EXCEPTIONS,
+        "vector {vector} is not an exception"
+    );
+    let v = usize::from(vector);
+    let idt = &raw mut IDT;
+    // SAFETY: single vCPU; the entry is not in use per the caller.
+    unsafe { (&mut (*idt).0)[2 * v..2 * v + 2].copy_from_slice(&gate(handler, cs())) };
+    load();
+}
+
 /// An exception caught by a [`probe!`](crate::probe).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fault {
@@ -180,6 +202,8 @@ pub struct Fault {
     pub error: u64,
     /// Address of the faulting instruction.
     pub rip: u64,
+    /// RFLAGS as saved in the exception frame (RF, bit 16, is set for faults).
+    pub rflags: u64,
 }
 
 /// Forgets any previously recorded fault (used by `probe!`).
@@ -198,6 +222,7 @@ pub fn probe_result() -> Option<Fault> {
         vector: v as u8,
         error: PROBE_ERROR.load(Ordering::Relaxed),
         rip: PROBE_RIP.load(Ordering::Relaxed),
+        rflags: PROBE_RFLAGS.load(Ordering::Relaxed),
     })
 }
 

@@ -1,0 +1,67 @@
+//! One Bochs boot of CPU conformance guests (tests/manifests/conformance.toml): state that must
+//! not leak between guests or survive a restart, NMIs, and guests that can never run again.
+
+use integration_tests::Scenario;
+
+#[test]
+fn bochs_cpu_conformance() {
+    let mut boot = Scenario::bochs("bochs_conformance", "conformance.toml")
+        .cpus(2)
+        .timeout_secs(600)
+        .boot();
+
+    boot.line("[witness] witness: done")
+        .line("vm witness: exited code=0");
+
+    // Power-on values, debug registers and CR2 kept per vCPU across hundreds of yields while
+    // the other instance writes its own pattern on the same CPUs, a data breakpoint that
+    // survives an exit, RF in the frames of injected faults.
+    for name in ["cpustate-a", "cpustate-b"] {
+        boot.line(&format!("[{name}] cpustate: power-on state ok"))
+            .line(&format!(
+                "[{name}] cpustate: registers kept over 300 yields"
+            ))
+            .line(&format!(
+                "[{name}] cpustate: #GP from MOV to CR4 has RF set: ok"
+            ))
+            .line(&format!("[{name}] cpustate: #UD from VMXON has RF set: ok"))
+            .line(&format!("[{name}] cpustate: PASS"))
+            .line(&format!("vm {name}: exited code=0"));
+    }
+    boot.line_starting("[cpustate-a] cpustate: breakpoint across exits ok");
+
+    // A restart is a power cycle: the run after the restart sees power-on registers and the
+    // same device state as the first run, not what the first run left.
+    boot.line_times("[cpustate-r] cpustate: power-on state ok", 2)
+        .line_times("[cpustate-r] cpustate: dirtied", 2)
+        .line_times("[cpustate-r] cpustate: PASS", 2)
+        .same_lines_starting("[cpustate-r] cpustate: devices ", 2)
+        .line_starting("vm cpustate-r: restarting (1 of at most 1)");
+
+    // Every NMI is delivered, one at a time.
+    boot.line("[nmi] nmi: self-NMI 3 delivered")
+        .line("[nmi] nmi: NMI sent inside the handler delivered after its IRET")
+        .line("[nmi] nmi: PASS")
+        .line("vm nmi: exited code=0");
+
+    // Guests in which no vCPU can ever run again are ended.
+    boot.line_starting_containing(
+        "vm init-self: stopped: ",
+        "hung: no vCPU can run again (vcpu 0 waits for a start-up IPI)",
+    )
+    .line_starting_containing(
+        "vm init-all: stopped: ",
+        "hung: no vCPU can run again (vcpu 0 waits for a start-up IPI, vcpu 1 waits for a start-up IPI)",
+    )
+    .line_starting_containing(
+        "vm hlt-cli-smp: stopped: ",
+        "hung: no vCPU can run again (vcpu 0 HLT with interrupts disabled, vcpu 1 waits for a start-up IPI)",
+    );
+
+    boot.no_line_containing("FAIL")
+        .line_starting("hv: summary: 8 guests")
+        .no_line_containing("hv: fatal")
+        .line_starting("hv: powering off")
+        .powered_off();
+    boot.finish();
+}
