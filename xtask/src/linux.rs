@@ -497,6 +497,35 @@ if [ "$(echo "$result" | wc -l)" = 1 ]; then
 else
     echo "linux-guest: workload MISMATCH:" $result
 fi
+
+# SMP stress (`stress=N` on the command line): N rounds of two hashing workers per CPU at
+# once, each result compared with one computed alone first. With more vCPUs than physical
+# CPUs, the workers' page faults and TLB use interleave on shared CPUs: a register or TLB
+# entry of one vCPU seen by another shows up as a wrong hash or a killed worker.
+rounds=$(sed -n 's/.*[ ]stress=\([0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$rounds" ]; then
+    ref=$(seq 3000 -1 1 | sort -n | md5sum | cut -d' ' -f1)
+    workers=$((cpus * 2))
+    r=0
+    bad=0
+    while [ "$r" -lt "$rounds" ]; do
+        i=0
+        while [ "$i" -lt "$workers" ]; do
+            (seq 3000 -1 1 | sort -n | md5sum | cut -d' ' -f1 > /tmp/stress.$i) &
+            i=$((i + 1))
+        done
+        wait
+        i=0
+        while [ "$i" -lt "$workers" ]; do
+            [ "$(cat /tmp/stress.$i 2>/dev/null)" = "$ref" ] || bad=$((bad + 1))
+            i=$((i + 1))
+        done
+        rm -f /tmp/stress.*
+        r=$((r + 1))
+    done
+    faults=$(dmesg | grep -c -e 'segfault at' -e 'general protection' -e 'Killed process')
+    echo "linux-guest: stress $rounds rounds of $workers workers: $bad wrong, $faults faults"
+fi
 off
 "#;
 
