@@ -274,6 +274,40 @@ fn test(rest: &[String]) -> Result<ExitCode> {
     // Emulators first: a missing package should fail in seconds, not after the builds.
     prereq::ensure(&[Need::Bochs, Need::Qemu])?;
     build::ensure_rust_targets()?;
+    eprintln!("xtask: [0/3] lints: rustfmt and clippy (warnings are errors)");
+    run_command(build::cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run_command(
+        build::cargo()
+            .args(["fmt", "--all", "--manifest-path"])
+            .args([
+                &*paths::guests_workspace()
+                    .join("Cargo.toml")
+                    .to_string_lossy(),
+                "--",
+                "--check",
+            ]),
+    )?;
+    run_command(build::cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "boot",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run_command(build::cargo().args([
+        "clippy",
+        "-p",
+        "boot",
+        "--release",
+        "--target",
+        "x86_64-unknown-uefi",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     eprintln!("xtask: [1/3] host unit tests");
     run_command(build::cargo().args([
         "test",

@@ -41,7 +41,7 @@ pub fn read(v: &Vcpu, msr: u32) -> Option<u64> {
 
 /// Applies a guest write; false means #GP.
 pub fn write(v: &mut Vcpu, msr: u32, value: u64) -> bool {
-    // SAFETY (all VMCS writes below): the vCPU's VMCS is current.
+    // SAFETY: (all VMCS writes below) the vCPU's VMCS is current.
     unsafe {
         match msr {
             0x10 => ctrl::TSC_OFFSET
