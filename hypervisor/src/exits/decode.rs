@@ -1134,11 +1134,19 @@ mod tests {
         // xchg [rax], ecx / xchg [rbx], dl / xchg [rdi], r9 (REX.WR)
         assert_eq!(dec(&[0x87, 0x08]), plain(2, MemOp::Xchg, 4, r(1), None));
         assert_eq!(dec(&[0x86, 0x13]), plain(2, MemOp::Xchg, 1, r(2), None));
-        assert_eq!(dec(&[0x4C, 0x87, 0x0F]), plain(3, MemOp::Xchg, 8, r(9), None));
+        assert_eq!(
+            dec(&[0x4C, 0x87, 0x0F]),
+            plain(3, MemOp::Xchg, 8, r(9), None)
+        );
         // bt [rax], ecx / bts [rax], edx / btr [rax], ebx / btc [rax], esi
         use BitOp::*;
-        for (op2, b, reg) in [(0xA3, Bt, 1), (0xAB, Bts, 2), (0xB3, Btr, 3), (0xBB, Btc, 6)] {
-            let m = (reg << 3) as u8;
+        for (op2, b, reg) in [
+            (0xA3, Bt, 1),
+            (0xAB, Bts, 2),
+            (0xB3, Btr, 3),
+            (0xBB, Btc, 6),
+        ] {
+            let m = reg << 3;
             assert_eq!(
                 dec(&[0x0F, op2, m]),
                 plain(3, MemOp::Bit(b), 4, r(reg), None)

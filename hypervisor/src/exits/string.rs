@@ -329,7 +329,13 @@ mod tests {
         r[RCX] = 4;
         let i = insn(Src::Port(0x60), Dst::Mem, 1, 8, true);
         let res = run(&i, &mut r, 2, &mut e, 100);
-        assert_eq!(res, Err(Stop::Fault(Fault::Pf { cr2: 0x102, code: 2 })));
+        assert_eq!(
+            res,
+            Err(Stop::Fault(Fault::Pf {
+                cr2: 0x102,
+                code: 2
+            }))
+        );
         assert_eq!((r[RDI], r[RCX]), (0x102, 2));
     }
 

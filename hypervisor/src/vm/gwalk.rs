@@ -432,7 +432,11 @@ pub fn linear(
     let fault = if which == SS { Fault::Ss } else { Fault::Gp };
     let last = offset.wrapping_add(size.max(1) - 1);
     if mode == AddrMode::Long64 {
-        let base = if which == FS || which == GS { seg.base } else { 0 };
+        let base = if which == FS || which == GS {
+            seg.base
+        } else {
+            0
+        };
         let la = base.wrapping_add(offset);
         if !canonical(la) || !canonical(base.wrapping_add(last)) {
             return Err(fault);
@@ -1017,8 +1021,14 @@ mod tests {
         use AddrMode::*;
         let data = seg(0x1_0000, 0xFFFF, 0x93); // read/write data, 16-bit
         assert_eq!(linear(&data, DS, 0xFFFF, 1, true, Protected), Ok(0x1_FFFF));
-        assert_eq!(linear(&data, DS, 0xFFFF, 2, false, Protected), Err(Fault::Gp));
-        assert_eq!(linear(&data, SS, 0xFFFE, 4, false, Protected), Err(Fault::Ss));
+        assert_eq!(
+            linear(&data, DS, 0xFFFF, 2, false, Protected),
+            Err(Fault::Gp)
+        );
+        assert_eq!(
+            linear(&data, SS, 0xFFFE, 4, false, Protected),
+            Err(Fault::Ss)
+        );
         assert_eq!(linear(&data, ES, 0xFFFF, 2, false, Real), Err(Fault::Gp));
         assert_eq!(linear(&data, ES, 0x10, 2, true, Real), Ok(0x1_0010));
         // Read-only data: no writes. Execute-only code: no reads; readable code: reads only.
@@ -1031,13 +1041,22 @@ mod tests {
         assert_eq!(linear(&rx, CS, 8, 4, false, Protected), Ok(8));
         assert_eq!(linear(&rx, CS, 8, 4, true, Protected), Err(Fault::Gp));
         // Unusable (null selector) and system segments.
-        assert_eq!(linear(&seg(0, 0, 1 << 16), ES, 0, 1, true, Protected), Err(Fault::Gp));
-        assert_eq!(linear(&seg(0, 0xFFFF, 0x8B), ES, 0, 1, false, Protected), Err(Fault::Gp));
+        assert_eq!(
+            linear(&seg(0, 0, 1 << 16), ES, 0, 1, true, Protected),
+            Err(Fault::Gp)
+        );
+        assert_eq!(
+            linear(&seg(0, 0xFFFF, 0x8B), ES, 0, 1, false, Protected),
+            Err(Fault::Gp)
+        );
         // Expand-down, 32-bit: valid offsets are (limit, 0xFFFFFFFF].
         let down = seg(0, 0xFFF, 0x4097);
         assert_eq!(linear(&down, SS, 0xFFF, 1, true, Protected), Err(Fault::Ss));
         assert_eq!(linear(&down, SS, 0x1000, 4, true, Protected), Ok(0x1000));
-        assert_eq!(linear(&down, SS, 0xFFFF_FFFE, 4, true, Protected), Err(Fault::Ss));
+        assert_eq!(
+            linear(&down, SS, 0xFFFF_FFFE, 4, true, Protected),
+            Err(Fault::Ss)
+        );
         // Linear addresses wrap at 4 GiB outside 64-bit mode.
         let high = seg(0xFFFF_F000, 0xFFFF_FFFF, 0xC093);
         assert_eq!(linear(&high, DS, 0x2000, 1, false, Protected), Ok(0x1000));
@@ -1130,7 +1149,15 @@ mod tests {
         // Paging off: identity; the bus may refuse.
         let off = PagingRegs::default();
         bus.refuse = 0x5000;
-        let e = access_linear(&snapshot, &mut bus, off, 0x5000, false, false, &mut [0u8; 2]);
+        let e = access_linear(
+            &snapshot,
+            &mut bus,
+            off,
+            0x5000,
+            false,
+            false,
+            &mut [0u8; 2],
+        );
         assert_eq!(e, Err(LinearError::Stop(0x5000)));
         // A page table outside RAM reads all-ones: #PF with P and RSVD.
         let far = PagingRegs { cr3: 1 << 41, ..r };

@@ -79,6 +79,8 @@ pub struct Vm {
     pub halted_noirq: core::sync::atomic::AtomicUsize,
     /// Set once the guest's first console byte has been reported.
     pub first_output: AtomicBool,
+    /// Accesses to guest-physical memory with nothing behind it (ignored).
+    pub unmapped: Mutex<crate::exits::ept::UnmappedLog>,
 }
 
 /// TSC when the manifest was read (start-up figures are measured from here).
@@ -162,6 +164,7 @@ impl Vm {
             entry: Mutex::new(entry),
             tsc_offset: 0u64.wrapping_sub(arch::regs::rdtsc()),
             first_output: AtomicBool::new(false),
+            unmapped: Mutex::new(crate::exits::ept::UnmappedLog::new()),
             lapics: (0..config.vcpus)
                 .map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick())))
                 .collect(),
@@ -195,6 +198,13 @@ impl Vm {
             return false;
         }
         s.io.flush_all();
+        let ignored = self.unmapped.lock().count;
+        if ignored > 0 {
+            println!(
+                "vm {}: {ignored} unmapped accesses ignored (reads gave all-ones, writes dropped)",
+                self.name
+            );
+        }
         match &how {
             VmEnd::Exited(code) => println!("vm {}: exited code={code}", self.name),
             VmEnd::Crashed(r) => println!("vm {}: stopped: {r}", self.name),

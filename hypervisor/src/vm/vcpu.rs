@@ -88,6 +88,9 @@ pub struct Vcpu {
     pub cr8: u64,
     /// Event to inject at the next VM entry: (interruption info, error code).
     pub pending_event: Option<(u32, u32)>,
+    /// CR2 for a #PF being injected: the VMCS has no CR2, so it is loaded
+    /// into the CPU right before the entry that delivers the fault.
+    pub pending_cr2: Option<u64>,
     switched_msrs: [u64; SWITCHED_MSRS.len()],
     /// The CPU whose VMCS cache holds this vCPU's VMCS (it is "active" there).
     active_on: Option<usize>,
@@ -145,6 +148,7 @@ impl Vcpu {
             xcr0: 1,
             cr8: 0,
             pending_event: None,
+            pending_cr2: None,
             switched_msrs: [0; SWITCHED_MSRS.len()],
             active_on: None,
             vruntime: 0,
@@ -235,6 +239,11 @@ impl Vcpu {
                     .store(true, Ordering::Release);
             }
             if let Some((info, err)) = self.pending_event.take() {
+                if let Some(cr2) = self.pending_cr2.take() {
+                    // SAFETY: CR2 only reports page-fault addresses; the host
+                    // takes no page faults before this entry.
+                    unsafe { regs::write_cr2(cr2) };
+                }
                 w!(ctrl::VMENTRY_INTERRUPTION_INFO, info);
                 w!(ctrl::VMENTRY_EXCEPTION_ERR_CODE, err);
                 w!(ctrl::VMENTRY_INSTRUCTION_LEN, 0);
@@ -757,8 +766,15 @@ impl Vcpu {
 
     /// Queues a hardware exception for the next VM entry.
     pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        self.pending_cr2 = None;
         let info = arch::vmx::exit::hw_exception(vector, error_code.is_some());
         self.pending_event = Some((info, error_code.unwrap_or(0)));
+    }
+
+    /// Queues a page fault at linear address `cr2` (SDM Vol. 3A 6.15, #PF).
+    pub fn inject_page_fault(&mut self, cr2: u64, error_code: u32) {
+        self.inject_exception(14, Some(error_code));
+        self.pending_cr2 = Some(cr2);
     }
 
     /// The guest's current privilege level (SS.DPL, SDM 5.5 / 27.3.1.5).
