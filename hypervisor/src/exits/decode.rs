@@ -6,10 +6,13 @@
 //!
 //! Covered (SDM Vol. 2): MOV 88/89/8A/8B, MOV C6 /0, C7 /0, MOV A0-A3 (moffs),
 //! MOVZX 0F B6/B7, MOVSX 0F BE/BF, the ALU forms ADD/OR/ADC/SBB/AND/SUB/XOR/CMP
-//! 00-3B (r/m,r and r,r/m), 80/81/83 /digit, and TEST 84/85, F6 /0, F7 /0.
-//! Prefixes: 66, 67, segment overrides, LOCK, REP (ignored), and REX in
-//! 64-bit mode. String instructions and anything else are `Unsupported`. Only
-//! the memory operand's length is decoded, not its address.
+//! 00-3B (r/m,r and r,r/m), 80/81/83 /digit, TEST 84/85, F6 /0, F7 /0,
+//! XCHG 86/87 (with memory: always locked), BT/BTS/BTR/BTC 0F A3/AB/B3/BB and
+//! 0F BA /4-/7, and the string forms MOVS A4/A5, STOS AA/AB, LODS AC/AD
+//! (their operands are rSI/rDI: see [`prefixes`] for segment, REP and
+//! address size). Prefixes: 66, 67, segment overrides, LOCK, REP, and REX in
+//! 64-bit mode. Anything else is `Unsupported`. Only the memory operand's
+//! length is decoded, not its address.
 //!
 //! Use:
 //! 1. [`decode`] the bytes at RIP (up to 15; fewer if a page ends: a
@@ -82,12 +85,40 @@ pub enum MemOp {
     ReadModifyWrite(AluOp),
     /// reg = reg op mem; CMP only sets flags.
     LoadAlu(AluOp),
+    /// mem <-> reg (XCHG), one locked read-modify-write.
+    Xchg,
+    /// CF = the selected bit of mem; BTS/BTR/BTC then set/clear/flip it. The
+    /// bit offset is `reg` or `imm`, taken modulo the operand width (the
+    /// access that exited is the operand holding the bit).
+    Bit(BitOp),
+    /// A string instruction on rSI/rDI.
+    String(StringOp),
+}
+
+/// BT, BTS, BTR, BTC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BitOp {
+    Bt,
+    Bts,
+    Btr,
+    Btc,
+}
+
+/// String instructions with a memory operand on both or one side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StringOp {
+    /// `ES:rDI = seg:rSI`.
+    Movs,
+    /// `ES:rDI = rAX`.
+    Stos,
+    /// `rAX = seg:rSI`.
+    Lods,
 }
 
 impl MemOp {
     /// Whether the instruction reads the memory operand.
     pub fn reads(self) -> bool {
-        self != MemOp::Store
+        !matches!(self, MemOp::Store | MemOp::String(StringOp::Stos))
     }
 
     /// Whether it may write the memory operand.
@@ -95,6 +126,9 @@ impl MemOp {
         match self {
             MemOp::Store => true,
             MemOp::ReadModifyWrite(op) => op.writes_back(),
+            MemOp::Xchg => true,
+            MemOp::Bit(op) => op != BitOp::Bt,
+            MemOp::String(op) => op != StringOp::Lods,
             _ => false,
         }
     }
@@ -363,6 +397,43 @@ pub fn decode(bytes: &[u8], mode: Mode) -> Result<Decoded, DecodeError> {
             };
             d(kind, size, None, Some(imm), &c)
         }
+        0x86 | 0x87 => {
+            let size = if op == 0x86 { 1 } else { osize };
+            let m = modrm(&mut c, asize)?;
+            d(MemOp::Xchg, size, Some(reg_of(m, size)), None, &c)
+        }
+        0xA4 | 0xA5 | 0xAA | 0xAB | 0xAC | 0xAD => {
+            let size = if op & 1 == 0 { 1 } else { osize };
+            let kind = match op {
+                0xA4 | 0xA5 => StringOp::Movs,
+                0xAA | 0xAB => StringOp::Stos,
+                _ => StringOp::Lods,
+            };
+            d(MemOp::String(kind), size, None, None, &c)
+        }
+        0x0F if matches!(c.peek()?, 0xA3 | 0xAB | 0xB3 | 0xBB) => {
+            let op2 = c.next()?;
+            let m = modrm(&mut c, asize)?;
+            let bit = [BitOp::Bt, BitOp::Bts, BitOp::Btr, BitOp::Btc][usize::from((op2 >> 3) & 3)];
+            // The bit offset is a full signed register, not `size` bytes of it.
+            Decoded {
+                imm: None,
+                ..d(MemOp::Bit(bit), osize, Some(reg_of(m, osize)), None, &c)
+            }
+        }
+        0x0F if c.peek()? == 0xBA => {
+            c.next()?;
+            let m = modrm(&mut c, asize)?;
+            let bit = match (m >> 3) & 7 {
+                4 => BitOp::Bt,
+                5 => BitOp::Bts,
+                6 => BitOp::Btr,
+                7 => BitOp::Btc,
+                _ => return Err(DecodeError::Unsupported(0x0FBA)),
+            };
+            let imm = c.take(1)?;
+            d(MemOp::Bit(bit), osize, None, Some(imm), &c)
+        }
         0x0F => {
             let op2 = c.next()?;
             let (kind, size) = match op2 {
@@ -514,7 +585,91 @@ pub fn emulate(
             }
             None
         }
+        MemOp::Xchg => {
+            let reg = d.reg?;
+            let new = store_value(regs, d);
+            write_reg(regs, reg, d.size, read());
+            Some(new)
+        }
+        MemOp::Bit(op) => {
+            let offset = match (d.imm, d.reg) {
+                (Some(imm), _) => imm,
+                (None, Some(r)) => read_reg(regs, r),
+                (None, None) => 0,
+            };
+            let (r, f) = bit_op(op, d.size, read(), offset, *rflags);
+            *rflags = f;
+            (op != BitOp::Bt).then_some(r)
+        }
+        // Both operands may be memory: see `string::run`.
+        MemOp::String(_) => None,
     }
+}
+
+/// BT/BTS/BTR/BTC on a `size`-byte operand: the bit `offset mod (8 * size)`
+/// goes to CF and is then set, cleared or flipped; ZF is unaffected and
+/// OF/SF/AF/PF (undefined) are kept (SDM Vol. 2 "BT"). Returns the new
+/// operand value and RFLAGS.
+pub fn bit_op(op: BitOp, size: u8, value: u64, offset: u64, rflags: u64) -> (u64, u64) {
+    let bit = offset & (8 * u64::from(size) - 1);
+    let m = 1u64 << bit;
+    let f = if value & m != 0 {
+        rflags | CF
+    } else {
+        rflags & !CF
+    };
+    let r = match op {
+        BitOp::Bt => value,
+        BitOp::Bts => value | m,
+        BitOp::Btr => value & !m,
+        BitOp::Btc => value ^ m,
+    };
+    (r & mask(size), f)
+}
+
+/// The legacy prefixes of an instruction that matter for its memory
+/// operands: the segment override (instruction-information encoding, see
+/// `gwalk::ES`..`GS`), REP/REPNE, and the address size in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefixes {
+    pub seg: Option<u8>,
+    pub rep: bool,
+    pub addr_size: u8,
+}
+
+/// Reads the prefixes at the start of `bytes` (SDM Vol. 2 2.1.1; the last
+/// segment override wins). Outside the 15-byte limit, stops.
+pub fn prefixes(bytes: &[u8], mode: Mode) -> Prefixes {
+    let mut p = Prefixes {
+        seg: None,
+        rep: false,
+        addr_size: 0,
+    };
+    let mut addr = false;
+    for &b in bytes.iter().take(MAX_LEN) {
+        match b {
+            0x26 => p.seg = Some(0),
+            0x2E => p.seg = Some(1),
+            0x36 => p.seg = Some(2),
+            0x3E => p.seg = Some(3),
+            0x64 => p.seg = Some(4),
+            0x65 => p.seg = Some(5),
+            0x67 => addr = true,
+            0xF2 | 0xF3 => p.rep = true,
+            0x66 | 0xF0 => {}
+            0x40..=0x4F if mode == Mode::Long64 => {}
+            _ => break,
+        }
+    }
+    p.addr_size = match mode {
+        Mode::Long64 if addr => 4,
+        Mode::Long64 => 8,
+        Mode::Real16 if addr => 4,
+        Mode::Real16 => 2,
+        _ if addr => 2,
+        _ => 4,
+    };
+    p
 }
 
 #[cfg(test)]
@@ -834,16 +989,17 @@ mod tests {
         assert_eq!(decode(&[0x8B, 0x87, 0x20], Mode::Long64), Err(E::Truncated));
         assert_eq!(decode(&[0x66, 0x66], Mode::Long64), Err(E::Truncated));
         assert_eq!(decode(&[0xC7, 0x00, 1, 2], Mode::Long64), Err(E::Truncated));
-        // String instructions are out of scope.
-        for op in [0xA4u8, 0xA5, 0xAA, 0xAB] {
+        // CMPS/SCAS are not handled.
+        for op in [0xA6u8, 0xA7, 0xAE, 0xAF] {
             assert_eq!(
                 decode(&[op], Mode::Long64),
                 Err(E::Unsupported(u32::from(op)))
             );
         }
+        // 0F BA /0-/3 is undefined.
         assert_eq!(
-            decode(&[0xF3, 0xA5], Mode::Long64),
-            Err(E::Unsupported(0xA5))
+            decode(&[0x0F, 0xBA, 0x00, 1], Mode::Long64),
+            Err(E::Unsupported(0x0FBA))
         );
         // Fifteen bytes of prefixes leave no room for an opcode.
         assert_eq!(decode(&[0x66; 20], Mode::Long64), Err(E::TooLong));
@@ -971,5 +1127,110 @@ mod tests {
         assert_eq!(regs[0], 0x11);
         assert_ne!(fl & ZF, 0);
         assert_eq!(fl & 2, 2, "reserved bit 1 kept");
+    }
+
+    #[test]
+    fn xchg_bt_and_string_forms() {
+        // xchg [rax], ecx / xchg [rbx], dl / xchg [rdi], r9 (REX.WR)
+        assert_eq!(dec(&[0x87, 0x08]), plain(2, MemOp::Xchg, 4, r(1), None));
+        assert_eq!(dec(&[0x86, 0x13]), plain(2, MemOp::Xchg, 1, r(2), None));
+        assert_eq!(
+            dec(&[0x4C, 0x87, 0x0F]),
+            plain(3, MemOp::Xchg, 8, r(9), None)
+        );
+        // bt [rax], ecx / bts [rax], edx / btr [rax], ebx / btc [rax], esi
+        use BitOp::*;
+        for (op2, b, reg) in [
+            (0xA3, Bt, 1),
+            (0xAB, Bts, 2),
+            (0xB3, Btr, 3),
+            (0xBB, Btc, 6),
+        ] {
+            let m = reg << 3;
+            assert_eq!(
+                dec(&[0x0F, op2, m]),
+                plain(3, MemOp::Bit(b), 4, r(reg), None)
+            );
+        }
+        // bt dword [rax+8], 5 / btr word [rax], 3 / bts qword [rax], 63
+        assert_eq!(
+            dec(&[0x0F, 0xBA, 0x60, 0x08, 0x05]),
+            plain(5, MemOp::Bit(Bt), 4, None, Some(5))
+        );
+        assert_eq!(
+            dec(&[0x66, 0x0F, 0xBA, 0x30, 0x03]),
+            plain(5, MemOp::Bit(Btr), 2, None, Some(3))
+        );
+        assert_eq!(
+            dec(&[0x48, 0x0F, 0xBA, 0x28, 63]),
+            plain(5, MemOp::Bit(Bts), 8, None, Some(63))
+        );
+        // movsb / rep movsd / rep stosq / lodsw / 32-bit mode movsw
+        let st = |len, op, size| plain(len, MemOp::String(op), size, None, None);
+        assert_eq!(dec(&[0xA4]), st(1, StringOp::Movs, 1));
+        assert_eq!(dec(&[0xF3, 0xA5]), st(2, StringOp::Movs, 4));
+        assert_eq!(dec(&[0xF3, 0x48, 0xAB]), st(3, StringOp::Stos, 8));
+        assert_eq!(dec(&[0x66, 0xAD]), st(2, StringOp::Lods, 2));
+        assert_eq!(
+            decode(&[0x66, 0xA5], Mode::Prot32),
+            Ok(st(2, StringOp::Movs, 2))
+        );
+        assert!(MemOp::String(StringOp::Movs).reads() && MemOp::String(StringOp::Movs).writes());
+        assert!(!MemOp::String(StringOp::Stos).reads());
+        assert!(!MemOp::String(StringOp::Lods).writes());
+        assert!(MemOp::Xchg.reads() && MemOp::Xchg.writes());
+        assert!(!MemOp::Bit(Bt).writes() && MemOp::Bit(Btc).writes());
+    }
+
+    #[test]
+    fn prefix_scan() {
+        let p = prefixes(&[0x64, 0xF3, 0x67, 0xA4], Mode::Long64);
+        assert_eq!(
+            p,
+            Prefixes {
+                seg: Some(4),
+                rep: true,
+                addr_size: 4
+            }
+        );
+        // The last segment override wins; REX is skipped in 64-bit mode.
+        let p = prefixes(&[0x2E, 0x26, 0x48, 0xAB], Mode::Long64);
+        assert_eq!((p.seg, p.rep, p.addr_size), (Some(0), false, 8));
+        // outsb in real mode: 16-bit addresses; 0x67 makes them 32-bit.
+        assert_eq!(prefixes(&[0x6E], Mode::Real16).addr_size, 2);
+        assert_eq!(prefixes(&[0x67, 0xF3, 0x6E], Mode::Real16).addr_size, 4);
+        assert_eq!(prefixes(&[0x67, 0x6F], Mode::Prot32).addr_size, 2);
+        assert_eq!(prefixes(&[0x36, 0x6F], Mode::Compat).seg, Some(2));
+    }
+
+    #[test]
+    fn bit_ops_and_xchg_semantics() {
+        use BitOp::*;
+        // CF gets the bit; ZF/SF/OF/PF/AF kept; bit offset modulo the width.
+        let keep = ZF | SF | OF | PF | AF | 2;
+        assert_eq!(bit_op(Bt, 4, 0x20, 5, keep), (0x20, keep | CF));
+        assert_eq!(bit_op(Bt, 4, 0x20, 37, keep | CF), (0x20, keep | CF));
+        assert_eq!(bit_op(Bt, 4, 0x20, 4, CF), (0x20, 0));
+        assert_eq!(bit_op(Bts, 2, 0, 17, 0), (2, 0));
+        assert_eq!(bit_op(Btr, 8, u64::MAX, 63, 0), (u64::MAX >> 1, CF));
+        assert_eq!(bit_op(Btc, 4, 0x8000_0000, 31, 0), (0, CF));
+        // A negative register offset (-1) selects the top bit of this operand.
+        assert_eq!(bit_op(Bt, 4, 0x8000_0000, u64::MAX, 0).1, CF);
+        // emulate: bts [rax], ecx with ecx = 3 writes back; bt doesn't.
+        let mut regs = [0u64; 16];
+        regs[1] = 3;
+        let mut fl = 2;
+        let w = emulate(&dec(&[0x0F, 0xAB, 0x08]), &mut regs, &mut fl, || 0x1);
+        assert_eq!((w, fl), (Some(0x9), 2));
+        let w = emulate(&dec(&[0x0F, 0xA3, 0x08]), &mut regs, &mut fl, || 0x9);
+        assert_eq!((w, fl), (None, 2 | CF));
+        // xchg [rax], ecx: memory gets ECX, ECX (zero-extended) the old value.
+        regs[1] = 0xFFFF_FFFF_1234_5678;
+        let w = emulate(&dec(&[0x87, 0x08]), &mut regs, &mut fl, || 0xAABB_CCDD);
+        assert_eq!((w, regs[1]), (Some(0x1234_5678), 0xAABB_CCDD));
+        // xchg [rax], ah: byte merge into bits 15:8.
+        regs[0] = 0x1111;
+        let w = emulate(&dec(&[0x86, 0x20]), &mut regs, &mut fl, || 0x77);
+        assert_eq!((w, regs[0]), (Some(0x11), 0x7711));
     }
 }

@@ -1,28 +1,144 @@
-//! EPT violations and misconfigurations: the guest touched guest-physical
-//! memory that isn't its RAM (SDM Vol. 3C 29.3.3). With no MMIO device model
-//! at the address, the guest is stopped with a diagnostic naming the address
-//! and the access.
+//! EPT violations and misconfigurations (SDM Vol. 3C 29.3.3). A violation is
+//! an access to guest-physical memory that isn't the guest's RAM: a device
+//! page (local APIC, I/O APIC) is emulated by the MMIO path; anything else is
+//! the empty bus of a PC, where reads return all-ones and writes are dropped
+//! (the manifest's `unmapped_access = "ignore"`, the default), or the guest
+//! is stopped (`"stop"`). Accesses above MAXPHYADDR never get here: the
+//! guest's own page walk faults first (reserved bit).
+//!
+//! Instruction fetch from the empty bus: a PC would execute the all-ones
+//! bytes, and 0xFF 0xFF (FF /7) is undefined (SDM Vol. 2 Table A-6), so the
+//! guest gets #UD at that RIP, as it would there. An instruction that starts
+//! in RAM and runs into an empty page ends the guest with a diagnostic
+//! instead (its decode would depend on how many bytes it took from the bus).
+use crate::manifest::UnmappedAccess;
 use crate::vm::vcpu::{Flow, Vcpu};
-use crate::vm::VmEnd;
+use crate::vm::{Vm, VmEnd};
 use arch::vmx::exit::EptViolation;
-use arch::vmx::vmcs::ro;
+use arch::vmx::vmcs::{guest, ro};
 
-pub fn violation(v: &mut Vcpu) -> Flow {
-    let gpa = ro::GUEST_PHYSICAL_ADDR.read().unwrap_or(0);
-    if let Some(flow) = super::mmio::handle(v, gpa) {
-        return flow;
+/// Distinct pages logged per guest before further ones are only counted.
+pub const LOGGED_PAGES: usize = 8;
+
+/// Unmapped accesses of one guest: counted, and logged once per page for the
+/// first [`LOGGED_PAGES`] pages.
+#[derive(Debug, Default)]
+pub struct UnmappedLog {
+    pages: [u64; LOGGED_PAGES],
+    logged: usize,
+    overflowed: bool,
+    /// Accesses ignored so far.
+    pub count: u64,
+}
+
+/// What to print for one access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// First access to this page: one line.
+    Page,
+    /// The first page beyond the logged ones: one line saying logging stops.
+    Overflow,
+    Quiet,
+}
+
+impl UnmappedLog {
+    pub const fn new() -> Self {
+        UnmappedLog {
+            pages: [0; LOGGED_PAGES],
+            logged: 0,
+            overflowed: false,
+            count: 0,
+        }
     }
-    let q = EptViolation::decode(ro::EXIT_QUALIFICATION.read().unwrap_or(0));
-    let region = if (crate::vm::memory::MMIO_HOLE_START..crate::vm::memory::FOUR_GIB).contains(&gpa)
-    {
+
+    /// Counts an access at `gpa` and says what to log.
+    pub fn record(&mut self, gpa: u64) -> Note {
+        self.count += 1;
+        let page = gpa & !0xFFF;
+        if self.pages[..self.logged].contains(&page) {
+            return Note::Quiet;
+        }
+        if self.logged < LOGGED_PAGES {
+            self.pages[self.logged] = page;
+            self.logged += 1;
+            return Note::Page;
+        }
+        if self.overflowed {
+            return Note::Quiet;
+        }
+        self.overflowed = true;
+        Note::Overflow
+    }
+}
+
+/// Where a guest-physical address lies, for diagnostics.
+pub fn region(gpa: u64) -> &'static str {
+    if (crate::vm::memory::MMIO_HOLE_START..crate::vm::memory::FOUR_GIB).contains(&gpa) {
         "MMIO hole, no device there"
     } else {
         "beyond guest RAM"
-    };
+    }
+}
+
+/// An access to the empty bus at `gpa`: under "ignore" counted and logged
+/// (the caller reads all-ones / drops the write), under "stop" the reason
+/// the guest ends.
+pub fn unmapped(vm: &Vm, gpa: u64, write: bool, rip: u64) -> Result<(), VmEnd> {
+    let what = if write { "write" } else { "read" };
+    if vm.config.unmapped_access == UnmappedAccess::Stop {
+        return Err(VmEnd::Crashed(alloc::format!(
+            "EPT violation: {what} at guest-physical {gpa:#x} ({}), rip {rip:#x}",
+            region(gpa)
+        )));
+    }
+    let note = vm.unmapped.lock().record(gpa);
+    match note {
+        Note::Page => crate::println!(
+            "vm {}: unmapped {what} at guest-physical {gpa:#x} (ignored)",
+            vm.name
+        ),
+        Note::Overflow => crate::println!(
+            "vm {}: unmapped accesses on more than {LOGGED_PAGES} pages; further pages are counted, not logged",
+            vm.name
+        ),
+        Note::Quiet => {}
+    }
+    Ok(())
+}
+
+pub fn violation(v: &mut Vcpu) -> Flow {
+    let gpa = ro::GUEST_PHYSICAL_ADDR.read().unwrap_or(0);
+    let q = EptViolation::decode(ro::EXIT_QUALIFICATION.read().unwrap_or(0));
+    let device = super::mmio::is_device_page(gpa);
+    if q.fetch && !device {
+        return fetch_unmapped(v, gpa);
+    }
+    if !device && v.vm.config.unmapped_access == UnmappedAccess::Stop {
+        // Stop at the access itself, before anything is decoded.
+        return match unmapped(&v.vm, gpa, q.write, v.rip()) {
+            Err(end) => Flow::End(end),
+            Ok(()) => Flow::Continue,
+        };
+    }
+    super::mmio::handle(v, gpa)
+}
+
+/// Instruction fetch from a guest-physical address with nothing behind it.
+fn fetch_unmapped(v: &mut Vcpu, gpa: u64) -> Flow {
+    if let Err(end) = unmapped(&v.vm, gpa, false, v.rip()) {
+        return Flow::End(end);
+    }
+    let rip_la = guest::CS_BASE.read().unwrap_or(0).wrapping_add(v.rip());
+    let starts_there =
+        super::mmio::translate_fetch(v, rip_la).is_some_and(|pa| pa >> 12 == gpa >> 12);
+    if starts_there {
+        v.inject_exception(super::UD, None);
+        return Flow::Continue;
+    }
     Flow::End(VmEnd::Crashed(alloc::format!(
-        "EPT violation: {} at guest-physical {gpa:#x} ({region}), rip {:#x}",
-        q.access(),
-        v.rip()
+        "instruction at rip {:#x} runs into guest-physical {gpa:#x} ({}), which has nothing behind it",
+        v.rip(),
+        region(gpa)
     )))
 }
 
@@ -32,4 +148,29 @@ pub fn misconfig(v: &mut Vcpu) -> Flow {
         "EPT misconfiguration at guest-physical {gpa:#x}, rip {:#x}",
         v.rip()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_each_page_once_then_stops_logging() {
+        let mut l = UnmappedLog::new();
+        assert_eq!(l.record(0x1_0000_0000), Note::Page);
+        assert_eq!(l.record(0x1_0000_0ff8), Note::Quiet, "same page");
+        for i in 1..LOGGED_PAGES as u64 {
+            assert_eq!(l.record(0x1_0000_0000 + i * 0x1000), Note::Page);
+        }
+        assert_eq!(l.record(0x2_0000_0000), Note::Overflow);
+        assert_eq!(l.record(0x3_0000_0000), Note::Quiet);
+        assert_eq!(l.record(0x1_0000_0000), Note::Quiet);
+        assert_eq!(l.count, LOGGED_PAGES as u64 + 4);
+    }
+
+    #[test]
+    fn regions() {
+        assert_eq!(region(0xD000_0000), "MMIO hole, no device there");
+        assert_eq!(region(0x1_0000_0000), "beyond guest RAM");
+    }
 }

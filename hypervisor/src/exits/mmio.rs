@@ -1,19 +1,33 @@
-//! MMIO emulation for device pages that aren't mapped in the EPT (local APIC,
-//! I/O APIC): the EPT violation gives the address and the direction; the
-//! instruction itself is fetched through the guest's page tables and decoded
-//! to find the register, width and value (SDM Vol. 3C 28.2.1 gives no data).
-use super::decode::{self, Mode};
-use crate::devices::ioapic;
-use crate::vm::gwalk::{self, Access, GuestPhysRead, PagingRegs};
+//! MMIO emulation for guest-physical pages that aren't RAM: the device pages
+//! (local APIC, I/O APIC) and the empty bus. The EPT violation gives the
+//! address and the direction, not the data (SDM Vol. 3C 28.2.1), so the
+//! instruction is fetched through the guest's page tables, decoded and
+//! carried out here: one read-modify-write under the device's lock for
+//! MOV/MOVZX/MOVSX/ALU/TEST/XCHG/BT* (XCHG and LOCKed forms are atomic as the
+//! device sees them), and the string engine for MOVS/STOS/LODS, whose other
+//! operand may be RAM or MMIO.
+//!
+//! Guest memory is reached by copies ([`GuestMemory::slice`] then a copy, or
+//! [`GuestMemory::write`]), never by a slice kept while the emulation runs.
+use super::decode::{self, Decoded, MemOp, Mode, StringOp};
+use super::string::{self, Dst, Progress, Src, Stop, StringEnv, StringInsn};
+use crate::devices::{ioapic, Action};
+use crate::vm::gwalk::{
+    self, Access, AddrMode, Fault, GuestPhysRead, LinearError, PagingRegs, PhysBus, Segment,
+};
 use crate::vm::memory::GuestMemory;
 use crate::vm::vcpu::{Flow, Vcpu};
-use crate::vm::VmEnd;
+use crate::vm::{Vm, VmEnd};
 use crate::vmx::run::RSP;
 use alloc::format;
 use arch::vmx::vmcs::guest;
 
 pub const LAPIC_PAGE: u64 = 0xFEE0_0000;
 pub const IOAPIC_PAGE: u64 = ioapic::BASE;
+
+/// Iterations of a REP string instruction per exit (then the instruction
+/// executes again, and interrupts can be taken in between).
+pub const REP_BUDGET: u64 = 512;
 
 impl GuestPhysRead for GuestMemory {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
@@ -27,7 +41,12 @@ impl GuestPhysRead for GuestMemory {
     }
 }
 
-fn cpu_mode() -> Mode {
+pub fn is_device_page(gpa: u64) -> bool {
+    let page = gpa & !0xFFF;
+    page == LAPIC_PAGE || page == IOAPIC_PAGE
+}
+
+pub fn cpu_mode() -> Mode {
     let cr0 = super::cr::visible_cr0();
     let ar = guest::CS_ACCESS_RIGHTS.read().unwrap_or(0);
     if cr0 & 1 == 0 {
@@ -42,14 +61,56 @@ fn cpu_mode() -> Mode {
     }
 }
 
-/// Fetches up to 15 instruction bytes at the guest's CS:RIP.
-pub fn fetch(v: &Vcpu, buf: &mut [u8; 15]) -> Result<usize, alloc::string::String> {
-    let regs = PagingRegs {
+/// How segments apply: real and virtual-8086 mode (RFLAGS.VM), protected or
+/// compatibility mode, 64-bit mode.
+pub fn addr_mode() -> AddrMode {
+    let cr0 = super::cr::visible_cr0();
+    let rflags = guest::RFLAGS.read().unwrap_or(0);
+    let cs_ar = guest::CS_ACCESS_RIGHTS.read().unwrap_or(0);
+    if cr0 & 1 == 0 || rflags & (1 << 17) != 0 {
+        AddrMode::Real
+    } else if cs_ar & (1 << 13) != 0 {
+        AddrMode::Long64
+    } else {
+        AddrMode::Protected
+    }
+}
+
+pub fn paging_regs() -> PagingRegs {
+    PagingRegs {
         cr0: guest::CR0.read().unwrap_or(0),
         cr3: guest::CR3.read().unwrap_or(0),
         cr4: guest::CR4.read().unwrap_or(0),
         efer: guest::IA32_EFER.read().unwrap_or(0),
+    }
+}
+
+/// The segment register `which` (`gwalk::ES`..`GS`) from the VMCS.
+pub fn segment(which: u8) -> Segment {
+    use guest::*;
+    let (b, l, a) = match which {
+        gwalk::ES => (ES_BASE, ES_LIMIT, ES_ACCESS_RIGHTS),
+        gwalk::CS => (CS_BASE, CS_LIMIT, CS_ACCESS_RIGHTS),
+        gwalk::SS => (SS_BASE, SS_LIMIT, SS_ACCESS_RIGHTS),
+        gwalk::FS => (FS_BASE, FS_LIMIT, FS_ACCESS_RIGHTS),
+        gwalk::GS => (GS_BASE, GS_LIMIT, GS_ACCESS_RIGHTS),
+        _ => (DS_BASE, DS_LIMIT, DS_ACCESS_RIGHTS),
     };
+    Segment {
+        base: b.read().unwrap_or(0),
+        limit: l.read().unwrap_or(0),
+        ar: a.read().unwrap_or(0),
+    }
+}
+
+/// The guest-physical address of an instruction fetch at linear `la`.
+pub fn translate_fetch(v: &Vcpu, la: u64) -> Option<u64> {
+    gwalk::translate(&v.vm.mem, paging_regs(), la, Access::FETCH).ok()
+}
+
+/// Fetches up to 15 instruction bytes at the guest's CS:RIP.
+pub fn fetch(v: &Vcpu, buf: &mut [u8; 15]) -> Result<usize, alloc::string::String> {
+    let regs = paging_regs();
     let rip = guest::CS_BASE.read().unwrap_or(0).wrapping_add(v.rip());
     // The instruction may end before the next page, which may be unmapped.
     let to_page_end = (0x1000 - (rip & 0xFFF)) as usize;
@@ -61,62 +122,317 @@ pub fn fetch(v: &Vcpu, buf: &mut [u8; 15]) -> Result<usize, alloc::string::Strin
     Err(format!("cannot fetch the instruction at rip {rip:#x}"))
 }
 
-/// Emulates an access to an MMIO page; None if no device lives at `gpa`.
-pub fn handle(v: &mut Vcpu, gpa: u64) -> Option<Flow> {
-    let page = gpa & !0xFFF;
-    if page != LAPIC_PAGE && page != IOAPIC_PAGE {
-        return None;
+fn all_ones(size: usize) -> u64 {
+    if size >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * size)) - 1
     }
+}
+
+fn lapic_read(l: &mut crate::devices::lapic::VLapic, off: u32, size: usize, now: u64) -> u64 {
+    let lo = u64::from(l.read_mmio(off, now));
+    let v = if size > 4 {
+        lo | (u64::from(l.read_mmio(off + 4, now)) << 32)
+    } else {
+        lo
+    };
+    v & all_ones(size)
+}
+
+/// A guest-physical access by vCPU `idx`: RAM by copy, a device page through
+/// its model, the empty bus by the guest's `unmapped_access` policy.
+pub struct VcpuBus<'a> {
+    pub vm: &'a Vm,
+    pub idx: usize,
+    pub now: u64,
+    pub rip: u64,
+}
+
+impl VcpuBus<'_> {
+    /// Reads `size` bytes at `gpa`, lets `f` compute what to write back (if
+    /// anything), and writes it, all under the device's lock: the one
+    /// locked read-modify-write of XCHG, LOCK-prefixed and ALU forms.
+    pub fn rmw(
+        &mut self,
+        gpa: u64,
+        size: usize,
+        writes: bool,
+        f: impl FnOnce(&mut dyn FnMut() -> u64) -> Option<u64>,
+    ) -> Result<(), VmEnd> {
+        let vm = self.vm;
+        let page = gpa & !0xFFF;
+        let off = (gpa & 0xFFF) as u32;
+        if page == LAPIC_PAGE {
+            let now = self.now;
+            let effect = {
+                let mut l = vm.lapics[self.idx].lock();
+                let w = f(&mut || lapic_read(&mut l, off, size, now));
+                w.map(|val| l.write_mmio(off, val as u32, now))
+            };
+            if let Some(e) = effect {
+                vm.lapic_effect(self.idx, e);
+            }
+            return Ok(());
+        }
+        if page == IOAPIC_PAGE {
+            let size8 = size.min(4) as u8;
+            let deliveries = {
+                let mut s = vm.shared.lock();
+                let w = f(&mut || u64::from(s.ioapic.read_mmio(off, size8)));
+                w.map(|val| s.ioapic.write_mmio(off, size8, val as u32))
+            };
+            if let Some(d) = deliveries {
+                vm.ioapic_deliver(&d);
+            }
+            return Ok(());
+        }
+        if vm.mem.is_ram(gpa) {
+            let mut b = [0u8; 8];
+            let n = size.min(8);
+            if !GuestPhysRead::read(&vm.mem, gpa, &mut b[..n]) {
+                return self.rmw_unmapped(gpa, size, writes, f);
+            }
+            let old = u64::from_le_bytes(b);
+            if let Some(val) = f(&mut || old) {
+                let _ = vm.mem.write(gpa, &val.to_le_bytes()[..n]);
+            }
+            return Ok(());
+        }
+        self.rmw_unmapped(gpa, size, writes, f)
+    }
+
+    fn rmw_unmapped(
+        &mut self,
+        gpa: u64,
+        size: usize,
+        writes: bool,
+        f: impl FnOnce(&mut dyn FnMut() -> u64) -> Option<u64>,
+    ) -> Result<(), VmEnd> {
+        super::ept::unmapped(self.vm, gpa, writes, self.rip)?;
+        // All-ones from the empty bus; a write goes nowhere.
+        let _ = f(&mut || all_ones(size));
+        Ok(())
+    }
+}
+
+impl PhysBus for VcpuBus<'_> {
+    type Stop = VmEnd;
+
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), VmEnd> {
+        if GuestPhysRead::read(&self.vm.mem, gpa, buf) {
+            return Ok(());
+        }
+        let mut val = 0;
+        self.rmw(gpa, buf.len(), false, |read| {
+            val = read();
+            None
+        })?;
+        let n = buf.len().min(8);
+        buf[..n].copy_from_slice(&val.to_le_bytes()[..n]);
+        Ok(())
+    }
+
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), VmEnd> {
+        if self.vm.mem.write(gpa, data).is_some() {
+            return Ok(());
+        }
+        let mut b = [0u8; 8];
+        let n = data.len().min(8);
+        b[..n].copy_from_slice(&data[..n]);
+        let val = u64::from_le_bytes(b);
+        self.rmw(gpa, data.len(), true, |_| Some(val))
+    }
+}
+
+/// What a string instruction's operands reach: segmentation and paging of
+/// this vCPU, then [`VcpuBus`]; ports through the VM's port bus.
+pub struct GuestEnv<'a> {
+    pub bus: VcpuBus<'a>,
+    pub mode: AddrMode,
+    pub paging: PagingRegs,
+    pub user: bool,
+}
+
+impl GuestEnv<'_> {
+    pub fn new(v: &Vcpu) -> GuestEnv<'_> {
+        GuestEnv {
+            bus: VcpuBus {
+                vm: &v.vm,
+                idx: v.index,
+                now: v.vm.guest_tsc(),
+                rip: v.rip(),
+            },
+            mode: addr_mode(),
+            paging: paging_regs(),
+            user: v.cpl() == 3,
+        }
+    }
+
+    fn access(
+        &mut self,
+        seg: u8,
+        offset: u64,
+        write: bool,
+        buf: &mut [u8],
+    ) -> Result<(), Stop<VmEnd>> {
+        let s = segment(seg);
+        let la = gwalk::linear(&s, seg, offset, buf.len() as u64, write, self.mode)
+            .map_err(Stop::Fault)?;
+        let mem = &self.bus.vm.mem;
+        match gwalk::access_linear(mem, &mut self.bus, self.paging, la, self.user, write, buf) {
+            Ok(()) => Ok(()),
+            Err(LinearError::Fault(f)) => Err(Stop::Fault(f)),
+            Err(LinearError::Stop(e)) => Err(Stop::End(e)),
+            Err(LinearError::Unsupported) => Err(Stop::End(VmEnd::Crashed(format!(
+                "string instruction at rip {:#x}: guest paging mode not supported (5-level)",
+                self.bus.rip
+            )))),
+        }
+    }
+}
+
+impl StringEnv for GuestEnv<'_> {
+    type End = VmEnd;
+
+    fn read_mem(&mut self, seg: u8, offset: u64, buf: &mut [u8]) -> Result<(), Stop<VmEnd>> {
+        self.access(seg, offset, false, buf)
+    }
+
+    fn write_mem(&mut self, seg: u8, offset: u64, data: &[u8]) -> Result<(), Stop<VmEnd>> {
+        let mut b = [0u8; 8];
+        let n = data.len().min(8);
+        b[..n].copy_from_slice(&data[..n]);
+        self.access(seg, offset, true, &mut b[..n])
+    }
+
+    fn port_in(&mut self, port: u16, size: u8) -> u32 {
+        self.bus.vm.io_read(port, size)
+    }
+
+    fn port_out(&mut self, port: u16, size: u8, value: u32) -> Result<(), Stop<VmEnd>> {
+        super::io::note_console_output(self.bus.vm, port);
+        match self.bus.vm.io_write(port, size, value) {
+            Action::None => Ok(()),
+            Action::Exit(code) => Err(Stop::End(VmEnd::Exited(code))),
+            Action::PowerOff => Err(Stop::End(VmEnd::PoweredOff)),
+            Action::Reset => Err(Stop::End(VmEnd::Reset)),
+        }
+    }
+}
+
+/// Injects the exception a failed guest access raises.
+pub fn inject_fault(v: &mut Vcpu, f: Fault) {
+    match f {
+        Fault::Pf { cr2, code } => v.inject_page_fault(cr2, code),
+        other => v.inject_exception(other.vector(), Some(0)),
+    }
+}
+
+/// Runs a string instruction for up to [`REP_BUDGET`] iterations and
+/// finishes the exit: RIP advances only once the instruction is done.
+/// Device actions that end the guest after a completed iteration still
+/// advance RIP past a finished instruction.
+pub fn run_string(v: &mut Vcpu, insn: &StringInsn, len: u64) -> Flow {
+    let mut regs = v.regs.gpr;
+    let rflags = guest::RFLAGS.read().unwrap_or(0);
+    let res = {
+        let mut env = GuestEnv::new(v);
+        string::run(insn, &mut regs, rflags, &mut env, REP_BUDGET)
+    };
+    v.regs.gpr = regs;
+    match res {
+        Ok(Progress::Done) => {
+            set_rip(v, len);
+            Flow::Continue
+        }
+        Ok(Progress::Again) => Flow::Continue,
+        Err(Stop::Fault(f)) => {
+            inject_fault(v, f);
+            Flow::Continue
+        }
+        Err(Stop::End(e)) => {
+            set_rip(v, len);
+            Flow::End(e)
+        }
+    }
+}
+
+fn set_rip(v: &mut Vcpu, len: u64) {
+    let rip = v.rip().wrapping_add(len);
+    // SAFETY: the vCPU's VMCS is current.
+    let _ = unsafe { guest::RIP.write(rip) };
+    // Blocking by STI / MOV SS ends with the instruction (SDM Vol. 3C 25.4.2).
+    let st = guest::INTERRUPTIBILITY_STATE.read().unwrap_or(0);
+    if st & 3 != 0 {
+        // SAFETY: as above.
+        let _ = unsafe { guest::INTERRUPTIBILITY_STATE.write(st & !3) };
+    }
+}
+
+fn string_insn(d: &Decoded, op: StringOp, bytes: &[u8], mode: Mode) -> StringInsn {
+    let p = decode::prefixes(bytes, mode);
+    let seg = p.seg.unwrap_or(gwalk::DS);
+    let (src, dst) = match op {
+        StringOp::Movs => (Src::Mem(seg), Dst::Mem),
+        StringOp::Stos => (Src::Acc, Dst::Mem),
+        StringOp::Lods => (Src::Mem(seg), Dst::Acc),
+    };
+    StringInsn {
+        src,
+        dst,
+        size: d.size,
+        addr_size: p.addr_size,
+        rep: p.rep,
+    }
+}
+
+/// Emulates the instruction that touched `gpa` (a device page, or the empty
+/// bus under `unmapped_access = "ignore"`).
+pub fn handle(v: &mut Vcpu, gpa: u64) -> Flow {
     let mut bytes = [0u8; 15];
     let n = match fetch(v, &mut bytes) {
         Ok(n) => n,
-        Err(e) => return Some(Flow::End(VmEnd::Crashed(format!("MMIO at {gpa:#x}: {e}")))),
+        Err(e) => return Flow::End(VmEnd::Crashed(format!("MMIO at {gpa:#x}: {e}"))),
     };
-    let d = match decode::decode(&bytes[..n], cpu_mode()) {
+    let mode = cpu_mode();
+    let d = match decode::decode(&bytes[..n], mode) {
         Ok(d) => d,
         Err(e) => {
-            return Some(Flow::End(VmEnd::Crashed(format!(
+            return Flow::End(VmEnd::Crashed(format!(
             "MMIO at {gpa:#x}: cannot emulate the instruction at rip {:#x} ({e:?}, bytes {:02x?})",
             v.rip(),
             &bytes[..n.min(8)]
-        ))))
+        )))
         }
     };
-    let vm = v.vm.clone();
-    let idx = v.index;
-    let offset = (gpa & 0xFFF) as u32;
-    let now = vm.guest_tsc();
+    if let MemOp::String(op) = d.op {
+        let insn = string_insn(&d, op, &bytes[..n], mode);
+        return run_string(v, &insn, u64::from(d.len));
+    }
     let mut regs = v.regs.gpr;
     regs[RSP] = guest::RSP.read().unwrap_or(0);
     let mut rflags = guest::RFLAGS.read().unwrap_or(0);
-    let size = d.size;
-    let read = || -> u64 {
-        if page == LAPIC_PAGE {
-            u64::from(vm.lapics[idx].lock().read_mmio(offset, now))
-        } else {
-            u64::from(vm.shared.lock().ioapic.read_mmio(offset, size))
-        }
+    let res = {
+        let mut bus = VcpuBus {
+            vm: &v.vm,
+            idx: v.index,
+            now: v.vm.guest_tsc(),
+            rip: v.rip(),
+        };
+        bus.rmw(gpa, usize::from(d.size), d.op.writes(), |read| {
+            decode::emulate(&d, &mut regs, &mut rflags, read)
+        })
     };
-    let store = decode::emulate(&d, &mut regs, &mut rflags, read);
-    if let Some(value) = store {
-        if page == LAPIC_PAGE {
-            let effect = vm.lapics[idx].lock().write_mmio(offset, value as u32, now);
-            vm.lapic_effect(idx, effect);
-        } else {
-            let deliveries = vm
-                .shared
-                .lock()
-                .ioapic
-                .write_mmio(offset, size, value as u32);
-            vm.ioapic_deliver(&deliveries);
-        }
+    if let Err(end) = res {
+        return Flow::End(end);
     }
     v.regs.gpr = regs;
     // SAFETY: the vCPU's VMCS is current.
     unsafe {
         let _ = guest::RSP.write(regs[RSP]);
         let _ = guest::RFLAGS.write(rflags);
-        let _ = guest::RIP.write(v.rip().wrapping_add(u64::from(d.len)));
     }
-    Some(Flow::Continue)
+    set_rip(v, u64::from(d.len));
+    Flow::Continue
 }

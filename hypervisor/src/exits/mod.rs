@@ -8,6 +8,7 @@ pub mod ept;
 pub mod io;
 pub mod mmio;
 pub mod msr;
+pub mod string;
 pub mod vmcall;
 pub mod xsetbv;
 

@@ -353,6 +353,218 @@ pub fn read_virt(
     Ok(())
 }
 
+/// Segment registers in the order of the VM-exit instruction-information
+/// field (SDM Vol. 3C 28.2.5, Table 28-9 ff.).
+pub const ES: u8 = 0;
+pub const CS: u8 = 1;
+pub const SS: u8 = 2;
+pub const DS: u8 = 3;
+pub const FS: u8 = 4;
+pub const GS: u8 = 5;
+
+/// The hidden part of a segment register as the VMCS holds it (SDM Vol. 3C
+/// 25.4.1): base, limit in bytes, access rights (type 3:0, S 4, DPL 6:5,
+/// P 7, L 13, D/B 14, G 15, unusable 16).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Segment {
+    pub base: u64,
+    pub limit: u32,
+    pub ar: u32,
+}
+
+/// The CPU mode for address computation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddrMode {
+    /// Real or virtual-8086 mode: limits apply, no type checks.
+    Real,
+    /// Protected or compatibility mode: limits and types apply.
+    Protected,
+    /// 64-bit mode: no limits; canonical checks.
+    Long64,
+}
+
+/// An exception the guest gets for an access (SDM Vol. 3A 6.15).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// #GP(0).
+    Gp,
+    /// #SS(0): a stack-segment access.
+    Ss,
+    /// #PF with CR2 and error code.
+    Pf { cr2: u64, code: u32 },
+}
+
+impl Fault {
+    pub fn vector(self) -> u8 {
+        match self {
+            Fault::Gp => 13,
+            Fault::Ss => 12,
+            Fault::Pf { .. } => 14,
+        }
+    }
+
+    pub fn error_code(self) -> u32 {
+        match self {
+            Fault::Pf { code, .. } => code,
+            _ => 0,
+        }
+    }
+}
+
+/// Whether a 64-bit linear address is canonical (48-bit, SDM Vol. 1 3.3.7.1).
+pub fn canonical(la: u64) -> bool {
+    ((la as i64) << 16 >> 16) as u64 == la
+}
+
+/// The linear address of `size` bytes at `offset` (already truncated to the
+/// address size) in segment register `which`, with the checks of SDM Vol. 3A
+/// 3.4.5.1 (type), 5.3 (limit, expand-down) and, in 64-bit mode, 3.3.7.1
+/// (canonical form; only FS and GS have a base). A violation is #SS(0) for
+/// SS and #GP(0) otherwise.
+pub fn linear(
+    seg: &Segment,
+    which: u8,
+    offset: u64,
+    size: u64,
+    write: bool,
+    mode: AddrMode,
+) -> Result<u64, Fault> {
+    let fault = if which == SS { Fault::Ss } else { Fault::Gp };
+    let last = offset.wrapping_add(size.max(1) - 1);
+    if mode == AddrMode::Long64 {
+        let base = if which == FS || which == GS {
+            seg.base
+        } else {
+            0
+        };
+        let la = base.wrapping_add(offset);
+        if !canonical(la) || !canonical(base.wrapping_add(last)) {
+            return Err(fault);
+        }
+        return Ok(la);
+    }
+    let limit = u64::from(seg.limit);
+    let ty = seg.ar & 0xF;
+    let code = ty & 8 != 0;
+    if mode == AddrMode::Protected {
+        // A null or unusable selector, or a write to a code or read-only segment,
+        // or a read of an execute-only code segment.
+        if seg.ar & (1 << 16) != 0 || seg.ar & (1 << 4) == 0 {
+            return Err(fault);
+        }
+        let ok = if code {
+            !write && ty & 2 != 0
+        } else {
+            !write || ty & 2 != 0
+        };
+        if !ok {
+            return Err(fault);
+        }
+    }
+    let expand_down = !code && ty & 4 != 0 && mode == AddrMode::Protected;
+    let in_limit = if expand_down {
+        let upper = if seg.ar & (1 << 14) != 0 {
+            0xFFFF_FFFF
+        } else {
+            0xFFFF
+        };
+        offset > limit && last <= upper && last >= offset
+    } else {
+        last <= limit && last >= offset
+    };
+    if !in_limit {
+        return Err(fault);
+    }
+    Ok(seg.base.wrapping_add(offset) & 0xFFFF_FFFF)
+}
+
+/// Guest-physical accesses of the emulator: RAM, device or empty bus.
+pub trait PhysBus {
+    /// The error that ends the emulation (e.g. the guest is stopped).
+    type Stop;
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), Self::Stop>;
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), Self::Stop>;
+}
+
+/// Why a linear access failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LinearError<S> {
+    /// The guest gets this exception.
+    Fault(Fault),
+    /// A paging mode the walker does not handle.
+    Unsupported,
+    /// The bus ended the access.
+    Stop(S),
+}
+
+fn walk_fault<S>(f: WalkFault) -> LinearError<S> {
+    match f.kind {
+        FaultKind::Unsupported => LinearError::Unsupported,
+        // A paging structure on the empty bus reads all-ones: present, with
+        // reserved bits set (SDM 4.7: P and RSVD in the error code).
+        FaultKind::Unreadable(_) => LinearError::Fault(Fault::Pf {
+            cr2: f.gva,
+            code: WalkFault {
+                kind: FaultKind::Reserved,
+                ..f
+            }
+            .pf_error_code(),
+        }),
+        _ => LinearError::Fault(Fault::Pf {
+            cr2: f.gva,
+            code: f.pf_error_code(),
+        }),
+    }
+}
+
+/// Reads (`write` false) or writes `buf.len()` bytes at linear address `la`,
+/// page by page, through the guest's paging and `bus`. A write is translated
+/// for every page before any byte is written, so a fault leaves memory alone.
+pub fn access_linear<B: PhysBus>(
+    mem: &impl GuestPhysRead,
+    bus: &mut B,
+    regs: PagingRegs,
+    la: u64,
+    user: bool,
+    write: bool,
+    buf: &mut [u8],
+) -> Result<(), LinearError<B::Stop>> {
+    let wide = paging_mode(&regs) == PagingMode::Level4;
+    let access = Access {
+        write,
+        user,
+        fetch: false,
+    };
+    // At most two pages for the element sizes used here (up to 8 bytes);
+    // longer buffers are split as needed.
+    let mut pieces: [(u64, usize, usize); 4] = [(0, 0, 0); 4];
+    let mut count = 0;
+    let mut done = 0usize;
+    while done < buf.len() {
+        let mut va = la.wrapping_add(done as u64);
+        if !wide {
+            va &= 0xFFFF_FFFF;
+        }
+        let n = ((0x1000 - (va & 0xFFF)) as usize).min(buf.len() - done);
+        let pa = translate(mem, regs, va, access).map_err(walk_fault)?;
+        if count == pieces.len() {
+            return Err(LinearError::Unsupported);
+        }
+        pieces[count] = (pa, done, n);
+        count += 1;
+        done += n;
+    }
+    for &(pa, off, n) in &pieces[..count] {
+        let r = if write {
+            bus.write(pa, &buf[off..off + n])
+        } else {
+            bus.read(pa, &mut buf[off..off + n])
+        };
+        r.map_err(LinearError::Stop)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -797,6 +1009,165 @@ mod tests {
         assert_eq!(
             f(FaultKind::Protection, Access::FETCH).pf_error_code(),
             0x11
+        );
+    }
+
+    fn seg(base: u64, limit: u32, ar: u32) -> Segment {
+        Segment { base, limit, ar }
+    }
+
+    #[test]
+    fn segmentation_limits_and_types() {
+        use AddrMode::*;
+        let data = seg(0x1_0000, 0xFFFF, 0x93); // read/write data, 16-bit
+        assert_eq!(linear(&data, DS, 0xFFFF, 1, true, Protected), Ok(0x1_FFFF));
+        assert_eq!(
+            linear(&data, DS, 0xFFFF, 2, false, Protected),
+            Err(Fault::Gp)
+        );
+        assert_eq!(
+            linear(&data, SS, 0xFFFE, 4, false, Protected),
+            Err(Fault::Ss)
+        );
+        assert_eq!(linear(&data, ES, 0xFFFF, 2, false, Real), Err(Fault::Gp));
+        assert_eq!(linear(&data, ES, 0x10, 2, true, Real), Ok(0x1_0010));
+        // Read-only data: no writes. Execute-only code: no reads; readable code: reads only.
+        let ro = seg(0, 0xFFFF_FFFF, 0xC091);
+        assert_eq!(linear(&ro, DS, 0, 1, false, Protected), Ok(0));
+        assert_eq!(linear(&ro, DS, 0, 1, true, Protected), Err(Fault::Gp));
+        let xo = seg(0, 0xFFFF_FFFF, 0xC099);
+        assert_eq!(linear(&xo, CS, 0, 1, false, Protected), Err(Fault::Gp));
+        let rx = seg(0, 0xFFFF_FFFF, 0xC09B);
+        assert_eq!(linear(&rx, CS, 8, 4, false, Protected), Ok(8));
+        assert_eq!(linear(&rx, CS, 8, 4, true, Protected), Err(Fault::Gp));
+        // Unusable (null selector) and system segments.
+        assert_eq!(
+            linear(&seg(0, 0, 1 << 16), ES, 0, 1, true, Protected),
+            Err(Fault::Gp)
+        );
+        assert_eq!(
+            linear(&seg(0, 0xFFFF, 0x8B), ES, 0, 1, false, Protected),
+            Err(Fault::Gp)
+        );
+        // Expand-down, 32-bit: valid offsets are (limit, 0xFFFFFFFF].
+        let down = seg(0, 0xFFF, 0x4097);
+        assert_eq!(linear(&down, SS, 0xFFF, 1, true, Protected), Err(Fault::Ss));
+        assert_eq!(linear(&down, SS, 0x1000, 4, true, Protected), Ok(0x1000));
+        assert_eq!(
+            linear(&down, SS, 0xFFFF_FFFE, 4, true, Protected),
+            Err(Fault::Ss)
+        );
+        // Linear addresses wrap at 4 GiB outside 64-bit mode.
+        let high = seg(0xFFFF_F000, 0xFFFF_FFFF, 0xC093);
+        assert_eq!(linear(&high, DS, 0x2000, 1, false, Protected), Ok(0x1000));
+    }
+
+    #[test]
+    fn long_mode_bases_and_canonical_checks() {
+        use AddrMode::Long64;
+        let fs = seg(0x7000_0000, 0, 0x93);
+        assert_eq!(linear(&fs, FS, 0x10, 8, true, Long64), Ok(0x7000_0010));
+        // DS/ES/SS bases are ignored, limits too.
+        assert_eq!(linear(&fs, DS, 0x10, 8, true, Long64), Ok(0x10));
+        assert_eq!(
+            linear(&fs, ES, 0x0000_8000_0000_0000, 1, true, Long64),
+            Err(Fault::Gp)
+        );
+        assert_eq!(
+            linear(&fs, SS, 0x0000_7FFF_FFFF_FFFC, 8, false, Long64),
+            Err(Fault::Ss)
+        );
+        assert_eq!(
+            linear(&fs, DS, 0xFFFF_8000_0000_0000, 8, false, Long64),
+            Ok(0xFFFF_8000_0000_0000)
+        );
+        assert!(canonical(0x0000_7FFF_FFFF_FFFF) && !canonical(0x0001_0000_0000_0000));
+    }
+
+    /// A bus over [`Mem`] that records writes and refuses one address.
+    struct Bus<'a> {
+        mem: &'a mut Mem,
+        refuse: u64,
+    }
+
+    impl PhysBus for Bus<'_> {
+        type Stop = u64;
+        fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), u64> {
+            if gpa == self.refuse {
+                return Err(gpa);
+            }
+            assert!(GuestPhysRead::read(self.mem, gpa, buf));
+            Ok(())
+        }
+        fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), u64> {
+            if gpa == self.refuse {
+                return Err(gpa);
+            }
+            self.mem.put(gpa, data);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn linear_access_through_paging() {
+        let mut m = mem64();
+        let r = regs64(0x10000);
+        let snapshot = Mem {
+            bytes: m.bytes.clone(),
+            limit: m.limit,
+        };
+        let mut bus = Bus {
+            mem: &mut m,
+            refuse: 0xDEAD,
+        };
+        // A write across two pages: 0x1FFE.. is 0xFEE0_0FFE and 0x3000.
+        let mut data = [1, 2, 3, 4];
+        // Page 0x1000 is read-only with CR0.WP: #PF, present + write, and nothing written.
+        let e = access_linear(&snapshot, &mut bus, r, 0x1FFE, false, true, &mut data);
+        assert_eq!(
+            e,
+            Err(LinearError::Fault(Fault::Pf {
+                cr2: 0x1FFE,
+                code: 0b011
+            }))
+        );
+        assert_eq!(bus.mem.bytes.get(&0xFEE0_0FFE), None);
+        // The same with a read: fine.
+        access_linear(&snapshot, &mut bus, r, 0x1FFE, false, false, &mut data).unwrap();
+        // Not present: #PF with CR2 at the page that faults, user bit from CPL 3.
+        let e = access_linear(&snapshot, &mut bus, r, 0x2FFC, true, true, &mut [0u8; 8]);
+        assert_eq!(
+            e,
+            Err(LinearError::Fault(Fault::Pf {
+                cr2: 0x3000,
+                code: 0b110
+            }))
+        );
+        // Writable page: written through the bus.
+        access_linear(&snapshot, &mut bus, r, 0x2008, false, true, &mut [9u8, 8]).unwrap();
+        assert_eq!(bus.mem.bytes.get(&0x3009), Some(&8));
+        // Paging off: identity; the bus may refuse.
+        let off = PagingRegs::default();
+        bus.refuse = 0x5000;
+        let e = access_linear(
+            &snapshot,
+            &mut bus,
+            off,
+            0x5000,
+            false,
+            false,
+            &mut [0u8; 2],
+        );
+        assert_eq!(e, Err(LinearError::Stop(0x5000)));
+        // A page table outside RAM reads all-ones: #PF with P and RSVD.
+        let far = PagingRegs { cr3: 1 << 41, ..r };
+        let e = access_linear(&snapshot, &mut bus, far, 0x1000, false, true, &mut [0u8; 1]);
+        assert_eq!(
+            e,
+            Err(LinearError::Fault(Fault::Pf {
+                cr2: 0x1000,
+                code: 0b1011
+            }))
         );
     }
 }

@@ -78,6 +78,8 @@ pub struct Vm {
     pub mailbox: Vec<irq::Mailbox>,
     /// Set once the guest's first console byte has been reported.
     pub first_output: AtomicBool,
+    /// Accesses to guest-physical memory with nothing behind it (ignored).
+    pub unmapped: Mutex<crate::exits::ept::UnmappedLog>,
 }
 
 /// TSC when the manifest was read (start-up figures are measured from here).
@@ -172,6 +174,7 @@ impl Vm {
             entry: Mutex::new(entry),
             tsc_offset: AtomicU64::new(power_on_tsc_offset()),
             first_output: AtomicBool::new(false),
+            unmapped: Mutex::new(crate::exits::ept::UnmappedLog::new()),
             lapics: (0..config.vcpus)
                 .map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick())))
                 .collect(),
@@ -220,6 +223,13 @@ impl Vm {
             return false;
         }
         s.io.flush_all();
+        let ignored = self.unmapped.lock().count;
+        if ignored > 0 {
+            println!(
+                "vm {}: {ignored} unmapped accesses ignored (reads gave all-ones, writes dropped)",
+                self.name
+            );
+        }
         match &how {
             VmEnd::Exited(code) => println!("vm {}: exited code={code}", self.name),
             VmEnd::Crashed(r) => println!("vm {}: stopped: {r}", self.name),

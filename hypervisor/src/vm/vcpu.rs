@@ -145,6 +145,9 @@ pub struct Vcpu {
     /// The physical CPU this vCPU last ran on: its TLB entries (tagged with
     /// the VPID and EPTP) there may be stale once it has run elsewhere.
     last_cpu: Option<usize>,
+    /// CR2 for a #PF being injected, loaded right before the entry that
+    /// delivers the fault.
+    pub pending_cr2: Option<u64>,
     switched_msrs: [u64; SWITCHED_MSRS.len()],
     /// The CPU whose VMCS cache holds this vCPU's VMCS (it is "active" there).
     active_on: Option<usize>,
@@ -218,6 +221,7 @@ impl Vcpu {
             cr2: 0,
             last_cpu: None,
             virtual_nmis,
+            pending_cr2: None,
             switched_msrs: [0; SWITCHED_MSRS.len()],
             active_on: None,
             vruntime: 0,
@@ -315,6 +319,12 @@ impl Vcpu {
                     .store(true, Ordering::Release);
             }
             if let Some(ev) = self.pending_event.take() {
+                if let Some(cr2) = self.pending_cr2.take() {
+                    // SAFETY: CR2 only reports page-fault addresses; the host
+                    // takes no page faults before this entry (and CR2 is the
+                    // guest's while it is switched in).
+                    unsafe { regs::write_cr2(cr2) };
+                }
                 w!(ctrl::VMENTRY_INTERRUPTION_INFO, ev.info);
                 w!(ctrl::VMENTRY_EXCEPTION_ERR_CODE, ev.error_code);
                 w!(ctrl::VMENTRY_INSTRUCTION_LEN, ev.len);
@@ -971,6 +981,7 @@ impl Vcpu {
 
     /// Queues a hardware exception for the next VM entry.
     pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        self.pending_cr2 = None;
         let info = arch::vmx::exit::hw_exception(vector, error_code.is_some());
         self.pending_event = Some(Event {
             info,
@@ -981,6 +992,12 @@ impl Vcpu {
             let rflags = guest::RFLAGS.read().unwrap_or(0);
             w!(guest::RFLAGS, rflags | (1 << 16));
         }
+    }
+
+    /// Queues a page fault at linear address `cr2` (SDM Vol. 3A 6.15, #PF).
+    pub fn inject_page_fault(&mut self, cr2: u64, error_code: u32) {
+        self.inject_exception(14, Some(error_code));
+        self.pending_cr2 = Some(cr2);
     }
 
     /// The guest's current privilege level (SS.DPL, SDM 5.5 / 27.3.1.5).
