@@ -12,8 +12,27 @@ use crate::vmx::run::RSP;
 use alloc::format;
 use arch::vmx::vmcs::guest;
 
-pub const LAPIC_PAGE: u64 = 0xFEE0_0000;
 pub const IOAPIC_PAGE: u64 = ioapic::BASE;
+
+/// The device model an MMIO page belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Lapic,
+    Ioapic,
+}
+
+/// Which device decodes `page` for a vCPU whose IA32_APIC_BASE puts its
+/// xAPIC page at `lapic_page` (SDM Vol. 3A 11.4.5: the page moves with the
+/// base; the old address no longer reaches the APIC).
+pub fn target(page: u64, lapic_page: u64) -> Option<Target> {
+    if page == lapic_page {
+        Some(Target::Lapic)
+    } else if page == IOAPIC_PAGE {
+        Some(Target::Ioapic)
+    } else {
+        None
+    }
+}
 
 impl GuestPhysRead for GuestMemory {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
@@ -64,9 +83,8 @@ pub fn fetch(v: &Vcpu, buf: &mut [u8; 15]) -> Result<usize, alloc::string::Strin
 /// Emulates an access to an MMIO page; None if no device lives at `gpa`.
 pub fn handle(v: &mut Vcpu, gpa: u64) -> Option<Flow> {
     let page = gpa & !0xFFF;
-    if page != LAPIC_PAGE && page != IOAPIC_PAGE {
-        return None;
-    }
+    let lapic_page = v.vm.lapics[v.index].lock().mmio_base();
+    let target = target(page, lapic_page)?;
     let mut bytes = [0u8; 15];
     let n = match fetch(v, &mut bytes) {
         Ok(n) => n,
@@ -91,7 +109,7 @@ pub fn handle(v: &mut Vcpu, gpa: u64) -> Option<Flow> {
     let mut rflags = guest::RFLAGS.read().unwrap_or(0);
     let size = d.size;
     let read = || -> u64 {
-        if page == LAPIC_PAGE {
+        if target == Target::Lapic {
             u64::from(vm.lapics[idx].lock().read_mmio(offset, now))
         } else {
             u64::from(vm.shared.lock().ioapic.read_mmio(offset, size))
@@ -99,7 +117,7 @@ pub fn handle(v: &mut Vcpu, gpa: u64) -> Option<Flow> {
     };
     let store = decode::emulate(&d, &mut regs, &mut rflags, read);
     if let Some(value) = store {
-        if page == LAPIC_PAGE {
+        if target == Target::Lapic {
             let effect = vm.lapics[idx].lock().write_mmio(offset, value as u32, now);
             vm.lapic_effect(idx, effect);
         } else {
@@ -119,4 +137,20 @@ pub fn handle(v: &mut Vcpu, gpa: u64) -> Option<Flow> {
         let _ = guest::RIP.write(v.rip().wrapping_add(u64::from(d.len)));
     }
     Some(Flow::Continue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lapic_page_follows_apic_base() {
+        let default = crate::devices::lapic::DEFAULT_BASE;
+        assert_eq!(target(default, default), Some(Target::Lapic));
+        assert_eq!(target(IOAPIC_PAGE, default), Some(Target::Ioapic));
+        // Relocated: the new page decodes, the old one is unclaimed.
+        assert_eq!(target(0xFED0_0000, 0xFED0_0000), Some(Target::Lapic));
+        assert_eq!(target(default, 0xFED0_0000), None);
+        assert_eq!(target(0xFED0_1000, 0xFED0_0000), None);
+    }
 }

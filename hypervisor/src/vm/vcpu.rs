@@ -84,8 +84,9 @@ pub struct Vcpu {
     pub vpid: u16,
     xsave_area: u64,
     pub xcr0: u64,
-    /// The guest's view of the TPR (CR8), since CR8 accesses exit.
-    pub cr8: u64,
+    /// MSRs kept outside the VMCS (IA32_MISC_ENABLE). CR8 is the local
+    /// APIC's TPR, kept there.
+    pub msrs: exits::msr::MsrState,
     /// Event to inject at the next VM entry: (interruption info, error code).
     pub pending_event: Option<(u32, u32)>,
     switched_msrs: [u64; SWITCHED_MSRS.len()],
@@ -143,7 +144,7 @@ impl Vcpu {
             vpid: NEXT_VPID.fetch_add(1, Ordering::Relaxed).max(1),
             xsave_area,
             xcr0: 1,
-            cr8: 0,
+            msrs: exits::msr::MsrState::default(),
             pending_event: None,
             switched_msrs: [0; SWITCHED_MSRS.len()],
             active_on: None,
