@@ -164,11 +164,6 @@ pub fn write(v: &mut Vcpu, msr: u32, value: u64) -> bool {
                 let Some(new) = misc::write(v.msrs.misc_enable, value) else {
                     return false;
                 };
-                // XD disable can't be set while EFER.NXE is (no NX to turn off).
-                let efer = guest::IA32_EFER.read().unwrap_or(0);
-                if new & misc::XD_DISABLE != 0 && efer & EFER_NXE != 0 {
-                    return false;
-                }
                 v.msrs.misc_enable = new;
                 true
             }
