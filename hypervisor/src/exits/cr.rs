@@ -149,6 +149,45 @@ pub fn tpr_to_cr8(tpr: u8) -> u64 {
     u64::from(tpr >> 4)
 }
 
+/// PAE PDPTE bits that must be 0 in a present entry: 2:1, 8:5 and those at
+/// or above MAXPHYADDR (SDM Vol. 3A 4.4.1, Table 4-8).
+pub fn pdptes_valid(p: &[u64; 4], maxphyaddr: u8) -> bool {
+    let high = !0u64 << maxphyaddr.min(63);
+    p.iter().all(|&e| e & 1 == 0 || e & (0x1E6 | high) == 0)
+}
+
+/// Whether `cr0`/`cr4`/`efer` select PAE paging (not IA-32e).
+fn pae_paging(cr0: u64, cr4: u64, lma: bool) -> bool {
+    cr0 & cr0::PG != 0 && cr4 & cr4::PAE != 0 && !lma
+}
+
+/// Loads the four PDPTEs the way a MOV to CR0/CR4 into PAE paging does
+/// (SDM Vol. 3A 4.4.1): with EPT the next VM entry takes them from the VMCS
+/// (SDM Vol. 3C 27.3.2.4), so they must be put there. False means #GP.
+fn load_pdptes(v: &Vcpu, cr3: u64) -> bool {
+    let Some(b) = v.vm.mem.slice(cr3 & 0xFFFF_FFE0, 32) else {
+        // Not RAM: an empty bus reads all-ones, which has reserved bits set.
+        return false;
+    };
+    let mut p = [0u64; 4];
+    for (i, e) in p.iter_mut().enumerate() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[8 * i..8 * i + 8]);
+        *e = u64::from_le_bytes(w);
+    }
+    if !pdptes_valid(&p, super::msr::maxphyaddr()) {
+        return false;
+    }
+    // SAFETY: the vCPU's VMCS is current.
+    unsafe {
+        let _ = guest::PDPTE0.write(p[0]);
+        let _ = guest::PDPTE1.write(p[1]);
+        let _ = guest::PDPTE2.write(p[2]);
+        let _ = guest::PDPTE3.write(p[3]);
+    }
+    true
+}
+
 fn cr_state() -> CrState {
     CrState {
         cr0: visible_cr0(),
@@ -164,6 +203,10 @@ fn write_cr0(v: &mut Vcpu, val: u64) -> bool {
     let Some(lma) = check_cr0(&s, val) else {
         return false;
     };
+    let reload = (s.cr0 ^ val) & (cr0::PG | cr0::CD | cr0::NW) != 0;
+    if reload && pae_paging(val, s.cr4, lma) && !load_pdptes(v, s.cr3) {
+        return false;
+    }
     v.set_entry_ia32e(lma);
     // SAFETY: the vCPU's VMCS is current.
     unsafe {
@@ -174,10 +217,16 @@ fn write_cr0(v: &mut Vcpu, val: u64) -> bool {
     true
 }
 
-fn write_cr4(val: u64) -> bool {
+fn write_cr4(v: &Vcpu, val: u64) -> bool {
     let (_, f1) = fixed(msr::IA32_VMX_CR4_FIXED0, msr::IA32_VMX_CR4_FIXED1);
     let allowed = f1 & !(cr4::VMXE | cr4::SMXE | hidden_cr4());
-    if !check_cr4(&cr_state(), val, allowed) {
+    let s = cr_state();
+    if !check_cr4(&s, val, allowed) {
+        return false;
+    }
+    let paging_bits = cr4::PAE | cr4::PGE | cr4::PSE | cr4::PCIDE | cr4::SMEP;
+    let lma = s.efer & EFER_LMA != 0;
+    if (s.cr4 ^ val) & paging_bits != 0 && pae_paging(s.cr0, val, lma) && !load_pdptes(v, s.cr3) {
         return false;
     }
     // SAFETY: the vCPU's VMCS is current.
@@ -192,7 +241,7 @@ pub fn handle(v: &mut Vcpu) -> Flow {
     let q = CrQualification::decode(ro::EXIT_QUALIFICATION.read().unwrap_or(0));
     let ok = match (q.access, q.cr) {
         (CrAccessType::MovToCr, 0) => write_cr0(v, gpr(v, q.gpr)),
-        (CrAccessType::MovToCr, 4) => write_cr4(gpr(v, q.gpr)),
+        (CrAccessType::MovToCr, 4) => write_cr4(v, gpr(v, q.gpr)),
         (CrAccessType::MovToCr, 8) => match cr8_to_tpr(gpr(v, q.gpr)) {
             Some(tpr) => {
                 v.vm.lapics[v.index].lock().set_tpr(tpr);
@@ -313,6 +362,19 @@ mod tests {
             !check_cr4(&legacy, cr4::PKE, all & !cr4::PKE),
             "unsupported bit"
         );
+    }
+
+    #[test]
+    fn pae_pdpte_reserved_bits() {
+        let ok = [0x1001, 0x2001, 0, 0x3000_0001];
+        assert!(pdptes_valid(&ok, 36));
+        // Not present: nothing else is checked.
+        assert!(pdptes_valid(&[0xFFFF_FFFF_FFFF_FFFE, 0, 0, 0], 36));
+        for bad in [0x1003, 0x1021, 0x1101, 0x10_0000_1001] {
+            assert!(!pdptes_valid(&[0x1001, bad, 0, 0], 36), "{bad:#x}");
+        }
+        assert!(pdptes_valid(&[0x10_0000_1001, 0, 0, 0], 40));
+        assert!(!pdptes_valid(&[!0, !0, !0, !0], 52), "all-ones (no RAM)");
     }
 
     #[test]
