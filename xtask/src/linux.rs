@@ -464,6 +464,12 @@ echo "linux-guest: nproc $cpus"
 echo "linux-guest: memtotal $(awk '/^MemTotal:/ { print $2 }' /proc/meminfo) kB"
 if grep -qw hypervisor /proc/cpuinfo; then hv=yes; else hv=no; fi
 echo "linux-guest: hypervisor flag $hv"
+# XSAVE as the hypervisor enumerates it: the kernel keeps AVX2 only when CPUID leaf 0DH is
+# consistent (else arch/x86/kernel/fpu/xstate.c warns and turns XSAVE off).
+if grep -qw avx2 /proc/cpuinfo; then avx2=yes; else avx2=no; fi
+echo "linux-guest: avx2 $avx2"
+dmesg | grep 'x86/fpu: Enabled xstate' | sed 's/^\[[^]]*\] /linux-guest: /'
+echo "linux-guest: kernel warnings $(dmesg | grep -c -e 'WARNING: CPU' -e 'XSAVE consistency problem')"
 
 off() {
     echo "linux-guest: powering off"
@@ -776,6 +782,8 @@ linux-image-6.12-cloud-amd64 - Linux for x86-64 cloud (meta-package)
             "echo \"linux-guest: nproc $cpus\"",
             "linux-guest: memtotal",
             "echo \"linux-guest: hypervisor flag $hv\"",
+            "echo \"linux-guest: avx2 $avx2\"",
+            "linux-guest: kernel warnings $(dmesg | grep -c",
             "echo \"linux-guest: workload md5 $result\"",
             "echo \"linux-guest: powering off\"",
             "poweroff -f",
@@ -784,7 +792,8 @@ linux-image-6.12-cloud-amd64 - Linux for x86-64 cloud (meta-package)
             assert!(INIT_SCRIPT.contains(line), "{line}");
         }
         for applet in [
-            "nproc", "awk", "seq", "sort", "md5sum", "cut", "setsid", "cttyhack",
+            "nproc", "awk", "seq", "sort", "md5sum", "cut", "setsid", "cttyhack", "dmesg", "grep",
+            "sed",
         ] {
             assert!(APPLETS.contains(&applet), "{applet}");
         }

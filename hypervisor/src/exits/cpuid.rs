@@ -2,8 +2,8 @@
 //! virtualized hidden, the guest's own topology, and the hypervisor leaves.
 use crate::vm::vcpu::{Flow, Vcpu};
 use crate::vmx::run::{RAX, RBX, RCX, RDX};
+use crate::xsave::{self, Layout};
 use arch::cpuid::Cpuid;
-use arch::vmx::vmcs::guest;
 
 /// "FerroVisorHV" in EBX, ECX, EDX.
 pub const SIGNATURE: [u32; 3] = [
@@ -22,7 +22,16 @@ pub struct View {
     pub guest_osxsave: bool,
     pub rdtscp: bool,
     pub invpcid: bool,
-    pub xsaves: bool,
+    /// The vCPU's XCR0 and what XSAVE features guests are offered.
+    pub xcr0: u64,
+    pub xsave: Layout,
+    /// CR4.PKE as the guest sees it (CPUID.7:ECX.OSPKE).
+    pub guest_pke: bool,
+    /// IA32_APIC_BASE.EN (CPUID.1:EDX.APIC, SDM Vol. 3A 11.4.3).
+    pub apic_enabled: bool,
+    /// IA32_MISC_ENABLE bits 22 (limit CPUID maxval) and 34 (XD disable).
+    pub limit_maxval: bool,
+    pub xd_disable: bool,
 }
 
 /// Leaf 1 ECX bits hidden from guests: VMX, SMX, EST, TM2, PDCM, DTES64,
@@ -47,6 +56,32 @@ const L7_EBX_HIDE: u32 = (1 << 1) | (1 << 2) | (1 << 4) | (1 << 11) | (1 << 14) 
 const L7_ECX_HIDE: u32 = (1 << 5) | (1 << 30);
 const L7_EDX_HIDE: u32 =
     (1 << 15) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 29) | (1 << 30) | (1 << 31);
+/// CET (shadow stack ECX[7], IBT EDX[20]) needs supervisor XSAVE state
+/// (IA32_XSS), which guests don't get; AMX (EDX[22], [24], [25]) needs XCR0
+/// components guests aren't offered.
+const L7_ECX_CET: u32 = 1 << 7;
+const L7_EDX_XSTATE: u32 = (1 << 20) | (1 << 22) | (1 << 24) | (1 << 25);
+/// Features whose registers live in XCR0 components (SDM Vol. 1 13.1):
+/// leaf 1 ECX FMA, AVX, F16C; leaf 7 EBX AVX2; ECX VAES, VPCLMULQDQ.
+const L1_ECX_AVX: u32 = (1 << 12) | (1 << 28) | (1 << 29);
+const L7_EBX_AVX: u32 = 1 << 5;
+const L7_ECX_AVX: u32 = (1 << 9) | (1 << 10);
+/// AVX-512: leaf 7 EBX F, DQ, IFMA, PF, ER, CD, BW, VL; ECX VBMI, VBMI2,
+/// VNNI, BITALG, VPOPCNTDQ; EDX 4VNNIW, 4FMAPS, VP2INTERSECT, FP16.
+const L7_EBX_AVX512: u32 =
+    (1 << 16) | (1 << 17) | (1 << 21) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30) | (1 << 31);
+const L7_ECX_AVX512: u32 = (1 << 1) | (1 << 6) | (1 << 11) | (1 << 12) | (1 << 14);
+const L7_EDX_AVX512: u32 = (1 << 2) | (1 << 3) | (1 << 8) | (1 << 23);
+/// PKU and OSPKE.
+const L7_ECX_PKU: u32 = 1 << 3;
+const L7_ECX_OSPKE: u32 = 1 << 4;
+/// CPUID.80000001H:EDX.NX, hidden while IA32_MISC_ENABLE.XD_DISABLE is set.
+const EXT1_EDX_NX: u32 = 1 << 20;
+
+/// Whether the guest is offered PKU (CR4.PKE may be set only then).
+pub fn pku_offered(host_l7_ecx: u32, layout: &Layout) -> bool {
+    host_l7_ecx & L7_ECX_PKU != 0 && layout.offered & xsave::PKRU != 0
+}
 
 fn bits_for(n: u32) -> u32 {
     32 - n.saturating_sub(1).leading_zeros()
@@ -70,7 +105,13 @@ pub fn virtual_cpuid(leaf: u32, sub: u32, view: &View, host: impl Fn(u32, u32) -
             edx: 0,
         },
         0x4000_0002..=0x4FFF_FFFF => zero,
-        0 => host(0, 0),
+        0 => {
+            let mut r = host(0, 0);
+            if view.limit_maxval {
+                r.eax = r.eax.min(2);
+            }
+            r
+        }
         l if l <= max_basic || l >= 0x8000_0000 => {
             let mut r = host(leaf, sub);
             match leaf {
@@ -80,8 +121,15 @@ pub fn virtual_cpuid(leaf: u32, sub: u32, view: &View, host: impl Fn(u32, u32) -
                     if view.guest_osxsave {
                         r.ecx |= 1 << 27;
                     }
+                    if view.xsave.offered & xsave::AVX == 0 {
+                        r.ecx &= !L1_ECX_AVX;
+                    }
                     r.edx &= !L1_EDX_HIDE;
-                    r.edx |= 1 << 9; // APIC
+                    if view.apic_enabled {
+                        r.edx |= 1 << 9;
+                    } else {
+                        r.edx &= !(1 << 9);
+                    }
                     if view.vcpus > 1 {
                         r.edx |= 1 << 28;
                     } else {
@@ -102,8 +150,27 @@ pub fn virtual_cpuid(leaf: u32, sub: u32, view: &View, host: impl Fn(u32, u32) -
                     if !view.invpcid {
                         r.ebx &= !(1 << 10);
                     }
-                    r.ecx &= !L7_ECX_HIDE;
-                    r.edx &= !L7_EDX_HIDE;
+                    r.ecx &= !(L7_ECX_HIDE | L7_ECX_CET);
+                    r.edx &= !(L7_EDX_HIDE | L7_EDX_XSTATE);
+                    let offered = view.xsave.offered;
+                    if offered & xsave::AVX == 0 {
+                        r.ebx &= !L7_EBX_AVX;
+                        r.ecx &= !L7_ECX_AVX;
+                    }
+                    if offered & xsave::AVX512 != xsave::AVX512 {
+                        r.ebx &= !L7_EBX_AVX512;
+                        r.ecx &= !L7_ECX_AVX512;
+                        r.edx &= !L7_EDX_AVX512;
+                    }
+                    // OSPKE is the guest's CR4.PKE, not the host's.
+                    let pku = pku_offered(r.ecx, &view.xsave);
+                    r.ecx &= !(L7_ECX_PKU | L7_ECX_OSPKE);
+                    if pku {
+                        r.ecx |= L7_ECX_PKU;
+                        if view.guest_pke {
+                            r.ecx |= L7_ECX_OSPKE;
+                        }
+                    }
                 }
                 7 => r = zero,
                 0xB => {
@@ -129,8 +196,18 @@ pub fn virtual_cpuid(leaf: u32, sub: u32, view: &View, host: impl Fn(u32, u32) -
                         },
                     };
                 }
-                0xD if sub == 1 && !view.xsaves => r.eax &= !(1 << 3),
-                0x8000_0001 if !view.rdtscp => r.edx &= !(1 << 27),
+                // XSAVE state: computed from what guests are offered.
+                0xD => r = view.xsave.leaf(sub, view.xcr0),
+                // AMX tile information: no AMX.
+                0x1D | 0x1E => r = zero,
+                0x8000_0001 => {
+                    if !view.rdtscp {
+                        r.edx &= !(1 << 27);
+                    }
+                    if view.xd_disable {
+                        r.edx &= !EXT1_EDX_NX;
+                    }
+                }
                 _ => {}
             }
             r
@@ -145,13 +222,19 @@ pub fn handle(v: &mut Vcpu) -> Flow {
     let sub = v.regs.gpr[RCX] as u32;
     use arch::vmx::vmcs::{bits::secondary as s, ctrl};
     let sec = ctrl::SECONDARY_PROCBASED_EXEC_CONTROLS.read().unwrap_or(0);
+    let cr4 = super::cr::visible_cr4();
     let view = View {
         vcpu: v.index as u32,
         vcpus: v.vm.config.vcpus,
-        guest_osxsave: guest::CR4.read().unwrap_or(0) & arch::regs::cr4::OSXSAVE != 0,
+        guest_osxsave: cr4 & arch::regs::cr4::OSXSAVE != 0,
         rdtscp: sec & s::ENABLE_RDTSCP != 0,
         invpcid: sec & s::ENABLE_INVPCID != 0,
-        xsaves: sec & s::ENABLE_XSAVES != 0,
+        xcr0: v.xcr0,
+        xsave: xsave::guest_layout(),
+        guest_pke: cr4 & arch::regs::cr4::PKE != 0,
+        apic_enabled: v.vm.lapics[v.index].lock().apic_base() & (1 << 11) != 0,
+        limit_maxval: v.msrs.misc_enable & super::msr::misc::LIMIT_CPUID_MAXVAL != 0,
+        xd_disable: v.msrs.misc_enable & super::msr::misc::XD_DISABLE != 0,
     };
     let r = virtual_cpuid(leaf, sub, &view, arch::cpuid::cpuid);
     v.regs.gpr[RAX] = u64::from(r.eax);
@@ -202,8 +285,127 @@ mod tests {
             guest_osxsave: false,
             rdtscp: true,
             invpcid: true,
-            xsaves: false,
+            xcr0: 1,
+            xsave: Layout::from_host(0x2E7, skx_xsave),
+            guest_pke: false,
+            apic_enabled: true,
+            limit_maxval: false,
+            xd_disable: false,
         }
+    }
+
+    /// A Skylake-X host's leaf 0DH with PKRU listed but not described (as Bochs 2.7).
+    fn skx_xsave(_: u32, sub: u32) -> Cpuid {
+        let (eax, ebx) = match sub {
+            0 => (0x2FF, 2696),
+            1 => (0xF, 2696),
+            2 => (256, 576),
+            3 => (64, 960),
+            4 => (64, 1024),
+            5 => (64, 1088),
+            6 => (512, 1152),
+            7 => (1024, 1664),
+            _ => (0, 0),
+        };
+        Cpuid {
+            eax,
+            ebx,
+            ecx: if sub == 0 { 2696 } else { 0 },
+            edx: 0,
+        }
+    }
+
+    fn host_xsave(leaf: u32, sub: u32) -> Cpuid {
+        if leaf == 0xD {
+            skx_xsave(leaf, sub)
+        } else {
+            host(leaf, sub)
+        }
+    }
+
+    #[test]
+    fn leaf_d_is_computed_from_offered_components() {
+        let mut v = view(1);
+        v.xcr0 = 0xE7;
+        let r0 = virtual_cpuid(0xD, 0, &v, host_xsave);
+        // PKRU (no geometry on this host) and MPX (hidden) are not offered.
+        assert_eq!((r0.eax, r0.edx), (0xE7, 0));
+        assert_eq!((r0.ebx, r0.ecx), (2688, 2688));
+        v.xcr0 = 7;
+        assert_eq!(virtual_cpuid(0xD, 0, &v, host_xsave).ebx, 832);
+        let r1 = virtual_cpuid(0xD, 1, &v, host_xsave);
+        assert_eq!(r1.eax & (1 << 3), 0, "XSAVES hidden");
+        assert_ne!(r1.eax & (1 << 1), 0, "XSAVEC offered");
+        assert_eq!((r1.ebx, r1.ecx, r1.edx), (832, 0, 0));
+        for sub in [3, 4, 9, 10] {
+            assert_eq!(virtual_cpuid(0xD, sub, &v, host_xsave), Cpuid::default());
+        }
+        assert_eq!(virtual_cpuid(0xD, 2, &v, host_xsave).ebx, 576);
+    }
+
+    /// Every feature bit of leaf 7 set.
+    fn host7(leaf: u32, sub: u32) -> Cpuid {
+        let mut r = host(leaf, sub);
+        if leaf == 7 {
+            r.ebx = !0;
+        }
+        r
+    }
+
+    #[test]
+    fn leaf7_and_leaf1_follow_offered_components() {
+        let host = host7;
+        let mut v = view(1);
+        let r7 = virtual_cpuid(7, 0, &v, host);
+        assert_ne!(r7.ebx & (1 << 5), 0, "AVX2 kept with AVX offered");
+        assert_ne!(r7.ebx & (1 << 16), 0, "AVX-512F kept with AVX-512 offered");
+        assert_eq!(r7.ecx & (3 << 3), 0, "PKU/OSPKE hidden without PKRU");
+        assert_eq!(r7.ecx & (1 << 7), 0, "CET shadow stack hidden");
+        assert_eq!(r7.edx & (1 << 20), 0, "CET IBT hidden");
+        assert_eq!(r7.edx & (1 << 24), 0, "AMX hidden");
+        v.xsave = Layout::from_host(0x3, skx_xsave);
+        let r7 = virtual_cpuid(7, 0, &v, host);
+        assert_eq!(r7.ebx & ((1 << 5) | (1 << 16) | (1 << 31)), 0);
+        let r1 = virtual_cpuid(1, 0, &v, host);
+        assert_eq!(r1.ecx & (1 << 28), 0, "AVX hidden without its state");
+        assert_ne!(r1.ecx & (1 << 26), 0, "XSAVE itself stays");
+        // PKU with PKRU offered; OSPKE follows the guest's CR4.PKE.
+        v.xsave = Layout::from_host(0x2E7, |l, s| {
+            let mut r = skx_xsave(l, s);
+            if s == 9 {
+                r = Cpuid {
+                    eax: 8,
+                    ebx: 2688,
+                    ecx: 0,
+                    edx: 0,
+                };
+            }
+            r
+        });
+        assert_eq!(virtual_cpuid(7, 0, &v, host).ecx & (3 << 3), 1 << 3);
+        v.guest_pke = true;
+        assert_eq!(virtual_cpuid(7, 0, &v, host).ecx & (3 << 3), 3 << 3);
+    }
+
+    #[test]
+    fn osxsave_apic_and_misc_enable_views() {
+        let mut v = view(1);
+        assert_eq!(virtual_cpuid(1, 0, &v, host).ecx & (1 << 27), 0);
+        v.guest_osxsave = true;
+        assert_ne!(virtual_cpuid(1, 0, &v, host).ecx & (1 << 27), 0);
+        assert_ne!(virtual_cpuid(1, 0, &v, host).edx & (1 << 9), 0);
+        v.apic_enabled = false;
+        assert_eq!(
+            virtual_cpuid(1, 0, &v, host).edx & (1 << 9),
+            0,
+            "APIC disabled"
+        );
+        assert_eq!(virtual_cpuid(0, 0, &v, host).eax, 0x16);
+        v.limit_maxval = true;
+        assert_eq!(virtual_cpuid(0, 0, &v, host).eax, 2);
+        assert_ne!(virtual_cpuid(0x8000_0001, 0, &v, host).edx & (1 << 20), 0);
+        v.xd_disable = true;
+        assert_eq!(virtual_cpuid(0x8000_0001, 0, &v, host).edx & (1 << 20), 0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Control-register accesses that exit: CR0.NE/PG and every constrained CR4
-//! bit (read shadows keep the guest's own view), and CR8 (SDM Vol. 3C 25.6.6,
-//! 28.1.3). Invalid values inject #GP as the architecture would.
+//! bit (read shadows keep the guest's own view), and CR8, which is the local
+//! APIC's TPR (SDM Vol. 3C 25.6.6, 28.1.3; Vol. 3A 11.8.6). Invalid values
+//! inject #GP as the architecture would, never reach the VMCS.
 use super::GP;
 use crate::vm::vcpu::{Flow, Vcpu};
 use crate::vmx::run::RSP;
@@ -14,10 +15,11 @@ fn fixed(lo: u32, hi: u32) -> (u64, u64) {
     unsafe { (rdmsr(lo), rdmsr(hi)) }
 }
 
-/// CR4 bits the guest may not change on its own: fixed ones and VMX/SMX.
+/// CR4 bits the guest may not change on its own: fixed ones, VMX/SMX and
+/// those of features hidden from it.
 pub fn cr4_mask() -> u64 {
     let (f0, f1) = fixed(msr::IA32_VMX_CR4_FIXED0, msr::IA32_VMX_CR4_FIXED1);
-    (f0 | !f1 | cr4::VMXE | cr4::SMXE) & 0xFFFF_FFFF
+    (f0 | !f1 | cr4::VMXE | cr4::SMXE | hidden_cr4()) & 0xFFFF_FFFF
 }
 
 /// The CR4 the CPU runs with for a guest value.
@@ -63,39 +65,168 @@ fn set_gpr(v: &mut Vcpu, n: u8, val: u64) {
     }
 }
 
-fn write_cr0(v: &mut Vcpu, val: u64) -> bool {
+/// CR4.LA57 and CR4.CET: no constants in `arch` for them yet.
+const CR4_LA57: u64 = 1 << 12;
+const CR4_CET: u64 = 1 << 23;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+
+/// CR4 bits of features CPUID hides from guests: setting them is #GP, so
+/// they must exit (they are in the guest/host mask).
+pub fn hidden_cr4() -> u64 {
+    let l7 = arch::cpuid::cpuid(7, 0).ecx;
+    let pke = if super::cpuid::pku_offered(l7, &crate::xsave::guest_layout()) {
+        0
+    } else {
+        cr4::PKE
+    };
+    pke | CR4_CET
+}
+
+/// What the architectural checks of a MOV to CR0/CR4 depend on.
+#[derive(Clone, Copy, Debug)]
+pub struct CrState {
+    /// CR0 and CR4 as the guest sees them before the write.
+    pub cr0: u64,
+    pub cr4: u64,
+    pub cr3: u64,
+    pub efer: u64,
+    /// CS.L: the guest is in 64-bit mode (with EFER.LMA).
+    pub cs_l: bool,
+}
+
+/// MOV to CR0 (SDM Vol. 2B MOV; Vol. 3A 2.5, 10.8.5): the new EFER.LMA, or
+/// None for #GP.
+pub fn check_cr0(s: &CrState, val: u64) -> Option<bool> {
     if val >> 32 != 0
         || (val & cr0::PG != 0 && val & cr0::PE == 0)
         || (val & cr0::NW != 0 && val & cr0::CD == 0)
     {
-        return false;
+        return None;
     }
-    let efer = guest::IA32_EFER.read().unwrap_or(0);
-    let cr4v = visible_cr4();
-    let lme = efer & (1 << 8) != 0;
+    let lme = s.efer & EFER_LME != 0;
+    let lma = s.efer & EFER_LMA != 0;
     let pg = val & cr0::PG != 0;
-    if pg && lme && cr4v & cr4::PAE == 0 {
+    let was_pg = s.cr0 & cr0::PG != 0;
+    // Activating IA-32e mode needs PAE paging.
+    if pg && !was_pg && lme && s.cr4 & cr4::PAE == 0 {
+        return None;
+    }
+    // Leaving IA-32e mode: only from compatibility mode, with PCIDE clear.
+    if !pg && lma && (s.cs_l || s.cr4 & cr4::PCIDE != 0) {
+        return None;
+    }
+    Some(pg && lme)
+}
+
+/// MOV to CR4 (SDM Vol. 2B MOV; Vol. 3A 2.5, 4.10.1): whether it is allowed;
+/// `allowed` are the bits this CPU may set for a guest.
+pub fn check_cr4(s: &CrState, val: u64, allowed: u64) -> bool {
+    let lma = s.efer & EFER_LMA != 0;
+    let changed = s.cr4 ^ val;
+    if val & !allowed != 0 {
         return false;
     }
-    let lma = pg && lme;
+    // IA-32e mode can't be left by clearing PAE, and LA57 can't change in it.
+    if lma && (val & cr4::PAE == 0 || changed & CR4_LA57 != 0) {
+        return false;
+    }
+    // PCIDE may be set only in IA-32e mode and with CR3[11:0] = 0.
+    if changed & val & cr4::PCIDE != 0 && (!lma || s.cr3 & 0xFFF != 0) {
+        return false;
+    }
+    true
+}
+
+/// MOV to CR8: TPR[7:4] = CR8[3:0], TPR[3:0] = 0; bits 63:4 are reserved
+/// (SDM Vol. 3A 11.8.6.1, Vol. 2B MOV). None for #GP.
+pub fn cr8_to_tpr(val: u64) -> Option<u8> {
+    (val >> 4 == 0).then_some((val as u8) << 4)
+}
+
+/// MOV from CR8: CR8[3:0] = TPR[7:4].
+pub fn tpr_to_cr8(tpr: u8) -> u64 {
+    u64::from(tpr >> 4)
+}
+
+/// PAE PDPTE bits that must be 0 in a present entry: 2:1, 8:5 and those at
+/// or above MAXPHYADDR (SDM Vol. 3A 4.4.1, Table 4-8).
+pub fn pdptes_valid(p: &[u64; 4], maxphyaddr: u8) -> bool {
+    let high = !0u64 << maxphyaddr.min(63);
+    p.iter().all(|&e| e & 1 == 0 || e & (0x1E6 | high) == 0)
+}
+
+/// Whether `cr0`/`cr4`/`efer` select PAE paging (not IA-32e).
+fn pae_paging(cr0: u64, cr4: u64, lma: bool) -> bool {
+    cr0 & cr0::PG != 0 && cr4 & cr4::PAE != 0 && !lma
+}
+
+/// Loads the four PDPTEs the way a MOV to CR0/CR4 into PAE paging does
+/// (SDM Vol. 3A 4.4.1): with EPT the next VM entry takes them from the VMCS
+/// (SDM Vol. 3C 27.3.2.4), so they must be put there. False means #GP.
+fn load_pdptes(v: &Vcpu, cr3: u64) -> bool {
+    let Some(b) = v.vm.mem.slice(cr3 & 0xFFFF_FFE0, 32) else {
+        // Not RAM: an empty bus reads all-ones, which has reserved bits set.
+        return false;
+    };
+    let mut p = [0u64; 4];
+    for (i, e) in p.iter_mut().enumerate() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[8 * i..8 * i + 8]);
+        *e = u64::from_le_bytes(w);
+    }
+    if !pdptes_valid(&p, super::msr::maxphyaddr()) {
+        return false;
+    }
+    // SAFETY: the vCPU's VMCS is current.
+    unsafe {
+        let _ = guest::PDPTE0.write(p[0]);
+        let _ = guest::PDPTE1.write(p[1]);
+        let _ = guest::PDPTE2.write(p[2]);
+        let _ = guest::PDPTE3.write(p[3]);
+    }
+    true
+}
+
+fn cr_state() -> CrState {
+    CrState {
+        cr0: visible_cr0(),
+        cr4: visible_cr4(),
+        cr3: guest::CR3.read().unwrap_or(0),
+        efer: guest::IA32_EFER.read().unwrap_or(0),
+        cs_l: guest::CS_ACCESS_RIGHTS.read().unwrap_or(0) & (1 << 13) != 0,
+    }
+}
+
+fn write_cr0(v: &mut Vcpu, val: u64) -> bool {
+    let s = cr_state();
+    let Some(lma) = check_cr0(&s, val) else {
+        return false;
+    };
+    let reload = (s.cr0 ^ val) & (cr0::PG | cr0::CD | cr0::NW) != 0;
+    if reload && pae_paging(val, s.cr4, lma) && !load_pdptes(v, s.cr3) {
+        return false;
+    }
     v.set_entry_ia32e(lma);
     // SAFETY: the vCPU's VMCS is current.
     unsafe {
-        let _ = guest::IA32_EFER.write((efer & !(1 << 10)) | if lma { 1 << 10 } else { 0 });
+        let _ = guest::IA32_EFER.write((s.efer & !EFER_LMA) | if lma { EFER_LMA } else { 0 });
         let _ = ctrl::CR0_READ_SHADOW.write(val);
         let _ = guest::CR0.write(real_cr0(val));
     }
     true
 }
 
-fn write_cr4(val: u64) -> bool {
+fn write_cr4(v: &Vcpu, val: u64) -> bool {
     let (_, f1) = fixed(msr::IA32_VMX_CR4_FIXED0, msr::IA32_VMX_CR4_FIXED1);
-    let allowed = f1 & !(cr4::VMXE | cr4::SMXE);
-    if val & !allowed != 0 {
+    let allowed = f1 & !(cr4::VMXE | cr4::SMXE | hidden_cr4());
+    let s = cr_state();
+    if !check_cr4(&s, val, allowed) {
         return false;
     }
-    let efer = guest::IA32_EFER.read().unwrap_or(0);
-    if efer & (1 << 10) != 0 && val & cr4::PAE == 0 {
+    let paging_bits = cr4::PAE | cr4::PGE | cr4::PSE | cr4::PCIDE | cr4::SMEP;
+    let lma = s.efer & EFER_LMA != 0;
+    if (s.cr4 ^ val) & paging_bits != 0 && pae_paging(s.cr0, val, lma) && !load_pdptes(v, s.cr3) {
         return false;
     }
     // SAFETY: the vCPU's VMCS is current.
@@ -110,14 +241,17 @@ pub fn handle(v: &mut Vcpu) -> Flow {
     let q = CrQualification::decode(ro::EXIT_QUALIFICATION.read().unwrap_or(0));
     let ok = match (q.access, q.cr) {
         (CrAccessType::MovToCr, 0) => write_cr0(v, gpr(v, q.gpr)),
-        (CrAccessType::MovToCr, 4) => write_cr4(gpr(v, q.gpr)),
-        (CrAccessType::MovToCr, 8) => {
-            let val = gpr(v, q.gpr);
-            v.cr8 = val & 0xF;
-            val >> 4 == 0
-        }
+        (CrAccessType::MovToCr, 4) => write_cr4(v, gpr(v, q.gpr)),
+        (CrAccessType::MovToCr, 8) => match cr8_to_tpr(gpr(v, q.gpr)) {
+            Some(tpr) => {
+                v.vm.lapics[v.index].lock().set_tpr(tpr);
+                true
+            }
+            None => false,
+        },
         (CrAccessType::MovFromCr, 8) => {
-            set_gpr(v, q.gpr, v.cr8);
+            let tpr = v.vm.lapics[v.index].lock().tpr();
+            set_gpr(v, q.gpr, tpr_to_cr8(tpr));
             true
         }
         (CrAccessType::Lmsw, _) => {
@@ -138,4 +272,119 @@ pub fn handle(v: &mut Vcpu) -> Flow {
         v.inject_exception(GP, Some(0));
     }
     Flow::Continue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PE_PG: u64 = cr0::PE | cr0::PG | cr0::NE | cr0::ET;
+
+    fn long64() -> CrState {
+        CrState {
+            cr0: PE_PG,
+            cr4: cr4::PAE,
+            cr3: 0x1000,
+            efer: EFER_LME | EFER_LMA,
+            cs_l: true,
+        }
+    }
+
+    #[test]
+    fn cr0_pg_in_ia32e_mode() {
+        let s = long64();
+        assert_eq!(check_cr0(&s, PE_PG), Some(true));
+        assert_eq!(check_cr0(&s, PE_PG & !cr0::PG), None, "64-bit mode");
+        let compat = CrState { cs_l: false, ..s };
+        assert_eq!(check_cr0(&compat, PE_PG & !cr0::PG), Some(false));
+        let pcid = CrState {
+            cr4: cr4::PAE | cr4::PCIDE,
+            ..compat
+        };
+        assert_eq!(check_cr0(&pcid, PE_PG & !cr0::PG), None, "PCIDE set");
+    }
+
+    #[test]
+    fn cr0_basic_rules() {
+        let real = CrState {
+            cr0: cr0::ET,
+            cr4: 0,
+            cr3: 0,
+            efer: 0,
+            cs_l: false,
+        };
+        assert_eq!(check_cr0(&real, cr0::PE), Some(false));
+        assert_eq!(check_cr0(&real, cr0::PG), None, "PG without PE");
+        assert_eq!(check_cr0(&real, cr0::PE | cr0::NW), None, "NW without CD");
+        assert_eq!(check_cr0(&real, 1 << 32 | cr0::PE), None);
+        let lme = CrState {
+            efer: EFER_LME,
+            ..real
+        };
+        assert_eq!(check_cr0(&lme, PE_PG), None, "IA-32e needs PAE");
+        let lme_pae = CrState {
+            cr4: cr4::PAE,
+            ..lme
+        };
+        assert_eq!(check_cr0(&lme_pae, PE_PG), Some(true));
+    }
+
+    #[test]
+    fn cr4_pcide_pae_la57() {
+        let all = !0;
+        let s = long64();
+        assert!(check_cr4(&s, cr4::PAE | cr4::PCIDE, all));
+        assert!(!check_cr4(
+            &CrState { cr3: 0x1001, ..s },
+            cr4::PAE | cr4::PCIDE,
+            all
+        ));
+        // Already set: CR3[11:0] is a PCID then, no check.
+        let on = CrState {
+            cr4: cr4::PAE | cr4::PCIDE,
+            cr3: 0x1005,
+            ..s
+        };
+        assert!(check_cr4(&on, cr4::PAE | cr4::PCIDE | cr4::PGE, all));
+        assert!(check_cr4(&on, cr4::PAE, all), "clearing PCIDE is fine");
+        assert!(!check_cr4(&s, 0, all), "PAE cleared in IA-32e mode");
+        assert!(!check_cr4(&s, cr4::PAE | CR4_LA57, all));
+        let legacy = CrState {
+            cr0: cr0::PE,
+            cr4: 0,
+            cr3: 0,
+            efer: 0,
+            cs_l: false,
+        };
+        assert!(!check_cr4(&legacy, cr4::PCIDE, all), "PCIDE outside IA-32e");
+        assert!(check_cr4(&legacy, cr4::PAE, all));
+        assert!(
+            !check_cr4(&legacy, cr4::PKE, all & !cr4::PKE),
+            "unsupported bit"
+        );
+    }
+
+    #[test]
+    fn pae_pdpte_reserved_bits() {
+        let ok = [0x1001, 0x2001, 0, 0x3000_0001];
+        assert!(pdptes_valid(&ok, 36));
+        // Not present: nothing else is checked.
+        assert!(pdptes_valid(&[0xFFFF_FFFF_FFFF_FFFE, 0, 0, 0], 36));
+        for bad in [0x1003, 0x1021, 0x1101, 0x10_0000_1001] {
+            assert!(!pdptes_valid(&[0x1001, bad, 0, 0], 36), "{bad:#x}");
+        }
+        assert!(pdptes_valid(&[0x10_0000_1001, 0, 0, 0], 40));
+        assert!(!pdptes_valid(&[!0, !0, !0, !0], 52), "all-ones (no RAM)");
+    }
+
+    #[test]
+    fn cr8_is_tpr_priority_class() {
+        assert_eq!(cr8_to_tpr(0), Some(0));
+        assert_eq!(cr8_to_tpr(0xF), Some(0xF0));
+        assert_eq!(cr8_to_tpr(0x5), Some(0x50));
+        assert_eq!(cr8_to_tpr(0x10), None);
+        assert_eq!(cr8_to_tpr(1 << 63), None);
+        assert_eq!(tpr_to_cr8(0x5F), 5);
+        assert_eq!(tpr_to_cr8(0xF0), 0xF);
+    }
 }

@@ -22,8 +22,33 @@ use crate::vmx::run::RSP;
 use alloc::format;
 use arch::vmx::vmcs::guest;
 
-pub const LAPIC_PAGE: u64 = 0xFEE0_0000;
 pub const IOAPIC_PAGE: u64 = ioapic::BASE;
+
+/// The device model an MMIO page belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Lapic,
+    Ioapic,
+}
+
+/// Which device decodes `page` for a vCPU whose IA32_APIC_BASE puts its
+/// xAPIC page at `lapic_page` (SDM Vol. 3A 11.4.5: the page moves with the
+/// base; the old address no longer reaches the APIC).
+pub fn target(page: u64, lapic_page: u64) -> Option<Target> {
+    if page == lapic_page {
+        Some(Target::Lapic)
+    } else if page == IOAPIC_PAGE {
+        Some(Target::Ioapic)
+    } else {
+        None
+    }
+}
+
+/// The device behind guest-physical `gpa` for vCPU `idx` of `vm`, if any.
+pub fn device_at(vm: &Vm, idx: usize, gpa: u64) -> Option<Target> {
+    let lapic_page = vm.lapics[idx].lock().mmio_base();
+    target(gpa & !0xFFF, lapic_page)
+}
 
 /// Iterations of a REP string instruction per exit (then the instruction
 /// executes again, and interrupts can be taken in between).
@@ -39,11 +64,6 @@ impl GuestPhysRead for GuestMemory {
             None => false,
         }
     }
-}
-
-pub fn is_device_page(gpa: u64) -> bool {
-    let page = gpa & !0xFFF;
-    page == LAPIC_PAGE || page == IOAPIC_PAGE
 }
 
 pub fn cpu_mode() -> Mode {
@@ -161,9 +181,9 @@ impl VcpuBus<'_> {
         f: impl FnOnce(&mut dyn FnMut() -> u64) -> Option<u64>,
     ) -> Result<(), VmEnd> {
         let vm = self.vm;
-        let page = gpa & !0xFFF;
         let off = (gpa & 0xFFF) as u32;
-        if page == LAPIC_PAGE {
+        let device = device_at(vm, self.idx, gpa);
+        if device == Some(Target::Lapic) {
             let now = self.now;
             let effect = {
                 let mut l = vm.lapics[self.idx].lock();
@@ -175,7 +195,7 @@ impl VcpuBus<'_> {
             }
             return Ok(());
         }
-        if page == IOAPIC_PAGE {
+        if device == Some(Target::Ioapic) {
             let size8 = size.min(4) as u8;
             let deliveries = {
                 let mut s = vm.shared.lock();
@@ -435,4 +455,20 @@ pub fn handle(v: &mut Vcpu, gpa: u64) -> Flow {
     }
     set_rip(v, u64::from(d.len));
     Flow::Continue
+}
+
+#[cfg(test)]
+mod apic_page_tests {
+    use super::*;
+
+    #[test]
+    fn lapic_page_follows_apic_base() {
+        let default = crate::devices::lapic::DEFAULT_BASE;
+        assert_eq!(target(default, default), Some(Target::Lapic));
+        assert_eq!(target(IOAPIC_PAGE, default), Some(Target::Ioapic));
+        // Relocated: the new page decodes, the old one is unclaimed.
+        assert_eq!(target(0xFED0_0000, 0xFED0_0000), Some(Target::Lapic));
+        assert_eq!(target(default, 0xFED0_0000), None);
+        assert_eq!(target(0xFED0_1000, 0xFED0_0000), None);
+    }
 }

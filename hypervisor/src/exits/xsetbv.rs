@@ -1,4 +1,5 @@
-//! XSETBV: validated against what the CPU supports and the architectural
+//! XSETBV: validated against the components guests are offered (those CPUID
+//! leaf 0DH reports, see `xsave::Layout`) and the architectural
 //! rules (SDM Vol. 1 13.3); anything invalid injects #GP.
 use super::GP;
 use crate::vm::vcpu::{Flow, Vcpu};
@@ -21,7 +22,7 @@ pub fn valid_xcr0(value: u64, supported: u64) -> bool {
 pub fn handle(v: &mut Vcpu) -> Flow {
     let index = v.regs.gpr[RCX] as u32;
     let value = (v.regs.gpr[RDX] << 32) | (v.regs.gpr[RAX] & 0xFFFF_FFFF);
-    if index != 0 || v.cpl() != 0 || !valid_xcr0(value, crate::xsave::host_mask()) {
+    if index != 0 || v.cpl() != 0 || !valid_xcr0(value, crate::xsave::guest_mask()) {
         v.inject_exception(GP, Some(0));
         return Flow::Continue;
     }

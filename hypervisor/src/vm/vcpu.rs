@@ -133,8 +133,9 @@ pub struct Vcpu {
     pub vpid: u16,
     xsave_area: u64,
     pub xcr0: u64,
-    /// The guest's view of the TPR (CR8), since CR8 accesses exit.
-    pub cr8: u64,
+    /// MSRs kept outside the VMCS (IA32_MISC_ENABLE). CR8 is the local
+    /// APIC's TPR, kept there.
+    pub msrs: exits::msr::MsrState,
     /// Event to inject at the next VM entry.
     pub pending_event: Option<Event>,
     /// DR0-DR3 and DR6: not in the VMCS, so switched with the vCPU (DR7 and
@@ -215,7 +216,7 @@ impl Vcpu {
             vpid: alloc_vpid(),
             xsave_area,
             xcr0: 1,
-            cr8: 0,
+            msrs: exits::msr::MsrState::default(),
             pending_event: None,
             debug_regs: [0, 0, 0, 0, DR6_INIT],
             cr2: 0,
