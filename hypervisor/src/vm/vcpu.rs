@@ -64,22 +64,39 @@ const SWITCHED_MSRS: [u32; 6] = [
     msr::IA32_TSC_AUX,
 ];
 
-/// Sets every MSR to trap except the pass-through ones (SDM 25.6.9).
-pub fn init_msr_bitmap(page: u64) {
-    // SAFETY: `page` is a 4 KiB page owned by the VM being built.
-    unsafe { core::ptr::write_bytes(page as *mut u8, 0xFF, 4096) };
-    for m in PASSTHROUGH_MSRS {
-        let (base, bit) = if m >= 0xC000_0000 {
-            (0x400, m - 0xC000_0000)
-        } else {
-            (0, m)
+/// The MSR bitmap (SDM Vol. 3C 25.6.9): read bitmaps for low (0..0x1FFF) and
+/// high (0xC0000000..0xC0001FFF) MSRs at 0 and 0x400, write bitmaps at 0x800
+/// and 0xC00; a set bit makes the access exit. Every MSR exits but `passthrough`.
+pub fn msr_bitmap(passthrough: &[u32]) -> [u8; 4096] {
+    let mut page = [0xFF; 4096];
+    for &m in passthrough {
+        let (base, bit) = match m {
+            0..=0x1FFF => (0, m),
+            0xC000_0000..=0xC000_1FFF => (0x400, m - 0xC000_0000),
+            // Outside both ranges every access exits anyway.
+            _ => continue,
         };
         for off in [base, base + 0x800] {
-            let byte = (page + off + u64::from(bit / 8)) as *mut u8;
-            // SAFETY: inside the bitmap page.
-            unsafe { byte.write(byte.read() & !(1 << (bit % 8))) };
+            page[off + (bit / 8) as usize] &= !(1 << (bit % 8));
         }
     }
+    page
+}
+
+/// Fills a VM's MSR bitmap page.
+pub fn init_msr_bitmap(page: u64) {
+    let bitmap = msr_bitmap(&PASSTHROUGH_MSRS);
+    // SAFETY: `page` is a 4 KiB page owned by the VM being built.
+    unsafe { core::ptr::copy_nonoverlapping(bitmap.as_ptr(), page as *mut u8, 4096) };
+}
+
+/// The VMX-preemption timer value for `tsc` ticks when it counts down once
+/// every 2^`rate` ticks (SDM Vol. 3C 26.5.1), rounded up so that the exit
+/// never comes before the deadline, and at most what the field holds.
+pub fn preemption_timer_value(tsc: u64, rate: u8) -> u32 {
+    let rate = u32::from(rate.min(63));
+    let ticks = (tsc >> rate) + u64::from(tsc & ((1u64 << rate) - 1) != 0);
+    ticks.min(u64::from(u32::MAX)) as u32
 }
 
 /// Why a time slice ended.
@@ -307,7 +324,7 @@ impl Vcpu {
             let left = left.min(self.next_timer.saturating_sub(now).max(1));
             w!(
                 guest::VMX_PREEMPTION_TIMER_VALUE,
-                (left >> rate).min(u64::from(u32::MAX)) as u32
+                preemption_timer_value(left, rate)
             );
             if self.pending_event.is_none()
                 && self.vm.mailbox[self.index]
@@ -1023,5 +1040,47 @@ impl Drop for Vcpu {
         mm::free_zeroed(self.vmcs, mm::PAGE);
         mm::free_zeroed(self.xsave_area, 2 * mm::PAGE);
         free_vpid(self.vpid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exits(page: &[u8; 4096], base: usize, bit: u32) -> bool {
+        page[base + (bit / 8) as usize] & (1 << (bit % 8)) != 0
+    }
+
+    #[test]
+    fn msr_bitmap_passes_only_the_listed_msrs() {
+        let page = msr_bitmap(&PASSTHROUGH_MSRS);
+        for m in PASSTHROUGH_MSRS {
+            let (base, bit) = if m >= 0xC000_0000 {
+                (0x400, m - 0xC000_0000)
+            } else {
+                (0, m)
+            };
+            assert!(!exits(&page, base, bit), "read of {m:#x}");
+            assert!(!exits(&page, base + 0x800, bit), "write of {m:#x}");
+        }
+        // Everything else exits, reads and writes, e.g. EFER, APIC_BASE, TSC, SYSENTER.
+        for (base, bit) in [(0x400, 0x80), (0, 0x1B), (0, 0x10), (0, 0x174), (0, 0x1FFF)] {
+            assert!(exits(&page, base, bit) && exits(&page, base + 0x800, bit));
+        }
+        let clear: u32 = page.iter().map(|b| b.count_zeros()).sum();
+        assert_eq!(clear as usize, 2 * PASSTHROUGH_MSRS.len());
+        // MSRs outside both ranges can't be passed through.
+        assert_eq!(msr_bitmap(&[0x4000_0000]), [0xFF; 4096]);
+    }
+
+    #[test]
+    fn preemption_timer_rounds_up() {
+        assert_eq!(preemption_timer_value(0, 5), 0);
+        assert_eq!(preemption_timer_value(1, 5), 1);
+        assert_eq!(preemption_timer_value(32, 5), 1);
+        assert_eq!(preemption_timer_value(33, 5), 2);
+        assert_eq!(preemption_timer_value(1000, 0), 1000);
+        assert_eq!(preemption_timer_value(u64::MAX, 0), u32::MAX);
+        assert_eq!(preemption_timer_value(u64::MAX, 63), 2);
     }
 }
