@@ -360,8 +360,11 @@ pub fn parse_header(image: &[u8]) -> Result<SetupHeader, BzError> {
     };
     let offset = hdr.kernel_offset();
     let have = image.len().saturating_sub(offset);
+    // syssize counts 16-byte paragraphs, rounded up (boot.rst "Details of
+    // Header Fields", syssize): the file may end up to 15 bytes short of
+    // syssize * 16.
     let syssize_bytes = u64::from(hdr.syssize) * 16;
-    if have == 0 || (have as u64) < syssize_bytes {
+    if have == 0 || (have as u64).saturating_add(15) < syssize_bytes {
         return Err(BzError::KernelTruncated {
             offset,
             have,
@@ -925,13 +928,13 @@ mod tests {
             "not a power of two",
         );
         check(
-            &good[..good.len() - 1],
+            &good[..good.len() - 16],
             BzError::KernelTruncated {
                 offset: 0xA00,
-                have: 0xFFF,
+                have: 0xFF0,
                 syssize_bytes: 0x1000,
             },
-            "truncated: 4095 bytes",
+            "truncated: 4080 bytes",
         );
         check(
             &good[..0xA00],
@@ -941,6 +944,35 @@ mod tests {
                 syssize_bytes: 0x1000,
             },
             "truncated",
+        );
+    }
+
+    /// syssize is rounded up to paragraphs: a file 1..15 bytes short of
+    /// syssize * 16 is whole (memtest86+ ships such images); 16 short is not.
+    #[test]
+    fn syssize_rounds_up_to_a_paragraph() {
+        for kernel_len in [0x1000 - 15, 0x1000 - 1, 0x1001] {
+            let img = image(kernel_len, 0x10_0000);
+            let want = (kernel_len as u32).div_ceil(16);
+            let h = parse_header(&img).unwrap();
+            assert_eq!(h.syssize, want);
+            let ram = FakeRam::new(64 * MIB);
+            let map = map_for(64 * MIB);
+            let s = load(&img, &ram, &cfg(&map, "", None)).unwrap();
+            assert_eq!(
+                ram.read(s.kernel_load, kernel_len),
+                img[0xA00..].to_vec()
+            );
+        }
+        let mut img = image(0x1000 - 15, 0x10_0000);
+        put(&mut img, SYSSIZE, &0x101u32.to_le_bytes());
+        assert_eq!(
+            parse_header(&img).unwrap_err(),
+            BzError::KernelTruncated {
+                offset: 0xA00,
+                have: 0xFF1,
+                syssize_bytes: 0x1010,
+            }
         );
     }
 

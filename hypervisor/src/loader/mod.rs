@@ -1,5 +1,6 @@
 //! Guest image loaders: each turns an image file into guest RAM contents and
 //! the vCPU state the image expects at its entry point.
+pub mod bda;
 pub mod bzimage;
 pub mod e820;
 pub mod elf;
@@ -7,7 +8,7 @@ pub mod multiboot;
 pub mod setup;
 
 use crate::manifest::{EntryMode, GuestConfig, ImageKind};
-use crate::vm::memory::GuestMemory;
+use e820::GuestRam;
 use alloc::string::String;
 use core::fmt;
 pub use setup::EntryState;
@@ -30,6 +31,8 @@ pub enum LoadError {
     Multiboot(multiboot::MbError),
     Acpi(crate::acpi_gen::AcpiGenError),
     E820(e820::E820Error),
+    /// The BIOS data area or the EBDA could not be written.
+    BiosData,
 }
 
 impl fmt::Display for LoadError {
@@ -62,6 +65,7 @@ impl fmt::Display for LoadError {
             LoadError::Multiboot(e) => write!(f, "{e}"),
             LoadError::Acpi(e) => write!(f, "building ACPI tables: {e}"),
             LoadError::E820(e) => write!(f, "building the E820 map: {e}"),
+            LoadError::BiosData => write!(f, "guest RAM does not hold the BIOS data area"),
         }
     }
 }
@@ -71,7 +75,7 @@ pub fn load(
     cfg: &GuestConfig,
     image: &[u8],
     initrd: Option<&[u8]>,
-    mem: &GuestMemory,
+    mem: &impl GuestRam,
 ) -> Result<EntryState, LoadError> {
     if image.is_empty() {
         return Err(LoadError::Empty);
@@ -85,6 +89,8 @@ pub fn load(
             let elf = elf::parse(image).map_err(LoadError::Elf)?;
             elf.check_fits(ram.min(crate::vm::memory::MMIO_HOLE_START), LOW_RESERVED)
                 .map_err(LoadError::Elf)?;
+            // Before the image, which wins where the two meet.
+            write_bios_data(mem)?;
             for s in &elf.segments {
                 mem.write(s.paddr, s.data(image))
                     .ok_or(LoadError::Unsupported("segment outside RAM"))?;
@@ -96,12 +102,19 @@ pub fn load(
             if load < LOW_RESERVED && mode != EntryMode::Real16 {
                 return Err(LoadError::FlatOverlapsReserved { load });
             }
-            if mem.host_range(load, len).is_none() {
+            let fits = mem
+                .ram_ranges()
+                .iter()
+                .any(|&(a, l)| load >= a && load.checked_add(len).is_some_and(|e| e <= a + l));
+            if !fits {
                 return Err(LoadError::FlatOutsideRam { load, len, ram });
             }
             if entry < load || entry >= load + len {
                 return Err(LoadError::EntryOutsideImage { entry });
             }
+            // Before the image: a real-mode image loaded over the BDA keeps
+            // its own bytes.
+            write_bios_data(mem)?;
             mem.write(load, image)
                 .ok_or(LoadError::FlatOutsideRam { load, len, ram })?;
             match mode {
@@ -147,7 +160,7 @@ pub fn load(
                 },
             )
             .map_err(LoadError::Multiboot)?;
-            let mut st = setup::prot32(mem, mb.entry, "");
+            let mut st = setup::prot32_state(mem.size(), mb.entry, mb.gdt_gpa);
             st.rax = u64::from(mb.eax);
             st.rbx = mb.info_gpa;
             st.rdi = 0;
@@ -175,9 +188,8 @@ pub const PM_BASE: u16 = 0x600;
 /// Writes the guest's ACPI tables and returns them with its E820 map.
 fn platform_tables(
     cfg: &GuestConfig,
-    mem: &GuestMemory,
+    mem: &impl GuestRam,
 ) -> Result<(crate::acpi_gen::AcpiBlob, e820::E820Map), LoadError> {
-    use e820::GuestRam;
     let acpi = crate::acpi_gen::build(
         ACPI_BASE,
         &crate::acpi_gen::AcpiConfig {
@@ -191,6 +203,29 @@ fn platform_tables(
         .ok_or(LoadError::Unsupported(
             "guest RAM too small for the ACPI tables",
         ))?;
-    let map = e820::standard(&mem.ram_ranges(), &acpi.e820_areas()).map_err(LoadError::E820)?;
+    let mut map =
+        e820::standard(&mem.ram_ranges(), &acpi.e820_areas()).map_err(LoadError::E820)?;
+    if let Some(bios) = write_bios_data(mem)? {
+        bios.reserve_in(&mut map).map_err(LoadError::E820)?;
+    }
     Ok((acpi, map))
+}
+
+/// The platform's serial ports, COM1 first, for the BDA: the one 16550
+/// (devices/uart.rs).
+pub const COM_PORTS: &[u16] = &[0x3F8];
+
+/// Writes the BIOS data area and the EBDA (see [`bda`]) for `mem`'s RAM;
+/// `None` (nothing written) when RAM is too small to hold them.
+fn write_bios_data(mem: &impl GuestRam) -> Result<Option<bda::BiosData>, LoadError> {
+    let low_end = mem
+        .ram_ranges()
+        .iter()
+        .find(|r| r.0 == 0)
+        .map_or(0, |r| r.1);
+    let Some(bios) = bda::build(low_end, COM_PORTS) else {
+        return Ok(None);
+    };
+    bios.write(mem).ok_or(LoadError::BiosData)?;
+    Ok(Some(bios))
 }
