@@ -141,7 +141,11 @@ pub fn load(
                 },
             )
             .map_err(LoadError::BzImage)?;
-            Ok(setup::linux64(mem, boot.entry, boot.boot_params_gpa))
+            if boot.header.kernel64() {
+                Ok(setup::linux64(mem, boot.entry, boot.boot_params_gpa))
+            } else {
+                Ok(setup::linux32(mem, boot.entry32, boot.boot_params_gpa))
+            }
         }
         ImageKind::Multiboot => {
             let (_acpi, map) = platform_tables(cfg, mem)?;
@@ -228,4 +232,155 @@ fn write_bios_data(mem: &impl GuestRam) -> Result<Option<bda::BiosData>, LoadErr
     };
     bios.write(mem).ok_or(LoadError::BiosData)?;
     Ok(Some(bios))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::e820::fake::FakeRam;
+    use super::*;
+    use crate::manifest::{Policy, UnmappedAccess};
+
+    const MIB: u64 = 1 << 20;
+
+    fn cfg(kind: ImageKind, memory: u64) -> GuestConfig {
+        GuestConfig {
+            name: "t".into(),
+            memory,
+            vcpus: 1,
+            image: "img".into(),
+            kind,
+            cmdline: String::new(),
+            on_exit: Policy::Stop,
+            on_crash: Policy::Stop,
+            weight: 100,
+            initrd: None,
+            max_restarts: 0,
+            irqoff_timeout_s: 0,
+            unmapped_access: UnmappedAccess::Ignore,
+            line: 1,
+        }
+    }
+
+    /// What a PC BIOS leaves at 0x400 and in the EBDA, checked against
+    /// the memory map the guest is given (when it is given one).
+    fn check_bda(ram: &FakeRam, map: Option<&e820::E820Map>) {
+        assert_eq!(ram.u16(0x400), 0x3F8, "COM1");
+        assert_eq!(ram.u16(0x402), 0, "no COM2");
+        assert_eq!(ram.u16(0x410), 0x0202, "equipment: FPU, one serial port");
+        let base_kib = u64::from(ram.u16(0x413));
+        let ebda = u64::from(ram.u16(0x40E)) << 4;
+        assert_eq!((base_kib, ebda), (639, 0x9_FC00));
+        assert_eq!(base_kib * 1024, ebda);
+        assert_eq!(ram.u16(ebda), 1, "EBDA size in KiB");
+        if let Some(map) = map {
+            assert_eq!(map.ram_end_from(0, u64::MAX), Some(ebda));
+            assert!(!map.is_ram(ebda, 1));
+        }
+    }
+
+    /// The E820 map a bzImage guest got, read back from its zero page.
+    fn zero_page_map(ram: &FakeRam) -> e820::E820Map {
+        let zp = bzimage::BOOT_PARAMS_GPA;
+        let n = ram.read(zp + 0x1E8, 1)[0] as u64;
+        let mut map = e820::E820Map::new();
+        for i in 0..n {
+            let e = zp + 0x2D0 + 20 * i;
+            let kind = match ram.u32(e + 16) {
+                1 => e820::E820Type::Ram,
+                3 => e820::E820Type::Acpi,
+                4 => e820::E820Type::Nvs,
+                _ => e820::E820Type::Reserved,
+            };
+            map.set(ram.u64(e), ram.u64(e + 8), kind).unwrap();
+        }
+        map
+    }
+
+    #[test]
+    fn bzimage_guest_gets_a_bda_matching_its_e820_map() {
+        let img = bzimage::tests::image(0x1000, 0x10_0000);
+        let ram = FakeRam::new(64 * MIB);
+        load(&cfg(ImageKind::BzImage, 64 * MIB), &img, None, &ram).unwrap();
+        check_bda(&ram, Some(&zero_page_map(&ram)));
+    }
+
+    /// 64-bit kernels enter in long mode at +0x200, 32-bit ones (no
+    /// XLF_KERNEL_64) per the 32-bit boot protocol at the load address.
+    #[test]
+    fn bzimage_entry_follows_xlf_kernel_64() {
+        let mut img = bzimage::tests::image(0x1000, 0x10_0000);
+        let ram = FakeRam::new(64 * MIB);
+        let st = load(&cfg(ImageKind::BzImage, 64 * MIB), &img, None, &ram).unwrap();
+        assert_eq!((st.mode, st.rip), (setup::Mode::Long64, 0x100_0200));
+        assert_eq!((st.cs.sel, st.cs.ar), (0x10, 0xA09B));
+
+        img[0x236] = 0x1C; // xloadflags without XLF_KERNEL_64
+        let ram = FakeRam::new(64 * MIB);
+        let st = load(&cfg(ImageKind::BzImage, 64 * MIB), &img, None, &ram).unwrap();
+        assert_eq!((st.mode, st.rip), (setup::Mode::Prot32, 0x100_0000));
+        assert_eq!((st.cs.sel, st.cs.base, st.cs.limit), (0x10, 0, 0xFFFF_FFFF));
+        assert_eq!(st.cs.ar, 0xC09B, "32-bit execute/read, 4 KiB granular");
+        assert_eq!((st.ds.sel, st.ds.ar), (0x18, 0xC093));
+        assert_eq!(st.cr0 & (1 << 31), 0, "paging off");
+        assert_eq!(st.cr0 & 1, 1, "protected mode");
+        assert_eq!((st.efer, st.cr4), (0, 0));
+        assert_eq!(st.rsi, bzimage::BOOT_PARAMS_GPA);
+        assert_eq!((st.rbx, st.rdi), (0, 0));
+        // The GDT holds what the selectors name.
+        assert_eq!(st.gdt_limit, 31);
+        assert_eq!(ram.u64(st.gdt_base + 0x10), 0x00CF_9B00_0000_FFFF);
+        assert_eq!(ram.u64(st.gdt_base + 0x18), 0x00CF_9300_0000_FFFF);
+        check_bda(&ram, Some(&zero_page_map(&ram)));
+    }
+
+    #[test]
+    fn multiboot_guest_gets_a_bda_matching_mem_lower_and_mmap() {
+        let img = multiboot::tests::aout_image(0x100, 0);
+        let ram = FakeRam::new(16 * MIB);
+        let st = load(&cfg(ImageKind::Multiboot, 16 * MIB), &img, None, &ram).unwrap();
+        let info = st.rbx;
+        assert_eq!(u64::from(ram.u32(info + 4)), u64::from(ram.u16(0x413)));
+        // The first mmap entry: conventional RAM up to the EBDA.
+        let mmap = u64::from(ram.u32(info + 48));
+        assert_eq!((ram.u64(mmap + 4), ram.u64(mmap + 12)), (0, 0x9_FC00));
+        check_bda(&ram, None);
+        // The boot GDT the state points at is the one written.
+        assert_eq!(ram.u64(st.gdt_base + 0x18), setup::GDT[3]);
+        assert_eq!(st.cs.sel, 0x18);
+    }
+
+    #[test]
+    fn flat_and_elf_guests_get_a_bda() {
+        let real = ImageKind::Flat {
+            load: 0x7C00,
+            entry: 0x7C00,
+            mode: EntryMode::Real16,
+        };
+        let ram = FakeRam::new(MIB);
+        load(&cfg(real, MIB), &[0xF4; 512], None, &ram).unwrap();
+        check_bda(&ram, None);
+        assert_eq!(ram.read(0x7C00, 512), vec![0xF4; 512]);
+
+        // A real-mode image over the BDA keeps its own bytes.
+        let low = ImageKind::Flat {
+            load: 0x400,
+            entry: 0x400,
+            mode: EntryMode::Real16,
+        };
+        let ram = FakeRam::new(MIB);
+        load(&cfg(low, MIB), &[0xAB; 0x10], None, &ram).unwrap();
+        assert_eq!(ram.read(0x400, 0x10), vec![0xAB; 0x10]);
+        assert_eq!(ram.u16(0x413), 639);
+
+        // Long mode: the page tables and GDT leave the BDA alone.
+        let long = ImageKind::Flat {
+            load: 0x10_0000,
+            entry: 0x10_0000,
+            mode: EntryMode::Long64,
+        };
+        let ram = FakeRam::new(16 * MIB);
+        let st = load(&cfg(long, 16 * MIB), &[0xF4; 16], None, &ram).unwrap();
+        check_bda(&ram, None);
+        assert_eq!(ram.u64(st.cr3), setup::PDPT_GPA | 3);
+    }
 }

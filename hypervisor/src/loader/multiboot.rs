@@ -829,7 +829,7 @@ pub fn load(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::e820::{self, fake::FakeRam};
     use super::*;
     use crate::vm::memory;
@@ -853,7 +853,7 @@ mod tests {
 
     /// A flat a.out-kludge image: 16 bytes of padding, the header at 16,
     /// code after it; loaded at 1 MiB with `bss` bytes of BSS.
-    fn aout_image(code_len: usize, bss: u32) -> Vec<u8> {
+    pub(crate) fn aout_image(code_len: usize, bss: u32) -> Vec<u8> {
         let load = 0x10_0000u32;
         let total = 16 + 32 + code_len;
         let mut img = vec![0x90u8; 16];

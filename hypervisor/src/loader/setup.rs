@@ -221,3 +221,33 @@ pub fn linux64(mem: &impl GuestRam, entry: u64, boot_params: u64) -> EntryState 
     st.rdi = 0;
     st
 }
+
+/// Linux's 32-bit boot protocol (boot.rst "32-bit BOOT PROTOCOL"):
+/// protected mode, paging off, a GDT with flat 4 GiB `__BOOT_CS` = 0x10
+/// (execute/read) and `__BOOT_DS` = 0x18 (read/write), CS = `__BOOT_CS`,
+/// DS/ES/SS = `__BOOT_DS`, interrupts off, ESI = the zero page, EBP, EDI
+/// and EBX zero; entered at code32_start (the load address).
+pub fn linux32(mem: &impl GuestRam, entry: u64, boot_params: u64) -> EntryState {
+    for (i, d) in super::bzimage::GDT32.iter().enumerate() {
+        put_u64(mem, GDT_GPA + 8 * i as u64, *d);
+    }
+    let mut st = prot32_state(mem.size(), entry, GDT_GPA);
+    st.cs = Seg {
+        sel: super::bzimage::BOOT_CS,
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        ar: 0xC09B,
+    };
+    st.ds = Seg {
+        sel: super::bzimage::BOOT_DS,
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        ar: 0xC093,
+    };
+    st.gdt_limit = (super::bzimage::GDT32.len() * 8 - 1) as u32;
+    st.rsi = boot_params;
+    st.rdi = 0;
+    st.rbx = 0;
+    st.rax = 0;
+    st
+}
