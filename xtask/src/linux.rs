@@ -391,7 +391,11 @@ fn need_foreign_arch(arch: &str) -> Result<()> {
     let listed = Command::new("dpkg")
         .arg("--print-foreign-architectures")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().any(|a| a == arch))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .any(|a| a == arch)
+        })
         .unwrap_or(false);
     if listed {
         return Ok(());

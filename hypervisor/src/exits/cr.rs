@@ -63,6 +63,40 @@ fn set_gpr(v: &mut Vcpu, n: u8, val: u64) {
     }
 }
 
+/// PDPTE reserved bits (SDM Vol. 3A 4.4.1, Table 4-8): 2:1, 8:5 and 63:52
+/// (MAXPHYADDR taken as 52, as the guest page walker does).
+const PDPTE_RSVD: u64 = 0x1E6 | 0xFFF0_0000_0000_0000;
+
+/// Loads the four PDPTEs for PAE paging (CR0.PG = 1, CR4.PAE = 1, not
+/// IA-32e) after an emulated MOV to CR0 or CR4: with EPT, VM entry takes
+/// them from the guest-state area (SDM Vol. 3C 27.3.2.4), so the hypervisor
+/// reads them from guest memory as the MOV would have (SDM Vol. 3A 4.4.1).
+/// `false` when a present PDPTE has a reserved bit set: the MOV raises #GP
+/// and changes nothing. Other paging modes need nothing.
+fn load_pdptes(v: &Vcpu, cr0v: u64, cr4v: u64, lma: bool) -> bool {
+    if cr0v & cr0::PG == 0 || cr4v & cr4::PAE == 0 || lma {
+        return true;
+    }
+    // CR3[31:5] locates the PDPT in PAE paging.
+    let base = guest::CR3.read().unwrap_or(0) & 0xFFFF_FFE0;
+    let mut e = [0u64; 4];
+    for (i, slot) in e.iter_mut().enumerate() {
+        // Outside RAM reads as all-ones, as an empty bus would: reserved.
+        *slot = v.vm.mem.read_u64(base + 8 * i as u64).unwrap_or(u64::MAX);
+        if *slot & 1 != 0 && *slot & PDPTE_RSVD != 0 {
+            return false;
+        }
+    }
+    // SAFETY: the vCPU's VMCS is current.
+    unsafe {
+        let _ = guest::PDPTE0.write(e[0]);
+        let _ = guest::PDPTE1.write(e[1]);
+        let _ = guest::PDPTE2.write(e[2]);
+        let _ = guest::PDPTE3.write(e[3]);
+    }
+    true
+}
+
 fn write_cr0(v: &mut Vcpu, val: u64) -> bool {
     if val >> 32 != 0
         || (val & cr0::PG != 0 && val & cr0::PE == 0)
@@ -78,6 +112,9 @@ fn write_cr0(v: &mut Vcpu, val: u64) -> bool {
         return false;
     }
     let lma = pg && lme;
+    if !load_pdptes(v, val, cr4v, lma) {
+        return false;
+    }
     v.set_entry_ia32e(lma);
     // SAFETY: the vCPU's VMCS is current.
     unsafe {
@@ -88,14 +125,18 @@ fn write_cr0(v: &mut Vcpu, val: u64) -> bool {
     true
 }
 
-fn write_cr4(val: u64) -> bool {
+fn write_cr4(v: &Vcpu, val: u64) -> bool {
     let (_, f1) = fixed(msr::IA32_VMX_CR4_FIXED0, msr::IA32_VMX_CR4_FIXED1);
     let allowed = f1 & !(cr4::VMXE | cr4::SMXE);
     if val & !allowed != 0 {
         return false;
     }
     let efer = guest::IA32_EFER.read().unwrap_or(0);
-    if efer & (1 << 10) != 0 && val & cr4::PAE == 0 {
+    let lma = efer & (1 << 10) != 0;
+    if lma && val & cr4::PAE == 0 {
+        return false;
+    }
+    if !load_pdptes(v, visible_cr0(), val, lma) {
         return false;
     }
     // SAFETY: the vCPU's VMCS is current.
@@ -110,7 +151,7 @@ pub fn handle(v: &mut Vcpu) -> Flow {
     let q = CrQualification::decode(ro::EXIT_QUALIFICATION.read().unwrap_or(0));
     let ok = match (q.access, q.cr) {
         (CrAccessType::MovToCr, 0) => write_cr0(v, gpr(v, q.gpr)),
-        (CrAccessType::MovToCr, 4) => write_cr4(gpr(v, q.gpr)),
+        (CrAccessType::MovToCr, 4) => write_cr4(v, gpr(v, q.gpr)),
         (CrAccessType::MovToCr, 8) => {
             let val = gpr(v, q.gpr);
             v.cr8 = val & 0xF;

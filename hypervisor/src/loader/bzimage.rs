@@ -950,10 +950,7 @@ pub(crate) mod tests {
             let ram = FakeRam::new(64 * MIB);
             let map = map_for(64 * MIB);
             let s = load(&img, &ram, &cfg(&map, "", None)).unwrap();
-            assert_eq!(
-                ram.read(s.kernel_load, kernel_len),
-                img[0xA00..].to_vec()
-            );
+            assert_eq!(ram.read(s.kernel_load, kernel_len), img[0xA00..].to_vec());
         }
         let mut img = image(0x1000 - 15, 0x10_0000);
         put(&mut img, SYSSIZE, &0x101u32.to_le_bytes());

@@ -8,9 +8,9 @@ pub mod multiboot;
 pub mod setup;
 
 use crate::manifest::{EntryMode, GuestConfig, ImageKind};
-use e820::GuestRam;
 use alloc::string::String;
 use core::fmt;
+use e820::GuestRam;
 pub use setup::EntryState;
 
 /// Guest-physical 0..LOW_RESERVED belongs to loader-built structures (page
@@ -21,10 +21,20 @@ pub const LOW_RESERVED: u64 = 0x1_0000;
 pub enum LoadError {
     Elf(elf::ElfError),
     Empty,
-    FlatOutsideRam { load: u64, len: u64, ram: u64 },
-    FlatOverlapsReserved { load: u64 },
-    EntryOutsideImage { entry: u64 },
-    RealModeEntryTooHigh { entry: u64 },
+    FlatOutsideRam {
+        load: u64,
+        len: u64,
+        ram: u64,
+    },
+    FlatOverlapsReserved {
+        load: u64,
+    },
+    EntryOutsideImage {
+        entry: u64,
+    },
+    RealModeEntryTooHigh {
+        entry: u64,
+    },
     CmdlineTooLong(usize),
     Unsupported(&'static str),
     BzImage(bzimage::BzError),
@@ -207,8 +217,7 @@ fn platform_tables(
         .ok_or(LoadError::Unsupported(
             "guest RAM too small for the ACPI tables",
         ))?;
-    let mut map =
-        e820::standard(&mem.ram_ranges(), &acpi.e820_areas()).map_err(LoadError::E820)?;
+    let mut map = e820::standard(&mem.ram_ranges(), &acpi.e820_areas()).map_err(LoadError::E820)?;
     if let Some(bios) = write_bios_data(mem)? {
         bios.reserve_in(&mut map).map_err(LoadError::E820)?;
     }

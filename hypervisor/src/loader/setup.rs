@@ -184,19 +184,6 @@ pub fn real16(entry: u64) -> EntryState {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn real_mode_entry_splits_cs_ip() {
-        let s = real16(0x7C00);
-        assert_eq!((s.cs.sel, s.cs.base, s.rip), (0, 0, 0x7C00));
-        let s = real16(0x9_1234);
-        assert_eq!((s.cs.sel, s.cs.base, s.rip), (0x9000, 0x9_0000, 0x1234));
-    }
-}
-
 /// Linux's 64-bit boot protocol: long mode, identity map, `__BOOT_CS` = 0x10
 /// and `__BOOT_DS` = 0x18, RSI = the zero page (boot.rst "64-bit BOOT PROTOCOL").
 pub fn linux64(mem: &impl GuestRam, entry: u64, boot_params: u64) -> EntryState {
@@ -250,4 +237,17 @@ pub fn linux32(mem: &impl GuestRam, entry: u64, boot_params: u64) -> EntryState 
     st.rbx = 0;
     st.rax = 0;
     st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_mode_entry_splits_cs_ip() {
+        let s = real16(0x7C00);
+        assert_eq!((s.cs.sel, s.cs.base, s.rip), (0, 0, 0x7C00));
+        let s = real16(0x9_1234);
+        assert_eq!((s.cs.sel, s.cs.base, s.rip), (0x9000, 0x9_0000, 0x1234));
+    }
 }

@@ -1,6 +1,8 @@
-//! Real guest operating systems under Bochs, all in one boot (tests/manifests/linux.toml): two
+//! Real guest operating systems under Bochs, all in one boot (tests/manifests/linux.toml): three
 //! Linux guests (Debian's stock cloud kernel with the busybox initramfs from `cargo xtask
-//! build`; 1 and 2 vCPUs, 256 MiB each), a Multiboot kernel and a 16-bit real-mode guest.
+//! build`; 1, 2 and 4 vCPUs, 256 MiB each), a 32-bit Linux guest (Debian's 686-pae kernel,
+//! entered through the 32-bit boot protocol, with an i386 busybox), two Multiboot kernels (at
+//! 1 MiB and at 0x8000, both checking the BIOS data area) and a 16-bit real-mode guest.
 //!
 //! The Linux guests' `/init` (xtask/src/linux.rs) prints `linux-guest: ...` lines and powers
 //! off through ACPI S5. Without the kernel and initramfs this test fails: it never passes by
@@ -12,9 +14,23 @@ use std::time::Duration;
 use integration_tests::Scenario;
 use xtask::linux::{self, WORKLOAD_MD5};
 
-/// The Linux guests: (name, vCPUs), as in linux.toml. linux4 has more vCPUs than the
-/// machine has CPUs.
-const LINUX_GUESTS: &[(&str, u32)] = &[("linux1", 1), ("linux2", 2), ("linux4", 4)];
+/// The Linux guests: (name, vCPUs, what `uname -m` says), as in linux.toml. linux4 has more
+/// vCPUs than the machine has CPUs; linux32 runs a 32-bit kernel.
+const LINUX_GUESTS: &[(&str, u32, &str)] = &[
+    ("linux1", 1, "x86_64"),
+    ("linux2", 2, "x86_64"),
+    ("linux4", 4, "x86_64"),
+    ("linux32", 1, "i686"),
+];
+
+/// The release `uname -r` prints, from a `<release> from <package>.deb` description.
+fn release_of(description: &str) -> Option<String> {
+    description
+        .split_whitespace()
+        .next()
+        .filter(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+        .map(str::to_string)
+}
 
 #[test]
 fn bochs_linux_multiboot_and_real_mode_guests() {
@@ -30,12 +46,8 @@ fn bochs_linux_multiboot_and_real_mode_guests() {
         )
     });
     // "6.1.0-56-cloud-amd64 from linux-image-..._amd64.deb": the release `uname -r` prints.
-    let release = assets
-        .kernel_release
-        .split_whitespace()
-        .next()
-        .filter(|r| r.starts_with(|c: char| c.is_ascii_digit()))
-        .map(str::to_string);
+    let release = release_of(&assets.kernel_release);
+    let release32 = release_of(&assets.kernel32_release);
 
     let mut boot = Scenario::bochs("bochs_linux", "linux.toml")
         .cpus(2)
@@ -46,14 +58,20 @@ fn bochs_linux_multiboot_and_real_mode_guests() {
         .line_starting("cpu0: entered VMX root operation")
         .line_starting("cpu1: entered VMX root operation");
 
-    for &(name, vcpus) in LINUX_GUESTS {
+    for &(name, vcpus, machine) in LINUX_GUESTS {
         let say = |what: &str| format!("[{name}] linux-guest: {what}");
         boot.line_starting(&format!("vm {name}: started"))
             .line_starting(&say("kernel 6."));
-        if let Some(release) = &release {
+        let release = if name == "linux32" {
+            &release32
+        } else {
+            &release
+        };
+        if let Some(release) = release {
             boot.line(&say(&format!("kernel {release}")));
         }
-        boot.line(&say(&format!("nproc {vcpus}")))
+        boot.line(&say(&format!("machine {machine}")))
+            .line(&say(&format!("nproc {vcpus}")))
             .line_starting_containing(&say("memtotal "), " kB")
             .line(&say("hypervisor flag yes"))
             .line(&say(&format!("workload md5 {WORKLOAD_MD5}")))
@@ -63,25 +81,40 @@ fn bochs_linux_multiboot_and_real_mode_guests() {
     }
     boot.no_line_containing("Kernel panic");
 
-    boot.line("[mb] mbkernel: magic ok")
-        .line_starting_containing("[mb] mbkernel: mem_lower ", " KiB mem_upper ")
-        .line_starting_containing("[mb] mbkernel: cmdline ", "hello multiboot")
-        .line_starting_containing("[mb] mbkernel: mmap ", " entries")
-        .line("[mb] mbkernel: loader ferrovisor")
-        .line("[mb] mbkernel: PASS")
-        .line("vm mb: exited code=0");
+    // The Multiboot kernels: at 1 MiB and at 0x8000 (below 64 KiB, over the loader's usual
+    // information area); both compare the BIOS data area with their memory information.
+    for (name, at, cmdline) in [
+        ("mb", "0x00100000", "hello multiboot"),
+        ("mblow", "0x00008000", "hello low multiboot"),
+    ] {
+        let say = |what: &str| format!("[{name}] mbkernel: {what}");
+        boot.line(&say("magic ok"))
+            .line(&say(&format!("loaded at {at}")))
+            .line(&say("mem_lower 639 KiB mem_upper 15360 KiB"))
+            .line(&say(&format!("cmdline {cmdline}")))
+            .line_starting_containing(&say("mmap "), " entries")
+            .line(&say("loader ferrovisor"))
+            .line(&say(
+                "bda com1 0x000003f8 base 639 KiB ebda 0x0009fc00 1 KiB",
+            ))
+            .line(&say("PASS"))
+            .no_line_containing(&say("FAIL"))
+            .line(&format!("vm {name}: exited code=0"));
+    }
 
     boot.line("[legacy] realmode: hello from 16-bit real mode")
         .line("[legacy] realmode: sum 1..100 = 5050")
         .line("[legacy] realmode: PASS")
         .line("vm legacy: exited code=0");
 
-    boot.line_starting("hv: summary: 5 guests");
+    boot.line_starting("hv: summary: 7 guests");
     for done in [
         "linux1 exited code=0 (powered off)",
         "linux2 exited code=0 (powered off)",
         "linux4 exited code=0 (powered off)",
+        "linux32 exited code=0 (powered off)",
         "mb exited code=0",
+        "mblow exited code=0",
         "legacy exited code=0",
     ] {
         boot.line_starting_containing("hv: summary:", done);
@@ -91,7 +124,7 @@ fn bochs_linux_multiboot_and_real_mode_guests() {
     report_timings(&boot.result.timed_lines);
     let memtotals: Vec<(String, Option<u64>)> = LINUX_GUESTS
         .iter()
-        .map(|&(name, _)| (name.to_string(), memtotal_kb(&boot.result.serial, name)))
+        .map(|&(name, ..)| (name.to_string(), memtotal_kb(&boot.result.serial, name)))
         .collect();
     boot.finish();
 
@@ -128,7 +161,7 @@ fn report_timings(timed_lines: &[(Duration, String)]) {
     };
     let mut report = String::from("[bochs_linux] timings (s since Bochs started):");
     let mut milestones = vec![("hypervisor".to_string(), "hv: ferrovisor".to_string())];
-    for &(name, _) in LINUX_GUESTS {
+    for &(name, ..) in LINUX_GUESTS {
         milestones.push((format!("{name} started"), format!("vm {name}: started")));
         milestones.push((
             format!("{name} in /init"),
@@ -137,6 +170,7 @@ fn report_timings(timed_lines: &[(Duration, String)]) {
         milestones.push((format!("{name} ended"), format!("vm {name}: exited")));
     }
     milestones.push(("mb ended".into(), "vm mb: exited".into()));
+    milestones.push(("mblow ended".into(), "vm mblow: exited".into()));
     milestones.push(("legacy ended".into(), "vm legacy: exited".into()));
     milestones.push(("power-off".into(), "hv: powering off".into()));
     for (what, prefix) in milestones {
@@ -146,4 +180,70 @@ fn report_timings(timed_lines: &[(Duration, String)]) {
         }
     }
     let _ = writeln!(std::io::stderr(), "{report}");
+}
+
+/// Debian's generic amd64 kernel (tests/manifests/linux-generic.toml), in a boot of its own so
+/// that its long XZ decompression (over 2·10⁹ instructions with interrupts off) runs beside the
+/// other Linux guests' boot rather than after it: it reaches userspace, runs the workload and
+/// powers off.
+#[test]
+fn bochs_linux_generic_kernel() {
+    let assets = linux::prepare().unwrap_or_else(|e| {
+        panic!(
+            "the generic kernel and the initramfs are missing and could not be prepared: {e:#}\n\
+             They come from Debian packages (linux-image-*-amd64, busybox-static) through \
+             apt-get download: run `cargo xtask build` on a Debian machine that reaches a \
+             package mirror, or put a bzImage at {} yourself.",
+            linux::dir().join(linux::GENERIC_KERNEL_FILE).display()
+        )
+    });
+    let release = release_of(&assets.generic_release);
+
+    let mut boot = Scenario::bochs("bochs_linux_generic", "linux-generic.toml")
+        .cpus(1)
+        .memory_mib(512)
+        .timeout_secs(900)
+        .boot();
+    boot.line("hv: ferrovisor 0.1.0 starting")
+        .line_starting("cpu0: entered VMX root operation");
+    let say = |what: &str| format!("[generic] linux-guest: {what}");
+    boot.line_starting("vm generic: started")
+        .line_starting(&say("kernel 6."));
+    if let Some(release) = &release {
+        assert!(
+            release.ends_with("-amd64") && !release.contains("cloud"),
+            "{release}"
+        );
+        boot.line(&say(&format!("kernel {release}")));
+    }
+    boot.line(&say("machine x86_64"))
+        .line(&say("nproc 1"))
+        .line_starting_containing(&say("memtotal "), " kB")
+        .line(&say("hypervisor flag yes"))
+        .line(&say(&format!("workload md5 {WORKLOAD_MD5}")))
+        .line(&say("powering off"))
+        .no_line_containing(&say("poweroff -f failed"))
+        .no_line_containing("Kernel panic")
+        .line("vm generic: exited code=0 (powered off)")
+        .line_starting_containing(
+            "hv: summary: 1 guest:",
+            "generic exited code=0 (powered off)",
+        )
+        .line_starting("hv: powering off")
+        .powered_off();
+    let first = |prefix: &str| {
+        boot.result
+            .timed_lines
+            .iter()
+            .find(|(_, l)| l.starts_with(prefix))
+            .map_or(-1.0, |(t, _)| t.as_secs_f64())
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "[bochs_linux_generic] timings (s since Bochs started): started {:.1}; in /init {:.1}; ended {:.1}",
+        first("vm generic: started"),
+        first("[generic] linux-guest: kernel"),
+        first("vm generic: exited")
+    );
+    boot.finish();
 }

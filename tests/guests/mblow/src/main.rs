@@ -7,7 +7,10 @@
 #![no_std]
 #![no_main]
 
-core::arch::global_asm!(include_str!("../../mbkernel/src/boot.s"), options(att_syntax));
+core::arch::global_asm!(
+    include_str!("../../mbkernel/src/boot.s"),
+    options(att_syntax)
+);
 
 /// Never reached: there is no Rust code to panic.
 #[panic_handler]
