@@ -77,16 +77,10 @@ fn load_pdptes(v: &Vcpu, cr0v: u64, cr4v: u64, lma: bool) -> bool {
     if cr0v & cr0::PG == 0 || cr4v & cr4::PAE == 0 || lma {
         return true;
     }
-    // CR3[31:5] locates the PDPT in PAE paging.
-    let base = guest::CR3.read().unwrap_or(0) & 0xFFFF_FFE0;
-    let mut e = [0u64; 4];
-    for (i, slot) in e.iter_mut().enumerate() {
-        // Outside RAM reads as all-ones, as an empty bus would: reserved.
-        *slot = v.vm.mem.read_u64(base + 8 * i as u64).unwrap_or(u64::MAX);
-        if *slot & 1 != 0 && *slot & PDPTE_RSVD != 0 {
-            return false;
-        }
-    }
+    let cr3 = guest::CR3.read().unwrap_or(0);
+    let Some(e) = read_pdptes(cr3, |gpa| v.vm.mem.read_u64(gpa)) else {
+        return false;
+    };
     // SAFETY: the vCPU's VMCS is current.
     unsafe {
         let _ = guest::PDPTE0.write(e[0]);
@@ -95,6 +89,21 @@ fn load_pdptes(v: &Vcpu, cr0v: u64, cr4v: u64, lma: bool) -> bool {
         let _ = guest::PDPTE3.write(e[3]);
     }
     true
+}
+
+/// The PDPTEs at CR3[31:5] (PAE paging), read through `read`; `None` if a
+/// present one has a reserved bit set (the load faults with #GP).
+fn read_pdptes(cr3: u64, read: impl Fn(u64) -> Option<u64>) -> Option<[u64; 4]> {
+    let base = cr3 & 0xFFFF_FFE0;
+    let mut e = [0u64; 4];
+    for (i, slot) in e.iter_mut().enumerate() {
+        // Outside RAM reads as all-ones, as an empty bus would: reserved.
+        *slot = read(base + 8 * i as u64).unwrap_or(u64::MAX);
+        if *slot & 1 != 0 && *slot & PDPTE_RSVD != 0 {
+            return None;
+        }
+    }
+    Some(e)
 }
 
 fn write_cr0(v: &mut Vcpu, val: u64) -> bool {
@@ -179,4 +188,32 @@ pub fn handle(v: &mut Vcpu) -> Flow {
         v.inject_exception(GP, Some(0));
     }
     Flow::Continue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pdptes_from_cr3_with_reserved_bits_checked() {
+        // A PDPT at 0x5c6_0020 (32-byte aligned; CR3's low 5 bits ignored).
+        // Bits 11:9 are ignored, not reserved.
+        let table = [0x1001u64, 0, 0x3E01, 0x4000_0001];
+        let read = |gpa: u64| {
+            let i = gpa.checked_sub(0x5c6_0020)? / 8;
+            table.get(i as usize).copied()
+        };
+        assert_eq!(read_pdptes(0x5c6_0020 | 0x18, read), Some(table));
+        // A present entry with bit 1 (reserved in a PDPTE) set faults...
+        let bad = [0x1003u64, 0, 0, 0];
+        assert_eq!(
+            read_pdptes(0x1000, |g| bad.get(((g - 0x1000) / 8) as usize).copied()),
+            None
+        );
+        // ...a non-present one with junk does not.
+        let junk = [0x1001u64, 0xFFFF_FFFF_FFFF_FFFE, 0, 0];
+        assert!(read_pdptes(0x1000, |g| junk.get(((g - 0x1000) / 8) as usize).copied()).is_some());
+        // A PDPT outside RAM reads as all-ones: present with reserved bits.
+        assert_eq!(read_pdptes(0x1000, |_| None), None);
+    }
 }
