@@ -1,8 +1,12 @@
-//! Real guest operating systems under Bochs, all in one boot (tests/manifests/linux.toml): three
-//! Linux guests (Debian's stock cloud kernel with the busybox initramfs from `cargo xtask
-//! build`; 1, 2 and 4 vCPUs, 256 MiB each), a 32-bit Linux guest (Debian's 686-pae kernel,
-//! entered through the 32-bit boot protocol, with an i386 busybox), two Multiboot kernels (at
-//! 1 MiB and at 0x8000, both checking the BIOS data area) and a 16-bit real-mode guest.
+//! Real guest operating systems under Bochs, in two machines that boot side by side:
+//!
+//! - tests/manifests/linux.toml: three Linux guests (Debian's stock cloud kernel with the
+//!   busybox initramfs from `cargo xtask build`; 1, 2 and 4 vCPUs, 256 MiB each), two Multiboot
+//!   kernels (at 1 MiB and at 0x8000, both checking the BIOS data area) and a 16-bit real-mode
+//!   guest;
+//! - tests/manifests/linux-more.toml: Debian's 32-bit 686-pae kernel (the 32-bit boot protocol,
+//!   an i386 busybox) and its generic amd64 kernel (XZ-compressed: a long decompression with
+//!   interrupts off), which are slow to boot under Bochs.
 //!
 //! The Linux guests' `/init` (xtask/src/linux.rs) prints `linux-guest: ...` lines and powers
 //! off through ACPI S5. Without the kernel and initramfs this test fails: it never passes by
@@ -14,14 +18,9 @@ use std::time::Duration;
 use integration_tests::Scenario;
 use xtask::linux::{self, WORKLOAD_MD5};
 
-/// The Linux guests: (name, vCPUs, what `uname -m` says), as in linux.toml. linux4 has more
-/// vCPUs than the machine has CPUs; linux32 runs a 32-bit kernel.
-const LINUX_GUESTS: &[(&str, u32, &str)] = &[
-    ("linux1", 1, "x86_64"),
-    ("linux2", 2, "x86_64"),
-    ("linux4", 4, "x86_64"),
-    ("linux32", 1, "i686"),
-];
+/// The Linux guests: (name, vCPUs), as in linux.toml. linux4 has more vCPUs than the
+/// machine has CPUs.
+const LINUX_GUESTS: &[(&str, u32)] = &[("linux1", 1), ("linux2", 2), ("linux4", 4)];
 
 /// The release `uname -r` prints, from a `<release> from <package>.deb` description.
 fn release_of(description: &str) -> Option<String> {
@@ -47,7 +46,6 @@ fn bochs_linux_multiboot_and_real_mode_guests() {
     });
     // "6.1.0-56-cloud-amd64 from linux-image-..._amd64.deb": the release `uname -r` prints.
     let release = release_of(&assets.kernel_release);
-    let release32 = release_of(&assets.kernel32_release);
 
     let mut boot = Scenario::bochs("bochs_linux", "linux.toml")
         .cpus(2)
@@ -58,26 +56,8 @@ fn bochs_linux_multiboot_and_real_mode_guests() {
         .line_starting("cpu0: entered VMX root operation")
         .line_starting("cpu1: entered VMX root operation");
 
-    for &(name, vcpus, machine) in LINUX_GUESTS {
-        let say = |what: &str| format!("[{name}] linux-guest: {what}");
-        boot.line_starting(&format!("vm {name}: started"))
-            .line_starting(&say("kernel 6."));
-        let release = if name == "linux32" {
-            &release32
-        } else {
-            &release
-        };
-        if let Some(release) = release {
-            boot.line(&say(&format!("kernel {release}")));
-        }
-        boot.line(&say(&format!("machine {machine}")))
-            .line(&say(&format!("nproc {vcpus}")))
-            .line_starting_containing(&say("memtotal "), " kB")
-            .line(&say("hypervisor flag yes"))
-            .line(&say(&format!("workload md5 {WORKLOAD_MD5}")))
-            .line(&say("powering off"))
-            .no_line_containing(&say("poweroff -f failed"))
-            .line(&format!("vm {name}: exited code=0 (powered off)"));
+    for &(name, vcpus) in LINUX_GUESTS {
+        check_linux_guest(&mut boot, name, vcpus, "x86_64", release.as_deref());
     }
     boot.no_line_containing("Kernel panic");
 
@@ -107,12 +87,11 @@ fn bochs_linux_multiboot_and_real_mode_guests() {
         .line("[legacy] realmode: PASS")
         .line("vm legacy: exited code=0");
 
-    boot.line_starting("hv: summary: 7 guests");
+    boot.line_starting("hv: summary: 6 guests");
     for done in [
         "linux1 exited code=0 (powered off)",
         "linux2 exited code=0 (powered off)",
         "linux4 exited code=0 (powered off)",
-        "linux32 exited code=0 (powered off)",
         "mb exited code=0",
         "mblow exited code=0",
         "legacy exited code=0",
@@ -121,14 +100,27 @@ fn bochs_linux_multiboot_and_real_mode_guests() {
     }
     boot.line_starting("hv: powering off").powered_off();
 
-    report_timings(&boot.result.timed_lines);
+    report_timings(
+        "bochs_linux",
+        &boot.result.timed_lines,
+        &names(LINUX_GUESTS),
+        &["mb", "mblow", "legacy"],
+    );
     let memtotals: Vec<(String, Option<u64>)> = LINUX_GUESTS
         .iter()
-        .map(|&(name, ..)| (name.to_string(), memtotal_kb(&boot.result.serial, name)))
+        .map(|&(name, _)| (name.to_string(), memtotal_kb(&boot.result.serial, name)))
         .collect();
     boot.finish();
 
-    // 256 MiB of guest RAM, less what the firmware area and the kernel keep for themselves.
+    check_memtotals(memtotals);
+}
+
+fn names(guests: &[(&'static str, u32)]) -> Vec<&'static str> {
+    guests.iter().map(|&(name, _)| name).collect()
+}
+
+/// 256 MiB of guest RAM, less what the firmware area and the kernel keep for themselves.
+fn check_memtotals(memtotals: Vec<(String, Option<u64>)>) {
     for (name, kb) in memtotals {
         let kb = kb.unwrap_or_default();
         assert!(
@@ -136,6 +128,30 @@ fn bochs_linux_multiboot_and_real_mode_guests() {
             "[{name}] MemTotal {kb} kB is not plausible for a 256 MiB guest"
         );
     }
+}
+
+/// The `linux-guest:` lines of one Linux guest, from start to power-off.
+fn check_linux_guest(
+    boot: &mut integration_tests::Boot,
+    name: &str,
+    vcpus: u32,
+    machine: &str,
+    release: Option<&str>,
+) {
+    let say = |what: &str| format!("[{name}] linux-guest: {what}");
+    boot.line_starting(&format!("vm {name}: started"))
+        .line_starting(&say("kernel 6."));
+    if let Some(release) = release {
+        boot.line(&say(&format!("kernel {release}")));
+    }
+    boot.line(&say(&format!("machine {machine}")))
+        .line(&say(&format!("nproc {vcpus}")))
+        .line_starting_containing(&say("memtotal "), " kB")
+        .line(&say("hypervisor flag yes"))
+        .line(&say(&format!("workload md5 {WORKLOAD_MD5}")))
+        .line(&say("powering off"))
+        .no_line_containing(&say("poweroff -f failed"))
+        .line(&format!("vm {name}: exited code=0 (powered off)"));
 }
 
 /// The number on a guest's `linux-guest: memtotal <n> kB` line.
@@ -152,16 +168,21 @@ fn memtotal_kb(serial: &str, guest: &str) -> Option<u64> {
 
 /// How long (wall time from the emulator's start) each guest took to reach its milestones, to
 /// stderr past the harness' capture: the Linux boot time under Bochs is worth watching.
-fn report_timings(timed_lines: &[(Duration, String)]) {
+fn report_timings(
+    scenario: &str,
+    timed_lines: &[(Duration, String)],
+    linux: &[&str],
+    others: &[&str],
+) {
     let first = |prefix: &str| {
         timed_lines
             .iter()
             .find(|(_, l)| l.starts_with(prefix))
             .map(|(t, _)| t.as_secs_f64())
     };
-    let mut report = String::from("[bochs_linux] timings (s since Bochs started):");
+    let mut report = format!("[{scenario}] timings (s since Bochs started):");
     let mut milestones = vec![("hypervisor".to_string(), "hv: ferrovisor".to_string())];
-    for &(name, ..) in LINUX_GUESTS {
+    for name in linux {
         milestones.push((format!("{name} started"), format!("vm {name}: started")));
         milestones.push((
             format!("{name} in /init"),
@@ -169,9 +190,9 @@ fn report_timings(timed_lines: &[(Duration, String)]) {
         ));
         milestones.push((format!("{name} ended"), format!("vm {name}: exited")));
     }
-    milestones.push(("mb ended".into(), "vm mb: exited".into()));
-    milestones.push(("mblow ended".into(), "vm mblow: exited".into()));
-    milestones.push(("legacy ended".into(), "vm legacy: exited".into()));
+    for name in others {
+        milestones.push((format!("{name} ended"), format!("vm {name}: exited")));
+    }
     milestones.push(("power-off".into(), "hv: powering off".into()));
     for (what, prefix) in milestones {
         match first(&prefix) {
@@ -182,68 +203,57 @@ fn report_timings(timed_lines: &[(Duration, String)]) {
     let _ = writeln!(std::io::stderr(), "{report}");
 }
 
-/// Debian's generic amd64 kernel (tests/manifests/linux-generic.toml), in a boot of its own so
-/// that its long XZ decompression (over 2·10⁹ instructions with interrupts off) runs beside the
-/// other Linux guests' boot rather than after it: it reaches userspace, runs the workload and
-/// powers off.
+/// Debian's 32-bit 686-pae kernel and its generic amd64 kernel (tests/manifests/linux-more.toml),
+/// in a machine of their own that boots beside the other Linux guests': both reach userspace,
+/// run the workload and power off. The 32-bit kernel comes in through the 32-bit boot protocol
+/// and says i686; the generic kernel survives its long XZ decompression with interrupts off.
 #[test]
-fn bochs_linux_generic_kernel() {
+fn bochs_linux_32bit_and_generic_kernels() {
     let assets = linux::prepare().unwrap_or_else(|e| {
         panic!(
-            "the generic kernel and the initramfs are missing and could not be prepared: {e:#}\n\
-             They come from Debian packages (linux-image-*-amd64, busybox-static) through \
-             apt-get download: run `cargo xtask build` on a Debian machine that reaches a \
-             package mirror, or put a bzImage at {} yourself.",
+            "the 32-bit and generic kernels and the initramfses are missing and could not be \
+             prepared: {e:#}\nThey come from Debian packages (linux-image-*-686-pae:i386, \
+             linux-image-*-amd64, busybox-static:i386, busybox-static) through apt-get \
+             download: run `cargo xtask build` on a Debian machine that reaches a package \
+             mirror, or put bzImages at {} and {} yourself.",
+            linux::dir().join(linux::KERNEL32_FILE).display(),
             linux::dir().join(linux::GENERIC_KERNEL_FILE).display()
         )
     });
-    let release = release_of(&assets.generic_release);
+    let release32 = release_of(&assets.kernel32_release);
+    let generic = release_of(&assets.generic_release);
+    if let Some(r) = &release32 {
+        assert!(r.ends_with("-686-pae"), "{r}");
+    }
+    if let Some(r) = &generic {
+        assert!(r.ends_with("-amd64") && !r.contains("cloud"), "{r}");
+    }
 
-    let mut boot = Scenario::bochs("bochs_linux_generic", "linux-generic.toml")
-        .cpus(1)
-        .memory_mib(512)
+    let mut boot = Scenario::bochs("bochs_linux_more", "linux-more.toml")
+        .cpus(2)
+        .memory_mib(768)
         .timeout_secs(900)
         .boot();
     boot.line("hv: ferrovisor 0.1.0 starting")
         .line_starting("cpu0: entered VMX root operation");
-    let say = |what: &str| format!("[generic] linux-guest: {what}");
-    boot.line_starting("vm generic: started")
-        .line_starting(&say("kernel 6."));
-    if let Some(release) = &release {
-        assert!(
-            release.ends_with("-amd64") && !release.contains("cloud"),
-            "{release}"
-        );
-        boot.line(&say(&format!("kernel {release}")));
-    }
-    boot.line(&say("machine x86_64"))
-        .line(&say("nproc 1"))
-        .line_starting_containing(&say("memtotal "), " kB")
-        .line(&say("hypervisor flag yes"))
-        .line(&say(&format!("workload md5 {WORKLOAD_MD5}")))
-        .line(&say("powering off"))
-        .no_line_containing(&say("poweroff -f failed"))
-        .no_line_containing("Kernel panic")
-        .line("vm generic: exited code=0 (powered off)")
-        .line_starting_containing(
-            "hv: summary: 1 guest:",
-            "generic exited code=0 (powered off)",
-        )
+    check_linux_guest(&mut boot, "linux32", 1, "i686", release32.as_deref());
+    check_linux_guest(&mut boot, "generic", 1, "x86_64", generic.as_deref());
+    boot.no_line_containing("Kernel panic")
+        .line_starting("hv: summary: 2 guests")
+        .line_starting_containing("hv: summary:", "linux32 exited code=0 (powered off)")
+        .line_starting_containing("hv: summary:", "generic exited code=0 (powered off)")
         .line_starting("hv: powering off")
         .powered_off();
-    let first = |prefix: &str| {
-        boot.result
-            .timed_lines
-            .iter()
-            .find(|(_, l)| l.starts_with(prefix))
-            .map_or(-1.0, |(t, _)| t.as_secs_f64())
-    };
-    let _ = writeln!(
-        std::io::stderr(),
-        "[bochs_linux_generic] timings (s since Bochs started): started {:.1}; in /init {:.1}; ended {:.1}",
-        first("vm generic: started"),
-        first("[generic] linux-guest: kernel"),
-        first("vm generic: exited")
+    report_timings(
+        "bochs_linux_more",
+        &boot.result.timed_lines,
+        &["linux32", "generic"],
+        &[],
     );
+    let memtotals: Vec<(String, Option<u64>)> = ["linux32", "generic"]
+        .iter()
+        .map(|&name| (name.to_string(), memtotal_kb(&boot.result.serial, name)))
+        .collect();
     boot.finish();
+    check_memtotals(memtotals);
 }
