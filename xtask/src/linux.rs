@@ -121,10 +121,16 @@ pub struct LinuxAssets {
     /// `6.1.0-56-cloud-amd64 from linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.deb`, or
     /// `placed by hand`.
     pub kernel_release: String,
-    /// The generic amd64 kernel and its release.
+}
+
+/// The other Debian kernels ([`prepare_more`]): releases described like
+/// [`LinuxAssets::kernel_release`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoreLinuxAssets {
+    /// The generic amd64 kernel (boots with [`LinuxAssets::initrd`]).
     pub generic_kernel: PathBuf,
     pub generic_release: String,
-    /// The 32-bit kernel, its release and its initramfs (i386 busybox).
+    /// The 32-bit kernel and its initramfs (i386 busybox).
     pub kernel32: PathBuf,
     pub kernel32_release: String,
     pub initrd32: PathBuf,
@@ -141,6 +147,24 @@ pub fn prepare() -> Result<LinuxAssets> {
     prepare_in(&dir())
 }
 
+/// Like [`prepare`] for the generic amd64 kernel, the 32-bit 686-pae kernel and the i386
+/// initramfs (the cloud kernel's initramfs serves the generic kernel; [`prepare`] first).
+pub fn prepare_more() -> Result<MoreLinuxAssets> {
+    let dir = dir();
+    prepare_in(&dir)?;
+    let (generic_kernel, generic_release) = kernel(&dir, &GENERIC)?;
+    let (kernel32, kernel32_release) = kernel(&dir, &PAE32)?;
+    let busybox32 = busybox(&dir, "i386")?;
+    let initrd32 = initramfs(&dir, &busybox32, INITRD32_FILE)?;
+    Ok(MoreLinuxAssets {
+        generic_kernel,
+        generic_release,
+        kernel32,
+        kernel32_release,
+        initrd32,
+    })
+}
+
 /// [`prepare`] in another directory.
 pub fn prepare_in(dir: &Path) -> Result<LinuxAssets> {
     fs::create_dir_all(dir.join("debs"))
@@ -148,19 +172,10 @@ pub fn prepare_in(dir: &Path) -> Result<LinuxAssets> {
     let (cloud, kernel_release) = kernel(dir, &CLOUD)?;
     let busybox64 = busybox(dir, "amd64")?;
     let initrd = initramfs(dir, &busybox64, INITRD_FILE)?;
-    let (generic_kernel, generic_release) = kernel(dir, &GENERIC)?;
-    let (kernel32, kernel32_release) = kernel(dir, &PAE32)?;
-    let busybox32 = busybox(dir, "i386")?;
-    let initrd32 = initramfs(dir, &busybox32, INITRD32_FILE)?;
     Ok(LinuxAssets {
         kernel: cloud,
         initrd,
         kernel_release,
-        generic_kernel,
-        generic_release,
-        kernel32,
-        kernel32_release,
-        initrd32,
     })
 }
 

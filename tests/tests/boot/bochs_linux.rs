@@ -209,7 +209,7 @@ fn report_timings(
 /// and says i686; the generic kernel survives its long XZ decompression with interrupts off.
 #[test]
 fn bochs_linux_32bit_and_generic_kernels() {
-    let assets = linux::prepare().unwrap_or_else(|e| {
+    let assets = linux::prepare_more().unwrap_or_else(|e| {
         panic!(
             "the 32-bit and generic kernels and the initramfses are missing and could not be \
              prepared: {e:#}\nThey come from Debian packages (linux-image-*-686-pae:i386, \
