@@ -137,5 +137,17 @@ pub fn build_all() -> Result<()> {
         ),
         Err(e) => eprintln!("xtask: warning: the Linux guest files are not ready: {e:#}"),
     }
+    // Debian's generic and 32-bit kernels, for tests/manifests/linux-more.toml.
+    match crate::linux::prepare_more() {
+        Ok(more) => println!(
+            "linux:    {}, {}, {}",
+            more.generic_kernel.display(),
+            more.kernel32.display(),
+            more.initrd32.display()
+        ),
+        Err(e) => eprintln!(
+            "xtask: warning: the generic and 32-bit Linux guest files are not ready: {e:#}"
+        ),
+    }
     Ok(())
 }

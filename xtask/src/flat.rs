@@ -1,7 +1,7 @@
 //! Flat binary images of test guests that are not loaded as ELF.
 //!
 //! The guest workspace links every guest as a static ELF64 at 1 MiB. Some guests are loaded
-//! another way: `mbkernel` is a Multiboot kernel whose header must sit at the start of a flat
+//! another way: `mbkernel` (and `mblow`, the same linked at 0x8000) is a Multiboot kernel whose header must sit at the start of a flat
 //! image, and `realmode` is a raw 16-bit binary loaded at 0x7C00. For those, xtask writes
 //! `<name>.bin` next to the ELF: the bytes of every `PT_LOAD` segment placed at its physical
 //! address, relative to the lowest one, with zeros in the gaps and nothing for memory-only
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 /// Guests whose ELF is also written as a flat `<name>.bin`.
-pub const FLAT_GUESTS: &[&str] = &["mbkernel", "realmode"];
+pub const FLAT_GUESTS: &[&str] = &["mbkernel", "mblow", "realmode"];
 
 /// Largest flat image accepted (the test guests are a few KiB; this catches a bad link).
 const MAX_FLAT: u64 = 16 << 20;

@@ -1,18 +1,23 @@
-//! The Linux guest: Debian's stock cloud kernel and a busybox initramfs built here.
+//! The Linux guests: Debian's stock kernels and busybox initramfses built here.
 //!
 //! Everything lives in `target/linux/` (never committed):
 //!
 //! ```text
-//! debs/                the downloaded .deb packages (kept: a re-run needs no network)
-//! vmlinuz              the kernel (a bzImage), from linux-image-<release>-cloud-amd64
-//! vmlinuz.release      which kernel release and package it came from
-//! busybox              the static busybox, from busybox-static
-//! initrd.gz            the initramfs: newc cpio, gzip-compressed, written by this module
+//! debs/                  the downloaded .deb packages (kept: a re-run needs no network)
+//! vmlinuz                the cloud kernel (a bzImage), from linux-image-<release>-cloud-amd64
+//! vmlinuz-amd64          the generic kernel (XZ-compressed), from linux-image-<release>-amd64
+//! vmlinuz-686-pae        a 32-bit kernel (no 64-bit entry), from linux-image-<release>-686-pae:i386
+//! <kernel>.release       which kernel release and package each came from
+//! busybox                the static busybox, from busybox-static (amd64)
+//! busybox-i386           the same for i386, from busybox-static:i386
+//! initrd.gz              the initramfs: newc cpio, gzip-compressed, written by this module
+//! initrd-i386.gz         the same with the i386 busybox, for the 32-bit kernel
 //! ```
 //!
-//! The kernel and busybox come from the OS packages through `apt-cache` and `apt-get download`
-//! (no root needed for a download; as root, `apt-get update` is run once when the package lists
-//! know no kernel). A file already there is reused without asking apt anything, so a kernel
+//! The kernels and busyboxes come from the OS packages through `apt-cache` and `apt-get
+//! download` (no root needed for a download; as root, `apt-get update` is run once when the
+//! package lists know no kernel, and `dpkg --add-architecture i386` first when apt knows no
+//! i386 packages). A file already there is reused without asking apt anything, so a kernel
 //! placed in `target/linux/vmlinuz` by hand is used as is. The initramfs is rebuilt from
 //! `busybox` on every call (it is small and the result is byte-for-byte reproducible) and only
 //! rewritten when it changed.
@@ -36,16 +41,72 @@ use crate::{paths, prereq};
 pub const KERNEL_FILE: &str = "vmlinuz";
 /// File name of the initramfs in [`dir`] (and the name a manifest uses for it).
 pub const INITRD_FILE: &str = "initrd.gz";
+/// File name of the generic amd64 kernel.
+pub const GENERIC_KERNEL_FILE: &str = "vmlinuz-amd64";
+/// File name of the 32-bit kernel.
+pub const KERNEL32_FILE: &str = "vmlinuz-686-pae";
+/// File name of the initramfs with the i386 busybox.
+pub const INITRD32_FILE: &str = "initrd-i386.gz";
 /// The names a manifest may use for the prepared Linux files (see [`crate::esp::resolve`]).
-pub const ASSET_FILES: &[&str] = &[KERNEL_FILE, INITRD_FILE];
+pub const ASSET_FILES: &[&str] = &[
+    KERNEL_FILE,
+    INITRD_FILE,
+    GENERIC_KERNEL_FILE,
+    KERNEL32_FILE,
+    INITRD32_FILE,
+];
+
+/// One Debian kernel flavour this module fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flavour {
+    /// The file in [`dir`].
+    pub file: &'static str,
+    /// The Debian flavour suffix of the package name: `linux-image-<abi>-<flavour>`.
+    pub flavour: &'static str,
+    /// The Debian architecture of the package.
+    pub arch: &'static str,
+}
+
+/// Debian's cloud kernel (the default Linux guest).
+pub const CLOUD: Flavour = Flavour {
+    file: KERNEL_FILE,
+    flavour: "cloud-amd64",
+    arch: "amd64",
+};
+/// Debian's generic amd64 kernel (what `linux-image-amd64` depends on).
+pub const GENERIC: Flavour = Flavour {
+    file: GENERIC_KERNEL_FILE,
+    flavour: "amd64",
+    arch: "amd64",
+};
+/// Debian's 32-bit PAE kernel.
+pub const PAE32: Flavour = Flavour {
+    file: KERNEL32_FILE,
+    flavour: "686-pae",
+    arch: "i386",
+};
+
+impl Flavour {
+    /// The meta-package depending on the current kernel of this flavour.
+    fn meta_package(&self) -> String {
+        self.qualified(&format!("linux-image-{}", self.flavour))
+    }
+
+    /// `package`, with `:<arch>` when that is not the host's (amd64).
+    fn qualified(&self, package: &str) -> String {
+        if self.arch == "amd64" {
+            package.to_string()
+        } else {
+            format!("{package}:{}", self.arch)
+        }
+    }
+}
 
 /// Environment variable naming the kernel package to use instead of the stock one, e.g.
 /// `linux-image-6.1.0-56-cloud-amd64` or `linux-image-6.12.117+deb12-cloud-amd64-unsigned`.
 /// It only matters when no kernel has been fetched yet (delete `target/linux/vmlinuz` to switch).
 pub const KERNEL_PACKAGE_ENV: &str = "FERROVISOR_LINUX_PACKAGE";
 
-/// The Debian meta-package that depends on the current stock cloud kernel.
-const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 /// The package with a statically linked busybox at `/bin/busybox`.
 const BUSYBOX_PACKAGE: &str = "busybox-static";
 
@@ -62,6 +123,19 @@ pub struct LinuxAssets {
     pub kernel_release: String,
 }
 
+/// The other Debian kernels ([`prepare_more`]): releases described like
+/// [`LinuxAssets::kernel_release`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoreLinuxAssets {
+    /// The generic amd64 kernel (boots with [`LinuxAssets::initrd`]).
+    pub generic_kernel: PathBuf,
+    pub generic_release: String,
+    /// The 32-bit kernel and its initramfs (i386 busybox).
+    pub kernel32: PathBuf,
+    pub kernel32_release: String,
+    pub initrd32: PathBuf,
+}
+
 /// `target/linux/`.
 pub fn dir() -> PathBuf {
     paths::target_dir().join("linux")
@@ -73,15 +147,33 @@ pub fn prepare() -> Result<LinuxAssets> {
     prepare_in(&dir())
 }
 
+/// Like [`prepare`] for the generic amd64 kernel, the 32-bit 686-pae kernel and the i386
+/// initramfs (the cloud kernel's initramfs serves the generic kernel; [`prepare`] first).
+pub fn prepare_more() -> Result<MoreLinuxAssets> {
+    let dir = dir();
+    prepare_in(&dir)?;
+    let (generic_kernel, generic_release) = kernel(&dir, &GENERIC)?;
+    let (kernel32, kernel32_release) = kernel(&dir, &PAE32)?;
+    let busybox32 = busybox(&dir, "i386")?;
+    let initrd32 = initramfs(&dir, &busybox32, INITRD32_FILE)?;
+    Ok(MoreLinuxAssets {
+        generic_kernel,
+        generic_release,
+        kernel32,
+        kernel32_release,
+        initrd32,
+    })
+}
+
 /// [`prepare`] in another directory.
 pub fn prepare_in(dir: &Path) -> Result<LinuxAssets> {
     fs::create_dir_all(dir.join("debs"))
         .with_context(|| format!("creating {}", dir.join("debs").display()))?;
-    let (kernel, kernel_release) = kernel(dir)?;
-    let busybox = busybox(dir)?;
-    let initrd = initramfs(dir, &busybox)?;
+    let (cloud, kernel_release) = kernel(dir, &CLOUD)?;
+    let busybox64 = busybox(dir, "amd64")?;
+    let initrd = initramfs(dir, &busybox64, INITRD_FILE)?;
     Ok(LinuxAssets {
-        kernel,
+        kernel: cloud,
         initrd,
         kernel_release,
     })
@@ -95,11 +187,11 @@ fn file_size(path: &Path) -> u64 {
     fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-/// The kernel: reused when present, else extracted from the kernel package (downloaded first
-/// unless a .deb of it is already in `debs/`).
-fn kernel(dir: &Path) -> Result<(PathBuf, String)> {
-    let out = dir.join(KERNEL_FILE);
-    let release_file = dir.join(format!("{KERNEL_FILE}.release"));
+/// The kernel of `flavour`: reused when present, else extracted from the kernel package
+/// (downloaded first unless a .deb of it is already in `debs/`).
+fn kernel(dir: &Path, flavour: &Flavour) -> Result<(PathBuf, String)> {
+    let out = dir.join(flavour.file);
+    let release_file = dir.join(format!("{}.release", flavour.file));
     if out.is_file() {
         let release = fs::read_to_string(&release_file)
             .map(|s| s.trim().to_string())
@@ -115,11 +207,12 @@ fn kernel(dir: &Path) -> Result<(PathBuf, String)> {
     }
 
     let debs = dir.join("debs");
-    // A package named by KERNEL_PACKAGE_ENV, else any cloud kernel downloaded before.
-    let wanted = requested_kernel_package();
+    // A package named by KERNEL_PACKAGE_ENV (the cloud kernel only), else any kernel of this
+    // flavour downloaded before.
+    let wanted = requested_kernel_package().filter(|_| *flavour == CLOUD);
     let cached = cached_debs(&debs, |name| match &wanted {
         Some(package) => name.starts_with(&format!("{package}_")),
-        None => name.starts_with("linux-image-") && name.contains("-cloud-amd64"),
+        None => deb_is_kernel(name, flavour),
     })?
     .pop();
     let deb = match (cached, wanted) {
@@ -131,10 +224,10 @@ fn kernel(dir: &Path) -> Result<(PathBuf, String)> {
             deb
         }
         (None, Some(package)) => download(&package, &debs)?,
-        (None, None) => download(&kernel_package()?, &debs)?,
+        (None, None) => download(&kernel_package(flavour)?, &debs)?,
     };
 
-    let scratch = dir.join("extract-kernel");
+    let scratch = dir.join(format!("extract-{}", flavour.file));
     let _ = fs::remove_dir_all(&scratch);
     fs::create_dir_all(&scratch)?;
     extract(&deb, &scratch, "./boot/vmlinuz-*")?;
@@ -160,7 +253,7 @@ fn kernel(dir: &Path) -> Result<(PathBuf, String)> {
         "{version} from {}",
         deb.file_name().unwrap_or_default().to_string_lossy()
     );
-    let partial = dir.join(format!("{KERNEL_FILE}.partial"));
+    let partial = dir.join(format!("{}.partial", flavour.file));
     fs::copy(&vmlinuz, &partial)
         .with_context(|| format!("copying {} to {}", vmlinuz.display(), partial.display()))?;
     fs::write(&release_file, format!("{release}\n"))?;
@@ -189,19 +282,30 @@ fn check_bzimage(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The static busybox: reused when present, else extracted from `busybox-static`.
-fn busybox(dir: &Path) -> Result<PathBuf> {
-    let out = dir.join("busybox");
+/// The static busybox of Debian architecture `arch` (`busybox` for amd64, `busybox-<arch>`
+/// otherwise): reused when present, else extracted from `busybox-static[:<arch>]`.
+fn busybox(dir: &Path, arch: &str) -> Result<PathBuf> {
+    let name = if arch == "amd64" {
+        "busybox".to_string()
+    } else {
+        format!("busybox-{arch}")
+    };
+    let out = dir.join(&name);
     if out.is_file() {
         return Ok(out);
     }
     let debs = dir.join("debs");
     let prefix = format!("{BUSYBOX_PACKAGE}_");
-    let deb = match cached_debs(&debs, |name| name.starts_with(&prefix))?.pop() {
+    let suffix = format!("_{arch}.deb");
+    let deb = match cached_debs(&debs, |n| n.starts_with(&prefix) && n.ends_with(&suffix))?.pop() {
         Some(deb) => deb,
-        None => download(BUSYBOX_PACKAGE, &debs)?,
+        None if arch == "amd64" => download(BUSYBOX_PACKAGE, &debs)?,
+        None => {
+            need_foreign_arch(arch)?;
+            download(&format!("{BUSYBOX_PACKAGE}:{arch}"), &debs)?
+        }
     };
-    let scratch = dir.join("extract-busybox");
+    let scratch = dir.join(format!("extract-{name}"));
     let _ = fs::remove_dir_all(&scratch);
     fs::create_dir_all(&scratch)?;
     extract(&deb, &scratch, "./bin/busybox")?;
@@ -210,7 +314,7 @@ fn busybox(dir: &Path) -> Result<PathBuf> {
     if !bytes.starts_with(b"\x7fELF") {
         bail!("{} is not an ELF executable", extracted.display());
     }
-    let partial = dir.join("busybox.partial");
+    let partial = dir.join(format!("{name}.partial"));
     // A copy keeps the executable bit (handy for running it on the host).
     fs::copy(&extracted, &partial)?;
     fs::rename(&partial, &out)?;
@@ -244,34 +348,83 @@ fn cached_debs(debs: &Path, wanted: impl Fn(&str) -> bool) -> Result<Vec<PathBuf
     Ok(found)
 }
 
-/// Which kernel package to download: [`KERNEL_PACKAGE_ENV`] if set; else the package the
-/// meta-package `linux-image-cloud-amd64` depends on (the distribution's current cloud
-/// kernel); else the highest-versioned `linux-image-<version>-cloud-amd64[-unsigned]` apt
-/// knows. As root, runs `apt-get update` once when apt knows none.
-fn kernel_package() -> Result<String> {
-    if let Some(package) = requested_kernel_package() {
+/// True if the .deb file `name` is a kernel package of `flavour`
+/// (`linux-image-<version>-<flavour>[-unsigned]_<debian version>_<arch>.deb`).
+fn deb_is_kernel(name: &str, flavour: &Flavour) -> bool {
+    let mut parts = name.trim_end_matches(".deb").split('_');
+    let (Some(package), Some(_), Some(arch)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    arch == flavour.arch && kernel_package_version(package, flavour.flavour).is_some()
+}
+
+/// Which kernel package of `flavour` to download: [`KERNEL_PACKAGE_ENV`] if set (the cloud
+/// kernel only); else the package its meta-package (`linux-image-<flavour>`) depends on (the
+/// distribution's current kernel); else the highest-versioned
+/// `linux-image-<version>-<flavour>[-unsigned]` apt knows. As root, runs `apt-get update`
+/// once when apt knows none (after `dpkg --add-architecture` for a foreign architecture).
+fn kernel_package(flavour: &Flavour) -> Result<String> {
+    if let Some(package) = requested_kernel_package().filter(|_| *flavour == CLOUD) {
         return Ok(package);
     }
     need_tool("apt-cache")?;
-    if let Some(package) = find_kernel_package() {
+    if let Some(package) = find_kernel_package(flavour) {
         return Ok(package);
     }
-    if prereq::is_root() && Path::new("/usr/bin/apt-get").is_file() {
-        eprintln!("xtask: linux: apt knows no cloud kernel package; running apt-get update");
-        let _ = Command::new("apt-get")
-            .arg("update")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
-        if let Some(package) = find_kernel_package() {
-            return Ok(package);
-        }
+    if flavour.arch != "amd64" {
+        need_foreign_arch(flavour.arch)?;
+    } else if prereq::is_root() && Path::new("/usr/bin/apt-get").is_file() {
+        eprintln!(
+            "xtask: linux: apt knows no {} kernel package; running apt-get update",
+            flavour.flavour
+        );
+        apt_update();
+    }
+    if let Some(package) = find_kernel_package(flavour) {
+        return Ok(package);
     }
     bail!(
-        "apt knows no Debian cloud kernel package ({KERNEL_META_PACKAGE} or \
-         linux-image-<version>-cloud-amd64); on Debian run `apt-get update`, or put a bzImage \
-         at {} yourself",
-        paths::display(&dir().join(KERNEL_FILE))
+        "apt knows no Debian {} kernel package ({} or linux-image-<version>-{}); on Debian run \
+         `apt-get update`, or put a bzImage at {} yourself",
+        flavour.flavour,
+        flavour.meta_package(),
+        flavour.flavour,
+        paths::display(&dir().join(flavour.file))
     )
+}
+
+fn apt_update() {
+    let _ = Command::new("apt-get")
+        .arg("update")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status();
+}
+
+/// Makes apt know packages of the foreign architecture `arch`: as root, `dpkg
+/// --add-architecture <arch>` and `apt-get update` when dpkg does not list it yet.
+fn need_foreign_arch(arch: &str) -> Result<()> {
+    let listed = Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .any(|a| a == arch)
+        })
+        .unwrap_or(false);
+    if listed {
+        return Ok(());
+    }
+    if !(prereq::is_root() && Path::new("/usr/bin/apt-get").is_file()) {
+        bail!(
+            "apt does not know {arch} packages: run `dpkg --add-architecture {arch} && apt-get \
+             update` as root"
+        );
+    }
+    eprintln!("xtask: linux: dpkg --add-architecture {arch}; apt-get update");
+    crate::run_command(Command::new("dpkg").args(["--add-architecture", arch]))?;
+    apt_update();
+    Ok(())
 }
 
 /// The kernel package named by [`KERNEL_PACKAGE_ENV`], if any.
@@ -282,59 +435,72 @@ fn requested_kernel_package() -> Option<String> {
         .filter(|p| !p.is_empty())
 }
 
-fn find_kernel_package() -> Option<String> {
+fn find_kernel_package(flavour: &Flavour) -> Option<String> {
     let depends = Command::new("apt-cache")
-        .args(["depends", KERNEL_META_PACKAGE])
+        .args(["depends", &flavour.meta_package()])
         .stderr(Stdio::null())
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    if let Some(package) = meta_dependency(&depends) {
-        return Some(package);
+    if let Some(package) = meta_dependency(&depends, flavour) {
+        return Some(flavour.qualified(&package));
     }
     let search = Command::new("apt-cache")
-        .args(["search", "--names-only", "^linux-image-.*-cloud-amd64"])
+        .args([
+            "search",
+            "--names-only",
+            &format!("^linux-image-.*-{}", flavour.flavour),
+        ])
         .stderr(Stdio::null())
         .output()
         .ok()?;
-    newest_kernel_package(&String::from_utf8_lossy(&search.stdout))
+    newest_kernel_package(&String::from_utf8_lossy(&search.stdout), flavour)
+        .map(|p| flavour.qualified(&p))
 }
 
-/// The concrete kernel package in `apt-cache depends linux-image-cloud-amd64` output.
-fn meta_dependency(depends: &str) -> Option<String> {
+/// The concrete kernel package in `apt-cache depends linux-image-<flavour>` output (without
+/// an `:<arch>` qualifier).
+fn meta_dependency(depends: &str, flavour: &Flavour) -> Option<String> {
     depends.lines().find_map(|line| {
         let package = line.trim().strip_prefix("Depends:")?.trim();
-        is_kernel_package(package).then(|| package.to_string())
+        let package = package.split(':').next().unwrap_or(package);
+        kernel_package_version(package, flavour.flavour).map(|_| package.to_string())
     })
 }
 
-/// The `<version>` of `linux-image-<version>-cloud-amd64` or of its `-unsigned` twin, when it
-/// starts with a digit and names an ABI (`6.1.0-56`, `6.12.117+deb12`): not a meta-package such
-/// as `linux-image-6.12-cloud-amd64`, not `-dbg`.
-fn kernel_package_version(name: &str) -> Option<&str> {
+/// The `<version>` of `linux-image-<version>-<flavour>` or of its `-unsigned` twin, when it
+/// names an ABI (`6.1.0-56`, `6.12.117+deb12`): not a meta-package such as
+/// `linux-image-6.12-cloud-amd64`, not `-dbg`, and not another flavour ending the same way
+/// (`6.1.0-56-cloud` is not a version of flavour `amd64`).
+fn kernel_package_version<'a>(name: &'a str, flavour: &str) -> Option<&'a str> {
     let rest = name.strip_prefix("linux-image-")?;
     let version = rest
-        .strip_suffix("-cloud-amd64")
-        .or_else(|| rest.strip_suffix("-cloud-amd64-unsigned"))?;
-    (version.starts_with(|c: char| c.is_ascii_digit())
-        && version.contains('.')
-        && version.contains(['-', '+']))
+        .strip_suffix(&format!("-{flavour}"))
+        .or_else(|| rest.strip_suffix(&format!("-{flavour}-unsigned")))?;
+    let (upstream, abi) = version.split_once(['-', '+'])?;
+    let abi = abi.strip_prefix("deb").unwrap_or(abi);
+    (upstream.starts_with(|c: char| c.is_ascii_digit())
+        && upstream.contains('.')
+        && upstream.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && !abi.is_empty()
+        && abi.chars().all(|c| c.is_ascii_digit()))
     .then_some(version)
 }
 
-fn is_kernel_package(name: &str) -> bool {
-    kernel_package_version(name).is_some()
-}
-
-/// The highest-versioned kernel package in `apt-cache search` output (`name - description`
-/// lines); a signed package wins over its `-unsigned` twin.
-fn newest_kernel_package(search: &str) -> Option<String> {
+/// The highest-versioned kernel package of `flavour` in `apt-cache search` output (`name -
+/// description` lines); a signed package wins over its `-unsigned` twin.
+fn newest_kernel_package(search: &str, flavour: &Flavour) -> Option<String> {
     search
         .lines()
         .filter_map(|line| line.split_whitespace().next())
-        .filter_map(|name| Some((version_key(kernel_package_version(name)?), name)))
+        .filter_map(|name| {
+            Some((
+                version_key(kernel_package_version(name, flavour.flavour)?),
+                name,
+            ))
+        })
         .max_by(|(a_version, a), (b_version, b)| {
             let signed = |n: &str| !n.ends_with("-unsigned");
             (a_version, signed(a)).cmp(&(b_version, signed(b)))
@@ -403,12 +569,15 @@ fn download(package: &str, debs: &Path) -> Result<PathBuf> {
             )));
         }
         eprintln!("xtask: linux: download failed ({first:#}); running apt-get update and retrying");
-        let _ = Command::new("apt-get")
-            .arg("update")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
+        apt_update();
         fetch().with_context(|| format!("downloading {package}"))?;
     }
+    let prefix = prefix.split(':').next().unwrap_or(&prefix).to_string();
+    let prefix = if prefix.ends_with('_') {
+        prefix
+    } else {
+        format!("{prefix}_")
+    };
     cached_debs(debs, |name| name.starts_with(&prefix))?
         .pop()
         .ok_or_else(|| {
@@ -460,6 +629,7 @@ busybox --install -s /bin 2>/dev/null
 
 cpus=$(nproc 2>/dev/null || grep -c '^processor' /proc/cpuinfo)
 echo "linux-guest: kernel $(uname -r)"
+echo "linux-guest: machine $(uname -m)"
 echo "linux-guest: nproc $cpus"
 echo "linux-guest: memtotal $(awk '/^MemTotal:/ { print $2 }' /proc/meminfo) kB"
 if grep -qw hypervisor /proc/cpuinfo; then hv=yes; else hv=no; fi
@@ -546,15 +716,15 @@ const APPLETS: &[&str] = &[
     "hostname", "sleep", "ls", "ps", "dmesg", "free", "head", "tail", "rm", "cp", "mv", "ln",
 ];
 
-/// Builds the initramfs from `busybox` and [`INIT_SCRIPT`]; writes `initrd.gz` when it changed.
-fn initramfs(dir: &Path, busybox: &Path) -> Result<PathBuf> {
+/// Builds the initramfs from `busybox` and [`INIT_SCRIPT`]; writes `dir/file` when it changed.
+fn initramfs(dir: &Path, busybox: &Path, file: &str) -> Result<PathBuf> {
     let busybox_bytes =
         fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
     let cpio = initramfs_cpio(&busybox_bytes);
     let mut gz = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::best());
     gz.write_all(&cpio)?;
     let gz = gz.finish()?;
-    let out = dir.join(INITRD_FILE);
+    let out = dir.join(file);
     let unchanged = fs::read(&out).is_ok_and(|old| old == gz);
     if !unchanged {
         fs::write(&out, &gz).with_context(|| format!("writing {}", out.display()))?;
@@ -677,10 +847,61 @@ mod tests {
     fn picks_the_meta_packages_kernel() {
         let depends = "linux-image-cloud-amd64\n  Depends: linux-image-6.1.0-56-cloud-amd64\n";
         assert_eq!(
-            meta_dependency(depends).as_deref(),
+            meta_dependency(depends, &CLOUD).as_deref(),
             Some("linux-image-6.1.0-56-cloud-amd64")
         );
-        assert_eq!(meta_dependency("linux-image-cloud-amd64\n"), None);
+        assert_eq!(meta_dependency("linux-image-cloud-amd64\n", &CLOUD), None);
+        let i386 = "linux-image-686-pae:i386\n  Depends: linux-image-6.1.0-57-686-pae:i386\n";
+        assert_eq!(
+            meta_dependency(i386, &PAE32).as_deref(),
+            Some("linux-image-6.1.0-57-686-pae")
+        );
+        assert_eq!(
+            PAE32.qualified("linux-image-6.1.0-57-686-pae"),
+            "linux-image-6.1.0-57-686-pae:i386"
+        );
+        assert_eq!(PAE32.meta_package(), "linux-image-686-pae:i386");
+        assert_eq!(GENERIC.meta_package(), "linux-image-amd64");
+        let generic = "linux-image-amd64\n  Depends: linux-image-6.1.0-57-amd64\n";
+        assert_eq!(
+            meta_dependency(generic, &GENERIC).as_deref(),
+            Some("linux-image-6.1.0-57-amd64")
+        );
+    }
+
+    #[test]
+    fn flavours_do_not_mistake_each_other() {
+        // The cloud kernel's name also ends in -amd64.
+        assert!(kernel_package_version("linux-image-6.1.0-57-cloud-amd64", "amd64").is_none());
+        assert!(kernel_package_version("linux-image-6.1.0-57-rt-amd64", "amd64").is_none());
+        assert_eq!(
+            kernel_package_version("linux-image-6.1.0-57-amd64", "amd64"),
+            Some("6.1.0-57")
+        );
+        assert_eq!(
+            kernel_package_version("linux-image-6.12.117+deb12-amd64-unsigned", "amd64"),
+            Some("6.12.117+deb12")
+        );
+        assert!(deb_is_kernel(
+            "linux-image-6.1.0-57-686-pae_6.1.192-3_i386.deb",
+            &PAE32
+        ));
+        assert!(!deb_is_kernel(
+            "linux-image-6.1.0-57-686-pae_6.1.192-3_i386.deb",
+            &GENERIC
+        ));
+        assert!(deb_is_kernel(
+            "linux-image-6.1.0-57-amd64_6.1.192-3_amd64.deb",
+            &GENERIC
+        ));
+        assert!(!deb_is_kernel(
+            "linux-image-6.1.0-48-cloud-amd64_6.1.172-1_amd64.deb",
+            &GENERIC
+        ));
+        assert!(deb_is_kernel(
+            "linux-image-6.1.0-48-cloud-amd64_6.1.172-1_amd64.deb",
+            &CLOUD
+        ));
     }
 
     #[test]
@@ -695,17 +916,17 @@ linux-image-cloud-amd64 - Linux for x86-64 cloud (meta-package)
 linux-image-6.12-cloud-amd64 - Linux for x86-64 cloud (meta-package)
 ";
         assert_eq!(
-            newest_kernel_package(search).as_deref(),
+            newest_kernel_package(search, &CLOUD).as_deref(),
             Some("linux-image-6.1.0-56-cloud-amd64")
         );
         let newer = format!(
             "{search}linux-image-6.12.117+deb12-cloud-amd64-unsigned - Linux 6.12 for x86-64 cloud\n"
         );
         assert_eq!(
-            newest_kernel_package(&newer).as_deref(),
+            newest_kernel_package(&newer, &CLOUD).as_deref(),
             Some("linux-image-6.12.117+deb12-cloud-amd64-unsigned")
         );
-        assert_eq!(newest_kernel_package("busybox - tiny\n"), None);
+        assert_eq!(newest_kernel_package("busybox - tiny\n", &CLOUD), None);
     }
 
     #[test]
@@ -779,6 +1000,7 @@ linux-image-6.12-cloud-amd64 - Linux for x86-64 cloud (meta-package)
     fn init_prints_the_checked_lines_and_powers_off() {
         for line in [
             "echo \"linux-guest: kernel $(uname -r)\"",
+            "echo \"linux-guest: machine $(uname -m)\"",
             "echo \"linux-guest: nproc $cpus\"",
             "linux-guest: memtotal",
             "echo \"linux-guest: hypervisor flag $hv\"",

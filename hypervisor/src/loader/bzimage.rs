@@ -135,6 +135,12 @@ pub struct SetupHeader {
 }
 
 impl SetupHeader {
+    /// XLF_KERNEL_64: the kernel has the 64-bit entry at load address +
+    /// 0x200; otherwise only the 32-bit entry (a 32-bit kernel).
+    pub fn kernel64(&self) -> bool {
+        self.xloadflags & XLF_KERNEL_64 != 0
+    }
+
     /// File offset of the protected-mode kernel.
     pub fn kernel_offset(&self) -> usize {
         (self.setup_sects as usize + 1) * 512
@@ -154,8 +160,6 @@ pub enum BzError {
     ProtocolTooOld { version: u16 },
     /// The setup header (per its jump byte) ends before the fields needed.
     HeaderTooShort { end: usize },
-    /// xloadflags lacks XLF_KERNEL_64.
-    No64BitEntry { xloadflags: u16 },
     /// loadflags lacks LOADED_HIGH (a zImage).
     NotLoadedHigh { loadflags: u8 },
     /// kernel_alignment of a relocatable kernel is not a power of two.
@@ -213,17 +217,13 @@ impl fmt::Display for BzError {
             }
             BzError::ProtocolTooOld { version } => write!(
                 f,
-                "bzImage: boot protocol {}.{:02} is older than 2.12, the first with a 64-bit entry",
+                "bzImage: boot protocol {}.{:02} is older than 2.12, the oldest this loader takes",
                 version >> 8,
                 version & 0xFF
             ),
             BzError::HeaderTooShort { end } => write!(
                 f,
                 "bzImage: setup header ends at {end:#x} (0x202 + jump byte), before init_size ends at {HEADER_NEEDED_END:#x}"
-            ),
-            BzError::No64BitEntry { xloadflags } => write!(
-                f,
-                "bzImage: xloadflags {xloadflags:#x} lacks XLF_KERNEL_64: not a 64-bit kernel"
             ),
             BzError::NotLoadedHigh { loadflags } => write!(
                 f,
@@ -288,9 +288,10 @@ fn put(b: &mut [u8], off: usize, v: &[u8]) {
 }
 
 /// Reads and validates the setup header at 0x1F1 (boot.rst "THE REAL-MODE
-/// KERNEL HEADER"): boot_flag, "HdrS", protocol >= 2.12, XLF_KERNEL_64,
-/// LOADED_HIGH, and that the file holds `syssize` paragraphs of
-/// protected-mode code.
+/// KERNEL HEADER"): boot_flag, "HdrS", protocol >= 2.12, LOADED_HIGH, and
+/// that the file holds `syssize` paragraphs of protected-mode code. A
+/// kernel without XLF_KERNEL_64 (a 32-bit kernel) is entered through the
+/// 32-bit boot protocol ([`SetupHeader::kernel64`]).
 pub fn parse_header(image: &[u8]) -> Result<SetupHeader, BzError> {
     // Enough to read boot_flag, the jump, the magic and the version.
     if image.len() < VERSION + 2 {
@@ -328,9 +329,6 @@ pub fn parse_header(image: &[u8]) -> Result<SetupHeader, BzError> {
         return Err(BzError::NotLoadedHigh { loadflags });
     }
     let xloadflags = u16_at(image, XLOADFLAGS);
-    if xloadflags & XLF_KERNEL_64 == 0 {
-        return Err(BzError::No64BitEntry { xloadflags });
-    }
     let relocatable = image[RELOCATABLE_KERNEL] != 0;
     let kernel_alignment = u32_at(image, KERNEL_ALIGNMENT);
     if relocatable && !kernel_alignment.is_power_of_two() {
@@ -360,8 +358,11 @@ pub fn parse_header(image: &[u8]) -> Result<SetupHeader, BzError> {
     };
     let offset = hdr.kernel_offset();
     let have = image.len().saturating_sub(offset);
+    // syssize counts 16-byte paragraphs, rounded up (boot.rst "Details of
+    // Header Fields", syssize): the file may end up to 15 bytes short of
+    // syssize * 16.
     let syssize_bytes = u64::from(hdr.syssize) * 16;
-    if have == 0 || (have as u64) < syssize_bytes {
+    if have == 0 || (have as u64).saturating_add(15) < syssize_bytes {
         return Err(BzError::KernelTruncated {
             offset,
             have,
@@ -596,7 +597,7 @@ pub fn load(image: &[u8], mem: &impl GuestRam, cfg: &BootConfig) -> Result<BootS
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::e820::{self, fake::FakeRam, E820Entry};
     use super::*;
     use crate::vm::memory;
@@ -608,7 +609,7 @@ mod tests {
     /// A synthetic bzImage: `setup_sects` sectors of setup, `kernel_len`
     /// bytes of protected-mode code, a 2.15 header of a 64-bit relocatable
     /// kernel preferring 16 MiB with `init_size`.
-    fn image(kernel_len: usize, init_size: u32) -> Vec<u8> {
+    pub(crate) fn image(kernel_len: usize, init_size: u32) -> Vec<u8> {
         let setup_sects = 4u8;
         let off = (usize::from(setup_sects) + 1) * 512;
         let mut b = vec![0u8; off + kernel_len];
@@ -906,13 +907,6 @@ mod tests {
             "before init_size",
         );
         let mut b = good.clone();
-        put(&mut b, XLOADFLAGS, &0x7Eu16.to_le_bytes());
-        check(
-            &b,
-            BzError::No64BitEntry { xloadflags: 0x7E },
-            "lacks XLF_KERNEL_64",
-        );
-        let mut b = good.clone();
         b[LOADFLAGS] = 0;
         check(&b, BzError::NotLoadedHigh { loadflags: 0 }, "a zImage");
         let mut b = good.clone();
@@ -925,13 +919,13 @@ mod tests {
             "not a power of two",
         );
         check(
-            &good[..good.len() - 1],
+            &good[..good.len() - 16],
             BzError::KernelTruncated {
                 offset: 0xA00,
-                have: 0xFFF,
+                have: 0xFF0,
                 syssize_bytes: 0x1000,
             },
-            "truncated: 4095 bytes",
+            "truncated: 4080 bytes",
         );
         check(
             &good[..0xA00],
@@ -942,6 +936,50 @@ mod tests {
             },
             "truncated",
         );
+    }
+
+    /// syssize is rounded up to paragraphs: a file 1..15 bytes short of
+    /// syssize * 16 is whole (memtest86+ ships such images); 16 short is not.
+    #[test]
+    fn syssize_rounds_up_to_a_paragraph() {
+        for kernel_len in [0x1000 - 15, 0x1000 - 1, 0x1001] {
+            let img = image(kernel_len, 0x10_0000);
+            let want = (kernel_len as u32).div_ceil(16);
+            let h = parse_header(&img).unwrap();
+            assert_eq!(h.syssize, want);
+            let ram = FakeRam::new(64 * MIB);
+            let map = map_for(64 * MIB);
+            let s = load(&img, &ram, &cfg(&map, "", None)).unwrap();
+            assert_eq!(ram.read(s.kernel_load, kernel_len), img[0xA00..].to_vec());
+        }
+        let mut img = image(0x1000 - 15, 0x10_0000);
+        put(&mut img, SYSSIZE, &0x101u32.to_le_bytes());
+        assert_eq!(
+            parse_header(&img).unwrap_err(),
+            BzError::KernelTruncated {
+                offset: 0xA00,
+                have: 0xFF1,
+                syssize_bytes: 0x1010,
+            }
+        );
+    }
+
+    /// A 32-bit kernel (no XLF_KERNEL_64, e.g. Debian's 686-pae flavour)
+    /// loads like any other and is entered at its load address.
+    #[test]
+    fn kernel_without_xlf_kernel_64_is_a_32_bit_kernel() {
+        let mut img = image(0x1000, 0x10_0000);
+        // XLF_KERNEL_64 and XLF_CAN_BE_LOADED_ABOVE_4G clear, as on i386.
+        put(&mut img, XLOADFLAGS, &0x1Cu16.to_le_bytes());
+        let h = parse_header(&img).unwrap();
+        assert!(!h.kernel64());
+        assert!(parse_header(&image(0x1000, 0x10_0000)).unwrap().kernel64());
+        let ram = FakeRam::new(64 * MIB);
+        let map = map_for(64 * MIB);
+        let s = load(&img, &ram, &cfg(&map, "console=ttyS0", Some(&[1; 64]))).unwrap();
+        assert_eq!((s.entry32, s.kernel_load), (0x100_0000, 0x100_0000));
+        assert_eq!(ram.u32(BOOT_PARAMS_GPA + 0x214), 0x100_0000);
+        assert!(s.initrd.unwrap().0 < memory::FOUR_GIB);
     }
 
     #[test]

@@ -16,13 +16,15 @@
 //! at `p_paddr`; `e_entry` is used as is, or translated through the segment
 //! whose virtual range holds it when it lies in one.
 //!
-//! Guest-physical layout: the image where it asks (at or above
-//! [`super::LOW_RESERVED`]); modules page-aligned after the image; the
-//! information structure, its memory map, module list and strings in
-//! `[INFO_GPA, INFO_END)` = `[0x9000, 0x10000)`.
+//! Guest-physical layout: the image where it asks, anywhere in RAM above
+//! the real-mode interrupt vector table and the BIOS data area
+//! (`[0, IMAGE_FLOOR)`), e.g. at 0x8000 below 64 KiB; modules page-aligned
+//! after the image; then the loader's own block: the information
+//! structure, its memory map, module list, strings and the boot GDT, at
+//! [`INFO_GPA`] = 0x9000 when the image and modules leave that free, else
+//! at the lowest free page-aligned RAM (at most [`INFO_ROOM`] bytes).
 
 use super::e820::{E820Map, E820Type, GuestRam};
-use super::LOW_RESERVED;
 use crate::mm::PAGE;
 use crate::vm::memory::FOUR_GIB;
 use alloc::vec;
@@ -35,10 +37,14 @@ pub const HEADER_MAGIC: u32 = 0x1BAD_B002;
 pub const BOOTLOADER_MAGIC: u32 = 0x2BAD_B002;
 /// The header lies 4-byte aligned within the first 8192 bytes (§3.1).
 pub const SEARCH_LEN: usize = 8192;
-/// Where the information structure goes.
+/// Where the information structure goes unless the image is there.
 pub const INFO_GPA: u64 = 0x9000;
-/// End of the information area.
-pub const INFO_END: u64 = 0x1_0000;
+/// Most bytes the information block (structure, memory map, module list,
+/// strings, GDT) may take.
+pub const INFO_ROOM: u64 = 0x7000;
+/// Images load at or above this: below are the real-mode IVT and the BDA
+/// ([`super::bda`]).
+pub const IMAGE_FLOOR: u64 = 0x500;
 /// The `boot_loader_name` the guest sees.
 pub const LOADER_NAME: &str = "ferrovisor";
 
@@ -120,13 +126,15 @@ pub enum MbError {
     EntryOutsideImage { entry: u64 },
     /// Part of the image is not RAM.
     NotRam { start: u64, end: u64 },
-    /// Part of the image lies in the loader's low area.
+    /// Part of the image lies on the IVT or the BIOS data area.
     OverlapsLoaderArea { start: u64, end: u64 },
     /// Module `index` of `size` bytes fits nowhere below 4 GiB.
     ModuleDoesNotFit { index: usize, size: u64 },
     /// The information structure, memory map, module list and strings need
-    /// more than the information area.
+    /// more than [`INFO_ROOM`].
     InfoTooLarge { need: usize, room: u64 },
+    /// No free RAM below 4 GiB for the information block of `size` bytes.
+    InfoDoesNotFit { size: u64 },
 }
 
 /// What is wrong with an ELF Multiboot image.
@@ -270,7 +278,7 @@ impl fmt::Display for MbError {
             ),
             MbError::OverlapsLoaderArea { start, end } => write!(
                 f,
-                "multiboot: image range [{start:#x}, {end:#x}) overlaps the loader area below {LOW_RESERVED:#x}"
+                "multiboot: image range [{start:#x}, {end:#x}) overlaps the interrupt vector table and BIOS data area below {IMAGE_FLOOR:#x}"
             ),
             MbError::ModuleDoesNotFit { index, size } => write!(
                 f,
@@ -279,6 +287,10 @@ impl fmt::Display for MbError {
             MbError::InfoTooLarge { need, room } => write!(
                 f,
                 "multiboot: information structure, memory map, module list and strings need {need} bytes, the area has {room}"
+            ),
+            MbError::InfoDoesNotFit { size } => write!(
+                f,
+                "multiboot: no free guest RAM below 4 GiB for the {size}-byte information block"
             ),
         }
     }
@@ -624,6 +636,8 @@ pub struct MultibootSetup {
     pub entry: u64,
     /// EBX at entry: the information structure.
     pub info_gpa: u64,
+    /// The boot GDT ([`super::setup::GDT`]), in the information block.
+    pub gdt_gpa: u64,
     /// EAX at entry: [`BOOTLOADER_MAGIC`].
     pub eax: u32,
     /// Lowest and highest-exclusive address the image occupies.
@@ -651,15 +665,12 @@ fn place_low(map: &E820Map, size: u64, from: u64, avoid: &[(u64, u64)]) -> Optio
     None
 }
 
-/// Builds the information area: the structure at its start, then the
-/// memory map, the module list and the strings (§3.3). Returns the bytes
-/// to write at [`INFO_GPA`].
-fn build_info(cfg: &MultibootConfig, modules: &[(u64, u64)]) -> Result<Vec<u8>, MbError> {
-    let map = cfg.e820.entries();
+/// Offsets in the information block: (memory map, module list, strings,
+/// GDT, total length).
+fn info_layout(cfg: &MultibootConfig) -> (usize, usize, usize, usize, usize) {
     let mmap_off = INFO_LEN.next_multiple_of(8);
-    let mmap_len = 24 * map.len();
-    let mods_off = mmap_off + mmap_len;
-    let mut strings_off = mods_off + 16 * modules.len();
+    let mods_off = mmap_off + 24 * cfg.e820.len();
+    let strings_off = mods_off + 16 * cfg.modules.len();
     let strings_len: usize = cfg.cmdline.len()
         + 1
         + LOADER_NAME.len()
@@ -669,13 +680,20 @@ fn build_info(cfg: &MultibootConfig, modules: &[(u64, u64)]) -> Result<Vec<u8>, 
             .iter()
             .map(|m| m.cmdline.len() + 1)
             .sum::<usize>();
-    let need = strings_off + strings_len;
-    let room = INFO_END - INFO_GPA;
-    if need as u64 > room {
-        return Err(MbError::InfoTooLarge { need, room });
-    }
+    let gdt_off = (strings_off + strings_len).next_multiple_of(8);
+    let len = gdt_off + 8 * super::setup::GDT.len();
+    (mmap_off, mods_off, strings_off, gdt_off, len)
+}
+
+/// Builds the information block for `base`: the structure at its start,
+/// then the memory map, the module list and the strings (§3.3), then the
+/// boot GDT.
+fn build_info(cfg: &MultibootConfig, modules: &[(u64, u64)], base: u64) -> Vec<u8> {
+    let map = cfg.e820.entries();
+    let (mmap_off, mods_off, mut strings_off, gdt_off, need) = info_layout(cfg);
+    let mmap_len = 24 * map.len();
     let mut b = vec![0u8; need];
-    let gpa = |off: usize| (INFO_GPA + off as u64) as u32;
+    let gpa = |off: usize| (base + off as u64) as u32;
     let put32 = |b: &mut Vec<u8>, off: usize, v: u32| {
         b[off..off + 4].copy_from_slice(&v.to_le_bytes());
     };
@@ -719,7 +737,11 @@ fn build_info(cfg: &MultibootConfig, modules: &[(u64, u64)]) -> Result<Vec<u8>, 
     }
     let name = add_str(&mut b, LOADER_NAME);
     put32(&mut b, 64, name);
-    Ok(b)
+    for (i, d) in super::setup::GDT.iter().enumerate() {
+        let o = gdt_off + 8 * i;
+        b[o..o + 8].copy_from_slice(&d.to_le_bytes());
+    }
+    b
 }
 
 /// Loads a Multiboot image, its modules and the information structure.
@@ -736,7 +758,7 @@ pub fn load(
     let map = cfg.e820;
     for p in &layout.pieces {
         let (start, end) = (p.addr, p.end());
-        if start < LOW_RESERVED.max(INFO_END) {
+        if start < IMAGE_FLOOR {
             return Err(MbError::OverlapsLoaderArea { start, end });
         }
         if !map.is_ram(start, p.mem_size) {
@@ -758,7 +780,23 @@ pub fn load(
         avoid.push((at, at + size.max(1)));
         modules.push((at, at + size));
     }
-    let info = build_info(cfg, &modules)?;
+    // The information block: at INFO_GPA if free, else the lowest free
+    // page-aligned RAM (a low image, e.g. at 0x8000, may sit on 0x9000).
+    let (.., gdt_off, need) = info_layout(cfg);
+    if need as u64 > INFO_ROOM {
+        return Err(MbError::InfoTooLarge {
+            need,
+            room: INFO_ROOM,
+        });
+    }
+    let size = need as u64;
+    let clear = |a: u64| !avoid.iter().any(|&(s, t)| a < t && s < a + size);
+    let info_gpa = if map.is_ram(INFO_GPA, size) && clear(INFO_GPA) {
+        INFO_GPA
+    } else {
+        place_low(map, size, IMAGE_FLOOR, &avoid).ok_or(MbError::InfoDoesNotFit { size })?
+    };
+    let info = build_info(cfg, &modules, info_gpa);
 
     for p in &layout.pieces {
         let not_ram = MbError::NotRam {
@@ -776,13 +814,14 @@ pub fn load(
         mem.write(start, m.data)
             .ok_or(MbError::NotRam { start, end })?;
     }
-    mem.write(INFO_GPA, &info).ok_or(MbError::NotRam {
-        start: INFO_GPA,
-        end: INFO_GPA + info.len() as u64,
+    mem.write(info_gpa, &info).ok_or(MbError::NotRam {
+        start: info_gpa,
+        end: info_gpa + info.len() as u64,
     })?;
     Ok(MultibootSetup {
         entry: layout.entry,
-        info_gpa: INFO_GPA,
+        info_gpa,
+        gdt_gpa: info_gpa + gdt_off as u64,
         eax: BOOTLOADER_MAGIC,
         image_span: (lo, hi),
         modules,
@@ -790,7 +829,7 @@ pub fn load(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::e820::{self, fake::FakeRam};
     use super::*;
     use crate::vm::memory;
@@ -814,7 +853,7 @@ mod tests {
 
     /// A flat a.out-kludge image: 16 bytes of padding, the header at 16,
     /// code after it; loaded at 1 MiB with `bss` bytes of BSS.
-    fn aout_image(code_len: usize, bss: u32) -> Vec<u8> {
+    pub(crate) fn aout_image(code_len: usize, bss: u32) -> Vec<u8> {
         let load = 0x10_0000u32;
         let total = 16 + 32 + code_len;
         let mut img = vec![0x90u8; 16];
@@ -1238,16 +1277,17 @@ mod tests {
                 end: 0xF_0040
             }
         );
-        // Into the loader's area.
-        let img = elf(false, 0xF000, &[(0xF000, 0xF000, 0x40, 0x40)]);
+        // Onto the BIOS data area.
+        let img = elf(false, 0x4F0, &[(0x4F0, 0x4F0, 0x40, 0x40)]);
         let e = load(&img, &ram, &cfg(&map, "", &[])).unwrap_err();
         assert_eq!(
             e,
             MbError::OverlapsLoaderArea {
-                start: 0xF000,
-                end: 0xF040
+                start: 0x4F0,
+                end: 0x530
             }
         );
+        assert!(e.to_string().contains("BIOS data area below 0x500"), "{e}");
         // A module larger than what is left.
         let img = elf(false, 0x10_0000, &[(0x10_0000, 0x10_0000, 0x40, 0x40)]);
         let big = vec![0u8; 3 * MIB as usize];
@@ -1270,6 +1310,63 @@ mod tests {
             matches!(e, MbError::InfoTooLarge { room: 0x7000, .. }),
             "{e}"
         );
+    }
+
+    /// Multiboot images may load below 64 KiB (§3.1.3 puts no floor on
+    /// load_addr): the information block and GDT go around them.
+    #[test]
+    fn low_image_keeps_its_bytes_and_info_goes_elsewhere() {
+        let map = map_for(16 * MIB);
+        // a.out kludge image at 0x8000 with BSS up to 0x12000: covers the
+        // usual information block at 0x9000.
+        let load_at = 0x8000u32;
+        let mut img = vec![0x90u8; 16];
+        img.extend(header(
+            0x0001_0003,
+            Some([load_at + 16, load_at, 0, 0x1_2000, load_at + 48]),
+        ));
+        img.extend((0..0x2000).map(|i| (i % 249) as u8));
+        let m = vec![0x77u8; 0x3000];
+        let mods = [Module {
+            data: &m,
+            cmdline: "mod",
+        }];
+        let ram = FakeRam::new(16 * MIB);
+        let s = load(&img, &ram, &cfg(&map, "low", &mods)).unwrap();
+        assert_eq!(s.entry, 0x8030);
+        assert_eq!(s.image_span, (0x8000, 0x1_2000));
+        assert_eq!(ram.read(0x8000, img.len()), img);
+        assert_eq!(ram.read(0x8000 + img.len() as u64, 16), vec![0; 16]);
+        // The module right after the image, the block in the free page
+        // below it.
+        assert_eq!(s.modules, vec![(0x1_2000, 0x1_5000)]);
+        assert_eq!(s.info_gpa, 0x1000);
+        let i = s.info_gpa;
+        assert_eq!(ram.u32(i + 4), 639);
+        assert_eq!(ram.cstr(ram.u32(i + 16).into()), b"low");
+        assert_eq!(u64::from(ram.u32(i + 24)) / PAGE, 1);
+        let mmap = u64::from(ram.u32(i + 48));
+        assert!((0x1000..0x8000).contains(&mmap));
+        assert_eq!(ram.read(mmap + 4, 20), map.entries()[0].to_bytes());
+        // The GDT in the block, 8-aligned, clear of the image.
+        assert_eq!(s.gdt_gpa % 8, 0);
+        assert!(s.gdt_gpa > i && s.gdt_gpa + 32 <= 0x8000);
+        for (k, d) in crate::loader::setup::GDT.iter().enumerate() {
+            assert_eq!(ram.u64(s.gdt_gpa + 8 * k as u64), *d);
+        }
+
+        // An image from 0x500 to 0xA000 (all of the low pages but none in
+        // [0x500, 0x1000)) pushes the block past itself.
+        let img = elf(false, 0x500, &[(0x500, 0x500, 0x40, 0x9B00)]);
+        let ram = FakeRam::new(16 * MIB);
+        let s = load(&img, &ram, &cfg(&map, "", &[])).unwrap();
+        assert_eq!(s.info_gpa, 0xA000);
+        assert_eq!(ram.read(0x500, 4), HEADER_MAGIC.to_le_bytes());
+        // A high image leaves the block at INFO_GPA.
+        let img = elf(false, 0x10_0000, &[(0x10_0000, 0x10_0000, 0x40, 0x40)]);
+        let s = load(&img, &FakeRam::new(16 * MIB), &cfg(&map, "", &[])).unwrap();
+        assert_eq!(s.info_gpa, INFO_GPA);
+        assert_eq!(s.gdt_gpa % 8, 0);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The architectural state a guest starts in, per entry mode, and the
 //! structures in guest RAM that mode needs (GDT, identity page tables).
-use crate::vm::memory::GuestMemory;
+use super::e820::GuestRam;
 
 pub const PML4_GPA: u64 = 0x1000;
 pub const PDPT_GPA: u64 = 0x2000;
@@ -57,25 +57,29 @@ const CR0_ET: u64 = 1 << 4;
 const CR0_NE: u64 = 1 << 5;
 const CR0_PG: u64 = 1 << 31;
 
-fn write_gdt(mem: &GuestMemory) {
+fn put_u64(mem: &impl GuestRam, gpa: u64, v: u64) {
+    let _ = mem.write(gpa, &v.to_le_bytes());
+}
+
+fn write_gdt(mem: &impl GuestRam) {
     for (i, d) in GDT.iter().enumerate() {
-        let _ = mem.write_u64(GDT_GPA + 8 * i as u64, *d);
+        put_u64(mem, GDT_GPA + 8 * i as u64, *d);
     }
 }
 
-fn write_cmdline(mem: &GuestMemory, cmdline: &str) {
+fn write_cmdline(mem: &impl GuestRam, cmdline: &str) {
     let _ = mem.write(CMDLINE_GPA, cmdline.as_bytes());
     let _ = mem.write(CMDLINE_GPA + cmdline.len() as u64, &[0]);
 }
 
 /// 64-bit long mode with an identity map of the low 4 GiB (2 MiB pages).
-pub fn long64(mem: &GuestMemory, entry: u64, cmdline: &str) -> EntryState {
-    let _ = mem.write_u64(PML4_GPA, PDPT_GPA | 3);
+pub fn long64(mem: &impl GuestRam, entry: u64, cmdline: &str) -> EntryState {
+    put_u64(mem, PML4_GPA, PDPT_GPA | 3);
     for g in 0..4u64 {
         let pd = PD_GPA + g * 0x1000;
-        let _ = mem.write_u64(PDPT_GPA + 8 * g, pd | 3);
+        put_u64(mem, PDPT_GPA + 8 * g, pd | 3);
         for i in 0..512u64 {
-            let _ = mem.write_u64(pd + 8 * i, (g << 30) | (i << 21) | 0x83);
+            put_u64(mem, pd + 8 * i, (g << 30) | (i << 21) | 0x83);
         }
     }
     write_gdt(mem);
@@ -110,15 +114,21 @@ pub fn long64(mem: &GuestMemory, entry: u64, cmdline: &str) -> EntryState {
 }
 
 /// 32-bit protected mode, flat segments, paging off.
-pub fn prot32(mem: &GuestMemory, entry: u64, cmdline: &str) -> EntryState {
+pub fn prot32(mem: &impl GuestRam, entry: u64, cmdline: &str) -> EntryState {
     write_gdt(mem);
     write_cmdline(mem, cmdline);
+    prot32_state(mem.size(), entry, GDT_GPA)
+}
+
+/// The state of [`prot32`] with [`GDT`] already at `gdt_gpa`; writes
+/// nothing (for loaders that place their own structures, e.g. Multiboot).
+pub fn prot32_state(ram: u64, entry: u64, gdt_gpa: u64) -> EntryState {
     EntryState {
         mode: Mode::Prot32,
         rip: entry,
         rsp: INITIAL_RSP,
         rdi: CMDLINE_GPA,
-        rsi: mem.size().min(u64::from(u32::MAX)),
+        rsi: ram.min(u64::from(u32::MAX)),
         rbx: 0,
         rax: 0,
         cr0: CR0_PE | CR0_ET | CR0_NE,
@@ -137,7 +147,7 @@ pub fn prot32(mem: &GuestMemory, entry: u64, cmdline: &str) -> EntryState {
             limit: 0xFFFF_FFFF,
             ar: 0xC093,
         },
-        gdt_base: GDT_GPA,
+        gdt_base: gdt_gpa,
         gdt_limit: (GDT.len() * 8 - 1) as u32,
     }
 }
@@ -176,10 +186,10 @@ pub fn real16(entry: u64) -> EntryState {
 
 /// Linux's 64-bit boot protocol: long mode, identity map, `__BOOT_CS` = 0x10
 /// and `__BOOT_DS` = 0x18, RSI = the zero page (boot.rst "64-bit BOOT PROTOCOL").
-pub fn linux64(mem: &GuestMemory, entry: u64, boot_params: u64) -> EntryState {
+pub fn linux64(mem: &impl GuestRam, entry: u64, boot_params: u64) -> EntryState {
     let mut st = long64(mem, entry, "");
     for (i, d) in super::bzimage::GDT64.iter().enumerate() {
-        let _ = mem.write_u64(GDT_GPA + 8 * i as u64, *d);
+        put_u64(mem, GDT_GPA + 8 * i as u64, *d);
     }
     st.cs = Seg {
         sel: super::bzimage::BOOT_CS,
@@ -196,6 +206,36 @@ pub fn linux64(mem: &GuestMemory, entry: u64, boot_params: u64) -> EntryState {
     st.gdt_limit = (super::bzimage::GDT64.len() * 8 - 1) as u32;
     st.rsi = boot_params;
     st.rdi = 0;
+    st
+}
+
+/// Linux's 32-bit boot protocol (boot.rst "32-bit BOOT PROTOCOL"):
+/// protected mode, paging off, a GDT with flat 4 GiB `__BOOT_CS` = 0x10
+/// (execute/read) and `__BOOT_DS` = 0x18 (read/write), CS = `__BOOT_CS`,
+/// DS/ES/SS = `__BOOT_DS`, interrupts off, ESI = the zero page, EBP, EDI
+/// and EBX zero; entered at code32_start (the load address).
+pub fn linux32(mem: &impl GuestRam, entry: u64, boot_params: u64) -> EntryState {
+    for (i, d) in super::bzimage::GDT32.iter().enumerate() {
+        put_u64(mem, GDT_GPA + 8 * i as u64, *d);
+    }
+    let mut st = prot32_state(mem.size(), entry, GDT_GPA);
+    st.cs = Seg {
+        sel: super::bzimage::BOOT_CS,
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        ar: 0xC09B,
+    };
+    st.ds = Seg {
+        sel: super::bzimage::BOOT_DS,
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        ar: 0xC093,
+    };
+    st.gdt_limit = (super::bzimage::GDT32.len() * 8 - 1) as u32;
+    st.rsi = boot_params;
+    st.rdi = 0;
+    st.rbx = 0;
+    st.rax = 0;
     st
 }
 

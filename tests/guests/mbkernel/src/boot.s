@@ -5,20 +5,29 @@
  * information structure. Prints on the 16550 at 0x3F8:
  *
  *   mbkernel: magic ok
+ *   mbkernel: loaded at 0x........
  *   mbkernel: flags 0x........
  *   mbkernel: mem_lower <n> KiB mem_upper <m> KiB
  *   mbkernel: cmdline <cmdline>
  *   mbkernel: mmap base 0x... len 0x... type <t>      (one line an entry)
  *   mbkernel: mmap <k> entries
  *   mbkernel: loader <name>
+ *   mbkernel: bda com1 0x... base <n> KiB ebda 0x... <k> KiB
  *   mbkernel: PASS
  *
  * and writes 0 to the debug-exit port 0xF4; on a failed check it prints
  * `mbkernel: FAIL: <why>` and writes 1 instead.
  *
+ * The BIOS data area must agree with the information structure: COM1's
+ * base at 0x400 is the port this kernel prints to, the base memory size
+ * at 0x413 is mem_lower, the EBDA (segment at 0x40E) starts right there,
+ * its first word (its size in KiB) keeps it below 640 KiB, and no RAM
+ * entry of the memory map overlaps it.
+ *
  * AT&T syntax. Everything (header, code, strings) lives in .text._start,
- * which the guests' link.ld places first, at 1 MiB: the flat image starts
- * with the header.
+ * which the guests' link.ld places first, at __image_start (1 MiB, or
+ * what the crate's build script sets, e.g. 0x8000 for `mblow`): the flat
+ * image starts with the header.
  */
 
     .set COM1, 0x3f8
@@ -44,8 +53,13 @@
     .set MBI_F_MMAP, 1 << 6
     .set MBI_F_LOADER_NAME, 1 << 9
 
-    /* where this kernel is loaded: the memory map must call it RAM */
-    .set KERNEL_BASE, 0x100000
+    /* where this kernel is loaded (link.ld): the memory map must call it RAM */
+    .set KERNEL_BASE, __image_start
+
+    /* BIOS data area */
+    .set BDA_COM1, 0x400
+    .set BDA_EBDA_SEG, 0x40e
+    .set BDA_BASE_KIB, 0x413
     /* a memory map longer than this is taken as garbage */
     .set MMAP_MAX_ENTRIES, 128
 
@@ -93,6 +107,10 @@ _start:
     FAIL why_magic
 .Lmagic_ok:
     PRINT msg_magic_ok
+    PRINT msg_loaded_at
+    mov $mb_header, %eax
+    call put_hex
+    call newline
 
     PRINT msg_flags
     mov MBI_FLAGS(%ebp), %eax
@@ -212,6 +230,80 @@ _start:
     pop %esi
     call newline
 
+    /* BIOS data area against the information structure */
+    PRINT msg_bda_com1
+    movzwl BDA_COM1, %eax
+    call put_hex
+    PRINT msg_bda_base
+    movzwl BDA_BASE_KIB, %eax
+    call put_dec
+    PRINT msg_bda_ebda
+    movzwl BDA_EBDA_SEG, %ebx
+    shl $4, %ebx                /* %ebx = EBDA address */
+    mov %ebx, %eax
+    call put_hex
+    PRINT msg_space
+    xor %eax, %eax
+    test %ebx, %ebx
+    jz .Lbda_no_ebda_size
+    movzwl (%ebx), %eax         /* %eax = EBDA size in KiB */
+.Lbda_no_ebda_size:
+    call put_dec
+    PRINT msg_kib
+    cmpw $COM1, BDA_COM1
+    je .Lbda_com1_ok
+    FAIL why_bda_com1
+.Lbda_com1_ok:
+    movzwl BDA_BASE_KIB, %eax
+    cmp MBI_MEM_LOWER(%ebp), %eax
+    je .Lbda_base_ok
+    FAIL why_bda_base
+.Lbda_base_ok:
+    shl $10, %eax
+    cmp %eax, %ebx
+    je .Lbda_ebda_ok
+    FAIL why_bda_ebda
+.Lbda_ebda_ok:
+    movzwl (%ebx), %ecx
+    test %ecx, %ecx
+    jnz .Lbda_ebda_size
+    FAIL why_bda_ebda_size
+.Lbda_ebda_size:
+    shl $10, %ecx
+    add %ebx, %ecx              /* %ecx = end of the EBDA */
+    cmp $0xa0000, %ecx
+    jbe .Lbda_ebda_below_640k
+    FAIL why_bda_ebda_size
+.Lbda_ebda_below_640k:
+    /* no RAM entry of the memory map overlaps [%ebx, %ecx) (entries
+       above 4 GiB cannot) */
+    mov MBI_MMAP_ADDR(%ebp), %esi
+    mov MBI_MMAP_LENGTH(%ebp), %edi
+    add %esi, %edi
+.Lbda_mmap_next:
+    cmp %edi, %esi
+    jae .Lbda_mmap_done
+    cmpl $1, 20(%esi)
+    jne .Lbda_mmap_advance
+    cmpl $0, 8(%esi)
+    jne .Lbda_mmap_advance
+    mov 4(%esi), %eax           /* entry base */
+    cmp %ecx, %eax
+    jae .Lbda_mmap_advance      /* starts at or after the EBDA's end */
+    cmpl $0, 16(%esi)
+    jne .Lbda_mmap_overlap      /* 4 GiB or longer from below the EBDA's end */
+    add 12(%esi), %eax          /* entry end */
+    jc .Lbda_mmap_overlap
+    cmp %ebx, %eax
+    jbe .Lbda_mmap_advance      /* ends at or before the EBDA */
+.Lbda_mmap_overlap:
+    FAIL why_bda_mmap
+.Lbda_mmap_advance:
+    mov (%esi), %eax
+    lea 4(%esi,%eax), %esi
+    jmp .Lbda_mmap_next
+.Lbda_mmap_done:
+
     PRINT msg_pass
     xor %eax, %eax
     outb %al, $DEBUG_EXIT
@@ -322,6 +414,11 @@ msg_mmap_type:  .asciz " type "
 msg_mmap_count: .asciz "mbkernel: mmap "
 msg_entries:    .asciz " entries\n"
 msg_loader:     .asciz "mbkernel: loader "
+msg_loaded_at:  .asciz "mbkernel: loaded at 0x"
+msg_bda_com1:   .asciz "mbkernel: bda com1 0x"
+msg_bda_base:   .asciz " base "
+msg_bda_ebda:   .asciz " KiB ebda 0x"
+msg_space:      .asciz " "
 msg_pass:       .asciz "mbkernel: PASS\n"
 msg_fail:       .asciz "mbkernel: FAIL: "
 why_magic:      .asciz "EAX is not 0x2BADB002"
@@ -332,8 +429,13 @@ why_no_cmdline: .asciz "no command line (flag 2)"
 why_no_mmap:    .asciz "no memory map (flag 6)"
 why_mmap_long:  .asciz "memory map has too many entries"
 why_mmap_empty: .asciz "memory map is empty"
-why_mmap_kernel: .asciz "memory map has no RAM at 1 MiB, where this kernel is"
+why_mmap_kernel: .asciz "memory map has no RAM where this kernel is loaded"
 why_no_loader:  .asciz "no boot loader name (flag 9)"
+why_bda_com1:   .asciz "BDA 0x400: COM1 base is not 0x3F8"
+why_bda_base:   .asciz "BDA 0x413: base memory size differs from mem_lower"
+why_bda_ebda:   .asciz "BDA 0x40E: the EBDA does not start at the end of base memory"
+why_bda_ebda_size: .asciz "EBDA: size word 0, or the EBDA reaches past 640 KiB"
+why_bda_mmap:   .asciz "memory map: a RAM entry overlaps the EBDA"
 
     .balign 4
 mb_load_end:
