@@ -79,6 +79,15 @@ pub struct Vm {
     pub halted_noirq: core::sync::atomic::AtomicUsize,
     /// Set once the guest's first console byte has been reported.
     pub first_output: AtomicBool,
+    /// This guest's console queue (see `console`).
+    pub console: usize,
+    /// vCPUs in a run queue or running (not halted, not waiting for SIPI):
+    /// the VM's weight is split over them.
+    pub runnable: core::sync::atomic::AtomicUsize,
+    /// The longest exit so far (TSC ticks from VM exit to the next VM entry)
+    /// and its basic exit reason.
+    pub longest_exit: core::sync::atomic::AtomicU64,
+    pub longest_exit_reason: AtomicU32,
 }
 
 /// TSC when the manifest was read (start-up figures are measured from here).
@@ -106,11 +115,6 @@ fn tsc_per_bus_tick() -> u64 {
     (crate::time::tsc_khz() / 100_000).max(1)
 }
 
-/// Writes a finished guest console line to the hypervisor console.
-fn console_line(guest: &str, line: &str) {
-    println!("[{guest}] {line}");
-}
-
 impl Vm {
     /// Creates a VM: RAM and EPT, image loaded, devices registered, vCPUs built.
     pub fn create(
@@ -134,7 +138,14 @@ impl Vm {
         // SAFETY: freshly allocated, identity-mapped pages owned by this VM.
         unsafe { core::ptr::write_bytes(io_bitmaps as *mut u8, 0xFF, 2 * mm::PAGE as usize) };
         let mut io = IoBus::default();
-        io.register(Box::new(Uart::new(&config.name, console_line)));
+        let console = crate::console::register(&config.name);
+        io.register(Box::new(Uart::new(crate::devices::uart::ConsolePort {
+            source: console,
+            line: crate::console::guest_line,
+            raw: crate::console::guest_raw,
+            room: crate::console::has_room,
+            focused: crate::console::is_focused,
+        })));
         io.register(Box::new(DebugExit));
         io.register(Box::new(Pit::new()));
         io.register(Box::new(Rtc::new(crate::platform::host_date(), 0)));
@@ -162,6 +173,10 @@ impl Vm {
             entry: Mutex::new(entry),
             tsc_offset: 0u64.wrapping_sub(arch::regs::rdtsc()),
             first_output: AtomicBool::new(false),
+            console,
+            runnable: core::sync::atomic::AtomicUsize::new(0),
+            longest_exit: core::sync::atomic::AtomicU64::new(0),
+            longest_exit_reason: AtomicU32::new(0),
             lapics: (0..config.vcpus)
                 .map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick())))
                 .collect(),
@@ -195,12 +210,15 @@ impl Vm {
             return false;
         }
         s.io.flush_all();
+        // Queued after the guest's own output, so that it reads in order.
+        let (name, c) = (&self.name, self.console);
+        let say = |a: core::fmt::Arguments| crate::console::println_after(c, a);
         match &how {
-            VmEnd::Exited(code) => println!("vm {}: exited code={code}", self.name),
-            VmEnd::Crashed(r) => println!("vm {}: stopped: {r}", self.name),
-            VmEnd::Stopped(r) => println!("vm {}: stopped: {r}", self.name),
-            VmEnd::PoweredOff => println!("vm {}: exited code=0 (powered off)", self.name),
-            VmEnd::Reset => println!("vm {}: reset requested", self.name),
+            VmEnd::Exited(code) => say(format_args!("vm {name}: exited code={code}")),
+            VmEnd::Crashed(r) => say(format_args!("vm {name}: stopped: {r}")),
+            VmEnd::Stopped(r) => say(format_args!("vm {name}: stopped: {r}")),
+            VmEnd::PoweredOff => say(format_args!("vm {name}: exited code=0 (powered off)")),
+            VmEnd::Reset => say(format_args!("vm {name}: reset requested")),
         }
         s.end = Some(how);
         self.ending.store(true, Ordering::Release);
@@ -248,6 +266,20 @@ impl Vm {
         self.shared.lock().end = None;
         self.ending.store(false, Ordering::Release);
         Ok(())
+    }
+
+    /// Console output of the CONSOLE_WRITE hypercall, into the guest's UART
+    /// line assembly under one lock (no per-byte port access).
+    pub fn console_write(&self, bytes: &[u8]) {
+        self.shared.lock().io.console_write(bytes);
+    }
+
+    /// Records an exit that took `ticks` from VM exit to the next VM entry.
+    pub fn note_exit_time(&self, ticks: u64, reason: u32) {
+        if ticks > self.longest_exit.load(Ordering::Relaxed) {
+            self.longest_exit.fetch_max(ticks, Ordering::AcqRel);
+            self.longest_exit_reason.store(reason, Ordering::Release);
+        }
     }
 
     pub fn outcome(&self) -> Option<VmEnd> {
