@@ -733,7 +733,10 @@ mod tests {
         r.push(b"dd\n");
         // "aaaa\n" made room for "dd\n".
         assert_eq!(r.dropped, 5);
-        assert_eq!(r.buf.iter().copied().collect::<Vec<_>>(), b"bbbb\ncccc\ndd\n");
+        assert_eq!(
+            r.buf.iter().copied().collect::<Vec<_>>(),
+            b"bbbb\ncccc\ndd\n"
+        );
         r.push(&[b'x'; 40]);
         assert_eq!(r.len(), 16);
         assert_eq!(r.dropped, 5 + 13 + 24);
@@ -780,7 +783,11 @@ mod tests {
         while !out.contains("[quiet] here") {
             assert!(d.pump(2, |i| srcs.get(i).copied(), &mut tx) > 0);
             out.push_str(core::str::from_utf8(&core::mem::take(&mut tx.sent)).unwrap());
-            assert!(out.len() < 2 * 230, "quiet line delayed: {} bytes first", out.len());
+            assert!(
+                out.len() < 2 * 230,
+                "quiet line delayed: {} bytes first",
+                out.len()
+            );
         }
         // The flooder's queue kept its newest lines and says how much it lost.
         out.push_str(&drain_all(&mut d, &srcs, &mut tx));

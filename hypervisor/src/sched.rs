@@ -131,6 +131,7 @@ pub fn add_vm(vm: Arc<Vm>, vcpus: Vec<Box<Vcpu>>) {
 }
 
 /// A VM's fresh vCPUs: the BSP is queued, APs wait for their SIPI asleep.
+#[allow(clippy::vec_box)] // boxed vCPUs move between queues as pointers
 fn place(vcpus: Vec<Box<Vcpu>>) {
     for v in vcpus {
         if v.wait_sipi {
@@ -143,7 +144,6 @@ fn place(vcpus: Vec<Box<Vcpu>>) {
 
 /// Called once all VMs are queued: if there are none, finish right away.
 pub fn start() {
-    crate::console::go_async();
     if LIVE_VMS.load(Ordering::Acquire) == 0 {
         finish();
     }
@@ -247,6 +247,8 @@ fn console_poll_tsc() -> u64 {
 /// The loop every physical CPU runs once the guests are set up.
 pub fn cpu_loop() -> ! {
     let me = percpu::current_index();
+    // Guests may run from now on: their exits must not wait for the serial port.
+    crate::console::go_async();
     loop {
         if me == 0 {
             poll_console();
@@ -475,6 +477,8 @@ fn finish() {
     if FINISHED.swap(true, Ordering::AcqRel) {
         return;
     }
+    // Every guest has ended: their last lines go out before the summary.
+    crate::console::flush_sync();
     let vms: Vec<Arc<Vm>> = GLOBAL.lock().vms.clone();
     let mut line = String::new();
     let _ = write!(

@@ -124,8 +124,21 @@ impl Uart {
     /// Console output of the CONSOLE_WRITE hypercall: the same path as THR
     /// writes, without the register side effects.
     pub fn write_console(&mut self, bytes: &[u8]) {
+        let keep = &bytes[bytes.len() - bytes.len().min(HISTORY)..];
+        let over = (self.history.len() + keep.len()).saturating_sub(HISTORY);
+        self.history.drain(..over);
+        self.history.extend(keep);
+        let src = self.console.source;
+        if (self.console.focused)(src) {
+            if !self.line.is_empty() {
+                let pending = core::mem::take(&mut self.line);
+                (self.console.raw)(src, pending.as_bytes());
+            }
+            (self.console.raw)(src, bytes);
+            return;
+        }
         for &b in bytes {
-            self.output(b);
+            self.line_byte(b);
         }
     }
 
@@ -144,6 +157,11 @@ impl Uart {
             (self.console.raw)(src, &[b]);
             return;
         }
+        self.line_byte(b);
+    }
+
+    /// One byte into the line being assembled (unfocused output).
+    fn line_byte(&mut self, b: u8) {
         match b {
             b'\n' => self.flush_line(),
             b'\r' => {}
