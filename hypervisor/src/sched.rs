@@ -457,7 +457,10 @@ fn vcpu_done(v: Box<Vcpu>) {
                 if let Some((_, n)) = GLOBAL.lock().alive.iter_mut().find(|(id, _)| *id == vm.id) {
                     *n = vcpus.len();
                 }
-                println!("vm {}: started (restart)", vm.name);
+                crate::console::println_after(
+                    vm.console,
+                    format_args!("vm {}: started (restart)", vm.name),
+                );
                 place(vcpus);
                 return;
             }

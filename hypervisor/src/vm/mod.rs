@@ -15,7 +15,7 @@ use crate::devices::{
     uart::Uart, IoBus,
 };
 use crate::manifest::{GuestConfig, Policy};
-use crate::{loader, mm, println};
+use crate::{loader, mm};
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -245,9 +245,12 @@ impl Vm {
     /// Reloads the image into zeroed RAM and clears the ended state.
     pub fn restart(&self) -> Result<(), loader::LoadError> {
         let n = self.restarts.fetch_add(1, Ordering::AcqRel) + 1;
-        println!(
-            "vm {}: restarting ({n} of at most {})",
-            self.name, self.config.max_restarts
+        crate::console::println_after(
+            self.console,
+            format_args!(
+                "vm {}: restarting ({n} of at most {})",
+                self.name, self.config.max_restarts
+            ),
         );
         self.mem.zero();
         let entry = loader::load(&self.config, self.image, self.initrd, &self.mem)?;
