@@ -257,6 +257,7 @@ pub fn cpu_loop() -> ! {
         wake_sleepers(me);
         match pick(me) {
             Some(mut v) => {
+                v.moved = false;
                 let t0 = rdtsc();
                 let end = v.run_slice(SLICE_TSC.load(Ordering::Relaxed));
                 let used = rdtsc().saturating_sub(t0);
@@ -314,11 +315,15 @@ fn balance(me: usize) {
         let Some(i) = lowest(&q) else {
             return;
         };
-        let lagging = q[i].vruntime.saturating_add(2 * slice) < their_min;
-        if !(idle || their_load + 1 < my_load || lagging) {
+        let candidate = Candidate {
+            vruntime: q[i].vruntime,
+            moved: q[i].moved,
+        };
+        if !should_push(my_load, their_load, idle, their_min, slice, candidate) {
             continue;
         }
         let mut v = q.swap_remove(i);
+        v.moved = true;
         MIN_VRT[me].store(queue_min(&q), Ordering::Release);
         drop(q);
         LOAD[me].fetch_sub(1, Ordering::AcqRel);
@@ -326,6 +331,37 @@ fn balance(me: usize) {
         enqueue(d, v);
         return;
     }
+}
+
+/// The vCPU a CPU would push: the lowest of its queue.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate {
+    pub vruntime: u64,
+    /// It was pushed here and has not run since.
+    pub moved: bool,
+}
+
+/// Whether a CPU with `my_load` runnable vCPUs pushes `c` to one with
+/// `their_load` (idle: `their_idle`) whose lowest weighted run time is
+/// `their_min`: to an idle CPU, to even out a load difference of two or more,
+/// or when `c` lags far behind what runs there. A vCPU pushed for lagging is
+/// not pushed again before it has run: it is the lowest on both CPUs, and
+/// would otherwise bounce between them without ever being picked.
+pub fn should_push(
+    my_load: usize,
+    their_load: usize,
+    their_idle: bool,
+    their_min: u64,
+    slice: u64,
+    c: Candidate,
+) -> bool {
+    if my_load < 2 {
+        return false;
+    }
+    if their_idle || their_load + 1 < my_load {
+        return true;
+    }
+    their_load < my_load && !c.moved && c.vruntime.saturating_add(2 * slice) < their_min
 }
 
 /// Moves halted vCPUs whose wake condition holds onto this CPU's queue.
@@ -567,6 +603,29 @@ mod tests {
         // Weights 200 and 100 with 2 and 1 vCPUs: still 2:1 between the VMs.
         let got = simulate(&[(200, 0), (200, 0), (100, 1)], 900);
         assert_eq!(got[0], 2 * got[1]);
+    }
+
+    #[test]
+    fn a_lagging_vcpu_is_pushed_once_then_runs() {
+        let slice = 1000;
+        let lagging = Candidate {
+            vruntime: 0,
+            moved: false,
+        };
+        // Lagging far behind the other CPU's vCPUs: pushed there.
+        assert!(should_push(2, 1, false, 10 * slice, slice, lagging));
+        // Arrived there and the same holds the other way round: not pushed
+        // back before it ran (it used to bounce and never run).
+        let arrived = Candidate {
+            moved: true,
+            ..lagging
+        };
+        assert!(!should_push(2, 1, false, 10 * slice, slice, arrived));
+        // Load differences and idle CPUs still move it.
+        assert!(should_push(3, 1, false, 0, slice, arrived));
+        assert!(should_push(2, 1, true, 0, slice, arrived));
+        assert!(!should_push(1, 0, true, 0, slice, lagging));
+        assert!(!should_push(2, 1, false, slice, slice, lagging));
     }
 
     #[test]

@@ -110,6 +110,8 @@ pub struct Vcpu {
     longest_exit: u64,
     /// Counted in its VM's `runnable` (in a run queue or running).
     pub counted_runnable: bool,
+    /// Pushed to another CPU's queue by the balancer and not run since.
+    pub moved: bool,
 }
 
 /// TSC ticks a vCPU may spend with interrupts off and no other exit before
@@ -160,6 +162,7 @@ impl Vcpu {
             timers_dirty: true,
             longest_exit: 0,
             counted_runnable: false,
+            moved: false,
         }
     }
 
