@@ -125,6 +125,7 @@ pub fn start(info: &'static BootInfo, stack_top: u64) -> ! {
         date.year, date.month, date.day, date.hour, date.minute, date.second
     );
     let khz = time::calibrate();
+    crate::console::set_byte_time();
     println!("hv: tsc: {} kHz (calibrated against the PIT)", khz);
 
     enable_vmx_or_die(0);

@@ -56,8 +56,44 @@ fn cpus() -> usize {
     percpu::online().max(1)
 }
 
+/// Counts a vCPU in (or out of) its VM's runnable vCPUs, over which the VM's
+/// weight is split.
+fn set_runnable(v: &mut Vcpu, on: bool) {
+    if v.counted_runnable != on {
+        v.counted_runnable = on;
+        if on {
+            v.vm.runnable.fetch_add(1, Ordering::AcqRel);
+        } else {
+            v.vm.runnable.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Weighted run time charged for `used` TSC ticks of one vCPU whose VM has
+/// weight `vm_weight` and `runnable` runnable vCPUs: each of them runs with
+/// weight `vm_weight / runnable`, so a VM gets its share however many vCPUs
+/// it has (as Xen's credit scheduler and ESXi's shares split a VM's weight).
+pub fn charge(used: u64, vm_weight: u64, runnable: usize) -> u64 {
+    let n = runnable.max(1) as u128;
+    let w = vm_weight.max(1) as u128;
+    (u128::from(used) * 100 * n / w).min(u128::from(u64::MAX)) as u64
+}
+
+/// Index of the lowest key (the scheduler's choice: least weighted run time;
+/// ties go to the first).
+pub fn lowest_key(keys: impl Iterator<Item = u64>) -> Option<usize> {
+    keys.enumerate().min_by_key(|&(_, k)| k).map(|(i, _)| i)
+}
+
+/// Parks a vCPU that can't run (halted, waiting for SIPI).
+fn sleep(mut v: Box<Vcpu>) {
+    set_runnable(&mut v, false);
+    SLEEPING.lock().push(v);
+}
+
 /// Queues a released vCPU on `cpu` and wakes that CPU if it idles.
-fn enqueue(cpu: usize, v: Box<Vcpu>) {
+fn enqueue(cpu: usize, mut v: Box<Vcpu>) {
+    set_runnable(&mut v, true);
     let vrt = v.vruntime;
     QUEUES[cpu].lock().push(v);
     LOAD[cpu].fetch_add(1, Ordering::AcqRel);
@@ -91,8 +127,18 @@ pub fn add_vm(vm: Arc<Vm>, vcpus: Vec<Box<Vcpu>>) {
         g.alive.push((vm.id, vcpus.len()));
         g.vms.push(vm);
     }
+    place(vcpus);
+}
+
+/// A VM's fresh vCPUs: the BSP is queued, APs wait for their SIPI asleep.
+#[allow(clippy::vec_box)] // boxed vCPUs move between queues as pointers
+fn place(vcpus: Vec<Box<Vcpu>>) {
     for v in vcpus {
-        enqueue(least_loaded(), v);
+        if v.wait_sipi {
+            sleep(v);
+        } else {
+            enqueue(least_loaded(), v);
+        }
     }
 }
 
@@ -105,7 +151,7 @@ pub fn start() {
 
 /// Index of the queued vCPU with the lowest weighted run time.
 fn lowest(q: &[Box<Vcpu>]) -> Option<usize> {
-    (0..q.len()).min_by_key(|&i| q[i].vruntime)
+    lowest_key(q.iter().map(|v| v.vruntime))
 }
 
 /// The lowest weighted run time in a queue (u64::MAX when it is empty).
@@ -144,7 +190,7 @@ fn poll_console() {
                     match vms.get(i) {
                         Some(vm) => {
                             SELECTED.store(i, Ordering::Release);
-                            crate::console::set_focus(&vm.name);
+                            crate::console::set_focus(vm.console);
                             println!(
                                 "hv: console: input goes to vm {} (Ctrl-A l lists the guests)",
                                 vm.name
@@ -184,8 +230,8 @@ fn poll_console() {
                 // From the first key on, the guest with the keyboard streams its
                 // output unbuffered (prompts and echo show at once); until then
                 // every guest's output goes out in whole lines.
-                if !crate::console::is_focused(&vm.name) {
-                    crate::console::set_focus(&vm.name);
+                if !crate::console::is_focused(vm.console) {
+                    crate::console::set_focus(vm.console);
                 }
                 vm.console_input(b);
             }
@@ -201,17 +247,24 @@ fn console_poll_tsc() -> u64 {
 /// The loop every physical CPU runs once the guests are set up.
 pub fn cpu_loop() -> ! {
     let me = percpu::current_index();
+    // Guests may run from now on: their exits must not wait for the serial port.
+    crate::console::go_async();
     loop {
         if me == 0 {
             poll_console();
         }
+        crate::console::pump(rdtsc());
         wake_sleepers(me);
         match pick(me) {
             Some(mut v) => {
+                v.moved = false;
                 let t0 = rdtsc();
                 let end = v.run_slice(SLICE_TSC.load(Ordering::Relaxed));
                 let used = rdtsc().saturating_sub(t0);
-                v.vruntime = v.vruntime.saturating_add(used * 100 / v.weight());
+                let runnable = v.vm.runnable.load(Ordering::Acquire);
+                v.vruntime = v
+                    .vruntime
+                    .saturating_add(charge(used, v.weight(), runnable));
                 after_slice(me, v, end);
                 balance(me);
             }
@@ -230,11 +283,12 @@ fn after_slice(me: usize, mut v: Box<Vcpu>, end: SliceEnd) {
         SliceEnd::Halted => {
             v.release();
             LOAD[me].fetch_sub(1, Ordering::AcqRel);
-            SLEEPING.lock().push(v);
+            sleep(v);
         }
         SliceEnd::VmEnded => {
             v.release();
             LOAD[me].fetch_sub(1, Ordering::AcqRel);
+            set_runnable(&mut v, false);
             vcpu_done(v);
         }
     }
@@ -261,11 +315,15 @@ fn balance(me: usize) {
         let Some(i) = lowest(&q) else {
             return;
         };
-        let lagging = q[i].vruntime.saturating_add(2 * slice) < their_min;
-        if !(idle || their_load + 1 < my_load || lagging) {
+        let candidate = Candidate {
+            vruntime: q[i].vruntime,
+            moved: q[i].moved,
+        };
+        if !should_push(my_load, their_load, idle, their_min, slice, candidate) {
             continue;
         }
         let mut v = q.swap_remove(i);
+        v.moved = true;
         MIN_VRT[me].store(queue_min(&q), Ordering::Release);
         drop(q);
         LOAD[me].fetch_sub(1, Ordering::AcqRel);
@@ -273,6 +331,37 @@ fn balance(me: usize) {
         enqueue(d, v);
         return;
     }
+}
+
+/// The vCPU a CPU would push: the lowest of its queue.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate {
+    pub vruntime: u64,
+    /// It was pushed here and has not run since.
+    pub moved: bool,
+}
+
+/// Whether a CPU with `my_load` runnable vCPUs pushes `c` to one with
+/// `their_load` (idle: `their_idle`) whose lowest weighted run time is
+/// `their_min`: to an idle CPU, to even out a load difference of two or more,
+/// or when `c` lags far behind what runs there. A vCPU pushed for lagging is
+/// not pushed again before it has run: it is the lowest on both CPUs, and
+/// would otherwise bounce between them without ever being picked.
+pub fn should_push(
+    my_load: usize,
+    their_load: usize,
+    their_idle: bool,
+    their_min: u64,
+    slice: u64,
+    c: Candidate,
+) -> bool {
+    if my_load < 2 {
+        return false;
+    }
+    if their_idle || their_load + 1 < my_load {
+        return true;
+    }
+    their_load < my_load && !c.moved && c.vruntime.saturating_add(2 * slice) < their_min
 }
 
 /// Moves halted vCPUs whose wake condition holds onto this CPU's queue.
@@ -297,6 +386,7 @@ fn wake_sleepers(me: usize) {
     let floor = MIN_VRT[me].load(Ordering::Acquire);
     for mut v in woken {
         if v.vm.ended() {
+            set_runnable(&mut v, false);
             vcpu_done(v);
             continue;
         }
@@ -307,6 +397,7 @@ fn wake_sleepers(me: usize) {
                 .max(floor.saturating_sub(SLICE_TSC.load(Ordering::Relaxed)));
         }
         LOAD[me].fetch_add(1, Ordering::AcqRel);
+        set_runnable(&mut v, true);
         let vrt = v.vruntime;
         QUEUES[me].lock().push(v);
         MIN_VRT[me].fetch_min(vrt, Ordering::AcqRel);
@@ -336,6 +427,10 @@ fn idle(me: usize) {
         if me == 0 {
             let poll = rdtsc() + console_poll_tsc();
             deadline = Some(deadline.map_or(poll, |d| d.min(poll)));
+        }
+        if let Some(t) = crate::console::next_pump_tsc() {
+            // Queued console output: back when the serial port takes more.
+            deadline = Some(deadline.map_or(t, |d| d.min(t)));
         }
         if crate::hosttimer::arm(deadline) {
             // SAFETY: STI's one-instruction shadow makes HLT start before any
@@ -398,10 +493,11 @@ fn vcpu_done(v: Box<Vcpu>) {
                 if let Some((_, n)) = GLOBAL.lock().alive.iter_mut().find(|(id, _)| *id == vm.id) {
                     *n = vcpus.len();
                 }
-                println!("vm {}: started (restart)", vm.name);
-                for v in vcpus {
-                    enqueue(least_loaded(), v);
-                }
+                crate::console::println_after(
+                    vm.console,
+                    format_args!("vm {}: started (restart)", vm.name),
+                );
+                place(vcpus);
                 return;
             }
             Err(e) => {
@@ -420,6 +516,8 @@ fn finish() {
     if FINISHED.swap(true, Ordering::AcqRel) {
         return;
     }
+    // Every guest has ended: their last lines go out before the summary.
+    crate::console::flush_sync();
     let vms: Vec<Arc<Vm>> = GLOBAL.lock().vms.clone();
     let mut line = String::new();
     let _ = write!(
@@ -453,6 +551,14 @@ fn finish() {
         }
     }
     println!("{line}");
+    for vm in &vms {
+        println!(
+            "vm {}: longest exit {} TSC ticks (reason {})",
+            vm.name,
+            vm.longest_exit.load(Ordering::Acquire),
+            vm.longest_exit_reason.load(Ordering::Acquire)
+        );
+    }
     // Free the VMs' memory (it is scrubbed on the way back to the allocator).
     GLOBAL.lock().vms.clear();
     drop(vms);
@@ -462,5 +568,74 @@ fn finish() {
     );
     if POWEROFF_WHEN_DONE.load(Ordering::Relaxed) {
         crate::fatal_stop_quiet();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One CPU's choice over time for vCPUs given as (VM weight, VM), with
+    /// `slice` ticks per pick; returns the ticks each VM got.
+    fn simulate(vcpus: &[(u64, usize)], rounds: usize) -> Vec<u64> {
+        let nvm = vcpus.iter().map(|v| v.1).max().unwrap() + 1;
+        let runnable: Vec<usize> = (0..nvm)
+            .map(|vm| vcpus.iter().filter(|v| v.1 == vm).count())
+            .collect();
+        let mut vrt = vec![0u64; vcpus.len()];
+        let mut got = vec![0u64; nvm];
+        let slice = 1_000_000;
+        for _ in 0..rounds {
+            let i = lowest_key(vrt.iter().copied()).unwrap();
+            let (w, vm) = vcpus[i];
+            got[vm] += slice;
+            vrt[i] += charge(slice, w, runnable[vm]);
+        }
+        got
+    }
+
+    #[test]
+    fn weight_is_per_vm_split_over_its_runnable_vcpus() {
+        // A 1-vCPU and a 4-vCPU VM of equal weight: half the CPU each (per
+        // vCPU weight would have given the 4-vCPU VM four fifths).
+        let got = simulate(&[(100, 0), (100, 1), (100, 1), (100, 1), (100, 1)], 1000);
+        assert_eq!(got[0], got[1]);
+        // Weights 200 and 100 with 2 and 1 vCPUs: still 2:1 between the VMs.
+        let got = simulate(&[(200, 0), (200, 0), (100, 1)], 900);
+        assert_eq!(got[0], 2 * got[1]);
+    }
+
+    #[test]
+    fn a_lagging_vcpu_is_pushed_once_then_runs() {
+        let slice = 1000;
+        let lagging = Candidate {
+            vruntime: 0,
+            moved: false,
+        };
+        // Lagging far behind the other CPU's vCPUs: pushed there.
+        assert!(should_push(2, 1, false, 10 * slice, slice, lagging));
+        // Arrived there and the same holds the other way round: not pushed
+        // back before it ran (it used to bounce and never run).
+        let arrived = Candidate {
+            moved: true,
+            ..lagging
+        };
+        assert!(!should_push(2, 1, false, 10 * slice, slice, arrived));
+        // Load differences and idle CPUs still move it.
+        assert!(should_push(3, 1, false, 0, slice, arrived));
+        assert!(should_push(2, 1, true, 0, slice, arrived));
+        assert!(!should_push(1, 0, true, 0, slice, lagging));
+        assert!(!should_push(2, 1, false, slice, slice, lagging));
+    }
+
+    #[test]
+    fn charge_scales_with_runnable_vcpus_and_weight() {
+        assert_eq!(charge(1000, 100, 1), 1000);
+        assert_eq!(charge(1000, 100, 2), 2000);
+        assert_eq!(charge(1000, 200, 2), 1000);
+        assert_eq!(charge(1000, 50, 0), 2000, "0 runnable counts as 1");
+        assert_eq!(charge(u64::MAX, 1, 64), u64::MAX, "saturates");
+        assert_eq!(lowest_key([5, 3, 3, 9].into_iter()), Some(1));
+        assert_eq!(lowest_key(core::iter::empty()), None);
     }
 }

@@ -199,6 +199,13 @@ impl Boot {
         )
     }
 
+    /// A line exactly `first` comes before a line exactly `then` (trailing spaces ignored).
+    pub fn line_before(&mut self, first: &str, then: &str) -> &mut Self {
+        let at = |t: &str| self.result.lines().position(|l| l.trim_end() == t);
+        let ok = matches!((at(first), at(then)), (Some(a), Some(b)) if a < b);
+        self.check(ok, format!("no line `{first}` before a line `{then}`"))
+    }
+
     /// No line contains `needle`.
     pub fn no_line_containing(&mut self, needle: &str) -> &mut Self {
         let found: Vec<String> = self

@@ -14,6 +14,8 @@
 //! | `exits-1`, `exits-2` | `bench-exits.toml`: the `bench` guest alone (twice: same counts?) | 1 | 512 MiB |
 //! | `fair-equal` | `bench-fair-equal.toml`: four `spinner`s of weight 100 | 2 | 512 MiB |
 //! | `fair-weighted` | `bench-fair-weighted.toml`: weights 200, 200, 100, 100 | 2 | 512 MiB |
+//! | `fair-vcpus` | `bench-fair-vcpus.toml`: a 1-vCPU and a 2-vCPU spinner guest, equal weights | 2 | 512 MiB |
+//! | `console` | `bench-console.toml`: console floods (4 KiB CONSOLE_WRITEs, 4 KiB UART bursts) beside a spinner; each VM's longest exit | 2 | 512 MiB |
 //! | `mem-1`, `mem-4`, `mem-16` | `bench-mem-<n>.toml`: n `hello` guests of 128 MiB | 2 | 512, 1024, 3072 MiB |
 //! | `linux-hv` | `bench-linux.toml`: Debian's kernel + busybox initramfs, 1 vCPU, 256 MiB | 1 | 512 MiB |
 //! | `linux-direct` | no hypervisor: the same kernel, initramfs and command line started by OVMF's shell through the EFI stub ([`linux_boot`]) | 1 | 512 MiB |
@@ -82,6 +84,8 @@ pub const CORE_EXITS: &[&str] = &["cpuid", "vmcall", "rdmsr"];
 pub struct Sections {
     pub exits: bool,
     pub fairness: bool,
+    /// The longest exit while guests flood the console (`console`).
+    pub console: bool,
     pub memory: bool,
     /// The Linux boot ratio (`linux-hv`, `linux-direct`).
     pub linux: bool,
@@ -93,6 +97,7 @@ impl Sections {
     pub const ALL: Sections = Sections {
         exits: true,
         fairness: true,
+        console: true,
         memory: true,
         linux: true,
         peer: true,
@@ -100,28 +105,34 @@ impl Sections {
     const NONE: Sections = Sections {
         exits: false,
         fairness: false,
+        console: false,
         memory: false,
         linux: false,
         peer: false,
     };
 
-    /// `exits,fairness,memory,linux,peer` (any subset, comma-separated; `kvm` = `peer`).
+    /// `exits,fairness,console,memory,linux,peer` (any subset, comma-separated; `kvm` =
+    /// `peer`).
     pub fn parse(list: &str) -> Result<Self> {
         let mut s = Self::NONE;
         for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
                 "exits" => s.exits = true,
                 "fairness" => s.fairness = true,
+                "console" => s.console = true,
                 "memory" => s.memory = true,
                 "linux" => s.linux = true,
                 "peer" | "kvm" => s.peer = true,
                 other => {
-                    bail!("unknown bench section `{other}` (exits, fairness, memory, linux, peer)")
+                    bail!(
+                        "unknown bench section `{other}` (exits, fairness, console, memory, \
+                         linux, peer)"
+                    )
                 }
             }
         }
         if s == Self::NONE {
-            bail!("--only needs at least one of exits, fairness, memory, linux, peer");
+            bail!("--only needs at least one of exits, fairness, console, memory, linux, peer");
         }
         Ok(s)
     }
@@ -239,6 +250,7 @@ pub fn run(options: &Options) -> Result<Report> {
         config: Config::gather(options),
         exits: None,
         fairness: Vec::new(),
+        console: None,
         memory: Vec::new(),
         startup: Vec::new(),
         linux: None,
@@ -260,11 +272,14 @@ pub fn run(options: &Options) -> Result<Report> {
         }
     }
     if options.sections.fairness {
-        for name in ["fair-equal", "fair-weighted"] {
+        for name in ["fair-equal", "fair-weighted", "fair-vcpus"] {
             if let Some(d) = find(name) {
                 report.fairness.push(FairRun::from_done(d));
             }
         }
+    }
+    if options.sections.console {
+        report.console = find("console").map(ConsoleRun::from_done);
     }
     if options.sections.memory {
         for name in ["mem-1", "mem-4", "mem-16"] {
@@ -343,8 +358,11 @@ fn needed_guests(sections: Sections) -> Vec<&'static str> {
     if sections.exits || sections.peer {
         v.push("bench");
     }
-    if sections.fairness {
+    if sections.fairness || sections.console {
         v.push("spinner");
+    }
+    if sections.console {
+        v.push("conflood");
     }
     if sections.memory {
         v.push("hello");
@@ -534,11 +552,15 @@ pub fn jobs(options: &Options) -> Vec<Job> {
         for (name, file) in [
             ("fair-equal", "bench-fair-equal.toml"),
             ("fair-weighted", "bench-fair-weighted.toml"),
+            ("fair-vcpus", "bench-fair-vcpus.toml"),
         ] {
             let mut j = job(name, file, 2, 512, 600);
             j.cycles = options.cycles;
             jobs.push(j);
         }
+    }
+    if options.sections.console {
+        jobs.push(job("console", "bench-console.toml", 2, 512, 600));
     }
     if options.sections.peer {
         jobs.push(direct("kvm-peer", kvmpeer::initrd(), guest_cmdline, 600));
@@ -1091,6 +1113,149 @@ impl FairRun {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Longest exit under console floods
+
+/// `vm <name>: longest exit <n> TSC ticks (reason <r>)` lines: (name, n, r).
+pub fn parse_longest_exits(serial: &str) -> Vec<(String, u64, u32)> {
+    serial
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = vm_line(l)?;
+            let rest = rest.strip_prefix("longest exit ")?;
+            let (ticks, rest) = rest.split_once(" TSC ticks (reason ")?;
+            let reason = rest.trim_end().strip_suffix(')')?;
+            Some((name.to_string(), ticks.parse().ok()?, reason.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The time slice in TSC ticks: `hv: tsc: <khz> kHz ...` and `time slice <us> us` lines.
+pub fn parse_slice_tsc(serial: &str) -> Option<u64> {
+    let khz = serial.lines().find_map(|l| {
+        l.strip_prefix("hv: tsc: ")?
+            .split(' ')
+            .next()?
+            .parse::<u64>()
+            .ok()
+    })?;
+    let us = serial
+        .lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once(", time slice ")?;
+            rest.strip_suffix(" us")?.parse::<u64>().ok()
+        })
+        .unwrap_or(5000);
+    Some(khz * us / 1000)
+}
+
+/// Basic exit reasons by number (SDM Vol. 3D Appendix C), those a flood meets.
+pub fn exit_reason_name(reason: u32) -> &'static str {
+    match reason {
+        1 => "external interrupt",
+        7 => "interrupt window",
+        10 => "CPUID",
+        12 => "HLT",
+        18 => "VMCALL",
+        28 => "CR access",
+        30 => "I/O instruction",
+        31 => "RDMSR",
+        32 => "WRMSR",
+        48 => "EPT violation",
+        52 => "preemption timer",
+        _ => "other",
+    }
+}
+
+/// One VM of the console boot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsoleRow {
+    pub vm: String,
+    /// The guest's command line: what it does.
+    pub role: String,
+    pub ticks: u64,
+    pub reason: u32,
+    pub outcome: Option<String>,
+}
+
+/// The console-flood boot, analysed.
+#[derive(Debug, Clone)]
+pub struct ConsoleRun {
+    pub run: String,
+    pub slice_tsc: Option<u64>,
+    pub rows: Vec<ConsoleRow>,
+    pub ended: String,
+}
+
+impl ConsoleRun {
+    fn from_done(d: &Done) -> Self {
+        let (serial, ended) = match &d.result {
+            Ok(r) => (r.serial.as_str(), r.summary()),
+            Err(e) => ("", format!("could not run: {e}")),
+        };
+        Self::analyse(&d.job.name, &d.manifest_text, serial, &ended)
+    }
+
+    pub fn analyse(run: &str, manifest: &str, serial: &str, ended: &str) -> Self {
+        let roles = manifest_cmdlines(manifest);
+        let rows = parse_longest_exits(serial)
+            .into_iter()
+            .map(|(vm, ticks, reason)| ConsoleRow {
+                role: roles
+                    .iter()
+                    .find(|(n, _)| *n == vm)
+                    .map(|(_, c)| c.clone())
+                    .unwrap_or_default(),
+                outcome: vm_outcome(serial, &vm).map(str::to_string),
+                vm,
+                ticks,
+                reason,
+            })
+            .collect();
+        Self {
+            run: run.to_string(),
+            slice_tsc: parse_slice_tsc(serial),
+            rows,
+            ended: ended.to_string(),
+        }
+    }
+
+    pub fn longest(&self) -> Option<&ConsoleRow> {
+        self.rows.iter().max_by_key(|r| r.ticks)
+    }
+
+    pub fn verdict(&self) -> String {
+        match (self.longest(), self.slice_tsc) {
+            (Some(l), Some(s)) if l.ticks < s => "met".into(),
+            (Some(_), Some(_)) => "not met".into(),
+            _ => format!("not measured ({})", self.ended),
+        }
+    }
+}
+
+/// `(name, cmdline)` of every `[[guest]]` in manifest text.
+pub fn manifest_cmdlines(text: &str) -> Vec<(String, String)> {
+    let mut guests: Vec<(String, String)> = Vec::new();
+    for raw in text.lines() {
+        let line = raw.trim();
+        if line == "[[guest]]" {
+            guests.push((String::new(), String::new()));
+            continue;
+        }
+        let (Some(g), Some((key, value))) = (guests.last_mut(), line.split_once('=')) else {
+            continue;
+        };
+        let value = value.split('#').next().unwrap_or("").trim();
+        let value = value.trim_matches(|c| c == '"' || c == '\'').to_string();
+        match key.trim() {
+            "name" => g.0 = value,
+            "cmdline" => g.1 = value,
+            _ => {}
+        }
+    }
+    guests
+}
+
 /// `vm <name>: first output <t> TSC ticks after the manifest was read` lines: (name, t).
 pub fn first_outputs(serial: &str) -> Vec<(String, u64)> {
     serial
@@ -1484,6 +1649,7 @@ pub struct Report {
     pub config: Config,
     pub exits: Option<ExitReport>,
     pub fairness: Vec<FairRun>,
+    pub console: Option<ConsoleRun>,
     pub memory: Vec<MemRun>,
     pub startup: Vec<StartupRow>,
     pub linux: Option<LinuxReport>,
@@ -1677,6 +1843,30 @@ impl Report {
                 opt(g.measured, |m| format!("{:.2} %", m * 100.0)),
                 opt(g.deviation_pct, |d| format!("{d:+.2} %")),
                 opt(g.ended_tsc, grouped),
+            ]);
+        }
+        t
+    }
+
+    pub fn console_table(run: &ConsoleRun) -> Table {
+        let mut t = Table::new(&[
+            "guest",
+            "what it does",
+            "longest exit (TSC)",
+            "exit reason",
+            "of a time slice",
+            "outcome",
+        ]);
+        for r in &run.rows {
+            t.row(vec![
+                r.vm.clone(),
+                r.role.clone(),
+                grouped(r.ticks),
+                format!("{} ({})", r.reason, exit_reason_name(r.reason)),
+                opt(run.slice_tsc.filter(|s| *s > 0), |s| {
+                    format!("{:.1} %", r.ticks as f64 * 100.0 / s as f64)
+                }),
+                r.outcome.clone().unwrap_or_else(|| "n/a".into()),
             ]);
         }
         t
@@ -1912,14 +2102,27 @@ impl Report {
         for f in &self.fairness {
             let _ = writeln!(
                 s,
-                "\nFairness {}: 2 CPUs, 4 spinners, {} guest TSC ticks each; largest deviation \
-                 from the expected share: {}",
+                "\nFairness {}: 2 CPUs, {} spinner guests, {} guest TSC ticks each; largest \
+                 deviation from the expected share: {}",
                 f.run,
+                f.guests.len(),
                 opt(f.cycles, grouped),
                 opt(f.max_deviation_pct(), |d| format!("{d:.2} %"))
             );
             s += &Self::fairness_table(f).text();
             let _ = writeln!(s, " note: {}", Self::spread_sentence(f));
+        }
+        if let Some(c) = &self.console {
+            let _ = writeln!(
+                s,
+                "\nLongest exit while guests flood the console (boot {}): {} TSC ticks, goal \
+                 under one time slice ({} ticks): {}",
+                c.run,
+                opt(c.longest().map(|r| r.ticks), grouped),
+                opt(c.slice_tsc, grouped),
+                c.verdict()
+            );
+            s += &Self::console_table(c).text();
         }
         if !self.memory.is_empty() {
             let _ = writeln!(s, "\nMemory overhead per guest (hello guests, 2 CPUs)");
@@ -2089,7 +2292,10 @@ impl Report {
         } else {
             let _ = writeln!(
                 s,
-                "Four `spinner` guests (`tests/guests/spinner`) on 2 CPUs, default time slice. \
+                "`spinner` guests (`tests/guests/spinner`) on 2 CPUs, default time slice: four \
+                 1-vCPU guests (equal and 2:1 weights), and a 1-vCPU beside a 2-vCPU guest of \
+                 equal weight (`fair-vcpus`: a VM's weight is split over its runnable vCPUs, so \
+                 each guest should get half; the 2-vCPU guest's units are both vCPUs' together). \
                  Each does CPU-bound work until its guest TSC has advanced by the given number \
                  of ticks from its start and prints the units of work done; a guest's share of \
                  the total work is its share of the CPU time. Deviation = (measured − \
@@ -2108,6 +2314,28 @@ impl Report {
                 );
                 s += &Self::fairness_table(f).markdown();
                 let _ = writeln!(s, "\n{}", Self::spread_sentence(f));
+            }
+        }
+
+        let _ = writeln!(s, "\n## Longest exit under console floods\n");
+        match &self.console {
+            None => {
+                let _ = writeln!(s, "Not measured in this run.");
+            }
+            Some(c) => {
+                let _ = writeln!(
+                    s,
+                    "`bench-console.toml` on 2 CPUs: `conflood` guests (`tests/guests/conflood`) \
+                     flood the console with 4 KiB CONSOLE_WRITE hypercalls or 4 KiB bursts of \
+                     UART writes that ignore LSR, beside a spinner. The hypervisor measures every \
+                     exit from VM exit to the next VM entry (two RDTSCs) and prints each VM's \
+                     longest (`vm <name>: longest exit <n> TSC ticks (reason <r>)`). Goal: under \
+                     one time slice ({} TSC ticks). Longest: **{}** ({}).\n",
+                    opt(c.slice_tsc, grouped),
+                    opt(c.longest().map(|r| r.ticks), grouped),
+                    c.verdict()
+                );
+                s += &Self::console_table(c).markdown();
             }
         }
 
@@ -2313,6 +2541,10 @@ impl Report {
                 Json::Arr(self.fairness.iter().map(FairRun::json).collect()),
             ),
             (
+                "console",
+                self.console.as_ref().map_or(Json::Null, ConsoleRun::json),
+            ),
+            (
                 "memory",
                 Json::Arr(self.memory.iter().map(MemRun::json).collect()),
             ),
@@ -2443,6 +2675,31 @@ impl FairRun {
             ("end_spread_tsc", int(self.end_spread())),
             ("ended", Json::str(&self.ended)),
             ("guests", Json::Arr(self.guests.iter().map(guest).collect())),
+        ])
+    }
+}
+
+impl ConsoleRun {
+    fn json(&self) -> Json {
+        let row = |r: &ConsoleRow| {
+            Json::obj([
+                ("name", Json::str(&r.vm)),
+                ("role", Json::str(&r.role)),
+                ("longest_exit_tsc", Json::Int(r.ticks)),
+                ("reason", Json::Int(u64::from(r.reason))),
+                (
+                    "outcome",
+                    r.outcome.as_deref().map_or(Json::Null, Json::str),
+                ),
+            ])
+        };
+        Json::obj([
+            ("boot", Json::str(&self.run)),
+            ("slice_tsc", int(self.slice_tsc)),
+            ("longest_exit_tsc", int(self.longest().map(|r| r.ticks))),
+            ("verdict", Json::str(&self.verdict())),
+            ("ended", Json::str(&self.ended)),
+            ("guests", Json::Arr(self.rows.iter().map(row).collect())),
         ])
     }
 }
@@ -2810,6 +3067,7 @@ vm mem-03: not started: out of memory
             config: Config::default(),
             exits: None,
             fairness: Vec::new(),
+            console: None,
             memory: vec![m],
             startup: Vec::new(),
             linux: None,
@@ -2856,6 +3114,44 @@ vm mem-03: not started: out of memory
         );
         assert_eq!((last.name.as_str(), last.tsc), ("b", 9_000_000));
         assert!(StartupRow::from_lines("x", &lines[..2]).is_none());
+    }
+
+    #[test]
+    fn console_run_reads_longest_exits_and_the_slice() {
+        let manifest = "[hypervisor]\n[[guest]]\nname = \"flood-hc\"\ncmdline = \"role=hypercall \
+                        writes=50\"\n[[guest]]\nname = \"spin\"\ncmdline = \"cycles=9\"\n";
+        let serial = "hv: tsc: 200000 kHz (calibrated against the PIT)\n\
+                      hv: manifest: 2 guests, time slice 5000 us\n\
+                      vm flood-hc: exited code=0\n\
+                      vm spin: exited code=0\n\
+                      vm flood-hc: longest exit 212345 TSC ticks (reason 18)\n\
+                      vm spin: longest exit 9000 TSC ticks (reason 52)\n";
+        let run = ConsoleRun::analyse("console", manifest, serial, "powered off");
+        assert_eq!(run.slice_tsc, Some(1_000_000));
+        assert_eq!(run.rows.len(), 2);
+        let l = run.longest().unwrap();
+        assert_eq!(
+            (l.vm.as_str(), l.ticks, l.reason),
+            ("flood-hc", 212_345, 18)
+        );
+        assert_eq!(l.role, "role=hypercall writes=50");
+        assert_eq!(l.outcome.as_deref(), Some("exited code=0"));
+        assert_eq!(run.verdict(), "met");
+        let table = Report::console_table(&run).text();
+        assert!(
+            table.contains("21.2 %") && table.contains("18 (VMCALL)"),
+            "{table}"
+        );
+        let slow = ConsoleRun::analyse(
+            "console",
+            manifest,
+            &serial.replace("212345", "1500000"),
+            "powered off",
+        );
+        assert_eq!(slow.verdict(), "not met");
+        assert!(ConsoleRun::analyse("console", manifest, "", "timed out")
+            .verdict()
+            .starts_with("not measured"));
     }
 
     #[test]
@@ -2908,6 +3204,8 @@ vm mem-03: not started: out of memory
                 "linux-direct",
                 "fair-equal",
                 "fair-weighted",
+                "fair-vcpus",
+                "console",
                 "kvm-peer",
                 "mem-16",
                 "exits-1",

@@ -62,6 +62,11 @@ pub trait PortDevice: Send {
     fn input(&mut self, _byte: u8) -> bool {
         false
     }
+    /// Takes console output written by hypercall (the console device); false
+    /// if the device isn't the console.
+    fn console_write(&mut self, _bytes: &[u8]) -> bool {
+        false
+    }
 }
 
 /// A guest's I/O port space.
@@ -150,6 +155,11 @@ impl IoBus {
     /// Hands a typed byte to the device that takes input; returns its index.
     pub fn input(&mut self, byte: u8) -> Option<usize> {
         self.devices.iter_mut().position(|d| d.input(byte))
+    }
+
+    /// Hands hypercall console output to the console device.
+    pub fn console_write(&mut self, bytes: &[u8]) -> bool {
+        self.devices.iter_mut().any(|d| d.console_write(bytes))
     }
 
     /// Re-polls one device (after an access to it); returns all lines, or

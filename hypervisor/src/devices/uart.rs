@@ -1,6 +1,12 @@
 //! A 16550A UART (National Semiconductor PC16550D data sheet): the guest's
 //! console at 0x3F8. Output goes to the hypervisor console one line at a time,
 //! prefixed with the guest's name, and into a per-guest history buffer.
+//!
+//! The console queues lines and sends them at the host serial port's pace;
+//! while this guest's queue is nearly full the transmitter reads busy
+//! (LSR.THRE = TEMT = 0) and a THRE interrupt follows once it has room, as a
+//! real UART behaves when its line is slower than the guest. A guest that
+//! writes regardless loses its oldest queued lines (the console counts them).
 use super::{Action, PortDevice};
 use alloc::collections::VecDeque;
 use alloc::string::String;
@@ -16,12 +22,26 @@ const LSR_TEMT: u8 = 1 << 6;
 pub const HISTORY: usize = 16 * 1024;
 const MAX_LINE: usize = 240;
 
-/// Where finished output lines go.
-pub type LineSink = fn(guest: &str, line: &str);
+/// How often a guest waiting for room in its console queue is re-checked.
+const ROOM_POLL_NS: u64 = 1_000_000;
+
+/// The console the output goes to: the core's (or a test's) functions, given
+/// the guest's console source number.
+#[derive(Clone, Copy)]
+pub struct ConsolePort {
+    pub source: usize,
+    /// A finished line.
+    pub line: fn(usize, &str),
+    /// Bytes as they come (the guest with the keyboard).
+    pub raw: fn(usize, &[u8]),
+    /// Whether the queue takes another line without dropping.
+    pub room: fn(usize) -> bool,
+    /// Whether this guest has the keyboard (its output streams unbuffered).
+    pub focused: fn(usize) -> bool,
+}
 
 pub struct Uart {
-    guest: String,
-    sink: LineSink,
+    console: ConsolePort,
     ier: u8,
     lcr: u8,
     mcr: u8,
@@ -31,16 +51,20 @@ pub struct Uart {
     fcr: u8,
     /// A THR-empty interrupt is pending until IIR is read or THR written.
     thre_pending: bool,
+    /// THR reads busy (the console queue is full): when it has room, THRE
+    /// interrupts again. Re-checked at `wait_until` (guest ns).
+    thre_wait: bool,
+    wait_until: u64,
+    now_ns: u64,
     rx: VecDeque<u8>,
     line: String,
     pub history: VecDeque<u8>,
 }
 
 impl Uart {
-    pub fn new(guest: &str, sink: LineSink) -> Self {
+    pub fn new(console: ConsolePort) -> Self {
         Self {
-            guest: String::from(guest),
-            sink,
+            console,
             ier: 0,
             lcr: 0x03,
             mcr: 0,
@@ -49,6 +73,9 @@ impl Uart {
             dlm: 0,
             fcr: 0,
             thre_pending: false,
+            thre_wait: false,
+            wait_until: 0,
+            now_ns: 0,
             rx: VecDeque::new(),
             line: String::new(),
             history: VecDeque::new(),
@@ -79,20 +106,62 @@ impl Uart {
         fifo | id
     }
 
+    fn room(&self) -> bool {
+        (self.console.room)(self.console.source)
+    }
+
+    /// THR was written or its interrupt enabled: it is empty again at once
+    /// if the console has room, else once it has.
+    fn thr_taken(&mut self) {
+        if self.room() {
+            self.thre_pending = true;
+        } else if !self.thre_wait {
+            self.thre_wait = true;
+            self.wait_until = self.now_ns + ROOM_POLL_NS;
+        }
+    }
+
+    /// Console output of the CONSOLE_WRITE hypercall: the same path as THR
+    /// writes, without the register side effects.
+    pub fn write_console(&mut self, bytes: &[u8]) {
+        let keep = &bytes[bytes.len() - bytes.len().min(HISTORY)..];
+        let over = (self.history.len() + keep.len()).saturating_sub(HISTORY);
+        self.history.drain(..over);
+        self.history.extend(keep);
+        let src = self.console.source;
+        if (self.console.focused)(src) {
+            if !self.line.is_empty() {
+                let pending = core::mem::take(&mut self.line);
+                (self.console.raw)(src, pending.as_bytes());
+            }
+            (self.console.raw)(src, bytes);
+            return;
+        }
+        for &b in bytes {
+            self.line_byte(b);
+        }
+    }
+
     fn output(&mut self, b: u8) {
         if self.history.len() >= HISTORY {
             self.history.pop_front();
         }
         self.history.push_back(b);
-        if crate::console::is_focused(&self.guest) {
+        let src = self.console.source;
+        if (self.console.focused)(src) {
             // The guest with the keyboard: stream bytes, prompts and echo included.
             if !self.line.is_empty() {
                 let pending = core::mem::take(&mut self.line);
-                crate::console::guest_raw(&self.guest, pending.as_bytes());
+                (self.console.raw)(src, pending.as_bytes());
             }
-            crate::console::guest_raw(&self.guest, &[b]);
+            (self.console.raw)(src, &[b]);
             return;
         }
+        self.line_byte(b);
+    }
+
+    /// One byte into the line being assembled (unfocused output).
+    fn line_byte(&mut self, b: u8) {
         match b {
             b'\n' => self.flush_line(),
             b'\r' => {}
@@ -111,7 +180,7 @@ impl Uart {
     }
 
     fn flush_line(&mut self) {
-        (self.sink)(&self.guest, &self.line);
+        (self.console.line)(self.console.source, &self.line);
         self.line.clear();
     }
 
@@ -145,7 +214,10 @@ impl PortDevice for Uart {
             }
             3 => self.lcr,
             4 => self.mcr,
-            5 => LSR_THRE | LSR_TEMT | if self.rx.is_empty() { 0 } else { LSR_DR },
+            5 => {
+                let tx = if self.room() { LSR_THRE | LSR_TEMT } else { 0 };
+                tx | if self.rx.is_empty() { 0 } else { LSR_DR }
+            }
             6 => {
                 if self.mcr & MCR_LOOP != 0 {
                     // Loopback: DTR→DSR, RTS→CTS, OUT1→RI, OUT2→DCD.
@@ -170,13 +242,13 @@ impl PortDevice for Uart {
                 } else {
                     self.output(v);
                 }
-                self.thre_pending = true;
+                self.thr_taken();
             }
             1 if dlab => self.dlm = v,
             1 => {
                 // Enabling the THRE interrupt with THR empty raises it at once.
                 if v & IER_THRE != 0 && self.ier & IER_THRE == 0 {
-                    self.thre_pending = true;
+                    self.thr_taken();
                 }
                 self.ier = v & 0x0F;
             }
@@ -199,8 +271,30 @@ impl PortDevice for Uart {
         true
     }
 
+    fn console_write(&mut self, bytes: &[u8]) -> bool {
+        self.write_console(bytes);
+        true
+    }
+
+    fn set_time(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
+    }
+
+    fn next_event_ns(&self) -> Option<u64> {
+        self.thre_wait.then_some(self.wait_until)
+    }
+
     /// IRQ 4, gated by MCR.OUT2 as on PC serial ports.
-    fn poll(&mut self, _now_ns: u64) -> super::IrqState {
+    fn poll(&mut self, now_ns: u64) -> super::IrqState {
+        self.now_ns = now_ns;
+        if self.thre_wait {
+            if self.room() {
+                self.thre_wait = false;
+                self.thre_pending = true;
+            } else if now_ns >= self.wait_until {
+                self.wait_until = now_ns + ROOM_POLL_NS;
+            }
+        }
         let level = if self.irq_pending() && self.mcr & 0x08 != 0 {
             1 << 4
         } else {
@@ -219,36 +313,88 @@ impl PortDevice for Uart {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Mutex;
 
-    static LINES: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+    static LINES: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
+    /// Whether source 9's console queue has room (the backpressure test).
+    static ROOM9: AtomicBool = AtomicBool::new(true);
 
-    fn sink(g: &str, l: &str) {
-        LINES.lock().unwrap().push((g.into(), l.into()));
+    fn line(g: usize, l: &str) {
+        LINES.lock().unwrap().push((g, l.into()));
+    }
+    fn raw(_: usize, _: &[u8]) {}
+    fn room(g: usize) -> bool {
+        g != 9 || ROOM9.load(Ordering::SeqCst)
+    }
+    fn unfocused(_: usize) -> bool {
+        false
+    }
+
+    fn uart(source: usize) -> Uart {
+        Uart::new(ConsolePort {
+            source,
+            line,
+            raw,
+            room,
+            focused: unfocused,
+        })
+    }
+
+    fn lines_of(g: usize) -> Vec<String> {
+        LINES
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| *s == g)
+            .map(|(_, l)| l.clone())
+            .collect()
     }
 
     #[test]
     fn lines_go_out_with_guest_name_and_history() {
-        let mut u = Uart::new("t1", sink);
+        let mut u = uart(1);
         for &b in b"hi there\r\nsecond" {
             u.write(0x3F8, 1, b.into());
         }
-        let got: Vec<_> = LINES
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(g, _)| g == "t1")
-            .cloned()
-            .collect();
-        assert_eq!(got, vec![("t1".to_string(), "hi there".to_string())]);
+        assert_eq!(lines_of(1), vec!["hi there".to_string()]);
         assert!(u.has_partial_line());
         assert_eq!(u.history.len(), 16);
         assert_eq!(u.read(0x3FD, 1) & 0x60, 0x60);
     }
 
     #[test]
+    fn hypercall_output_takes_the_same_path() {
+        let mut u = uart(4);
+        u.write_console(b"one\ntwo\x07\n");
+        assert_eq!(lines_of(4), vec!["one".to_string(), "two.".to_string()]);
+        assert_eq!(u.history.len(), 9);
+    }
+
+    #[test]
+    fn full_console_reads_busy_and_interrupts_when_room_returns() {
+        let mut u = uart(9);
+        u.write(0x3FC, 1, 0x08); // OUT2: IRQ 4 reaches the PIC
+        u.write(0x3F9, 1, u32::from(IER_THRE));
+        assert_eq!(u.read(0x3FA, 1), 0x02);
+        ROOM9.store(false, Ordering::SeqCst);
+        u.set_time(1000);
+        u.write(0x3F8, 1, u32::from(b'a'));
+        // Busy: no THRE/TEMT, no interrupt, and a re-check is scheduled.
+        assert_eq!(u.read(0x3FD, 1) & 0x60, 0);
+        assert_eq!(u.read(0x3FA, 1), 0x01);
+        assert_eq!(u.poll(2000).level, 0);
+        assert_eq!(u.next_event_ns(), Some(1000 + ROOM_POLL_NS));
+        ROOM9.store(true, Ordering::SeqCst);
+        assert_eq!(u.read(0x3FD, 1) & 0x60, 0x60);
+        assert_eq!(u.poll(1000 + ROOM_POLL_NS).level, 1 << 4);
+        assert_eq!(u.next_event_ns(), None);
+        assert_eq!(u.read(0x3FA, 1), 0x02);
+    }
+
+    #[test]
     fn divisor_latch_scratch_and_loopback() {
-        let mut u = Uart::new("t2", sink);
+        let mut u = uart(2);
         u.write(0x3FB, 1, 0x83);
         u.write(0x3F8, 1, 0x01);
         u.write(0x3F9, 1, 0x00);
@@ -266,7 +412,7 @@ mod tests {
 
     #[test]
     fn interrupt_identification() {
-        let mut u = Uart::new("t3", sink);
+        let mut u = uart(3);
         assert_eq!(u.read(0x3FA, 1), 0x01);
         u.write(0x3F9, 1, u32::from(IER_THRE));
         assert!(u.irq_pending());

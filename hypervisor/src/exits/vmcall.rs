@@ -46,9 +46,11 @@ fn console_write(v: &mut Vcpu, gpa: u64, len: u64) -> i64 {
         return EFAULT;
     };
     // Copy first: another vCPU of this guest may change the buffer meanwhile.
-    let copy = bytes.to_vec();
-    for b in copy {
-        let _ = vm.io_write(0x3F8, 1, u32::from(b));
-    }
+    let mut copy = [0u8; MAX_WRITE as usize];
+    let copy = &mut copy[..bytes.len()];
+    copy.copy_from_slice(bytes);
+    // Queued for the console (the oldest queued lines give way when it is
+    // full): the call never waits for the serial port.
+    vm.console_write(copy);
     len as i64
 }

@@ -15,7 +15,7 @@ use crate::devices::{
     uart::Uart, IoBus,
 };
 use crate::manifest::{GuestConfig, Policy};
-use crate::{loader, mm, println};
+use crate::{loader, mm};
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -80,6 +80,15 @@ pub struct Vm {
     pub first_output: AtomicBool,
     /// Accesses to guest-physical memory with nothing behind it (ignored).
     pub unmapped: Mutex<crate::exits::ept::UnmappedLog>,
+    /// This guest's console queue (see `console`).
+    pub console: usize,
+    /// vCPUs in a run queue or running (not halted, not waiting for SIPI):
+    /// the VM's weight is split over them.
+    pub runnable: core::sync::atomic::AtomicUsize,
+    /// The longest exit so far (TSC ticks from VM exit to the next VM entry)
+    /// and its basic exit reason.
+    pub longest_exit: core::sync::atomic::AtomicU64,
+    pub longest_exit_reason: AtomicU32,
 }
 
 /// TSC when the manifest was read (start-up figures are measured from here).
@@ -107,15 +116,17 @@ fn tsc_per_bus_tick() -> u64 {
     (crate::time::tsc_khz() / 100_000).max(1)
 }
 
-/// Writes a finished guest console line to the hypervisor console.
-fn console_line(guest: &str, line: &str) {
-    println!("[{guest}] {line}");
-}
-
-/// The PC devices on the port bus, in their power-on state.
-fn platform_bus(name: &str) -> IoBus {
+/// The PC devices on the port bus, in their power-on state; the UART
+/// writes to console queue `console`.
+fn platform_bus(console: usize) -> IoBus {
     let mut io = IoBus::default();
-    io.register(Box::new(Uart::new(name, console_line)));
+    io.register(Box::new(Uart::new(crate::devices::uart::ConsolePort {
+        source: console,
+        line: crate::console::guest_line,
+        raw: crate::console::guest_raw,
+        room: crate::console::has_room,
+        focused: crate::console::is_focused,
+    })));
     io.register(Box::new(DebugExit));
     io.register(Box::new(Pit::new()));
     io.register(Box::new(Rtc::new(crate::platform::host_date(), 0)));
@@ -153,7 +164,8 @@ impl Vm {
         // Every port traps: guests reach only device models.
         // SAFETY: freshly allocated, identity-mapped pages owned by this VM.
         unsafe { core::ptr::write_bytes(io_bitmaps as *mut u8, 0xFF, 2 * mm::PAGE as usize) };
-        let io = platform_bus(&config.name);
+        let console = crate::console::register(&config.name);
+        let io = platform_bus(console);
         let vm = Arc::new(Vm {
             id,
             name: config.name.clone(),
@@ -175,6 +187,10 @@ impl Vm {
             tsc_offset: AtomicU64::new(power_on_tsc_offset()),
             first_output: AtomicBool::new(false),
             unmapped: Mutex::new(crate::exits::ept::UnmappedLog::new()),
+            console,
+            runnable: core::sync::atomic::AtomicUsize::new(0),
+            longest_exit: core::sync::atomic::AtomicU64::new(0),
+            longest_exit_reason: AtomicU32::new(0),
             lapics: (0..config.vcpus)
                 .map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick())))
                 .collect(),
@@ -223,19 +239,21 @@ impl Vm {
             return false;
         }
         s.io.flush_all();
+        // Queued after the guest's own output, so that it reads in order.
+        let (name, c) = (&self.name, self.console);
+        let say = |a: core::fmt::Arguments| crate::console::println_after(c, a);
         let ignored = self.unmapped.lock().count;
         if ignored > 0 {
-            println!(
-                "vm {}: {ignored} unmapped accesses ignored (reads gave all-ones, writes dropped)",
-                self.name
-            );
+            say(format_args!(
+                "vm {name}: {ignored} unmapped accesses ignored (reads gave all-ones, writes dropped)"
+            ));
         }
         match &how {
-            VmEnd::Exited(code) => println!("vm {}: exited code={code}", self.name),
-            VmEnd::Crashed(r) => println!("vm {}: stopped: {r}", self.name),
-            VmEnd::Stopped(r) => println!("vm {}: stopped: {r}", self.name),
-            VmEnd::PoweredOff => println!("vm {}: exited code=0 (powered off)", self.name),
-            VmEnd::Reset => println!("vm {}: reset requested", self.name),
+            VmEnd::Exited(code) => say(format_args!("vm {name}: exited code={code}")),
+            VmEnd::Crashed(r) => say(format_args!("vm {name}: stopped: {r}")),
+            VmEnd::Stopped(r) => say(format_args!("vm {name}: stopped: {r}")),
+            VmEnd::PoweredOff => say(format_args!("vm {name}: exited code=0 (powered off)")),
+            VmEnd::Reset => say(format_args!("vm {name}: reset requested")),
         }
         s.end = Some(how);
         self.ending.store(true, Ordering::Release);
@@ -262,9 +280,12 @@ impl Vm {
     /// Reloads the image into zeroed RAM and clears the ended state.
     pub fn restart(&self) -> Result<(), loader::LoadError> {
         let n = self.restarts.fetch_add(1, Ordering::AcqRel) + 1;
-        println!(
-            "vm {}: restarting ({n} of at most {})",
-            self.name, self.config.max_restarts
+        crate::console::println_after(
+            self.console,
+            format_args!(
+                "vm {}: restarting ({n} of at most {})",
+                self.name, self.config.max_restarts
+            ),
         );
         self.mem.zero();
         let entry = loader::load(&self.config, self.image, self.initrd, &self.mem)?;
@@ -280,7 +301,7 @@ impl Vm {
         self.power_on_mailboxes();
         {
             let mut s = self.shared.lock();
-            s.io = platform_bus(&self.config.name);
+            s.io = platform_bus(self.console);
             s.pic = Pic::new();
             s.lines = 0;
             s.ioapic = IoApic::new(self.config.vcpus as u8);
@@ -288,6 +309,20 @@ impl Vm {
         }
         self.ending.store(false, Ordering::Release);
         Ok(())
+    }
+
+    /// Console output of the CONSOLE_WRITE hypercall, into the guest's UART
+    /// line assembly under one lock (no per-byte port access).
+    pub fn console_write(&self, bytes: &[u8]) {
+        self.shared.lock().io.console_write(bytes);
+    }
+
+    /// Records an exit that took `ticks` from VM exit to the next VM entry.
+    pub fn note_exit_time(&self, ticks: u64, reason: u32) {
+        if ticks > self.longest_exit.load(Ordering::Relaxed) {
+            self.longest_exit.fetch_max(ticks, Ordering::AcqRel);
+            self.longest_exit_reason.store(reason, Ordering::Release);
+        }
     }
 
     pub fn outcome(&self) -> Option<VmEnd> {

@@ -186,6 +186,12 @@ pub struct Vcpu {
     next_timer: u64,
     /// Timer state may have changed (a timer register or device was written).
     pub timers_dirty: bool,
+    /// The longest exit of this vCPU (TSC ticks from VM exit to VM entry).
+    longest_exit: u64,
+    /// Counted in its VM's `runnable` (in a run queue or running).
+    pub counted_runnable: bool,
+    /// Pushed to another CPU's queue by the balancer and not run since.
+    pub moved: bool,
 }
 
 /// TSC ticks a vCPU may spend with interrupts off and no other exit before
@@ -249,6 +255,9 @@ impl Vcpu {
             start_state: None,
             next_timer: 0,
             timers_dirty: true,
+            longest_exit: 0,
+            counted_runnable: false,
+            moved: false,
         }
     }
 
@@ -296,11 +305,20 @@ impl Vcpu {
         self.switch_in();
         let deadline = rdtsc().wrapping_add(slice);
         let rate = vmx::caps().misc.preemption_timer_rate;
+        // When the last exit happened and its basic reason (0: none yet).
+        let mut exit_tsc = 0u64;
+        let mut exit_reason = 0u32;
         let end = loop {
             if self.vm.ended() || interrupts::STOPPING.load(Ordering::Relaxed) {
                 break SliceEnd::VmEnded;
             }
-            let now = rdtsc();
+            let mut now = rdtsc();
+            // Console output waits in queues; feed the serial port when its
+            // transmitter can take more (one atomic load otherwise).
+            if crate::console::pump_due(now) {
+                crate::console::pump(now);
+                now = rdtsc();
+            }
             let left = deadline.saturating_sub(now);
             if left == 0 {
                 break SliceEnd::Preempted;
@@ -321,7 +339,11 @@ impl Vcpu {
                     .check_irq
                     .store(true, Ordering::Release);
             }
-            let left = left.min(self.next_timer.saturating_sub(now).max(1));
+            let mut left = left.min(self.next_timer.saturating_sub(now).max(1));
+            if let Some(t) = crate::console::next_pump_tsc() {
+                // Back in time to feed the serial port again.
+                left = left.min(t.saturating_sub(now).max(1));
+            }
             w!(
                 guest::VMX_PREEMPTION_TIMER_VALUE,
                 preemption_timer_value(left, rate)
@@ -347,8 +369,17 @@ impl Vcpu {
                 w!(ctrl::VMENTRY_EXCEPTION_ERR_CODE, ev.error_code);
                 w!(ctrl::VMENTRY_INSTRUCTION_LEN, ev.len);
             }
+            if exit_tsc != 0 {
+                let t = rdtsc().saturating_sub(exit_tsc);
+                if t > self.longest_exit {
+                    self.longest_exit = t;
+                    self.vm.note_exit_time(t, exit_reason);
+                }
+            }
             // SAFETY: the VMCS is current and fully configured for this CPU.
-            if unsafe { run::enter(&mut self.regs, self.launched) }.is_err() {
+            let entered = unsafe { run::enter(&mut self.regs, self.launched) };
+            exit_tsc = rdtsc();
+            if entered.is_err() {
                 let err = instr::vmread(ro::VM_INSTRUCTION_ERROR.0).unwrap_or(0) as u32;
                 let e = arch::vmx::instr::VmInstructionError::from_number(err);
                 self.vm.end(VmEnd::Crashed(format!(
@@ -359,6 +390,7 @@ impl Vcpu {
             }
             self.launched = true;
             let reason = ro::EXIT_REASON.read().unwrap_or(0);
+            exit_reason = reason & 0xFFFF;
             #[cfg(feature = "bench")]
             if reason == 18 && self.regs.gpr[run::RAX] == 0xFFFF_0000 {
                 // The benchmark floor: the least a handled exit can cost.
@@ -411,6 +443,14 @@ impl Vcpu {
                 }
             }
         };
+        if exit_tsc != 0 {
+            // The exit that ended the slice, up to giving the CPU back.
+            let t = rdtsc().saturating_sub(exit_tsc);
+            if t > self.longest_exit {
+                self.longest_exit = t;
+                self.vm.note_exit_time(t, exit_reason);
+            }
+        }
         self.vm.mailbox[self.index]
             .running_on
             .store(0, Ordering::Release);

@@ -37,6 +37,41 @@ fn bochs_vmx_root_two_cpus_and_first_guests() {
     boot.line_starting_containing("vm bad-image: not started: ", "bad ELF64 image")
         .no_line_containing("vm bad-image: started");
 
+    // Console floods hold no CPU: the worker beside three flooders finishes its fixed work
+    // while they still flood, and their full queues drop the oldest lines, counted.
+    boot.line("[worker] conflood: worker done 60 units")
+        .line("vm worker: exited code=0")
+        .line_before(
+            "[worker] conflood: worker done 60 units",
+            "[flood1] conflood: done 1000 writes",
+        )
+        .line_before(
+            "[worker] conflood: worker done 60 units",
+            "[flood2] conflood: done 1000 writes",
+        )
+        .line("vm flood1: exited code=0")
+        .line("vm flood2: exited code=0")
+        .line_starting_containing("[flood1] ... (", " bytes dropped)")
+        .line_starting_containing("[flood3] ... (", " bytes dropped)")
+        .line("[flood3] conflood: done 20 writes")
+        .line("vm flood3: exited code=0")
+        .no_line_containing("conflood: FAIL")
+        .line_starting_containing("vm flood1: longest exit ", " TSC ticks (reason ")
+        .line_starting_containing("vm worker: longest exit ", " TSC ticks (reason ");
+    // Whole lines only: no guest's line is cut into by another's.
+    let cut: Vec<String> = boot
+        .result
+        .lines()
+        .filter(|l| l.starts_with("[flood") && l.contains("conflood: flood "))
+        .filter(|l| !(l.len() == "[floodN] ".len() + 63 && l.ends_with("...")))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        cut.is_empty(),
+        "flood lines cut or mixed: {:?}",
+        &cut[..cut.len().min(5)]
+    );
+
     boot.line_starting("hv: summary:")
         .line_starting("hv: powering off")
         .powered_off();

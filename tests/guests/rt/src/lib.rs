@@ -27,6 +27,8 @@ pub mod image;
 #[cfg(target_os = "none")]
 pub mod io;
 #[cfg(target_os = "none")]
+pub mod smp;
+#[cfg(target_os = "none")]
 mod start;
 
 #[cfg(target_os = "none")]
