@@ -346,7 +346,12 @@ pub fn run_string(v: &mut Vcpu, insn: &StringInsn, len: u64) -> Flow {
             set_rip(v, len);
             Flow::Continue
         }
-        Ok(Progress::Again) => Flow::Continue,
+        Ok(Progress::Again) => {
+            // Iterations have completed: STI/MOV SS blocking is over, and an
+            // interrupt may come before the next chunk (RIP unchanged).
+            set_rip(v, 0);
+            Flow::Continue
+        }
         Err(Stop::Fault(f)) => {
             inject_fault(v, f);
             Flow::Continue
