@@ -638,7 +638,8 @@ pub struct Prefixes {
 }
 
 /// Reads the prefixes at the start of `bytes` (SDM Vol. 2 2.1.1; the last
-/// segment override wins). Outside the 15-byte limit, stops.
+/// segment override wins; in 64-bit mode only FS and GS count). Stops at
+/// the 15-byte limit.
 pub fn prefixes(bytes: &[u8], mode: Mode) -> Prefixes {
     let mut p = Prefixes {
         seg: None,
@@ -646,8 +647,11 @@ pub fn prefixes(bytes: &[u8], mode: Mode) -> Prefixes {
         addr_size: 0,
     };
     let mut addr = false;
+    let long = mode == Mode::Long64;
     for &b in bytes.iter().take(MAX_LEN) {
         match b {
+            // 64-bit mode ignores the ES, CS, SS and DS overrides (SDM Vol. 1 3.3.7.1).
+            0x26 | 0x2E | 0x36 | 0x3E if long => {}
             0x26 => p.seg = Some(0),
             0x2E => p.seg = Some(1),
             0x36 => p.seg = Some(2),
@@ -1194,8 +1198,13 @@ mod tests {
             }
         );
         // The last segment override wins; REX is skipped in 64-bit mode.
-        let p = prefixes(&[0x2E, 0x26, 0x48, 0xAB], Mode::Long64);
-        assert_eq!((p.seg, p.rep, p.addr_size), (Some(0), false, 8));
+        let p = prefixes(&[0x2E, 0x26, 0xAB], Mode::Prot32);
+        assert_eq!((p.seg, p.rep, p.addr_size), (Some(0), false, 4));
+        let p = prefixes(&[0x65, 0x48, 0xAB], Mode::Long64);
+        assert_eq!((p.seg, p.rep, p.addr_size), (Some(5), false, 8));
+        // 64-bit mode ignores ES/CS/SS/DS overrides.
+        assert_eq!(prefixes(&[0x36, 0x6E], Mode::Long64).seg, None);
+        assert_eq!(prefixes(&[0x26, 0xA4], Mode::Long64).seg, None);
         // outsb in real mode: 16-bit addresses; 0x67 makes them 32-bit.
         assert_eq!(prefixes(&[0x6E], Mode::Real16).addr_size, 2);
         assert_eq!(prefixes(&[0x67, 0xF3, 0x6E], Mode::Real16).addr_size, 4);

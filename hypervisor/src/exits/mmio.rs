@@ -7,8 +7,8 @@
 //! device sees them), and the string engine for MOVS/STOS/LODS, whose other
 //! operand may be RAM or MMIO.
 //!
-//! Guest memory is reached by copies ([`GuestMemory::slice`] then a copy, or
-//! [`GuestMemory::write`]), never by a slice kept while the emulation runs.
+//! Guest memory is reached by copies ([`GuestMemory::read_into`],
+//! [`GuestMemory::write`]), never by a slice another vCPU could change.
 use super::decode::{self, Decoded, MemOp, Mode, StringOp};
 use super::string::{self, Dst, Progress, Src, Stop, StringEnv, StringInsn};
 use crate::devices::{ioapic, Action};
@@ -56,13 +56,7 @@ pub const REP_BUDGET: u64 = 512;
 
 impl GuestPhysRead for GuestMemory {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        match self.slice(gpa, buf.len()) {
-            Some(s) => {
-                buf.copy_from_slice(s);
-                true
-            }
-            None => false,
-        }
+        self.read_into(gpa, buf).is_some()
     }
 }
 
@@ -366,7 +360,12 @@ pub fn run_string(v: &mut Vcpu, insn: &StringInsn, len: u64) -> Flow {
             set_rip(v, len);
             Flow::Continue
         }
-        Ok(Progress::Again) => Flow::Continue,
+        Ok(Progress::Again) => {
+            // Iterations have completed: STI/MOV SS blocking is over, and an
+            // interrupt may come before the next chunk (RIP unchanged).
+            set_rip(v, 0);
+            Flow::Continue
+        }
         Err(Stop::Fault(f)) => {
             inject_fault(v, f);
             Flow::Continue

@@ -163,6 +163,15 @@ impl GuestMemory {
         Some(unsafe { core::slice::from_raw_parts(h as *const u8, len) })
     }
 
+    /// Copies guest RAM at `gpa` into `buf` (no slice of guest memory, which
+    /// another vCPU may be writing, is ever formed).
+    pub fn read_into(&self, gpa: u64, buf: &mut [u8]) -> Option<()> {
+        let h = self.host_range(gpa, buf.len() as u64)?;
+        // SAFETY: the source is inside this guest's RAM; `buf` is ours.
+        unsafe { core::ptr::copy_nonoverlapping(h as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Some(())
+    }
+
     /// Copies `data` into guest RAM at `gpa`.
     pub fn write(&self, gpa: u64, data: &[u8]) -> Option<()> {
         let h = self.host_range(gpa, data.len() as u64)?;

@@ -4,7 +4,8 @@
 //! memory with nothing behind it (0xD0000000 in the PC hole: reads give
 //! all-ones, writes are dropped, the guest keeps running): MOV, MOVZX/MOVSX,
 //! XCHG, OR/AND/XOR/TEST with the flags of SDM Vol. 2, BT/BTS/BTR/BTC (CF),
-//! MOVS/STOS/LODS with and without REP, with one side or both sides MMIO.
+//! MOVS/STOS/LODS with and without REP, with one side or both sides MMIO;
+//! and a jump to the empty bus, which raises #UD there (all-ones bytes).
 //!
 //! Prints `mmioinsn: PASS` and exits 0, or `mmioinsn: FAIL ...` lines and exits 1.
 #![no_std]
@@ -12,7 +13,7 @@
 
 use core::arch::asm;
 use core::ptr::{read_volatile, write_volatile};
-use guest_rt::println;
+use guest_rt::{probe, println};
 
 guest_rt::entry!(main);
 
@@ -266,9 +267,20 @@ fn empty_bus() {
     check("rep stosb rcx", rcx, 0);
 }
 
+/// Executing from the empty bus: a PC fetches 0xFF 0xFF, FF /7, which is undefined: #UD
+/// at that address.
+fn execute_nothing() {
+    let target = EMPTY + 0x800;
+    // SAFETY: the jump faults at the target; the probe resumes after it.
+    let f = unsafe { probe!("jmp {t}"; t = in(reg) target) };
+    check("fetch from nothing: vector", f.map_or(0, |f| u64::from(f.vector)), 6);
+    check("fetch from nothing: rip", f.map_or(0, |f| f.rip), target);
+}
+
 fn main(_cmd: &'static str, _ram: u64) -> i32 {
     lapic();
     empty_bus();
+    execute_nothing();
     println!("mmioinsn: still running after the empty-bus accesses");
     // SAFETY: single vCPU.
     let fails = unsafe { FAILS };

@@ -8,8 +8,9 @@
 //!   from an unclaimed port: all-ones in memory, exact register updates,
 //!   no byte written outside the buffer; a long `rep insb` (many chunks);
 //! - faults: #PF (CR2 and error code) on a page the guest didn't map, after
-//!   the iterations before it completed; #GP and #SS for non-canonical
-//!   addresses.
+//!   the iterations before it completed; #GP for non-canonical addresses
+//!   (also with an SS override, which 64-bit mode ignores, and through an
+//!   FS base).
 //!
 //! Prints `strio: PASS` and exits 0, or `strio: FAIL ...` lines and exits 1.
 #![no_std]
@@ -249,16 +250,21 @@ fn faults() {
     check("non-canonical outsb error", f.map_or(1, |f| f.error), 0);
     check("non-canonical outsb rsi", rsi, 0x8000_0000_0000_0000);
 
-    // The same through SS: #SS(0).
+    // 64-bit mode ignores an SS override (SDM Vol. 1 3.3.7.1): still DS, so #GP(0), not #SS.
     let mut rsi = 0x0000_9000_0000_0000u64;
     // SAFETY: as above.
     let f = unsafe { probe!(".byte 0x36", "outsb"; inout("rsi") rsi, in("dx") EMPTY_PORT) };
-    check(
-        "ss: non-canonical outsb vector",
-        f.map_or(0, |f| u64::from(f.vector)),
-        12,
-    );
-    let _ = rsi;
+    check("ss: non-canonical outsb vector", f.map_or(0, |f| u64::from(f.vector)), 13);
+    check("ss: non-canonical outsb rsi", rsi, 0x0000_9000_0000_0000);
+
+    // An FS override with a base that makes the address non-canonical: #GP(0).
+    wrmsr(IA32_FS_BASE, 0x0000_7FFF_FFFF_F000);
+    let mut rsi = 0x2000u64;
+    // SAFETY: as above; FS base is restored below.
+    let f = unsafe { probe!(".byte 0x64", "outsb"; inout("rsi") rsi, in("dx") EMPTY_PORT) };
+    wrmsr(IA32_FS_BASE, 0);
+    check("fs: non-canonical outsb vector", f.map_or(0, |f| u64::from(f.vector)), 13);
+    check("fs: non-canonical outsb rsi", rsi, 0x2000);
 }
 
 fn main(_cmd: &'static str, _ram: u64) -> i32 {
