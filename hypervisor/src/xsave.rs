@@ -193,10 +193,23 @@ pub fn enable_on_this_cpu() {
     let supported = (u64::from(l.edx) << 32) | u64::from(l.eax);
     let mask = supported & SWITCHED;
     HOST_MASK.store(mask, Ordering::Relaxed);
+    // SAFETY: XSAVE is supported (checked by the caller); setting OSXSAVE
+    // and loading a supported XCR0 changes no memory mapping.
+    unsafe {
+        arch::regs::write_cr4(arch::regs::read_cr4() | arch::regs::cr4::OSXSAVE);
+        arch::regs::xsetbv(0, mask);
+    }
     let mut first = false;
     LAYOUT.call_once(|| {
         first = true;
-        Layout::from_host(mask, cpuid)
+        let mut l = Layout::from_host(mask, cpuid);
+        if l.sub1_eax & XSAVEC != 0 && !xsavec_layout_ok(mask) {
+            l.sub1_eax &= !XSAVEC;
+            crate::println!(
+                "hv: xsave: XSAVEC does not write the compacted format here (SDM Vol. 1 13.4.3); not offered to guests"
+            );
+        }
+        l
     });
     if first {
         let g = guest_layout();
@@ -205,14 +218,46 @@ pub fn enable_on_this_cpu() {
             g.offered,
             g.standard_size(g.offered),
             g.compacted_size(g.offered),
-            if g.sub1_eax & XSAVEC != 0 { ", XSAVEC" } else { "" }
+            if g.sub1_eax & XSAVEC != 0 {
+                ", XSAVEC"
+            } else {
+                ", no XSAVEC"
+            }
         );
     }
-    // SAFETY: XSAVE is supported (checked by the caller); setting OSXSAVE
-    // and loading a supported XCR0 changes no memory mapping.
+}
+
+#[repr(C, align(64))]
+struct ProbeArea([u8; 1024]);
+static mut PROBE_AREA: ProbeArea = ProbeArea([0; 1024]);
+
+/// Whether XSAVEC puts the AVX component right after the XSAVE header, where
+/// the compacted format has it (SDM Vol. 1 13.4.3) and where XRSTOR reads it
+/// back. Bochs 2.7 writes it 160 bytes early, which would corrupt a guest
+/// kernel's saved AVX state, so there XSAVEC isn't offered. Runs once, on the
+/// BSP, with XCR0 = `mask`.
+fn xsavec_layout_ok(mask: u64) -> bool {
+    if mask & AVX == 0 {
+        return true;
+    }
+    let area = &raw mut PROBE_AREA;
+    // SAFETY: run once on one CPU before any vCPU exists, so nothing else
+    // uses the area; XCR0 has AVX; the host keeps no state in the upper
+    // halves of the YMM registers (VZEROUPPER clears them again) and
+    // XMM0 is declared clobbered; the area is 64-byte aligned and holds
+    // the 832 bytes XSAVEC writes for x87 | SSE | AVX.
     unsafe {
-        arch::regs::write_cr4(arch::regs::read_cr4() | arch::regs::cr4::OSXSAVE);
-        arch::regs::xsetbv(0, mask);
+        (*area).0.fill(0);
+        core::arch::asm!(
+            "vpcmpeqb ymm0, ymm0, ymm0",
+            "xsavec64 [{a}]",
+            "vzeroupper",
+            a = in(reg) area,
+            in("eax") 7u32,
+            in("edx") 0u32,
+            out("xmm0") _,
+        );
+        (&(*area).0)[576..592].iter().all(|&b| b == 0xFF)
     }
 }
 

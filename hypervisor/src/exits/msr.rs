@@ -31,7 +31,7 @@ pub mod misc {
     /// Bits software may change.
     pub const RW: u64 =
         FAST_STRINGS | AUTO_THERMAL | LIMIT_CPUID_MAXVAL | XTPR_DISABLE | XD_DISABLE;
-    /// Bits that read as they are whatever is written.
+    /// Read-only bits: a write leaves them as they are.
     pub const RO: u64 = PERFMON | BTS_UNAVAILABLE | PEBS_UNAVAILABLE;
     /// Power-up value: fast strings and automatic thermal control on.
     pub const RESET: u64 = FAST_STRINGS | AUTO_THERMAL | BTS_UNAVAILABLE | PEBS_UNAVAILABLE;
