@@ -13,7 +13,7 @@
 
 use core::arch::asm;
 use core::ptr::{read_volatile, write_volatile};
-use guest_rt::{probe, println};
+use guest_rt::{println, probe};
 
 guest_rt::entry!(main);
 
@@ -273,7 +273,11 @@ fn execute_nothing() {
     let target = EMPTY + 0x800;
     // SAFETY: the jump faults at the target; the probe resumes after it.
     let f = unsafe { probe!("jmp {t}"; t = in(reg) target) };
-    check("fetch from nothing: vector", f.map_or(0, |f| u64::from(f.vector)), 6);
+    check(
+        "fetch from nothing: vector",
+        f.map_or(0, |f| u64::from(f.vector)),
+        6,
+    );
     check("fetch from nothing: rip", f.map_or(0, |f| f.rip), target);
 }
 

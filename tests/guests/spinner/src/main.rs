@@ -54,7 +54,10 @@ struct Stack([u8; 16384]);
 static mut AP_STACK: Stack = Stack([0; 16384]);
 
 extern "C" fn ap_main() -> ! {
-    let units = spin_until(START.load(Ordering::Acquire), CYCLES.load(Ordering::Acquire));
+    let units = spin_until(
+        START.load(Ordering::Acquire),
+        CYCLES.load(Ordering::Acquire),
+    );
     AP_UNITS.store(units + 1, Ordering::Release);
     guest_rt::halt_forever()
 }

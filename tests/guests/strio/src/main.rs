@@ -254,7 +254,11 @@ fn faults() {
     let mut rsi = 0x0000_9000_0000_0000u64;
     // SAFETY: as above.
     let f = unsafe { probe!(".byte 0x36", "outsb"; inout("rsi") rsi, in("dx") EMPTY_PORT) };
-    check("ss: non-canonical outsb vector", f.map_or(0, |f| u64::from(f.vector)), 13);
+    check(
+        "ss: non-canonical outsb vector",
+        f.map_or(0, |f| u64::from(f.vector)),
+        13,
+    );
     check("ss: non-canonical outsb rsi", rsi, 0x0000_9000_0000_0000);
 
     // An FS override with a base that makes the address non-canonical: #GP(0).
@@ -263,7 +267,11 @@ fn faults() {
     // SAFETY: as above; FS base is restored below.
     let f = unsafe { probe!(".byte 0x64", "outsb"; inout("rsi") rsi, in("dx") EMPTY_PORT) };
     wrmsr(IA32_FS_BASE, 0);
-    check("fs: non-canonical outsb vector", f.map_or(0, |f| u64::from(f.vector)), 13);
+    check(
+        "fs: non-canonical outsb vector",
+        f.map_or(0, |f| u64::from(f.vector)),
+        13,
+    );
     check("fs: non-canonical outsb rsi", rsi, 0x2000);
 }
 
