@@ -9,7 +9,7 @@
 //! loaders ([`super::bzimage`], [`super::multiboot`]) write through, so they
 //! run on the host against a fake.
 
-use crate::vm::memory::{self, GuestMemory};
+use crate::layout as memory;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -37,18 +37,6 @@ pub trait GuestRam {
             off += n;
         }
         Some(())
-    }
-}
-
-impl GuestRam for GuestMemory {
-    fn write(&self, gpa: u64, data: &[u8]) -> Option<()> {
-        GuestMemory::write(self, gpa, data)
-    }
-    fn size(&self) -> u64 {
-        GuestMemory::size(self)
-    }
-    fn ram_ranges(&self) -> Vec<(u64, u64)> {
-        self.ranges.iter().map(|r| (r.gpa, r.size)).collect()
     }
 }
 
@@ -228,7 +216,7 @@ pub fn standard(ram: &[(u64, u64)], areas: &[(u64, u64, E820Type)]) -> Result<E8
 #[cfg(test)]
 pub(crate) mod fake {
     use super::GuestRam;
-    use crate::vm::memory;
+    use crate::layout as memory;
     use alloc::boxed::Box;
     use alloc::collections::BTreeMap;
     use alloc::vec::Vec;
@@ -326,7 +314,7 @@ pub(crate) mod fake {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::memory::{FOUR_GIB, MMIO_HOLE_START};
+    use crate::layout::{FOUR_GIB, MMIO_HOLE_START};
     use alloc::string::ToString;
     use alloc::vec;
 

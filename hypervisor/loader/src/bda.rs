@@ -115,7 +115,7 @@ impl BiosData {
 mod tests {
     use super::super::e820::{self, fake::FakeRam, GuestRam};
     use super::*;
-    use crate::vm::memory;
+    use crate::layout as memory;
 
     fn u16_at(b: &[u8], o: usize) -> u16 {
         u16::from_le_bytes([b[o], b[o + 1]])

@@ -1,6 +1,13 @@
 //! Device models. Each model owns some I/O ports of one guest and talks to the
 //! core only through [`PortDevice`]: a request in, a value and an [`Action`]
-//! out. No model touches the VMCS, the EPT or another guest's memory.
+//! out. No model touches the VMCS, the EPT or another guest's memory: this
+//! crate has no `unsafe` and reaches the core only through its parameters
+//! (the time, the bytes written) and what it returns.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
 pub mod debug_exit;
 pub mod i8042;
 pub mod ioapic;

@@ -19,8 +19,8 @@
 //! | initrd | page-aligned, as high as possible below `initrd_addr_max` and 4 GiB, clear of the kernel |
 
 use super::e820::{E820Map, E820Type, GuestRam};
-use crate::mm::PAGE;
-use crate::vm::memory::FOUR_GIB;
+use crate::layout::FOUR_GIB;
+use crate::layout::PAGE;
 use alloc::vec;
 use core::fmt;
 
@@ -600,7 +600,7 @@ pub fn load(image: &[u8], mem: &impl GuestRam, cfg: &BootConfig) -> Result<BootS
 pub(crate) mod tests {
     use super::super::e820::{self, fake::FakeRam, E820Entry};
     use super::*;
-    use crate::vm::memory;
+    use crate::layout as memory;
     use alloc::string::{String, ToString};
     use alloc::vec::Vec;
 

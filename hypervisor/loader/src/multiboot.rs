@@ -25,8 +25,8 @@
 //! at the lowest free page-aligned RAM (at most [`INFO_ROOM`] bytes).
 
 use super::e820::{E820Map, E820Type, GuestRam};
-use crate::mm::PAGE;
-use crate::vm::memory::FOUR_GIB;
+use crate::layout::FOUR_GIB;
+use crate::layout::PAGE;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -832,7 +832,7 @@ pub fn load(
 pub(crate) mod tests {
     use super::super::e820::{self, fake::FakeRam};
     use super::*;
-    use crate::vm::memory;
+    use crate::layout as memory;
     use alloc::string::ToString;
 
     const MIB: u64 = 1 << 20;
@@ -1351,7 +1351,7 @@ pub(crate) mod tests {
         // The GDT in the block, 8-aligned, clear of the image.
         assert_eq!(s.gdt_gpa % 8, 0);
         assert!(s.gdt_gpa > i && s.gdt_gpa + 32 <= 0x8000);
-        for (k, d) in crate::loader::setup::GDT.iter().enumerate() {
+        for (k, d) in crate::setup::GDT.iter().enumerate() {
             assert_eq!(ram.u64(s.gdt_gpa + 8 * k as u64), *d);
         }
 
