@@ -5,6 +5,16 @@
 //! (the time, the bytes written) and what it returns.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 extern crate alloc;
 
@@ -92,7 +102,7 @@ pub struct IoBus {
 fn claims(d: &dyn PortDevice, port: u16) -> bool {
     d.ports()
         .iter()
-        .any(|&(first, n)| port >= first && u32::from(port) < u32::from(first) + u32::from(n))
+        .any(|&(first, n)| port.checked_sub(first).is_some_and(|off| off < n))
 }
 
 impl IoBus {
@@ -117,16 +127,17 @@ impl IoBus {
     /// Reads a port. Also returns the serving device's index and whether the
     /// access moved its next timer event (for [`IoBus::poll_one`] and re-arming).
     pub fn read(&mut self, port: u16, size: u8, now_ns: u64) -> (u32, Option<(usize, bool)>) {
-        match self.find(port) {
-            Some(i) => {
-                let d = &mut self.devices[i];
+        let found = self.find(port);
+        match found.and_then(|i| Some((i, self.devices.get_mut(i)?))) {
+            Some((i, d)) => {
                 d.set_time(now_ns);
                 let before = d.next_event_ns();
                 let v = d.read(port, size);
                 (v, Some((i, d.next_event_ns() != before)))
             }
             None => {
-                self.unclaimed_reads += 1;
+                // A counter: wrapping after 2^64 accesses is harmless.
+                self.unclaimed_reads = self.unclaimed_reads.wrapping_add(1);
                 (all_ones(size), None)
             }
         }
@@ -139,16 +150,16 @@ impl IoBus {
         value: u32,
         now_ns: u64,
     ) -> (Action, Option<(usize, bool)>) {
-        match self.find(port) {
-            Some(i) => {
-                let d = &mut self.devices[i];
+        let found = self.find(port);
+        match found.and_then(|i| Some((i, self.devices.get_mut(i)?))) {
+            Some((i, d)) => {
                 d.set_time(now_ns);
                 let before = d.next_event_ns();
                 let a = d.write(port, size, value & all_ones(size));
                 (a, Some((i, d.next_event_ns() != before)))
             }
             None => {
-                self.unclaimed_writes += 1;
+                self.unclaimed_writes = self.unclaimed_writes.wrapping_add(1);
                 (Action::None, None)
             }
         }
@@ -172,28 +183,29 @@ impl IoBus {
     /// Re-polls one device (after an access to it); returns all lines, or
     /// None when that device's lines didn't change.
     pub fn poll_one(&mut self, i: usize, now_ns: u64) -> Option<IrqState> {
-        let s = self.devices[i].poll(now_ns);
-        if s == self.irqs[i] && s.pulse == 0 {
+        let s = self.devices.get_mut(i)?.poll(now_ns);
+        let last = self.irqs.get_mut(i)?;
+        if s == *last && s.pulse == 0 {
             return None;
         }
-        self.irqs[i] = s;
+        *last = s;
         Some(self.combined(s.pulse))
     }
 
     /// Polls every device; returns the combined IRQ lines.
     pub fn poll(&mut self, now_ns: u64) -> IrqState {
         let mut pulse = 0;
-        for (i, d) in self.devices.iter_mut().enumerate() {
+        for (d, last) in self.devices.iter_mut().zip(self.irqs.iter_mut()) {
             let s = d.poll(now_ns);
             pulse |= s.pulse;
-            self.irqs[i] = s;
+            *last = s;
         }
         self.combined(pulse)
     }
 
     /// Device `i`'s next event (ns), if any.
     pub fn device_next_event(&self, i: usize) -> Option<u64> {
-        self.devices[i].next_event_ns()
+        self.devices.get(i)?.next_event_ns()
     }
 
     /// The earliest next event (ns) of any device.

@@ -53,7 +53,7 @@ impl PortDevice for PostCode {
         } else {
             self.last_delay = v;
         }
-        self.writes += 1;
+        self.writes = self.writes.wrapping_add(1);
         Action::None
     }
 }

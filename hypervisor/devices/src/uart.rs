@@ -117,15 +117,21 @@ impl Uart {
             self.thre_pending = true;
         } else if !self.thre_wait {
             self.thre_wait = true;
-            self.wait_until = self.now_ns + ROOM_POLL_NS;
+            self.wait_until = self.now_ns.saturating_add(ROOM_POLL_NS);
         }
     }
 
     /// Console output of the CONSOLE_WRITE hypercall: the same path as THR
     /// writes, without the register side effects.
     pub fn write_console(&mut self, bytes: &[u8]) {
-        let keep = &bytes[bytes.len() - bytes.len().min(HISTORY)..];
-        let over = (self.history.len() + keep.len()).saturating_sub(HISTORY);
+        let keep = bytes
+            .get(bytes.len().saturating_sub(HISTORY)..)
+            .unwrap_or_default();
+        let over = self
+            .history
+            .len()
+            .saturating_add(keep.len())
+            .saturating_sub(HISTORY);
         self.history.drain(..over);
         self.history.extend(keep);
         let src = self.console.source;
@@ -200,7 +206,8 @@ impl PortDevice for Uart {
 
     fn read(&mut self, port: u16, _size: u8) -> u32 {
         let dlab = self.lcr & LCR_DLAB != 0;
-        u32::from(match port - 0x3F8 {
+        // The bus sends only 0x3F8..0x3FF here.
+        u32::from(match port.wrapping_sub(0x3F8) {
             0 if dlab => self.dll,
             0 => self.rx.pop_front().unwrap_or(0),
             1 if dlab => self.dlm,
@@ -234,7 +241,7 @@ impl PortDevice for Uart {
     fn write(&mut self, port: u16, _size: u8, value: u32) -> Action {
         let v = value as u8;
         let dlab = self.lcr & LCR_DLAB != 0;
-        match port - 0x3F8 {
+        match port.wrapping_sub(0x3F8) {
             0 if dlab => self.dll = v,
             0 => {
                 if self.mcr & MCR_LOOP != 0 {
@@ -292,7 +299,7 @@ impl PortDevice for Uart {
                 self.thre_wait = false;
                 self.thre_pending = true;
             } else if now_ns >= self.wait_until {
-                self.wait_until = now_ns + ROOM_POLL_NS;
+                self.wait_until = now_ns.saturating_add(ROOM_POLL_NS);
             }
         }
         let level = if self.irq_pending() && self.mcr & 0x08 != 0 {
