@@ -32,9 +32,9 @@ pub trait GuestRam {
         const ZEROS: [u8; 4096] = [0; 4096];
         let mut off = 0;
         while off < len {
-            let n = (len - off).min(ZEROS.len() as u64);
-            self.write(gpa.checked_add(off)?, &ZEROS[..n as usize])?;
-            off += n;
+            let n = len.saturating_sub(off).min(ZEROS.len() as u64);
+            self.write(gpa.checked_add(off)?, ZEROS.get(..n as usize)?)?;
+            off = off.saturating_add(n);
         }
         Some(())
     }
@@ -71,7 +71,7 @@ pub struct E820Entry {
 impl E820Entry {
     /// Exclusive end.
     pub fn end(&self) -> u64 {
-        self.addr + self.size
+        self.addr.saturating_add(self.size)
     }
 
     /// The 20-byte BIOS layout: base (u64), length (u64), type (u32).
@@ -135,12 +135,12 @@ impl E820Map {
         if size == 0 {
             return Ok(());
         }
-        let mut out = Vec::with_capacity(self.entries.len() + 2);
+        let mut out = Vec::with_capacity(self.entries.len().saturating_add(2));
         for e in &self.entries {
             // Keep the parts of `e` outside the new range.
             if e.addr < addr {
                 out.push(E820Entry {
-                    size: e.end().min(addr) - e.addr,
+                    size: e.end().min(addr).saturating_sub(e.addr),
                     ..*e
                 });
             }
@@ -148,7 +148,7 @@ impl E820Map {
                 let a = e.addr.max(end);
                 out.push(E820Entry {
                     addr: a,
-                    size: e.end() - a,
+                    size: e.end().saturating_sub(a),
                     kind: e.kind,
                 });
             }
@@ -159,7 +159,9 @@ impl E820Map {
         let mut merged: Vec<E820Entry> = Vec::with_capacity(out.len());
         for e in out {
             match merged.last_mut() {
-                Some(last) if last.kind == e.kind && last.end() == e.addr => last.size += e.size,
+                Some(last) if last.kind == e.kind && last.end() == e.addr => {
+                    last.size = last.size.saturating_add(e.size)
+                }
                 _ => merged.push(e),
             }
         }

@@ -16,6 +16,9 @@ pub fn layout(size: u64) -> Vec<(u64, u64)> {
     if size <= MMIO_HOLE_START {
         alloc::vec![(0, size)]
     } else {
-        alloc::vec![(0, MMIO_HOLE_START), (FOUR_GIB, size - MMIO_HOLE_START)]
+        alloc::vec![
+            (0, MMIO_HOLE_START),
+            (FOUR_GIB, size.saturating_sub(MMIO_HOLE_START))
+        ]
     }
 }

@@ -6,6 +6,16 @@
 //! [`e820::GuestRam`] trait the core implements.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 extern crate alloc;
 
@@ -124,14 +134,16 @@ pub fn load(
             if load < LOW_RESERVED && mode != EntryMode::Real16 {
                 return Err(LoadError::FlatOverlapsReserved { load });
             }
-            let fits = mem
-                .ram_ranges()
-                .iter()
-                .any(|&(a, l)| load >= a && load.checked_add(len).is_some_and(|e| e <= a + l));
+            let fits = mem.ram_ranges().iter().any(|&(a, l)| {
+                load >= a
+                    && load
+                        .checked_add(len)
+                        .is_some_and(|e| e <= a.saturating_add(l))
+            });
             if !fits {
                 return Err(LoadError::FlatOutsideRam { load, len, ram });
             }
-            if entry < load || entry >= load + len {
+            if entry < load || entry >= load.saturating_add(len) {
                 return Err(LoadError::EntryOutsideImage { entry });
             }
             // Before the image: a real-mode image loaded over the BDA keeps
