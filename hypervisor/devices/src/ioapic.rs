@@ -57,7 +57,7 @@ pub struct Delivery {
 }
 
 /// The I/O APIC. See the module documentation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IoApic {
     id: u8,
     sel: u8,
@@ -257,6 +257,14 @@ impl IoApic {
 fn is_level(e: u64) -> bool {
     e & RTE_LEVEL != 0 && (e >> 8) & 7 <= 1
 }
+
+// Power-on keeps the APIC ID (set by the platform) and the input lines
+// (driven from outside).
+crate::state::plain_state!(IoApic, 1, |me| {
+    let mut fresh = me.clone();
+    fresh.reset();
+    fresh
+});
 
 #[cfg(test)]
 mod tests {

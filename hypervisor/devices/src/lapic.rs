@@ -207,7 +207,7 @@ pub struct LintDelivery {
     pub level_triggered: bool,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Timer {
     initial: u32,
     /// One-shot/periodic countdown running.
@@ -220,7 +220,7 @@ struct Timer {
 }
 
 /// A virtual local APIC. See the module documentation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VLapic {
     /// Initial APIC ID; the x2APIC ID.
     id: u32,
@@ -957,6 +957,14 @@ impl VLapic {
         Ok(LapicEffect::None)
     }
 }
+
+// Power-on keeps the APIC ID, the BSP flag and the bus clock (the
+// platform's wiring).
+crate::state::plain_state!(VLapic, 1, |me| VLapic::new(
+    me.id,
+    me.bsp,
+    me.tsc_per_bus_tick
+));
 
 #[cfg(test)]
 mod tests {

@@ -28,6 +28,7 @@ pub mod pit;
 pub mod pm;
 pub mod post;
 pub mod rtc;
+pub mod state;
 pub mod uart;
 
 use alloc::boxed::Box;

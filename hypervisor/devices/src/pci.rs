@@ -39,7 +39,7 @@ pub const INTERRUPT_PIN: usize = 0x3D;
 pub const MULTI_FUNCTION: u8 = 0x80;
 
 /// 256 bytes of configuration space with per-bit write masks.
-#[derive(Clone)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigSpace {
     data: [u8; 256],
     /// Bits software may write.
@@ -149,7 +149,7 @@ impl ConfigSpace {
 }
 
 /// One function on the bus.
-#[derive(Clone)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PciFunction {
     pub bus: u8,
     pub device: u8,
@@ -225,6 +225,7 @@ pub fn isa_bridge_piix3() -> PciFunction {
     }
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pci {
     address: u32,
     reset_control: u8,
@@ -363,6 +364,8 @@ impl PortDevice for Pci {
         Action::None
     }
 }
+
+crate::state::plain_state!(Pci, 1, |_me| Pci::new());
 
 #[cfg(test)]
 mod tests {

@@ -48,7 +48,7 @@ enum Init {
 }
 
 /// One 8259A.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Chip {
     irr: u8,
     isr: u8,
@@ -300,7 +300,7 @@ impl Chip {
 }
 
 /// The master/slave pair with the PIIX ELCRs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pic {
     master: Chip,
     slave: Chip,
@@ -519,6 +519,8 @@ impl PortDevice for Pic {
         Action::None
     }
 }
+
+crate::state::plain_state!(Pic, 1, |_me| Pic::new());
 
 #[cfg(test)]
 mod tests {

@@ -77,7 +77,7 @@ enum Run {
     Paused { counted: u64 },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Counter {
     /// Operating mode 0-5 (6 and 7 are read as 2 and 3).
     mode: u8,
@@ -487,6 +487,7 @@ impl Counter {
     }
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pit {
     counters: [Counter; 3],
     /// Port 0x61 bits 0-3 as written.
@@ -690,6 +691,10 @@ impl PortDevice for Pit {
             .map(ticks_to_ns)
     }
 }
+
+// Power-on: counters unprogrammed, guest time back at 0 (a power cycle
+// restarts the guest clock too).
+crate::state::plain_state!(Pit, 1, |_me| Pit::new());
 
 #[cfg(test)]
 mod tests {

@@ -279,6 +279,71 @@ impl PortDevice for Pm {
     }
 }
 
+/// The PM block's registers and its view of time (the base port is the
+/// platform's wiring, not state).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PmState {
+    pub pm1_sts: u16,
+    pub pm1_en: u16,
+    pub pm1_cnt: u16,
+    pub gpe0_sts: u16,
+    pub gpe0_en: u16,
+    pub now_ns: u64,
+    pub synced_ticks: u64,
+    pub sci: bool,
+    pub pulse: bool,
+}
+
+impl crate::state::DeviceState for Pm {
+    type Data = PmState;
+    const VERSION: u32 = 1;
+    fn save(&self) -> crate::state::State<PmState> {
+        crate::state::State {
+            version: 1,
+            data: PmState {
+                pm1_sts: self.pm1_sts,
+                pm1_en: self.pm1_en,
+                pm1_cnt: self.pm1_cnt,
+                gpe0_sts: self.gpe0_sts,
+                gpe0_en: self.gpe0_en,
+                now_ns: self.now_ns,
+                synced_ticks: self.synced_ticks,
+                sci: self.sci,
+                pulse: self.pulse,
+            },
+        }
+    }
+    fn restore(
+        &mut self,
+        state: &crate::state::State<PmState>,
+    ) -> Result<(), crate::state::StateError> {
+        crate::state::check_version(state.version, 1)?;
+        let s = &state.data;
+        self.pm1_sts = s.pm1_sts;
+        self.pm1_en = s.pm1_en;
+        self.pm1_cnt = s.pm1_cnt;
+        self.gpe0_sts = s.gpe0_sts;
+        self.gpe0_en = s.gpe0_en;
+        self.now_ns = s.now_ns;
+        self.synced_ticks = s.synced_ticks;
+        self.sci = s.sci;
+        self.pulse = s.pulse;
+        Ok(())
+    }
+    fn reset(&mut self) {
+        // Field by field: `Pm::new` would leak another port table.
+        self.pm1_sts = 0;
+        self.pm1_en = 0;
+        self.pm1_cnt = SCI_EN;
+        self.gpe0_sts = 0;
+        self.gpe0_en = 0;
+        self.now_ns = 0;
+        self.synced_ticks = 0;
+        self.sci = false;
+        self.pulse = false;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

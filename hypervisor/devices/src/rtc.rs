@@ -280,6 +280,7 @@ pub fn parse_cmos_time(regs: [u8; 10], reg_b: u8, century: u8) -> DateTime {
     .normalized()
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rtc {
     /// Registers 0x00-0x0D and the RAM; 0x0A-0x0D hold the writable bits only
     /// (UIP, C and D are computed).
@@ -637,6 +638,13 @@ impl PortDevice for Rtc {
             .map(|t| t.clamp(0, i128::from(u64::MAX)) as u64)
     }
 }
+
+// The clock is battery-backed: a reset keeps the date and time it shows and
+// brings the registers (and CMOS RAM) back to what `Rtc::new` sets.
+crate::state::plain_state!(Rtc, 1, |me| {
+    let now = me.now_ns;
+    Rtc::new(me.datetime(), now)
+});
 
 #[cfg(test)]
 mod tests {
