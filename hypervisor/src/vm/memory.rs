@@ -143,13 +143,6 @@ impl GuestMemory {
         self.host_range(gpa, 1).is_some()
     }
 
-    /// The guest bytes `[gpa, gpa + len)`, if they are RAM.
-    pub fn slice(&self, gpa: u64, len: usize) -> Option<&[u8]> {
-        let h = self.host_range(gpa, len as u64)?;
-        // SAFETY: the range is inside this guest's RAM, which lives as long as `self`.
-        Some(unsafe { core::slice::from_raw_parts(h as *const u8, len) })
-    }
-
     /// Copies guest RAM at `gpa` into `buf` (no slice of guest memory, which
     /// another vCPU may be writing, is ever formed).
     pub fn read_into(&self, gpa: u64, buf: &mut [u8]) -> Option<()> {
@@ -172,8 +165,9 @@ impl GuestMemory {
     }
 
     pub fn read_u64(&self, gpa: u64) -> Option<u64> {
-        let s = self.slice(gpa, 8)?;
-        Some(u64::from_le_bytes(s.try_into().ok()?))
+        let mut b = [0u8; 8];
+        self.read_into(gpa, &mut b)?;
+        Some(u64::from_le_bytes(b))
     }
 
     /// Zeroes all guest RAM (before a restart).
