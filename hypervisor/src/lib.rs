@@ -5,18 +5,16 @@
 extern crate alloc;
 
 pub mod acpi;
-pub mod acpi_gen;
+#[cfg(test)]
+mod acpi_gen_tests;
 pub mod bootinfo;
 pub mod console;
-pub mod devices;
 pub mod exits;
 pub mod firmware;
 pub mod heap;
 pub mod hosttimer;
 pub mod interrupts;
 pub mod lapic;
-pub mod loader;
-pub mod manifest;
 pub mod mm;
 pub mod paging;
 pub mod percpu;
@@ -30,6 +28,11 @@ pub mod vmx;
 pub mod xsave;
 
 pub use bootinfo::BootInfo;
+// The device models and the loaders live in their own crates (no `unsafe`,
+// no access to the core's globals); these names keep their old paths.
+pub use ::devices;
+pub use ::loader;
+pub use loader::{acpi_gen, manifest};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -165,10 +165,11 @@ fn pae_paging(cr0: u64, cr4: u64, lma: bool) -> bool {
 /// (SDM Vol. 3A 4.4.1): with EPT the next VM entry takes them from the VMCS
 /// (SDM Vol. 3C 27.3.2.4), so they must be put there. False means #GP.
 fn load_pdptes(v: &Vcpu, cr3: u64) -> bool {
-    let Some(b) = v.vm.mem.slice(cr3 & 0xFFFF_FFE0, 32) else {
+    let mut b = [0u8; 32];
+    if v.vm.mem.read_into(cr3 & 0xFFFF_FFE0, &mut b).is_none() {
         // Not RAM: an empty bus reads all-ones, which has reserved bits set.
         return false;
-    };
+    }
     let mut p = [0u64; 4];
     for (i, e) in p.iter_mut().enumerate() {
         let mut w = [0u8; 8];

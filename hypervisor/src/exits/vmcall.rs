@@ -42,13 +42,12 @@ fn console_write(v: &mut Vcpu, gpa: u64, len: u64) -> i64 {
         return EINVAL;
     }
     let vm = v.vm.clone();
-    let Some(bytes) = vm.mem.slice(gpa, len as usize) else {
+    // A copy: another vCPU of this guest may change the buffer meanwhile.
+    let mut buf = [0u8; MAX_WRITE as usize];
+    let copy = &mut buf[..len as usize];
+    if vm.mem.read_into(gpa, copy).is_none() {
         return EFAULT;
-    };
-    // Copy first: another vCPU of this guest may change the buffer meanwhile.
-    let mut copy = [0u8; MAX_WRITE as usize];
-    let copy = &mut copy[..bytes.len()];
-    copy.copy_from_slice(bytes);
+    }
     // Queued for the console (the oldest queued lines give way when it is
     // full): the call never waits for the serial port.
     vm.console_write(copy);

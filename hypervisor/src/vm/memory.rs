@@ -5,10 +5,7 @@ use crate::mm;
 use alloc::vec::Vec;
 use arch::vmx::ept::{self, MemType, PageSize};
 
-/// Guest-physical addresses from here up to 4 GiB are kept free of RAM (the
-/// PCI/MMIO hole: I/O APIC, local APIC, firmware).
-pub const MMIO_HOLE_START: u64 = 0xC000_0000;
-pub const FOUR_GIB: u64 = 0x1_0000_0000;
+pub use loader::layout::{layout, FOUR_GIB, MMIO_HOLE_START};
 const TWO_MIB: u64 = 0x20_0000;
 
 /// One contiguous guest-physical RAM range and its host backing.
@@ -17,16 +14,6 @@ pub struct RamRange {
     pub gpa: u64,
     pub size: u64,
     pub host: u64,
-}
-
-/// The guest-physical RAM layout for `size` bytes: below the MMIO hole, and
-/// the rest from 4 GiB up.
-pub fn layout(size: u64) -> Vec<(u64, u64)> {
-    if size <= MMIO_HOLE_START {
-        alloc::vec![(0, size)]
-    } else {
-        alloc::vec![(0, MMIO_HOLE_START), (FOUR_GIB, size - MMIO_HOLE_START)]
-    }
 }
 
 pub struct GuestMemory {
@@ -156,13 +143,6 @@ impl GuestMemory {
         self.host_range(gpa, 1).is_some()
     }
 
-    /// The guest bytes `[gpa, gpa + len)`, if they are RAM.
-    pub fn slice(&self, gpa: u64, len: usize) -> Option<&[u8]> {
-        let h = self.host_range(gpa, len as u64)?;
-        // SAFETY: the range is inside this guest's RAM, which lives as long as `self`.
-        Some(unsafe { core::slice::from_raw_parts(h as *const u8, len) })
-    }
-
     /// Copies guest RAM at `gpa` into `buf` (no slice of guest memory, which
     /// another vCPU may be writing, is ever formed).
     pub fn read_into(&self, gpa: u64, buf: &mut [u8]) -> Option<()> {
@@ -185,8 +165,9 @@ impl GuestMemory {
     }
 
     pub fn read_u64(&self, gpa: u64) -> Option<u64> {
-        let s = self.slice(gpa, 8)?;
-        Some(u64::from_le_bytes(s.try_into().ok()?))
+        let mut b = [0u8; 8];
+        self.read_into(gpa, &mut b)?;
+        Some(u64::from_le_bytes(b))
     }
 
     /// Zeroes all guest RAM (before a restart).
@@ -195,6 +176,18 @@ impl GuestMemory {
             // SAFETY: the range is this guest's RAM.
             unsafe { core::ptr::write_bytes(r.host as *mut u8, 0, r.size as usize) };
         }
+    }
+}
+
+impl loader::e820::GuestRam for GuestMemory {
+    fn write(&self, gpa: u64, data: &[u8]) -> Option<()> {
+        GuestMemory::write(self, gpa, data)
+    }
+    fn size(&self) -> u64 {
+        GuestMemory::size(self)
+    }
+    fn ram_ranges(&self) -> Vec<(u64, u64)> {
+        self.ranges.iter().map(|r| (r.gpa, r.size)).collect()
     }
 }
 

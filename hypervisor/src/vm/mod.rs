@@ -9,7 +9,6 @@ pub mod vcpu;
 
 use crate::devices::ioapic::IoApic;
 use crate::devices::lapic::VLapic;
-use crate::devices::pic::Pic;
 use crate::devices::{
     debug_exit::DebugExit, i8042::I8042, pci::Pci, pit::Pit, pm::Pm, post::PostCode, rtc::Rtc,
     uart::Uart, IoBus,
@@ -47,8 +46,8 @@ impl VmEnd {
 
 /// Mutable VM-wide state, behind the VM's own lock (never shared with another guest).
 pub struct VmShared {
+    /// The port bus, with the 8259 pair on it.
     pub io: IoBus,
-    pub pic: Pic,
     /// ISA IRQ lines as last routed (bit n = IRQ n asserted).
     pub lines: u16,
     pub ioapic: IoApic,
@@ -99,6 +98,7 @@ pub enum CreateError {
     Memory(memory::MemError),
     Load(loader::LoadError),
     NoMemory,
+    Bus(crate::devices::BusError),
 }
 
 impl core::fmt::Display for CreateError {
@@ -107,6 +107,7 @@ impl core::fmt::Display for CreateError {
             CreateError::Memory(e) => write!(f, "{e}"),
             CreateError::Load(e) => write!(f, "{e}"),
             CreateError::NoMemory => write!(f, "not enough host memory for the VM's bitmaps"),
+            CreateError::Bus(e) => write!(f, "device ports: {e}"),
         }
     }
 }
@@ -118,23 +119,23 @@ fn tsc_per_bus_tick() -> u64 {
 
 /// The PC devices on the port bus, in their power-on state; the UART
 /// writes to console queue `console`.
-fn platform_bus(console: usize) -> IoBus {
-    let mut io = IoBus::default();
+fn platform_bus(console: usize) -> Result<IoBus, crate::devices::BusError> {
+    let mut io = IoBus::new();
     io.register(Box::new(Uart::new(crate::devices::uart::ConsolePort {
         source: console,
         line: crate::console::guest_line,
         raw: crate::console::guest_raw,
         room: crate::console::has_room,
         focused: crate::console::is_focused,
-    })));
-    io.register(Box::new(DebugExit));
-    io.register(Box::new(Pit::new()));
-    io.register(Box::new(Rtc::new(crate::platform::host_date(), 0)));
-    io.register(Box::new(Pci::new()));
-    io.register(Box::new(I8042::new()));
-    io.register(Box::new(Pm::new(loader::PM_BASE)));
-    io.register(Box::new(PostCode::new()));
-    io
+    })))?;
+    io.register(Box::new(DebugExit))?;
+    io.register(Box::new(Pit::new()))?;
+    io.register(Box::new(Rtc::new(crate::platform::host_date(), 0)))?;
+    io.register(Box::new(Pci::new()))?;
+    io.register(Box::new(I8042::new()))?;
+    io.register(Box::new(Pm::new(loader::PM_BASE)))?;
+    io.register(Box::new(PostCode::new()))?;
+    Ok(io)
 }
 
 /// A TSC offset that makes the guest's TSC start at 0 now (as after RESET).
@@ -165,7 +166,14 @@ impl Vm {
         // SAFETY: freshly allocated, identity-mapped pages owned by this VM.
         unsafe { core::ptr::write_bytes(io_bitmaps as *mut u8, 0xFF, 2 * mm::PAGE as usize) };
         let console = crate::console::register(&config.name);
-        let io = platform_bus(console);
+        let io = match platform_bus(console) {
+            Ok(io) => io,
+            Err(e) => {
+                mm::free_zeroed(msr_bitmap, mm::PAGE);
+                mm::free_zeroed(io_bitmaps, 2 * mm::PAGE);
+                return Err(CreateError::Bus(e));
+            }
+        };
         let vm = Arc::new(Vm {
             id,
             name: config.name.clone(),
@@ -174,7 +182,6 @@ impl Vm {
             initrd,
             shared: Mutex::new(VmShared {
                 io,
-                pic: Pic::new(),
                 lines: 0,
                 ioapic: IoApic::new(config.vcpus as u8),
                 end: None,
@@ -301,8 +308,10 @@ impl Vm {
         self.power_on_mailboxes();
         {
             let mut s = self.shared.lock();
-            s.io = platform_bus(self.console);
-            s.pic = Pic::new();
+            // The same layout was accepted when the VM was created.
+            if let Ok(io) = platform_bus(self.console) {
+                s.io = io;
+            }
             s.lines = 0;
             s.ioapic = IoApic::new(self.config.vcpus as u8);
             s.end = None;

@@ -3,20 +3,8 @@
 //! is I/O APIC pin 2, as the MADT's interrupt source override says).
 use super::{Vm, VmShared};
 use crate::devices::ioapic::Delivery;
-use crate::devices::{pic, Action, IrqState, PortDevice};
+use crate::devices::{pic, Action, IrqState, Served};
 use alloc::vec::Vec;
-
-fn is_pic_port(port: u16) -> bool {
-    matches!(
-        port,
-        pic::MASTER_CMD
-            | pic::MASTER_DATA
-            | pic::SLAVE_CMD
-            | pic::SLAVE_DATA
-            | pic::ELCR1
-            | pic::ELCR2
-    )
-}
 
 /// The I/O APIC pin an ISA IRQ arrives on.
 pub fn isa_gsi(irq: u8) -> u32 {
@@ -50,21 +38,18 @@ impl Vm {
 
     /// One port access; `f` performs it on the bus. Afterwards only what the
     /// access can have changed is followed up (see [`Followup`]).
-    fn port_access<T>(
-        &self,
-        port: u16,
-        f: impl FnOnce(&mut VmShared, u64) -> (T, Option<(usize, bool)>),
-    ) -> T {
+    fn port_access<T>(&self, f: impl FnOnce(&mut VmShared, u64) -> (T, Served)) -> T {
         let now = self.guest_ns();
         let (val, fu) = {
             let mut s = self.shared.lock();
-            let (v, dev) = f(&mut s, now);
-            let fu = match dev {
-                Some((i, timer)) => Self::device_followup(&mut s, i, timer, now),
-                // A PIC access (the closure reports no device for it) or an unclaimed port.
-                None => Followup {
+            let (v, served) = f(&mut s, now);
+            let fu = match served {
+                Served::Device { index, timer_moved } => {
+                    Self::device_followup(&mut s, index, timer_moved, now)
+                }
+                Served::Pic | Served::Unclaimed => Followup {
                     deliveries: Vec::new(),
-                    pic: is_pic_port(port),
+                    pic: served == Served::Pic,
                     timer: false,
                 },
             };
@@ -84,10 +69,10 @@ impl Vm {
                 timer,
             },
             Some(st) => {
-                let pic_before = s.pic.pending();
+                let pic_before = s.io.pic.pending();
                 let deliveries = Self::route(s, st);
                 Followup {
-                    pic: s.pic.pending() != pic_before,
+                    pic: s.io.pic.pending() != pic_before,
                     deliveries,
                     timer,
                 }
@@ -114,23 +99,11 @@ impl Vm {
     }
 
     pub fn io_read(&self, port: u16, size: u8) -> u32 {
-        self.port_access(port, |s, now| {
-            if is_pic_port(port) {
-                (s.pic.read(port, size), None)
-            } else {
-                s.io.read(port, size, now)
-            }
-        })
+        self.port_access(|s, now| s.io.read(port, size, now))
     }
 
     pub fn io_write(&self, port: u16, size: u8, value: u32) -> Action {
-        self.port_access(port, |s, now| {
-            if is_pic_port(port) {
-                (s.pic.write(port, size, value), None)
-            } else {
-                s.io.write(port, size, value, now)
-            }
-        })
+        self.port_access(|s, now| s.io.write(port, size, value, now))
     }
 
     /// A byte typed on the hypervisor console for this guest's UART.
@@ -173,7 +146,7 @@ impl Vm {
         if changed == 0 {
             return out;
         }
-        s.pic.apply(st, changed & !(1 << pic::CASCADE_IR));
+        s.io.pic.apply(st, changed & !(1 << pic::CASCADE_IR));
         for irq in 0..16u8 {
             let m = 1u16 << irq;
             if irq == pic::CASCADE_IR || changed & m == 0 {
@@ -196,10 +169,10 @@ impl Vm {
 
     /// The 8259's vector for vCPU 0 (LINT0 in ExtINT mode), if one is pending.
     pub fn pic_pending(&self) -> bool {
-        self.shared.lock().pic.pending()
+        self.shared.lock().io.pic.pending()
     }
 
     pub fn pic_acknowledge(&self) -> Option<u8> {
-        self.shared.lock().pic.acknowledge()
+        self.shared.lock().io.pic.acknowledge()
     }
 }

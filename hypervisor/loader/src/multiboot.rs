@@ -25,8 +25,8 @@
 //! at the lowest free page-aligned RAM (at most [`INFO_ROOM`] bytes).
 
 use super::e820::{E820Map, E820Type, GuestRam};
-use crate::mm::PAGE;
-use crate::vm::memory::FOUR_GIB;
+use crate::layout::FOUR_GIB;
+use crate::layout::PAGE;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -296,42 +296,64 @@ impl fmt::Display for MbError {
     }
 }
 
+/// `N` bytes at `off`; zeros past the end (callers check lengths first).
+fn bytes_at<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
+    let mut a = [0; N];
+    if let Some(s) = off.checked_add(N).and_then(|end| b.get(off..end)) {
+        a.copy_from_slice(s);
+    }
+    a
+}
+
 fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
+    u16::from_le_bytes(bytes_at(b, off))
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+    u32::from_le_bytes(bytes_at(b, off))
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {
-    u64::from(u32_at(b, off)) | (u64::from(u32_at(b, off + 4)) << 32)
+    u64::from_le_bytes(bytes_at(b, off))
+}
+
+/// Copies `v` into `b` at `off` (offsets inside a buffer sized for them).
+fn put(b: &mut [u8], off: usize, v: &[u8]) {
+    if let Some(d) = off.checked_add(v.len()).and_then(|end| b.get_mut(off..end)) {
+        d.copy_from_slice(v);
+    }
+}
+
+/// `image[off..off + len]`, if it is all there.
+fn sub(image: &[u8], off: usize, len: usize) -> Option<&[u8]> {
+    image.get(off..off.checked_add(len)?)
 }
 
 /// Finds and validates the header (§3.1.1, §3.1.2).
 pub fn find_header(image: &[u8]) -> Result<Header, MbError> {
-    let window = &image[..image.len().min(SEARCH_LEN)];
+    let window = image.get(..SEARCH_LEN).unwrap_or(image);
     let mut bad = None;
-    let mut off = 0;
-    while off + 4 <= window.len() {
+    // Offsets stay below SEARCH_LEN (8 KiB): the sums below are exact.
+    let mut off: usize = 0;
+    while off.saturating_add(4) <= window.len() {
         if u32_at(window, off) != HEADER_MAGIC {
-            off += 4;
+            off = off.saturating_add(4);
             continue;
         }
-        if off + 12 > window.len() {
+        if off.saturating_add(12) > window.len() {
             return Err(MbError::HeaderTruncated {
                 offset: off,
                 need: 12,
             });
         }
-        let flags = u32_at(window, off + 4);
+        let flags = u32_at(window, off.saturating_add(4));
         let sum = HEADER_MAGIC
             .wrapping_add(flags)
-            .wrapping_add(u32_at(window, off + 8));
+            .wrapping_add(u32_at(window, off.saturating_add(8)));
         if sum != 0 {
             // Keep looking: the magic value may occur by chance.
             bad.get_or_insert(MbError::BadChecksum { offset: off, sum });
-            off += 4;
+            off = off.saturating_add(4);
             continue;
         }
         return parse_fields(window, off, flags);
@@ -348,16 +370,15 @@ fn parse_fields(window: &[u8], offset: usize, flags: u32) -> Result<Header, MbEr
         return Err(MbError::UnsupportedFlags { bits: unknown });
     }
     let aout = if flags & FLAG_AOUT_KLUDGE != 0 {
-        if offset + 32 > window.len() {
+        let Some(h) = sub(window, offset, 32) else {
             return Err(MbError::HeaderTruncated { offset, need: 32 });
-        }
-        let f = |i: usize| u32_at(window, offset + 12 + 4 * i);
+        };
         Some(AoutAddrs {
-            header_addr: f(0),
-            load_addr: f(1),
-            load_end_addr: f(2),
-            bss_end_addr: f(3),
-            entry_addr: f(4),
+            header_addr: u32_at(h, 12),
+            load_addr: u32_at(h, 16),
+            load_end_addr: u32_at(h, 20),
+            bss_end_addr: u32_at(h, 24),
+            entry_addr: u32_at(h, 28),
         })
     } else {
         None
@@ -380,7 +401,7 @@ pub struct Piece<'a> {
 
 impl Piece<'_> {
     fn end(&self) -> u64 {
-        self.addr + self.mem_size
+        self.addr.saturating_add(self.mem_size)
     }
 }
 
@@ -401,7 +422,7 @@ fn aout_layout<'a>(image: &'a [u8], hdr: &Header, a: &AoutAddrs) -> Result<Layou
             header_addr: a.header_addr,
         });
     }
-    let back = (a.header_addr - a.load_addr) as usize;
+    let back = a.header_addr.saturating_sub(a.load_addr) as usize;
     let file_off = hdr
         .offset
         .checked_sub(back)
@@ -410,7 +431,8 @@ fn aout_layout<'a>(image: &'a [u8], hdr: &Header, a: &AoutAddrs) -> Result<Layou
             load_addr: a.load_addr,
             offset: hdr.offset,
         })?;
-    let have = (image.len() - file_off) as u64;
+    // file_off <= the header's offset, inside the image.
+    let have = image.len().saturating_sub(file_off) as u64;
     let len = if a.load_end_addr == 0 {
         have
     } else {
@@ -420,14 +442,15 @@ fn aout_layout<'a>(image: &'a [u8], hdr: &Header, a: &AoutAddrs) -> Result<Layou
                 load_end_addr: a.load_end_addr,
             });
         }
-        let need = u64::from(a.load_end_addr - a.load_addr);
+        let need = u64::from(a.load_end_addr.saturating_sub(a.load_addr));
         if need > have {
             return Err(MbError::AoutTruncated { need, have });
         }
         need
     };
     let load = u64::from(a.load_addr);
-    let load_end = load + len;
+    // u32 address plus at most the file length: no overflow in u64.
+    let load_end = load.saturating_add(len);
     let mem_size = if a.bss_end_addr == 0 {
         len
     } else {
@@ -438,18 +461,17 @@ fn aout_layout<'a>(image: &'a [u8], hdr: &Header, a: &AoutAddrs) -> Result<Layou
                 bss_end_addr: a.bss_end_addr,
             });
         }
-        bss_end - load
+        bss_end.saturating_sub(load)
     };
-    if load + mem_size > FOUR_GIB {
-        return Err(MbError::NotRam {
-            start: load,
-            end: load + mem_size,
-        });
+    let end = load.saturating_add(mem_size);
+    if end > FOUR_GIB {
+        return Err(MbError::NotRam { start: load, end });
     }
     Ok(Layout {
         pieces: vec![Piece {
             addr: load,
-            data: &image[file_off..file_off + len as usize],
+            // len <= have, the bytes from file_off to the end.
+            data: sub(image, file_off, len as usize).unwrap_or_default(),
             mem_size,
         }],
         entry: u64::from(a.entry_addr),
@@ -478,8 +500,9 @@ fn elf_layout(image: &[u8]) -> Result<Layout<'_>, MbError> {
     if image.len() < ehdr_len {
         return err(ElfDefect::HeaderTruncated { len: image.len() });
     }
-    if image[5] != 1 {
-        return err(ElfDefect::BadData { data: image[5] });
+    let data = image.get(5).copied().unwrap_or(0);
+    if data != 1 {
+        return err(ElfDefect::BadData { data });
     }
     let e_type = u16_at(image, 16);
     let machine = u16_at(image, 18);
@@ -507,7 +530,8 @@ fn elf_layout(image: &[u8]) -> Result<Layout<'_>, MbError> {
     if phnum > 0 && usize::from(phentsize) < phdr_len {
         return err(ElfDefect::BadPhentsize { size: phentsize });
     }
-    let table_end = phoff.checked_add(u64::from(phentsize) * u64::from(phnum));
+    // Two u16s: the product fits u64.
+    let table_end = phoff.checked_add(u64::from(phentsize).saturating_mul(u64::from(phnum)));
     if table_end.is_none_or(|e| e > image.len() as u64) {
         return err(ElfDefect::ProgramHeadersTruncated {
             offset: phoff,
@@ -518,8 +542,14 @@ fn elf_layout(image: &[u8]) -> Result<Layout<'_>, MbError> {
     let mut indices: Vec<usize> = Vec::new();
     let mut vaddrs: Vec<u64> = Vec::new();
     for index in 0..usize::from(phnum) {
-        let p = phoff as usize + index * usize::from(phentsize);
-        let ph = &image[p..p + phdr_len];
+        // Inside the table, which lies inside the image (checked above).
+        let p = (phoff as usize).saturating_add(index.saturating_mul(usize::from(phentsize)));
+        let Some(ph) = sub(image, p, phdr_len) else {
+            return err(ElfDefect::ProgramHeadersTruncated {
+                offset: phoff,
+                count: phnum,
+            });
+        };
         if u32_at(ph, 0) != PT_LOAD {
             continue;
         }
@@ -563,7 +593,8 @@ fn elf_layout(image: &[u8]) -> Result<Layout<'_>, MbError> {
         }
         let piece = Piece {
             addr: paddr,
-            data: &image[offset as usize..(offset + filesz) as usize],
+            // offset + filesz <= the image's length (checked above).
+            data: sub(image, offset as usize, filesz as usize).unwrap_or_default(),
             mem_size: memsz,
         };
         if let Some(k) = pieces
@@ -572,7 +603,7 @@ fn elf_layout(image: &[u8]) -> Result<Layout<'_>, MbError> {
         {
             return err(ElfDefect::Overlap {
                 index,
-                other: indices[k],
+                other: indices.get(k).copied().unwrap_or(index),
             });
         }
         pieces.push(piece);
@@ -588,8 +619,11 @@ fn elf_layout(image: &[u8]) -> Result<Layout<'_>, MbError> {
     let entry = pieces
         .iter()
         .zip(&vaddrs)
-        .find(|(p, &v)| entry >= v && entry - v < p.mem_size)
-        .map_or(entry, |(p, &v)| p.addr + (entry - v));
+        .find(|(p, &v)| entry.checked_sub(v).is_some_and(|o| o < p.mem_size))
+        // Below addr + mem_size, which is at most 4 GiB.
+        .map_or(entry, |(p, &v)| {
+            p.addr.saturating_add(entry.saturating_sub(v))
+        });
     Ok(Layout { pieces, entry })
 }
 
@@ -656,7 +690,10 @@ fn place_low(map: &E820Map, size: u64, from: u64, avoid: &[(u64, u64)]) -> Optio
         let end = e.end().min(FOUR_GIB);
         let mut a = e.addr.max(from).checked_add(PAGE - 1)? & !(PAGE - 1);
         while a.checked_add(size)? <= end {
-            match avoid.iter().find(|&&(s, t)| a < t && s < a + size) {
+            match avoid
+                .iter()
+                .find(|&&(s, t)| a < t && s < a.saturating_add(size))
+            {
                 None => return Some(a),
                 Some(&(_, t)) => a = t.checked_add(PAGE - 1)? & !(PAGE - 1),
             }
@@ -667,23 +704,28 @@ fn place_low(map: &E820Map, size: u64, from: u64, avoid: &[(u64, u64)]) -> Optio
 
 /// Offsets in the information block: (memory map, module list, strings,
 /// GDT, total length).
+///
+/// The sums saturate: an absurd size then fails the INFO_ROOM check.
 fn info_layout(cfg: &MultibootConfig) -> (usize, usize, usize, usize, usize) {
     let mmap_off = INFO_LEN.next_multiple_of(8);
-    let mods_off = mmap_off + 24 * cfg.e820.len();
-    let strings_off = mods_off + 16 * cfg.modules.len();
-    let strings_len: usize = cfg.cmdline.len()
-        + 1
-        + LOADER_NAME.len()
-        + 1
-        + cfg
-            .modules
-            .iter()
-            .map(|m| m.cmdline.len() + 1)
-            .sum::<usize>();
-    let gdt_off = (strings_off + strings_len).next_multiple_of(8);
-    let len = gdt_off + 8 * super::setup::GDT.len();
+    let mods_off = mmap_off.saturating_add(cfg.e820.len().saturating_mul(24));
+    let strings_off = mods_off.saturating_add(cfg.modules.len().saturating_mul(16));
+    let module_strings = cfg.modules.iter().fold(0usize, |n, m| {
+        n.saturating_add(m.cmdline.len()).saturating_add(1)
+    });
+    let strings_len = cfg
+        .cmdline
+        .len()
+        .saturating_add(LOADER_NAME.len())
+        .saturating_add(2)
+        .saturating_add(module_strings);
+    let gdt_off = strings_off.saturating_add(strings_len).next_multiple_of(8);
+    let len = gdt_off.saturating_add(GDT_BYTES);
     (mmap_off, mods_off, strings_off, gdt_off, len)
 }
+
+/// Bytes of the boot GDT in the information block.
+const GDT_BYTES: usize = 8 * super::setup::GDT.len();
 
 /// Builds the information block for `base`: the structure at its start,
 /// then the memory map, the module list and the strings (§3.3), then the
@@ -691,16 +733,16 @@ fn info_layout(cfg: &MultibootConfig) -> (usize, usize, usize, usize, usize) {
 fn build_info(cfg: &MultibootConfig, modules: &[(u64, u64)], base: u64) -> Vec<u8> {
     let map = cfg.e820.entries();
     let (mmap_off, mods_off, mut strings_off, gdt_off, need) = info_layout(cfg);
-    let mmap_len = 24 * map.len();
+    // `b` is `need` bytes, which info_layout sized for every write below;
+    // the block lies below 4 GiB (placement), so its addresses fit u32.
+    let mmap_len = map.len().saturating_mul(24);
     let mut b = vec![0u8; need];
-    let gpa = |off: usize| (base + off as u64) as u32;
-    let put32 = |b: &mut Vec<u8>, off: usize, v: u32| {
-        b[off..off + 4].copy_from_slice(&v.to_le_bytes());
-    };
+    let gpa = |off: usize| base.saturating_add(off as u64) as u32;
+    let put32 = |b: &mut Vec<u8>, off: usize, v: u32| put(b, off, &v.to_le_bytes());
     let mut add_str = |b: &mut Vec<u8>, s: &str| {
         let at = strings_off;
-        b[at..at + s.len()].copy_from_slice(s.as_bytes());
-        strings_off += s.len() + 1;
+        put(b, at, s.as_bytes());
+        strings_off = strings_off.saturating_add(s.len()).saturating_add(1);
         gpa(at)
     };
     let flags = INFO_MEMORY | INFO_CMDLINE | INFO_MODS | INFO_MMAP | INFO_LOADER_NAME;
@@ -711,7 +753,7 @@ fn build_info(cfg: &MultibootConfig, modules: &[(u64, u64)], base: u64) -> Vec<u
     let upper = cfg
         .e820
         .ram_end_from(HIGH_MEMORY, u64::MAX)
-        .map_or(0, |e| (e - HIGH_MEMORY) / 1024);
+        .map_or(0, |e| e.saturating_sub(HIGH_MEMORY) / 1024);
     put32(&mut b, 4, lower as u32);
     put32(&mut b, 8, upper.min(u64::from(u32::MAX)) as u32);
     // boot_device (offset 12): flag 1 clear, absent.
@@ -719,27 +761,25 @@ fn build_info(cfg: &MultibootConfig, modules: &[(u64, u64)], base: u64) -> Vec<u
     put32(&mut b, 16, cmdline);
     put32(&mut b, 20, modules.len() as u32);
     put32(&mut b, 24, gpa(mods_off));
-    for (i, (&(start, end), m)) in modules.iter().zip(cfg.modules).enumerate() {
-        let o = mods_off + 16 * i;
+    let slots = (mods_off..).step_by(16);
+    for ((&(start, end), m), o) in modules.iter().zip(cfg.modules).zip(slots) {
         put32(&mut b, o, start as u32);
-        put32(&mut b, o + 4, end as u32);
+        put32(&mut b, o.saturating_add(4), end as u32);
         let s = add_str(&mut b, m.cmdline);
-        put32(&mut b, o + 8, s);
+        put32(&mut b, o.saturating_add(8), s);
         // o + 12: reserved, 0.
     }
     put32(&mut b, 44, mmap_len as u32);
     put32(&mut b, 48, gpa(mmap_off));
-    for (i, e) in map.iter().enumerate() {
+    for (e, o) in map.iter().zip((mmap_off..).step_by(24)) {
         // size (of the rest: 20), base_addr, length, type.
-        let o = mmap_off + 24 * i;
         put32(&mut b, o, 20);
-        b[o + 4..o + 24].copy_from_slice(&e.to_bytes());
+        put(&mut b, o.saturating_add(4), &e.to_bytes());
     }
     let name = add_str(&mut b, LOADER_NAME);
     put32(&mut b, 64, name);
-    for (i, d) in super::setup::GDT.iter().enumerate() {
-        let o = gdt_off + 8 * i;
-        b[o..o + 8].copy_from_slice(&d.to_le_bytes());
+    for (d, o) in super::setup::GDT.iter().zip((gdt_off..).step_by(8)) {
+        put(&mut b, o, &d.to_le_bytes());
     }
     b
 }
@@ -777,8 +817,9 @@ pub fn load(
         let at = place_low(map, size, hi, &avoid)
             .or_else(|| place_low(map, size, HIGH_MEMORY, &avoid))
             .ok_or(MbError::ModuleDoesNotFit { index, size })?;
-        avoid.push((at, at + size.max(1)));
-        modules.push((at, at + size));
+        // place_low checked at + size.
+        avoid.push((at, at.saturating_add(size.max(1))));
+        modules.push((at, at.saturating_add(size)));
     }
     // The information block: at INFO_GPA if free, else the lowest free
     // page-aligned RAM (a low image, e.g. at 0x8000, may sit on 0x9000).
@@ -790,7 +831,11 @@ pub fn load(
         });
     }
     let size = need as u64;
-    let clear = |a: u64| !avoid.iter().any(|&(s, t)| a < t && s < a + size);
+    let clear = |a: u64| {
+        !avoid
+            .iter()
+            .any(|&(s, t)| a < t && s < a.saturating_add(size))
+    };
     let info_gpa = if map.is_ram(INFO_GPA, size) && clear(INFO_GPA) {
         INFO_GPA
     } else {
@@ -804,9 +849,11 @@ pub fn load(
             end: p.end(),
         };
         mem.write(p.addr, p.data).ok_or(not_ram.clone())?;
+        // data.len() <= mem_size (the layout's pieces).
+        let file_len = p.data.len() as u64;
         mem.zero(
-            p.addr + p.data.len() as u64,
-            p.mem_size - p.data.len() as u64,
+            p.addr.saturating_add(file_len),
+            p.mem_size.saturating_sub(file_len),
         )
         .ok_or(not_ram)?;
     }
@@ -816,12 +863,12 @@ pub fn load(
     }
     mem.write(info_gpa, &info).ok_or(MbError::NotRam {
         start: info_gpa,
-        end: info_gpa + info.len() as u64,
+        end: info_gpa.saturating_add(info.len() as u64),
     })?;
     Ok(MultibootSetup {
         entry: layout.entry,
         info_gpa,
-        gdt_gpa: info_gpa + gdt_off as u64,
+        gdt_gpa: info_gpa.saturating_add(gdt_off as u64),
         eax: BOOTLOADER_MAGIC,
         image_span: (lo, hi),
         modules,
@@ -832,7 +879,7 @@ pub fn load(
 pub(crate) mod tests {
     use super::super::e820::{self, fake::FakeRam};
     use super::*;
-    use crate::vm::memory;
+    use crate::layout as memory;
     use alloc::string::ToString;
 
     const MIB: u64 = 1 << 20;
@@ -1351,7 +1398,7 @@ pub(crate) mod tests {
         // The GDT in the block, 8-aligned, clear of the image.
         assert_eq!(s.gdt_gpa % 8, 0);
         assert!(s.gdt_gpa > i && s.gdt_gpa + 32 <= 0x8000);
-        for (k, d) in crate::loader::setup::GDT.iter().enumerate() {
+        for (k, d) in crate::setup::GDT.iter().enumerate() {
             assert_eq!(ram.u64(s.gdt_gpa + 8 * k as u64), *d);
         }
 

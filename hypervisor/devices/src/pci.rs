@@ -39,7 +39,7 @@ pub const INTERRUPT_PIN: usize = 0x3D;
 pub const MULTI_FUNCTION: u8 = 0x80;
 
 /// 256 bytes of configuration space with per-bit write masks.
-#[derive(Clone)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigSpace {
     data: [u8; 256],
     /// Bits software may write.
@@ -68,25 +68,43 @@ impl ConfigSpace {
         c
     }
 
+    // Set-up helpers: bytes beyond the 256-byte space are ignored.
     pub fn set_u8(&mut self, off: usize, v: u8) {
-        self.data[off] = v;
+        self.put(off, &[v]);
     }
     pub fn set_u16(&mut self, off: usize, v: u16) {
-        self.data[off..off + 2].copy_from_slice(&v.to_le_bytes());
+        self.put(off, &v.to_le_bytes());
     }
     pub fn set_u32(&mut self, off: usize, v: u32) {
-        self.data[off..off + 4].copy_from_slice(&v.to_le_bytes());
+        self.put(off, &v.to_le_bytes());
+    }
+    fn put(&mut self, off: usize, bytes: &[u8]) {
+        for (d, &b) in self.data.iter_mut().skip(off).zip(bytes) {
+            *d = b;
+        }
     }
     /// Makes the bits of `mask` (little-endian, `len` bytes) at `off` writable.
     pub fn set_writable(&mut self, off: usize, len: usize, mask: u32) {
-        for i in 0..len {
-            self.writable[off + i] = (mask >> (8 * i)) as u8;
+        let bytes = mask.to_le_bytes();
+        for (w, &m) in self
+            .writable
+            .iter_mut()
+            .skip(off)
+            .zip(bytes.iter().take(len))
+        {
+            *w = m;
         }
     }
     /// Makes the bits of `mask` at `off` write-one-to-clear.
     pub fn set_write_one_clear(&mut self, off: usize, len: usize, mask: u32) {
-        for i in 0..len {
-            self.write_one_clear[off + i] = (mask >> (8 * i)) as u8;
+        let bytes = mask.to_le_bytes();
+        for (w, &m) in self
+            .write_one_clear
+            .iter_mut()
+            .skip(off)
+            .zip(bytes.iter().take(len))
+        {
+            *w = m;
         }
     }
 
@@ -94,32 +112,44 @@ impl ConfigSpace {
     /// the address bits below the size read as zero, so writing all-ones and
     /// reading back gives the size (PCI 3.0, 6.2.5.1).
     pub fn set_bar(&mut self, index: usize, size: u32, io: bool) {
-        let off = BAR0 + 4 * index;
-        let size = size.max(if io { 4 } else { 16 }).next_power_of_two();
+        let Some(off) = index.checked_mul(4).and_then(|o| o.checked_add(BAR0)) else {
+            return;
+        };
+        // A size above 2 GiB rounds to 0: then no address bit is writable.
+        let size = size
+            .max(if io { 4 } else { 16 })
+            .checked_next_power_of_two()
+            .unwrap_or(0);
         let low = if io { 0x1 } else { 0x0 };
         self.set_u32(off, low);
-        self.set_writable(off, 4, !(size - 1));
+        self.set_writable(off, 4, !size.wrapping_sub(1));
     }
 
     pub fn read(&self, off: usize, size: usize) -> u32 {
-        (0..size)
-            .filter(|i| off + i < 256)
-            .fold(0, |v, i| v | u32::from(self.data[off + i]) << (8 * i))
+        self.data
+            .iter()
+            .skip(off)
+            .take(size)
+            .enumerate()
+            .fold(0, |v, (i, &b)| v | u32::from(b) << (i << 3))
     }
 
     pub fn write(&mut self, off: usize, size: usize, value: u32) {
-        for i in (0..size).filter(|i| off + i < 256) {
-            let (b, o) = ((value >> (8 * i)) as u8, off + i);
-            let w = self.writable[o];
-            let c = self.write_one_clear[o];
-            self.data[o] = (self.data[o] & !w) | (b & w);
-            self.data[o] &= !(b & c);
+        let bytes = value.to_le_bytes();
+        let cells = self
+            .data
+            .iter_mut()
+            .zip(self.writable.iter().zip(self.write_one_clear.iter()))
+            .skip(off);
+        for ((d, (&w, &c)), &b) in cells.zip(bytes.iter().take(size)) {
+            *d = (*d & !w) | (b & w);
+            *d &= !(b & c);
         }
     }
 }
 
 /// One function on the bus.
-#[derive(Clone)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PciFunction {
     pub bus: u8,
     pub device: u8,
@@ -195,6 +225,7 @@ pub fn isa_bridge_piix3() -> PciFunction {
     }
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pci {
     address: u32,
     reset_control: u8,
@@ -269,7 +300,8 @@ impl Pci {
         let bus = (a >> 16) as u8;
         let device = ((a >> 11) & 0x1F) as u8;
         let function = ((a >> 8) & 7) as u8;
-        let off = (a & 0xFC) as usize + usize::from(byte);
+        // The register number has bits 1:0 clear; `byte` is 0..3.
+        let off = (a & 0xFC) as usize | usize::from(byte & 3);
         Some((bus, device, function, off))
     }
 }
@@ -288,10 +320,11 @@ impl PortDevice for Pci {
             (CONFIG_ADDRESS, 4) => self.address,
             (RESET_CONTROL, 1) => u32::from(self.reset_control),
             (CONFIG_DATA..=0xCFF, _) => {
-                let byte = port - CONFIG_DATA;
+                // CONFIG_DATA is dword-aligned: the byte within it.
+                let byte = port & 3;
                 match self.target(byte) {
                     // An access must stay within the dword.
-                    Some((b, d, f, off)) if byte + u16::from(size) <= 4 => {
+                    Some((b, d, f, off)) if byte.saturating_add(u16::from(size)) <= 4 => {
                         self.config_read(b, d, f, off, size)
                     }
                     _ => all_ones(size),
@@ -318,9 +351,10 @@ impl PortDevice for Pci {
                 }
             }
             (CONFIG_DATA..=0xCFF, _) => {
-                let byte = port - CONFIG_DATA;
+                // CONFIG_DATA is dword-aligned: the byte within it.
+                let byte = port & 3;
                 if let Some((b, d, f, off)) = self.target(byte) {
-                    if byte + u16::from(size) <= 4 {
+                    if byte.saturating_add(u16::from(size)) <= 4 {
                         self.config_write(b, d, f, off, size, value);
                     }
                 }
@@ -330,6 +364,8 @@ impl PortDevice for Pci {
         Action::None
     }
 }
+
+crate::state::plain_state!(Pci, 1, |_me| Pci::new());
 
 #[cfg(test)]
 mod tests {

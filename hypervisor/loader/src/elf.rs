@@ -54,7 +54,10 @@ pub struct Segment {
 impl Segment {
     /// The file bytes of this segment (bounds were checked by [`parse`]).
     pub fn data<'a>(&self, image: &'a [u8]) -> &'a [u8] {
-        &image[self.file_offset..self.file_offset + self.file_size as usize]
+        image
+            .get(self.file_offset..)
+            .and_then(|rest| rest.get(..self.file_size as usize))
+            .unwrap_or_default()
     }
 }
 
@@ -209,20 +212,25 @@ impl fmt::Display for ElfError {
     }
 }
 
+/// `N` bytes at `off`; zeros past the end (callers check lengths first).
+fn bytes_at<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
+    let mut a = [0; N];
+    if let Some(s) = off.checked_add(N).and_then(|end| b.get(off..end)) {
+        a.copy_from_slice(s);
+    }
+    a
+}
+
 fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
+    u16::from_le_bytes(bytes_at(b, off))
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
-    let mut a = [0; 4];
-    a.copy_from_slice(&b[off..off + 4]);
-    u32::from_le_bytes(a)
+    u32::from_le_bytes(bytes_at(b, off))
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {
-    let mut a = [0; 8];
-    a.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(a)
+    u64::from_le_bytes(bytes_at(b, off))
 }
 
 /// Validates an ELF64 x86-64 executable and lists its loadable segments.
@@ -231,19 +239,20 @@ pub fn parse(image: &[u8]) -> Result<ElfImage, ElfError> {
         return Err(ElfError::HeaderTruncated { len: image.len() });
     }
     // e_ident (ELF-64 §3, Table 2).
-    let magic = [image[0], image[1], image[2], image[3]];
+    let magic: [u8; 4] = bytes_at(image, 0);
     if magic != *b"\x7fELF" {
         return Err(ElfError::BadMagic { found: magic });
     }
-    if image[4] != 2 {
-        return Err(ElfError::NotElf64 { class: image[4] });
+    let [class, data, ident_version] = bytes_at(image, 4);
+    if class != 2 {
+        return Err(ElfError::NotElf64 { class });
     }
-    if image[5] != 1 {
-        return Err(ElfError::NotLittleEndian { data: image[5] });
+    if data != 1 {
+        return Err(ElfError::NotLittleEndian { data });
     }
-    if image[6] != 1 {
+    if ident_version != 1 {
         return Err(ElfError::BadVersion {
-            version: image[6].into(),
+            version: ident_version.into(),
         });
     }
     let e_type = u16_at(image, 16);
@@ -268,7 +277,8 @@ pub fn parse(image: &[u8]) -> Result<ElfImage, ElfError> {
     if phnum > 0 && usize::from(phentsize) < PHDR_SIZE {
         return Err(ElfError::BadPhentsize { size: phentsize });
     }
-    let table_len = u64::from(phentsize) * u64::from(phnum);
+    // Two u16s: the product fits u64.
+    let table_len = u64::from(phentsize).saturating_mul(u64::from(phnum));
     let phdrs_truncated = ElfError::ProgramHeadersTruncated {
         offset: phoff,
         count: phnum,
@@ -281,8 +291,16 @@ pub fn parse(image: &[u8]) -> Result<ElfImage, ElfError> {
 
     let mut segments: Vec<Segment> = Vec::new();
     for index in 0..usize::from(phnum) {
-        let ph = phoff as usize + index * usize::from(phentsize);
-        let ph = &image[ph..ph + PHDR_SIZE];
+        // Inside the table, which lies inside the image (checked above).
+        let ph = (phoff as usize).saturating_add(index.saturating_mul(usize::from(phentsize)));
+        let ph = image
+            .get(ph..)
+            .and_then(|rest| rest.get(..PHDR_SIZE))
+            .ok_or(ElfError::ProgramHeadersTruncated {
+                offset: phoff,
+                count: phnum,
+                len: image.len(),
+            })?;
         if u32_at(ph, 0) != PT_LOAD {
             continue;
         }
@@ -324,7 +342,8 @@ pub fn parse(image: &[u8]) -> Result<ElfImage, ElfError> {
             what: "virtual address + memory size",
         })?;
         for s in &segments {
-            let send = s.paddr + s.mem_size;
+            // Overflow was ruled out when `s` was pushed.
+            let send = s.paddr.saturating_add(s.mem_size);
             if s.paddr < pend && paddr < send {
                 return Err(ElfError::Overlap {
                     index,
@@ -348,7 +367,7 @@ pub fn parse(image: &[u8]) -> Result<ElfImage, ElfError> {
     }
     let seg = segments
         .iter()
-        .find(|s| entry >= s.vaddr && entry - s.vaddr < s.mem_size)
+        .find(|s| entry.checked_sub(s.vaddr).is_some_and(|o| o < s.mem_size))
         .ok_or(ElfError::EntryOutsideSegments { entry })?;
     if !seg.flags.contains(SegmentFlags::X) {
         return Err(ElfError::EntryNotExecutable {
@@ -356,7 +375,8 @@ pub fn parse(image: &[u8]) -> Result<ElfImage, ElfError> {
             index: seg.index,
         });
     }
-    let entry_paddr = seg.paddr + (entry - seg.vaddr);
+    // Below paddr + mem_size, which doesn't overflow.
+    let entry_paddr = seg.paddr.saturating_add(entry.saturating_sub(seg.vaddr));
     Ok(ElfImage {
         entry,
         entry_paddr,
@@ -376,7 +396,7 @@ impl ElfImage {
                 });
             }
             // Overflow was ruled out by `parse`.
-            let end = s.paddr + s.mem_size;
+            let end = s.paddr.saturating_add(s.mem_size);
             if end > ram_size {
                 return Err(ElfError::SegmentBeyondRam {
                     index: s.index,
@@ -394,7 +414,7 @@ impl ElfImage {
         let hi = self
             .segments
             .iter()
-            .map(|s| s.paddr + s.mem_size)
+            .map(|s| s.paddr.saturating_add(s.mem_size))
             .max()
             .unwrap_or(0);
         (lo, hi)

@@ -27,6 +27,7 @@ use super::e820::{E820Map, E820Type, EBDA_START};
 pub const BDA_GPA: u64 = 0x400;
 /// Length of the BDA.
 pub const BDA_LEN: usize = 0x100;
+const BDA_END: u64 = BDA_GPA + BDA_LEN as u64;
 /// Size of the EBDA in KiB.
 pub const EBDA_KIB: u16 = 1;
 /// End of conventional memory (640 KiB).
@@ -34,6 +35,8 @@ const CONVENTIONAL_END: u64 = 0xA_0000;
 
 /// BDA offsets (relative to 0x400).
 const COM_BASES: usize = 0x00;
+/// Four 2-byte COM port slots.
+const COM_BASES_END: usize = COM_BASES + 8;
 const EBDA_SEGMENT: usize = 0x0E;
 const EQUIPMENT: usize = 0x10;
 const BASE_MEMORY_KIB: usize = 0x13;
@@ -69,13 +72,13 @@ pub fn build(low_ram_end: u64, com_ports: &[u16]) -> Option<BiosData> {
     } else {
         top.checked_sub(ebda_kib * 1024)?
     };
-    if ebda_gpa < BDA_GPA + BDA_LEN as u64 {
+    if ebda_gpa < BDA_END {
         return None;
     }
     let mut bda = [0u8; BDA_LEN];
-    for (i, port) in com_ports.iter().take(4).enumerate() {
-        let o = COM_BASES + 2 * i;
-        bda[o..o + 2].copy_from_slice(&port.to_le_bytes());
+    let com = bda.get_mut(COM_BASES..COM_BASES_END).unwrap_or_default();
+    for (slot, port) in com.chunks_exact_mut(2).zip(com_ports.iter().take(4)) {
+        slot.copy_from_slice(&port.to_le_bytes());
     }
     bda[EBDA_SEGMENT..EBDA_SEGMENT + 2].copy_from_slice(&((ebda_gpa >> 4) as u16).to_le_bytes());
     let serial = com_ports.len().min(4) as u16;
@@ -97,7 +100,7 @@ impl BiosData {
         if self.ebda_gpa < CONVENTIONAL_END {
             map.set(
                 self.ebda_gpa,
-                CONVENTIONAL_END - self.ebda_gpa,
+                CONVENTIONAL_END.saturating_sub(self.ebda_gpa),
                 E820Type::Reserved,
             )?;
         }
@@ -115,7 +118,7 @@ impl BiosData {
 mod tests {
     use super::super::e820::{self, fake::FakeRam, GuestRam};
     use super::*;
-    use crate::vm::memory;
+    use crate::layout as memory;
 
     fn u16_at(b: &[u8], o: usize) -> u16 {
         u16::from_le_bytes([b[o], b[o + 1]])

@@ -32,12 +32,18 @@ const B_OUT2: u8 = 1 << 5;
 const REFRESH_TICKS: u64 = 18;
 
 fn ns_to_ticks(ns: u64) -> u64 {
-    (u128::from(ns) * u128::from(PIT_HZ) / 1_000_000_000) as u64
+    // 2^64 ns times 1.19 MHz fits u128 easily.
+    (u128::from(ns).saturating_mul(u128::from(PIT_HZ)) / 1_000_000_000) as u64
+}
+
+/// `a % m`; every modulus and period here is at least 2.
+fn rem(a: u64, m: u64) -> u64 {
+    a.checked_rem(m).unwrap_or(0)
 }
 
 /// The first time (ns) at which `ns_to_ticks` reaches `tick`.
 fn ticks_to_ns(tick: u64) -> u64 {
-    let n = u128::from(tick) * 1_000_000_000;
+    let n = u128::from(tick).saturating_mul(1_000_000_000);
     n.div_ceil(u128::from(PIT_HZ)).min(u128::from(u64::MAX)) as u64
 }
 
@@ -45,7 +51,10 @@ fn bcd_decode(raw: u16) -> u32 {
     let mut v = 0u32;
     for shift in [12, 8, 4, 0] {
         // A nibble above 9 is not a BCD digit; it counts as 9.
-        v = v * 10 + u32::from((raw >> shift) & 0xF).min(9);
+        // Four digits: at most 9999.
+        v = v
+            .saturating_mul(10)
+            .saturating_add(u32::from((raw >> shift) & 0xF).min(9));
     }
     v
 }
@@ -68,7 +77,7 @@ enum Run {
     Paused { counted: u64 },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Counter {
     /// Operating mode 0-5 (6 and 7 are read as 2 and 3).
     mode: u8,
@@ -151,29 +160,32 @@ impl Counter {
 
     /// The counting element at tick `t` (binary, 0..modulus).
     fn value(&self, t: u64) -> u32 {
-        let m = self.modulus();
+        // Counts and the modulus are at most 2^16: n + m - (c mod m) is exact.
+        let m = u64::from(self.modulus());
         let n = u64::from(self.n);
-        let wrap = |c: u64| ((n + u64::from(m) - c % u64::from(m)) % u64::from(m)) as u32;
+        let wrap = |c: u64| rem(n.wrapping_add(m).wrapping_sub(rem(c, m)), m) as u32;
         match self.run {
             Run::Idle => self.idle_value,
             Run::Paused { counted } => wrap(counted),
-            Run::Counting { load } if t < load => self.n % m,
+            Run::Counting { load } if t < load => rem(n, m) as u32,
             Run::Counting { load } => {
-                let c = t - load;
+                // t >= load (the arm above).
+                let c = t.wrapping_sub(load);
                 match self.mode {
                     2 => {
                         let p = self.period(self.n);
-                        ((p - c % p) % u64::from(m)) as u32
+                        rem(p.wrapping_sub(rem(c, p)), m) as u32
                     }
                     3 => {
                         // Counts down by two; odd counts load N-1 and give
                         // the high half one clock more ("Mode 3").
                         let p = self.period(self.n);
-                        let pos = c % p;
+                        let pos = rem(c, p);
                         let high = p.div_ceil(2);
                         let start = p & !1;
-                        let step = if pos < high { pos } else { pos - high };
-                        ((start - 2 * step.min(start / 2)) % u64::from(m)) as u32
+                        let step = pos.checked_sub(high).unwrap_or(pos);
+                        // 2 * min(step, start / 2) <= start.
+                        rem(start.wrapping_sub(step.min(start / 2) << 1), m) as u32
                     }
                     _ => wrap(c),
                 }
@@ -194,19 +206,20 @@ impl Counter {
             },
             Run::Counting { load } if t < load => self.mode != 0,
             Run::Counting { load } => {
-                let c = t - load;
+                // t >= load (the arm above).
+                let c = t.wrapping_sub(load);
                 match self.mode {
                     // Low until terminal count, then high.
                     0 | 1 => c >= n,
                     // Low for the one clock with count 1.
                     2 => {
                         let p = self.period(self.n);
-                        c % p != p - 1
+                        rem(c, p) != p.wrapping_sub(1)
                     }
                     // High for ceil(N/2) clocks, low for floor(N/2).
                     3 => {
                         let p = self.period(self.n);
-                        c % p < p.div_ceil(2)
+                        rem(c, p) < p.div_ceil(2)
                     }
                     // A one-clock low strobe at terminal count.
                     _ => c != n,
@@ -227,19 +240,22 @@ impl Counter {
         let n64 = u64::from(n);
         let once = |r: u64| (r > t).then_some(r);
         match self.mode {
-            0 | 1 => once(load + n64),
+            0 | 1 => once(load.saturating_add(n64)),
             2 | 3 => {
                 // A pending count only applies at a boundary of the current
                 // period, which is itself a rising edge, so the old period
                 // gives the right answer before it.
                 let p = self.period(n);
-                if t < load + p {
-                    Some(load + p)
+                let first = load.saturating_add(p);
+                if t < first {
+                    Some(first)
                 } else {
-                    Some(load + p * ((t - load) / p + 1))
+                    let periods =
+                        (t.saturating_sub(load).checked_div(p).unwrap_or(0)).saturating_add(1);
+                    Some(load.saturating_add(p.saturating_mul(periods)))
                 }
             }
-            _ => once(load + n64 + 1),
+            _ => once(load.saturating_add(n64).saturating_add(1)),
         }
     }
 
@@ -268,8 +284,9 @@ impl Counter {
         }
         self.idle_value = self.value(t);
         self.mode_bits = (v >> 1) & 7;
+        // Mode bits 110b and 111b are modes 2 and 3.
         self.mode = if self.mode_bits >= 6 {
-            self.mode_bits - 4
+            self.mode_bits & 3
         } else {
             self.mode_bits
         };
@@ -335,9 +352,11 @@ impl Counter {
             // Loaded on the next clock; counting while the gate is high.
             0 | 4 => {
                 self.n = n;
-                self.null_clear = Some(t + 1);
+                self.null_clear = Some(t.saturating_add(1));
                 self.run = if self.gate {
-                    Run::Counting { load: t + 1 }
+                    Run::Counting {
+                        load: t.saturating_add(1),
+                    }
                 } else {
                     Run::Paused { counted: 0 }
                 };
@@ -350,7 +369,7 @@ impl Counter {
                     // count is written during counting, it will be loaded at
                     // the end of the current period"; mode 3 strictly at the
                     // end of the half-cycle, here at the end of the period).
-                    let at = self.next_rise_after(t).unwrap_or(t + 1);
+                    let at = self.next_rise_after(t).unwrap_or(t.saturating_add(1));
                     self.pending = Some((n, at));
                     self.null_clear = Some(at);
                 }
@@ -361,8 +380,10 @@ impl Counter {
                 _ => {
                     self.n = n;
                     if self.gate {
-                        self.run = Run::Counting { load: t + 1 };
-                        self.null_clear = Some(t + 1);
+                        self.run = Run::Counting {
+                            load: t.saturating_add(1),
+                        };
+                        self.null_clear = Some(t.saturating_add(1));
                     } else {
                         self.null_clear = None;
                     }
@@ -387,7 +408,7 @@ impl Counter {
                 }
                 (true, Run::Paused { counted }) => {
                     self.run = Run::Counting {
-                        load: t + 1 - counted,
+                        load: t.saturating_add(1).saturating_sub(counted),
                     };
                 }
                 _ => {}
@@ -396,8 +417,10 @@ impl Counter {
             1 | 5 => {
                 if let (true, Some(cr)) = (gate, self.cr) {
                     self.n = cr;
-                    self.run = Run::Counting { load: t + 1 };
-                    self.null_clear = Some(t + 1);
+                    self.run = Run::Counting {
+                        load: t.saturating_add(1),
+                    };
+                    self.null_clear = Some(t.saturating_add(1));
                 }
             }
             // Low stops counting and forces OUT high; a rising edge reloads
@@ -407,8 +430,10 @@ impl Counter {
                     if let Some(cr) = self.cr {
                         self.n = cr;
                         self.pending = None;
-                        self.run = Run::Counting { load: t + 1 };
-                        self.null_clear = Some(t + 1);
+                        self.run = Run::Counting {
+                            load: t.saturating_add(1),
+                        };
+                        self.null_clear = Some(t.saturating_add(1));
                     }
                 } else {
                     self.idle_value = self.value(t);
@@ -462,6 +487,7 @@ impl Counter {
     }
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pit {
     counters: [Counter; 3],
     /// Port 0x61 bits 0-3 as written.
@@ -517,8 +543,11 @@ impl Pit {
     /// OUT of counter `i` now.
     pub fn out(&mut self, i: usize) -> bool {
         let t = self.tick();
-        self.counters[i].sync(t);
-        self.counters[i].out(t)
+        let Some(c) = self.counters.get_mut(i) else {
+            return false;
+        };
+        c.sync(t);
+        c.out(t)
     }
 
     /// Whether counter 2's output reaches the speaker (OUT2 and 0x61 bit 1).
@@ -548,13 +577,18 @@ impl Pit {
         if i == 0 {
             self.before_change(t);
         }
-        self.counters[i].control(v, t);
+        if let Some(c) = self.counters.get_mut(i) {
+            c.control(v, t);
+        }
     }
 
     fn read_byte(&mut self, port: u16) -> u8 {
         let t = self.tick();
         match port {
-            0x40..=0x42 => self.counters[usize::from(port - 0x40)].read(t),
+            0x40..=0x42 => self
+                .counters
+                .get_mut(usize::from(port & 3))
+                .map_or(0xFF, |c| c.read(t)),
             PORT_B => {
                 let c = &mut self.counters[2];
                 c.sync(t);
@@ -578,7 +612,11 @@ impl Pit {
                 self.before_change(t);
                 self.counters[0].write(v, t);
             }
-            0x41 | 0x42 => self.counters[usize::from(port - 0x40)].write(v, t),
+            0x41 | 0x42 => {
+                if let Some(c) = self.counters.get_mut(usize::from(port & 3)) {
+                    c.write(v, t);
+                }
+            }
             PORT_CONTROL => self.write_control(v, t),
             PORT_B => {
                 self.port_b = v & B_WRITABLE;
@@ -611,14 +649,14 @@ impl PortDevice for Pit {
             } else {
                 0xFF
             };
-            v |= u32::from(b) << (8 * i);
+            v |= u32::from(b) << (i << 3);
         }
         v
     }
 
     fn write(&mut self, port: u16, size: u8, value: u32) -> Action {
         for i in 0..u16::from(size.min(4)) {
-            self.write_byte(port.wrapping_add(i), (value >> (8 * i)) as u8);
+            self.write_byte(port.wrapping_add(i), (value >> (i << 3)) as u8);
         }
         Action::None
     }
@@ -653,6 +691,10 @@ impl PortDevice for Pit {
             .map(ticks_to_ns)
     }
 }
+
+// Power-on: counters unprogrammed, guest time back at 0 (a power cycle
+// restarts the guest clock too).
+crate::state::plain_state!(Pit, 1, |_me| Pit::new());
 
 #[cfg(test)]
 mod tests {

@@ -19,8 +19,8 @@
 //! | initrd | page-aligned, as high as possible below `initrd_addr_max` and 4 GiB, clear of the kernel |
 
 use super::e820::{E820Map, E820Type, GuestRam};
-use crate::mm::PAGE;
-use crate::vm::memory::FOUR_GIB;
+use crate::layout::FOUR_GIB;
+use crate::layout::PAGE;
 use alloc::vec;
 use core::fmt;
 
@@ -52,6 +52,8 @@ const VID_MODE: usize = 0x1FA;
 const BOOT_FLAG: usize = 0x1FE;
 const JUMP: usize = 0x200;
 const HEADER: usize = 0x202;
+/// The byte of the leading short jump that gives the header's length.
+const JUMP_TARGET: usize = JUMP + 1;
 const VERSION: usize = 0x206;
 const TYPE_OF_LOADER: usize = 0x210;
 const LOADFLAGS: usize = 0x211;
@@ -83,6 +85,7 @@ const E820_TABLE: usize = 0x2D0;
 /// E820_MAX_ENTRIES_ZEROPAGE.
 pub const E820_MAX: usize = 128;
 const ZERO_PAGE_LEN: usize = 4096;
+const BOOT_PARAMS_END: u64 = BOOT_PARAMS_GPA + ZERO_PAGE_LEN as u64;
 
 /// "HdrS" read as a little-endian u32.
 const HDRS: u32 = u32::from_le_bytes(*b"HdrS");
@@ -143,7 +146,10 @@ impl SetupHeader {
 
     /// File offset of the protected-mode kernel.
     pub fn kernel_offset(&self) -> usize {
-        (self.setup_sects as usize + 1) * 512
+        // setup_sects is a byte (0 read as 4): at most 256 * 512.
+        (self.setup_sects as usize)
+            .saturating_add(1)
+            .saturating_mul(512)
     }
 }
 
@@ -271,20 +277,37 @@ impl fmt::Display for BzError {
     }
 }
 
+/// `N` bytes at `off`; zeros past the end (the header length is checked
+/// before any field is read).
+fn bytes_at<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
+    let mut a = [0; N];
+    if let Some(s) = off.checked_add(N).and_then(|end| b.get(off..end)) {
+        a.copy_from_slice(s);
+    }
+    a
+}
+
+fn byte_at(b: &[u8], off: usize) -> u8 {
+    b.get(off).copied().unwrap_or(0)
+}
+
 fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
+    u16::from_le_bytes(bytes_at(b, off))
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+    u32::from_le_bytes(bytes_at(b, off))
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {
-    u64::from(u32_at(b, off)) | (u64::from(u32_at(b, off + 4)) << 32)
+    u64::from_le_bytes(bytes_at(b, off))
 }
 
+/// Writes `v` at `off` of the zero page (fixed offsets inside it).
 fn put(b: &mut [u8], off: usize, v: &[u8]) {
-    b[off..off + v.len()].copy_from_slice(v);
+    if let Some(d) = off.checked_add(v.len()).and_then(|end| b.get_mut(off..end)) {
+        d.copy_from_slice(v);
+    }
 }
 
 /// Reads and validates the setup header at 0x1F1 (boot.rst "THE REAL-MODE
@@ -314,7 +337,7 @@ pub fn parse_header(image: &[u8]) -> Result<SetupHeader, BzError> {
     }
     // The header's length is the target of its leading short jump (boot.rst
     // "64-bit BOOT PROTOCOL": end = 0x0202 + byte at 0x0201).
-    let header_end = HEADER + usize::from(image[JUMP + 1]);
+    let header_end = HEADER.saturating_add(usize::from(byte_at(image, JUMP_TARGET)));
     if header_end < HEADER_NEEDED_END {
         return Err(BzError::HeaderTooShort { end: header_end });
     }
@@ -324,12 +347,12 @@ pub fn parse_header(image: &[u8]) -> Result<SetupHeader, BzError> {
             need: header_end,
         });
     }
-    let loadflags = image[LOADFLAGS];
+    let loadflags = byte_at(image, LOADFLAGS);
     if loadflags & LOADED_HIGH == 0 {
         return Err(BzError::NotLoadedHigh { loadflags });
     }
     let xloadflags = u16_at(image, XLOADFLAGS);
-    let relocatable = image[RELOCATABLE_KERNEL] != 0;
+    let relocatable = byte_at(image, RELOCATABLE_KERNEL) != 0;
     let kernel_alignment = u32_at(image, KERNEL_ALIGNMENT);
     if relocatable && !kernel_alignment.is_power_of_two() {
         return Err(BzError::BadAlignment {
@@ -337,7 +360,7 @@ pub fn parse_header(image: &[u8]) -> Result<SetupHeader, BzError> {
         });
     }
     // setup_sects: "If this field is 0, the real value is 4."
-    let setup_sects = match image[SETUP_SECTS] {
+    let setup_sects = match byte_at(image, SETUP_SECTS) {
         0 => 4,
         n => u32::from(n),
     };
@@ -361,7 +384,7 @@ pub fn parse_header(image: &[u8]) -> Result<SetupHeader, BzError> {
     // syssize counts 16-byte paragraphs, rounded up (boot.rst "Details of
     // Header Fields", syssize): the file may end up to 15 bytes short of
     // syssize * 16.
-    let syssize_bytes = u64::from(hdr.syssize) * 16;
+    let syssize_bytes = u64::from(hdr.syssize).saturating_mul(16);
     if have == 0 || (have as u64).saturating_add(15) < syssize_bytes {
         return Err(BzError::KernelTruncated {
             offset,
@@ -408,14 +431,15 @@ pub struct BootSetup {
 }
 
 fn align_up(v: u64, a: u64) -> Option<u64> {
-    Some(v.checked_add(a - 1)? & !(a - 1))
+    let mask = a.checked_sub(1)?;
+    Some(v.checked_add(mask)? & !mask)
 }
 
 /// The ranges a placement must stay clear of.
 fn overlaps(a: u64, len: u64, avoid: &[(u64, u64)]) -> Option<u64> {
     avoid
         .iter()
-        .find(|&&(s, e)| a < e && s < a + len)
+        .find(|&&(s, e)| a < e && s < a.saturating_add(len))
         .map(|&(s, _)| s)
 }
 
@@ -433,8 +457,9 @@ fn place_high(
         }
         let bottom = e.addr.max(floor);
         let mut top = e.end().min(limit);
-        while top >= bottom && top - bottom >= size {
-            let a = (top - size) & !(PAGE - 1);
+        while top.checked_sub(bottom).is_some_and(|room| room >= size) {
+            // top - size >= bottom (the loop condition).
+            let a = top.saturating_sub(size) & !(PAGE - 1);
             if a < bottom {
                 break;
             }
@@ -453,7 +478,8 @@ fn place_high(
 /// [`BootSetup::entry`] (see the module docs and [`GDT64`]).
 pub fn load(image: &[u8], mem: &impl GuestRam, cfg: &BootConfig) -> Result<BootSetup, BzError> {
     let hdr = parse_header(image)?;
-    let kernel = &image[hdr.kernel_offset()..];
+    // parse_header checked that the kernel starts inside the file.
+    let kernel = image.get(hdr.kernel_offset()..).unwrap_or_default();
     let map = cfg.e820;
 
     // Load address and the runtime start the kernel will move itself to
@@ -472,8 +498,11 @@ pub fn load(image: &[u8], mem: &impl GuestRam, cfg: &BootConfig) -> Result<BootS
         (HIGH_LOAD, hdr.pref_address.max(HIGH_LOAD))
     };
     let start = load.min(runtime);
-    let end = (load + kernel.len() as u64).max(runtime.saturating_add(u64::from(hdr.init_size)));
-    if !map.is_ram(start, end - start) {
+    let end = load
+        .saturating_add(kernel.len() as u64)
+        .max(runtime.saturating_add(u64::from(hdr.init_size)));
+    // end >= load >= start.
+    if !map.is_ram(start, end.saturating_sub(start)) {
         return Err(BzError::KernelDoesNotFit { start, end });
     }
 
@@ -485,7 +514,8 @@ pub fn load(image: &[u8], mem: &impl GuestRam, cfg: &BootConfig) -> Result<BootS
             max,
         });
     }
-    let cmdline_len = cfg.cmdline.len() as u64 + 1;
+    // At most CMDLINE_SPACE (checked above) with the NUL.
+    let cmdline_len = (cfg.cmdline.len() as u64).saturating_add(1);
     let not_ram = |what, gpa, len| BzError::NotRam { what, gpa, len };
     if !map.is_ram(CMDLINE_GPA, cmdline_len) {
         return Err(not_ram("command line", CMDLINE_GPA, cmdline_len));
@@ -499,14 +529,16 @@ pub fn load(image: &[u8], mem: &impl GuestRam, cfg: &BootConfig) -> Result<BootS
     // lower fits.
     let avoid = [
         (start, end),
-        (BOOT_PARAMS_GPA, BOOT_PARAMS_GPA + ZERO_PAGE_LEN as u64),
-        (CMDLINE_GPA, CMDLINE_GPA + cmdline_len),
+        (BOOT_PARAMS_GPA, BOOT_PARAMS_END),
+        (CMDLINE_GPA, CMDLINE_GPA.saturating_add(cmdline_len)),
     ];
     let initrd = match cfg.initrd {
         None => None,
         Some(data) => {
             let size = data.len() as u64;
-            let limit = (u64::from(hdr.initrd_addr_max) + 1).min(FOUR_GIB);
+            let limit = u64::from(hdr.initrd_addr_max)
+                .saturating_add(1)
+                .min(FOUR_GIB);
             let above_4g = hdr.xloadflags & XLF_CAN_BE_LOADED_ABOVE_4G != 0;
             let mut at = place_high(map, size, (0, limit), &avoid);
             if at.is_none() && above_4g {
@@ -532,12 +564,17 @@ pub fn load(image: &[u8], mem: &impl GuestRam, cfg: &BootConfig) -> Result<BootS
     // header copied from the image, then the loader's fields.
     let mut zp = vec![0u8; ZERO_PAGE_LEN];
     let hdr_end = hdr.header_end.min(HDR_AREA_END);
-    zp[SETUP_SECTS..hdr_end].copy_from_slice(&image[SETUP_SECTS..hdr_end]);
-    zp[TYPE_OF_LOADER] = LOADER_UNDEFINED;
+    // hdr_end <= HDR_AREA_END < the zero page, and the image holds the
+    // header up to header_end (parse_header).
+    if let Some(src) = image.get(SETUP_SECTS..hdr_end) {
+        put(&mut zp, SETUP_SECTS, src);
+    }
+    put(&mut zp, TYPE_OF_LOADER, &[LOADER_UNDEFINED]);
     // The heap is the 16-bit setup code's; it does not run here, but a
     // valid heap_end_ptr is what a conforming loader provides (0x10000
     // setup segment minus 0x200).
-    zp[LOADFLAGS] |= CAN_USE_HEAP;
+    let loadflags = byte_at(&zp, LOADFLAGS) | CAN_USE_HEAP;
+    put(&mut zp, LOADFLAGS, &[loadflags]);
     put(&mut zp, HEAP_END_PTR, &0xFE00u16.to_le_bytes());
     put(&mut zp, VID_MODE, &VID_MODE_NORMAL.to_le_bytes());
     // A relocated kernel: code32_start follows the load address.
@@ -565,9 +602,11 @@ pub fn load(image: &[u8], mem: &impl GuestRam, cfg: &BootConfig) -> Result<BootS
     if let (Some(rsdp), true) = (cfg.rsdp, hdr.version >= RSDP_VERSION) {
         put(&mut zp, ACPI_RSDP_ADDR, &rsdp.to_le_bytes());
     }
-    zp[E820_ENTRIES] = entries.len() as u8;
-    for (i, e) in entries.iter().enumerate() {
-        put(&mut zp, E820_TABLE + 20 * i, &e.to_bytes());
+    // At most E820_MAX (checked above): the count fits its byte and the
+    // table its 2560 bytes.
+    put(&mut zp, E820_ENTRIES, &[entries.len() as u8]);
+    for (e, off) in entries.iter().zip((E820_TABLE..).step_by(20)) {
+        put(&mut zp, off, &e.to_bytes());
     }
 
     // Write everything; placement above was checked against the map, so a
@@ -578,14 +617,16 @@ pub fn load(image: &[u8], mem: &impl GuestRam, cfg: &BootConfig) -> Result<BootS
     };
     write("kernel", load, kernel)?;
     write("command line", CMDLINE_GPA, cfg.cmdline.as_bytes())?;
-    write("command line", CMDLINE_GPA + cmdline_len - 1, &[0])?;
+    let nul = CMDLINE_GPA.saturating_add(cfg.cmdline.len() as u64);
+    write("command line", nul, &[0])?;
     if let (Some(data), Some((at, _))) = (cfg.initrd, initrd) {
         write("initrd", at, data)?;
     }
     write("zero page", BOOT_PARAMS_GPA, &zp)?;
 
     Ok(BootSetup {
-        entry: load + 0x200,
+        // load is below 4 GiB's RAM (is_ram above).
+        entry: load.saturating_add(0x200),
         entry32: load,
         boot_params_gpa: BOOT_PARAMS_GPA,
         kernel_load: load,
@@ -600,7 +641,7 @@ pub fn load(image: &[u8], mem: &impl GuestRam, cfg: &BootConfig) -> Result<BootS
 pub(crate) mod tests {
     use super::super::e820::{self, fake::FakeRam, E820Entry};
     use super::*;
-    use crate::vm::memory;
+    use crate::layout as memory;
     use alloc::string::{String, ToString};
     use alloc::vec::Vec;
 

@@ -48,7 +48,7 @@ enum Init {
 }
 
 /// One 8259A.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Chip {
     irr: u8,
     isr: u8,
@@ -141,7 +141,7 @@ impl Chip {
     /// The highest-priority line among `bits`.
     fn highest(&self, bits: u8) -> Option<u8> {
         (0..8)
-            .map(|i| (self.top + i) & 7)
+            .map(|i| self.top.wrapping_add(i) & 7)
             .find(|&l| bits & (1 << l) != 0)
     }
 
@@ -181,7 +181,7 @@ impl Chip {
         }
         if self.icw4 & ICW4_AEOI != 0 {
             if self.rotate_in_aeoi {
-                self.top = (line + 1) & 7;
+                self.top = line.wrapping_add(1) & 7;
             }
         } else {
             self.isr |= m;
@@ -217,7 +217,7 @@ impl Chip {
                 if let Some(l) = self.highest(self.isr) {
                     self.isr &= !(1 << l);
                     if v >> 5 == 0b101 {
-                        self.top = (l + 1) & 7;
+                        self.top = l.wrapping_add(1) & 7;
                     }
                 }
             }
@@ -225,10 +225,10 @@ impl Chip {
             0b011 => self.isr &= !(1 << level),
             0b111 => {
                 self.isr &= !(1 << level);
-                self.top = (level + 1) & 7;
+                self.top = level.wrapping_add(1) & 7;
             }
             // Set priority: `level` becomes the lowest.
-            0b110 => self.top = (level + 1) & 7,
+            0b110 => self.top = level.wrapping_add(1) & 7,
             // Rotate in automatic EOI mode: set / clear.
             0b100 => self.rotate_in_aeoi = true,
             0b000 => self.rotate_in_aeoi = false,
@@ -300,7 +300,7 @@ impl Chip {
 }
 
 /// The master/slave pair with the PIIX ELCRs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pic {
     master: Chip,
     slave: Chip,
@@ -507,18 +507,20 @@ impl PortDevice for Pic {
     fn read(&mut self, port: u16, size: u8) -> u32 {
         let mut v = 0;
         for i in 0..u16::from(size.min(4)) {
-            v |= u32::from(self.read_byte(port.wrapping_add(i))) << (8 * i);
+            v |= u32::from(self.read_byte(port.wrapping_add(i))) << (i << 3);
         }
         v
     }
 
     fn write(&mut self, port: u16, size: u8, value: u32) -> Action {
         for i in 0..u16::from(size.min(4)) {
-            self.write_byte(port.wrapping_add(i), (value >> (8 * i)) as u8);
+            self.write_byte(port.wrapping_add(i), (value >> (i << 3)) as u8);
         }
         Action::None
     }
 }
+
+crate::state::plain_state!(Pic, 1, |_me| Pic::new());
 
 #[cfg(test)]
 mod tests {

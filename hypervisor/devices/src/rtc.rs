@@ -95,35 +95,67 @@ pub fn days_in_month(y: i64, m: u8) -> u8 {
 /// Days from 1970-01-01 to the given proleptic Gregorian date. Counts in
 /// 400-year cycles of 146097 days, with the year starting in March so that
 /// the leap day is the last day of the year.
+///
+/// Exact for any year a `u16` holds (and far beyond); saturates instead of
+/// overflowing for absurd years.
 pub fn days_from_civil(y: i64, m: u8, d: u8) -> i64 {
+    // Month and day are bytes and year_of_cycle < 400: the small terms
+    // below can't overflow; only the cycle count saturates.
     let (m, d) = (i64::from(m), i64::from(d));
-    let y = if m <= 2 { y - 1 } else { y };
+    let y = if m <= 2 { y.saturating_sub(1) } else { y };
     let cycle = y.div_euclid(400);
     let year_of_cycle = y.rem_euclid(400);
     // March = 0; month lengths 31,30,31,30,31 repeat, so (153*m+2)/5 is the
     // day of the year at the start of month m.
-    let mp = (m + 9) % 12;
-    let day_of_year = (153 * mp + 2) / 5 + d - 1;
-    let day_of_cycle = year_of_cycle * 365 + year_of_cycle / 4 - year_of_cycle / 100 + day_of_year;
+    let mp = m.saturating_add(9) % 12;
+    let day_of_year = (mp.saturating_mul(153).saturating_add(2) / 5)
+        .saturating_add(d)
+        .saturating_sub(1);
+    let day_of_cycle = year_of_cycle
+        .saturating_mul(365)
+        .saturating_add(year_of_cycle / 4)
+        .saturating_sub(year_of_cycle / 100)
+        .saturating_add(day_of_year);
     // 719468 days from 0000-03-01 to 1970-01-01.
-    cycle * 146_097 + day_of_cycle - 719_468
+    cycle
+        .saturating_mul(146_097)
+        .saturating_add(day_of_cycle)
+        .saturating_sub(719_468)
 }
 
 /// The inverse of [`days_from_civil`].
 pub fn civil_from_days(days: i64) -> (i64, u8, u8) {
-    let z = days + 719_468;
+    // Everything below the cycle count is smaller than 146097: only the
+    // cycle's year saturates (for absurd inputs).
+    let z = days.saturating_add(719_468);
     let cycle = z.div_euclid(146_097);
     let day_of_cycle = z.rem_euclid(146_097);
     // Years of the cycle: 365 days each, plus leap days every 4 years except
     // centuries (the last day of the cycle belongs to year 399).
-    let year_of_cycle =
-        (day_of_cycle - day_of_cycle / 1460 + day_of_cycle / 36_524 - day_of_cycle / 146_096) / 365;
-    let day_of_year =
-        day_of_cycle - (365 * year_of_cycle + year_of_cycle / 4 - year_of_cycle / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let d = day_of_year - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = cycle * 400 + year_of_cycle + i64::from(m <= 2);
+    let year_of_cycle = day_of_cycle
+        .saturating_sub(day_of_cycle / 1460)
+        .saturating_add(day_of_cycle / 36_524)
+        .saturating_sub(day_of_cycle / 146_096)
+        / 365;
+    let day_of_year = day_of_cycle.saturating_sub(
+        year_of_cycle
+            .saturating_mul(365)
+            .saturating_add(year_of_cycle / 4)
+            .saturating_sub(year_of_cycle / 100),
+    );
+    let mp = day_of_year.saturating_mul(5).saturating_add(2) / 153;
+    let d = day_of_year
+        .saturating_sub(mp.saturating_mul(153).saturating_add(2) / 5)
+        .saturating_add(1);
+    let m = if mp < 10 {
+        mp.saturating_add(3)
+    } else {
+        mp.saturating_sub(9)
+    };
+    let y = cycle
+        .saturating_mul(400)
+        .saturating_add(year_of_cycle)
+        .saturating_add(i64::from(m <= 2));
     (y, m as u8, d as u8)
 }
 
@@ -146,10 +178,12 @@ impl DateTime {
     /// Seconds since 1970-01-01 00:00:00 (fields clamped first).
     pub fn to_unix(self) -> i64 {
         let t = self.normalized();
-        days_from_civil(i64::from(t.year), t.month, t.day) * SECS_PER_DAY
-            + i64::from(t.hour) * 3600
-            + i64::from(t.minute) * 60
-            + i64::from(t.second)
+        // A u16 year's days times 86400 is far below i64::MAX.
+        days_from_civil(i64::from(t.year), t.month, t.day)
+            .saturating_mul(SECS_PER_DAY)
+            .saturating_add(i64::from(t.hour).saturating_mul(3600))
+            .saturating_add(i64::from(t.minute).saturating_mul(60))
+            .saturating_add(i64::from(t.second))
     }
 
     pub fn from_unix(secs: i64) -> Self {
@@ -170,7 +204,7 @@ impl DateTime {
         let t = self.normalized();
         // 1970-01-01 was a Thursday (5).
         let days = days_from_civil(i64::from(t.year), t.month, t.day);
-        ((days + 4).rem_euclid(7) + 1) as u8
+        (days.saturating_add(4).rem_euclid(7).saturating_add(1)) as u8
     }
 }
 
@@ -179,7 +213,8 @@ fn to_bcd(v: u8) -> u8 {
 }
 
 fn from_bcd(v: u8) -> u8 {
-    (v >> 4) * 10 + (v & 0x0F)
+    // At most 15 * 10 + 15.
+    (v >> 4).wrapping_mul(10).wrapping_add(v & 0x0F)
 }
 
 /// A register value in the format register B selects (DM bit).
@@ -217,7 +252,8 @@ fn decode_hour(raw: u8, reg_b: u8) -> u8 {
         return decode(raw, reg_b);
     }
     let h12 = decode(raw & 0x7F, reg_b);
-    (h12 % 12) + if raw & 0x80 != 0 { 12 } else { 0 }
+    // h12 % 12 < 12: the sum is below 24.
+    (h12 % 12).wrapping_add(if raw & 0x80 != 0 { 12 } else { 0 })
 }
 
 /// Decodes raw clock registers 0x00-0x09 as read from a (host) MC146818:
@@ -225,23 +261,26 @@ fn decode_hour(raw: u8, reg_b: u8) -> u8 {
 /// format. A century outside 19-99 (an absent or unset byte) is taken as 19
 /// for two-digit years 70-99 and 20 otherwise. Out-of-range fields are clamped.
 pub fn parse_cmos_time(regs: [u8; 10], reg_b: u8, century: u8) -> DateTime {
-    let yy = decode(regs[usize::from(REG_YEAR)], reg_b).min(99);
+    let raw = |r: u8| regs.get(usize::from(r)).copied().unwrap_or(0);
+    let yy = decode(raw(REG_YEAR), reg_b).min(99);
     let cc = match decode(century, reg_b) {
         c @ 19..=99 => c,
         _ if yy >= 70 => 19,
         _ => 20,
     };
     DateTime {
-        year: u16::from(cc) * 100 + u16::from(yy),
-        month: decode(regs[usize::from(REG_MONTH)], reg_b),
-        day: decode(regs[usize::from(REG_DAY)], reg_b),
-        hour: decode_hour(regs[usize::from(REG_HOURS)], reg_b),
-        minute: decode(regs[usize::from(REG_MINUTES)], reg_b),
-        second: decode(regs[usize::from(REG_SECONDS)], reg_b),
+        // cc <= 99 and yy <= 99.
+        year: u16::from(cc).wrapping_mul(100).wrapping_add(u16::from(yy)),
+        month: decode(raw(REG_MONTH), reg_b),
+        day: decode(raw(REG_DAY), reg_b),
+        hour: decode_hour(raw(REG_HOURS), reg_b),
+        minute: decode(raw(REG_MINUTES), reg_b),
+        second: decode(raw(REG_SECONDS), reg_b),
     }
     .normalized()
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rtc {
     /// Registers 0x00-0x0D and the RAM; 0x0A-0x0D hold the writable bits only
     /// (UIP, C and D are computed).
@@ -276,8 +315,8 @@ impl Rtc {
             irq_reported: false,
             pulse: false,
         };
-        rtc.ram[usize::from(REG_A)] = 0x26;
-        rtc.ram[usize::from(REG_B)] = B_24H;
+        rtc.set_reg(REG_A, 0x26);
+        rtc.set_reg(REG_B, B_24H);
         rtc.store_time(dt.normalized().to_unix(), dt.weekday());
         rtc
     }
@@ -291,7 +330,7 @@ impl Rtc {
     /// Sets a CMOS RAM byte (0x0E-0x7F), e.g. for firmware-defined contents.
     pub fn set_ram(&mut self, index: u8, value: u8) {
         if (0x0E..0x80).contains(&index) {
-            self.ram[usize::from(index)] = value;
+            self.set_reg(index, value);
         }
     }
 
@@ -302,8 +341,15 @@ impl Rtc {
         DateTime::from_unix(secs)
     }
 
+    /// Register or RAM byte `i` (0..0x7F; callers mask the index).
     fn reg(&self, i: u8) -> u8 {
-        self.ram[usize::from(i)]
+        self.ram.get(usize::from(i)).copied().unwrap_or(0xFF)
+    }
+
+    fn set_reg(&mut self, i: u8, v: u8) {
+        if let Some(r) = self.ram.get_mut(usize::from(i)) {
+            *r = v;
+        }
     }
 
     fn running(&self) -> bool {
@@ -314,20 +360,22 @@ impl Rtc {
     fn store_time(&mut self, secs: i64, weekday: u8) {
         let b = self.reg(REG_B);
         let t = DateTime::from_unix(secs);
-        self.ram[usize::from(REG_SECONDS)] = encode(t.second, b);
-        self.ram[usize::from(REG_MINUTES)] = encode(t.minute, b);
-        self.ram[usize::from(REG_HOURS)] = encode_hour(t.hour, b);
-        self.ram[usize::from(REG_WEEKDAY)] = encode(weekday, b);
-        self.ram[usize::from(REG_DAY)] = encode(t.day, b);
-        self.ram[usize::from(REG_MONTH)] = encode(t.month, b);
-        self.ram[usize::from(REG_YEAR)] = encode((t.year % 100) as u8, b);
-        self.ram[usize::from(CENTURY_INDEX)] = encode((t.year / 100).min(99) as u8, b);
+        self.set_reg(REG_SECONDS, encode(t.second, b));
+        self.set_reg(REG_MINUTES, encode(t.minute, b));
+        self.set_reg(REG_HOURS, encode_hour(t.hour, b));
+        self.set_reg(REG_WEEKDAY, encode(weekday, b));
+        self.set_reg(REG_DAY, encode(t.day, b));
+        self.set_reg(REG_MONTH, encode(t.month, b));
+        self.set_reg(REG_YEAR, encode((t.year % 100) as u8, b));
+        self.set_reg(CENTURY_INDEX, encode((t.year / 100).min(99) as u8, b));
     }
 
     /// Reads the clock registers back (invalid contents clamped).
     fn load_time(&self) -> (i64, u8) {
         let mut regs = [0u8; 10];
-        regs.copy_from_slice(&self.ram[..10]);
+        for (r, &v) in regs.iter_mut().zip(self.ram.iter()) {
+            *r = v;
+        }
         let b = self.reg(REG_B);
         let t = parse_cmos_time(regs, b, self.reg(CENTURY_INDEX));
         let weekday = decode(self.reg(REG_WEEKDAY), b).clamp(1, 7);
@@ -355,8 +403,15 @@ impl Rtc {
     /// anchor, fall in (from, to].
     fn crossings(&self, from: u64, to: u64, num: i128, den: i128) -> i128 {
         // Counting in units of num/den ns from the anchor.
-        let idx = |t: u64| ((i128::from(t) - self.anchor_ns) * den).div_euclid(num);
-        idx(to) - idx(from)
+        // Times are u64 ns and den is at most 32768: far inside i128.
+        let idx = |t: u64| {
+            i128::from(t)
+                .saturating_sub(self.anchor_ns)
+                .saturating_mul(den)
+                .checked_div_euclid(num)
+                .unwrap_or(0)
+        };
+        idx(to).saturating_sub(idx(from))
     }
 
     /// Periodic interrupt period as a fraction of ns (num/den), from RS3-RS0
@@ -368,9 +423,10 @@ impl Rtc {
             0 => return None,
             1 => 128,
             2 => 256,
-            rs => 1 << (rs - 1),
+            // rs is 3..15 here.
+            rs => 1 << rs.saturating_sub(1),
         };
-        Some((cycles * NS_PER_SEC, BASE_HZ))
+        Some((cycles.saturating_mul(NS_PER_SEC), BASE_HZ))
     }
 
     /// Applies updates and flags up to `now_ns`.
@@ -388,10 +444,17 @@ impl Rtc {
             let (secs, weekday) = self.load_time();
             // One alarm check per update; a day covers every match.
             let alarm = (1..=updates.min(i128::from(SECS_PER_DAY)) as i64)
-                .any(|k| self.alarm_matches(secs + k));
-            let new = secs + updates as i64;
-            let days = new.div_euclid(SECS_PER_DAY) - secs.div_euclid(SECS_PER_DAY);
-            let weekday = ((i64::from(weekday) - 1 + days).rem_euclid(7) + 1) as u8;
+                .any(|k| self.alarm_matches(secs.saturating_add(k)));
+            let new = secs.saturating_add(i64::try_from(updates).unwrap_or(i64::MAX));
+            let days = new
+                .div_euclid(SECS_PER_DAY)
+                .saturating_sub(secs.div_euclid(SECS_PER_DAY));
+            // weekday is 1..7.
+            let weekday = i64::from(weekday)
+                .saturating_sub(1)
+                .saturating_add(days)
+                .rem_euclid(7)
+                .saturating_add(1) as u8;
             self.store_time(new, weekday);
             self.flags |= C_UF;
             if alarm {
@@ -427,8 +490,11 @@ impl Rtc {
         if !self.running() || self.reg(REG_B) & B_SET != 0 {
             return false;
         }
-        let since = (i128::from(self.now_ns) - self.anchor_ns).rem_euclid(NS_PER_SEC);
-        NS_PER_SEC - since <= UIP_WINDOW_NS
+        let since = i128::from(self.now_ns)
+            .saturating_sub(self.anchor_ns)
+            .rem_euclid(NS_PER_SEC);
+        // since is in 0..NS_PER_SEC.
+        NS_PER_SEC.saturating_sub(since) <= UIP_WINDOW_NS
     }
 
     fn read_data(&mut self) -> u8 {
@@ -454,11 +520,11 @@ impl Rtc {
         match i {
             REG_A => {
                 let was_running = self.running();
-                self.ram[usize::from(REG_A)] = v & !A_UIP;
+                self.set_reg(REG_A, v & !A_UIP);
                 if !was_running && self.running() {
                     // Leaving divider reset: the first update comes 500 ms
                     // later (data sheet, "Divider Control").
-                    self.anchor_ns = i128::from(self.now_ns) - NS_PER_SEC / 2;
+                    self.anchor_ns = i128::from(self.now_ns).saturating_sub(NS_PER_SEC / 2);
                 }
             }
             REG_B => {
@@ -467,10 +533,10 @@ impl Rtc {
                 if v & B_SET != 0 && self.reg(REG_B) & B_SET == 0 {
                     v &= !B_UIE;
                 }
-                self.ram[usize::from(REG_B)] = v;
+                self.set_reg(REG_B, v);
             }
             REG_C | REG_D => {}
-            _ => self.ram[usize::from(i)] = v,
+            _ => self.set_reg(i, v),
         }
         self.update_irq();
     }
@@ -483,8 +549,20 @@ impl Rtc {
         let now = i128::from(self.now_ns);
         let b = self.reg(REG_B);
         let after = |num: i128, den: i128| {
-            let k = ((now - self.anchor_ns) * den).div_euclid(num) + 1;
-            self.anchor_ns + (k * num + den - 1) / den
+            let k = now
+                .saturating_sub(self.anchor_ns)
+                .saturating_mul(den)
+                .checked_div_euclid(num)
+                .unwrap_or(0)
+                .saturating_add(1);
+            // den >= 1: BASE_HZ or 1.
+            let ns = k
+                .saturating_mul(num)
+                .saturating_add(den)
+                .saturating_sub(1)
+                .checked_div(den)
+                .unwrap_or(0);
+            self.anchor_ns.saturating_add(ns)
         };
         let mut next: Option<i128> = None;
         if b & (B_UIE | B_AIE) != 0 && b & B_SET == 0 {
@@ -521,14 +599,14 @@ impl PortDevice for Rtc {
                 PORT_DATA => self.read_data(),
                 _ => 0xFF,
             };
-            v |= u32::from(b) << (8 * i);
+            v |= u32::from(b) << (i << 3);
         }
         v
     }
 
     fn write(&mut self, port: u16, size: u8, value: u32) -> Action {
         for i in 0..u16::from(size.min(4)) {
-            let b = (value >> (8 * i)) as u8;
+            let b = (value >> (i << 3)) as u8;
             match port.wrapping_add(i) {
                 PORT_INDEX => self.index_reg = b,
                 PORT_DATA => self.write_data(b),
@@ -560,6 +638,13 @@ impl PortDevice for Rtc {
             .map(|t| t.clamp(0, i128::from(u64::MAX)) as u64)
     }
 }
+
+// The clock is battery-backed: a reset keeps the date and time it shows and
+// brings the registers (and CMOS RAM) back to what `Rtc::new` sets.
+crate::state::plain_state!(Rtc, 1, |me| {
+    let now = me.now_ns;
+    Rtc::new(me.datetime(), now)
+});
 
 #[cfg(test)]
 mod tests {

@@ -1,16 +1,38 @@
 //! Guest image loaders: each turns an image file into guest RAM contents and
 //! the vCPU state the image expects at its entry point.
+//!
+//! Also the manifest parser ([`manifest`]) and the guest ACPI tables
+//! ([`acpi_gen`]). No `unsafe` here: guest RAM is reached only through the
+//! [`e820::GuestRam`] trait the core implements.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
+extern crate alloc;
+
+pub mod acpi_gen;
 pub mod bda;
 pub mod bzimage;
 pub mod e820;
 pub mod elf;
+pub mod layout;
+pub mod manifest;
 pub mod multiboot;
 pub mod setup;
 
-use crate::manifest::{EntryMode, GuestConfig, ImageKind};
 use alloc::string::String;
 use core::fmt;
 use e820::GuestRam;
+use manifest::{EntryMode, GuestConfig, ImageKind};
 pub use setup::EntryState;
 
 /// Guest-physical 0..LOW_RESERVED belongs to loader-built structures (page
@@ -39,7 +61,7 @@ pub enum LoadError {
     Unsupported(&'static str),
     BzImage(bzimage::BzError),
     Multiboot(multiboot::MbError),
-    Acpi(crate::acpi_gen::AcpiGenError),
+    Acpi(acpi_gen::AcpiGenError),
     E820(e820::E820Error),
     /// The BIOS data area or the EBDA could not be written.
     BiosData,
@@ -97,7 +119,7 @@ pub fn load(
     match cfg.kind {
         ImageKind::Elf64 => {
             let elf = elf::parse(image).map_err(LoadError::Elf)?;
-            elf.check_fits(ram.min(crate::vm::memory::MMIO_HOLE_START), LOW_RESERVED)
+            elf.check_fits(ram.min(layout::MMIO_HOLE_START), LOW_RESERVED)
                 .map_err(LoadError::Elf)?;
             // Before the image, which wins where the two meet.
             write_bios_data(mem)?;
@@ -112,14 +134,16 @@ pub fn load(
             if load < LOW_RESERVED && mode != EntryMode::Real16 {
                 return Err(LoadError::FlatOverlapsReserved { load });
             }
-            let fits = mem
-                .ram_ranges()
-                .iter()
-                .any(|&(a, l)| load >= a && load.checked_add(len).is_some_and(|e| e <= a + l));
+            let fits = mem.ram_ranges().iter().any(|&(a, l)| {
+                load >= a
+                    && load
+                        .checked_add(len)
+                        .is_some_and(|e| e <= a.saturating_add(l))
+            });
             if !fits {
                 return Err(LoadError::FlatOutsideRam { load, len, ram });
             }
-            if entry < load || entry >= load + len {
+            if entry < load || entry >= load.saturating_add(len) {
                 return Err(LoadError::EntryOutsideImage { entry });
             }
             // Before the image: a real-mode image loaded over the BDA keeps
@@ -203,10 +227,10 @@ pub const PM_BASE: u16 = 0x600;
 fn platform_tables(
     cfg: &GuestConfig,
     mem: &impl GuestRam,
-) -> Result<(crate::acpi_gen::AcpiBlob, e820::E820Map), LoadError> {
-    let acpi = crate::acpi_gen::build(
+) -> Result<(acpi_gen::AcpiBlob, e820::E820Map), LoadError> {
+    let acpi = acpi_gen::build(
         ACPI_BASE,
-        &crate::acpi_gen::AcpiConfig {
+        &acpi_gen::AcpiConfig {
             vcpus: cfg.vcpus,
             pm_base: PM_BASE,
             ..Default::default()
@@ -247,7 +271,7 @@ fn write_bios_data(mem: &impl GuestRam) -> Result<Option<bda::BiosData>, LoadErr
 mod tests {
     use super::e820::fake::FakeRam;
     use super::*;
-    use crate::manifest::{Policy, UnmappedAccess};
+    use manifest::{Policy, UnmappedAccess};
 
     const MIB: u64 = 1 << 20;
 

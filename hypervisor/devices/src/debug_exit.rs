@@ -18,3 +18,19 @@ impl PortDevice for DebugExit {
         Action::Exit(value)
     }
 }
+
+impl crate::state::DeviceState for DebugExit {
+    /// The port has no state.
+    type Data = ();
+    const VERSION: u32 = 1;
+    fn save(&self) -> crate::state::State<()> {
+        crate::state::State {
+            version: 1,
+            data: (),
+        }
+    }
+    fn restore(&mut self, state: &crate::state::State<()>) -> Result<(), crate::state::StateError> {
+        crate::state::check_version(state.version, 1)
+    }
+    fn reset(&mut self) {}
+}

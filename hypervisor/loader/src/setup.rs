@@ -61,25 +61,36 @@ fn put_u64(mem: &impl GuestRam, gpa: u64, v: u64) {
     let _ = mem.write(gpa, &v.to_le_bytes());
 }
 
-fn write_gdt(mem: &impl GuestRam) {
-    for (i, d) in GDT.iter().enumerate() {
-        put_u64(mem, GDT_GPA + 8 * i as u64, *d);
+/// Writes `entries` as consecutive little-endian u64s from `gpa`.
+fn put_table(mem: &impl GuestRam, gpa: u64, entries: &[u64]) {
+    for (d, at) in entries.iter().zip((gpa..).step_by(8)) {
+        put_u64(mem, at, *d);
     }
+}
+
+/// GDTR limits of the loader's 4-entry GDTs.
+const GDT_LIMIT: u32 = (GDT.len() * 8 - 1) as u32;
+const GDT64_LIMIT: u32 = (super::bzimage::GDT64.len() * 8 - 1) as u32;
+const GDT32_LIMIT: u32 = (super::bzimage::GDT32.len() * 8 - 1) as u32;
+
+fn write_gdt(mem: &impl GuestRam) {
+    put_table(mem, GDT_GPA, &GDT);
 }
 
 fn write_cmdline(mem: &impl GuestRam, cmdline: &str) {
     let _ = mem.write(CMDLINE_GPA, cmdline.as_bytes());
-    let _ = mem.write(CMDLINE_GPA + cmdline.len() as u64, &[0]);
+    let _ = mem.write(CMDLINE_GPA.saturating_add(cmdline.len() as u64), &[0]);
 }
 
 /// 64-bit long mode with an identity map of the low 4 GiB (2 MiB pages).
 pub fn long64(mem: &impl GuestRam, entry: u64, cmdline: &str) -> EntryState {
     put_u64(mem, PML4_GPA, PDPT_GPA | 3);
-    for g in 0..4u64 {
-        let pd = PD_GPA + g * 0x1000;
-        put_u64(mem, PDPT_GPA + 8 * g, pd | 3);
-        for i in 0..512u64 {
-            put_u64(mem, pd + 8 * i, (g << 30) | (i << 21) | 0x83);
+    // Four page directories after PD_GPA, each mapping 1 GiB.
+    let dirs = (PD_GPA..).step_by(0x1000).zip((PDPT_GPA..).step_by(8));
+    for (g, (pd, pdpte)) in (0..4u64).zip(dirs) {
+        put_u64(mem, pdpte, pd | 3);
+        for (i, pde) in (0..512u64).zip((pd..).step_by(8)) {
+            put_u64(mem, pde, (g << 30) | (i << 21) | 0x83);
         }
     }
     write_gdt(mem);
@@ -109,7 +120,7 @@ pub fn long64(mem: &impl GuestRam, entry: u64, cmdline: &str) -> EntryState {
             ar: 0xC093,
         },
         gdt_base: GDT_GPA,
-        gdt_limit: (GDT.len() * 8 - 1) as u32,
+        gdt_limit: GDT_LIMIT,
     }
 }
 
@@ -148,7 +159,7 @@ pub fn prot32_state(ram: u64, entry: u64, gdt_gpa: u64) -> EntryState {
             ar: 0xC093,
         },
         gdt_base: gdt_gpa,
-        gdt_limit: (GDT.len() * 8 - 1) as u32,
+        gdt_limit: GDT_LIMIT,
     }
 }
 
@@ -157,7 +168,8 @@ pub fn real16(entry: u64) -> EntryState {
     let cs_base = entry & 0xF_0000;
     EntryState {
         mode: Mode::Real16,
-        rip: entry - cs_base,
+        // entry - cs_base: clears the bits cs_base holds.
+        rip: entry & !0xF_0000,
         rsp: 0x7000,
         rdi: 0,
         rsi: 0,
@@ -188,9 +200,7 @@ pub fn real16(entry: u64) -> EntryState {
 /// and `__BOOT_DS` = 0x18, RSI = the zero page (boot.rst "64-bit BOOT PROTOCOL").
 pub fn linux64(mem: &impl GuestRam, entry: u64, boot_params: u64) -> EntryState {
     let mut st = long64(mem, entry, "");
-    for (i, d) in super::bzimage::GDT64.iter().enumerate() {
-        put_u64(mem, GDT_GPA + 8 * i as u64, *d);
-    }
+    put_table(mem, GDT_GPA, &super::bzimage::GDT64);
     st.cs = Seg {
         sel: super::bzimage::BOOT_CS,
         base: 0,
@@ -203,7 +213,7 @@ pub fn linux64(mem: &impl GuestRam, entry: u64, boot_params: u64) -> EntryState 
         limit: 0xFFFF_FFFF,
         ar: 0xC093,
     };
-    st.gdt_limit = (super::bzimage::GDT64.len() * 8 - 1) as u32;
+    st.gdt_limit = GDT64_LIMIT;
     st.rsi = boot_params;
     st.rdi = 0;
     st
@@ -215,9 +225,7 @@ pub fn linux64(mem: &impl GuestRam, entry: u64, boot_params: u64) -> EntryState 
 /// DS/ES/SS = `__BOOT_DS`, interrupts off, ESI = the zero page, EBP, EDI
 /// and EBX zero; entered at code32_start (the load address).
 pub fn linux32(mem: &impl GuestRam, entry: u64, boot_params: u64) -> EntryState {
-    for (i, d) in super::bzimage::GDT32.iter().enumerate() {
-        put_u64(mem, GDT_GPA + 8 * i as u64, *d);
-    }
+    put_table(mem, GDT_GPA, &super::bzimage::GDT32);
     let mut st = prot32_state(mem.size(), entry, GDT_GPA);
     st.cs = Seg {
         sel: super::bzimage::BOOT_CS,
@@ -231,7 +239,7 @@ pub fn linux32(mem: &impl GuestRam, entry: u64, boot_params: u64) -> EntryState 
         limit: 0xFFFF_FFFF,
         ar: 0xC093,
     };
-    st.gdt_limit = (super::bzimage::GDT32.len() * 8 - 1) as u32;
+    st.gdt_limit = GDT32_LIMIT;
     st.rsi = boot_params;
     st.rdi = 0;
     st.rbx = 0;

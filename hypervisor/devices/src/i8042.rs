@@ -60,6 +60,7 @@ struct OutByte {
     timeout: bool,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct I8042 {
     ccb: u8,
     output_port: u8,
@@ -358,6 +359,8 @@ impl PortDevice for I8042 {
         st
     }
 }
+
+crate::state::plain_state!(I8042, 1, |_me| I8042::new());
 
 #[cfg(test)]
 mod tests {

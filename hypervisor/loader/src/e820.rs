@@ -9,7 +9,7 @@
 //! loaders ([`super::bzimage`], [`super::multiboot`]) write through, so they
 //! run on the host against a fake.
 
-use crate::vm::memory::{self, GuestMemory};
+use crate::layout as memory;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -32,23 +32,11 @@ pub trait GuestRam {
         const ZEROS: [u8; 4096] = [0; 4096];
         let mut off = 0;
         while off < len {
-            let n = (len - off).min(ZEROS.len() as u64);
-            self.write(gpa.checked_add(off)?, &ZEROS[..n as usize])?;
-            off += n;
+            let n = len.saturating_sub(off).min(ZEROS.len() as u64);
+            self.write(gpa.checked_add(off)?, ZEROS.get(..n as usize)?)?;
+            off = off.saturating_add(n);
         }
         Some(())
-    }
-}
-
-impl GuestRam for GuestMemory {
-    fn write(&self, gpa: u64, data: &[u8]) -> Option<()> {
-        GuestMemory::write(self, gpa, data)
-    }
-    fn size(&self) -> u64 {
-        GuestMemory::size(self)
-    }
-    fn ram_ranges(&self) -> Vec<(u64, u64)> {
-        self.ranges.iter().map(|r| (r.gpa, r.size)).collect()
     }
 }
 
@@ -83,7 +71,7 @@ pub struct E820Entry {
 impl E820Entry {
     /// Exclusive end.
     pub fn end(&self) -> u64 {
-        self.addr + self.size
+        self.addr.saturating_add(self.size)
     }
 
     /// The 20-byte BIOS layout: base (u64), length (u64), type (u32).
@@ -147,12 +135,12 @@ impl E820Map {
         if size == 0 {
             return Ok(());
         }
-        let mut out = Vec::with_capacity(self.entries.len() + 2);
+        let mut out = Vec::with_capacity(self.entries.len().saturating_add(2));
         for e in &self.entries {
             // Keep the parts of `e` outside the new range.
             if e.addr < addr {
                 out.push(E820Entry {
-                    size: e.end().min(addr) - e.addr,
+                    size: e.end().min(addr).saturating_sub(e.addr),
                     ..*e
                 });
             }
@@ -160,7 +148,7 @@ impl E820Map {
                 let a = e.addr.max(end);
                 out.push(E820Entry {
                     addr: a,
-                    size: e.end() - a,
+                    size: e.end().saturating_sub(a),
                     kind: e.kind,
                 });
             }
@@ -171,7 +159,9 @@ impl E820Map {
         let mut merged: Vec<E820Entry> = Vec::with_capacity(out.len());
         for e in out {
             match merged.last_mut() {
-                Some(last) if last.kind == e.kind && last.end() == e.addr => last.size += e.size,
+                Some(last) if last.kind == e.kind && last.end() == e.addr => {
+                    last.size = last.size.saturating_add(e.size)
+                }
                 _ => merged.push(e),
             }
         }
@@ -228,7 +218,7 @@ pub fn standard(ram: &[(u64, u64)], areas: &[(u64, u64, E820Type)]) -> Result<E8
 #[cfg(test)]
 pub(crate) mod fake {
     use super::GuestRam;
-    use crate::vm::memory;
+    use crate::layout as memory;
     use alloc::boxed::Box;
     use alloc::collections::BTreeMap;
     use alloc::vec::Vec;
@@ -326,7 +316,7 @@ pub(crate) mod fake {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::memory::{FOUR_GIB, MMIO_HOLE_START};
+    use crate::layout::{FOUR_GIB, MMIO_HOLE_START};
     use alloc::string::ToString;
     use alloc::vec;
 

@@ -207,7 +207,7 @@ pub struct LintDelivery {
     pub level_triggered: bool,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Timer {
     initial: u32,
     /// One-shot/periodic countdown running.
@@ -220,7 +220,7 @@ struct Timer {
 }
 
 /// A virtual local APIC. See the module documentation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VLapic {
     /// Initial APIC ID; the x2APIC ID.
     id: u32,
@@ -247,11 +247,14 @@ pub struct VLapic {
 }
 
 fn bit_get(bits: &[u32; 8], v: u8) -> bool {
-    bits[usize::from(v >> 5)] & (1 << (v & 31)) != 0
+    bits.get(usize::from(v >> 5))
+        .is_some_and(|w| w & (1 << (v & 31)) != 0)
 }
 
 fn bit_set(bits: &mut [u32; 8], v: u8, on: bool) {
-    let w = &mut bits[usize::from(v >> 5)];
+    let Some(w) = bits.get_mut(usize::from(v >> 5)) else {
+        return;
+    };
     if on {
         *w |= 1 << (v & 31);
     } else {
@@ -260,10 +263,9 @@ fn bit_set(bits: &mut [u32; 8], v: u8, on: bool) {
 }
 
 fn highest(bits: &[u32; 8]) -> Option<u8> {
-    (0..8usize)
-        .rev()
-        .find(|&i| bits[i] != 0)
-        .map(|i| (i * 32 + 31 - bits[i].leading_zeros() as usize) as u8)
+    let (i, w) = bits.iter().enumerate().rev().find(|&(_, &w)| w != 0)?;
+    // i < 8 and the bit index < 32: the vector fits in a u8.
+    Some(((i as u32) << 5 | w.checked_ilog2()?) as u8)
 }
 
 /// Logical x2APIC ID derived from the x2APIC ID (SDM 11.12.10.2).
@@ -510,7 +512,7 @@ impl VLapic {
                 level_triggered: false,
             });
         }
-        let lvt = self.lvt[LINT0 + usize::from(pin)];
+        let lvt = *self.lvt.get(LINT0.checked_add(usize::from(pin))?)?;
         if lvt & LVT_MASKED != 0 {
             return None;
         }
@@ -580,7 +582,7 @@ impl VLapic {
     }
 
     fn ticks_to_tsc(&self, ticks: u64) -> u64 {
-        ticks.saturating_mul(self.divisor() * self.tsc_per_bus_tick)
+        ticks.saturating_mul(self.divisor().saturating_mul(self.tsc_per_bus_tick))
     }
 
     fn count_expiry(&self) -> Option<u64> {
@@ -597,7 +599,11 @@ impl VLapic {
         if !t.armed || self.timer_mode() == TimerMode::TscDeadline {
             return 0;
         }
-        let ticks = now_tsc.saturating_sub(t.base_tsc) / self.ticks_to_tsc(1);
+        // No TSC ticks per bus tick (never configured so) counts down at once.
+        let ticks = now_tsc
+            .saturating_sub(t.base_tsc)
+            .checked_div(self.ticks_to_tsc(1))
+            .unwrap_or(u64::MAX);
         u64::from(t.base_count).saturating_sub(ticks) as u32
     }
 
@@ -625,7 +631,11 @@ impl VLapic {
         }
         if self.timer_mode() == TimerMode::Periodic {
             let period = self.ticks_to_tsc(u64::from(self.timer.initial)).max(1);
-            let missed = (now_tsc - expiry) / period;
+            // period >= 1 (max above).
+            let missed = now_tsc
+                .saturating_sub(expiry)
+                .checked_div(period)
+                .unwrap_or(0);
             self.timer.base_tsc = expiry.saturating_add(missed.saturating_mul(period));
             self.timer.base_count = self.timer.initial;
         } else {
@@ -694,12 +704,17 @@ impl VLapic {
 
     fn write_lvt(&mut self, slot: usize, value: u32) {
         let old = self.timer_mode();
-        let mut v = value & LVT_BITS[slot].0;
+        let Some(&(writable, _)) = LVT_BITS.get(slot) else {
+            return;
+        };
+        let mut v = value & writable;
         if !self.is_software_enabled() {
             // Masks stay set while software-disabled (SDM 11.4.7.2).
             v |= LVT_MASKED;
         }
-        self.lvt[slot] = v;
+        if let Some(l) = self.lvt.get_mut(slot) {
+            *l = v;
+        }
         if slot == TIMER {
             let new = self.timer_mode();
             // Switching to or from TSC-deadline mode disarms (SDM 11.5.4.1).
@@ -780,14 +795,14 @@ impl VLapic {
             LDR => self.ldr,
             DFR => self.dfr,
             SVR => self.svr,
-            ISR0..=0x170 => self.isr[i],
-            TMR0..=0x1F0 => self.tmr[i],
-            IRR0..=0x270 => self.irr[i],
+            ISR0..=0x170 => *self.isr.get(i)?,
+            TMR0..=0x1F0 => *self.tmr.get(i)?,
+            IRR0..=0x270 => *self.irr.get(i)?,
             ESR => self.esr,
-            LVT_CMCI => self.lvt[CMCI],
+            LVT_CMCI => *self.lvt.get(CMCI)?,
             ICR_LO => self.icr as u32,
             ICR_HI => (self.icr >> 32) as u32,
-            LVT_TIMER..=LVT_ERROR => self.lvt[TIMER + ((off - LVT_TIMER) >> 4) as usize],
+            LVT_TIMER..=LVT_ERROR => *self.lvt.get(Self::lvt_slot(off)?)?,
             TIMER_ICR => self.timer.initial,
             TIMER_CCR => self.current_count(now_tsc),
             TIMER_DCR => self.dcr,
@@ -798,7 +813,7 @@ impl VLapic {
     fn lvt_slot(off: u32) -> Option<usize> {
         match off {
             LVT_CMCI => Some(CMCI),
-            LVT_TIMER..=LVT_ERROR => Some(TIMER + ((off - LVT_TIMER) >> 4) as usize),
+            LVT_TIMER..=LVT_ERROR => TIMER.checked_add((off.checked_sub(LVT_TIMER)? >> 4) as usize),
             _ => None,
         }
     }
@@ -819,7 +834,7 @@ impl VLapic {
         }
         self.poll_timer(now_tsc);
         match self.read_reg(offset & 0xFF0, now_tsc) {
-            Some(v) => v >> (byte * 8),
+            Some(v) => v >> (byte << 3),
             None => {
                 self.signal_error(ESR_ILLEGAL_REGISTER);
                 0
@@ -873,7 +888,7 @@ impl VLapic {
             return None;
         }
         self.poll_timer(now_tsc);
-        let off = (msr - 0x800) << 4;
+        let off = msr.checked_sub(0x800)? << 4;
         match off {
             ID => Some(u64::from(self.id)),
             ICR_LO => Some(self.icr),
@@ -890,7 +905,7 @@ impl VLapic {
         if self.mode() != ApicMode::X2Apic || !X2APIC_MSRS.contains(&msr) {
             return Err(Gp);
         }
-        let off = (msr - 0x800) << 4;
+        let off = msr.checked_sub(0x800).ok_or(Gp)? << 4;
         if off != ICR_LO && value >> 32 != 0 {
             return Err(Gp);
         }
@@ -898,7 +913,8 @@ impl VLapic {
         let v = value as u32;
         let check = |ok: bool| if ok { Ok(()) } else { Err(Gp) };
         if let Some(slot) = Self::lvt_slot(off) {
-            check(v & !LVT_BITS[slot].1 == 0)?;
+            let &(_, allowed) = LVT_BITS.get(slot).ok_or(Gp)?;
+            check(v & !allowed == 0)?;
             check(slot != TIMER || (v >> 17) & 3 != 3)?;
             self.write_lvt(slot, v);
             return Ok(LapicEffect::None);
@@ -941,6 +957,14 @@ impl VLapic {
         Ok(LapicEffect::None)
     }
 }
+
+// Power-on keeps the APIC ID, the BSP flag and the bus clock (the
+// platform's wiring).
+crate::state::plain_state!(VLapic, 1, |me| VLapic::new(
+    me.id,
+    me.bsp,
+    me.tsc_per_bus_tick
+));
 
 #[cfg(test)]
 mod tests {

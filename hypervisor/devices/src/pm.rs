@@ -69,7 +69,7 @@ const SLP_TYP_MASK: u16 = 7 << SLP_TYP_SHIFT;
 pub const SLP_EN: u16 = 1 << 13;
 
 fn ns_to_ticks(ns: u64) -> u64 {
-    (u128::from(ns) * u128::from(PM_TIMER_HZ) / 1_000_000_000) as u64
+    (u128::from(ns).saturating_mul(u128::from(PM_TIMER_HZ)) / 1_000_000_000) as u64
 }
 
 fn ticks_to_ns(t: u64) -> u64 {
@@ -99,10 +99,15 @@ impl Pm {
     pub fn new(base: u16) -> Self {
         // `PortDevice::ports` wants a 'static slice; this small table lives
         // as long as the VM's bus (leaked once per device instance).
+        // The manifest and the ACPI tables keep the block below 0xFFD0, so
+        // these port numbers don't wrap.
         let ports: &'static [(u16, u16)] = Box::leak(Box::new([
-            (base + PM1_EVT_BLK, u16::from(PM1_EVT_LEN + PM1_CNT_LEN)),
-            (base + PM_TMR_BLK, u16::from(PM_TMR_LEN)),
-            (base + GPE0_BLK, u16::from(GPE0_BLK_LEN)),
+            (
+                base.wrapping_add(PM1_EVT_BLK),
+                u16::from(PM1_EVT_LEN + PM1_CNT_LEN),
+            ),
+            (base.wrapping_add(PM_TMR_BLK), u16::from(PM_TMR_LEN)),
+            (base.wrapping_add(GPE0_BLK), u16::from(GPE0_BLK_LEN)),
         ]));
         Self {
             base,
@@ -170,13 +175,19 @@ impl Pm {
     }
 
     fn read_byte(&self, off: u16) -> u8 {
-        let reg = |v: u16| v.to_le_bytes()[usize::from(off & 1)];
+        let reg = |v: u16| {
+            if off & 1 == 0 {
+                v as u8
+            } else {
+                (v >> 8) as u8
+            }
+        };
         match off {
             0x00..=0x01 => reg(self.pm1_sts),
             0x02..=0x03 => reg(self.pm1_en),
             // SLP_EN and GBL_RLS are write-only and read as 0.
             0x04..=0x05 => reg(self.pm1_cnt),
-            0x08..=0x0B => self.timer().to_le_bytes()[usize::from(off - 8)],
+            0x08..=0x0B => (self.timer() >> ((off & 3) << 3)) as u8,
             0x20..=0x21 => reg(self.gpe0_sts),
             0x22..=0x23 => reg(self.gpe0_en),
             _ => 0xFF,
@@ -184,7 +195,7 @@ impl Pm {
     }
 
     fn write_byte(&mut self, off: u16, v: u8) -> Action {
-        let shift = 8 * (off & 1);
+        let shift = (off & 1) << 3;
         let bits = u16::from(v) << shift;
         let lane = 0xFFu16 << shift;
         let merge = |old: u16, mask: u16| (old & !(lane & mask)) | (bits & mask);
@@ -227,7 +238,7 @@ impl PortDevice for Pm {
     fn read(&mut self, port: u16, size: u8) -> u32 {
         let off = port.wrapping_sub(self.base);
         (0..u16::from(size.min(4))).fold(0, |v, i| {
-            v | u32::from(self.read_byte(off.wrapping_add(i))) << (8 * i)
+            v | u32::from(self.read_byte(off.wrapping_add(i))) << (i << 3)
         })
     }
 
@@ -235,7 +246,7 @@ impl PortDevice for Pm {
         let off = port.wrapping_sub(self.base);
         let mut action = Action::None;
         for i in 0..u16::from(size.min(4)) {
-            let a = self.write_byte(off.wrapping_add(i), (value >> (8 * i)) as u8);
+            let a = self.write_byte(off.wrapping_add(i), (value >> (i << 3)) as u8);
             if a != Action::None {
                 action = a;
             }
@@ -263,8 +274,73 @@ impl PortDevice for Pm {
         if self.pm1_en & TMR_STS == 0 || self.pm1_sts & TMR_STS != 0 {
             return None;
         }
-        let next = ((self.synced_ticks >> 31) + 1) << 31;
+        let next = (self.synced_ticks >> 31).saturating_add(1) << 31;
         Some(ticks_to_ns(next))
+    }
+}
+
+/// The PM block's registers and its view of time (the base port is the
+/// platform's wiring, not state).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PmState {
+    pub pm1_sts: u16,
+    pub pm1_en: u16,
+    pub pm1_cnt: u16,
+    pub gpe0_sts: u16,
+    pub gpe0_en: u16,
+    pub now_ns: u64,
+    pub synced_ticks: u64,
+    pub sci: bool,
+    pub pulse: bool,
+}
+
+impl crate::state::DeviceState for Pm {
+    type Data = PmState;
+    const VERSION: u32 = 1;
+    fn save(&self) -> crate::state::State<PmState> {
+        crate::state::State {
+            version: 1,
+            data: PmState {
+                pm1_sts: self.pm1_sts,
+                pm1_en: self.pm1_en,
+                pm1_cnt: self.pm1_cnt,
+                gpe0_sts: self.gpe0_sts,
+                gpe0_en: self.gpe0_en,
+                now_ns: self.now_ns,
+                synced_ticks: self.synced_ticks,
+                sci: self.sci,
+                pulse: self.pulse,
+            },
+        }
+    }
+    fn restore(
+        &mut self,
+        state: &crate::state::State<PmState>,
+    ) -> Result<(), crate::state::StateError> {
+        crate::state::check_version(state.version, 1)?;
+        let s = &state.data;
+        self.pm1_sts = s.pm1_sts;
+        self.pm1_en = s.pm1_en;
+        self.pm1_cnt = s.pm1_cnt;
+        self.gpe0_sts = s.gpe0_sts;
+        self.gpe0_en = s.gpe0_en;
+        self.now_ns = s.now_ns;
+        self.synced_ticks = s.synced_ticks;
+        self.sci = s.sci;
+        self.pulse = s.pulse;
+        Ok(())
+    }
+    fn reset(&mut self) {
+        // Field by field: `Pm::new` would leak another port table.
+        self.pm1_sts = 0;
+        self.pm1_en = 0;
+        self.pm1_cnt = SCI_EN;
+        self.gpe0_sts = 0;
+        self.gpe0_en = 0;
+        self.now_ns = 0;
+        self.synced_ticks = 0;
+        self.sci = false;
+        self.pulse = false;
     }
 }
 

@@ -40,6 +40,9 @@ pub struct ConsolePort {
     pub focused: fn(usize) -> bool,
 }
 
+/// Keystrokes queued for the guest at most.
+const RX_CAPACITY: usize = 4096;
+
 pub struct Uart {
     console: ConsolePort,
     ier: u8,
@@ -84,7 +87,7 @@ impl Uart {
 
     /// Queues input bytes (keystrokes) for the guest.
     pub fn push_input(&mut self, b: u8) {
-        if self.rx.len() < 4096 {
+        if self.rx.len() < RX_CAPACITY {
             self.rx.push_back(b);
         }
     }
@@ -117,15 +120,21 @@ impl Uart {
             self.thre_pending = true;
         } else if !self.thre_wait {
             self.thre_wait = true;
-            self.wait_until = self.now_ns + ROOM_POLL_NS;
+            self.wait_until = self.now_ns.saturating_add(ROOM_POLL_NS);
         }
     }
 
     /// Console output of the CONSOLE_WRITE hypercall: the same path as THR
     /// writes, without the register side effects.
     pub fn write_console(&mut self, bytes: &[u8]) {
-        let keep = &bytes[bytes.len() - bytes.len().min(HISTORY)..];
-        let over = (self.history.len() + keep.len()).saturating_sub(HISTORY);
+        let keep = bytes
+            .get(bytes.len().saturating_sub(HISTORY)..)
+            .unwrap_or_default();
+        let over = self
+            .history
+            .len()
+            .saturating_add(keep.len())
+            .saturating_sub(HISTORY);
         self.history.drain(..over);
         self.history.extend(keep);
         let src = self.console.source;
@@ -200,7 +209,8 @@ impl PortDevice for Uart {
 
     fn read(&mut self, port: u16, _size: u8) -> u32 {
         let dlab = self.lcr & LCR_DLAB != 0;
-        u32::from(match port - 0x3F8 {
+        // The bus sends only 0x3F8..0x3FF here.
+        u32::from(match port.wrapping_sub(0x3F8) {
             0 if dlab => self.dll,
             0 => self.rx.pop_front().unwrap_or(0),
             1 if dlab => self.dlm,
@@ -234,7 +244,7 @@ impl PortDevice for Uart {
     fn write(&mut self, port: u16, _size: u8, value: u32) -> Action {
         let v = value as u8;
         let dlab = self.lcr & LCR_DLAB != 0;
-        match port - 0x3F8 {
+        match port.wrapping_sub(0x3F8) {
             0 if dlab => self.dll = v,
             0 => {
                 if self.mcr & MCR_LOOP != 0 {
@@ -292,7 +302,7 @@ impl PortDevice for Uart {
                 self.thre_wait = false;
                 self.thre_pending = true;
             } else if now_ns >= self.wait_until {
-                self.wait_until = now_ns + ROOM_POLL_NS;
+                self.wait_until = now_ns.saturating_add(ROOM_POLL_NS);
             }
         }
         let level = if self.irq_pending() && self.mcr & 0x08 != 0 {
@@ -307,6 +317,81 @@ impl PortDevice for Uart {
         if !self.line.is_empty() {
             self.flush_line();
         }
+    }
+}
+
+/// The UART's registers, its receive queue and the console line being
+/// assembled. The console hooks are the platform's wiring, and the
+/// hypervisor console's history of the guest's output is host-side, so
+/// neither is part of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UartState {
+    pub ier: u8,
+    pub lcr: u8,
+    pub mcr: u8,
+    pub scr: u8,
+    pub dll: u8,
+    pub dlm: u8,
+    pub fcr: u8,
+    pub thre_pending: bool,
+    pub thre_wait: bool,
+    pub wait_until: u64,
+    pub now_ns: u64,
+    pub rx: VecDeque<u8>,
+    pub line: String,
+}
+
+impl crate::state::DeviceState for Uart {
+    type Data = UartState;
+    const VERSION: u32 = 1;
+    fn save(&self) -> crate::state::State<UartState> {
+        crate::state::State {
+            version: 1,
+            data: UartState {
+                ier: self.ier,
+                lcr: self.lcr,
+                mcr: self.mcr,
+                scr: self.scr,
+                dll: self.dll,
+                dlm: self.dlm,
+                fcr: self.fcr,
+                thre_pending: self.thre_pending,
+                thre_wait: self.thre_wait,
+                wait_until: self.wait_until,
+                now_ns: self.now_ns,
+                rx: self.rx.clone(),
+                line: self.line.clone(),
+            },
+        }
+    }
+    fn restore(
+        &mut self,
+        state: &crate::state::State<UartState>,
+    ) -> Result<(), crate::state::StateError> {
+        crate::state::check_version(state.version, 1)?;
+        let s = &state.data;
+        if s.rx.len() > RX_CAPACITY {
+            return Err(crate::state::StateError::Invalid("receive queue length"));
+        }
+        self.ier = s.ier;
+        self.lcr = s.lcr;
+        self.mcr = s.mcr;
+        self.scr = s.scr;
+        self.dll = s.dll;
+        self.dlm = s.dlm;
+        self.fcr = s.fcr;
+        self.thre_pending = s.thre_pending;
+        self.thre_wait = s.thre_wait;
+        self.wait_until = s.wait_until;
+        self.now_ns = s.now_ns;
+        self.rx = s.rx.clone();
+        self.line = s.line.clone();
+        Ok(())
+    }
+    fn reset(&mut self) {
+        let history = core::mem::take(&mut self.history);
+        *self = Uart::new(self.console);
+        self.history = history;
     }
 }
 

@@ -57,7 +57,7 @@ pub struct Delivery {
 }
 
 /// The I/O APIC. See the module documentation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IoApic {
     id: u8,
     sel: u8,
@@ -97,8 +97,8 @@ impl IoApic {
             REG_ID | REG_ARB => u32::from(self.id) << 24,
             REG_VERSION => VERSION,
             _ => match Self::rte_index(index) {
-                Some((pin, false)) => self.rte[pin] as u32,
-                Some((pin, true)) => (self.rte[pin] >> 32) as u32,
+                Some((pin, false)) => self.rte.get(pin).map_or(0, |&e| e as u32),
+                Some((pin, true)) => self.rte.get(pin).map_or(0, |&e| (e >> 32) as u32),
                 None => 0,
             },
         }
@@ -114,7 +114,7 @@ impl IoApic {
     /// reads back the selected index; IOWIN reads the selected register.
     /// Other offsets read 0.
     pub fn read_mmio(&self, offset: u32, size: u8) -> u32 {
-        let shift = (offset & 3) * 8;
+        let shift = (offset & 3) << 3;
         let v = match offset & !3 {
             IOREGSEL => u32::from(self.sel),
             IOWIN => self.reg(self.sel),
@@ -127,7 +127,7 @@ impl IoApic {
     /// 4 bytes change only those bytes of the selected register. Returns what
     /// an unmasked, asserted level-triggered entry sends.
     pub fn write_mmio(&mut self, offset: u32, size: u8, value: u32) -> Vec<Delivery> {
-        let shift = (offset & 3) * 8;
+        let shift = (offset & 3) << 3;
         let mask = all_ones(size).checked_shl(shift).unwrap_or(0);
         let value = value.checked_shl(shift).unwrap_or(0) & mask;
         match offset & !3 {
@@ -153,17 +153,22 @@ impl IoApic {
             REG_VERSION | REG_ARB => {}
             _ => match Self::rte_index(index) {
                 Some((pin, false)) => {
-                    let keep = self.rte[pin] & !u64::from(RTE_LOW_WRITABLE);
+                    let Some(entry) = self.rte.get_mut(pin) else {
+                        return Vec::new();
+                    };
+                    let keep = *entry & !u64::from(RTE_LOW_WRITABLE);
                     let mut e = keep | u64::from(v & RTE_LOW_WRITABLE);
                     // Remote IRR means nothing for edge entries: drop a stale one.
                     if !is_level(e) {
                         e &= !RTE_REMOTE_IRR;
                     }
-                    self.rte[pin] = e;
+                    *entry = e;
                     return self.level_check(pin);
                 }
                 Some((pin, true)) => {
-                    self.rte[pin] = (self.rte[pin] & 0xFFFF_FFFF) | (u64::from(v & RTE_DEST) << 32);
+                    if let Some(entry) = self.rte.get_mut(pin) {
+                        *entry = (*entry & 0xFFFF_FFFF) | (u64::from(v & RTE_DEST) << 32);
+                    }
                 }
                 None => {}
             },
@@ -176,16 +181,15 @@ impl IoApic {
     /// IRR is clear.
     pub fn set_irq(&mut self, gsi: u32, asserted: bool) -> Vec<Delivery> {
         let pin = gsi as usize;
-        if pin >= PINS {
+        let Some(&e) = self.rte.get(pin) else {
             return Vec::new();
-        }
+        };
         let was = self.lines & (1 << pin) != 0;
         if asserted {
             self.lines |= 1 << pin;
         } else {
             self.lines &= !(1 << pin);
         }
-        let e = self.rte[pin];
         if is_level(e) {
             return self.level_check(pin);
         }
@@ -201,9 +205,11 @@ impl IoApic {
     pub fn eoi(&mut self, vector: u8) -> Vec<Delivery> {
         let mut out = Vec::new();
         for pin in 0..PINS {
-            let e = self.rte[pin];
-            if e as u8 == vector && e & RTE_REMOTE_IRR != 0 {
-                self.rte[pin] &= !RTE_REMOTE_IRR;
+            let Some(e) = self.rte.get_mut(pin) else {
+                continue;
+            };
+            if *e as u8 == vector && *e & RTE_REMOTE_IRR != 0 {
+                *e &= !RTE_REMOTE_IRR;
                 out.extend(self.level_check(pin));
             }
         }
@@ -213,7 +219,9 @@ impl IoApic {
     /// Sends a level-triggered entry if it is unmasked, asserted and not
     /// waiting for an EOI.
     fn level_check(&mut self, pin: usize) -> Vec<Delivery> {
-        let e = self.rte[pin];
+        let Some(&e) = self.rte.get(pin) else {
+            return Vec::new();
+        };
         if is_level(e) && self.lines & (1 << pin) != 0 && e & (RTE_MASKED | RTE_REMOTE_IRR) == 0 {
             return self.send(pin).into_iter().collect();
         }
@@ -223,14 +231,16 @@ impl IoApic {
     /// The message for entry `pin`; sets Remote IRR for level-triggered ones.
     /// Reserved delivery modes (011b, 110b) send nothing.
     fn send(&mut self, pin: usize) -> Option<Delivery> {
-        let e = self.rte[pin];
+        let e = *self.rte.get(pin)?;
         let mode = match DeliveryMode::from_bits((e >> 8) as u32)? {
             DeliveryMode::Startup => return None,
             m => m,
         };
         let level_triggered = is_level(e);
         if level_triggered {
-            self.rte[pin] |= RTE_REMOTE_IRR;
+            if let Some(entry) = self.rte.get_mut(pin) {
+                *entry |= RTE_REMOTE_IRR;
+            }
         }
         Some(Delivery {
             vector: e as u8,
@@ -247,6 +257,14 @@ impl IoApic {
 fn is_level(e: u64) -> bool {
     e & RTE_LEVEL != 0 && (e >> 8) & 7 <= 1
 }
+
+// Power-on keeps the APIC ID (set by the platform) and the input lines
+// (driven from outside).
+crate::state::plain_state!(IoApic, 1, |me| {
+    let mut fresh = me.clone();
+    fresh.reset();
+    fresh
+});
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@ use super::{all_ones, Action, PortDevice};
 pub const POST_PORT: u16 = 0x80;
 pub const DELAY_PORT: u16 = 0xED;
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PostCode {
     /// Last value written to 0x80 (the POST code).
     last: u32,
@@ -53,10 +53,12 @@ impl PortDevice for PostCode {
         } else {
             self.last_delay = v;
         }
-        self.writes += 1;
+        self.writes = self.writes.wrapping_add(1);
         Action::None
     }
 }
+
+crate::state::plain_state!(PostCode, 1, |_me| PostCode::new());
 
 #[cfg(test)]
 mod tests {

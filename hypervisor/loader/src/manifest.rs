@@ -345,17 +345,17 @@ fn lex_line(raw: &str) -> Result<Line<'_>, LexError> {
         return Ok(Line::Blank);
     }
     if let Some(inner) = s.strip_prefix("[[") {
-        let close = inner.find("]]").ok_or_else(|| invalid_line(s))?;
-        expect_end(&inner[close + 2..]).map_err(|k| (None, k))?;
-        return Ok(Line::ArrayTable(inner[..close].trim()));
+        let (name, tail) = inner.split_once("]]").ok_or_else(|| invalid_line(s))?;
+        expect_end(tail).map_err(|k| (None, k))?;
+        return Ok(Line::ArrayTable(name.trim()));
     }
     if let Some(inner) = s.strip_prefix('[') {
-        let close = inner.find(']').ok_or_else(|| invalid_line(s))?;
-        expect_end(&inner[close + 1..]).map_err(|k| (None, k))?;
-        return Ok(Line::Table(inner[..close].trim()));
+        let (name, tail) = inner.split_once(']').ok_or_else(|| invalid_line(s))?;
+        expect_end(tail).map_err(|k| (None, k))?;
+        return Ok(Line::Table(name.trim()));
     }
-    let eq = s.find('=').ok_or_else(|| invalid_line(s))?;
-    let key = s[..eq].trim_end();
+    let (key, rest) = s.split_once('=').ok_or_else(|| invalid_line(s))?;
+    let key = key.trim_end();
     if key.is_empty() {
         return Err(invalid_line(s));
     }
@@ -368,7 +368,7 @@ fn lex_line(raw: &str) -> Result<Line<'_>, LexError> {
         ));
     }
     let field = || Some(key.to_string());
-    let rest = s[eq + 1..].trim_start();
+    let rest = rest.trim_start();
     if rest.is_empty() || rest.starts_with('#') {
         return Err((field(), ErrorKind::MissingValue));
     }
@@ -415,9 +415,9 @@ fn lex_value(s: &str) -> Result<(Value, &str), ErrorKind> {
 fn lex_string(body: &str) -> Result<(Value, &str), ErrorKind> {
     let mut out = String::new();
     let mut chars = body.char_indices();
-    while let Some((i, c)) = chars.next() {
+    while let Some((_, c)) = chars.next() {
         match c {
-            '"' => return Ok((Value::Str(out), &body[i + 1..])),
+            '"' => return Ok((Value::Str(out), chars.as_str())),
             '\\' => match chars.next() {
                 Some((_, '"')) => out.push('"'),
                 Some((_, '\\')) => out.push('\\'),
@@ -442,10 +442,11 @@ fn parse_digits(digits: &str, radix: u32) -> Option<u128> {
     let mut v: u128 = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if b == b'_' {
-            let ok = i > 0
-                && i + 1 < bytes.len()
-                && (bytes[i - 1] as char).is_digit(radix)
-                && (bytes[i + 1] as char).is_digit(radix);
+            let digit_at = |j: Option<usize>| {
+                j.and_then(|j| bytes.get(j))
+                    .is_some_and(|&d| (d as char).is_digit(radix))
+            };
+            let ok = digit_at(i.checked_sub(1)) && digit_at(i.checked_add(1));
             if !ok {
                 return None;
             }
@@ -467,17 +468,24 @@ fn lex_int(tok: &str) -> Result<i128, ErrorKind> {
     if let Some(hex) = tok.strip_prefix("0x") {
         return parse_digits(hex, 16).map(|v| v as i128).ok_or_else(bad);
     }
-    let (neg, digits) = match tok.as_bytes()[0] {
-        b'-' => (true, &tok[1..]),
-        b'+' => (false, &tok[1..]),
-        _ => (false, tok),
+    let (neg, digits) = if let Some(d) = tok.strip_prefix('-') {
+        (true, d)
+    } else if let Some(d) = tok.strip_prefix('+') {
+        (false, d)
+    } else {
+        (false, tok)
     };
     // Leading zeros are not allowed (TOML 1.0), so "010" is not octal.
     if digits.len() > 1 && digits.starts_with('0') {
         return Err(bad());
     }
     let v = parse_digits(digits, 10).ok_or_else(bad)? as i128;
-    Ok(if neg { -v } else { v })
+    // v <= u64::MAX: its negation fits i128.
+    Ok(if neg {
+        v.checked_neg().ok_or_else(bad)?
+    } else {
+        v
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -965,7 +973,7 @@ pub fn parse(file: &str, text: &str) -> Result<Manifest, ManifestError> {
         section: Section::Top,
     };
     for (i, raw) in text.lines().enumerate() {
-        let line = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        let line = u32::try_from(i.saturating_add(1)).unwrap_or(u32::MAX);
         let lexed = lex_line(raw).map_err(|(field, kind)| p.err(line, field.as_deref(), kind))?;
         match lexed {
             Line::Blank => {}
