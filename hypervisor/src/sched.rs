@@ -312,16 +312,17 @@ fn balance(me: usize) {
             continue;
         }
         let mut q = QUEUES[me].lock();
-        let Some(i) = lowest(&q) else {
+        if q.is_empty() {
             return;
-        };
-        let candidate = Candidate {
-            vruntime: q[i].vruntime,
-            moved: q[i].moved,
-        };
-        if !should_push(my_load, their_load, idle, their_min, slice, candidate) {
-            continue;
         }
+        let cands = q.iter().map(|v| Candidate {
+            vruntime: v.vruntime,
+            moved: v.moved,
+            weight: effective_weight(v.weight(), v.vm.runnable.load(Ordering::Acquire)),
+        });
+        let Some(i) = choose_push(my_load, their_load, idle, their_min, slice, cands) else {
+            continue;
+        };
         let mut v = q.swap_remove(i);
         v.moved = true;
         MIN_VRT[me].store(queue_min(&q), Ordering::Release);
@@ -333,35 +334,56 @@ fn balance(me: usize) {
     }
 }
 
-/// The vCPU a CPU would push: the lowest of its queue.
+/// A queued vCPU as the balancer sees it.
 #[derive(Clone, Copy, Debug)]
 pub struct Candidate {
     pub vruntime: u64,
     /// It was pushed here and has not run since.
     pub moved: bool,
+    /// Its share of its VM's weight ([`effective_weight`]).
+    pub weight: u64,
 }
 
-/// Whether a CPU with `my_load` runnable vCPUs pushes `c` to one with
-/// `their_load` (idle: `their_idle`) whose lowest weighted run time is
-/// `their_min`: to an idle CPU, to even out a load difference of two or more,
-/// or when `c` lags far behind what runs there. A vCPU pushed for lagging is
-/// not pushed again before it has run: it is the lowest on both CPUs, and
-/// would otherwise bounce between them without ever being picked.
-pub fn should_push(
+/// A vCPU's share of its VM's weight, ×1000 for precision.
+pub fn effective_weight(vm_weight: u64, runnable: usize) -> u64 {
+    vm_weight.max(1) * 1000 / runnable.max(1) as u64
+}
+
+/// Which queued vCPU (if any) a CPU with `my_load` runnable vCPUs pushes to
+/// one with `their_load` (idle: `their_idle`) whose lowest weighted run time
+/// is `their_min`. To an idle CPU, or to even out a load difference of two or
+/// more: the one with the lowest weighted run time. Otherwise only vCPUs that
+/// lag far behind what runs there, and of those the lightest (the smallest
+/// share of its VM's weight): that evens out the weight the CPUs carry, not
+/// just their vCPU counts — two half-weight vCPUs of one VM end up sharing a
+/// CPU while a full-weight vCPU has the other, rather than one of them
+/// pairing with it. A vCPU pushed for lagging is not pushed again before it
+/// has run (it would be the lowest on both CPUs, and bounce unpicked).
+pub fn choose_push(
     my_load: usize,
     their_load: usize,
     their_idle: bool,
     their_min: u64,
     slice: u64,
-    c: Candidate,
-) -> bool {
+    cands: impl Iterator<Item = Candidate>,
+) -> Option<usize> {
     if my_load < 2 {
-        return false;
+        return None;
     }
     if their_idle || their_load + 1 < my_load {
-        return true;
+        return cands
+            .enumerate()
+            .min_by_key(|(_, c)| c.vruntime)
+            .map(|(i, _)| i);
     }
-    their_load < my_load && !c.moved && c.vruntime.saturating_add(2 * slice) < their_min
+    if their_load >= my_load {
+        return None;
+    }
+    cands
+        .enumerate()
+        .filter(|(_, c)| !c.moved && c.vruntime.saturating_add(2 * slice) < their_min)
+        .min_by_key(|(_, c)| (c.weight, c.vruntime))
+        .map(|(i, _)| i)
 }
 
 /// Moves halted vCPUs whose wake condition holds onto this CPU's queue.
@@ -605,27 +627,115 @@ mod tests {
         assert_eq!(got[0], 2 * got[1]);
     }
 
+    fn cand(vruntime: u64, moved: bool, weight: u64) -> Candidate {
+        Candidate {
+            vruntime,
+            moved,
+            weight,
+        }
+    }
+
     #[test]
     fn a_lagging_vcpu_is_pushed_once_then_runs() {
         let slice = 1000;
-        let lagging = Candidate {
-            vruntime: 0,
-            moved: false,
+        let push = |my, their, idle, min, c: &[Candidate]| {
+            choose_push(my, their, idle, min, slice, c.iter().copied())
         };
         // Lagging far behind the other CPU's vCPUs: pushed there.
-        assert!(should_push(2, 1, false, 10 * slice, slice, lagging));
+        let lagging = cand(0, false, 100_000);
+        let other = cand(50 * slice, false, 100_000);
+        assert_eq!(push(2, 1, false, 10 * slice, &[other, lagging]), Some(1));
         // Arrived there and the same holds the other way round: not pushed
         // back before it ran (it used to bounce and never run).
-        let arrived = Candidate {
-            moved: true,
-            ..lagging
-        };
-        assert!(!should_push(2, 1, false, 10 * slice, slice, arrived));
-        // Load differences and idle CPUs still move it.
-        assert!(should_push(3, 1, false, 0, slice, arrived));
-        assert!(should_push(2, 1, true, 0, slice, arrived));
-        assert!(!should_push(1, 0, true, 0, slice, lagging));
-        assert!(!should_push(2, 1, false, slice, slice, lagging));
+        let arrived = cand(0, true, 100_000);
+        assert_eq!(push(2, 1, false, 10 * slice, &[other, arrived]), None);
+        // Load differences and idle CPUs still move the lowest.
+        assert_eq!(push(3, 1, false, 0, &[other, arrived]), Some(1));
+        assert_eq!(push(2, 1, true, 0, &[arrived, other]), Some(0));
+        assert_eq!(push(1, 0, true, 0, &[lagging]), None);
+        assert_eq!(push(2, 1, false, slice, &[lagging, other]), None);
+        assert_eq!(push(2, 2, false, u64::MAX, &[lagging, other]), None);
+        // Of two lagging vCPUs, the lighter goes.
+        let half = cand(10, false, 50_000);
+        assert_eq!(push(2, 1, false, 10 * slice, &[lagging, half]), Some(1));
+    }
+
+    /// Two CPUs running vCPUs given as (VM weight, VM) for `rounds` slices
+    /// each, with the scheduler's pick, charge and push rules; returns the
+    /// ticks each VM got. All start on CPU 0 (as if created while CPU 1 was
+    /// busy elsewhere).
+    fn simulate_two_cpus(vcpus: &[(u64, usize)], rounds: usize) -> Vec<u64> {
+        let nvm = vcpus.iter().map(|v| v.1).max().unwrap() + 1;
+        let runnable: Vec<usize> = (0..nvm)
+            .map(|vm| vcpus.iter().filter(|v| v.1 == vm).count())
+            .collect();
+        let slice = 1000;
+        let mut vrt = vec![0u64; vcpus.len()];
+        let mut moved = vec![false; vcpus.len()];
+        let mut q: [Vec<usize>; 2] = [(0..vcpus.len()).collect(), Vec::new()];
+        let mut got = vec![0u64; nvm];
+        for _ in 0..rounds {
+            for me in 0..2 {
+                let Some(k) = lowest_key(q[me].iter().map(|&i| vrt[i])) else {
+                    continue;
+                };
+                let i = q[me][k];
+                moved[i] = false;
+                let (w, vm) = vcpus[i];
+                got[vm] += slice;
+                vrt[i] += charge(slice, w, runnable[vm]);
+                let other = 1 - me;
+                let their_min = q[other].iter().map(|&j| vrt[j]).min().unwrap_or(u64::MAX);
+                let cands = q[me].iter().map(|&j| Candidate {
+                    vruntime: vrt[j],
+                    moved: moved[j],
+                    weight: effective_weight(vcpus[j].0, runnable[vcpus[j].1]),
+                });
+                let (my_load, their_load) = (q[me].len(), q[other].len());
+                if let Some(k) = choose_push(
+                    my_load,
+                    their_load,
+                    their_load == 0,
+                    their_min,
+                    slice,
+                    cands,
+                ) {
+                    let j = q[me].swap_remove(k);
+                    moved[j] = true;
+                    q[other].push(j);
+                }
+            }
+        }
+        got
+    }
+
+    fn shares(got: &[u64]) -> Vec<f64> {
+        let total: u64 = got.iter().sum();
+        got.iter().map(|&g| g as f64 / total as f64).collect()
+    }
+
+    #[test]
+    fn a_1_vcpu_and_a_2_vcpu_guest_of_equal_weight_share_two_cpus_evenly() {
+        let s = shares(&simulate_two_cpus(&[(100, 0), (100, 1), (100, 1)], 4000));
+        assert!((s[0] - 0.5).abs() < 0.02, "{s:?}");
+        let s = shares(&simulate_two_cpus(&[(100, 1), (100, 1), (100, 0)], 4000));
+        assert!((s[0] - 0.5).abs() < 0.02, "{s:?}");
+    }
+
+    #[test]
+    fn weighted_1_vcpu_guests_on_two_cpus() {
+        let s = shares(&simulate_two_cpus(
+            &[(200, 0), (200, 1), (100, 2), (100, 3)],
+            6000,
+        ));
+        for (got, want) in s.iter().zip([1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0, 1.0 / 6.0]) {
+            assert!((got - want).abs() < 0.02, "{s:?}");
+        }
+        let s = shares(&simulate_two_cpus(
+            &[(100, 0), (100, 1), (100, 2), (100, 3)],
+            6000,
+        ));
+        assert!(s.iter().all(|x| (x - 0.25).abs() < 0.02), "{s:?}");
     }
 
     #[test]
