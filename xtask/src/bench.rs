@@ -1878,7 +1878,7 @@ impl Report {
             (Some(spread), Some(pct)) => format!(
                 "The spinners ended {} TSC ticks apart ({pct:.1} % of the run). Each runs for \
                  the same time from its own start, so they started about that far apart too; \
-                 while fewer than four run, the others get more than their weighted share, so \
+                 while not all of them run, the others get more than their weighted share, so \
                  part of the deviation comes from the staggered start and end, not from the \
                  scheduler's steady state.",
                 grouped(spread)
