@@ -112,7 +112,7 @@ impl core::fmt::Display for CreateError {
 }
 
 /// TSC ticks per tick of the virtual APIC bus (a 100 MHz bus).
-fn tsc_per_bus_tick() -> u64 {
+pub fn tsc_per_bus_tick() -> u64 {
     (crate::time::tsc_khz() / 100_000).max(1)
 }
 
