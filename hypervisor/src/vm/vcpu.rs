@@ -737,6 +737,21 @@ impl Vcpu {
         lapic.into_iter().chain(dev).min()
     }
 
+    /// The host TSC of this vCPU's next timer as of its last exit (u64::MAX:
+    /// none), for the scheduler: cheap, no lock.
+    pub fn cached_next_timer(&self) -> u64 {
+        if self.wait_sipi || self.halted_noirq {
+            u64::MAX
+        } else {
+            self.next_timer
+        }
+    }
+
+    /// Whether this (runnable, waiting) vCPU's timer is due at `now`.
+    pub fn timer_due(&self, now: u64) -> bool {
+        self.cached_next_timer() <= now
+    }
+
     pub fn weight(&self) -> u64 {
         u64::from(self.vm.config.weight.max(1))
     }
