@@ -618,6 +618,9 @@ fn finish() {
             vm.longest_exit.load(Ordering::Acquire),
             vm.longest_exit_reason.load(Ordering::Acquire)
         );
+        if vm.timer_lateness.total() > 0 {
+            println!("vm {}: timer lateness: {}", vm.name, vm.timer_lateness);
+        }
     }
     // Free the VMs' memory (it is scrubbed on the way back to the allocator).
     GLOBAL.lock().vms.clear();

@@ -3,6 +3,7 @@
 //! reported outcome (or a restart, as its policy says).
 pub mod gwalk;
 pub mod irq;
+pub mod lateness;
 pub mod memory;
 pub mod platform;
 pub mod vcpu;
@@ -89,6 +90,8 @@ pub struct Vm {
     /// and its basic exit reason.
     pub longest_exit: core::sync::atomic::AtomicU64,
     pub longest_exit_reason: AtomicU32,
+    /// How late its local APIC timer expiries were noticed.
+    pub timer_lateness: lateness::Lateness,
 }
 
 /// TSC when the manifest was read (start-up figures are measured from here).
@@ -191,6 +194,7 @@ impl Vm {
             runnable: core::sync::atomic::AtomicUsize::new(0),
             longest_exit: core::sync::atomic::AtomicU64::new(0),
             longest_exit_reason: AtomicU32::new(0),
+            timer_lateness: lateness::Lateness::default(),
             lapics: (0..config.vcpus)
                 .map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick())))
                 .collect(),
