@@ -16,7 +16,7 @@ pub const ABI_VERSION: u32 = 1;
 
 /// What the guest-visible answer depends on besides the host.
 #[derive(Clone, Copy, Debug)]
-pub struct View {
+pub struct View<'a> {
     pub vcpu: u32,
     pub vcpus: u32,
     pub guest_osxsave: bool,
@@ -24,7 +24,8 @@ pub struct View {
     pub invpcid: bool,
     /// The vCPU's XCR0 and what XSAVE features guests are offered.
     pub xcr0: u64,
-    pub xsave: Layout,
+    /// (By reference: copying it on every CPUID exit cost more than the rest.)
+    pub xsave: &'a Layout,
     /// CR4.PKE as the guest sees it (CPUID.7:ECX.OSPKE).
     pub guest_pke: bool,
     /// IA32_APIC_BASE.EN (CPUID.1:EDX.APIC, SDM Vol. 3A 11.4.3).
@@ -208,7 +209,7 @@ pub fn virtual_cpuid(leaf: u32, sub: u32, view: &View, host: impl Fn(u32, u32) -
                         r.edx &= !L7_EDX_AVX512;
                     }
                     // OSPKE is the guest's CR4.PKE, not the host's.
-                    let pku = pku_offered(r.ecx, &view.xsave);
+                    let pku = pku_offered(r.ecx, view.xsave);
                     r.ecx &= !(L7_ECX_PKU | L7_ECX_OSPKE);
                     if pku {
                         r.ecx |= L7_ECX_PKU;
@@ -275,7 +276,7 @@ pub fn handle(v: &mut Vcpu) -> Flow {
         rdtscp: sec & s::ENABLE_RDTSCP != 0,
         invpcid: sec & s::ENABLE_INVPCID != 0,
         xcr0: v.xcr0,
-        xsave: xsave::guest_layout(),
+        xsave: xsave::guest_layout_ref(),
         guest_pke: cr4 & arch::regs::cr4::PKE != 0,
         apic_enabled: v.vm.lapics[v.index].lock().apic_base() & (1 << 11) != 0,
         limit_maxval: v.msrs.misc_enable & super::msr::misc::LIMIT_CPUID_MAXVAL != 0,
@@ -325,7 +326,7 @@ mod tests {
         }
     }
 
-    fn view(vcpus: u32) -> View {
+    fn view(vcpus: u32) -> View<'static> {
         View {
             vcpu: 1,
             vcpus,
@@ -333,7 +334,9 @@ mod tests {
             rdtscp: true,
             invpcid: true,
             xcr0: 1,
-            xsave: Layout::from_host(0x2E7, skx_xsave),
+            xsave: alloc::boxed::Box::leak(alloc::boxed::Box::new(Layout::from_host(
+                0x2E7, skx_xsave,
+            ))),
             guest_pke: false,
             apic_enabled: true,
             limit_maxval: false,
@@ -412,14 +415,15 @@ mod tests {
         assert_eq!(r7.ecx & (1 << 7), 0, "CET shadow stack hidden");
         assert_eq!(r7.edx & (1 << 20), 0, "CET IBT hidden");
         assert_eq!(r7.edx & (1 << 24), 0, "AMX hidden");
-        v.xsave = Layout::from_host(0x3, skx_xsave);
+        let small = Layout::from_host(0x3, skx_xsave);
+        v.xsave = &small;
         let r7 = virtual_cpuid(7, 0, &v, host);
         assert_eq!(r7.ebx & ((1 << 5) | (1 << 16) | (1 << 31)), 0);
         let r1 = virtual_cpuid(1, 0, &v, host);
         assert_eq!(r1.ecx & (1 << 28), 0, "AVX hidden without its state");
         assert_ne!(r1.ecx & (1 << 26), 0, "XSAVE itself stays");
         // PKU with PKRU offered; OSPKE follows the guest's CR4.PKE.
-        v.xsave = Layout::from_host(0x2E7, |l, s| {
+        let pkru = Layout::from_host(0x2E7, |l, s| {
             let mut r = skx_xsave(l, s);
             if s == 9 {
                 r = Cpuid {
@@ -431,6 +435,7 @@ mod tests {
             }
             r
         });
+        v.xsave = &pkru;
         assert_eq!(virtual_cpuid(7, 0, &v, host).ecx & (3 << 3), 1 << 3);
         v.guest_pke = true;
         assert_eq!(virtual_cpuid(7, 0, &v, host).ecx & (3 << 3), 3 << 3);
