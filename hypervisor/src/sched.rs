@@ -207,7 +207,7 @@ fn queue_min(q: &[Box<Vcpu>]) -> u64 {
 const PICK_SCAN: usize = 32;
 
 /// Takes the next vCPU from this CPU's queue (see [`choose`]) and the
-/// earliest timer deadline of those left waiting there.
+/// earliest timer deadline still ahead of those left waiting there.
 fn pick(me: usize, now: u64) -> Option<(Box<Vcpu>, Option<u64>)> {
     let mut q = QUEUES[me].lock();
     let i = if q.len() <= PICK_SCAN {
@@ -220,7 +220,13 @@ fn pick(me: usize, now: u64) -> Option<(Box<Vcpu>, Option<u64>)> {
         lowest(&q)?
     };
     let v = q.swap_remove(i);
-    let next = q.iter().map(|w| w.cached_next_timer()).min();
+    // Timers already due don't end the slice early again: those vCPUs were
+    // just passed over for being ahead (`choose`), and will be again.
+    let next = q
+        .iter()
+        .map(|w| w.cached_next_timer())
+        .filter(|&t| t > now)
+        .min();
     // The picked vCPU still belongs to this CPU while it runs.
     MIN_VRT[me].store(queue_min(&q).min(v.vruntime), Ordering::Release);
     Some((v, next))
