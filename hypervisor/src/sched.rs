@@ -154,19 +154,82 @@ fn lowest(q: &[Box<Vcpu>]) -> Option<usize> {
     lowest_key(q.iter().map(|v| v.vruntime))
 }
 
+/// The scheduler's pick from (weighted run time, timer due) pairs: a vCPU
+/// whose timer is due goes first, so that its interrupt is injected on time,
+/// unless it is more than a slice ahead of the lowest (a vCPU whose timer is
+/// always due can't take more than its share that way); otherwise the lowest.
+pub fn choose(keys: &[(u64, bool)], slice: u64) -> Option<usize> {
+    let min = keys.iter().map(|k| k.0).min()?;
+    let limit = min.saturating_add(slice);
+    keys.iter()
+        .enumerate()
+        .filter(|(_, &(vrt, due))| due && vrt <= limit)
+        .min_by_key(|(_, k)| k.0)
+        .map(|(i, _)| i)
+        .or_else(|| lowest_key(keys.iter().map(|k| k.0)))
+}
+
+/// How long the next slice may run: at most `slice`, and no longer than
+/// until `next_wake` (the earliest timer of a vCPU waiting on this CPU or
+/// asleep), so that one is taken up at its deadline rather than a whole slice
+/// later; but never less than `slice / 16`, lest the CPU spin on slivers.
+pub fn slice_until(now: u64, slice: u64, next_wake: Option<u64>) -> u64 {
+    match next_wake {
+        Some(t) => t
+            .saturating_sub(now)
+            .clamp((slice / 16).max(1), slice.max(1)),
+        None => slice,
+    }
+}
+
+/// A woken vCPU's weighted run time: no more than a slice behind the CPU's
+/// lowest (a long sleeper can't monopolise the CPU), and, when it isn't more
+/// than a slice ahead, the lowest itself, so that it runs next (its timer or
+/// interrupt is what woke it).
+pub fn wake_vruntime(own: u64, floor: u64, slice: u64) -> u64 {
+    if floor == u64::MAX {
+        return own;
+    }
+    if own <= floor.saturating_add(slice) {
+        own.max(floor.saturating_sub(slice)).min(floor)
+    } else {
+        own
+    }
+}
+
 /// The lowest weighted run time in a queue (u64::MAX when it is empty).
 fn queue_min(q: &[Box<Vcpu>]) -> u64 {
     q.iter().map(|v| v.vruntime).min().unwrap_or(u64::MAX)
 }
 
-/// Takes the vCPU with the lowest weighted run time from this CPU's queue.
-fn pick(me: usize) -> Option<Box<Vcpu>> {
+/// Most vCPUs one CPU's queue is searched for due timers (more are picked
+/// by weighted run time alone).
+const PICK_SCAN: usize = 32;
+
+/// Takes the next vCPU from this CPU's queue (see [`choose`]) and the
+/// earliest timer deadline still ahead of those left waiting there.
+fn pick(me: usize, now: u64) -> Option<(Box<Vcpu>, Option<u64>)> {
     let mut q = QUEUES[me].lock();
-    let i = lowest(&q)?;
+    let i = if q.len() <= PICK_SCAN {
+        let mut keys = [(0u64, false); PICK_SCAN];
+        for (k, v) in keys.iter_mut().zip(q.iter()) {
+            *k = (v.vruntime, v.timer_due(now));
+        }
+        choose(&keys[..q.len()], SLICE_TSC.load(Ordering::Relaxed))?
+    } else {
+        lowest(&q)?
+    };
     let v = q.swap_remove(i);
+    // Timers already due don't end the slice early again: those vCPUs were
+    // just passed over for being ahead (`choose`), and will be again.
+    let next = q
+        .iter()
+        .map(|w| w.cached_next_timer())
+        .filter(|&t| t > now)
+        .min();
     // The picked vCPU still belongs to this CPU while it runs.
     MIN_VRT[me].store(queue_min(&q).min(v.vruntime), Ordering::Release);
-    Some(v)
+    Some((v, next))
 }
 
 /// Which guest gets the keys typed on the hypervisor console.
@@ -255,11 +318,17 @@ pub fn cpu_loop() -> ! {
         }
         crate::console::pump(rdtsc());
         wake_sleepers(me);
-        match pick(me) {
-            Some(mut v) => {
+        let now = rdtsc();
+        match pick(me, now) {
+            Some((mut v, queued)) => {
                 v.moved = false;
+                let wake = match (queued, next_wake()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let slice = slice_until(now, SLICE_TSC.load(Ordering::Relaxed), wake);
                 let t0 = rdtsc();
-                let end = v.run_slice(SLICE_TSC.load(Ordering::Relaxed));
+                let end = v.run_slice(slice);
                 let used = rdtsc().saturating_sub(t0);
                 let runnable = v.vm.runnable.load(Ordering::Acquire);
                 v.vruntime = v
@@ -412,12 +481,9 @@ fn wake_sleepers(me: usize) {
             vcpu_done(v);
             continue;
         }
-        // A long sleeper doesn't get to monopolise the CPU afterwards.
-        if floor != u64::MAX {
-            v.vruntime = v
-                .vruntime
-                .max(floor.saturating_sub(SLICE_TSC.load(Ordering::Relaxed)));
-        }
+        // A long sleeper doesn't get to monopolise the CPU afterwards, but
+        // what woke it is taken up next.
+        v.vruntime = wake_vruntime(v.vruntime, floor, SLICE_TSC.load(Ordering::Relaxed));
         LOAD[me].fetch_add(1, Ordering::AcqRel);
         set_runnable(&mut v, true);
         let vrt = v.vruntime;
@@ -580,6 +646,9 @@ fn finish() {
             vm.longest_exit.load(Ordering::Acquire),
             vm.longest_exit_reason.load(Ordering::Acquire)
         );
+        if vm.timer_lateness.total() > 0 {
+            println!("vm {}: timer lateness: {}", vm.name, vm.timer_lateness);
+        }
     }
     // Free the VMs' memory (it is scrubbed on the way back to the allocator).
     GLOBAL.lock().vms.clear();
@@ -736,6 +805,56 @@ mod tests {
             6000,
         ));
         assert!(s.iter().all(|x| (x - 0.25).abs() < 0.02), "{s:?}");
+    }
+
+    #[test]
+    fn a_due_timer_is_picked_first_within_a_slice() {
+        let slice = 1000;
+        // The lowest runs when no timer is due.
+        assert_eq!(
+            choose(&[(500, false), (100, false), (300, false)], slice),
+            Some(1)
+        );
+        // A due vCPU less than a slice ahead goes first.
+        assert_eq!(
+            choose(&[(500, false), (100, false), (900, true)], slice),
+            Some(2)
+        );
+        // Ties with the lowest: the due one.
+        assert_eq!(choose(&[(100, false), (100, true)], slice), Some(1));
+        // More than a slice ahead: its share first, the lowest runs.
+        assert_eq!(choose(&[(1200, true), (100, false)], slice), Some(1));
+        // Two due: the lower of them.
+        assert_eq!(
+            choose(&[(700, true), (100, false), (400, true)], slice),
+            Some(2)
+        );
+        assert_eq!(choose(&[], slice), None);
+    }
+
+    #[test]
+    fn a_slice_ends_at_the_next_wake_up() {
+        let slice = 16_000;
+        assert_eq!(slice_until(100, slice, None), slice);
+        assert_eq!(slice_until(100, slice, Some(5100)), 5000);
+        assert_eq!(slice_until(100, slice, Some(1_000_000)), slice);
+        // Due now or past: the shortest slice, not none.
+        assert_eq!(slice_until(100, slice, Some(50)), 1000);
+        assert_eq!(slice_until(100, 8, Some(50)), 1);
+    }
+
+    #[test]
+    fn a_woken_vcpu_runs_next_but_keeps_its_debt() {
+        let slice = 1000;
+        // Slept long: a slice behind the lowest, no more.
+        assert_eq!(wake_vruntime(0, 10_000, slice), 9000);
+        assert_eq!(wake_vruntime(9500, 10_000, slice), 9500);
+        // Ahead by less than a slice: the lowest, so it runs next.
+        assert_eq!(wake_vruntime(10_800, 10_000, slice), 10_000);
+        // Far ahead: it waits for the others.
+        assert_eq!(wake_vruntime(12_000, 10_000, slice), 12_000);
+        // An empty CPU.
+        assert_eq!(wake_vruntime(12_000, u64::MAX, slice), 12_000);
     }
 
     #[test]

@@ -173,13 +173,25 @@ pub fn host_mask() -> u64 {
     HOST_MASK.load(Ordering::Relaxed)
 }
 
+/// Before XSAVE is set up: x87 and SSE only.
+static LEGACY: Layout = Layout {
+    offered: X87 | SSE,
+    comps: [Component {
+        size: 0,
+        offset: 0,
+        align64: false,
+    }; COMPONENTS],
+    sub1_eax: 0,
+};
+
 /// What guests are offered (set up with XSAVE on the first CPU).
 pub fn guest_layout() -> Layout {
-    *LAYOUT.get().unwrap_or(&Layout {
-        offered: X87 | SSE,
-        comps: [Component::default(); COMPONENTS],
-        sub1_eax: 0,
-    })
+    *guest_layout_ref()
+}
+
+/// The same without a copy (CPUID exits read it).
+pub fn guest_layout_ref() -> &'static Layout {
+    LAYOUT.get().unwrap_or(&LEGACY)
 }
 
 /// The XCR0 components guests may enable.

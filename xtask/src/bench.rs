@@ -72,6 +72,20 @@ pub const EXIT_TYPES: &[(&str, &str)] = &[
     ("pio_unclaimed", "port I/O to an unclaimed port"),
     ("mmio_device", "MMIO to a device model"),
     ("hlt", "HLT and wake-up (cmdline hlt=1)"),
+    (
+        "kernel_floor",
+        "floor hypercall, interrupts on and the APIC timer ticking (cmdline kernel=1)",
+    ),
+    ("kernel_cpuid", "CPUID, interrupts on, APIC timer ticking"),
+    (
+        "kernel_vmcall",
+        "VMCALL ABI_VERSION, interrupts on, APIC timer ticking",
+    ),
+    ("kernel_rdmsr", "RDMSR, interrupts on, APIC timer ticking"),
+    (
+        "kernel_pio_device",
+        "port I/O to a device model, interrupts on, APIC timer ticking",
+    ),
 ];
 /// The exits the core handles itself: these have the goal of [`CORE_EXIT_GOAL`].
 pub const CORE_EXITS: &[&str] = &["cpuid", "vmcall", "rdmsr"];
@@ -860,7 +874,7 @@ pub fn exit_figures(lines: &ExitLines) -> Vec<ExitFigure> {
     let floor = find("floor").and_then(|f| baseline.map(|b| f.per_iteration() - b));
     let mut kinds: Vec<(String, String)> = EXIT_TYPES
         .iter()
-        .filter(|(k, _)| *k != "hlt" || find("hlt").is_some())
+        .filter(|(k, _)| (*k != "hlt" && !k.starts_with("kernel_")) || find(k).is_some())
         .map(|(k, w)| (k.to_string(), w.to_string()))
         .collect();
     for r in &lines.rows {

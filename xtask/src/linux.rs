@@ -642,6 +642,10 @@ dmesg | grep 'x86/fpu: Enabled xstate' | sed 's/^\[[^]]*\] /linux-guest: /'
 echo "linux-guest: kernel warnings $(dmesg | grep -c -e 'WARNING: CPU' -e 'XSAVE consistency problem')"
 
 off() {
+    # The TSC as a clocksource: how the kernel got its rate, and whether the clocksource
+    # watchdog (or anything else) gave up on it, as it does when timer interrupts come late.
+    dmesg | grep -m1 'tsc: Detected' | sed 's/^\[[^]]*\] /linux-guest: /'
+    echo "linux-guest: tsc unstable $(dmesg | grep -c -e 'as unstable' -e 'TSC unstable')"
     echo "linux-guest: powering off"
     sync
     poweroff -f
@@ -1006,6 +1010,7 @@ linux-image-6.12-cloud-amd64 - Linux for x86-64 cloud (meta-package)
             "echo \"linux-guest: hypervisor flag $hv\"",
             "echo \"linux-guest: avx2 $avx2\"",
             "linux-guest: kernel warnings $(dmesg | grep -c",
+            "echo \"linux-guest: tsc unstable $(dmesg | grep -c",
             "echo \"linux-guest: workload md5 $result\"",
             "echo \"linux-guest: powering off\"",
             "poweroff -f",

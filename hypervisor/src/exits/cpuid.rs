@@ -16,7 +16,7 @@ pub const ABI_VERSION: u32 = 1;
 
 /// What the guest-visible answer depends on besides the host.
 #[derive(Clone, Copy, Debug)]
-pub struct View {
+pub struct View<'a> {
     pub vcpu: u32,
     pub vcpus: u32,
     pub guest_osxsave: bool,
@@ -24,7 +24,8 @@ pub struct View {
     pub invpcid: bool,
     /// The vCPU's XCR0 and what XSAVE features guests are offered.
     pub xcr0: u64,
-    pub xsave: Layout,
+    /// (By reference: copying it on every CPUID exit cost more than the rest.)
+    pub xsave: &'a Layout,
     /// CR4.PKE as the guest sees it (CPUID.7:ECX.OSPKE).
     pub guest_pke: bool,
     /// IA32_APIC_BASE.EN (CPUID.1:EDX.APIC, SDM Vol. 3A 11.4.3).
@@ -32,6 +33,47 @@ pub struct View {
     /// IA32_MISC_ENABLE bits 22 (limit CPUID maxval) and 34 (XD disable).
     pub limit_maxval: bool,
     pub xd_disable: bool,
+    /// The guest's TSC rate (the host's: guests' TSCs are offset, not scaled)
+    /// and the TSC ticks per tick of the virtual APIC bus, which Linux takes
+    /// to be the crystal of leaf 15H.
+    pub tsc_khz: u64,
+    pub tsc_per_bus_tick: u64,
+}
+
+/// The lowest basic leaf guests are offered: the TSC/crystal and frequency
+/// leaves (15H, 16H) are always answered.
+const MIN_MAX_BASIC: u32 = 0x16;
+
+/// Leaf 15H, TSC/core crystal clock (SDM Vol. 2A CPUID, Vol. 3B 19.7.3):
+/// EAX/EBX = TSC/crystal ratio, ECX = crystal Hz. The crystal is the
+/// virtual APIC bus (its timer counts it: Linux sets its APIC timer period
+/// from ECX and skips both calibrations); ECX is whole kHz so that the
+/// kernel's kHz figures are exact.
+pub fn tsc_leaf(tsc_khz: u64, tsc_per_bus_tick: u64) -> Cpuid {
+    let n = tsc_per_bus_tick.clamp(1, u64::from(u32::MAX));
+    let crystal_khz = (tsc_khz / n).min(u64::from(u32::MAX) / 1000);
+    if crystal_khz == 0 {
+        return Cpuid::default();
+    }
+    Cpuid {
+        eax: 1,
+        ebx: n as u32,
+        ecx: (crystal_khz * 1000) as u32,
+        edx: 0,
+    }
+}
+
+/// Leaf 16H: base and maximum frequency and the bus (reference) frequency,
+/// in MHz (bits 15:0).
+pub fn freq_leaf(tsc_khz: u64, tsc_per_bus_tick: u64) -> Cpuid {
+    let mhz = (tsc_khz / 1000).min(0xFFFF) as u32;
+    let bus = (tsc_khz / tsc_per_bus_tick.max(1) / 1000).min(0xFFFF) as u32;
+    Cpuid {
+        eax: mhz,
+        ebx: mhz,
+        ecx: bus,
+        edx: 0,
+    }
 }
 
 /// Leaf 1 ECX bits hidden from guests: VMX, SMX, EST, TM2, PDCM, DTES64,
@@ -90,7 +132,8 @@ fn bits_for(n: u32) -> u32 {
 /// The guest's CPUID answer for `leaf`/`sub`, given the host's CPUID.
 pub fn virtual_cpuid(leaf: u32, sub: u32, view: &View, host: impl Fn(u32, u32) -> Cpuid) -> Cpuid {
     let zero = Cpuid::default();
-    let max_basic = host(0, 0).eax;
+    let host_max = host(0, 0).eax;
+    let max_basic = host_max.max(MIN_MAX_BASIC);
     match leaf {
         0x4000_0000 => Cpuid {
             eax: HV_LEAF_MAX,
@@ -107,11 +150,16 @@ pub fn virtual_cpuid(leaf: u32, sub: u32, view: &View, host: impl Fn(u32, u32) -
         0x4000_0002..=0x4FFF_FFFF => zero,
         0 => {
             let mut r = host(0, 0);
+            r.eax = max_basic;
             if view.limit_maxval {
                 r.eax = r.eax.min(2);
             }
             r
         }
+        0x15 => tsc_leaf(view.tsc_khz, view.tsc_per_bus_tick),
+        0x16 => freq_leaf(view.tsc_khz, view.tsc_per_bus_tick),
+        // Leaves the host lacks below the ones always answered.
+        l if l > host_max && l <= max_basic => zero,
         l if l <= max_basic || l >= 0x8000_0000 => {
             let mut r = host(leaf, sub);
             match leaf {
@@ -140,11 +188,9 @@ pub fn virtual_cpuid(leaf: u32, sub: u32, view: &View, host: impl Fn(u32, u32) -
                 4 => {
                     r.eax = (r.eax & 0x3FF) | ((view.vcpus.next_power_of_two() - 1).min(63) << 26);
                 }
-                // MONITOR, thermal/power, PMU, SGX, PT, TSC/crystal and
-                // frequency leaves (the guest calibrates the TSC against the
-                // virtual PIT, whose clock is the TSC the guest really sees),
-                // hybrid, PCONFIG, v2 topology.
-                5 | 6 | 0xA | 0x12 | 0x14 | 0x15 | 0x16 | 0x1A | 0x1B | 0x1F => r = zero,
+                // MONITOR, thermal/power, PMU, SGX, PT, hybrid, PCONFIG, v2
+                // topology.
+                5 | 6 | 0xA | 0x12 | 0x14 | 0x1A | 0x1B | 0x1F => r = zero,
                 7 if sub == 0 => {
                     r.ebx &= !L7_EBX_HIDE;
                     if !view.invpcid {
@@ -163,7 +209,7 @@ pub fn virtual_cpuid(leaf: u32, sub: u32, view: &View, host: impl Fn(u32, u32) -
                         r.edx &= !L7_EDX_AVX512;
                     }
                     // OSPKE is the guest's CR4.PKE, not the host's.
-                    let pku = pku_offered(r.ecx, &view.xsave);
+                    let pku = pku_offered(r.ecx, view.xsave);
                     r.ecx &= !(L7_ECX_PKU | L7_ECX_OSPKE);
                     if pku {
                         r.ecx |= L7_ECX_PKU;
@@ -230,11 +276,13 @@ pub fn handle(v: &mut Vcpu) -> Flow {
         rdtscp: sec & s::ENABLE_RDTSCP != 0,
         invpcid: sec & s::ENABLE_INVPCID != 0,
         xcr0: v.xcr0,
-        xsave: xsave::guest_layout(),
+        xsave: xsave::guest_layout_ref(),
         guest_pke: cr4 & arch::regs::cr4::PKE != 0,
         apic_enabled: v.vm.lapics[v.index].lock().apic_base() & (1 << 11) != 0,
         limit_maxval: v.msrs.misc_enable & super::msr::misc::LIMIT_CPUID_MAXVAL != 0,
         xd_disable: v.msrs.misc_enable & super::msr::misc::XD_DISABLE != 0,
+        tsc_khz: crate::time::tsc_khz(),
+        tsc_per_bus_tick: crate::vm::tsc_per_bus_tick(),
     };
     let r = virtual_cpuid(leaf, sub, &view, arch::cpuid::cpuid);
     v.regs.gpr[RAX] = u64::from(r.eax);
@@ -278,7 +326,7 @@ mod tests {
         }
     }
 
-    fn view(vcpus: u32) -> View {
+    fn view(vcpus: u32) -> View<'static> {
         View {
             vcpu: 1,
             vcpus,
@@ -286,11 +334,15 @@ mod tests {
             rdtscp: true,
             invpcid: true,
             xcr0: 1,
-            xsave: Layout::from_host(0x2E7, skx_xsave),
+            xsave: alloc::boxed::Box::leak(alloc::boxed::Box::new(Layout::from_host(
+                0x2E7, skx_xsave,
+            ))),
             guest_pke: false,
             apic_enabled: true,
             limit_maxval: false,
             xd_disable: false,
+            tsc_khz: 200_000,
+            tsc_per_bus_tick: 2,
         }
     }
 
@@ -363,14 +415,15 @@ mod tests {
         assert_eq!(r7.ecx & (1 << 7), 0, "CET shadow stack hidden");
         assert_eq!(r7.edx & (1 << 20), 0, "CET IBT hidden");
         assert_eq!(r7.edx & (1 << 24), 0, "AMX hidden");
-        v.xsave = Layout::from_host(0x3, skx_xsave);
+        let small = Layout::from_host(0x3, skx_xsave);
+        v.xsave = &small;
         let r7 = virtual_cpuid(7, 0, &v, host);
         assert_eq!(r7.ebx & ((1 << 5) | (1 << 16) | (1 << 31)), 0);
         let r1 = virtual_cpuid(1, 0, &v, host);
         assert_eq!(r1.ecx & (1 << 28), 0, "AVX hidden without its state");
         assert_ne!(r1.ecx & (1 << 26), 0, "XSAVE itself stays");
         // PKU with PKRU offered; OSPKE follows the guest's CR4.PKE.
-        v.xsave = Layout::from_host(0x2E7, |l, s| {
+        let pkru = Layout::from_host(0x2E7, |l, s| {
             let mut r = skx_xsave(l, s);
             if s == 9 {
                 r = Cpuid {
@@ -382,6 +435,7 @@ mod tests {
             }
             r
         });
+        v.xsave = &pkru;
         assert_eq!(virtual_cpuid(7, 0, &v, host).ecx & (3 << 3), 1 << 3);
         v.guest_pke = true;
         assert_eq!(virtual_cpuid(7, 0, &v, host).ecx & (3 << 3), 3 << 3);
@@ -432,6 +486,52 @@ mod tests {
         assert_eq!(
             virtual_cpuid(0x4000_0100, 0, &view(1), host),
             Cpuid::default()
+        );
+    }
+
+    #[test]
+    fn tsc_and_crystal_leaves_give_the_guest_tsc_rate() {
+        let v = view(1);
+        // Bochs at 200 M instructions/s: a 100 MHz APIC bus, TSC = 2 × crystal.
+        let r = virtual_cpuid(0x15, 0, &v, host);
+        assert_eq!((r.eax, r.ebx, r.ecx, r.edx), (1, 2, 100_000_000, 0));
+        // What Linux computes (native_calibrate_tsc): crystal kHz × EBX / EAX.
+        assert_eq!(
+            u64::from(r.ecx / 1000) * u64::from(r.ebx) / u64::from(r.eax),
+            200_000
+        );
+        let f = virtual_cpuid(0x16, 0, &v, host);
+        assert_eq!((f.eax, f.ebx, f.ecx), (200, 200, 100));
+        // A 3 GHz host: crystal 100 MHz, ratio 30; whole kHz in ECX.
+        let r = tsc_leaf(2_999_999, 29);
+        assert_eq!((r.eax, r.ebx, r.ecx), (1, 29, 103_448_000));
+        assert!(2_999_999 - u64::from(r.ecx / 1000) * 29 < 29);
+        // A TSC slower than the bus clock still gives a ratio of 1.
+        assert_eq!(tsc_leaf(50_000, 0).ecx, 50_000_000);
+        assert_eq!(tsc_leaf(0, 1), Cpuid::default());
+    }
+
+    #[test]
+    fn tsc_leaves_answered_on_a_host_without_them() {
+        let old = |leaf: u32, sub: u32| {
+            if leaf == 0 {
+                Cpuid {
+                    eax: 0xD,
+                    ..Cpuid::default()
+                }
+            } else {
+                host(leaf, sub)
+            }
+        };
+        let v = view(1);
+        assert_eq!(virtual_cpuid(0, 0, &v, old).eax, 0x16);
+        assert_eq!(virtual_cpuid(0x15, 0, &v, old).ebx, 2);
+        assert_eq!(virtual_cpuid(0xE, 0, &v, old), Cpuid::default());
+        assert_eq!(virtual_cpuid(0x14, 0, &v, old), Cpuid::default());
+        // Beyond the range: the highest basic leaf's answer (16H).
+        assert_eq!(
+            virtual_cpuid(0x100, 0, &v, old),
+            virtual_cpuid(0x16, 0, &v, old)
         );
     }
 

@@ -3,6 +3,7 @@
 //! reported outcome (or a restart, as its policy says).
 pub mod gwalk;
 pub mod irq;
+pub mod lateness;
 pub mod memory;
 pub mod platform;
 pub mod vcpu;
@@ -88,6 +89,8 @@ pub struct Vm {
     /// and its basic exit reason.
     pub longest_exit: core::sync::atomic::AtomicU64,
     pub longest_exit_reason: AtomicU32,
+    /// How late its local APIC timer expiries were noticed.
+    pub timer_lateness: lateness::Lateness,
 }
 
 /// TSC when the manifest was read (start-up figures are measured from here).
@@ -113,7 +116,7 @@ impl core::fmt::Display for CreateError {
 }
 
 /// TSC ticks per tick of the virtual APIC bus (a 100 MHz bus).
-fn tsc_per_bus_tick() -> u64 {
+pub fn tsc_per_bus_tick() -> u64 {
     (crate::time::tsc_khz() / 100_000).max(1)
 }
 
@@ -198,6 +201,7 @@ impl Vm {
             runnable: core::sync::atomic::AtomicUsize::new(0),
             longest_exit: core::sync::atomic::AtomicU64::new(0),
             longest_exit_reason: AtomicU32::new(0),
+            timer_lateness: lateness::Lateness::default(),
             lapics: (0..config.vcpus)
                 .map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick())))
                 .collect(),

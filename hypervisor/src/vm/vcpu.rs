@@ -99,6 +99,33 @@ pub fn preemption_timer_value(tsc: u64, rate: u8) -> u32 {
     ticks.min(u64::from(u32::MAX)) as u32
 }
 
+/// Whether a raw exit reason (SDM Vol. 3C 28.2.1) is one the run loop's fast
+/// path finishes: CPUID, VMCALL and RDMSR, which the core handles by itself,
+/// and port I/O, whose device accesses report timer and interrupt changes
+/// through the mailbox flags that [`Vcpu::quiet`] checks. All four are
+/// instruction exits, never taken during event delivery (SDM Vol. 3C
+/// 28.2.4); a VM-entry failure (bit 31) or any other bit set is not one.
+pub fn fast_path_exit(reason: u32) -> bool {
+    use arch::vmx::exit::ExitReason as R;
+    const CPUID: u32 = R::Cpuid as u32;
+    const VMCALL: u32 = R::Vmcall as u32;
+    const RDMSR: u32 = R::Rdmsr as u32;
+    const IO: u32 = R::IoInstruction as u32;
+    matches!(reason, CPUID | VMCALL | RDMSR | IO)
+}
+
+/// Brings a local APIC's timer up to guest TSC `now`, noting in the VM's
+/// lateness figures how long after its deadline an expiry was seen.
+fn poll_lapic_timer(vm: &Vm, l: &mut crate::devices::lapic::VLapic, now: u64) {
+    let due = l.next_timer_deadline();
+    if l.poll_timer(now) {
+        if let Some(d) = due.filter(|&d| d <= now) {
+            vm.timer_lateness
+                .record(crate::time::tsc_to_ns(now - d) / 1000);
+        }
+    }
+}
+
 /// Why a time slice ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SliceEnd {
@@ -308,72 +335,92 @@ impl Vcpu {
         // When the last exit happened and its basic reason (0: none yet).
         let mut exit_tsc = 0u64;
         let mut exit_reason = 0u32;
+        // The host TSC the preemption timer of the last entry counted to, and
+        // whether the last exit was finished on the fast path (`fast_exit`):
+        // then nothing the full path looks at before an entry has changed,
+        // and only the timer is set again.
+        let mut entry_deadline = 0u64;
+        let mut fast = false;
+        // Held for the slice: the fast path reads the VM's flags directly.
+        let vm = self.vm.clone();
+        let mb = &vm.mailbox[self.index];
+        let mut now;
         let end = loop {
-            if self.vm.ended() || interrupts::STOPPING.load(Ordering::Relaxed) {
-                break SliceEnd::VmEnded;
-            }
-            let mut now = rdtsc();
-            // Console output waits in queues; feed the serial port when its
-            // transmitter can take more (one atomic load otherwise).
-            if crate::console::pump_due(now) {
-                crate::console::pump(now);
+            if fast {
+                fast = false;
                 now = rdtsc();
-            }
-            let left = deadline.saturating_sub(now);
-            if left == 0 {
-                break SliceEnd::Preempted;
-            }
-            if self.vm.mailbox[self.index].init.load(Ordering::Acquire) {
-                break SliceEnd::Yielded;
-            }
-            // Timers first, so that an interrupt due now is injected now.            // Polling costs; it is done only when something is due or changed.
-            if self.timers_dirty
-                || now >= self.next_timer
-                || self.vm.mailbox[self.index]
-                    .timers_dirty
-                    .swap(false, Ordering::AcqRel)
-            {
-                self.next_timer = self.poll_timers().unwrap_or(u64::MAX);
-                self.timers_dirty = false;
-                self.vm.mailbox[self.index]
-                    .check_irq
-                    .store(true, Ordering::Release);
-            }
-            let mut left = left.min(self.next_timer.saturating_sub(now).max(1));
-            if let Some(t) = crate::console::next_pump_tsc() {
-                // Back in time to feed the serial port again.
-                left = left.min(t.saturating_sub(now).max(1));
-            }
-            w!(
-                guest::VMX_PREEMPTION_TIMER_VALUE,
-                preemption_timer_value(left, rate)
-            );
-            if self.pending_event.is_none()
-                && self.vm.mailbox[self.index]
-                    .check_irq
-                    .swap(false, Ordering::AcqRel)
-                && self.inject_interrupts()
-            {
-                self.vm.mailbox[self.index]
-                    .check_irq
-                    .store(true, Ordering::Release);
-            }
-            if let Some(ev) = self.pending_event.take() {
-                if let Some(cr2) = self.pending_cr2.take() {
-                    // SAFETY: CR2 only reports page-fault addresses; the host
-                    // takes no page faults before this entry (and CR2 is the
-                    // guest's while it is switched in).
-                    unsafe { regs::write_cr2(cr2) };
+                w!(
+                    guest::VMX_PREEMPTION_TIMER_VALUE,
+                    preemption_timer_value(entry_deadline.saturating_sub(now), rate)
+                );
+            } else {
+                if self.vm.ended() || interrupts::STOPPING.load(Ordering::Relaxed) {
+                    break SliceEnd::VmEnded;
                 }
-                w!(ctrl::VMENTRY_INTERRUPTION_INFO, ev.info);
-                w!(ctrl::VMENTRY_EXCEPTION_ERR_CODE, ev.error_code);
-                w!(ctrl::VMENTRY_INSTRUCTION_LEN, ev.len);
-            }
-            if exit_tsc != 0 {
-                let t = rdtsc().saturating_sub(exit_tsc);
-                if t > self.longest_exit {
-                    self.longest_exit = t;
-                    self.vm.note_exit_time(t, exit_reason);
+                now = rdtsc();
+                // Console output waits in queues; feed the serial port when its
+                // transmitter can take more (one atomic load otherwise).
+                if crate::console::pump_due(now) {
+                    crate::console::pump(now);
+                    now = rdtsc();
+                }
+                let left = deadline.saturating_sub(now);
+                if left == 0 {
+                    break SliceEnd::Preempted;
+                }
+                if self.vm.mailbox[self.index].init.load(Ordering::Acquire) {
+                    break SliceEnd::Yielded;
+                }
+                // Timers first, so that an interrupt due now is injected now.            // Polling costs; it is done only when something is due or changed.
+                if self.timers_dirty
+                    || now >= self.next_timer
+                    || self.vm.mailbox[self.index]
+                        .timers_dirty
+                        .swap(false, Ordering::AcqRel)
+                {
+                    self.next_timer = self.poll_timers().unwrap_or(u64::MAX);
+                    self.timers_dirty = false;
+                    self.vm.mailbox[self.index]
+                        .check_irq
+                        .store(true, Ordering::Release);
+                }
+                let mut left = left.min(self.next_timer.saturating_sub(now).max(1));
+                if let Some(t) = crate::console::next_pump_tsc() {
+                    // Back in time to feed the serial port again.
+                    left = left.min(t.saturating_sub(now).max(1));
+                }
+                entry_deadline = now.saturating_add(left);
+                w!(
+                    guest::VMX_PREEMPTION_TIMER_VALUE,
+                    preemption_timer_value(left, rate)
+                );
+                if self.pending_event.is_none()
+                    && self.vm.mailbox[self.index]
+                        .check_irq
+                        .swap(false, Ordering::AcqRel)
+                    && self.inject_interrupts()
+                {
+                    self.vm.mailbox[self.index]
+                        .check_irq
+                        .store(true, Ordering::Release);
+                }
+                if let Some(ev) = self.pending_event.take() {
+                    if let Some(cr2) = self.pending_cr2.take() {
+                        // SAFETY: CR2 only reports page-fault addresses; the host
+                        // takes no page faults before this entry (and CR2 is the
+                        // guest's while it is switched in).
+                        unsafe { regs::write_cr2(cr2) };
+                    }
+                    w!(ctrl::VMENTRY_INTERRUPTION_INFO, ev.info);
+                    w!(ctrl::VMENTRY_EXCEPTION_ERR_CODE, ev.error_code);
+                    w!(ctrl::VMENTRY_INSTRUCTION_LEN, ev.len);
+                }
+                if exit_tsc != 0 {
+                    let t = rdtsc().saturating_sub(exit_tsc);
+                    if t > self.longest_exit {
+                        self.longest_exit = t;
+                        self.vm.note_exit_time(t, exit_reason);
+                    }
                 }
             }
             // SAFETY: the VMCS is current and fully configured for this CPU.
@@ -391,12 +438,21 @@ impl Vcpu {
             self.launched = true;
             let reason = ro::EXIT_REASON.read().unwrap_or(0);
             exit_reason = reason & 0xFFFF;
-            #[cfg(feature = "bench")]
-            if reason == 18 && self.regs.gpr[run::RAX] == 0xFFFF_0000 {
-                // The benchmark floor: the least a handled exit can cost.
-                let len = ro::VMEXIT_INSTRUCTION_LEN.read().unwrap_or(0) as u64;
-                w!(guest::RIP, self.rip() + len);
-                continue;
+            match self.fast_exit(reason, entry_deadline, &vm, mb) {
+                None => {}
+                Some(None) => {
+                    fast = true;
+                    continue;
+                }
+                Some(Some(flow)) => match flow {
+                    Flow::Continue => continue,
+                    Flow::Yield => break SliceEnd::Yielded,
+                    Flow::Halt => break SliceEnd::Halted,
+                    Flow::End(how) => {
+                        self.vm.end(how);
+                        break SliceEnd::VmEnded;
+                    }
+                },
             }
             if reason & 0xFFFF == 52 && guest::RFLAGS.read().unwrap_or(0) & (1 << 9) == 0 {
                 self.spin_tsc += rdtsc().saturating_sub(now);
@@ -456,6 +512,64 @@ impl Vcpu {
             .store(0, Ordering::Release);
         self.switch_out();
         end
+    }
+
+    /// The fast path of the exits in [`fast_path_exit`]. They are instruction
+    /// exits, so there is no IDT-vectoring information to requeue (SDM Vol.
+    /// 3C 28.2.4) and no entry failure.
+    /// None: not such an exit. Some(None): handled, and nothing the full path
+    /// checks before an entry has changed (timers, signals, events to inject,
+    /// the console: see [`Self::quiet`]), so the next entry only sets the
+    /// preemption timer again. Some(Some(flow)): handled; the full path runs
+    /// before the next entry.
+    fn fast_exit(
+        &mut self,
+        reason: u32,
+        entry_deadline: u64,
+        vm: &Vm,
+        mb: &super::irq::Mailbox,
+    ) -> Option<Option<Flow>> {
+        if !fast_path_exit(reason) {
+            return None;
+        }
+        self.spin_tsc = 0;
+        #[cfg(feature = "bench")]
+        if reason == arch::vmx::exit::ExitReason::Vmcall as u32
+            && self.regs.gpr[run::RAX] == 0xFFFF_0000
+        {
+            // The benchmark floor: the least a handled exit can cost.
+            let len = ro::VMEXIT_INSTRUCTION_LEN.read().unwrap_or(0);
+            w!(guest::RIP, self.rip().wrapping_add(u64::from(len)));
+            return Some(if self.quiet(entry_deadline, vm, mb) {
+                None
+            } else {
+                Some(Flow::Continue)
+            });
+        }
+        match exits::handle(self, reason) {
+            Flow::Continue if self.quiet(entry_deadline, vm, mb) => Some(None),
+            flow => Some(Some(flow)),
+        }
+    }
+
+    /// Whether the next entry can skip the full path: the timer the last
+    /// entry armed isn't due, no event is queued, and no other CPU has left a
+    /// signal, a timer change or a reason to look at interrupts (those that
+    /// come with a kick IPI would also end the next entry at once), and the
+    /// console queues need no feeding before that timer (a hypercall may just
+    /// have filled them).
+    fn quiet(&self, entry_deadline: u64, vm: &Vm, mb: &super::irq::Mailbox) -> bool {
+        let now = rdtsc();
+        self.pending_event.is_none()
+            && !self.timers_dirty
+            && now < entry_deadline
+            && crate::console::next_pump_tsc().is_none_or(|t| t >= entry_deadline)
+            && !mb.check_irq.load(Ordering::Acquire)
+            && !mb.timers_dirty.load(Ordering::Acquire)
+            && !mb.init.load(Ordering::Acquire)
+            && !mb.nmi.load(Ordering::Acquire)
+            && !vm.ended()
+            && !interrupts::STOPPING.load(Ordering::Relaxed)
     }
 
     /// INIT, SIPI and NMI signals left by other vCPUs (SDM 9.4.4, 11.6.1).
@@ -592,7 +706,7 @@ impl Vcpu {
         };
         let now = vm.guest_tsc();
         let mut l = vm.lapics[self.index].lock();
-        l.poll_timer(now);
+        poll_lapic_timer(&vm, &mut l, now);
         let lapic = l.next_timer_deadline().map(|g| vm.host_tsc(g));
         lapic.into_iter().chain(dev).min()
     }
@@ -693,7 +807,7 @@ impl Vcpu {
         }
         {
             let mut l = self.vm.lapics[self.index].lock();
-            l.poll_timer(self.vm.guest_tsc());
+            poll_lapic_timer(&self.vm, &mut l, self.vm.guest_tsc());
             if l.pending().is_some() {
                 return true;
             }
@@ -735,6 +849,21 @@ impl Vcpu {
             None
         };
         lapic.into_iter().chain(dev).min()
+    }
+
+    /// The host TSC of this vCPU's next timer as of its last exit (u64::MAX:
+    /// none), for the scheduler: cheap, no lock.
+    pub fn cached_next_timer(&self) -> u64 {
+        if self.wait_sipi || self.halted_noirq {
+            u64::MAX
+        } else {
+            self.next_timer
+        }
+    }
+
+    /// Whether this (runnable, waiting) vCPU's timer is due at `now`.
+    pub fn timer_due(&self, now: u64) -> bool {
+        self.cached_next_timer() <= now
     }
 
     pub fn weight(&self) -> u64 {
@@ -1111,6 +1240,22 @@ mod tests {
         assert_eq!(clear as usize, 2 * PASSTHROUGH_MSRS.len());
         // MSRs outside both ranges can't be passed through.
         assert_eq!(msr_bitmap(&[0x4000_0000]), [0xFF; 4096]);
+    }
+
+    #[test]
+    fn only_core_instruction_exits_take_the_fast_path() {
+        for r in [10, 18, 30, 31] {
+            assert!(fast_path_exit(r), "{r}");
+            // A VM-entry failure with the same basic reason is not one.
+            assert!(!fast_path_exit(r | EXIT_REASON_ENTRY_FAILURE));
+        }
+        // WRMSR, EPT violations (APIC writes), HLT, CR accesses, the
+        // preemption timer, interrupts and windows: they change timers or
+        // interrupt state without the mailbox flags, or carry IDT-vectoring
+        // information.
+        for r in [0, 1, 7, 12, 28, 32, 48, 52] {
+            assert!(!fast_path_exit(r), "{r}");
+        }
     }
 
     #[test]

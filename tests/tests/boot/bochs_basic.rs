@@ -15,7 +15,8 @@ fn bochs_vmx_root_two_cpus_and_first_guests() {
     boot.line_starting("vm hello: started")
         .line("[hello] hello from a ferrovisor guest")
         .line("vm hello: exited code=0");
-    boot.line("[cpuid] cpuid: PASS")
+    boot.line("[cpuid] cpuid: tsc frequency: ok")
+        .line("[cpuid] cpuid: PASS")
         .line("vm cpuid: exited code=0");
     boot.line("[hypercall] hypercall: PASS")
         .line("vm hypercall: exited code=0");

@@ -62,6 +62,9 @@ fn bochs_linux_multiboot_and_real_mode_guests() {
         // so AVX2, which the emulated Skylake-X has) and warns about nothing.
         let say = |what: &str| format!("[{name}] linux-guest: {what}");
         boot.line(&say("avx2 yes")).line(&say("kernel warnings 0"));
+        // Timer interrupts on time and the TSC rate from CPUID leaf 15H: the kernel keeps the
+        // TSC as its clocksource (no watchdog "Marking clocksource ... as unstable").
+        boot.line(&say("tsc unstable 0"));
     }
     boot.no_line_containing("Kernel panic")
         .no_line_containing("XSAVE consistency problem");
