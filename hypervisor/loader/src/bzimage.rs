@@ -19,6 +19,7 @@
 //! | initrd | page-aligned, as high as possible below `initrd_addr_max` and 4 GiB, clear of the kernel |
 
 use super::e820::{E820Map, E820Type, GuestRam};
+use crate::bytes::{u16_at, u32_at, u64_at};
 use crate::layout::FOUR_GIB;
 use crate::layout::PAGE;
 use alloc::vec;
@@ -277,30 +278,8 @@ impl fmt::Display for BzError {
     }
 }
 
-/// `N` bytes at `off`; zeros past the end (the header length is checked
-/// before any field is read).
-fn bytes_at<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
-    let mut a = [0; N];
-    if let Some(s) = off.checked_add(N).and_then(|end| b.get(off..end)) {
-        a.copy_from_slice(s);
-    }
-    a
-}
-
 fn byte_at(b: &[u8], off: usize) -> u8 {
     b.get(off).copied().unwrap_or(0)
-}
-
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes(bytes_at(b, off))
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes(bytes_at(b, off))
-}
-
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(bytes_at(b, off))
 }
 
 /// Writes `v` at `off` of the zero page (fixed offsets inside it).

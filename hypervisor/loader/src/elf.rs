@@ -6,6 +6,7 @@
 //! address) must lie in an executable loaded segment and is also given
 //! translated to its physical address.
 
+use crate::bytes::{bytes_at, u16_at, u32_at, u64_at};
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -210,27 +211,6 @@ impl fmt::Display for ElfError {
             ),
         }
     }
-}
-
-/// `N` bytes at `off`; zeros past the end (callers check lengths first).
-fn bytes_at<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
-    let mut a = [0; N];
-    if let Some(s) = off.checked_add(N).and_then(|end| b.get(off..end)) {
-        a.copy_from_slice(s);
-    }
-    a
-}
-
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes(bytes_at(b, off))
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes(bytes_at(b, off))
-}
-
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(bytes_at(b, off))
 }
 
 /// Validates an ELF64 x86-64 executable and lists its loadable segments.

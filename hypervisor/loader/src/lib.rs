@@ -21,6 +21,7 @@ extern crate alloc;
 
 pub mod acpi_gen;
 pub mod bda;
+mod bytes;
 pub mod bzimage;
 pub mod e820;
 pub mod elf;

@@ -25,6 +25,7 @@
 //! at the lowest free page-aligned RAM (at most [`INFO_ROOM`] bytes).
 
 use super::e820::{E820Map, E820Type, GuestRam};
+use crate::bytes::{u16_at, u32_at, u64_at};
 use crate::layout::FOUR_GIB;
 use crate::layout::PAGE;
 use alloc::vec;
@@ -294,27 +295,6 @@ impl fmt::Display for MbError {
             ),
         }
     }
-}
-
-/// `N` bytes at `off`; zeros past the end (callers check lengths first).
-fn bytes_at<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
-    let mut a = [0; N];
-    if let Some(s) = off.checked_add(N).and_then(|end| b.get(off..end)) {
-        a.copy_from_slice(s);
-    }
-    a
-}
-
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes(bytes_at(b, off))
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes(bytes_at(b, off))
-}
-
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(bytes_at(b, off))
 }
 
 /// Copies `v` into `b` at `off` (offsets inside a buffer sized for them).
