@@ -260,9 +260,13 @@ impl Drainer {
         self.pos = 0;
         self.len = 0;
         let has = |i: usize| get(i).is_some_and(|s| s.queued() > 0);
-        // An unfinished line goes on first; otherwise the next source in turn.
+        // An unfinished line goes on first; then the hypervisor's own lines
+        // (few, bounded, and about the guests: `vm X: started` must come out
+        // before that guest's output and its `vm X: exited`); otherwise the
+        // next guest in turn.
         let pick = match self.owner {
             Some(o) if has(o) => Some(o),
+            _ if has(HV) => Some(HV),
             _ => (0..n).map(|k| (self.next + k) % n).find(|&i| has(i)),
         };
         let Some(i) = pick else {
@@ -765,6 +769,26 @@ mod tests {
     }
 
     #[test]
+    fn hypervisor_lines_go_before_queued_guest_lines() {
+        let hv = Source::new("", 1024);
+        let a = Source::new("a", 1024);
+        let b = Source::new("b", 1024);
+        a.line(b"a0");
+        let mut d = Drainer::new();
+        let mut tx = FakeTx {
+            fifo: 1,
+            sent: Vec::new(),
+        };
+        // a0 is on its way out (b is next in turn) when b queues a line and
+        // the hypervisor one: the hypervisor's goes first all the same.
+        assert!(d.pump(3, |i| [&hv, &a, &b].get(i).copied(), &mut tx) > 0);
+        b.line(b"b0");
+        hv.line(b"vm b: started");
+        let out = drain_all(&mut d, &[&hv, &a, &b], &mut tx);
+        assert_eq!(out, "[a] a0\r\nvm b: started\r\n[b] b0\r\n");
+    }
+
+    #[test]
     fn a_flooding_source_does_not_delay_another() {
         let a = Source::new("flood", 4096);
         let b = Source::new("quiet", 4096);
@@ -777,11 +801,12 @@ mod tests {
             fifo: 16,
             sent: Vec::new(),
         };
-        let srcs = [&a, &b];
+        let hv = Source::new("", 1024);
+        let srcs = [&hv, &a, &b];
         // The quiet guest's line goes out after at most one of the flooder's.
         let mut out = String::new();
         while !out.contains("[quiet] here") {
-            assert!(d.pump(2, |i| srcs.get(i).copied(), &mut tx) > 0);
+            assert!(d.pump(3, |i| srcs.get(i).copied(), &mut tx) > 0);
             out.push_str(core::str::from_utf8(&core::mem::take(&mut tx.sent)).unwrap());
             assert!(
                 out.len() < 2 * 230,
