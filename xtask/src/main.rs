@@ -19,6 +19,18 @@ Commands:
               --out DIR         ESP directory (default target/esp)
               --disk FILE       disk image (default target/ferrovisor.img); write it to a
                                 USB stick with `dd if=FILE of=/dev/sdX bs=4M conv=fsync`
+  import-ovf FILE.ova|FILE.ovf --out DIR [--kernel PATH] [--initrd PATH] [--cmdline STR]
+            Import a DMTF OVF 1.x/2.x appliance: writes DIR/manifest.toml (one guest per
+            VirtualSystem, with its CPUs, memory, disks and NICs) and each disk as a raw
+            image (converted with qemu-img, from qemu-utils). What the descriptor has that a
+            guest cannot (CD drives, sound, USB, vendor sections ...) is listed, and noted in
+            the manifest. Until guest firmware exists the guests boot the Linux kernel given
+            with --kernel directly (default command line `console=ttyS0`). Disks and NICs are
+            parsed and validated by the hypervisor; they reach the guest with virtio.
+              --out DIR         output directory (created)
+              --kernel PATH     bzImage the guests boot (copied into DIR)
+              --initrd PATH     initial ramdisk (copied into DIR)
+              --cmdline STR     kernel command line, e.g. \"console=ttyS0 root=/dev/vda1\"
   run       Build, make the ESP, boot it and stream the serial console until the machine
             powers off (exit 0) or the timeout (exit 1). The console is interactive: keys
             typed go to the machine's COM1 unchanged (the terminal is in raw mode for the
@@ -46,18 +58,6 @@ Commands:
                                 left alone)
               --cycles N        guest TSC ticks each fairness spinner runs (default 1000000000)
               --no-build        use what the last bench build left
-  import-ovf FILE.ova|FILE.ovf --out DIR [--kernel PATH] [--initrd PATH] [--cmdline STR]
-            Import a DMTF OVF 1.x/2.x appliance: writes DIR/manifest.toml (one guest per
-            VirtualSystem, with its CPUs, memory, disks and NICs) and each disk as a raw
-            image (converted with qemu-img, from qemu-utils). What the descriptor has that a
-            guest cannot (CD drives, sound, USB, vendor sections ...) is listed, and noted in
-            the manifest. Until guest firmware exists the guests boot the Linux kernel given
-            with --kernel directly (default command line `console=ttyS0`). Disks and NICs are
-            parsed and validated by the hypervisor; they reach the guest with virtio.
-              --out DIR         output directory (created)
-              --kernel PATH     bzImage the guests boot (copied into DIR)
-              --initrd PATH     initial ramdisk (copied into DIR)
-              --cmdline STR     kernel command line, e.g. \"console=ttyS0 root=/dev/vda1\"
   help      This text.
 
 Runs keep their files (ESP, emulator configuration, serial and emulator logs) in

@@ -684,12 +684,14 @@ fn parse_system(
     }
 
     let describe = |r: &Raw| {
-        let name = child_text(r.node, "ElementName").unwrap_or("");
+        let name = child_text(r.node, "ElementName")
+            .map(|n| format!(", '{n}'"))
+            .unwrap_or_default();
         let sub = child_text(r.node, "ResourceSubType")
             .map(|s| format!(" {s}"))
             .unwrap_or_default();
         format!(
-            "{} (ResourceType {} {}{sub}, '{name}')",
+            "{} (ResourceType {} {}{sub}{name})",
             r.path,
             r.rtype,
             resource_type_name(r.rtype)
@@ -2004,6 +2006,25 @@ mod tests {
             "{listed}"
         );
         assert_eq!(imported.descriptor.unsupported.len(), 2, "{listed}");
+
+        // `cargo xtask image` puts the kernel, initrd and disk images into \hv\.
+        fs::write(dir.join("boot.efi"), b"MZ").unwrap();
+        let sources = crate::esp::EspSources {
+            boot_efi: dir.join("boot.efi"),
+            guest_dir: dir.join("none"),
+        };
+        let esp = dir.join("esp");
+        crate::esp::make_esp(&imported.manifest, &esp, &sources).unwrap();
+        assert_eq!(
+            fs::read(esp.join("hv/app_server-disk1.img")).unwrap(),
+            system
+        );
+        assert_eq!(
+            fs::read(esp.join("hv/app_server-disk2.img")).unwrap().len(),
+            8 << 20
+        );
+        assert_eq!(fs::read(esp.join("hv/bzImage")).unwrap(), b"kernel");
+        assert_eq!(fs::read(esp.join("hv/initrd.gz")).unwrap(), b"initrd");
         fs::remove_dir_all(&dir).unwrap();
     }
 
