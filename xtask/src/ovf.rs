@@ -424,7 +424,7 @@ fn section_line(cx: &Ctx, node: Node, prefix: &str) -> String {
         "AnnotationSection" => "annotation",
         "OperatingSystemSection" => "guest OS type",
         "StartupSection" => "start order",
-        "DeploymentOptionSection" => "deployment options",
+        "DeploymentOptionSection" => "deployment options (the default configuration is imported)",
         "InstallSection" => "install-time boot",
         "ResourceAllocationSection" => "resource reservations",
         "EnvironmentFilesSection" => "OVF environment files",
@@ -930,6 +930,7 @@ pub fn plan(d: &Descriptor) -> Plan {
         notes: Vec::new(),
     };
     let mut names = BTreeSet::new();
+    let mut macs = BTreeSet::new();
     for (i, s) in d.systems.iter().enumerate() {
         let base = manifest_name(&s.id, &format!("vm{}", i + 1));
         let mut name = base.clone();
@@ -979,8 +980,10 @@ pub fn plan(d: &Descriptor) -> Plan {
                 .filter(|c| (' '..='~').contains(c))
                 .take(loader::manifest::SERIAL_MAX)
                 .collect();
-            if serial.is_empty() || g.disks.iter().any(|(_, s)| *s == serial) {
-                serial = format!("disk{}", g.disks.len() + 1);
+            let mut n = g.disks.len() + 1;
+            while serial.is_empty() || g.disks.iter().any(|(_, s)| *s == serial) {
+                serial = format!("disk{n}");
+                n += 1;
             }
             g.disks.push((index, serial));
         }
@@ -997,7 +1000,18 @@ pub fn plan(d: &Descriptor) -> Plan {
             };
             let mac = nic.mac.as_ref().and_then(|m| {
                 match loader::manifest::MacAddr::parse(m.trim()) {
-                    Some(a) if !a.is_multicast() && a.0 != [0; 6] => Some(a.to_string()),
+                    Some(a) if !a.is_multicast() && a.0 != [0; 6] => {
+                        let a = a.to_string();
+                        if macs.contains(&a) {
+                            p.notes.push(format!(
+                                "{}: Address '{m}' is already another NIC's; one is derived from the guest name",
+                                nic.element
+                            ));
+                            return None;
+                        }
+                        macs.insert(a.clone());
+                        Some(a)
+                    }
                     _ => {
                         p.notes.push(format!(
                             "{}: Address '{m}' is not a unicast MAC; one is derived from the guest name",
@@ -2405,6 +2419,29 @@ mod tests {
         assert_eq!(m.guests[0].disks[0].image, m.guests[1].disks[0].image);
         assert_eq!(m.guests[0].cmdline, "console=ttyS0 \"quoted\"");
         assert!(text.contains("# Warnings:\n#   a warning\n"), "{text}");
+
+        // The same MAC on two systems' NICs: the second one is derived (and noted).
+        let nic = "<Item><rasd:InstanceID>8</rasd:InstanceID><rasd:ResourceType>10</rasd:ResourceType><rasd:Connection>n</rasd:Connection><rasd:Address>00:50:56:aa:bb:cc</rasd:Address></Item>";
+        let xml = envelope(
+            NS_ENVELOPE_1,
+            &format!(
+                r#"<References><File ovf:id="g" ovf:href="g.img"/></References><DiskSection><Info>d</Info><Disk ovf:diskId="gold" ovf:fileRef="g" ovf:capacity="1"/></DiskSection>{}{}"#,
+                system("x", nic),
+                system("y", nic)
+            ),
+        );
+        let d = parse_descriptor("p.ovf", &xml).unwrap();
+        let p = plan(&d);
+        assert_eq!(p.guests[0].nics[0].1.as_deref(), Some("00:50:56:aa:bb:cc"));
+        assert_eq!(p.guests[1].nics[0].1, None);
+        assert!(
+            p.notes.iter().any(|n| n.contains("already another NIC's")),
+            "{:?}",
+            p.notes
+        );
+        let text = manifest_text("p.ovf", &d, &p, &boot, &[]);
+        let m = hvm::parse("m.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(m.guests[1].nics[0].mac, hvm::derive_mac("y", 0));
     }
 
     #[test]
