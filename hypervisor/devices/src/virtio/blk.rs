@@ -70,6 +70,8 @@ pub struct Blk<B: BlockBackend> {
     backend: B,
     id: [u8; ID_BYTES],
     bounce: Vec<u8>,
+    /// Features in force (from DRIVER_OK); FLUSH and DISCARD need theirs.
+    negotiated: u64,
 }
 
 impl<B: BlockBackend> Blk<B> {
@@ -83,6 +85,7 @@ impl<B: BlockBackend> Blk<B> {
             backend,
             id,
             bounce: vec![0; BOUNCE],
+            negotiated: 0,
         }
     }
 
@@ -129,14 +132,17 @@ impl<B: BlockBackend> Blk<B> {
         Ok(match kind {
             T_IN => self.read(chain, mem, sector, in_len)?,
             T_OUT => (self.write(chain, mem, sector, out_len)?, 0),
-            T_FLUSH => (status(self.backend.flush()), 0),
+            T_FLUSH if self.negotiated & F_FLUSH != 0 => (status(self.backend.flush()), 0),
             T_GET_ID => {
                 let n = usize::try_from(in_len).unwrap_or(0).min(ID_BYTES);
                 let id = self.id.get(..n).unwrap_or(&[]);
                 let done = chain.write_at(mem, 0, id)?;
                 (S_OK, u32::try_from(done).unwrap_or(0))
             }
-            T_DISCARD => (self.discard(chain, mem, out_len)?, 0),
+            T_DISCARD if self.negotiated & F_DISCARD != 0 => {
+                (self.discard(chain, mem, out_len)?, 0)
+            }
+            // Unknown types, and FLUSH or DISCARD not negotiated.
             _ => (S_UNSUPP, 0),
         })
     }
@@ -299,7 +305,12 @@ impl<B: BlockBackend> VirtioDevice for Blk<B> {
         chain.write_at(mem, status_at, &[status])?;
         Ok(written.saturating_add(1))
     }
-    fn reset(&mut self) {}
+    fn activate(&mut self, features: u64) {
+        self.negotiated = features;
+    }
+    fn reset(&mut self) {
+        self.negotiated = 0;
+    }
 }
 
 #[cfg(test)]
@@ -319,10 +330,12 @@ mod tests {
         let data = (0..sectors * 512)
             .map(|i| (i / 512) as u8 ^ (i as u8))
             .collect();
-        Blk::new(
+        let mut b = Blk::new(
             MemDisk::new(data, ro).unwrap(),
             b"ferrovisor-disk-0001-extra",
-        )
+        );
+        b.activate(b.features());
+        b
     }
 
     fn header(mem: &TestMem, kind: u32, sector: u64) {
@@ -447,6 +460,18 @@ mod tests {
         assert_eq!(run(&mut b, &mem, 13, 0, 0, false).unwrap().0, S_UNSUPP);
         assert_eq!(run(&mut b, &mem, 0xDEAD, 0, 0, false).unwrap().0, S_UNSUPP);
         let mut short = Blk::new(MemDisk::new(vec![0; 512], false).unwrap(), b"ab");
+        // Not negotiated: FLUSH and DISCARD are unsupported.
+        assert_eq!(
+            run(&mut short, &mem, T_FLUSH, 0, 0, false).unwrap().0,
+            S_UNSUPP
+        );
+        mem.put(DATA, &discard_seg(0, 1, 0));
+        assert_eq!(
+            run(&mut short, &mem, T_DISCARD, 0, 16, false).unwrap().0,
+            S_UNSUPP
+        );
+        short.activate(F_FLUSH);
+        assert_eq!(run(&mut short, &mem, T_FLUSH, 0, 0, false).unwrap().0, S_OK);
         mem.put(DATA, &[0xFF; 20]);
         run(&mut short, &mem, T_GET_ID, 0, 20, true).unwrap();
         let mut want = [0u8; 20];
@@ -565,6 +590,8 @@ mod tests {
         let mem = TestMem::new(0x40000);
         let mut a = Blk::new(CowDisk::new(base.clone(), 4096).unwrap(), b"a");
         let mut b = Blk::new(CowDisk::new(base.clone(), 4096).unwrap(), b"b");
+        a.activate(a.features());
+        b.activate(b.features());
         mem.put(DATA, &[0x22; 512]);
         assert_eq!(run(&mut a, &mem, T_OUT, 5, 512, false).unwrap().0, S_OK);
         assert_eq!(a.backend().overlay_bytes(), 4096);

@@ -136,6 +136,27 @@ impl BlockBackend for MemDisk {
     }
 }
 
+/// The pieces of byte range [s, e) in `chunk`-byte chunks (a power of two)
+/// as (chunk index, offset in chunk, offset from `s`, length).
+fn pieces(chunk: usize, s: usize, e: usize) -> impl Iterator<Item = (u64, usize, usize, usize)> {
+    let mut at = s;
+    core::iter::from_fn(move || {
+        if at >= e {
+            return None;
+        }
+        let within = at & chunk.wrapping_sub(1);
+        let n = chunk.saturating_sub(within).min(e.saturating_sub(at));
+        let item = (
+            at.checked_div(chunk).unwrap_or(0) as u64,
+            within,
+            at.saturating_sub(s),
+            n,
+        );
+        at = at.saturating_add(n);
+        Some(item)
+    })
+}
+
 /// A copy-on-write disk: reads come from the private overlay where a chunk
 /// was written, else from the shared base; the first write to a chunk copies
 /// it from the base. The base is never written.
@@ -174,28 +195,6 @@ impl CowDisk {
         &self.base
     }
 
-    /// The pieces of byte range [s, e) as (chunk index, offset in chunk,
-    /// offset in the caller's buffer, length).
-    fn pieces(&self, s: usize, e: usize) -> impl Iterator<Item = (u64, usize, usize, usize)> {
-        let chunk = self.chunk;
-        let mut at = s;
-        core::iter::from_fn(move || {
-            if at >= e {
-                return None;
-            }
-            let within = at & chunk.wrapping_sub(1);
-            let n = chunk.saturating_sub(within).min(e.saturating_sub(at));
-            let item = (
-                at.checked_div(chunk).unwrap_or(0) as u64,
-                within,
-                at.saturating_sub(s),
-                n,
-            );
-            at = at.saturating_add(n);
-            Some(item)
-        })
-    }
-
     fn base_chunk(&self, index: u64) -> Result<&[u8], BlockError> {
         let start = usize::try_from(index)
             .ok()
@@ -215,7 +214,7 @@ impl BlockBackend for CowDisk {
     }
     fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), BlockError> {
         let (s, e) = usize_range(self.capacity(), sector, buf.len())?;
-        for (index, within, at, n) in self.pieces(s, e) {
+        for (index, within, at, n) in pieces(self.chunk, s, e) {
             let src = match self.overlay.get(&index) {
                 Some(c) => &c[..],
                 None => self.base_chunk(index)?,
@@ -231,8 +230,7 @@ impl BlockBackend for CowDisk {
     }
     fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlockError> {
         let (s, e) = usize_range(self.capacity(), sector, data.len())?;
-        let pieces: Vec<_> = self.pieces(s, e).collect();
-        for (index, within, at, n) in pieces {
+        for (index, within, at, n) in pieces(self.chunk, s, e) {
             if !self.overlay.contains_key(&index) {
                 // The last chunk of a base whose size is not a multiple of
                 // the chunk size is shorter.
@@ -262,15 +260,10 @@ impl BlockBackend for CowDisk {
         let (s, e) = usize_range(self.capacity(), sector, len)?;
         // Only chunks wholly inside the range are dropped (they read as the
         // base again, which discard allows); partial ones keep their data.
-        let whole: Vec<u64> = self
-            .pieces(s, e)
-            .filter(|&(index, within, _, n)| {
-                within == 0 && self.base_chunk(index).is_ok_and(|c| n == c.len())
-            })
-            .map(|(index, ..)| index)
-            .collect();
-        for index in whole {
-            self.overlay.remove(&index);
+        for (index, within, _, n) in pieces(self.chunk, s, e) {
+            if within == 0 && self.base_chunk(index).is_ok_and(|c| n == c.len()) {
+                self.overlay.remove(&index);
+            }
         }
         Ok(())
     }
