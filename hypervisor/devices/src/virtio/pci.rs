@@ -13,6 +13,7 @@ use super::queue::{Chain, QueueError, QueueFeatures, SplitQueue};
 use super::{status, GuestMem, VirtioDevice};
 use super::{VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
 use crate::pci::{ConfigSpace, PciFunction, COMMAND, INTERRUPT_LINE, INTERRUPT_PIN, STATUS};
+use crate::state::{check_version, DeviceState, State, StateError};
 use alloc::vec::Vec;
 
 pub const VENDOR_ID: u16 = 0x1AF4;
@@ -398,7 +399,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
     fn write_status(&mut self, value: u8, mem: &dyn GuestMem) -> Effects {
         if value == 0 {
             let mut e = Effects::default();
-            self.reset();
+            self.device_reset();
             self.sync_intx(&mut e);
             return e;
         }
@@ -421,8 +422,9 @@ impl<D: VirtioDevice> VirtioPci<D> {
         Effects::default()
     }
 
-    /// Device reset (2.4): everything the driver set up is forgotten.
-    pub fn reset(&mut self) {
+    /// Device reset (2.4): everything the driver set up is forgotten (the
+    /// INTx line follows the cleared ISR on the caller's `sync_intx`).
+    pub fn device_reset(&mut self) {
         self.dev.reset();
         for q in &mut self.queues {
             q.reset();
@@ -520,6 +522,90 @@ impl<D: VirtioDevice> VirtioPci<D> {
         }
         e.work_left = self.notified != 0;
         e
+    }
+}
+
+/// The transport's complete state (the device's negotiated features are
+/// derived from it; disk contents belong to the backend, not to it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportState {
+    pub device_feature_select: u32,
+    pub driver_feature_select: u32,
+    pub driver_features: u64,
+    pub status: u8,
+    pub config_generation: u8,
+    pub queue_select: u16,
+    pub isr: u8,
+    pub intx: bool,
+    pub notified: u64,
+    pub queues: Vec<SplitQueue>,
+}
+
+impl<D: VirtioDevice> DeviceState for VirtioPci<D> {
+    type Data = TransportState;
+    const VERSION: u32 = 1;
+
+    fn save(&self) -> State<TransportState> {
+        State {
+            version: Self::VERSION,
+            data: TransportState {
+                device_feature_select: self.device_feature_select,
+                driver_feature_select: self.driver_feature_select,
+                driver_features: self.driver_features,
+                status: self.status,
+                config_generation: self.config_generation,
+                queue_select: self.queue_select,
+                isr: self.isr,
+                intx: self.intx,
+                notified: self.notified,
+                queues: self.queues.clone(),
+            },
+        }
+    }
+
+    fn restore(&mut self, state: &State<TransportState>) -> Result<(), StateError> {
+        check_version(state.version, Self::VERSION)?;
+        let s = &state.data;
+        if s.queues.len() != self.queues.len() {
+            return Err(StateError::Invalid("queue count"));
+        }
+        let max = self.dev.queue_max_size();
+        if s.queues.iter().any(|q| {
+            q.max_size != max
+                || (q.enabled && (q.size == 0 || !q.size.is_power_of_two() || q.size > max))
+        }) {
+            return Err(StateError::Invalid("queue size"));
+        }
+        let all = 1u64
+            .checked_shl(self.queues.len() as u32)
+            .map_or(u64::MAX, |b| b.wrapping_sub(1));
+        if s.notified & !all != 0 {
+            return Err(StateError::Invalid("notified queues"));
+        }
+        if s.intx != (s.isr != 0) {
+            return Err(StateError::Invalid("INTx level"));
+        }
+        self.device_feature_select = s.device_feature_select;
+        self.driver_feature_select = s.driver_feature_select;
+        self.driver_features = s.driver_features;
+        self.status = s.status;
+        self.config_generation = s.config_generation;
+        self.queue_select = s.queue_select;
+        self.isr = s.isr;
+        self.intx = s.intx;
+        self.notified = s.notified;
+        self.queues.clone_from(&s.queues);
+        self.dev.reset();
+        if s.status & status::DRIVER_OK != 0 {
+            self.dev.activate(self.negotiated_features());
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.device_reset();
+        self.config_generation = 0;
+        self.intx = false;
     }
 }
 
@@ -1031,5 +1117,41 @@ mod tests {
         w(&mut d, &mem, QUEUE_DESC + 4, 4, 1);
         let e = w(&mut d, &mem, QUEUE_ENABLE, 2, 1);
         assert_eq!(e.broke, Some(Fault::Queue(0, QueueError::RingOutsideRam)));
+    }
+
+    #[test]
+    fn state_round_trip() {
+        let mem = TestMem::new(0x40000);
+        let mut busy = dev(false);
+        bring_up(&mut busy, &mem, FEATS | VIRTIO_F_EVENT_IDX, 8);
+        offer(&mem, 8, &[read_req(&mem, 0, 0)]);
+        w(&mut busy, &mem, NOTIFY_OFF, 2, 0);
+        assert!(busy.intx_asserted());
+        crate::state::tests::round_trip(&mut busy, dev(false));
+        // A restored device carries on: its queue position and features.
+        let mem = TestMem::new(0x40000);
+        let mut a = dev(false);
+        bring_up(&mut a, &mem, FEATS, 8);
+        offer(&mem, 8, &[read_req(&mem, 0, 0)]);
+        w(&mut a, &mem, NOTIFY_OFF, 2, 0);
+        a.read(ISR_OFF, 1);
+        let saved = a.save();
+        let mut b = dev(false);
+        b.restore(&saved).unwrap();
+        offer(&mem, 8, &[read_req(&mem, 1, 0)]);
+        let e = w(&mut b, &mem, NOTIFY_OFF, 2, 0);
+        assert_eq!(e.broke, None);
+        assert_eq!(mem.get(USED + 2, 2), [2, 0]);
+        // Refused: a queue size the device can't have, a line that
+        // disagrees with the ISR.
+        let mut bad = saved.clone();
+        bad.data.queues[0].size = 6;
+        assert_eq!(b.restore(&bad), Err(StateError::Invalid("queue size")));
+        let mut bad = saved.clone();
+        bad.data.intx = true;
+        assert_eq!(b.restore(&bad), Err(StateError::Invalid("INTx level")));
+        let mut bad = saved;
+        bad.data.notified = 2;
+        assert_eq!(b.restore(&bad), Err(StateError::Invalid("notified queues")));
     }
 }
