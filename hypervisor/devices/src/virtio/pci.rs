@@ -366,9 +366,8 @@ impl<D: VirtioDevice> VirtioPci<D> {
             (QUEUE_ENABLE, 2) if value == 1 => {
                 // Writing 0 is not allowed to the driver (4.1.4.3.2): ignored.
                 if let Some(q) = self.queues.get_mut(sel).filter(|q| !q.enabled) {
-                    match q.validate(mem) {
-                        Ok(()) => q.enabled = true,
-                        Err(err) => return self.fail(Fault::Queue(sel as u16, err)),
+                    if let Err(err) = q.enable(mem) {
+                        return self.fail(Fault::Queue(sel as u16, err));
                     }
                 }
             }
@@ -880,8 +879,10 @@ mod tests {
     fn request_interrupt_and_isr_read_to_clear() {
         let mem = TestMem::new(0x40000);
         let mut d = dev(false);
+        mem.put(USED, &[0xFF, 0xFF]);
         let e = bring_up(&mut d, &mem, FEATS, 8);
         assert_eq!(e, Effects::default());
+        assert_eq!(mem.get(USED, 2), [0, 0], "used flags 0 (2.7.10.1)");
         let head = read_req(&mem, 0, 3);
         offer(&mem, 8, &[head]);
         let e = w(&mut d, &mem, NOTIFY_OFF, 2, 0);

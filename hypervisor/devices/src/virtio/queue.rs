@@ -251,6 +251,16 @@ impl SplitQueue {
         Ok(())
     }
 
+    /// Validates and enables the queue; the device's used ring flags start
+    /// at 0 (2.7.10.1: the device sets them to 0 or 1, and never asks for
+    /// no notifications here).
+    pub fn enable(&mut self, mem: &dyn GuestMem) -> Result<(), QueueError> {
+        self.validate(mem)?;
+        write_u16(mem, self.device, 0)?;
+        self.enabled = true;
+        Ok(())
+    }
+
     fn mask(&self) -> u16 {
         self.size.wrapping_sub(1)
     }
