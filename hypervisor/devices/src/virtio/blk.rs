@@ -40,7 +40,7 @@ const HEADER_SIZE: u32 = 16;
 /// The request queue's size.
 pub const QUEUE_SIZE: u16 = 256;
 /// Data segments per request (seg_max): the queue size less header and
-/// status, so a request fits in one chain (2.7.5.2).
+/// status, so a request fits in one chain (2.7.5.3.1).
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// The largest data segment (size_max).
 pub const SIZE_MAX: u32 = 64 * 1024;
@@ -303,7 +303,15 @@ impl<B: BlockBackend> VirtioDevice for Blk<B> {
         };
         let (status, written) = self.request(chain, mem)?;
         chain.write_at(mem, status_at, &[status])?;
-        Ok(written.saturating_add(1))
+        // The used length counts bytes written from the start of the
+        // writable part (2.7.8); when the status byte isn't right after the
+        // data (a short read, a long GET_ID buffer) it stops short of it,
+        // an underestimate 2.7.8 allows.
+        Ok(if written == status_at {
+            written.saturating_add(1)
+        } else {
+            written
+        })
     }
     fn activate(&mut self, features: u64) {
         self.negotiated = features;
@@ -317,7 +325,7 @@ impl<B: BlockBackend> VirtioDevice for Blk<B> {
 mod tests {
     use super::*;
     use crate::virtio::block::{CowDisk, MemDisk};
-    use crate::virtio::queue::tests::{desc, offer, queue, DESC};
+    use crate::virtio::queue::tests::{desc, offer, queue, AVAIL, DESC};
     use crate::virtio::queue::{QueueFeatures, DESC_F_NEXT, DESC_F_WRITE};
     use crate::virtio::testmem::TestMem;
     use alloc::sync::Arc;
@@ -368,6 +376,8 @@ mod tests {
             desc(mem, DESC, 0, HDR, 16, DESC_F_NEXT, 2);
             desc(mem, DESC, 2, ST, 1, DESC_F_WRITE, 0);
         }
+        // A fresh queue each time: the driver ring starts over.
+        mem.put(AVAIL + 2, &[0, 0]);
         offer(mem, 8, &[0]);
         let mut c = Chain::default();
         assert!(q.pop(mem, QueueFeatures::default(), &mut c)?);
@@ -457,6 +467,12 @@ mod tests {
             (S_OK, 21)
         );
         assert_eq!(mem.get(DATA, 20), b"ferrovisor-disk-0001");
+        // A longer buffer: the ID, then the status at its end; the used
+        // length covers the ID only.
+        assert_eq!(
+            run(&mut b, &mem, T_GET_ID, 0, 64, true).unwrap(),
+            (S_OK, 20)
+        );
         assert_eq!(run(&mut b, &mem, 13, 0, 0, false).unwrap().0, S_UNSUPP);
         assert_eq!(run(&mut b, &mem, 0xDEAD, 0, 0, false).unwrap().0, S_UNSUPP);
         let mut short = Blk::new(MemDisk::new(vec![0; 512], false).unwrap(), b"ab");

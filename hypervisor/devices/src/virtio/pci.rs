@@ -882,7 +882,7 @@ mod tests {
         mem.put(USED, &[0xFF, 0xFF]);
         let e = bring_up(&mut d, &mem, FEATS, 8);
         assert_eq!(e, Effects::default());
-        assert_eq!(mem.get(USED, 2), [0, 0], "used flags 0 (2.7.10.1)");
+        assert_eq!(mem.get(USED, 2), [0, 0], "used flags 0 (2.7.10)");
         let head = read_req(&mem, 0, 3);
         offer(&mem, 8, &[head]);
         let e = w(&mut d, &mem, NOTIFY_OFF, 2, 0);

@@ -48,7 +48,8 @@ pub enum QueueError {
     IndirectLength(u32),
     /// An indirect descriptor inside an indirect table (2.7.5.3.1).
     NestedIndirect,
-    /// An address plus length, or the chain's total length, overflows.
+    /// An address plus length overflows, or the chain's total length
+    /// reaches 2^32 bytes (2.7.5.2).
     LengthOverflow,
     /// A buffer outside guest RAM.
     BufferOutsideRam { addr: u64, len: u32 },
@@ -252,7 +253,7 @@ impl SplitQueue {
     }
 
     /// Validates and enables the queue; the device's used ring flags start
-    /// at 0 (2.7.10.1: the device sets them to 0 or 1, and never asks for
+    /// at 0 (2.7.10: the device sets them to 0 or 1, and never asks for
     /// no notifications here).
     pub fn enable(&mut self, mem: &dyn GuestMem) -> Result<(), QueueError> {
         self.validate(mem)?;
@@ -338,7 +339,7 @@ impl SplitQueue {
         let mut in_indirect = false;
         let mut index = head;
         // Descriptors visited in the current table (a chain without a loop
-        // visits each at most once) and buffers in the whole chain (2.7.5.2:
+        // visits each at most once) and buffers in the whole chain (2.7.5.3.1:
         // no longer than the queue size, indirect ones included).
         let mut steps: u32 = 0;
         let mut buffers: u32 = 0;
@@ -480,7 +481,7 @@ impl SplitQueue {
     }
 }
 
-/// 2.7.7.1 / 2.7.10: notify when `event` lies in [old, new), with wrap.
+/// 2.7.7 / 2.7.10: notify when `event` lies in [old, new), with wrap.
 pub fn need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
@@ -742,6 +743,23 @@ pub(crate) mod tests {
             q2.pop(&mem, QueueFeatures::default(), &mut c),
             Err(QueueError::IndirectNotNegotiated)
         );
+    }
+
+    #[test]
+    fn direct_descriptors_then_an_indirect_one() {
+        // 2.7.5.3.2: the device MUST handle normal descriptors followed by
+        // one indirect descriptor.
+        let mem = TestMem::new(0x10000);
+        let mut q = queue(8);
+        let t = 0x8000;
+        desc(&mem, DESC, 1, 0x5000, 16, DESC_F_NEXT, 4);
+        desc(&mem, DESC, 4, t, 32, DESC_F_INDIRECT | DESC_F_WRITE, 0);
+        desc(&mem, t, 0, 0x6000, 512, DESC_F_NEXT | DESC_F_WRITE, 1);
+        desc(&mem, t, 1, 0x7000, 1, DESC_F_WRITE, 0);
+        offer(&mem, 8, &[1]);
+        let c = pop1(&mem, &mut q).unwrap();
+        assert_eq!(c.segments().len(), 3);
+        assert_eq!((c.readable_len(), c.writable_len()), (16, 513));
     }
 
     #[test]
