@@ -3,7 +3,11 @@
 //! ISR status and device configuration, each found through a vendor-specific
 //! capability (4.1.4). Interrupts are INTx (pin A), level-triggered: the line
 //! is high while the ISR is non-zero and a read of the ISR lowers it; there is
-//! no MSI-X, so the vector fields read NO_VECTOR.
+//! no MSI-X, so the vector fields read NO_VECTOR. The bus owns the
+//! function's [`ConfigSpace`]; it calls [`VirtioPci::pci_cfg_before_read`]
+//! and [`VirtioPci::pci_cfg_after_write`] around configuration accesses of
+//! the function so the VIRTIO_PCI_CAP_PCI_CFG window (4.1.4.9) reaches BAR0,
+//! and gates the INTx line with the command register's Interrupt Disable bit.
 //!
 //! Accesses return [`Effects`]: the INTx line change, whether notified work
 //! is left over (the per-call [`Budget`] ran out: call [`VirtioPci::process`]
@@ -26,6 +30,11 @@ pub const CAP_COMMON_CFG: u8 = 1;
 pub const CAP_NOTIFY_CFG: u8 = 2;
 pub const CAP_ISR_CFG: u8 = 3;
 pub const CAP_DEVICE_CFG: u8 = 4;
+pub const CAP_PCI_CFG: u8 = 5;
+/// Where the VIRTIO_PCI_CAP_PCI_CFG capability sits in configuration space
+/// (the last of the list), and its pci_cfg_data window.
+pub const PCI_CFG_CAP_OFF: usize = 0x84;
+const PCI_CFG_DATA: usize = PCI_CFG_CAP_OFF + 16;
 const CAP_VENDOR: u8 = 0x09;
 const CAPABILITIES_PTR: usize = 0x34;
 const STATUS_CAP_LIST: u16 = 1 << 4;
@@ -200,18 +209,26 @@ impl<D: VirtioDevice> VirtioPci<D> {
         let dev_len = u16::try_from(self.dev.config_len())
             .unwrap_or(u16::MAX)
             .min(DEVICE_MAX_LEN);
-        let caps: [(u8, u16, u16); 4] = [
+        // The PCI configuration access capability's BAR, offset and length
+        // are the driver's to set (4.1.4.9).
+        let caps: [(u8, u16, u16); 5] = [
             (CAP_COMMON_CFG, COMMON_OFF, COMMON_LEN),
             (CAP_NOTIFY_CFG, NOTIFY_OFF, NOTIFY_LEN),
             (CAP_ISR_CFG, ISR_OFF, ISR_LEN),
             (CAP_DEVICE_CFG, DEVICE_OFF, dev_len),
+            (CAP_PCI_CFG, 0, 0),
         ];
         let mut at: usize = 0x40;
         c.set_u8(CAPABILITIES_PTR, at as u8);
         for (i, &(kind, off, len)) in caps.iter().enumerate() {
             // struct virtio_pci_cap is 16 bytes; the notify one adds
             // notify_off_multiplier.
-            let cap_len: usize = if kind == CAP_NOTIFY_CFG { 20 } else { 16 };
+            // struct virtio_pci_notify_cap and virtio_pci_cfg_cap add 4 bytes.
+            let cap_len: usize = if kind == CAP_NOTIFY_CFG || kind == CAP_PCI_CFG {
+                20
+            } else {
+                16
+            };
             let next = if i.saturating_add(1) < caps.len() {
                 at.saturating_add(cap_len)
             } else {
@@ -227,6 +244,12 @@ impl<D: VirtioDevice> VirtioPci<D> {
             if kind == CAP_NOTIFY_CFG {
                 c.set_u32(at.saturating_add(16), 0);
             }
+            if kind == CAP_PCI_CFG {
+                c.set_writable(at.saturating_add(4), 1, 0xFF);
+                c.set_writable(at.saturating_add(8), 4, 0xFFFF_FFFF);
+                c.set_writable(at.saturating_add(12), 4, 0xFFFF_FFFF);
+                c.set_writable(at.saturating_add(16), 4, 0xFFFF_FFFF);
+            }
             at = next;
         }
         PciFunction {
@@ -235,6 +258,68 @@ impl<D: VirtioDevice> VirtioPci<D> {
             function: 0,
             config: c,
         }
+    }
+
+    /// The BAR0 access the PCI configuration access capability selects:
+    /// (offset, length), when cap.bar, cap.offset and cap.length describe a
+    /// valid aligned access (4.1.4.9.1).
+    fn pci_cfg_window(config: &ConfigSpace) -> Option<(u16, u8)> {
+        let bar = config.read(PCI_CFG_CAP_OFF.saturating_add(4), 1);
+        let off = config.read(PCI_CFG_CAP_OFF.saturating_add(8), 4);
+        let len = config.read(PCI_CFG_CAP_OFF.saturating_add(12), 4);
+        let aligned = off & len.wrapping_sub(1) == 0;
+        let inside = off.checked_add(len).is_some_and(|end| end <= BAR_SIZE);
+        if bar != 0 || !matches!(len, 1 | 2 | 4) || !aligned || !inside {
+            return None;
+        }
+        Some((off as u16, len as u8))
+    }
+
+    fn touches_pci_cfg_data(off: usize, size: u8) -> bool {
+        off < PCI_CFG_DATA.saturating_add(4) && off.saturating_add(usize::from(size)) > PCI_CFG_DATA
+    }
+
+    /// For the bus, before a configuration read of this function at `off`:
+    /// a read that touches pci_cfg_data performs the BAR0 read the
+    /// capability selects and leaves its bytes there (4.1.4.9.2).
+    pub fn pci_cfg_before_read(
+        &mut self,
+        config: &mut ConfigSpace,
+        off: usize,
+        size: u8,
+    ) -> Effects {
+        if !Self::touches_pci_cfg_data(off, size) {
+            return Effects::default();
+        }
+        let Some((bar_off, len)) = Self::pci_cfg_window(config) else {
+            return Effects::default();
+        };
+        let (value, e) = self.read(bar_off, len);
+        let bytes = value.to_le_bytes();
+        for (i, &b) in bytes.iter().enumerate().take(usize::from(len)) {
+            config.set_u8(PCI_CFG_DATA.saturating_add(i), b);
+        }
+        e
+    }
+
+    /// For the bus, after a configuration write of this function at `off`:
+    /// a write that touched pci_cfg_data performs the BAR0 write of its
+    /// first cap.length bytes (4.1.4.9.2).
+    pub fn pci_cfg_after_write(
+        &mut self,
+        config: &ConfigSpace,
+        off: usize,
+        size: u8,
+        mem: &dyn GuestMem,
+    ) -> Effects {
+        if !Self::touches_pci_cfg_data(off, size) {
+            return Effects::default();
+        }
+        let Some((bar_off, len)) = Self::pci_cfg_window(config) else {
+            return Effects::default();
+        };
+        let value = config.read(PCI_CFG_DATA, usize::from(len));
+        self.write(bar_off, len, value, mem)
     }
 
     /// A read of BAR0 at `offset` (`size` 1, 2 or 4 bytes).
@@ -779,6 +864,7 @@ mod tests {
                 (CAP_NOTIFY_CFG, 0x40, 4, 20),
                 (CAP_ISR_CFG, 0x44, 1, 16),
                 (CAP_DEVICE_CFG, 0x80, blk::CONFIG_LEN as u32, 16),
+                (CAP_PCI_CFG, 0, 0, 20),
             ]
         );
         // notify_off_multiplier 0: one notify address.
@@ -1154,5 +1240,61 @@ mod tests {
         let mut bad = saved;
         bad.data.notified = 2;
         assert_eq!(b.restore(&bad), Err(StateError::Invalid("notified queues")));
+    }
+
+    #[test]
+    fn pci_configuration_access_window() {
+        let mem = TestMem::new(0x40000);
+        let mut d = dev(false);
+        let mut cfg = d.pci_function(4).config;
+        let cap = PCI_CFG_CAP_OFF;
+        assert_eq!(cfg.read(cap + 3, 1), u32::from(CAP_PCI_CFG));
+        let set = |cfg: &mut ConfigSpace, off: u32, len: u32| {
+            cfg.write(cap + 4, 1, 0);
+            cfg.write(cap + 8, 4, off);
+            cfg.write(cap + 12, 4, len);
+        };
+        // Read device_feature (select 1) through the window.
+        set(&mut cfg, u32::from(DEVICE_FEATURE_SELECT), 4);
+        cfg.write(cap + 16, 4, 1);
+        assert_eq!(
+            d.pci_cfg_after_write(&cfg, cap + 16, 4, &mem),
+            Effects::default()
+        );
+        set(&mut cfg, u32::from(DEVICE_FEATURE), 4);
+        d.pci_cfg_before_read(&mut cfg, cap + 16, 4);
+        assert_eq!(cfg.read(cap + 16, 4), 1, "VERSION_1");
+        // Write the status byte, read it back.
+        set(&mut cfg, u32::from(DEVICE_STATUS), 1);
+        cfg.write(cap + 16, 1, u32::from(ACKNOWLEDGE));
+        d.pci_cfg_after_write(&cfg, cap + 16, 1, &mem);
+        assert_eq!(d.status(), ACKNOWLEDGE);
+        // An ISR read through the window clears it and lowers the line.
+        bring_up(&mut d, &mem, FEATS, 8);
+        offer(&mem, 8, &[read_req(&mem, 0, 0)]);
+        assert_eq!(w(&mut d, &mem, NOTIFY_OFF, 2, 0).intx, Some(true));
+        set(&mut cfg, u32::from(ISR_OFF), 1);
+        let e = d.pci_cfg_before_read(&mut cfg, cap + 16, 1);
+        assert_eq!(e.intx, Some(false));
+        assert_eq!(cfg.read(cap + 16, 1), u32::from(ISR_QUEUE));
+        // Misaligned, wrong length, another BAR, outside the BAR: no access.
+        for (bar, off, len) in [(0, 0x15, 2), (0, 0x14, 3), (1, 0x14, 1), (0, 0x100, 1)] {
+            cfg.write(cap + 4, 1, bar);
+            cfg.write(cap + 8, 4, off);
+            cfg.write(cap + 12, 4, len);
+            cfg.write(cap + 16, 4, 0);
+            assert_eq!(
+                d.pci_cfg_after_write(&cfg, cap + 16, 4, &mem),
+                Effects::default()
+            );
+            assert_ne!(d.status(), 0, "no reset through a bad window");
+        }
+        // Accesses elsewhere in config space do nothing here.
+        set(&mut cfg, u32::from(DEVICE_STATUS), 1);
+        cfg.write(cap + 16, 1, 0);
+        d.pci_cfg_after_write(&cfg, 0x04, 2, &mem);
+        assert_ne!(d.status(), 0);
+        d.pci_cfg_after_write(&cfg, cap + 16, 1, &mem);
+        assert_eq!(d.status(), 0, "status 0 written: reset");
     }
 }
