@@ -96,13 +96,23 @@ pub(crate) mod testmem {
 
     pub struct TestMem {
         pub ram: RefCell<Vec<u8>>,
+        /// Reads and writes that were refused for leaving RAM.
+        pub refused: core::cell::Cell<u32>,
     }
 
     impl TestMem {
         pub fn new(size: usize) -> Self {
             Self {
                 ram: RefCell::new(vec![0; size]),
+                refused: core::cell::Cell::new(0),
             }
+        }
+        fn access(&self, gpa: u64, len: usize) -> Result<core::ops::Range<usize>, MemError> {
+            let r = self.range(gpa, len);
+            if r.is_err() {
+                self.refused.set(self.refused.get() + 1);
+            }
+            r
         }
         fn range(&self, gpa: u64, len: usize) -> Result<core::ops::Range<usize>, MemError> {
             let err = MemError {
@@ -128,12 +138,12 @@ pub(crate) mod testmem {
 
     impl GuestMem for TestMem {
         fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-            let r = self.range(gpa, buf.len())?;
+            let r = self.access(gpa, buf.len())?;
             buf.copy_from_slice(&self.ram.borrow()[r]);
             Ok(())
         }
         fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
-            let r = self.range(gpa, data.len())?;
+            let r = self.access(gpa, data.len())?;
             self.ram.borrow_mut()[r].copy_from_slice(data);
             Ok(())
         }
