@@ -617,5 +617,17 @@ mod tests {
         assert_eq!(mem.get(DATA, 512), [0x22; 512]);
         assert_eq!(b.backend().overlay_bytes(), 0);
         assert!(base.iter().all(|&x| x == 0x11));
+        // An overlay at its limit: the write fails with IOERR.
+        let mut full = Blk::new(
+            CowDisk::new(base.clone(), 4096).unwrap().with_limit(0),
+            b"c",
+        );
+        full.activate(full.features());
+        assert_eq!(
+            run(&mut full, &mem, T_OUT, 5, 512, false).unwrap().0,
+            S_IOERR
+        );
+        assert_eq!(run(&mut full, &mem, T_IN, 5, 512, true).unwrap().0, S_OK);
+        assert_eq!(mem.get(DATA, 512), [0x11; 512]);
     }
 }

@@ -20,6 +20,8 @@ pub enum BlockError {
     NotSectorMultiple,
     /// A chunk size that is not a power-of-two number of sectors.
     BadChunkSize,
+    /// The overlay reached its limit, or memory for it ran out.
+    NoSpace,
 }
 
 /// A disk by sector.
@@ -165,30 +167,67 @@ pub struct CowDisk {
     base: Arc<[u8]>,
     chunk: usize,
     overlay: BTreeMap<u64, Box<[u8]>>,
+    /// Bytes held by `overlay`.
+    overlay_len: u64,
+    /// The most the overlay may hold; a write needing more fails.
+    limit: u64,
+    read_only: bool,
 }
 
 impl CowDisk {
-    /// `chunk_size` in bytes: a power of two, at least one sector.
+    /// `chunk_size` in bytes: a power of two, at least one sector. The
+    /// overlay may grow to the size of the base.
     pub fn new(base: Arc<[u8]>, chunk_size: usize) -> Result<Self, BlockError> {
         sectors_of(base.len())?;
         if !chunk_size.is_power_of_two() || (chunk_size as u64) < SECTOR_SIZE {
             return Err(BlockError::BadChunkSize);
         }
         Ok(Self {
+            limit: base.len() as u64,
             base,
             chunk: chunk_size,
             overlay: BTreeMap::new(),
+            overlay_len: 0,
+            read_only: false,
         })
+    }
+
+    /// Caps the overlay at `bytes` (the VM's memory budget for it).
+    pub fn with_limit(mut self, bytes: u64) -> Self {
+        self.limit = bytes;
+        self
+    }
+
+    /// A read-only view of the base: no overlay ever.
+    pub fn with_read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
     }
 
     /// Bytes the overlay holds (for the per-VM memory accounting).
     pub fn overlay_bytes(&self) -> u64 {
-        (self.overlay.len() as u64).saturating_mul(self.chunk as u64)
+        self.overlay_len
     }
 
     /// Forgets every private change: the disk is the gold image again.
     pub fn drop_overlay(&mut self) {
         self.overlay.clear();
+        self.overlay_len = 0;
+    }
+
+    /// A private copy of chunk `index`, allocated fallibly so that running
+    /// out of memory fails the write instead of the hypervisor.
+    fn copy_chunk(&self, index: u64) -> Result<Box<[u8]>, BlockError> {
+        let src = self.base_chunk(index)?;
+        self.overlay_len
+            .checked_add(src.len() as u64)
+            .filter(|&n| n <= self.limit)
+            .ok_or(BlockError::NoSpace)?;
+        let mut v = Vec::new();
+        v.try_reserve_exact(src.len())
+            .map_err(|_| BlockError::NoSpace)?;
+        v.extend_from_slice(src);
+        Ok(v.into_boxed_slice())
     }
 
     pub fn base(&self) -> &Arc<[u8]> {
@@ -210,7 +249,7 @@ impl BlockBackend for CowDisk {
         (self.base.len() as u64) / SECTOR_SIZE
     }
     fn read_only(&self) -> bool {
-        false
+        self.read_only
     }
     fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), BlockError> {
         let (s, e) = usize_range(self.capacity(), sector, buf.len())?;
@@ -229,12 +268,16 @@ impl BlockBackend for CowDisk {
         Ok(())
     }
     fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlockError> {
+        if self.read_only {
+            return Err(BlockError::ReadOnly);
+        }
         let (s, e) = usize_range(self.capacity(), sector, data.len())?;
         for (index, within, at, n) in pieces(self.chunk, s, e) {
             if !self.overlay.contains_key(&index) {
                 // The last chunk of a base whose size is not a multiple of
                 // the chunk size is shorter.
-                let copy: Box<[u8]> = self.base_chunk(index)?.into();
+                let copy = self.copy_chunk(index)?;
+                self.overlay_len = self.overlay_len.saturating_add(copy.len() as u64);
                 self.overlay.insert(index, copy);
             }
             let dst = self
@@ -253,6 +296,9 @@ impl BlockBackend for CowDisk {
         Ok(())
     }
     fn discard(&mut self, sector: u64, count: u64) -> Result<(), BlockError> {
+        if self.read_only {
+            return Err(BlockError::ReadOnly);
+        }
         let len = count
             .checked_mul(SECTOR_SIZE)
             .and_then(|l| usize::try_from(l).ok())
@@ -262,7 +308,9 @@ impl BlockBackend for CowDisk {
         // base again, which discard allows); partial ones keep their data.
         for (index, within, _, n) in pieces(self.chunk, s, e) {
             if within == 0 && self.base_chunk(index).is_ok_and(|c| n == c.len()) {
-                self.overlay.remove(&index);
+                if let Some(c) = self.overlay.remove(&index) {
+                    self.overlay_len = self.overlay_len.saturating_sub(c.len() as u64);
+                }
             }
         }
         Ok(())
@@ -369,5 +417,34 @@ mod tests {
         );
         assert_eq!(byte_range(10, 9, 512), Ok((4608, 5120)));
         assert_eq!(byte_range(10, 10, 0), Ok((5120, 5120)));
+    }
+
+    #[test]
+    fn cow_limit_and_read_only() {
+        let base: Arc<[u8]> = pattern(16 * 1024).into();
+        let mut d = CowDisk::new(base.clone(), 4096).unwrap().with_limit(8192);
+        d.write(0, &[1; 512]).unwrap();
+        d.write(8, &[2; 512]).unwrap();
+        assert_eq!(d.overlay_bytes(), 8192);
+        // A third chunk would pass the limit: refused, nothing changed.
+        assert_eq!(d.write(16, &[3; 512]), Err(BlockError::NoSpace));
+        let mut buf = vec![0; 512];
+        d.read(16, &mut buf).unwrap();
+        assert_eq!(&buf[..], &base[8192..8704]);
+        // Rewriting a chunk it has is fine; discarding one frees room.
+        d.write(1, &[4; 512]).unwrap();
+        d.discard(8, 8).unwrap();
+        assert_eq!(d.overlay_bytes(), 4096);
+        d.write(16, &[3; 512]).unwrap();
+        assert_eq!(d.overlay_bytes(), 8192);
+        d.drop_overlay();
+        assert_eq!(d.overlay_bytes(), 0);
+        let mut ro = CowDisk::new(base.clone(), 4096)
+            .unwrap()
+            .with_read_only(true);
+        assert!(ro.read_only());
+        assert_eq!(ro.write(0, &[0; 512]), Err(BlockError::ReadOnly));
+        assert_eq!(ro.discard(0, 8), Err(BlockError::ReadOnly));
+        assert_eq!(ro.overlay_bytes(), 0);
     }
 }
