@@ -156,7 +156,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             intx: false,
             notified: 0,
             budget: Budget::default(),
-            chain: Chain::default(),
+            chain: Chain::with_capacity(max),
         }
     }
 

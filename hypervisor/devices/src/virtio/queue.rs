@@ -84,6 +84,15 @@ pub struct Chain {
 }
 
 impl Chain {
+    /// Room for `n` buffers, so that walking chains of a queue of size `n`
+    /// never allocates.
+    pub fn with_capacity(n: u16) -> Self {
+        Self {
+            segs: Vec::with_capacity(usize::from(n)),
+            ..Self::default()
+        }
+    }
+
     pub fn segments(&self) -> &[Segment] {
         &self.segs
     }
