@@ -38,6 +38,7 @@ const PCI_CFG_DATA: usize = PCI_CFG_CAP_OFF + 16;
 const CAP_VENDOR: u8 = 0x09;
 const CAPABILITIES_PTR: usize = 0x34;
 const STATUS_CAP_LIST: u16 = 1 << 4;
+const COMMAND_INTX_DISABLE: u16 = 1 << 10;
 const SUBSYSTEM_VENDOR_ID: usize = 0x2C;
 const SUBSYSTEM_ID: usize = 0x2E;
 
@@ -186,6 +187,12 @@ impl<D: VirtioDevice> VirtioPci<D> {
         self.intx
     }
 
+    /// The level on the INTx pin given the function's command register: the
+    /// Interrupt Disable bit (PCI 3.0 6.2.2, bit 10) holds it low.
+    pub fn intx_line(&self, command: u16) -> bool {
+        self.intx && command & COMMAND_INTX_DISABLE == 0
+    }
+
     pub fn queue(&self, index: u16) -> Option<&SplitQueue> {
         self.queues.get(usize::from(index))
     }
@@ -198,7 +205,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
         // Revision 1: a non-transitional device (4.1.2.1).
         let mut c = ConfigSpace::new(VENDOR_ID, id, class, 1, 0);
         // I/O space, bus master and INTx disable writable.
-        c.set_writable(COMMAND, 2, 0x0405);
+        c.set_writable(COMMAND, 2, 0x0005 | u32::from(COMMAND_INTX_DISABLE));
         c.set_u16(STATUS, STATUS_CAP_LIST);
         c.set_bar(0, BAR_SIZE, true);
         c.set_u16(SUBSYSTEM_VENDOR_ID, VENDOR_ID);
@@ -975,6 +982,8 @@ mod tests {
         assert_eq!(e.intx, Some(true));
         assert!(!e.work_left);
         assert!(d.intx_asserted());
+        assert!(d.intx_line(0x0005));
+        assert!(!d.intx_line(0x0405), "Interrupt Disable");
         assert_eq!(mem.get(0x9000, 1), [blk::S_OK]);
         assert_eq!(mem.get(0x20000, 512), d.dev.backend().data()[1536..2048]);
         // Used ring: idx 1, element {0, 513}.
