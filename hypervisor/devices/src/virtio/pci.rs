@@ -7,7 +7,8 @@
 //! function's [`ConfigSpace`]; it calls [`VirtioPci::pci_cfg_before_read`]
 //! and [`VirtioPci::pci_cfg_after_write`] around configuration accesses of
 //! the function so the VIRTIO_PCI_CAP_PCI_CFG window (4.1.4.9) reaches BAR0,
-//! and gates the INTx line with the command register's Interrupt Disable bit.
+//! and drives the pin from [`VirtioPci::intx_line`] (which applies the
+//! command register's Interrupt Disable bit).
 //!
 //! Accesses return [`Effects`]: the INTx line change, whether notified work
 //! is left over (the per-call [`Budget`] ran out: call [`VirtioPci::process`]
@@ -99,7 +100,7 @@ impl Default for Budget {
 /// Why the device entered DEVICE_NEEDS_RESET.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
-    /// Queue `0` was misconfigured or gave a malformed chain.
+    /// The queue of this index was misconfigured or gave a malformed chain.
     Queue(u16, QueueError),
     /// DRIVER_OK set without FEATURES_OK accepted (3.1.1 order).
     DriverOkWithoutFeatures,
@@ -117,7 +118,8 @@ pub struct Effects {
 }
 
 /// Whether the driver's feature set may be accepted: a subset of what was
-/// offered, with VIRTIO_F_VERSION_1 (6.1: a modern device requires it).
+/// offered, with VIRTIO_F_VERSION_1 (6.2: the device may refuse to work
+/// without it, and this one does).
 pub fn features_acceptable(offered: u64, driver: u64) -> bool {
     driver & !offered == 0 && driver & VIRTIO_F_VERSION_1 != 0
 }
@@ -143,7 +145,7 @@ pub struct VirtioPci<D: VirtioDevice> {
 impl<D: VirtioDevice> VirtioPci<D> {
     pub fn new(dev: D) -> Self {
         let n = dev.num_queues().min(MAX_QUEUES);
-        let max = dev.queue_max_size();
+        let max = dev.queue_max_size().min(super::queue::MAX_QUEUE_SIZE);
         Self {
             queues: (0..n).map(|_| SplitQueue::new(max)).collect(),
             dev,
