@@ -129,6 +129,23 @@ impl<B: BlockBackend> Blk<B> {
         // The status byte is the last writable byte (checked by `handle`).
         let out_len = chain.readable_len().saturating_sub(HEADER_SIZE);
         let in_len = chain.writable_len().saturating_sub(1);
+        // Data the device would have to move the wrong way (a device-readable
+        // buffer for a read, a device-writable one for a write): a malformed
+        // request, failed with IOERR.
+        let wrong_way = match kind {
+            T_IN | T_GET_ID => out_len != 0,
+            T_OUT | T_DISCARD => in_len != 0,
+            T_FLUSH => out_len != 0 || in_len != 0,
+            _ => false,
+        };
+        let supported = match kind {
+            T_FLUSH => self.negotiated & F_FLUSH != 0,
+            T_DISCARD => self.negotiated & F_DISCARD != 0,
+            _ => true,
+        };
+        if wrong_way && supported {
+            return Ok((S_IOERR, 0));
+        }
         Ok(match kind {
             T_IN => self.read(chain, mem, sector, in_len)?,
             T_OUT => (self.write(chain, mem, sector, out_len)?, 0),
@@ -551,6 +568,37 @@ mod tests {
             .0,
             S_IOERR
         );
+        assert_eq!(b.backend().data(), &before[..]);
+    }
+
+    #[test]
+    fn data_in_the_wrong_direction_is_ioerr() {
+        let mem = TestMem::new(0x40000);
+        let mut b = disk(8, false);
+        let before = b.backend().data().to_vec();
+        // A read whose data buffer the device may only read, a write whose
+        // data buffer it may only write, a flush or GET_ID with data.
+        mem.put(DATA, &[0xAB; 512]);
+        assert_eq!(
+            run(&mut b, &mem, T_IN, 0, 512, false).unwrap(),
+            (S_IOERR, 1)
+        );
+        assert_eq!(mem.get(DATA, 512), [0xAB; 512], "nothing written");
+        assert_eq!(
+            run(&mut b, &mem, T_OUT, 0, 512, true).unwrap(),
+            (S_IOERR, 0)
+        );
+        assert_eq!(
+            run(&mut b, &mem, T_DISCARD, 0, 16, true).unwrap().0,
+            S_IOERR
+        );
+        assert_eq!(run(&mut b, &mem, T_FLUSH, 0, 16, false).unwrap().0, S_IOERR);
+        assert_eq!(run(&mut b, &mem, T_FLUSH, 0, 16, true).unwrap().0, S_IOERR);
+        assert_eq!(
+            run(&mut b, &mem, T_GET_ID, 0, 20, false).unwrap().0,
+            S_IOERR
+        );
+        assert_eq!(mem.get(DATA, 512), [0xAB; 512]);
         assert_eq!(b.backend().data(), &before[..]);
     }
 
