@@ -30,6 +30,7 @@ pub mod post;
 pub mod rtc;
 pub mod state;
 pub mod uart;
+pub mod virtio;
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
