@@ -28,6 +28,24 @@ vm bench: exited code=0
 hv: summary: 1 guests: bench exited code=0
 ";
 
+/// The end of a `linux-3` boot (the hypervisor's summary lines, as sched.rs prints them).
+pub const LINUX3_LOG: &str = "\
+hv: manifest: 3 guests, time slice 5000 us
+vm linux1: started (256 MiB at host 0x20000000, 1 vcpu, bzimage, ...)
+[linux1] linux-guest: tsc unstable 0
+[linux2] linux-guest: tsc unstable 1
+[linux1] linux-guest: powering off
+vm linux1: exited code=0 (powered off)
+vm linux2: exited code=0 (powered off)
+vm linux3: stopped: triple fault
+hv: summary: 3 guests: linux1 exited code=0 (powered off), linux2 exited code=0 (powered off), linux3 stopped (triple fault)
+vm linux1: longest exit 120000 TSC ticks (reason 30)
+vm linux1: timer lateness: 2000 expiries, <10us 1500, <100us 300, <1ms 150, <4ms 50, <10ms 0, >=10ms 0, max 3900 us
+vm linux2: longest exit 130000 TSC ticks (reason 48)
+vm linux2: timer lateness: 1000 expiries, <10us 100, <100us 200, <1ms 300, <4ms 200, <10ms 150, >=10ms 50, max 28000 us
+vm linux3: longest exit 9000 TSC ticks (reason 52)
+";
+
 const KVM_LOG: &str = "\
 kvm-peer: kernel 6.1.0-56-cloud-amd64, 1 cpu
 kvm-peer: insmod kvm: ok
@@ -150,6 +168,13 @@ pub fn report() -> Report {
         hv_cmdline: "console=ttyS0 quiet".into(),
         direct_cmdline: direct_cmdline("console=ttyS0 quiet"),
     };
+    let lateness = vec![LatenessRun::analyse(
+        "linux-3",
+        &manifest("bench-linux3.toml"),
+        2,
+        LINUX3_LOG,
+        "powered off",
+    )];
     let run = PeerRun::analyse(KVM_LOG, "line seen");
     let rows = kvmpeer::rows(Some(exits.first.figures.as_slice()), run.lines());
     let peer = PeerReport {
@@ -201,6 +226,7 @@ pub fn report() -> Report {
         console: Some(console),
         memory,
         startup: vec![startup],
+        lateness,
         linux: Some(linux),
         peer: Some(peer),
         linux_notes: vec!["a note".into()],

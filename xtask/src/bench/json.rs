@@ -12,7 +12,8 @@ use super::kvmpeer::{self, PeerReport, PeerRow};
 use super::linux_boot::{LinuxBoot, LinuxReport};
 use super::{
     ConsoleRow, ConsoleRun, ExitFigure, ExitRow, ExitRun, FairGuest, FairRun, FirstOutput,
-    HvMemory, MemRun, Report, RunInfo, StartupRow, VmMemory, CORE_EXIT_GOAL,
+    HvMemory, LatenessGuest, LatenessRun, MemRun, Report, RunInfo, StartupRow, VmMemory,
+    CORE_EXIT_GOAL,
 };
 
 /// What the figures count (the document's first key).
@@ -30,6 +31,7 @@ pub struct Results {
     pub console: Option<Console>,
     pub memory: Vec<Memory>,
     pub startup: Vec<Startup>,
+    pub timer_lateness: Vec<Lateness>,
     pub linux_boot: Option<LinuxBootPair>,
     pub linux_boot_notes: Vec<String>,
     pub kvm_peer: Option<Peer>,
@@ -174,6 +176,41 @@ pub struct StartupVm {
     pub first_output_wall_s: f64,
 }
 
+/// One boot's timer lateness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lateness {
+    pub boot: String,
+    pub cpus: u32,
+    pub slice_us: Option<u64>,
+    /// The latest expiry of any guest, microseconds after its deadline.
+    pub max_us: Option<u64>,
+    /// Whether `max_us` is within one time slice.
+    pub verdict: String,
+    pub ended: String,
+    pub guests: Vec<LatenessOfGuest>,
+}
+
+/// One guest's timer lateness (`null`s: the hypervisor printed no line for it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatenessOfGuest {
+    pub name: String,
+    pub expiries: Option<u64>,
+    /// Expiries per bucket, in the hypervisor's order (`<10us` ... `>=10ms`).
+    pub buckets: Option<Vec<Bucket>>,
+    pub max_us: Option<u64>,
+    /// How often the Linux kernel marked its TSC unstable.
+    pub tsc_unstable: Option<u64>,
+    pub outcome: Option<String>,
+}
+
+/// One bucket of a lateness distribution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// As the hypervisor prints it: `<10us`, `<1ms`, `>=10ms`.
+    pub within: String,
+    pub count: u64,
+}
+
 /// The Linux boot under ferrovisor and booted directly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinuxBootPair {
@@ -290,6 +327,7 @@ impl Report {
             console: self.console.as_ref().map(Console::of),
             memory: self.memory.iter().map(Memory::of).collect(),
             startup: self.startup.iter().map(Startup::of).collect(),
+            timer_lateness: self.lateness.iter().map(Lateness::of).collect(),
             linux_boot: self.linux.as_ref().map(LinuxBootPair::of),
             linux_boot_notes: self.linux_notes.clone(),
             kvm_peer: self.peer.as_ref().map(Peer::of),
@@ -415,6 +453,39 @@ impl Startup {
     }
 }
 
+impl Lateness {
+    fn of(run: &LatenessRun) -> Self {
+        let guest = |g: &LatenessGuest| {
+            let l = g.lateness.as_ref();
+            LatenessOfGuest {
+                name: g.name.clone(),
+                expiries: l.map(|l| l.expiries),
+                buckets: l.map(|l| {
+                    l.buckets
+                        .iter()
+                        .map(|(within, count)| Bucket {
+                            within: within.clone(),
+                            count: *count,
+                        })
+                        .collect()
+                }),
+                max_us: l.map(|l| l.max_us),
+                tsc_unstable: g.tsc_unstable,
+                outcome: g.outcome.clone(),
+            }
+        };
+        Self {
+            boot: run.run.clone(),
+            cpus: run.cpus,
+            slice_us: run.slice_us,
+            max_us: run.max_us(),
+            verdict: run.verdict(),
+            ended: run.ended.clone(),
+            guests: run.guests.iter().map(guest).collect(),
+        }
+    }
+}
+
 impl LinuxBootPair {
     fn of(l: &LinuxReport) -> Self {
         Self {
@@ -521,6 +592,13 @@ mod tests {
                 .kernel_time_ratio_hv_over_direct,
             Some(2.0)
         );
+        let late = &back.timer_lateness[0];
+        assert_eq!(
+            (late.max_us, late.verdict.as_str()),
+            (Some(28_000), "not met")
+        );
+        assert_eq!(late.guests[1].buckets.as_ref().unwrap()[5].count, 50);
+        assert_eq!(late.guests[2].expiries, None);
         let peer = back.kvm_peer.as_ref().unwrap();
         assert_eq!(peer.kvm_loaded, Some(true));
         assert!(peer.kvm_exits.as_ref().unwrap().floor_unavailable);
@@ -540,6 +618,7 @@ mod tests {
             "console",
             "memory",
             "startup",
+            "timer_lateness",
             "linux_boot",
             "linux_boot_notes",
             "kvm_peer",

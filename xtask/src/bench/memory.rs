@@ -197,6 +197,7 @@ vm mem-03: not started: out of memory
             console: None,
             memory: vec![m],
             startup: Vec::new(),
+            lateness: Vec::new(),
             linux: None,
             peer: None,
             linux_notes: Vec::new(),

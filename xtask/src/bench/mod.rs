@@ -18,6 +18,7 @@
 //! | `console` | `bench-console.toml`: console floods (4 KiB CONSOLE_WRITEs, 4 KiB UART bursts) beside a spinner; each VM's longest exit | 2 | 512 MiB |
 //! | `mem-1`, `mem-4`, `mem-16` | `bench-mem-<n>.toml`: n `hello` guests of 128 MiB | 2 | 512, 1024, 3072 MiB |
 //! | `linux-hv` | `bench-linux.toml`: Debian's kernel + busybox initramfs, 1 vCPU, 256 MiB | 1 | 512 MiB |
+//! | `linux-3` | `bench-linux3.toml`: three Linux guests of 1 vCPU, for their timer lateness | 2 | 1024 MiB |
 //! | `linux-direct` | no hypervisor: the same kernel, initramfs and command line started by OVMF's shell through the EFI stub ([`linux_boot`]) | 1 | 512 MiB |
 //! | `kvm-peer` | no hypervisor: the same kernel with an initramfs that loads `kvm_intel` and runs the `bench` guest under a minimal KVM VMM ([`kvmpeer`]) | 1 | 512 MiB |
 //!
@@ -29,7 +30,8 @@
 //!
 //! The code, by concern: [`mod@run`] (the boots and running them), [`parse`] (console and manifest
 //! lines every section reads), one module per section ([`exits`], [`fairness`], [`console`],
-//! [`memory`], [`startup`], [`linux_boot`], [`kvmpeer`]: its lines and its figures),
+//! [`memory`], [`startup`], [`linux_boot`], [`lateness`], [`kvmpeer`]: its lines and its
+//! figures),
 //! [`config`] (what it ran on), [`report`] (the terminal text and `docs/BENCHMARKS.md`) and
 //! [`json`] (`target/bench/results.json`).
 
@@ -50,6 +52,7 @@ pub mod fairness;
 mod fixture;
 pub mod json;
 pub mod kvmpeer;
+pub mod lateness;
 pub mod linux_boot;
 pub mod memory;
 pub mod parse;
@@ -63,6 +66,7 @@ pub use exits::{
     exit_figures, parse_exit_lines, ExitFigure, ExitLines, ExitReport, ExitRow, ExitRun,
 };
 pub use fairness::{parse_spinner_units, FairGuest, FairRun};
+pub use lateness::{LatenessGuest, LatenessRun, TimerLateness};
 pub use memory::{parse_hv_memory, parse_vm_memory, HvMemory, MemRun, VmMemory};
 pub use parse::{
     first_outputs, guest_line, manifest_cmdlines, manifest_value, manifest_weights, vm_outcome,
@@ -133,6 +137,9 @@ pub struct Sections {
     pub linux: bool,
     /// The KVM peer (`kvm-peer`); compared with the `exits` figures when those ran too.
     pub peer: bool,
+    /// Timer lateness of three Linux guests on two CPUs (`linux-3`; `linux-hv`'s too when
+    /// `linux` runs).
+    pub lateness: bool,
 }
 
 impl Sections {
@@ -143,6 +150,7 @@ impl Sections {
         memory: true,
         linux: true,
         peer: true,
+        lateness: true,
     };
     const NONE: Sections = Sections {
         exits: false,
@@ -151,10 +159,11 @@ impl Sections {
         memory: false,
         linux: false,
         peer: false,
+        lateness: false,
     };
 
-    /// `exits,fairness,console,memory,linux,peer` (any subset, comma-separated; `kvm` =
-    /// `peer`).
+    /// `exits,fairness,console,memory,linux,peer,lateness` (any subset, comma-separated;
+    /// `kvm` = `peer`).
     pub fn parse(list: &str) -> Result<Self> {
         let mut s = Self::NONE;
         for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -165,16 +174,20 @@ impl Sections {
                 "memory" => s.memory = true,
                 "linux" => s.linux = true,
                 "peer" | "kvm" => s.peer = true,
+                "lateness" => s.lateness = true,
                 other => {
                     bail!(
                         "unknown bench section `{other}` (exits, fairness, console, memory, \
-                         linux, peer)"
+                         linux, peer, lateness)"
                     )
                 }
             }
         }
         if s == Self::NONE {
-            bail!("--only needs at least one of exits, fairness, console, memory, linux, peer");
+            bail!(
+                "--only needs at least one of exits, fairness, console, memory, linux, peer, \
+                 lateness"
+            );
         }
         Ok(s)
     }
@@ -280,7 +293,7 @@ pub fn run(options: &Options) -> Result<Report> {
     eprintln!(
         "xtask: bench: {} boots under Bochs, {PARALLEL_BOOTS} at a time ({})",
         jobs.len(),
-        if options.sections.linux || options.sections.peer {
+        if options.sections.linux || options.sections.peer || options.sections.lateness {
             "10 to 20 minutes"
         } else {
             "5 to 10 minutes"
@@ -295,6 +308,7 @@ pub fn run(options: &Options) -> Result<Report> {
         console: None,
         memory: Vec::new(),
         startup: Vec::new(),
+        lateness: Vec::new(),
         linux: None,
         peer: None,
         linux_notes: plan.notes(),
@@ -328,6 +342,12 @@ pub fn run(options: &Options) -> Result<Report> {
             if let Some(d) = find(name) {
                 report.memory.push(MemRun::from_done(d));
             }
+        }
+    }
+    // Three Linux guests on two CPUs, and the one alone on one CPU beside them.
+    for name in ["linux-3", "linux-hv"] {
+        if let Some(d) = find(name) {
+            report.lateness.push(LatenessRun::from_done(d));
         }
     }
     if let (Some(hv), Some(direct)) = (find("linux-hv"), find("linux-direct")) {

@@ -15,6 +15,7 @@ pub struct Report {
     pub console: Option<ConsoleRun>,
     pub memory: Vec<MemRun>,
     pub startup: Vec<StartupRow>,
+    pub lateness: Vec<LatenessRun>,
     pub linux: Option<LinuxReport>,
     pub peer: Option<kvmpeer::PeerReport>,
     /// Why the Linux boots could not run, if they could not.
@@ -521,6 +522,15 @@ impl Report {
         for n in &self.linux_notes {
             let _ = writeln!(s, "\nLinux boot: {n}");
         }
+        for run in &self.lateness {
+            let _ = writeln!(
+                s,
+                "\nTimer lateness {}: {}",
+                run.run,
+                Self::lateness_sentence(run).replace("**", "")
+            );
+            s += &Self::lateness_table(run).text();
+        }
         if let Some(p) = &self.peer {
             let _ = writeln!(
                 s,
@@ -747,8 +757,106 @@ impl Report {
         }
 
         s += &self.linux_markdown();
+        s += &self.lateness_markdown();
         s += &self.peer_markdown();
         s
+    }
+
+    fn lateness_markdown(&self) -> String {
+        let mut s = String::from("\n## Timer lateness\n\n");
+        if self.lateness.is_empty() {
+            let _ = writeln!(s, "Not measured in this run.");
+            return s;
+        }
+        let _ = writeln!(
+            s,
+            "For every local APIC timer expiry the hypervisor takes the time from the timer's \
+             deadline to the moment it saw the expiry and raised the interrupt, and prints a \
+             distribution per VM at the end (`vm <name>: timer lateness: ...`, \
+             `hypervisor/src/vm/lateness.rs`). `linux-3` (`bench-linux3.toml`): three Linux \
+             guests of 1 vCPU on 2 CPUs, so a vCPU often waits for a CPU while its timer is \
+             due; `linux-hv`: the Linux guest alone on 1 CPU (the Linux boot above). Columns: \
+             the share of the expiries in each bucket (`<1 ms`: from 100 µs to 1 ms late). *TSC unstable*: how often the \
+             kernel's clocksource watchdog marked the TSC unstable (/init counts it in dmesg). \
+             Goal: every expiry within one time slice of its deadline, and no kernel marks its \
+             TSC unstable."
+        );
+        for run in &self.lateness {
+            let _ = writeln!(s, "\n### {}\n\n{}\n", run.run, Self::lateness_sentence(run));
+            s += &Self::lateness_table(run).markdown();
+        }
+        s
+    }
+
+    /// `<n> CPUs, time slice <us> us; latest expiry <m> us after its deadline: <verdict>.`
+    pub(super) fn lateness_sentence(run: &LatenessRun) -> String {
+        let unstable = run
+            .guests
+            .iter()
+            .filter(|g| g.tsc_unstable.is_some_and(|n| n > 0))
+            .count();
+        format!(
+            "{} CPU{}, time slice {}; latest expiry **{}** after its deadline: {}; kernels that \
+             marked the TSC unstable: {} of {}.",
+            run.cpus,
+            if run.cpus == 1 { "" } else { "s" },
+            opt(run.slice_us, |u| format!("{} us", grouped(u))),
+            opt(run.max_us(), |u| format!("{} us", grouped(u))),
+            run.verdict(),
+            unstable,
+            run.guests
+                .iter()
+                .filter(|g| g.tsc_unstable.is_some())
+                .count()
+        )
+    }
+
+    /// One row per guest: expiries, the share in each bucket, the latest, TSC unstable.
+    pub fn lateness_table(run: &LatenessRun) -> Table {
+        const LABELS: [&str; 6] = ["<10us", "<100us", "<1ms", "<4ms", "<10ms", ">=10ms"];
+        let labels: Vec<String> = run
+            .guests
+            .iter()
+            .find_map(|g| g.lateness.as_ref())
+            .map_or_else(
+                || LABELS.iter().map(|l| l.to_string()).collect(),
+                |l| l.buckets.iter().map(|(b, _)| b.clone()).collect(),
+            );
+        let mut header = vec!["guest".to_string(), "expiries".to_string()];
+        header.extend(
+            labels
+                .iter()
+                .map(|l| l.replace("us", " µs").replace("ms", " ms")),
+        );
+        header.push("latest (µs)".to_string());
+        header.push("TSC unstable".to_string());
+        let mut t = Table {
+            header,
+            rows: Vec::new(),
+        };
+        for g in &run.guests {
+            let mut row = vec![g.name.clone()];
+            match &g.lateness {
+                Some(l) => {
+                    row.push(grouped(l.expiries));
+                    for label in &labels {
+                        let count = l.buckets.iter().find(|(b, _)| b == label).map(|(_, c)| *c);
+                        row.push(opt(count.and_then(|c| l.pct(c)), |p| format!("{p:.1} %")));
+                    }
+                    row.push(grouped(l.max_us));
+                }
+                None => {
+                    row.push(format!(
+                        "n/a ({})",
+                        g.outcome.as_deref().unwrap_or("no lateness line")
+                    ));
+                    row.extend((0..=labels.len()).map(|_| "n/a".to_string()));
+                }
+            }
+            row.push(opt(g.tsc_unstable, |n| n.to_string()));
+            t.row(row);
+        }
+        t
     }
 
     fn linux_markdown(&self) -> String {
@@ -914,6 +1022,8 @@ mod tests {
                 "## Memory overhead",
                 "## Start-up",
                 "## Linux boot: under ferrovisor vs booted directly",
+                "## Timer lateness",
+                "### linux-3",
                 "## Peer comparison (KVM)",
             ]
         );
@@ -934,5 +1044,12 @@ mod tests {
             assert!(md.lines().any(|l| l == row), "missing {row}\n{md}");
         }
         assert!(md.contains("**Repeatability**: the two boots differ: cpuid +1000 ticks"));
+        for row in [
+            "| linux2 | 1_000 | 10.0 % | 20.0 % | 30.0 % | 20.0 % | 15.0 % | 5.0 % | 28_000 | 1 |",
+            "| linux3 | n/a (stopped: triple fault) | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |",
+        ] {
+            assert!(md.lines().any(|l| l == row), "missing {row}\n{md}");
+        }
+        assert!(md.contains("latest expiry **28_000 us** after its deadline: not met"));
     }
 }

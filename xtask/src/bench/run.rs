@@ -43,7 +43,7 @@ impl LinuxPlan {
             hv_cmdline: read("bench-linux.toml", "cmdline"),
             bench_cmdline: read("bench-exits.toml", "cmdline"),
         };
-        if !(sections.linux || sections.peer) {
+        if !(sections.linux || sections.peer || sections.lateness) {
             return plan;
         }
         eprintln!("xtask: bench: preparing the Linux kernel and initramfs (target/linux)");
@@ -73,7 +73,7 @@ impl LinuxPlan {
     /// Whether the boot `name` has what it needs.
     pub(super) fn can_run(&self, name: &str) -> bool {
         match name {
-            "linux-hv" | "linux-direct" => self.assets.is_some(),
+            "linux-hv" | "linux-direct" | "linux-3" => self.assets.is_some(),
             "kvm-peer" => self.peer.is_some(),
             _ => true,
         }
@@ -176,6 +176,9 @@ pub fn jobs(options: &Options) -> Vec<Job> {
             direct_cmdline(&guest_cmdline),
             600,
         ));
+    }
+    if options.sections.lateness {
+        jobs.push(job("linux-3", "bench-linux3.toml", 2, 1024, 900));
     }
     if options.sections.fairness {
         for (name, file) in [
@@ -354,6 +357,7 @@ mod tests {
             [
                 "linux-hv",
                 "linux-direct",
+                "linux-3",
                 "fair-equal",
                 "fair-weighted",
                 "fair-vcpus",
