@@ -1051,5 +1051,13 @@ mod tests {
             assert!(md.lines().any(|l| l == row), "missing {row}\n{md}");
         }
         assert!(md.contains("latest expiry **28_000 us** after its deadline: not met"));
+        let text = crate::bench::fixture::report().text();
+        assert!(
+            text.contains(
+                "\nTimer lateness linux-3: 2 CPUs, time slice 5_000 us; latest expiry 28_000 us \
+                 after its deadline: not met; kernels that marked the TSC unstable: 1 of 2.\n"
+            ),
+            "{text}"
+        );
     }
 }
