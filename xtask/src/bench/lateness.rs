@@ -217,6 +217,24 @@ mod tests {
     }
 
     #[test]
+    fn captured_lines_of_a_bench_boot() {
+        // From target/runs/bench-exits-1/serial.log (the bench guest with its APIC timer
+        // ticking), CRs and all.
+        let serial = "hv: manifest: 1 guest, time slice 5000 us\r\n\
+                      vm bench: longest exit 3275 TSC ticks (reason 48)\r\n\
+                      vm bench: timer lateness: 44 expiries, <10us 44, <100us 0, <1ms 0, <4ms 0, \
+                      <10ms 0, >=10ms 0, max 8 us\r\n";
+        let run = LatenessRun::analyse("exits-1", "", 1, serial, "powered off");
+        assert_eq!(run.slice_us, Some(5000));
+        assert_eq!(run.guests.len(), 1);
+        let l = run.guests[0].lateness.as_ref().unwrap();
+        assert_eq!((l.vm.as_str(), l.expiries, l.max_us), ("bench", 44, 8));
+        assert_eq!(l.buckets.len(), 6);
+        assert_eq!(l.buckets[0], ("<10us".to_string(), 44));
+        assert_eq!(run.verdict(), "met");
+    }
+
+    #[test]
     fn three_linux_guests_on_two_cpus() {
         let run = LatenessRun::analyse("linux-3", &manifest(), 2, LINUX3_LOG, "powered off");
         let names: Vec<&str> = run.guests.iter().map(|g| g.name.as_str()).collect();
