@@ -15,7 +15,9 @@
 //! to a learned MAC goes to its port; unknown unicast, broadcast and
 //! multicast are flooded to every other attached port. Anti-spoofing (on
 //! by default, the manifest's `anti_spoofing`) drops frames whose source
-//! MAC is not the sending port's assigned MAC.
+//! MAC is not the sending port's assigned MAC. Without it, a guest that
+//! sends from many addresses can only evict entries of its own network's
+//! table (the set is bounded), which makes that network flood more.
 use crate::state::{check_version, DeviceState, State, StateError};
 use alloc::vec::Vec;
 

@@ -9,8 +9,9 @@
 //! starts with the 12-byte `struct virtio_net_hdr` (5.1.6). Transmit: each
 //! chain is one frame after its header, parsed from the chain's readable
 //! byte stream (no framing assumed, 2.6.4); a frame outside 14..=1514
-//! bytes, or one asking for an offload, is dropped and counted and its
-//! chain completed. Receive: a frame from the [`Uplink`] is copied with a
+//! bytes (so an 802.1Q-tagged frame of a 1500-byte MTU, 1518 bytes, too),
+//! or one asking for an offload, is dropped and counted and its chain
+//! completed. Receive: a frame from the [`Uplink`] is copied with a
 //! header (num_buffers 1) into the next posted buffer; the device takes a
 //! buffer only when a frame waits ([`VirtioDevice::can_serve`]), so posted
 //! buffers stay posted. Chains in the wrong direction are malformed: the
