@@ -29,6 +29,7 @@ pub mod pm;
 pub mod post;
 pub mod rtc;
 pub mod state;
+pub mod switch;
 pub mod uart;
 pub mod virtio;
 

@@ -9,6 +9,7 @@
 
 pub mod blk;
 pub mod block;
+pub mod net;
 pub mod pci;
 pub mod queue;
 
@@ -84,6 +85,12 @@ pub trait VirtioDevice {
     /// bytes written into its device-writable part (the used length). An
     /// error marks the device broken (DEVICE_NEEDS_RESET).
     fn handle(&mut self, queue: u16, chain: &Chain, mem: &dyn GuestMem) -> Result<u32, QueueError>;
+    /// Whether the device can serve a chain of `queue` now. A network
+    /// device's receive queue holds the driver's buffers until a frame
+    /// arrives (the core notifies the queue again then).
+    fn can_serve(&self, _queue: u16) -> bool {
+        true
+    }
     /// Back to the state of a fresh device (a device reset, virtio 1.2 2.4).
     fn reset(&mut self);
 }

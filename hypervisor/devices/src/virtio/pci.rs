@@ -717,7 +717,10 @@ fn serve<D: VirtioDevice>(
     if q.enabled {
         loop {
             if budget.chains == 0 || budget.bytes == 0 {
-                more = q.has_work(mem)?;
+                more = dev.can_serve(index) && q.has_work(mem)?;
+                break;
+            }
+            if !dev.can_serve(index) {
                 break;
             }
             if !q.pop(mem, qf, chain)? {

@@ -57,6 +57,10 @@ pub enum QueueError {
     WriteBeforeRead,
     /// A request without room for its status byte.
     NoStatus,
+    /// Buffers the device may not use that way: a device-writable one in
+    /// a chain it only reads, or a device-readable one in a chain it only
+    /// writes (a network device's transmit and receive queues).
+    WrongDirection,
 }
 
 impl From<MemError> for QueueError {
