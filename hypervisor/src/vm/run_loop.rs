@@ -380,16 +380,7 @@ impl Vcpu {
                 return Some(SliceEnd::Halted);
             }
             // Start in real mode at vector:0000 (SDM 9.4.4.2).
-            let vector = u64::from(sipi & 0xFF);
-            let mut st = crate::loader::setup::real16(0);
-            st.cs = crate::loader::setup::Seg {
-                sel: (vector << 8) as u16,
-                base: vector << 12,
-                limit: 0xFFFF,
-                ar: 0x9B,
-            };
-            st.rip = 0;
-            self.start_state = Some(st);
+            self.start_state = Some(start_state::sipi_state((sipi & 0xFF) as u8));
             self.regs = GuestRegs::default();
             self.wait_sipi = false;
             self.configured = false;

@@ -26,6 +26,8 @@ macro_rules! w {
 mod inject;
 #[path = "run_loop.rs"]
 mod run_loop;
+#[path = "start_state.rs"]
+pub mod start_state;
 #[path = "vmcs_setup.rs"]
 mod vmcs_setup;
 

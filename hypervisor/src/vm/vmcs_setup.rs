@@ -1,15 +1,119 @@
 //! VMCS set-up of a vCPU: controls, host and guest state, the MSR bitmap,
 //! VPIDs, and the state switched by software around a time slice.
 use super::*;
-use crate::loader::setup::Mode;
 use crate::percpu;
+use crate::vmx::entry_check::{GuestState, SegReg};
 use crate::vmx::run;
 use alloc::format;
 use arch::msr;
 use arch::regs;
 use arch::vmx::instr;
+use arch::vmx::instr::VmFail;
 use arch::vmx::vmcs::{bits, ctrl, guest, host};
 use core::sync::atomic::Ordering;
+
+/// A VMWRITE whose failure is reported, with the field's name: the fields
+/// and values are the hypervisor's own, so a failure is a hypervisor bug.
+macro_rules! wc {
+    ($f:expr, $v:expr) => {
+        // SAFETY: the vCPU's VMCS is current on this CPU (checked by callers).
+        checked(unsafe { $f.write($v) }, &stringify!($f))?
+    };
+}
+
+fn checked(
+    r: Result<(), VmFail>,
+    field: &dyn core::fmt::Display,
+) -> Result<(), alloc::string::String> {
+    r.map_err(|e| format!("VMWRITE of {field} failed: {e}"))
+}
+
+/// Writes every field of `s` to the current VMCS (SDM Vol. 3C 25.4); the
+/// first VMWRITE that fails is returned, with the field's name.
+fn write_guest_state(s: &GuestState) -> Result<(), alloc::string::String> {
+    use arch::vmx::vmcs::{Field16, Field32, FieldNat};
+    const SEGS: [(Field16, FieldNat, Field32, Field32); 8] = [
+        (
+            guest::ES_SEL,
+            guest::ES_BASE,
+            guest::ES_LIMIT,
+            guest::ES_ACCESS_RIGHTS,
+        ),
+        (
+            guest::CS_SEL,
+            guest::CS_BASE,
+            guest::CS_LIMIT,
+            guest::CS_ACCESS_RIGHTS,
+        ),
+        (
+            guest::SS_SEL,
+            guest::SS_BASE,
+            guest::SS_LIMIT,
+            guest::SS_ACCESS_RIGHTS,
+        ),
+        (
+            guest::DS_SEL,
+            guest::DS_BASE,
+            guest::DS_LIMIT,
+            guest::DS_ACCESS_RIGHTS,
+        ),
+        (
+            guest::FS_SEL,
+            guest::FS_BASE,
+            guest::FS_LIMIT,
+            guest::FS_ACCESS_RIGHTS,
+        ),
+        (
+            guest::GS_SEL,
+            guest::GS_BASE,
+            guest::GS_LIMIT,
+            guest::GS_ACCESS_RIGHTS,
+        ),
+        (
+            guest::LDTR_SEL,
+            guest::LDTR_BASE,
+            guest::LDTR_LIMIT,
+            guest::LDTR_ACCESS_RIGHTS,
+        ),
+        (
+            guest::TR_SEL,
+            guest::TR_BASE,
+            guest::TR_LIMIT,
+            guest::TR_ACCESS_RIGHTS,
+        ),
+    ];
+    for (r, (sel, base, limit, ar)) in SegReg::ALL.into_iter().zip(SEGS) {
+        let g = s.seg(r);
+        let name = r.name();
+        // SAFETY: as in `wc!`.
+        unsafe {
+            checked(sel.write(g.sel), &format_args!("guest {name} selector"))?;
+            checked(base.write(g.base), &format_args!("guest {name} base"))?;
+            checked(limit.write(g.limit), &format_args!("guest {name} limit"))?;
+            checked(ar.write(g.ar), &format_args!("guest {name} access rights"))?;
+        }
+    }
+    wc!(guest::CR0, s.cr0);
+    wc!(guest::CR3, s.cr3);
+    wc!(guest::CR4, s.cr4);
+    wc!(guest::DR7, s.dr7);
+    wc!(guest::RSP, s.rsp);
+    wc!(guest::RIP, s.rip);
+    wc!(guest::RFLAGS, s.rflags);
+    wc!(guest::IA32_EFER, s.efer);
+    wc!(guest::IA32_PAT, s.pat);
+    wc!(guest::IA32_DEBUGCTL, s.debugctl);
+    wc!(guest::GDTR_BASE, s.gdtr_base);
+    wc!(guest::GDTR_LIMIT, s.gdtr_limit);
+    wc!(guest::IDTR_BASE, s.idtr_base);
+    wc!(guest::IDTR_LIMIT, s.idtr_limit);
+    wc!(guest::ACTIVITY_STATE, s.activity);
+    wc!(guest::INTERRUPTIBILITY_STATE, s.interruptibility);
+    wc!(guest::PENDING_DBG_EXCEPTIONS, s.pending_dbg);
+    wc!(guest::VMCS_LINK_PTR, s.link_ptr);
+    wc!(ctrl::VMENTRY_INTERRUPTION_INFO, s.entry_intr_info);
+    Ok(())
+}
 
 /// VPIDs in use (bit n = VPID n; 0 is the host's). A freed VPID may still
 /// tag TLB entries on some CPU: every first run on a CPU flushes it there.
@@ -214,178 +318,59 @@ impl Vcpu {
         w!(host::RIP, run::exit_rip());
     }
 
-    /// Control and guest-state fields for a fresh start (SDM 25.6-25.8, 27.3).
+    /// Control and guest-state fields for a fresh start (SDM 25.6-25.8, 27.3):
+    /// the values of [`start_state`], every VMWRITE checked (a failure is a
+    /// hypervisor bug, reported with the field's name).
     pub(super) fn configure(&mut self) -> Result<(), alloc::string::String> {
         let caps = vmx::caps();
         let vm = self.vm.clone();
         let entry = self.start_state.unwrap_or_else(|| *vm.entry.lock());
-        let err = |e: arch::vmx::caps::ControlError| format!("cannot configure VMX controls: {e}");
-        // Virtual NMIs: the CPU tracks the guest's NMI blocking until its
-        // IRET, so that every NMI is delivered once the previous one is handled.
-        let pin = caps
-            .pin
-            .adjust(
-                if self.virtual_nmis {
-                    bits::pin::VIRTUAL_NMIS
-                } else {
-                    0
-                },
-                bits::pin::EXTERNAL_INTERRUPT_EXITING
-                    | bits::pin::NMI_EXITING
-                    | bits::pin::PREEMPTION_TIMER,
+        let ctl = start_state::controls(caps, self.virtual_nmis, entry.mode)
+            .map_err(|e| format!("cannot configure VMX controls: {e}"))?;
+        // SAFETY: the fixed-bit MSRs exist in VMX operation (SDM Vol. 3D A.7, A.8).
+        let (cr0_fixed0, cr4_fixed0) = unsafe {
+            (
+                msr::rdmsr(msr::IA32_VMX_CR0_FIXED0),
+                msr::rdmsr(msr::IA32_VMX_CR4_FIXED0),
             )
-            .map_err(err)?;
-        use bits::primary as p;
-        let primary = caps
-            .primary
-            .adjust(
-                p::MWAIT_EXITING | p::MONITOR_EXITING | p::RDPMC_EXITING | p::USE_TSC_OFFSETTING,
-                p::HLT_EXITING
-                    | p::USE_IO_BITMAPS
-                    | p::USE_MSR_BITMAPS
-                    | p::ACTIVATE_SECONDARY_CONTROLS
-                    | p::CR8_LOAD_EXITING
-                    | p::CR8_STORE_EXITING,
-            )
-            .map_err(err)?
-            & !(p::CR3_LOAD_EXITING | p::CR3_STORE_EXITING | p::INVLPG_EXITING | p::RDTSC_EXITING)
-            | (caps.primary.allowed0
-                & (p::CR3_LOAD_EXITING | p::CR3_STORE_EXITING | p::INVLPG_EXITING));
+        };
+        let state = start_state::guest_state(&entry, cr0_fixed0, cr4_fixed0);
         use bits::secondary as s;
-        // XSAVES stays off (and hidden in CPUID): IA32_XSS isn't switched per vCPU.
-        let mut want2 = s::ENABLE_RDTSCP | s::ENABLE_INVPCID;
-        if caps.vpid {
-            want2 |= s::ENABLE_VPID;
-        }
-        let secondary = caps
-            .secondary
-            .adjust(want2, s::ENABLE_EPT | s::UNRESTRICTED_GUEST)
-            .map_err(err)?;
-        use bits::exit as x;
-        let exit = caps
-            .exit
-            .adjust(
-                x::SAVE_IA32_PAT | x::LOAD_IA32_PAT,
-                x::HOST_ADDRESS_SPACE_SIZE
-                    | x::SAVE_DEBUG_CONTROLS
-                    | x::SAVE_IA32_EFER
-                    | x::LOAD_IA32_EFER
-                    | x::ACK_INTERRUPT_ON_EXIT,
-            )
-            .map_err(err)?;
-        use bits::entry as n;
-        let mut entry_ctl = caps
-            .entry
-            .adjust(n::LOAD_IA32_PAT, n::LOAD_IA32_EFER | n::LOAD_DEBUG_CONTROLS)
-            .map_err(err)?;
-        if entry.mode == Mode::Long64 {
-            entry_ctl |= n::IA32E_MODE_GUEST;
-        } else {
-            entry_ctl &= !n::IA32E_MODE_GUEST;
-        }
-        w!(ctrl::PINBASED_EXEC_CONTROLS, pin);
-        w!(ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS, primary);
-        w!(ctrl::SECONDARY_PROCBASED_EXEC_CONTROLS, secondary);
-        w!(ctrl::VMEXIT_CONTROLS, exit);
-        w!(ctrl::VMENTRY_CONTROLS, entry_ctl);
-        w!(ctrl::EXCEPTION_BITMAP, 0);
-        w!(ctrl::PAGE_FAULT_ERR_CODE_MASK, 0);
-        w!(ctrl::PAGE_FAULT_ERR_CODE_MATCH, 0);
-        w!(ctrl::CR3_TARGET_COUNT, 0);
-        w!(ctrl::VMEXIT_MSR_STORE_COUNT, 0);
-        w!(ctrl::VMEXIT_MSR_LOAD_COUNT, 0);
-        w!(ctrl::VMENTRY_MSR_LOAD_COUNT, 0);
-        w!(ctrl::VMENTRY_INTERRUPTION_INFO, 0);
-        w!(ctrl::IO_BITMAP_A, vm.io_bitmaps);
-        w!(ctrl::IO_BITMAP_B, vm.io_bitmaps + mm::PAGE);
-        w!(ctrl::MSR_BITMAPS, vm.msr_bitmap);
-        w!(ctrl::TSC_OFFSET, vm.tsc_offset.load(Ordering::Relaxed));
-        w!(ctrl::EPT_POINTER, vm.mem.eptp());
-        if secondary & s::ENABLE_VPID != 0 {
-            w!(ctrl::VPID, self.vpid);
+        wc!(ctrl::PINBASED_EXEC_CONTROLS, ctl.pin);
+        wc!(ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS, ctl.primary);
+        wc!(ctrl::SECONDARY_PROCBASED_EXEC_CONTROLS, ctl.secondary);
+        wc!(ctrl::VMEXIT_CONTROLS, ctl.exit);
+        wc!(ctrl::VMENTRY_CONTROLS, ctl.entry);
+        wc!(ctrl::EXCEPTION_BITMAP, 0);
+        wc!(ctrl::PAGE_FAULT_ERR_CODE_MASK, 0);
+        wc!(ctrl::PAGE_FAULT_ERR_CODE_MATCH, 0);
+        wc!(ctrl::CR3_TARGET_COUNT, 0);
+        wc!(ctrl::VMEXIT_MSR_STORE_COUNT, 0);
+        wc!(ctrl::VMEXIT_MSR_LOAD_COUNT, 0);
+        wc!(ctrl::VMENTRY_MSR_LOAD_COUNT, 0);
+        wc!(ctrl::IO_BITMAP_A, vm.io_bitmaps);
+        wc!(ctrl::IO_BITMAP_B, vm.io_bitmaps + mm::PAGE);
+        wc!(ctrl::MSR_BITMAPS, vm.msr_bitmap);
+        wc!(ctrl::TSC_OFFSET, vm.tsc_offset.load(Ordering::Relaxed));
+        wc!(ctrl::EPT_POINTER, vm.mem.eptp());
+        if ctl.secondary & s::ENABLE_VPID != 0 {
+            wc!(ctrl::VPID, self.vpid);
         }
         // CR0.NE and CR4.VMXE are fixed to 1 in VMX operation; the guest sees
         // its own values through the read shadows. CR0.PG exits so that the
         // IA-32e mode entry control follows EFER.LMA.
         let cr0_mask =
             arch::regs::cr0::NE | arch::regs::cr0::PG | arch::regs::cr0::CD | arch::regs::cr0::NW;
-        w!(ctrl::CR0_GUEST_HOST_MASK, cr0_mask);
-        w!(ctrl::CR0_READ_SHADOW, entry.cr0);
-        w!(ctrl::CR4_GUEST_HOST_MASK, crate::exits::cr::cr4_mask());
-        w!(ctrl::CR4_READ_SHADOW, entry.cr4);
-        w!(guest::CR0, crate::exits::cr::real_cr0(entry.cr0));
-        w!(guest::CR3, entry.cr3);
-        w!(guest::CR4, crate::exits::cr::real_cr4(entry.cr4));
-        // DR7 and IA32_DEBUGCTL travel in the VMCS (debug-controls entry and
-        // exit controls), so a breakpoint survives exits.
-        w!(guest::DR7, DR7_INIT);
-        w!(guest::RSP, entry.rsp);
-        w!(guest::RIP, entry.rip);
-        w!(guest::RFLAGS, 0x2);
-        let ds = entry.ds;
-        for (sel, base, limit, ar) in [
-            (
-                guest::ES_SEL,
-                guest::ES_BASE,
-                guest::ES_LIMIT,
-                guest::ES_ACCESS_RIGHTS,
-            ),
-            (
-                guest::SS_SEL,
-                guest::SS_BASE,
-                guest::SS_LIMIT,
-                guest::SS_ACCESS_RIGHTS,
-            ),
-            (
-                guest::DS_SEL,
-                guest::DS_BASE,
-                guest::DS_LIMIT,
-                guest::DS_ACCESS_RIGHTS,
-            ),
-            (
-                guest::FS_SEL,
-                guest::FS_BASE,
-                guest::FS_LIMIT,
-                guest::FS_ACCESS_RIGHTS,
-            ),
-            (
-                guest::GS_SEL,
-                guest::GS_BASE,
-                guest::GS_LIMIT,
-                guest::GS_ACCESS_RIGHTS,
-            ),
-        ] {
-            w!(sel, ds.sel);
-            w!(base, ds.base);
-            w!(limit, ds.limit);
-            w!(ar, ds.ar);
-        }
-        w!(guest::CS_SEL, entry.cs.sel);
-        w!(guest::CS_BASE, entry.cs.base);
-        w!(guest::CS_LIMIT, entry.cs.limit);
-        w!(guest::CS_ACCESS_RIGHTS, entry.cs.ar);
-        w!(guest::LDTR_SEL, 0);
-        w!(guest::LDTR_BASE, 0);
-        w!(guest::LDTR_LIMIT, 0);
-        w!(guest::LDTR_ACCESS_RIGHTS, 0x1_0000); // unusable
-        w!(guest::TR_SEL, 0);
-        w!(guest::TR_BASE, 0);
-        w!(guest::TR_LIMIT, 0xFFFF);
-        w!(guest::TR_ACCESS_RIGHTS, 0x8B); // present, busy TSS
-        w!(guest::GDTR_BASE, entry.gdt_base);
-        w!(guest::GDTR_LIMIT, entry.gdt_limit);
-        w!(guest::IDTR_BASE, 0);
-        w!(guest::IDTR_LIMIT, 0xFFFF);
-        w!(guest::IA32_EFER, entry.efer);
-        w!(guest::IA32_PAT, 0x0007_0406_0007_0406);
-        w!(guest::IA32_DEBUGCTL, 0);
-        w!(guest::IA32_SYSENTER_CS, 0);
-        w!(guest::IA32_SYSENTER_ESP, 0);
-        w!(guest::IA32_SYSENTER_EIP, 0);
-        w!(guest::INTERRUPTIBILITY_STATE, 0);
-        w!(guest::ACTIVITY_STATE, 0);
-        w!(guest::PENDING_DBG_EXCEPTIONS, 0);
-        w!(guest::VMCS_LINK_PTR, u64::MAX);
+        wc!(ctrl::CR0_GUEST_HOST_MASK, cr0_mask);
+        wc!(ctrl::CR0_READ_SHADOW, entry.cr0);
+        wc!(ctrl::CR4_GUEST_HOST_MASK, crate::exits::cr::cr4_mask());
+        wc!(ctrl::CR4_READ_SHADOW, entry.cr4);
+        write_guest_state(&state)?;
+        // Not among the fields VM entry checks (SDM Vol. 3C 27.3.1.1 only
+        // asks for canonical addresses, and 0 is).
+        wc!(guest::IA32_SYSENTER_CS, 0);
+        wc!(guest::IA32_SYSENTER_ESP, 0);
+        wc!(guest::IA32_SYSENTER_EIP, 0);
         self.regs.gpr[run::RDI] = entry.rdi;
         self.regs.gpr[run::RSI] = entry.rsi;
         self.regs.gpr[run::RBX] = entry.rbx;
@@ -394,7 +379,7 @@ impl Vcpu {
         // SAFETY: in VMX root operation with INVEPT supported (checked in probe).
         unsafe {
             let _ = instr::invept(instr::InveptType::SingleContext, vm.mem.eptp());
-            if secondary & s::ENABLE_VPID != 0 {
+            if ctl.secondary & s::ENABLE_VPID != 0 {
                 let _ = instr::invvpid(instr::InvvpidType::SingleContext, self.vpid, 0);
             }
         }
