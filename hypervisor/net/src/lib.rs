@@ -13,12 +13,18 @@
 //!   [`nbd::Client::transmit`] returns is written into the socket's send
 //!   buffer as far as it has room, and [`nbd::Client::sent`] says how much
 //!   went. After [`nbd::Client::wants_close`] the socket is aborted.
+//! - **The disk**: [`nbd_disk::NbdDisk`] wraps a negotiated client as
+//!   virtio-blk's `AsyncBlockBackend` (hv-devices): the guest's notify exit
+//!   only submits (the request bytes go into the client's send buffer) and
+//!   returns; the chain stays with the device.
 //! - **When**: from the idle loop of the CPU that owns the NIC, and after an
-//!   exit that submitted block requests (a virtio-blk notify): the core
-//!   polls the NIC and smoltcp, then calls [`nbd::Client::poll`] and moves
-//!   bytes both ways. No exit waits for the server: a virtio-blk request is
-//!   submitted and the exit returns; its completion is delivered (used ring,
-//!   interrupt) by whichever later poll sees the reply.
+//!   exit that submitted block requests: the core polls the NIC and
+//!   smoltcp, calls [`nbd::Client::poll`], moves bytes both ways, then
+//!   `VirtioPci::complete` of that guest's disk, which takes the finished
+//!   requests and writes the used ring and raises the interrupt (delivered
+//!   to the guest's vCPU like any other device interrupt). No exit waits for
+//!   the server. Before the guest starts, the core runs this loop until the
+//!   client is ready, as the export's size is the disk's capacity.
 //! - **Clock**: every call that can time out takes `now`, monotonic
 //!   milliseconds from the core's TSC-based clock. A request unanswered
 //!   for [`nbd::Config::deadline_ms`] completes with
@@ -43,3 +49,4 @@
 extern crate alloc;
 
 pub mod nbd;
+pub mod nbd_disk;
