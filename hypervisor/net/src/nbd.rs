@@ -1,5 +1,5 @@
 //! An NBD client (the NBD protocol document, NetworkBlockDevice/nbd
-//! doc/proto.md, cited as "proto.md <section>"): fixed newstyle negotiation,
+//! doc/proto.md, cited as "proto.md" with the section name): fixed newstyle negotiation,
 //! NBD_OPT_GO with NBD_INFO_EXPORT and NBD_INFO_BLOCK_SIZE, then READ, WRITE,
 //! FLUSH, TRIM and DISC with simple replies (structured replies are not
 //! negotiated), several requests in flight.
@@ -167,6 +167,9 @@ pub enum DownReason {
     },
     /// The server answered ESHUTDOWN; we disconnected softly.
     ServerShutdown,
+    /// Negotiation did not finish within the deadline (a server that
+    /// accepts but never speaks).
+    NegotiationTimedOut,
 }
 
 /// What deserves a console line.
@@ -214,6 +217,7 @@ impl fmt::Display for Event {
                         write!(f, "export size changed {before} -> {now}")?
                     }
                     DownReason::ServerShutdown => f.write_str("server shutting down")?,
+                    DownReason::NegotiationTimedOut => f.write_str("negotiation timed out")?,
                 }
                 write!(f, ", {unanswered} requests unanswered")
             }
@@ -346,6 +350,8 @@ pub struct Client {
     events: VecDeque<Event>,
     close: bool,
     shutdown: bool,
+    /// When the current connection came up.
+    connected_at: u64,
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -400,6 +406,7 @@ impl Client {
             events: VecDeque::new(),
             close: false,
             shutdown: false,
+            connected_at: 0,
         }
     }
 
@@ -422,7 +429,8 @@ impl Client {
     }
 
     /// The transport is up: negotiation starts (the server speaks first).
-    pub fn connected(&mut self, _now: u64) {
+    pub fn connected(&mut self, now: u64) {
+        self.connected_at = now;
         self.rx.clear();
         self.tx.clear();
         self.tx_sent = 0;
@@ -496,6 +504,11 @@ impl Client {
     /// Deadlines, then whatever can be sent.
     pub fn poll(&mut self, now: u64) {
         let deadline = self.config.deadline_ms;
+        if matches!(self.link, Link::Greeting | Link::OptionReply)
+            && now.saturating_sub(self.connected_at) >= deadline
+        {
+            self.go_down(now, DownReason::NegotiationTimedOut);
+        }
         let mut timed_out = 0usize;
         let mut gone = Vec::new();
         for (&id, r) in self.reqs.iter_mut() {

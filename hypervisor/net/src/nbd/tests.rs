@@ -737,3 +737,22 @@ fn garbage_never_panics() {
         }
     }
 }
+
+#[test]
+fn silent_server_is_dropped_after_the_deadline() {
+    let mut c = Client::new(config());
+    c.connected(0);
+    c.receive(&greeting(FLAG_FIXED_NEWSTYLE)[..5], 0);
+    c.poll(999);
+    assert!(c.next_event().is_none());
+    c.poll(1000);
+    assert_eq!(
+        c.next_event(),
+        Some(Event::Down {
+            reason: DownReason::NegotiationTimedOut,
+            unanswered: 0
+        })
+    );
+    assert!(c.wants_close());
+    assert!(c.should_connect(1100));
+}
