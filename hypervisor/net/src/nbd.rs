@@ -352,6 +352,9 @@ pub struct Client {
     shutdown: bool,
     /// When the current connection came up.
     connected_at: u64,
+    /// Why the last connection went down, until one is ready again: the
+    /// same reason again (a refused export on every retry) is one event.
+    last_down: Option<DownReason>,
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -407,6 +410,7 @@ impl Client {
             close: false,
             shutdown: false,
             connected_at: 0,
+            last_down: None,
         }
     }
 
@@ -589,7 +593,8 @@ impl Client {
             // the client disconnects softly.
             encode_request(&mut self.tx, 0, CMD_DISC, 0, 0, 0);
         }
-        if was_up {
+        if was_up && self.last_down.as_ref() != Some(&reason) {
+            self.last_down = Some(reason.clone());
             self.events.push_back(Event::Down {
                 reason,
                 unanswered: self.reqs.len(),
@@ -718,6 +723,7 @@ impl Client {
                 }
                 self.export = Some(e);
                 self.link = Link::Ready;
+                self.last_down = None;
                 self.events.push_back(Event::Ready {
                     size: e.size,
                     flags: e.flags,

@@ -356,6 +356,12 @@ fn refused_export_is_named() {
     assert!(ev.to_string().contains("NBD_REP_ERR_UNKNOWN"), "{ev}");
     assert!(!c.should_connect(50), "retried after retry_ms");
     assert!(c.should_connect(100));
+    // Refused again: no second console line for the same reason.
+    c.connected(100);
+    c.receive(&greeting(FLAG_FIXED_NEWSTYLE), 100);
+    c.receive(&opt_reply(0x8000_0006, b"no such export"), 100);
+    assert!(c.wants_close());
+    assert!(c.next_event().is_none());
 }
 
 #[test]
