@@ -5,10 +5,17 @@
 //! descriptor layout (2.6.4: the device must not assume a framing): the
 //! 16-byte header at the start of the readable bytes, the status in the last
 //! writable byte.
-use super::block::{BlockBackend, BlockError, SECTOR_SIZE};
+//!
+//! The backend may finish a request later ([`AsyncBlockBackend`]): the
+//! chain is kept, by request id, until the backend's completion; then the
+//! data is copied to the guest, the status written and the chain handed to
+//! the transport for the used ring ([`VirtioDevice::poll_done`]). A device
+//! reset forgets every request in flight: a completion that comes after it
+//! is dropped and touches no guest memory.
+use super::block::{AsyncBlockBackend, BlockError, BlockOp, Submitted, SECTOR_SIZE};
 use super::queue::{Chain, QueueError};
 use super::{GuestMem, VirtioDevice};
-use alloc::vec;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
 pub const DEVICE_ID: u16 = 2;
@@ -63,18 +70,54 @@ const CFG_MAX_DISCARD_SEG: usize = 40;
 const CFG_DISCARD_ALIGNMENT: usize = 44;
 pub const CONFIG_LEN: usize = 60;
 
-/// Copied per step of an IN or OUT request (no allocation per request).
-const BOUNCE: usize = 64 * 1024;
+/// Data buffers kept for reuse, and the largest kept (so that requests
+/// up to it allocate nothing once warm).
+const SPARE_BUFFERS: usize = 8;
+const SPARE_MAX: usize = 1 << 20;
+/// Data bytes of requests a backend holds at once; IN and OUT requests
+/// beyond wait in order, unstarted (their chains only), so a guest can't
+/// make a slow backend hold more of the hypervisor's memory than this.
+/// One request of [`MAX_DATA`] always fits.
+pub const MAX_PENDING_BYTES: u32 = MAX_DATA;
 
-pub struct Blk<B: BlockBackend> {
-    backend: B,
-    id: [u8; ID_BYTES],
-    bounce: Vec<u8>,
-    /// Features in force (from DRIVER_OK); FLUSH and DISCARD need theirs.
-    negotiated: u64,
+/// A request the backend is working on.
+struct Pending {
+    queue: u16,
+    chain: Chain,
+    kind: u32,
+    /// Data bytes counted against [`MAX_PENDING_BYTES`].
+    bytes: u32,
 }
 
-impl<B: BlockBackend> Blk<B> {
+/// An IN or OUT request not started yet (over [`MAX_PENDING_BYTES`]).
+struct Waiting {
+    queue: u16,
+    chain: Chain,
+    kind: u32,
+    sector: u64,
+    len: u32,
+}
+
+/// How a request went on: finished (status, bytes written), or later.
+enum Start {
+    Now(u8, u32),
+    Later,
+}
+
+pub struct Blk<B: AsyncBlockBackend> {
+    backend: B,
+    id: [u8; ID_BYTES],
+    spare: Vec<Vec<u8>>,
+    /// Features in force (from DRIVER_OK); FLUSH and DISCARD need theirs.
+    negotiated: u64,
+    /// By request id; ids rise and are never reused, also across resets.
+    pending: BTreeMap<u64, Pending>,
+    pending_bytes: u32,
+    waiting: VecDeque<Waiting>,
+    next_id: u64,
+}
+
+impl<B: AsyncBlockBackend> Blk<B> {
     /// `serial` is the GET_ID string (its first 20 bytes).
     pub fn new(backend: B, serial: &[u8]) -> Self {
         let mut id = [0; ID_BYTES];
@@ -84,8 +127,33 @@ impl<B: BlockBackend> Blk<B> {
         Self {
             backend,
             id,
-            bounce: vec![0; BOUNCE],
+            spare: Vec::new(),
             negotiated: 0,
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            waiting: VecDeque::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Requests submitted to the backend and not finished.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+    /// IN and OUT requests waiting for room under [`MAX_PENDING_BYTES`].
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    fn buffer(&mut self, len: u32) -> Vec<u8> {
+        let mut b = self.spare.pop().unwrap_or_default();
+        b.clear();
+        b.resize(len as usize, 0);
+        b
+    }
+    fn recycle(&mut self, b: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS && b.capacity() <= SPARE_MAX {
+            self.spare.push(b);
         }
     }
 
@@ -117,11 +185,23 @@ impl<B: BlockBackend> Blk<B> {
         c
     }
 
-    /// Serves one request; the status and the bytes written before it.
-    fn request(&mut self, chain: &Chain, mem: &dyn GuestMem) -> Result<(u8, u32), QueueError> {
+    /// Starts one request: finished now with the status and the bytes
+    /// written before it, or later.
+    fn request(
+        &mut self,
+        queue: u16,
+        chain: &Chain,
+        mem: &dyn GuestMem,
+    ) -> Result<Start, QueueError> {
+        // More unfinished requests than the queue has entries: the driver
+        // offered chains the device still holds (2.7.13.3 forbids it);
+        // failed at once, so held chains stay bounded.
+        if self.pending.len().saturating_add(self.waiting.len()) >= usize::from(QUEUE_SIZE) {
+            return Ok(Start::Now(S_IOERR, 0));
+        }
         let mut h = [0u8; HEADER_SIZE as usize];
         if chain.read_at(mem, 0, &mut h)? < h.len() {
-            return Ok((S_IOERR, 0));
+            return Ok(Start::Now(S_IOERR, 0));
         }
         let [t0, t1, t2, t3, _, _, _, _, s0, s1, s2, s3, s4, s5, s6, s7] = h;
         let kind = u32::from_le_bytes([t0, t1, t2, t3]);
@@ -144,95 +224,199 @@ impl<B: BlockBackend> Blk<B> {
             _ => true,
         };
         if wrong_way && supported {
-            return Ok((S_IOERR, 0));
+            return Ok(Start::Now(S_IOERR, 0));
         }
-        Ok(match kind {
-            T_IN => self.read(chain, mem, sector, in_len)?,
-            T_OUT => (self.write(chain, mem, sector, out_len)?, 0),
-            T_FLUSH if self.negotiated & F_FLUSH != 0 => (status(self.backend.flush()), 0),
+        match kind {
+            T_IN => self.read(queue, chain, mem, sector, in_len),
+            T_OUT => self.write(queue, chain, mem, sector, out_len),
+            T_FLUSH if self.negotiated & F_FLUSH != 0 => {
+                self.issue(queue, chain, mem, T_FLUSH, BlockOp::Flush, 0)
+            }
             T_GET_ID => {
                 let n = usize::try_from(in_len).unwrap_or(0).min(ID_BYTES);
                 let id = self.id.get(..n).unwrap_or(&[]);
                 let done = chain.write_at(mem, 0, id)?;
-                (S_OK, u32::try_from(done).unwrap_or(0))
+                Ok(Start::Now(S_OK, u32::try_from(done).unwrap_or(0)))
             }
             T_DISCARD if self.negotiated & F_DISCARD != 0 => {
-                (self.discard(chain, mem, out_len)?, 0)
+                self.discard(queue, chain, mem, out_len)
             }
             // Unknown types, and FLUSH or DISCARD not negotiated.
-            _ => (S_UNSUPP, 0),
-        })
+            _ => Ok(Start::Now(S_UNSUPP, 0)),
+        }
+    }
+
+    /// Hands `op` to the backend; `bytes` of data count against
+    /// [`MAX_PENDING_BYTES`] while it is pending.
+    fn issue(
+        &mut self,
+        queue: u16,
+        chain: &Chain,
+        mem: &dyn GuestMem,
+        kind: u32,
+        op: BlockOp,
+        bytes: u32,
+    ) -> Result<Start, QueueError> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        match self.backend.submit(id, op) {
+            Submitted::Done(r, buf) => {
+                let (status, written) = self.finish(kind, r, buf, chain, mem)?;
+                Ok(Start::Now(status, written))
+            }
+            Submitted::Pending => {
+                self.pending_bytes = self.pending_bytes.saturating_add(bytes);
+                self.pending.insert(
+                    id,
+                    Pending {
+                        queue,
+                        chain: chain.clone(),
+                        kind,
+                        bytes,
+                    },
+                );
+                Ok(Start::Later)
+            }
+        }
+    }
+
+    /// A finished request: a read's data to the guest; the status and the
+    /// bytes written.
+    fn finish(
+        &mut self,
+        kind: u32,
+        r: Result<(), BlockError>,
+        buf: Vec<u8>,
+        chain: &Chain,
+        mem: &dyn GuestMem,
+    ) -> Result<(u8, u32), QueueError> {
+        let mut written = 0;
+        if kind == T_IN && r.is_ok() {
+            written = u32::try_from(chain.write_at(mem, 0, &buf)?).unwrap_or(0);
+        }
+        self.recycle(buf);
+        Ok((status(r), written))
+    }
+
+    /// Whether an IN or OUT request of `len` bytes must wait: others wait
+    /// already (order is kept), or it doesn't fit beside those pending.
+    fn must_wait(&self, len: u32) -> bool {
+        !self.waiting.is_empty()
+            || (!self.pending.is_empty()
+                && self.pending_bytes.saturating_add(len) > MAX_PENDING_BYTES)
+    }
+
+    /// Starts an IN or OUT request that was checked already.
+    fn start_io(
+        &mut self,
+        queue: u16,
+        chain: &Chain,
+        mem: &dyn GuestMem,
+        kind: u32,
+        sector: u64,
+        len: u32,
+    ) -> Result<Start, QueueError> {
+        let mut buf = self.buffer(len);
+        let op = if kind == T_IN {
+            BlockOp::Read { sector, buf }
+        } else {
+            if chain.read_at(mem, HEADER_SIZE, &mut buf)? < buf.len() {
+                self.recycle(buf);
+                return Ok(Start::Now(S_IOERR, 0));
+            }
+            BlockOp::Write { sector, data: buf }
+        };
+        self.issue(queue, chain, mem, kind, op, len)
+    }
+
+    fn start_or_wait(
+        &mut self,
+        queue: u16,
+        chain: &Chain,
+        mem: &dyn GuestMem,
+        kind: u32,
+        sector: u64,
+        len: u32,
+    ) -> Result<Start, QueueError> {
+        if self.must_wait(len) {
+            self.waiting.push_back(Waiting {
+                queue,
+                chain: chain.clone(),
+                kind,
+                sector,
+                len,
+            });
+            return Ok(Start::Later);
+        }
+        self.start_io(queue, chain, mem, kind, sector, len)
+    }
+
+    /// Completes a chain kept for later: status, then the used entry.
+    fn deliver(
+        &mut self,
+        queue: u16,
+        chain: &Chain,
+        mem: &dyn GuestMem,
+        status: u8,
+        written: u32,
+        done: &mut dyn FnMut(u16, u16, u32) -> Result<(), QueueError>,
+    ) -> Result<(), QueueError> {
+        let status_at = chain.writable_len().saturating_sub(1);
+        chain.write_at(mem, status_at, &[status])?;
+        done(queue, chain.head, used_len(written, status_at))
     }
 
     fn read(
         &mut self,
+        queue: u16,
         chain: &Chain,
         mem: &dyn GuestMem,
         sector: u64,
         len: u32,
-    ) -> Result<(u8, u32), QueueError> {
+    ) -> Result<Start, QueueError> {
         if len > MAX_DATA
             || super::block::byte_range(self.backend.capacity(), sector, u64::from(len)).is_err()
         {
-            return Ok((S_IOERR, 0));
+            return Ok(Start::Now(S_IOERR, 0));
         }
-        let mut done: u32 = 0;
-        while done < len {
-            let n = (len.saturating_sub(done) as usize).min(self.bounce.len());
-            let Some(buf) = self.bounce.get_mut(..n) else {
-                return Ok((S_IOERR, done));
-            };
-            let at = sector.saturating_add(u64::from(done) / SECTOR_SIZE);
-            if self.backend.read(at, buf).is_err() {
-                return Ok((S_IOERR, done));
-            }
-            chain.write_at(mem, done, buf)?;
-            done = done.saturating_add(n as u32);
-        }
-        Ok((S_OK, done))
+        self.start_or_wait(queue, chain, mem, T_IN, sector, len)
     }
 
     fn write(
         &mut self,
+        queue: u16,
         chain: &Chain,
         mem: &dyn GuestMem,
         sector: u64,
         len: u32,
-    ) -> Result<u8, QueueError> {
+    ) -> Result<Start, QueueError> {
         // 5.2.6.2: on a read-only device a write is IOERR and writes nothing.
         if self.backend.read_only()
             || len > MAX_DATA
             || super::block::byte_range(self.backend.capacity(), sector, u64::from(len)).is_err()
         {
-            return Ok(S_IOERR);
+            return Ok(Start::Now(S_IOERR, 0));
         }
-        let mut done: u32 = 0;
-        while done < len {
-            let n = (len.saturating_sub(done) as usize).min(self.bounce.len());
-            let Some(buf) = self.bounce.get_mut(..n) else {
-                return Ok(S_IOERR);
-            };
-            chain.read_at(mem, HEADER_SIZE.saturating_add(done), buf)?;
-            let at = sector.saturating_add(u64::from(done) / SECTOR_SIZE);
-            if self.backend.write(at, buf).is_err() {
-                return Ok(S_IOERR);
-            }
-            done = done.saturating_add(n as u32);
-        }
-        Ok(S_OK)
+        self.start_or_wait(queue, chain, mem, T_OUT, sector, len)
     }
 
     /// DISCARD: segments of {sector, num_sectors, flags}; all are checked
     /// before any is done.
-    fn discard(&mut self, chain: &Chain, mem: &dyn GuestMem, len: u32) -> Result<u8, QueueError> {
+    fn discard(
+        &mut self,
+        queue: u16,
+        chain: &Chain,
+        mem: &dyn GuestMem,
+        len: u32,
+    ) -> Result<Start, QueueError> {
         if self.backend.read_only() {
-            return Ok(S_IOERR);
+            return Ok(Start::Now(S_IOERR, 0));
         }
         if len == 0
             || !len.is_multiple_of(DISCARD_SEG_SIZE)
             || len / DISCARD_SEG_SIZE > MAX_DISCARD_SEG
         {
-            return Ok(S_IOERR);
+            return Ok(Start::Now(S_IOERR, 0));
         }
         let count = len / DISCARD_SEG_SIZE;
         let mut segs = [(0u64, 0u32); MAX_DISCARD_SEG as usize];
@@ -240,7 +424,7 @@ impl<B: BlockBackend> Blk<B> {
             let mut b = [0u8; DISCARD_SEG_SIZE as usize];
             let off = HEADER_SIZE.saturating_add(i.saturating_mul(DISCARD_SEG_SIZE));
             if chain.read_at(mem, off, &mut b)? < b.len() {
-                return Ok(S_IOERR);
+                return Ok(Start::Now(S_IOERR, 0));
             }
             let [s0, s1, s2, s3, s4, s5, s6, s7, n0, n1, n2, n3, f0, f1, f2, f3] = b;
             let sector = u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]);
@@ -249,7 +433,7 @@ impl<B: BlockBackend> Blk<B> {
             // 5.2.6.2: unknown flags, and unmap on a discard, are UNSUPP.
             // Together: any flag at all.
             if flags & !DISCARD_F_UNMAP != 0 || flags & DISCARD_F_UNMAP != 0 {
-                return Ok(S_UNSUPP);
+                return Ok(Start::Now(S_UNSUPP, 0));
             }
             if num > MAX_DISCARD_SECTORS
                 || super::block::byte_range(
@@ -259,16 +443,28 @@ impl<B: BlockBackend> Blk<B> {
                 )
                 .is_err()
             {
-                return Ok(S_IOERR);
+                return Ok(Start::Now(S_IOERR, 0));
             }
             *slot = (sector, num);
         }
-        for &(sector, num) in segs.iter().take(count as usize) {
-            if self.backend.discard(sector, u64::from(num)).is_err() {
-                return Ok(S_IOERR);
-            }
-        }
-        Ok(S_OK)
+        let ranges = segs
+            .iter()
+            .take(count as usize)
+            .map(|&(sector, num)| (sector, u64::from(num)))
+            .collect();
+        self.issue(queue, chain, mem, T_DISCARD, BlockOp::Discard { ranges }, 0)
+    }
+}
+
+/// The used length counts bytes written from the start of the writable
+/// part (2.7.8); when the status byte isn't right after the data (a short
+/// read, a long GET_ID buffer) it stops short of it, an underestimate 2.7.8
+/// allows.
+fn used_len(written: u32, status_at: u32) -> u32 {
+    if written == status_at {
+        written.saturating_add(1)
+    } else {
+        written
     }
 }
 
@@ -280,7 +476,7 @@ fn status(r: Result<(), BlockError>) -> u8 {
     }
 }
 
-impl<B: BlockBackend> VirtioDevice for Blk<B> {
+impl<B: AsyncBlockBackend> VirtioDevice for Blk<B> {
     fn device_id(&self) -> u16 {
         DEVICE_ID
     }
@@ -310,40 +506,127 @@ impl<B: BlockBackend> VirtioDevice for Blk<B> {
     }
     fn handle(
         &mut self,
-        _queue: u16,
+        queue: u16,
         chain: &Chain,
         mem: &dyn GuestMem,
-    ) -> Result<u32, QueueError> {
+    ) -> Result<Option<u32>, QueueError> {
         // Without a status byte the request can't be completed: broken.
         let Some(status_at) = chain.writable_len().checked_sub(1) else {
             return Err(QueueError::NoStatus);
         };
-        let (status, written) = self.request(chain, mem)?;
-        chain.write_at(mem, status_at, &[status])?;
-        // The used length counts bytes written from the start of the
-        // writable part (2.7.8); when the status byte isn't right after the
-        // data (a short read, a long GET_ID buffer) it stops short of it,
-        // an underestimate 2.7.8 allows.
-        Ok(if written == status_at {
-            written.saturating_add(1)
-        } else {
-            written
-        })
+        match self.request(queue, chain, mem)? {
+            Start::Now(status, written) => {
+                chain.write_at(mem, status_at, &[status])?;
+                Ok(Some(used_len(written, status_at)))
+            }
+            Start::Later => Ok(None),
+        }
+    }
+    fn poll_done(
+        &mut self,
+        mem: &dyn GuestMem,
+        done: &mut dyn FnMut(u16, u16, u32) -> Result<(), QueueError>,
+    ) -> Result<(), QueueError> {
+        while let Some(d) = self.backend.poll() {
+            // Not waited for (reset since): dropped, guest memory untouched.
+            let Some(p) = self.pending.remove(&d.id) else {
+                self.recycle(d.buf);
+                continue;
+            };
+            self.pending_bytes = self.pending_bytes.saturating_sub(p.bytes);
+            let (status, written) = self.finish(p.kind, d.result, d.buf, &p.chain, mem)?;
+            self.deliver(p.queue, &p.chain, mem, status, written, done)?;
+        }
+        // Room freed: start waiting requests, in order.
+        while let Some(w) = self.waiting.front() {
+            if !self.pending.is_empty()
+                && self.pending_bytes.saturating_add(w.len) > MAX_PENDING_BYTES
+            {
+                break;
+            }
+            let Some(w) = self.waiting.pop_front() else {
+                break;
+            };
+            if let Start::Now(status, written) =
+                self.start_io(w.queue, &w.chain, mem, w.kind, w.sector, w.len)?
+            {
+                self.deliver(w.queue, &w.chain, mem, status, written, done)?;
+            }
+        }
+        Ok(())
     }
     fn activate(&mut self, features: u64) {
         self.negotiated = features;
     }
     fn reset(&mut self) {
         self.negotiated = 0;
+        // 2.4: after a reset nothing of the old requests reaches the guest.
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.waiting.clear();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod slow {
+    //! A test backend whose requests finish when the test says.
+    use crate::virtio::block::*;
+    use alloc::collections::VecDeque;
+    use alloc::vec::Vec;
+
+    /// A backend that finishes requests only when the test says so.
+    pub struct SlowDisk {
+        pub disk: MemDisk,
+        pub held: Vec<(u64, BlockOp)>,
+        ready: VecDeque<BlockDone>,
+    }
+
+    impl SlowDisk {
+        pub fn new(sectors: usize) -> Self {
+            let data = (0..sectors * 512).map(|i| (i % 253) as u8).collect();
+            Self {
+                disk: MemDisk::new(data, false).unwrap(),
+                held: Vec::new(),
+                ready: VecDeque::new(),
+            }
+        }
+        /// Finishes the `i`th held request, with `fail` as an I/O error.
+        pub fn finish(&mut self, i: usize, fail: bool) -> u64 {
+            let (id, op) = self.held.remove(i);
+            let (r, buf) = match self.disk.submit(id, op) {
+                Submitted::Done(r, b) => (r, b),
+                Submitted::Pending => unreachable!(),
+            };
+            let result = if fail { Err(BlockError::Io) } else { r };
+            self.ready.push_back(BlockDone { id, result, buf });
+            id
+        }
+    }
+
+    impl AsyncBlockBackend for SlowDisk {
+        fn capacity(&self) -> u64 {
+            crate::virtio::block::BlockBackend::capacity(&self.disk)
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn submit(&mut self, id: u64, op: BlockOp) -> Submitted {
+            self.held.push((id, op));
+            Submitted::Pending
+        }
+        fn poll(&mut self) -> Option<BlockDone> {
+            self.ready.pop_front()
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::slow::SlowDisk;
     use super::*;
     use crate::virtio::block::{CowDisk, MemDisk};
     use crate::virtio::queue::tests::{desc, offer, queue, AVAIL, DESC};
-    use crate::virtio::queue::{QueueFeatures, DESC_F_NEXT, DESC_F_WRITE};
+    use crate::virtio::queue::{QueueFeatures, SplitQueue, DESC_F_NEXT, DESC_F_WRITE};
     use crate::virtio::testmem::TestMem;
     use alloc::sync::Arc;
 
@@ -373,7 +656,7 @@ mod tests {
 
     /// Runs one request of header + data (readable or writable) + status;
     /// returns (status, used length).
-    fn run<B: BlockBackend>(
+    fn run<B: AsyncBlockBackend>(
         blk: &mut Blk<B>,
         mem: &TestMem,
         kind: u32,
@@ -398,7 +681,9 @@ mod tests {
         offer(mem, 8, &[0]);
         let mut c = Chain::default();
         assert!(q.pop(mem, QueueFeatures::default(), &mut c)?);
-        let used = blk.handle(0, &c, mem)?;
+        let used = blk
+            .handle(0, &c, mem)?
+            .expect("a synchronous backend finishes at once");
         Ok((mem.get(ST, 1)[0], used))
     }
 
@@ -429,7 +714,8 @@ mod tests {
         assert_eq!(run(&mut b, &mem, T_OUT, 10, 512, false).unwrap(), (S_OK, 1));
         assert_eq!(&b.backend().data()[5120..5632], &[0x5A; 512][..]);
         // A request bigger than the bounce buffer.
-        let big = 3 * BOUNCE as u32 / 2;
+        // More than one 64 KiB step of the old bounce buffer.
+        let big = 3 * 65536u32 / 2;
         let mut b = disk(256, false);
         let (st, used) = run(&mut b, &mem, T_IN, 0, big, true).unwrap();
         assert_eq!((st, used), (S_OK, big + 1));
@@ -625,7 +911,7 @@ mod tests {
         offer(&mem, 8, &[0]);
         let mut c = Chain::default();
         assert!(q.pop(&mem, QueueFeatures::default(), &mut c).unwrap());
-        assert_eq!(b.handle(0, &c, &mem), Ok(1));
+        assert_eq!(b.handle(0, &c, &mem), Ok(Some(1)));
         assert_eq!(mem.get(ST, 1), [S_IOERR]);
     }
 
@@ -643,7 +929,7 @@ mod tests {
         offer(&mem, 8, &[0]);
         let mut c = Chain::default();
         assert!(q.pop(&mem, QueueFeatures::default(), &mut c).unwrap());
-        assert_eq!(b.handle(0, &c, &mem), Ok(513));
+        assert_eq!(b.handle(0, &c, &mem), Ok(Some(513)));
         assert_eq!(mem.get(DATA, 512), b.backend().data()[512..1024]);
         assert_eq!(mem.get(DATA + 512, 1), [S_OK]);
     }
@@ -677,5 +963,199 @@ mod tests {
         );
         assert_eq!(run(&mut full, &mem, T_IN, 5, 512, true).unwrap().0, S_OK);
         assert_eq!(mem.get(DATA, 512), [0x11; 512]);
+    }
+
+    fn slow(sectors: usize) -> Blk<SlowDisk> {
+        let mut b = Blk::new(SlowDisk::new(sectors), b"slow");
+        b.activate(b.features());
+        b
+    }
+
+    /// Request `i`: header at 0x4000 + 0x20 i, data at 0x10000 + 0x10000 i,
+    /// status at 0x7000 + i; descriptors 3i..3i+2; popped from `q`.
+    fn offer_req(
+        mem: &TestMem,
+        q: &mut SplitQueue,
+        i: u16,
+        kind: u32,
+        sector: u64,
+        len: u32,
+    ) -> Chain {
+        let hdr = 0x4000 + 0x20 * u64::from(i);
+        let data = 0x10000 + 0x10000 * u64::from(i);
+        let st = 0x7000 + u64::from(i);
+        let mut h = kind.to_le_bytes().to_vec();
+        h.extend_from_slice(&0u32.to_le_bytes());
+        h.extend_from_slice(&sector.to_le_bytes());
+        mem.put(hdr, &h);
+        mem.put(st, &[0xFF]);
+        let d = 3 * i;
+        let f = if kind == T_IN { DESC_F_WRITE } else { 0 };
+        desc(mem, DESC, d, hdr, 16, DESC_F_NEXT, d + 1);
+        desc(mem, DESC, d + 1, data, len, DESC_F_NEXT | f, d + 2);
+        desc(mem, DESC, d + 2, st, 1, DESC_F_WRITE, 0);
+        offer(mem, 64, &[d]);
+        let mut c = Chain::default();
+        assert!(q.pop(mem, QueueFeatures::default(), &mut c).unwrap());
+        c
+    }
+
+    fn drain(b: &mut Blk<SlowDisk>, mem: &TestMem) -> Vec<(u16, u16, u32)> {
+        let mut v = Vec::new();
+        b.poll_done(mem, &mut |q, h, l| {
+            v.push((q, h, l));
+            Ok(())
+        })
+        .unwrap();
+        v
+    }
+
+    #[test]
+    fn completions_out_of_order() {
+        let mem = TestMem::new(0x80000);
+        let mut q = queue(64);
+        let mut b = slow(64);
+        let c0 = offer_req(&mem, &mut q, 0, T_IN, 0, 1024);
+        let c1 = offer_req(&mem, &mut q, 1, T_IN, 8, 512);
+        mem.put(0x30000, &[0x5A; 512]);
+        let c2 = offer_req(&mem, &mut q, 2, T_OUT, 16, 512);
+        for c in [&c0, &c1, &c2] {
+            assert_eq!(b.handle(0, c, &mem), Ok(None), "left for later");
+        }
+        assert_eq!(b.in_flight(), 3);
+        assert_eq!(mem.get(0x7000, 3), vec![0xFF; 3], "no status yet");
+        assert!(drain(&mut b, &mem).is_empty());
+        // The second read finishes first.
+        b.backend_mut().finish(1, false);
+        assert_eq!(drain(&mut b, &mem), vec![(0, 3, 513)]);
+        assert_eq!(mem.get(0x7001, 1), vec![S_OK]);
+        let want: Vec<u8> = (8 * 512..9 * 512).map(|i| (i % 253) as u8).collect();
+        assert_eq!(mem.get(0x20000, 512), want);
+        assert_eq!(mem.get(0x7000, 1), vec![0xFF], "the first is still pending");
+        assert_eq!(mem.get(0x10000, 4), vec![0; 4]);
+        // Then the write, then the first read.
+        b.backend_mut().finish(1, false);
+        b.backend_mut().finish(0, false);
+        assert_eq!(drain(&mut b, &mem), vec![(0, 6, 1), (0, 0, 1025)]);
+        assert_eq!(mem.get(0x7000, 3), vec![S_OK; 3]);
+        let want: Vec<u8> = (0..1024).map(|i| (i % 253) as u8).collect();
+        assert_eq!(mem.get(0x10000, 1024), want);
+        assert_eq!(
+            &b.backend().disk.data()[16 * 512..17 * 512],
+            &[0x5A; 512][..]
+        );
+        assert_eq!(b.in_flight(), 0);
+    }
+
+    #[test]
+    fn backend_errors_are_ioerr() {
+        let mem = TestMem::new(0x80000);
+        let mut q = queue(64);
+        let mut b = slow(64);
+        let c0 = offer_req(&mem, &mut q, 0, T_IN, 0, 512);
+        mem.put(0x20000, &[1; 512]);
+        let c1 = offer_req(&mem, &mut q, 1, T_OUT, 0, 512);
+        assert_eq!(b.handle(0, &c0, &mem), Ok(None));
+        assert_eq!(b.handle(0, &c1, &mem), Ok(None));
+        b.backend_mut().finish(0, true);
+        b.backend_mut().finish(0, true);
+        // A failed read writes no data, so its used length stops short of
+        // the status byte; the write's counts the status byte.
+        assert_eq!(drain(&mut b, &mem), vec![(0, 0, 0), (0, 3, 1)]);
+        assert_eq!(mem.get(0x7000, 2), vec![S_IOERR, S_IOERR]);
+        assert_eq!(
+            mem.get(0x10000, 512),
+            vec![0; 512],
+            "no data from a failed read"
+        );
+    }
+
+    #[test]
+    fn reset_drops_requests_in_flight() {
+        let mem = TestMem::new(0x80000);
+        let mut q = queue(64);
+        let mut b = slow(64);
+        let c0 = offer_req(&mem, &mut q, 0, T_IN, 0, 512);
+        assert_eq!(b.handle(0, &c0, &mem), Ok(None));
+        b.reset();
+        b.activate(b.features());
+        assert_eq!(b.in_flight(), 0);
+        // The driver reuses the memory for something else.
+        mem.put(0x10000, &[0xAA; 512]);
+        mem.put(0x7000, &[0xBB]);
+        b.backend_mut().finish(0, false);
+        assert!(drain(&mut b, &mem).is_empty(), "no used entry");
+        assert_eq!(mem.get(0x10000, 512), vec![0xAA; 512], "no data written");
+        assert_eq!(mem.get(0x7000, 1), vec![0xBB], "no status written");
+        // A new request after the reset is served normally: its id is new.
+        let mut q = queue(64);
+        mem.put(AVAIL + 2, &[0, 0]);
+        let c = offer_req(&mem, &mut q, 1, T_IN, 0, 512);
+        assert_eq!(b.handle(0, &c, &mem), Ok(None));
+        b.backend_mut().finish(0, false);
+        assert_eq!(drain(&mut b, &mem), vec![(0, 3, 513)]);
+    }
+
+    #[test]
+    fn pending_bytes_are_bounded() {
+        let big = MAX_DATA / 2 + 512;
+        let mem = TestMem::new(0x10000 + 3 * 0x10000 + big as usize);
+        let mut q = queue(64);
+        let sectors = (2 * big as usize) / 512 + 8;
+        let mut b = slow(sectors);
+        // Descriptors with overlapping data areas are fine for the test.
+        let c0 = offer_req(&mem, &mut q, 0, T_IN, 0, big);
+        let c1 = offer_req(&mem, &mut q, 1, T_IN, 0, big);
+        let c2 = offer_req(&mem, &mut q, 2, T_IN, 0, 512);
+        for c in [&c0, &c1, &c2] {
+            assert_eq!(b.handle(0, c, &mem), Ok(None));
+        }
+        assert_eq!(
+            b.backend().held.len(),
+            1,
+            "the second doesn't fit beside the first"
+        );
+        assert_eq!(b.waiting(), 2, "and the small one keeps the order");
+        b.backend_mut().finish(0, false);
+        assert_eq!(drain(&mut b, &mem), vec![(0, 0, big + 1)]);
+        assert_eq!(
+            b.backend().held.len(),
+            2,
+            "both started once room was freed"
+        );
+        assert_eq!(b.waiting(), 0);
+    }
+
+    #[test]
+    fn held_requests_are_bounded_by_the_queue_size() {
+        let mem = TestMem::new(0x80000);
+        let mut q = queue(64);
+        let mut b = slow(64);
+        let c = offer_req(&mem, &mut q, 0, T_IN, 0, 512);
+        // The same chain offered again and again while held.
+        for _ in 0..QUEUE_SIZE {
+            assert_eq!(b.handle(0, &c, &mem), Ok(None));
+        }
+        assert_eq!(b.handle(0, &c, &mem), Ok(Some(0)));
+        assert_eq!(mem.get(0x7000, 1), vec![S_IOERR]);
+        assert_eq!(b.in_flight(), usize::from(QUEUE_SIZE));
+    }
+
+    #[test]
+    fn synchronous_backends_finish_at_once() {
+        // MemDisk through the same interface: handle finishes it.
+        let mem = TestMem::new(0x80000);
+        let mut q = queue(64);
+        let mut b = disk(64, false);
+        let c = offer_req(&mem, &mut q, 0, T_IN, 1, 512);
+        assert_eq!(b.handle(0, &c, &mem), Ok(Some(513)));
+        assert_eq!(b.in_flight(), 0);
+        let mut none = true;
+        b.poll_done(&mem, &mut |_, _, _| {
+            none = false;
+            Ok(())
+        })
+        .unwrap();
+        assert!(none);
     }
 }

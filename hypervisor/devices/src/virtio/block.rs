@@ -2,6 +2,11 @@
 //! sector. [`MemDisk`] is a private image in memory; [`CowDisk`] is a
 //! copy-on-write overlay, in chunks, over a gold image shared read-only by
 //! several guests.
+//!
+//! virtio-blk talks to every backend through [`AsyncBlockBackend`]: a
+//! request is submitted with owned buffers and either finishes at once or
+//! later (a disk on a network server), by id. Every synchronous
+//! [`BlockBackend`] is one that always finishes at once.
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
@@ -22,6 +27,9 @@ pub enum BlockError {
     BadChunkSize,
     /// The overlay reached its limit, or memory for it ran out.
     NoSpace,
+    /// The backend's storage failed or did not answer in time (a network
+    /// disk's server error or deadline).
+    Io,
 }
 
 /// A disk by sector.
@@ -41,6 +49,100 @@ pub trait BlockBackend {
     /// The granularity, in sectors, at which discard frees anything.
     fn discard_granularity(&self) -> u32 {
         1
+    }
+}
+
+/// One request to an [`AsyncBlockBackend`], with owned buffers: virtio-blk
+/// copies guest memory into a write's buffer before submitting and out of a
+/// read's buffer after completion, so a backend never sees guest memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockOp {
+    /// Fill `buf` (whole sectors) from `sector` on.
+    Read {
+        sector: u64,
+        buf: Vec<u8>,
+    },
+    Write {
+        sector: u64,
+        data: Vec<u8>,
+    },
+    Flush,
+    /// (sector, count) ranges, all checked by the caller against capacity.
+    Discard {
+        ranges: Vec<(u64, u64)>,
+    },
+}
+
+impl BlockOp {
+    /// The buffer this request carries (handed back on completion).
+    pub fn into_buffer(self) -> Vec<u8> {
+        match self {
+            BlockOp::Read { buf, .. } => buf,
+            BlockOp::Write { data, .. } => data,
+            BlockOp::Flush | BlockOp::Discard { .. } => Vec::new(),
+        }
+    }
+}
+
+/// A finished request. `buf` is the request's buffer handed back: a read's
+/// data, or a write's buffer for reuse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockDone {
+    pub id: u64,
+    pub result: Result<(), BlockError>,
+    pub buf: Vec<u8>,
+}
+
+/// What [`AsyncBlockBackend::submit`] did with a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// Finished now: the result and the buffer.
+    Done(Result<(), BlockError>, Vec<u8>),
+    /// Finishes later: [`AsyncBlockBackend::poll`] returns it by id.
+    Pending,
+}
+
+/// A disk whose requests may finish after they were submitted.
+pub trait AsyncBlockBackend {
+    /// Size in sectors.
+    fn capacity(&self) -> u64;
+    fn read_only(&self) -> bool;
+    fn discard_granularity(&self) -> u32 {
+        1
+    }
+    /// Starts request `id` (ids are never reused).
+    fn submit(&mut self, id: u64, op: BlockOp) -> Submitted;
+    /// The next request that finished after `submit` returned
+    /// [`Submitted::Pending`]. One that virtio-blk no longer waits for (the
+    /// device was reset meanwhile) is dropped by it.
+    fn poll(&mut self) -> Option<BlockDone> {
+        None
+    }
+}
+
+/// A synchronous disk finishes every request at once.
+impl<B: BlockBackend> AsyncBlockBackend for B {
+    fn capacity(&self) -> u64 {
+        BlockBackend::capacity(self)
+    }
+    fn read_only(&self) -> bool {
+        BlockBackend::read_only(self)
+    }
+    fn discard_granularity(&self) -> u32 {
+        BlockBackend::discard_granularity(self)
+    }
+    fn submit(&mut self, _id: u64, op: BlockOp) -> Submitted {
+        match op {
+            BlockOp::Read { sector, mut buf } => Submitted::Done(self.read(sector, &mut buf), buf),
+            BlockOp::Write { sector, data } => Submitted::Done(self.write(sector, &data), data),
+            BlockOp::Flush => Submitted::Done(self.flush(), Vec::new()),
+            BlockOp::Discard { ranges } => {
+                let r = ranges
+                    .iter()
+                    .try_for_each(|&(sector, count)| self.discard(sector, count));
+                Submitted::Done(r, Vec::new())
+            }
+        }
     }
 }
 
@@ -103,7 +205,7 @@ impl BlockBackend for MemDisk {
         self.read_only
     }
     fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        let (s, e) = usize_range(self.capacity(), sector, buf.len())?;
+        let (s, e) = usize_range(BlockBackend::capacity(self), sector, buf.len())?;
         let src = self.data.get(s..e).ok_or(BlockError::OutOfRange)?;
         buf.copy_from_slice(src);
         Ok(())
@@ -112,7 +214,7 @@ impl BlockBackend for MemDisk {
         if self.read_only {
             return Err(BlockError::ReadOnly);
         }
-        let (s, e) = usize_range(self.capacity(), sector, data.len())?;
+        let (s, e) = usize_range(BlockBackend::capacity(self), sector, data.len())?;
         let dst = self.data.get_mut(s..e).ok_or(BlockError::OutOfRange)?;
         dst.copy_from_slice(data);
         Ok(())
@@ -128,7 +230,7 @@ impl BlockBackend for MemDisk {
             .checked_mul(SECTOR_SIZE)
             .and_then(|l| usize::try_from(l).ok())
             .ok_or(BlockError::OutOfRange)?;
-        let (s, e) = usize_range(self.capacity(), sector, len)?;
+        let (s, e) = usize_range(BlockBackend::capacity(self), sector, len)?;
         // Discarded sectors read as zeros here (deterministic).
         self.data
             .get_mut(s..e)
@@ -252,7 +354,7 @@ impl BlockBackend for CowDisk {
         self.read_only
     }
     fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        let (s, e) = usize_range(self.capacity(), sector, buf.len())?;
+        let (s, e) = usize_range(BlockBackend::capacity(self), sector, buf.len())?;
         for (index, within, at, n) in pieces(self.chunk, s, e) {
             let src = match self.overlay.get(&index) {
                 Some(c) => &c[..],
@@ -271,7 +373,7 @@ impl BlockBackend for CowDisk {
         if self.read_only {
             return Err(BlockError::ReadOnly);
         }
-        let (s, e) = usize_range(self.capacity(), sector, data.len())?;
+        let (s, e) = usize_range(BlockBackend::capacity(self), sector, data.len())?;
         for (index, within, at, n) in pieces(self.chunk, s, e) {
             if !self.overlay.contains_key(&index) {
                 // The last chunk of a base whose size is not a multiple of
@@ -303,7 +405,7 @@ impl BlockBackend for CowDisk {
             .checked_mul(SECTOR_SIZE)
             .and_then(|l| usize::try_from(l).ok())
             .ok_or(BlockError::OutOfRange)?;
-        let (s, e) = usize_range(self.capacity(), sector, len)?;
+        let (s, e) = usize_range(BlockBackend::capacity(self), sector, len)?;
         // Only chunks wholly inside the range are dropped (they read as the
         // base again, which discard allows); partial ones keep their data.
         for (index, within, _, n) in pieces(self.chunk, s, e) {
@@ -335,7 +437,7 @@ mod tests {
             Err(BlockError::NotSectorMultiple)
         );
         let mut d = MemDisk::new(pattern(4096), false).unwrap();
-        assert_eq!(d.capacity(), 8);
+        assert_eq!(BlockBackend::capacity(&d), 8);
         let mut b = [0; 1024];
         d.read(6, &mut b).unwrap();
         assert_eq!(&b[..], &pattern(4096)[3072..]);
@@ -383,7 +485,7 @@ mod tests {
         a.read(0, &mut buf).unwrap();
         assert_eq!(&buf[..], &base[..8192]);
         assert_eq!(a.write(127, &[0; 1024]), Err(BlockError::OutOfRange));
-        assert_eq!(a.discard_granularity(), 8);
+        assert_eq!(BlockBackend::discard_granularity(&a), 8);
     }
 
     #[test]
@@ -442,7 +544,7 @@ mod tests {
         let mut ro = CowDisk::new(base.clone(), 4096)
             .unwrap()
             .with_read_only(true);
-        assert!(ro.read_only());
+        assert!(BlockBackend::read_only(&ro));
         assert_eq!(ro.write(0, &[0; 512]), Err(BlockError::ReadOnly));
         assert_eq!(ro.discard(0, 8), Err(BlockError::ReadOnly));
         assert_eq!(ro.overlay_bytes(), 0);

@@ -82,9 +82,24 @@ pub trait VirtioDevice {
     /// The driver set DRIVER_OK with these features negotiated.
     fn activate(&mut self, _features: u64) {}
     /// Serves one descriptor chain of queue `queue`; returns the number of
-    /// bytes written into its device-writable part (the used length). An
-    /// error marks the device broken (DEVICE_NEEDS_RESET).
-    fn handle(&mut self, queue: u16, chain: &Chain, mem: &dyn GuestMem) -> Result<u32, QueueError>;
+    /// bytes written into its device-writable part (the used length), or
+    /// `None` when it finishes later (through [`VirtioDevice::poll_done`]).
+    /// An error marks the device broken (DEVICE_NEEDS_RESET).
+    fn handle(
+        &mut self,
+        queue: u16,
+        chain: &Chain,
+        mem: &dyn GuestMem,
+    ) -> Result<Option<u32>, QueueError>;
+    /// Finishes chains that `handle` left for later: for each, `done(queue,
+    /// head, used length)` puts it in the used ring.
+    fn poll_done(
+        &mut self,
+        _mem: &dyn GuestMem,
+        _done: &mut dyn FnMut(u16, u16, u32) -> Result<(), QueueError>,
+    ) -> Result<(), QueueError> {
+        Ok(())
+    }
     /// Whether the device can serve a chain of `queue` now. A network
     /// device's receive queue holds the driver's buffers until a frame
     /// arrives (the core notifies the queue again then).

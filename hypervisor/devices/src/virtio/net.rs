@@ -236,11 +236,17 @@ impl<U: Uplink> VirtioDevice for VirtioNet<U> {
         }
     }
     // Every field is read-only (5.1.4.2: the driver MUST NOT write).
-    fn handle(&mut self, queue: u16, chain: &Chain, mem: &dyn GuestMem) -> Result<u32, QueueError> {
+    fn handle(
+        &mut self,
+        queue: u16,
+        chain: &Chain,
+        mem: &dyn GuestMem,
+    ) -> Result<Option<u32>, QueueError> {
         match queue {
             RXQ => self.receive(chain, mem),
             _ => self.transmit(chain, mem),
         }
+        .map(Some)
     }
     fn can_serve(&self, queue: u16) -> bool {
         queue != RXQ || self.rx_ready()
