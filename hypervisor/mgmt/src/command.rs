@@ -32,7 +32,11 @@ impl fmt::Display for NameError {
             NameError::TooLong => write!(f, "is longer than {MAX_NAME} bytes"),
             NameError::BadStart => write!(f, "must start with a letter or digit"),
             NameError::BadByte(b) if b.is_ascii_graphic() => {
-                write!(f, "may not contain `{}` (only A-Z a-z 0-9 _ - .)", char::from(*b))
+                write!(
+                    f,
+                    "may not contain `{}` (only A-Z a-z 0-9 _ - .)",
+                    char::from(*b)
+                )
             }
             NameError::BadByte(b) => {
                 write!(f, "may not contain byte 0x{b:02x} (only A-Z a-z 0-9 _ - .)")
@@ -84,11 +88,20 @@ pub enum Command {
     Stop(Name),
     Restart(Name),
     /// `snapshot VM [NAME]`: without a name the core picks one.
-    Snapshot { vm: Name, name: Option<Name> },
+    Snapshot {
+        vm: Name,
+        name: Option<Name>,
+    },
     /// `snapshots [VM]`: all snapshots, or those taken of one VM.
     Snapshots(Option<Name>),
-    Rollback { vm: Name, snapshot: Name },
-    Clone { snapshot: Name, new_vm: Name },
+    Rollback {
+        vm: Name,
+        snapshot: Name,
+    },
+    Clone {
+        snapshot: Name,
+        new_vm: Name,
+    },
     Delete(Name),
     /// `help [CMD]`: the command is one of [`COMMANDS`] (checked by the parser).
     Help(Option<&'static str>),
@@ -96,16 +109,44 @@ pub enum Command {
 
 /// Each command's word, usage line and one-line description, in `help`'s order.
 pub const COMMANDS: &[(&str, &str, &str)] = &[
-    ("list", "list", "all VMs with state, vCPUs, memory, exits/s and CPU share"),
-    ("info", "info VM", "one VM: state, vCPUs and where they run, memory, exits/s by reason"),
-    ("pause", "pause VM", "stop scheduling VM's vCPUs (at an instruction boundary)"),
+    (
+        "list",
+        "list",
+        "all VMs with state, vCPUs, memory, exits/s and CPU share",
+    ),
+    (
+        "info",
+        "info VM",
+        "one VM: state, vCPUs and where they run, memory, exits/s by reason",
+    ),
+    (
+        "pause",
+        "pause VM",
+        "stop scheduling VM's vCPUs (at an instruction boundary)",
+    ),
     ("resume", "resume VM", "schedule a paused VM again"),
     ("stop", "stop VM", "end VM (it does not restart)"),
-    ("restart", "restart VM", "cold-restart VM from its manifest entry"),
-    ("snapshot", "snapshot VM [NAME]", "save VM's whole state as snapshot NAME"),
+    (
+        "restart",
+        "restart VM",
+        "cold-restart VM from its manifest entry",
+    ),
+    (
+        "snapshot",
+        "snapshot VM [NAME]",
+        "save VM's whole state as snapshot NAME",
+    ),
     ("snapshots", "snapshots [VM]", "list snapshots (of VM)"),
-    ("rollback", "rollback VM NAME", "restore snapshot NAME into the running VM"),
-    ("clone", "clone NAME NEWVM", "start a copy of snapshot NAME as new VM NEWVM"),
+    (
+        "rollback",
+        "rollback VM NAME",
+        "restore snapshot NAME into the running VM",
+    ),
+    (
+        "clone",
+        "clone NAME NEWVM",
+        "start a copy of snapshot NAME as new VM NEWVM",
+    ),
     ("delete", "delete NAME", "delete snapshot NAME"),
     ("help", "help [CMD]", "this list, or one command's usage"),
 ];
@@ -233,7 +274,7 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
     };
     let args: [Option<&str>; 3] = [words.next(), words.next(), words.next()];
     // (required, optional) argument counts
-    let (required, optional) = match word {
+    let (required, optional): (usize, usize) = match word {
         "list" => (0, 0),
         "snapshots" | "help" => (0, 1),
         "snapshot" => (1, 1),
@@ -241,7 +282,7 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
         _ => (1, 0),
     };
     let given = args.iter().take_while(|a| a.is_some()).count();
-    let max: usize = required + optional;
+    let max: usize = required.saturating_add(optional);
     if given < required {
         return Err(ParseError::Missing { usage });
     }
@@ -284,7 +325,10 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
         "resume" => Command::Resume(need(a)?),
         "stop" => Command::Stop(need(a)?),
         "restart" => Command::Restart(need(a)?),
-        "snapshot" => Command::Snapshot { vm: need(a)?, name: b },
+        "snapshot" => Command::Snapshot {
+            vm: need(a)?,
+            name: b,
+        },
         "snapshots" => Command::Snapshots(a),
         "rollback" => Command::Rollback {
             vm: need(a)?,
@@ -328,21 +372,33 @@ mod tests {
         assert_eq!(parse("restart a"), Ok(Command::Restart(n("a"))));
         assert_eq!(
             parse("snapshot a"),
-            Ok(Command::Snapshot { vm: n("a"), name: None })
+            Ok(Command::Snapshot {
+                vm: n("a"),
+                name: None
+            })
         );
         assert_eq!(
             parse("snapshot a s1.pre-fix_2"),
-            Ok(Command::Snapshot { vm: n("a"), name: Some(n("s1.pre-fix_2")) })
+            Ok(Command::Snapshot {
+                vm: n("a"),
+                name: Some(n("s1.pre-fix_2"))
+            })
         );
         assert_eq!(parse("snapshots"), Ok(Command::Snapshots(None)));
         assert_eq!(parse("snapshots a"), Ok(Command::Snapshots(Some(n("a")))));
         assert_eq!(
             parse("rollback a s1"),
-            Ok(Command::Rollback { vm: n("a"), snapshot: n("s1") })
+            Ok(Command::Rollback {
+                vm: n("a"),
+                snapshot: n("s1")
+            })
         );
         assert_eq!(
             parse("clone s1 b"),
-            Ok(Command::Clone { snapshot: n("s1"), new_vm: n("b") })
+            Ok(Command::Clone {
+                snapshot: n("s1"),
+                new_vm: n("b")
+            })
         );
         assert_eq!(parse("delete s1"), Ok(Command::Delete(n("s1"))));
         assert_eq!(parse("help"), Ok(Command::Help(None)));
@@ -356,15 +412,23 @@ mod tests {
         assert_eq!(parse("info"), Err(ParseError::Missing { usage: "info VM" }));
         assert_eq!(
             parse("rollback a"),
-            Err(ParseError::Missing { usage: "rollback VM NAME" })
+            Err(ParseError::Missing {
+                usage: "rollback VM NAME"
+            })
         );
         assert_eq!(
             parse("list x"),
-            Err(ParseError::Extra { usage: "list", extra: "x".into() })
+            Err(ParseError::Extra {
+                usage: "list",
+                extra: "x".into()
+            })
         );
         assert_eq!(
             parse("snapshot a b c d"),
-            Err(ParseError::Extra { usage: "snapshot VM [NAME]", extra: "c".into() })
+            Err(ParseError::Extra {
+                usage: "snapshot VM [NAME]",
+                extra: "c".into()
+            })
         );
         let e = parse("clone s1").unwrap_err().to_string();
         assert_eq!(e, "missing argument; usage: clone NAME NEWVM");
@@ -375,8 +439,17 @@ mod tests {
     #[test]
     fn unknown_commands_get_a_suggestion() {
         let e = parse("lsit").unwrap_err();
-        assert_eq!(e, ParseError::Unknown { word: "lsit".into(), suggestion: Some("list") });
-        assert_eq!(e.to_string(), "unknown command `lsit`; did you mean `list`?");
+        assert_eq!(
+            e,
+            ParseError::Unknown {
+                word: "lsit".into(),
+                suggestion: Some("list")
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "unknown command `lsit`; did you mean `list`?"
+        );
         assert_eq!(suggest("snap"), Some("snapshot")); // a prefix wins over `stop` at distance 2
         assert_eq!(suggest("snapshts"), Some("snapshots"));
         assert_eq!(suggest("resu"), Some("resume"));
@@ -400,7 +473,10 @@ mod tests {
         assert_eq!(Name::parse("a/b"), Err(NameError::BadByte(b'/')));
         assert_eq!(Name::parse("a\u{e9}"), Err(NameError::BadByte(0xc3)));
         assert!(Name::parse(&"a".repeat(MAX_NAME)).is_ok());
-        assert_eq!(Name::parse(&"a".repeat(MAX_NAME + 1)), Err(NameError::TooLong));
+        assert_eq!(
+            Name::parse(&"a".repeat(MAX_NAME + 1)),
+            Err(NameError::TooLong)
+        );
         assert_eq!(
             parse("info ../x").unwrap_err().to_string(),
             "bad name `../x`: may not contain `/` (only A-Z a-z 0-9 _ - .); usage: info VM"

@@ -285,9 +285,14 @@ mod tests {
         let (routes, echo) = feed_all(&mut f, b"a\x01:info  x\x7f1\rb");
         assert_eq!(routes.first(), Some(&Route::Guest(b'a')));
         assert_eq!(routes.get(2), Some(&Route::PromptOpened));
-        assert_eq!(routes.get(routes.len() - 2), Some(&Route::Command("info  1".into())));
+        assert_eq!(
+            routes.get(routes.len() - 2),
+            Some(&Route::Command("info  1".into()))
+        );
         assert_eq!(routes.last(), Some(&Route::Guest(b'b')));
-        assert!(routes[3..routes.len() - 2].iter().all(|r| *r == Route::Nothing));
+        assert!(routes[3..routes.len() - 2]
+            .iter()
+            .all(|r| *r == Route::Nothing));
         assert_eq!(echo, b"\r\nhv> info  x\x08 \x081\r\n");
         assert!(!f.prompt_open());
     }

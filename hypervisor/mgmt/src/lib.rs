@@ -20,3 +20,7 @@ extern crate alloc;
 
 pub mod command;
 pub mod console;
+pub mod fake;
+pub mod http;
+pub mod ops;
+pub mod render;
