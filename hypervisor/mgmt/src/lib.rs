@@ -18,6 +18,7 @@
 
 extern crate alloc;
 
+pub mod client;
 pub mod command;
 pub mod console;
 pub mod fake;
