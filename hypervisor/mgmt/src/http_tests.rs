@@ -624,3 +624,13 @@ fn expect_100_continue() {
     c.receive(1, body.as_bytes(), &mut o, &mut out);
     assert_eq!(responses(&out)[0].status, 201);
 }
+
+#[test]
+fn documented_serde_error_text() {
+    let mut o = ops();
+    let r = one(&mut o, &req("PUT", "/vms/web/snapshot", r#"{"nam": "s1"}"#));
+    assert_eq!(
+        r.error(),
+        "bad JSON body: unknown field `nam`, expected `name` at line 1 column 6"
+    );
+}
