@@ -230,7 +230,9 @@ mod tests {
         let mut s = TcpStream::connect(&addr).unwrap();
         s.set_nodelay(true).unwrap();
         s.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let first = format!("PUT /vms/web/pause HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+        let first = format!(
+            "PUT /vms/web/pause HTTP/1.1\r\nHost: hv\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        );
         // byte by byte, pausing so the server sees many reads
         for b in first.bytes() {
             s.write_all(&[b]).unwrap();
@@ -249,7 +251,7 @@ mod tests {
             String::from_utf8_lossy(&got)
         );
         let second = format!(
-            "GET /vms HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+            "GET /vms HTTP/1.1\r\nHost: hv\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
         );
         s.write_all(second.as_bytes()).unwrap();
         let mut rest = Vec::new();

@@ -8,7 +8,8 @@
 //!   Content-Length), any other transfer coding 501; both close the connection.
 //! - every request needs `Authorization: Bearer <token>` (compared in constant time); without
 //!   it the only answer is 401 with `WWW-Authenticate: Bearer`, whatever else is wrong.
-//! - a malformed request gets 400 with the reason in `{"error": "..."}` and closes; an unknown
+//! - a malformed request (including an HTTP/1.1 one without exactly one `Host`, RFC 9112
+//!   3.2) gets 400 with the reason in `{"error": "..."}` and closes; an unknown
 //!   path 404; a known path with another method 405 with `Allow`.
 //! - keep-alive: HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0 closes
 //!   unless `Connection: keep-alive`. Pipelined requests are answered in order.
@@ -234,6 +235,7 @@ fn parse_head(head: &[u8], token: &[u8]) -> Result<Head, HeadError> {
     };
     let mut length: Option<usize> = None;
     let mut count = 0usize;
+    let mut hosts = 0usize;
     for line in lines.take_while(|l| !l.is_empty()) {
         count = count.saturating_add(1);
         if count > MAX_HEADERS {
@@ -279,6 +281,8 @@ fn parse_head(head: &[u8], token: &[u8]) -> Result<Head, HeadError> {
                     h.keep_alive = true;
                 }
             }
+        } else if name.eq_ignore_ascii_case("host") {
+            hosts = hosts.saturating_add(1);
         } else if name.eq_ignore_ascii_case("expect") {
             if value.eq_ignore_ascii_case("100-continue") {
                 h.expect_continue = true;
@@ -286,6 +290,13 @@ fn parse_head(head: &[u8], token: &[u8]) -> Result<Head, HeadError> {
                 return Err(bad(400, format!("unsupported Expect `{value}`")));
             }
         }
+    }
+    // RFC 9112 3.2: an HTTP/1.1 request without Host, or with several, gets 400
+    if hosts > 1 || (hosts == 0 && !http10) {
+        return Err(bad(
+            400,
+            String::from("an HTTP/1.1 request needs exactly one Host header"),
+        ));
     }
     h.content_length = length.unwrap_or(0);
     Ok(h)

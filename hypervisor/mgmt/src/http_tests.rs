@@ -323,7 +323,7 @@ fn without_the_token_only_401() {
     // scheme and header name are case-insensitive
     let r = one(
         &mut o,
-        &format!("GET /vms HTTP/1.1\r\nauthorization: bearer {TOKEN}\r\n\r\n"),
+        &format!("GET /vms HTTP/1.1\r\nHOST: hv\r\nauthorization: bearer {TOKEN}\r\n\r\n"),
     );
     assert_eq!(r.status, 200);
 }
@@ -331,7 +331,7 @@ fn without_the_token_only_401() {
 #[test]
 fn too_large_parts() {
     let mut o = ops();
-    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let auth = format!("Host: hv\r\nAuthorization: Bearer {TOKEN}\r\n");
     let line = format!(
         "GET /{} HTTP/1.1\r\n{auth}\r\n",
         "a".repeat(MAX_REQUEST_LINE)
@@ -392,7 +392,7 @@ fn too_large_parts() {
 #[test]
 fn transfer_encodings_are_refused_with_the_reason() {
     let mut o = ops();
-    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let auth = format!("Host: hv\r\nAuthorization: Bearer {TOKEN}\r\n");
     let (r, after) = send(
         &mut o,
         &format!(
@@ -415,7 +415,7 @@ fn transfer_encodings_are_refused_with_the_reason() {
 #[test]
 fn malformed_requests_are_400_with_the_reason() {
     let mut o = ops();
-    let auth = format!("Authorization: Bearer {TOKEN}");
+    let auth = format!("Host: hv\r\nAuthorization: Bearer {TOKEN}");
     for (raw, why, status) in [
         (
             format!("GET /vms\r\n{auth}\r\n\r\n"),
@@ -485,6 +485,21 @@ fn malformed_requests_are_400_with_the_reason() {
             400,
         ),
         (
+            format!("GET /vms HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"),
+            "an HTTP/1.1 request needs exactly one Host header",
+            400,
+        ),
+        (
+            format!("GET /vms HTTP/1.1\r\n{auth}\r\nHost: b\r\n\r\n"),
+            "an HTTP/1.1 request needs exactly one Host header",
+            400,
+        ),
+        (
+            format!("GET /vms HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"),
+            "",
+            200,
+        ),
+        (
             format!("GET /vms HTTP/1.1\r\n{auth}\r\nX: \u{ff}\r\n\r\n"),
             "",
             200,
@@ -529,7 +544,7 @@ fn keep_alive_serves_two_requests_on_one_connection() {
     // pipelined in one read, the last asking to close
     let mut out = Vec::new();
     let both = req("PUT", "/vms/web/resume", "")
-        + &req("GET", "/vms", "").replace("Host: hv\r\n", "Connection: close\r\n");
+        + &req("GET", "/vms", "").replace("Host: hv\r\n", "Host: hv\r\nConnection: close\r\n");
     assert_eq!(
         c.receive(2, both.as_bytes(), &mut o, &mut out),
         After::Close
@@ -615,7 +630,7 @@ fn expect_100_continue() {
     let mut out = Vec::new();
     let body = r#"{"name":"e1"}"#;
     let head = format!(
-        "PUT /vms/web/snapshot HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        "PUT /vms/web/snapshot HTTP/1.1\r\nHost: hv\r\nAuthorization: Bearer {TOKEN}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     c.receive(0, head.as_bytes(), &mut o, &mut out);
