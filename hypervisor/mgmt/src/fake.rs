@@ -172,9 +172,11 @@ impl Ops for FakeOps {
         let of = self.snap(snapshot)?.vm.clone();
         let v = self.vm_mut(vm)?;
         if of != v.name {
-            return Err(OpError::Failed(format!(
-                "snapshot `{snapshot}` was taken of vm `{of}`, not `{vm}` (clone it instead)"
-            )));
+            return Err(OpError::OtherVmsSnapshot {
+                snapshot: snapshot.clone(),
+                of,
+                vm: vm.clone(),
+            });
         }
         v.state = VmState::Running;
         Ok(())

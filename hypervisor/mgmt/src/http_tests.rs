@@ -185,6 +185,11 @@ fn snapshot_rollback_clone_delete() {
     assert_eq!(r.status, 204, "{}", r.body);
     let r = one(
         &mut o,
+        &req("PUT", "/vms/db/rollback", r#"{"snapshot":"s1"}"#),
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = one(
+        &mut o,
         &req("PUT", "/vms/web/rollback", r#"{"snapshot":"s9"}"#),
     );
     assert_eq!((r.status, r.error()), (404, "no snapshot `s9`".into()));

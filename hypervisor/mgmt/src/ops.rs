@@ -96,6 +96,12 @@ pub enum OpError {
         vm: Name,
         state: VmState,
     },
+    /// `rollback VM NAME` with a snapshot taken of another VM (`of`); `clone` it instead.
+    OtherVmsSnapshot {
+        snapshot: Name,
+        of: String,
+        vm: Name,
+    },
     /// Not enough hypervisor memory (bytes needed, bytes free).
     OutOfMemory {
         needed: u64,
@@ -112,7 +118,10 @@ impl OpError {
     pub fn status(&self) -> u16 {
         match self {
             OpError::NoSuchVm(_) | OpError::NoSuchSnapshot(_) => 404,
-            OpError::VmExists(_) | OpError::SnapshotExists(_) | OpError::WrongState { .. } => 409,
+            OpError::VmExists(_)
+            | OpError::SnapshotExists(_)
+            | OpError::WrongState { .. }
+            | OpError::OtherVmsSnapshot { .. } => 409,
             OpError::OutOfMemory { .. } => 507,
             OpError::Unsupported(_) => 501,
             OpError::Failed(_) => 500,
@@ -128,6 +137,10 @@ impl fmt::Display for OpError {
             OpError::VmExists(n) => write!(f, "a VM `{n}` exists already"),
             OpError::SnapshotExists(n) => write!(f, "a snapshot `{n}` exists already"),
             OpError::WrongState { vm, state } => write!(f, "VM `{vm}` is {}", state.as_str()),
+            OpError::OtherVmsSnapshot { snapshot, of, vm } => write!(
+                f,
+                "snapshot `{snapshot}` was taken of vm `{of}`, not `{vm}` (clone it instead)"
+            ),
             OpError::OutOfMemory { needed, free } => write!(
                 f,
                 "not enough hypervisor memory: {} KiB needed, {} KiB free",

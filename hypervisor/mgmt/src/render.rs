@@ -240,7 +240,7 @@ mod tests {
         );
         assert_eq!(
             run(&mut o, "rollback database s1").unwrap_err(),
-            "failed: snapshot `s1` was taken of vm `web`, not `database` (clone it instead)"
+            "snapshot `s1` was taken of vm `web`, not `database` (clone it instead)"
         );
         assert_eq!(
             run(&mut o, "clone s1 web2").unwrap(),
