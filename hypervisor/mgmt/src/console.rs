@@ -7,7 +7,7 @@
 //!   to the guest, Ctrl-A : opens the command prompt; any other byte after Ctrl-A is dropped
 //!   and the console shows the key help;
 //! - at the prompt: printable bytes are edited into a line (bounded), Backspace/DEL erase one,
-//!   Ctrl-U erases the line, Ctrl-C or Esc cancels the prompt, Enter (CR or LF) submits the
+//!   Ctrl-U erases the line, Ctrl-C cancels the prompt, Enter (CR or LF) submits the
 //!   line as a command. The prompt then closes and input goes to the guest again.
 
 use alloc::string::String;
@@ -34,7 +34,7 @@ pub enum Edit {
     Editing,
     /// Enter: the finished line.
     Submit(String),
-    /// Ctrl-C / Esc: the line is dropped.
+    /// Ctrl-C: the line is dropped.
     Cancel,
 }
 
@@ -42,6 +42,19 @@ pub enum Edit {
 #[derive(Clone, Debug, Default)]
 pub struct LineEditor {
     line: String,
+    esc: Esc,
+}
+
+/// Where the editor is in a terminal escape sequence (arrow keys send `ESC [ A` etc.; they
+/// are swallowed whole so that no part of them lands in the line).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Esc {
+    #[default]
+    None,
+    /// After ESC.
+    Start,
+    /// In `ESC [` or `ESC O`: parameter bytes until a final byte 0x40..=0x7e.
+    Sequence,
 }
 
 impl LineEditor {
@@ -56,12 +69,35 @@ impl LineEditor {
 
     /// Feeds one byte; echo (and erase sequences) go to `echo`.
     pub fn feed(&mut self, byte: u8, echo: &mut Vec<u8>) -> Edit {
+        match (self.esc, byte) {
+            (Esc::None, ESC) => {
+                self.esc = Esc::Start;
+                return Edit::Editing;
+            }
+            (Esc::Start, b'[' | b'O') => {
+                self.esc = Esc::Sequence;
+                return Edit::Editing;
+            }
+            (Esc::Start, _) => {
+                // ESC and one byte (Alt-key): both dropped
+                self.esc = Esc::None;
+                return Edit::Editing;
+            }
+            (Esc::Sequence, 0x40..=0x7e) => {
+                self.esc = Esc::None;
+                return Edit::Editing;
+            }
+            (Esc::Sequence, 0x20..=0x3f) => return Edit::Editing,
+            // anything else ends the sequence and counts as itself
+            (Esc::Sequence, _) => self.esc = Esc::None,
+            (Esc::None, _) => {}
+        }
         match byte {
             b'\r' | b'\n' => {
                 echo.extend_from_slice(b"\r\n");
                 Edit::Submit(core::mem::take(&mut self.line))
             }
-            CTRL_C | ESC => {
+            CTRL_C => {
                 echo.extend_from_slice(b"^C\r\n");
                 self.line.clear();
                 Edit::Cancel
@@ -231,8 +267,22 @@ mod tests {
         e.feed(b'x', &mut echo);
         assert_eq!(e.feed(CTRL_C, &mut echo), Edit::Cancel);
         assert_eq!(e.line(), "");
-        e.feed(b'y', &mut echo);
-        assert_eq!(e.feed(ESC, &mut echo), Edit::Cancel);
+    }
+
+    #[test]
+    fn editor_swallows_escape_sequences() {
+        let mut e = LineEditor::new();
+        let mut echo = Vec::new();
+        // "li", Up, Left, Delete (ESC [ 3 ~), Alt-x, "st"
+        for &b in b"li\x1b[A\x1bOD\x1b[3~\x1bxst" {
+            assert_eq!(e.feed(b, &mut echo), Edit::Editing);
+        }
+        assert_eq!(e.line(), "list");
+        assert_eq!(echo, b"list");
+        // a control byte inside a sequence ends it and acts
+        e.feed(ESC, &mut echo);
+        e.feed(b'[', &mut echo);
+        assert_eq!(e.feed(CTRL_C, &mut echo), Edit::Cancel);
     }
 
     #[test]
