@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod build;
+pub mod ctl;
 pub mod disk;
 pub mod esp;
 pub mod flat;

@@ -58,6 +58,10 @@ Commands:
                                 (docs/BENCHMARKS.md is then left alone)
               --cycles N        guest TSC ticks each fairness spinner runs (default 1000000000)
               --no-build        use what the last bench build left
+  ctl       HOST:PORT [--token T] [--json] COMMAND...: a console command (list, info VM,
+            pause VM, snapshot VM [NAME], ...; `ctl HOST:PORT help`) sent to the management
+            API, the result printed as the console prints it (token also from
+            FERROVISOR_TOKEN); see docs/management.md.
   help      This text.
 
 Runs keep their files (ESP, emulator configuration, serial and emulator logs) in
@@ -90,6 +94,7 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
         "test" => return test(rest),
         "import-ovf" => import_ovf(rest)?,
         "bench" => bench(Options::parse(rest, &["--only", "--cycles", "--no-build"])?)?,
+        "ctl" => xtask::ctl::main(rest)?,
         "help" | "--help" | "-h" => print!("{HELP}"),
         other => bail!("unknown command `{other}`; see `cargo xtask help`"),
     }
