@@ -510,6 +510,20 @@ mod tests {
         assert_eq!(rtc.datetime().minute, 0);
     }
 
+    #[test]
+    fn a_reset_bus_forgets_the_lines_its_devices_drove() {
+        let mut s = Set::busy(1);
+        let lines = s.bus.poll(S + S / 4);
+        assert_ne!(lines.level & 1 << 8, 0, "the RTC alarm asserts IRQ 8");
+        s.bus.reset();
+        // The UART (device 0) raises IRQ 4 (THRE, OUT2): the combined lines
+        // hold that and nothing the RTC drove before the reset.
+        s.bus.write(0x3FC, 1, 0x08, 0);
+        s.bus.write(0x3F9, 1, 0x02, 0);
+        let after = s.bus.poll_one(0, 0).unwrap();
+        assert_eq!(after.level, 1 << 4);
+    }
+
     /// `bytes` with its entries changed by `f`, framed again.
     fn edit<'a>(bytes: &'a [u8], f: impl FnOnce(&mut Vec<Entry<'a>>)) -> Vec<u8> {
         let mut e = entries(bytes).unwrap();
