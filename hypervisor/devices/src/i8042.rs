@@ -53,14 +53,14 @@ const KBD_ECHO: u8 = 0xEE;
 /// At most this many bytes wait for the guest (a keyboard's own buffer).
 const QUEUE: usize = 16;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct OutByte {
     value: u8,
     aux: bool,
     timeout: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct I8042 {
     ccb: u8,
     output_port: u8,
@@ -361,6 +361,19 @@ impl PortDevice for I8042 {
 }
 
 crate::state::plain_state!(I8042, 1, |_me| I8042::new());
+
+impl crate::state::Check for I8042 {
+    fn check(&self) -> Result<(), crate::state::StateError> {
+        use crate::state::ensure;
+        let lines = 1 << IRQ_KBD | 1 << IRQ_AUX;
+        ensure(self.queue.len() <= QUEUE, "i8042 output queue length")?;
+        ensure((1..=3).contains(&self.scan_set), "keyboard scan code set")?;
+        ensure(
+            (self.irq_level | self.irq_pulse) & !lines == 0,
+            "i8042 IRQ lines",
+        )
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -57,7 +57,7 @@ pub struct Delivery {
 }
 
 /// The I/O APIC. See the module documentation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IoApic {
     id: u8,
     sel: u8,
@@ -265,6 +265,14 @@ crate::state::plain_state!(IoApic, 1, |me| {
     fresh.reset();
     fresh
 });
+
+impl crate::state::Check for IoApic {
+    fn check(&self) -> Result<(), crate::state::StateError> {
+        use crate::state::ensure;
+        ensure(self.id <= 0xF, "I/O APIC ID")?;
+        ensure(self.lines >> PINS == 0, "I/O APIC input lines")
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -207,7 +207,7 @@ pub struct LintDelivery {
     pub level_triggered: bool,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Timer {
     initial: u32,
     /// One-shot/periodic countdown running.
@@ -220,7 +220,7 @@ struct Timer {
 }
 
 /// A virtual local APIC. See the module documentation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VLapic {
     /// Initial APIC ID; the x2APIC ID.
     id: u32,
@@ -965,6 +965,17 @@ crate::state::plain_state!(VLapic, 1, |me| VLapic::new(
     me.bsp,
     me.tsc_per_bus_tick
 ));
+
+impl crate::state::Check for VLapic {
+    fn check(&self) -> Result<(), crate::state::StateError> {
+        use crate::state::ensure;
+        ensure(
+            self.dcr & !DCR_WRITABLE == 0,
+            "APIC timer divide configuration",
+        )?;
+        ensure(self.tsc_per_bus_tick >= 1, "APIC bus clock")
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -28,6 +28,7 @@ pub mod pit;
 pub mod pm;
 pub mod post;
 pub mod rtc;
+pub mod snapshot;
 pub mod state;
 pub mod switch;
 pub mod uart;
@@ -59,7 +60,9 @@ pub struct IrqState {
 
 /// A device model reached through I/O ports. Time is guest time in
 /// nanoseconds since the VM started (`now_ns`), monotonic.
-pub trait PortDevice: Send {
+/// Every model's state can be saved, restored and reset as bytes
+/// ([`state::Stateful`]).
+pub trait PortDevice: Send + state::Stateful {
     fn name(&self) -> &'static str;
     /// Port ranges as (first port, count).
     fn ports(&self) -> &'static [(u16, u16)];
@@ -476,6 +479,23 @@ mod tests {
     }
 
     struct Fake(&'static [(u16, u16)], &'static str);
+
+    /// The fakes keep no state.
+    impl state::Stateful for Fake {
+        fn kind(&self) -> state::Kind {
+            state::Kind::PostCode
+        }
+        fn layout_version(&self) -> u32 {
+            1
+        }
+        fn save_bytes(&self, _out: &mut Vec<u8>) -> Result<(), state::BytesError> {
+            Ok(())
+        }
+        fn restore_bytes(&mut self, _v: u32, _b: &[u8]) -> Result<(), state::BytesError> {
+            Ok(())
+        }
+        fn reset_state(&mut self) {}
+    }
 
     impl PortDevice for Fake {
         fn name(&self) -> &'static str {

@@ -39,12 +39,15 @@ pub const INTERRUPT_PIN: usize = 0x3D;
 pub const MULTI_FUNCTION: u8 = 0x80;
 
 /// 256 bytes of configuration space with per-bit write masks.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConfigSpace {
+    #[serde(with = "crate::state::array")]
     data: [u8; 256],
     /// Bits software may write.
+    #[serde(with = "crate::state::array")]
     writable: [u8; 256],
     /// Bits cleared by writing 1 (status registers).
+    #[serde(with = "crate::state::array")]
     write_one_clear: [u8; 256],
 }
 
@@ -149,7 +152,7 @@ impl ConfigSpace {
 }
 
 /// One function on the bus.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PciFunction {
     pub bus: u8,
     pub device: u8,
@@ -225,7 +228,7 @@ pub fn isa_bridge_piix3() -> PciFunction {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pci {
     address: u32,
     reset_control: u8,
@@ -366,6 +369,26 @@ impl PortDevice for Pci {
 }
 
 crate::state::plain_state!(Pci, 1, |_me| Pci::new());
+
+impl crate::state::Check for Pci {
+    fn check(&self) -> Result<(), crate::state::StateError> {
+        use crate::state::ensure;
+        for (i, f) in self.functions.iter().enumerate() {
+            ensure(
+                f.device < 32 && f.function < 8,
+                "PCI device/function number",
+            )?;
+            let at = |g: &PciFunction| (g.bus, g.device, g.function);
+            let dup = self
+                .functions
+                .iter()
+                .skip(i.saturating_add(1))
+                .any(|g| at(g) == at(f));
+            ensure(!dup, "PCI function address (twice)")?;
+        }
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 mod tests {

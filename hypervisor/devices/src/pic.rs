@@ -39,7 +39,7 @@ const OCW3_P: u8 = 1 << 2;
 const OCW3_SMM: u8 = 1 << 5;
 const OCW3_ESMM: u8 = 1 << 6;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Init {
     Ready,
     Icw2,
@@ -48,7 +48,7 @@ enum Init {
 }
 
 /// One 8259A.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Chip {
     irr: u8,
     isr: u8,
@@ -300,7 +300,7 @@ impl Chip {
 }
 
 /// The master/slave pair with the PIIX ELCRs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pic {
     master: Chip,
     slave: Chip,
@@ -521,6 +521,21 @@ impl PortDevice for Pic {
 }
 
 crate::state::plain_state!(Pic, 1, |_me| Pic::new());
+
+impl crate::state::Check for Pic {
+    fn check(&self) -> Result<(), crate::state::StateError> {
+        use crate::state::ensure;
+        for (c, master) in [(&self.master, true), (&self.slave, false)] {
+            let fresh = Chip::new(master);
+            ensure(c.master == master, "8259 cascade role")?;
+            ensure(c.elcr_writable == fresh.elcr_writable, "ELCR mask")?;
+            ensure(c.elcr & !c.elcr_writable == 0, "ELCR reserved bits")?;
+            ensure(c.vector_base & 7 == 0, "8259 vector base")?;
+            ensure(c.top < 8, "8259 priority rotation")?;
+        }
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -65,7 +65,7 @@ fn bcd_encode(v: u32) -> u16 {
 }
 
 /// Where the counting element is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Run {
     /// Not counting: after a control word, in mode 0 between the two bytes of
     /// a count, waiting for a gate trigger (modes 1, 5), or stopped by a low
@@ -77,7 +77,7 @@ enum Run {
     Paused { counted: u64 },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Counter {
     /// Operating mode 0-5 (6 and 7 are read as 2 and 3).
     mode: u8,
@@ -487,7 +487,7 @@ impl Counter {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pit {
     counters: [Counter; 3],
     /// Port 0x61 bits 0-3 as written.
@@ -695,6 +695,21 @@ impl PortDevice for Pit {
 // Power-on: counters unprogrammed, guest time back at 0 (a power cycle
 // restarts the guest clock too).
 crate::state::plain_state!(Pit, 1, |_me| Pit::new());
+
+impl crate::state::Check for Pit {
+    fn check(&self) -> Result<(), crate::state::StateError> {
+        use crate::state::ensure;
+        let count = |n: u32| (1..=0x1_0000).contains(&n);
+        for c in &self.counters {
+            ensure(c.mode <= 5 && c.mode_bits <= 7, "PIT counter mode")?;
+            ensure((1..=3).contains(&c.rw), "PIT read/write mode")?;
+            ensure(count(c.n), "PIT count")?;
+            ensure(c.cr.is_none_or(count), "PIT count register")?;
+            ensure(c.pending.is_none_or(|(n, _)| count(n)), "PIT pending count")?;
+        }
+        ensure(self.port_b & !B_WRITABLE == 0, "port 0x61 bits")
+    }
+}
 
 #[cfg(test)]
 mod tests {

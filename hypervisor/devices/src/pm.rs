@@ -281,7 +281,7 @@ impl PortDevice for Pm {
 
 /// The PM block's registers and its view of time (the base port is the
 /// platform's wiring, not state).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PmState {
     pub pm1_sts: u16,
     pub pm1_en: u16,
@@ -319,6 +319,9 @@ impl crate::state::DeviceState for Pm {
     ) -> Result<(), crate::state::StateError> {
         crate::state::check_version(state.version, 1)?;
         let s = &state.data;
+        let cnt = BM_RLD | SLP_TYP_MASK | SCI_EN;
+        crate::state::ensure(s.pm1_en & !PM1_EN_BITS == 0, "PM1 enable bits")?;
+        crate::state::ensure(s.pm1_cnt & !cnt == 0, "PM1 control bits")?;
         self.pm1_sts = s.pm1_sts;
         self.pm1_en = s.pm1_en;
         self.pm1_cnt = s.pm1_cnt;

@@ -280,10 +280,11 @@ pub fn parse_cmos_time(regs: [u8; 10], reg_b: u8, century: u8) -> DateTime {
     .normalized()
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rtc {
     /// Registers 0x00-0x0D and the RAM; 0x0A-0x0D hold the writable bits only
     /// (UIP, C and D are computed).
+    #[serde(with = "crate::state::array")]
     ram: [u8; 128],
     /// Last value written to port 0x70 (bit 7: NMI disable, kept, ignored).
     index_reg: u8,
@@ -640,11 +641,15 @@ impl PortDevice for Rtc {
 }
 
 // The clock is battery-backed: a reset keeps the date and time it shows and
-// brings the registers (and CMOS RAM) back to what `Rtc::new` sets.
-crate::state::plain_state!(Rtc, 1, |me| {
-    let now = me.now_ns;
-    Rtc::new(me.datetime(), now)
-});
+// brings the registers (and CMOS RAM) back to what `Rtc::new` sets. Guest
+// time starts over at 0 with the power cycle, so the clock is anchored there.
+crate::state::plain_state!(Rtc, 1, |me| Rtc::new(me.datetime(), 0));
+
+impl crate::state::Check for Rtc {
+    fn check(&self) -> Result<(), crate::state::StateError> {
+        crate::state::ensure(self.flags & !(C_PF | C_AF | C_UF) == 0, "RTC register C")
+    }
+}
 
 #[cfg(test)]
 mod tests {

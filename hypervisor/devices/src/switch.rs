@@ -868,7 +868,7 @@ mod tests {
         busy.transmit(0, &frame(B, A, 60, 1), 0);
         busy.transmit(0, &frame(BROADCAST, A, 61, 2), 0);
         busy.set_attached(2, false).unwrap();
-        crate::state::tests::round_trip(&mut busy, three(SwitchConfig::default()));
+        crate::state::tests::round_trip_values(&mut busy, three(SwitchConfig::default()));
         let mut a = three(SwitchConfig::default());
         a.transmit(0, &frame(B, A, 60, 1), 0);
         let saved = a.save();

@@ -324,7 +324,7 @@ impl PortDevice for Uart {
 /// assembled. The console hooks are the platform's wiring, and the
 /// hypervisor console's history of the guest's output is host-side, so
 /// neither is part of it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UartState {
     pub ier: u8,
     pub lcr: u8,
@@ -373,6 +373,7 @@ impl crate::state::DeviceState for Uart {
         if s.rx.len() > RX_CAPACITY {
             return Err(crate::state::StateError::Invalid("receive queue length"));
         }
+        crate::state::ensure(s.line.len() <= MAX_LINE, "console line length")?;
         self.ier = s.ier;
         self.lcr = s.lcr;
         self.mcr = s.mcr;

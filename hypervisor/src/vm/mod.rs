@@ -10,6 +10,7 @@ pub mod vcpu;
 
 use crate::devices::ioapic::IoApic;
 use crate::devices::lapic::VLapic;
+use crate::devices::state::DeviceState;
 use crate::devices::{
     debug_exit::DebugExit, i8042::I8042, pci::Pci, pit::Pit, pm::Pm, post::PostCode, rtc::Rtc,
     uart::Uart, IoBus,
@@ -301,23 +302,27 @@ impl Vm {
         self.mem.zero();
         let entry = loader::load(&self.config, self.image, self.initrd, &self.mem)?;
         *self.entry.lock() = entry;
-        // A restart is a power cycle: every device model starts over, the
-        // guest's clocks from 0 (its vCPUs are built anew by the scheduler).
+        // A restart is a power cycle: every device model goes back to its
+        // power-on state through `reset()`, the guest's clocks start from 0
+        // (its vCPUs are built anew by the scheduler). Nothing is rebuilt:
+        // the manifest entry, and so the device set and its wiring (ports,
+        // console, APIC IDs, bus clock), is the same for every run.
+        let end_ns = self.guest_ns();
         self.tsc_offset
             .store(power_on_tsc_offset(), Ordering::Release);
-        for (i, l) in self.lapics.iter().enumerate() {
-            *l.lock() = VLapic::new(i as u32, i == 0, tsc_per_bus_tick());
+        for l in &self.lapics {
+            DeviceState::reset(&mut *l.lock());
         }
         self.firmware_lapic_setup();
         self.power_on_mailboxes();
         {
             let mut s = self.shared.lock();
-            // The same layout was accepted when the VM was created.
-            if let Ok(io) = platform_bus(self.console) {
-                s.io = io;
-            }
+            let s = &mut *s;
+            // Up to the end of the last run first: the battery-backed RTC
+            // keeps the time it showed then.
+            let _ = s.io.poll(end_ns);
+            crate::devices::snapshot::reset(&mut s.io, &mut s.ioapic, core::iter::empty());
             s.lines = 0;
-            s.ioapic = IoApic::new(self.config.vcpus as u8);
             s.end = None;
         }
         self.ending.store(false, Ordering::Release);

@@ -36,6 +36,9 @@ fn bochs_cpu_conformance() {
         .line_times("[cpustate-r] cpustate: dirtied", 2)
         .line_times("[cpustate-r] cpustate: PASS", 2)
         .same_lines_starting("[cpustate-r] cpustate: devices ", 2)
+        // The RTC is battery-backed: the year the first run set shows after
+        // the restart (the first run shows the host's year).
+        .line_times("[cpustate-r] cpustate: rtc year 2001", 1)
         .line_starting("vm cpustate-r: restarting (1 of at most 1)");
 
     // Every NMI is delivered, one at a time.

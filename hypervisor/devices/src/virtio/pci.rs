@@ -1325,7 +1325,7 @@ mod tests {
         offer(&mem, 8, &[read_req(&mem, 0, 0)]);
         w(&mut busy, &mem, NOTIFY_OFF, 2, 0);
         assert!(busy.intx_asserted());
-        crate::state::tests::round_trip(&mut busy, dev(false));
+        crate::state::tests::round_trip_values(&mut busy, dev(false));
         // A restored device carries on: its queue position and features.
         let mem = TestMem::new(0x40000);
         let mut a = dev(false);

@@ -13,7 +13,9 @@
 //!    bit, #UD from VMXON) has RF set in the saved RFLAGS, as a fault raised
 //!    by the CPU itself does (SDM Vol. 3A 18.3.1.1).
 //! 5. With `dirty=1` it then leaves every register and device in a different
-//!    state and exits: a restart must not show any of it.
+//!    state and exits: a restart must not show any of it, except the date
+//!    it sets the RTC to (2001): the clock is battery-backed, a restart
+//!    shows that year (printed on every run).
 //!
 //! Command line: `pattern=<hex>` (default 1), `iterations=<n>` (default 200),
 //! `dirty=1`. Exits 0 on PASS, 1 on FAIL.
@@ -91,6 +93,16 @@ impl Checks {
     }
 }
 
+/// The RTC's year (BCD, the power-on format), century byte at CMOS 0x32.
+fn rtc_year_line() {
+    let bcd = |b: u8| u32::from(b >> 4) * 10 + u32::from(b & 0xF);
+    outb(0x70, 0x09);
+    let yy = inb(0x71);
+    outb(0x70, 0x32);
+    let cc = inb(0x71);
+    println!("cpustate: rtc year {}", bcd(cc) * 100 + bcd(yy));
+}
+
 /// The device state a PC resets at power-on, as one line.
 fn device_line() {
     let imr = (inb(0x21), inb(0xA1));
@@ -138,6 +150,7 @@ fn main(cmd: &'static str, _ram_size: u64) -> i32 {
         println!("cpustate: power-on state ok");
     }
     device_line();
+    rtc_year_line();
 
     // 2. Isolation across yields. Breakpoints on addresses nobody touches
     // (L0-L3, write, 4 bytes), so that they never fire.
@@ -242,6 +255,15 @@ fn main(cmd: &'static str, _ram_size: u64) -> i32 {
         unsafe { asm!("ldmxcsr [{}]", "fldcw [{}]", in(reg) &m, in(reg) &w, options(nostack)) };
         outb(0x21, 0xAB);
         outb(0xA1, 0xCD);
+        // The clock set the way an OS sets it (SET, binary format):
+        // it is battery-backed, so the restart must still show that year.
+        // 2001-06-01 12:00:00, every field in the new format.
+        outb(0x70, 0x0B);
+        outb(0x71, 0x86);
+        for (reg, v) in [(0, 0), (2, 0), (4, 12), (7, 1), (8, 6), (9, 1), (0x32, 20)] {
+            outb(0x70, reg);
+            outb(0x71, v);
+        }
         outb(0x70, 0x0B);
         outb(0x71, 0x06);
         outb(0x3FF, 0x5A);

@@ -1,7 +1,7 @@
 //! Two NIC models on switches, driven through the transport as a driver
 //! would, each over its own fake guest RAM.
 use super::*;
-use crate::state::tests::round_trip;
+use crate::state::tests::round_trip_values;
 use crate::switch::{PortId, Switch, SwitchConfig, BROADCAST};
 use crate::virtio::pci::{
     Budget, Fault, DEVICE_FEATURE, DEVICE_FEATURE_SELECT, DEVICE_OFF, DEVICE_STATUS,
@@ -723,7 +723,7 @@ fn state_save_restore_reset() {
             kicked: net.kicked.clone(),
         },
     );
-    round_trip(&mut a.nic.dev, fresh);
+    round_trip_values(&mut a.nic.dev, fresh);
     assert!(a.nic.dev.link_up(), "power-on: link up");
     // Another NIC's state is refused.
     let saved = b.nic.dev.save();
