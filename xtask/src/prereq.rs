@@ -148,6 +148,36 @@ fn apt_get(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The host tool `tool` (looked for in PATH, then in /usr/sbin and /sbin, where e2fsprogs puts
+/// its tools and which a user's PATH may lack), from the Debian package `package`: as root with
+/// apt, the package is installed when the tool is missing; otherwise the error says what to
+/// install.
+pub fn ensure_tool(tool: &str, package: &str) -> Result<PathBuf> {
+    let find = || {
+        in_path(tool).or_else(|| {
+            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+                .iter()
+                .map(|d| Path::new(d).join(tool))
+                .find(|p| p.is_file())
+        })
+    };
+    if let Some(found) = find() {
+        return Ok(found);
+    }
+    if Path::new("/usr/bin/apt-get").is_file() && is_root() {
+        eprintln!("xtask: `{tool}` missing; installing {package}");
+        let install = ["install", "-y", "--no-install-recommends", package];
+        if !apt_get(&install) {
+            let _ = apt_get(&["update"]);
+            let _ = apt_get(&install);
+        }
+        if let Some(found) = find() {
+            return Ok(found);
+        }
+    }
+    bail!("`{tool}` not found: install it with `sudo apt-get install -y {package}`")
+}
+
 /// True when the effective user is root (read from /proc, Linux only).
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
