@@ -1168,6 +1168,13 @@ mount_root() {
         umount "$2"
         return 1
     fi
+    # An amd64 userland on the 32-bit kernel would make the new init fail, and init's end
+    # panics the kernel: try its shell first.
+    if ! chroot "$2" /bin/sh -c : 2>/dev/null; then
+        echo "linux-guest: root: $root ($fstype): its /bin/sh does not run on this kernel; staying in the initramfs"
+        umount "$2"
+        return 1
+    fi
     echo "linux-guest: root: $root mounted ($fstype, $flags); switching to it"
     # The new init mounts these again where they can't be moved.
     for d in dev proc sys; do
@@ -1915,7 +1922,13 @@ linux-image-6.12-cloud-amd64 - Linux for x86-64 cloud (meta-package)
         let tmp = paths::target_dir().join("xtask-tests").join("mount-root");
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(tmp.join("good/sbin")).unwrap();
-        fs::create_dir_all(tmp.join("empty")).unwrap();
+        fs::create_dir_all(tmp.join("empty/foreign/sbin")).unwrap();
+        fs::write(tmp.join("empty/foreign/sbin/init"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(
+            tmp.join("empty/foreign/sbin/init"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         fs::write(tmp.join("good/sbin/init"), "#!/bin/sh\n").unwrap();
         use std::os::unix::fs::PermissionsExt as _;
         fs::set_permissions(
@@ -1934,6 +1947,7 @@ sleeps=0
 sleep() {{ sleeps=$((sleeps + 1)); }}
 mkdir() {{ :; }}
 umount() {{ echo "stub: umount $*"; }}
+chroot() {{ [ "$1" != {empty}/foreign ]; }}
 is_block() {{ case "$1" in /dev/vdgood | /dev/vdbadfs | /dev/vdnoinit) return 0 ;; esac; return 1; }}
 mount() {{
     case "$*" in
@@ -1946,6 +1960,7 @@ mount_root "console=ttyS0 root=/dev/vdmissing" {empty}; echo "case missing: rc=$
 mount_root "root=LABEL=x" {empty}; echo "case label: rc=$?"
 mount_root "root=/dev/vdbadfs" {good}; echo "case badfs: rc=$?"
 mount_root "root=/dev/vdnoinit" {empty}; echo "case noinit: rc=$?"
+mount_root "root=/dev/vdgood" {empty}/foreign; echo "case foreign: rc=$?"
 mount_root "quiet root=/dev/vdgood ro rootfstype=ext2 rootcheck=1" {good}; echo "case good: rc=$?"
 "#
         );
@@ -1965,6 +1980,11 @@ mount_root "quiet root=/dev/vdgood ro rootfstype=ext2 rootcheck=1" {good}; echo 
                 .to_string(),
             format!("stub: umount {empty}"),
             "case noinit: rc=1".to_string(),
+            "linux-guest: root: /dev/vdgood (ext4): its /bin/sh does not run on this kernel; \
+             staying in the initramfs"
+                .to_string(),
+            format!("stub: umount {empty}/foreign"),
+            "case foreign: rc=1".to_string(),
             "linux-guest: root: /dev/vdgood mounted (ext2, ro); switching to it".to_string(),
             format!("stub: mount -o move /dev {good}/dev"),
             format!("stub: mount -o move /proc {good}/proc"),

@@ -30,6 +30,27 @@ pub const TIMESTAMP: u32 = 1;
 /// Its label.
 pub const LABEL: &str = "ferrovisor-root";
 
+/// The mke2fs configuration the image is made with (not the host's /etc/mke2fs.conf, so that
+/// another host makes the same file system): Debian 12's ext4 features, 4 KiB blocks (also
+/// for the `small` usage type mke2fs picks below 512 MiB).
+pub const MKE2FS_CONF: &str = "\
+[defaults]
+	base_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
+	default_mntopts = acl,user_xattr
+	enable_periodic_fsck = 0
+	blocksize = 4096
+	inode_size = 256
+	inode_ratio = 16384
+
+[fs_types]
+	ext4 = {
+		features = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+	}
+	small = {
+		inode_ratio = 16384
+	}
+";
+
 /// `/sbin/init` of the root file system. Lines starting `linux-guest: ` are for the tests.
 pub const ROOT_INIT: &str = r#"#!/bin/sh
 # /sbin/init of the ferrovisor Linux test guest's root file system (written by xtask,
@@ -188,6 +209,8 @@ pub fn build_image(busybox: &Path, out: &Path, scratch: &Path) -> Result<()> {
     crate::run_command(&mut touch_cmd)?;
 
     let _ = fs::remove_file(out);
+    let conf = scratch.join("mke2fs.conf");
+    fs::write(&conf, MKE2FS_CONF)?;
     let mut mk = Command::new(&mke2fs);
     mk.args(["-q", "-F", "-t", "ext4", "-L", LABEL, "-U", UUID, "-E"])
         .arg(format!("root_owner=0:0,hash_seed={UUID}"))
@@ -199,7 +222,7 @@ pub fn build_image(busybox: &Path, out: &Path, scratch: &Path) -> Result<()> {
         // SOURCE_DATE_EPOCH).
         .env("E2FSPROGS_FAKE_TIME", TIMESTAMP.to_string())
         .env("SOURCE_DATE_EPOCH", TIMESTAMP.to_string())
-        .env("MKE2FS_CONFIG", "/dev/null")
+        .env("MKE2FS_CONFIG", &conf)
         .stdout(Stdio::null());
     crate::run_command(&mut mk)?;
 
@@ -285,6 +308,17 @@ mod tests {
         assert_eq!(bytes.len() as u64, SIZE_MIB << 20);
         // The ext4 superblock is at byte 1024; s_magic at its offset 56.
         assert_eq!(&bytes[1080..1082], &0xEF53u16.to_le_bytes());
+
+        let stats = debugfs(&a, "stats");
+        for feature in ["has_journal", "extent", "metadata_csum", "64bit", "flex_bg"] {
+            assert!(
+                stats.lines().any(|l| l.starts_with("Filesystem features:")
+                    && l.split_whitespace().any(|w| w == feature)),
+                "no {feature}:\n{stats}"
+            );
+        }
+        assert!(stats.contains(&format!("Filesystem UUID:          {UUID}")));
+        assert!(stats.contains("Block size:               4096"));
 
         let root = debugfs(&a, "ls -l /");
         for name in [
