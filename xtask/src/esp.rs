@@ -43,8 +43,9 @@ pub struct Esp {
 }
 
 /// Finds the file a manifest line names: next to the manifest first, then among the built test
-/// guests (`X.elf` is the guest binary `X`, `X.bin` its flat image), then, for `vmlinuz` and
-/// `initrd.gz`, among the Linux guest files `cargo xtask build` prepares in `target/linux/`.
+/// guests (`X.elf` is the guest binary `X`, `X.bin` its flat image), then, for the names in
+/// [`linux::ASSET_FILES`] (`vmlinuz`, `initrd.gz`, `rootfs.ext4`, ...), among the Linux guest
+/// files `cargo xtask build` prepares in `target/linux/`.
 pub fn resolve(file: &FileRef, manifest_dir: &Path, guest_dir: &Path) -> Result<PathBuf> {
     resolve_in(file, manifest_dir, guest_dir, &linux::dir())
 }
@@ -248,6 +249,9 @@ mod tests {
         );
         assert_eq!(find("vmlinuz").unwrap(), dir.join("linux/vmlinuz"));
         assert_eq!(find("initrd.gz").unwrap(), dir.join("linux/initrd.gz"));
+        // The root file system image, as a disk's `image`.
+        fs::write(dir.join("linux/rootfs.ext4"), b"ext4").unwrap();
+        assert_eq!(find("rootfs.ext4").unwrap(), dir.join("linux/rootfs.ext4"));
         assert!(find("other.bin").is_err());
         // Next to the manifest wins.
         fs::write(dir.join("m/vmlinuz"), b"mine").unwrap();

@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod ovf;
 pub mod paths;
 pub mod prereq;
+pub mod rootfs;
 pub mod serial;
 
 /// Runs `cmd`, failing with the command line in the message when it cannot start or exits

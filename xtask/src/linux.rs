@@ -12,6 +12,8 @@
 //! busybox-i386           the same for i386, from busybox-static:i386
 //! initrd.gz              the initramfs: newc cpio, gzip-compressed, written by this module
 //! initrd-i386.gz         the same with the i386 busybox, for the 32-bit kernel
+//! modules-<release>/     the kernel modules of each kernel, decompressed (a cache)
+//! rootfs.ext4            an ext4 root file system with the amd64 busybox (crate::rootfs)
 //! ```
 //!
 //! The kernels and busyboxes come from the OS packages through `apt-cache` and `apt-get
@@ -27,6 +29,25 @@
 //! `tests/tests/boot/bochs_linux.rs` checks them), then powers the guest off with `poweroff -f`
 //! (ACPI S5). With `interactive=1` on the kernel command line it starts a shell on the console
 //! instead of the workload and powers off when the shell exits.
+//!
+//! Each initramfs also holds its kernel's virtio modules ([`GUEST_MODULES`]: virtio,
+//! virtio_ring, virtio_pci_modern_dev, virtio_pci_legacy_dev, virtio_pci, virtio_blk, failover,
+//! net_failover, virtio_net; plus ext4 and crc32c where those are modules, as on the 686-pae
+//! kernel), taken from the very package the kernel came from (its `/boot/config-*` says which
+//! are modules; built-in ones need no file), with their `depends=` dependencies, decompressed,
+//! in `/lib/modules/<release>/`. `/init` loads them in dependency order with busybox `insmod`
+//! and prints `linux-guest: virtio modules: <names>` (or the one that failed, with insmod's
+//! error; or `none for <release>` on a kernel of another release, such as the generic kernel,
+//! which boots with the cloud kernel's initramfs). With `root=/dev/vdX` on the command line it
+//! then waits up to 10 s for that block device, mounts it (`rootfstype=`, default ext4) and
+//! `switch_root`s to its `/sbin/init`, printing `linux-guest: root: ...` either way; on any
+//! failure it carries on as without `root=`.
+//!
+//! [`ROOTFS_FILE`] (`rootfs.ext4`, built by [`crate::rootfs`] with Debian's e2fsprogs, byte
+//! for byte reproducible) is such a root: a 64 MiB ext4 file system holding the amd64 busybox
+//! and a `/sbin/init` that prints `linux-guest: root on <device> (<fstype>)`, writes and syncs
+//! a file, and with `rootcheck=1` says whether a file from an earlier boot is there. A manifest
+//! names it like the kernels (`image = "rootfs.ext4"` in a `[[guest.disk]]`).
 
 use std::fs;
 use std::io::Write as _;
@@ -47,6 +68,8 @@ pub const GENERIC_KERNEL_FILE: &str = "vmlinuz-amd64";
 pub const KERNEL32_FILE: &str = "vmlinuz-686-pae";
 /// File name of the initramfs with the i386 busybox.
 pub const INITRD32_FILE: &str = "initrd-i386.gz";
+/// File name of the ext4 root file system image (see [`crate::rootfs`]).
+pub const ROOTFS_FILE: &str = "rootfs.ext4";
 /// The names a manifest may use for the prepared Linux files (see [`crate::esp::resolve`]).
 pub const ASSET_FILES: &[&str] = &[
     KERNEL_FILE,
@@ -54,6 +77,7 @@ pub const ASSET_FILES: &[&str] = &[
     GENERIC_KERNEL_FILE,
     KERNEL32_FILE,
     INITRD32_FILE,
+    ROOTFS_FILE,
 ];
 
 /// One Debian kernel flavour this module fetches.
@@ -121,6 +145,12 @@ pub struct LinuxAssets {
     /// `6.1.0-56-cloud-amd64 from linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.deb`, or
     /// `placed by hand`.
     pub kernel_release: String,
+    /// The names of the kernel modules in the initramfs, in the order `/init` loads them
+    /// (empty for a kernel placed by hand).
+    pub modules: Vec<String>,
+    /// The ext4 root file system image ([`ROOTFS_FILE`]); `None` when it could not be built
+    /// (the reason was printed).
+    pub rootfs: Option<PathBuf>,
 }
 
 /// The other Debian kernels ([`prepare_more`]): releases described like
@@ -134,6 +164,8 @@ pub struct MoreLinuxAssets {
     pub kernel32: PathBuf,
     pub kernel32_release: String,
     pub initrd32: PathBuf,
+    /// The kernel modules in the i386 initramfs, in load order (those of the 32-bit kernel).
+    pub modules32: Vec<String>,
 }
 
 /// `target/linux/`.
@@ -155,13 +187,15 @@ pub fn prepare_more() -> Result<MoreLinuxAssets> {
     let (generic_kernel, generic_release) = kernel(&dir, &GENERIC)?;
     let (kernel32, kernel32_release) = kernel(&dir, &PAE32)?;
     let busybox32 = busybox(&dir, "i386")?;
-    let initrd32 = initramfs(&dir, &busybox32, INITRD32_FILE)?;
+    let modules32 = guest_modules(&dir, &kernel32_release)?;
+    let initrd32 = initramfs(&dir, &busybox32, modules32.as_ref(), INITRD32_FILE)?;
     Ok(MoreLinuxAssets {
         generic_kernel,
         generic_release,
         kernel32,
         kernel32_release,
         initrd32,
+        modules32: modules32.map(|m| m.names()).unwrap_or_default(),
     })
 }
 
@@ -171,11 +205,21 @@ pub fn prepare_in(dir: &Path) -> Result<LinuxAssets> {
         .with_context(|| format!("creating {}", dir.join("debs").display()))?;
     let (cloud, kernel_release) = kernel(dir, &CLOUD)?;
     let busybox64 = busybox(dir, "amd64")?;
-    let initrd = initramfs(dir, &busybox64, INITRD_FILE)?;
+    let modules = guest_modules(dir, &kernel_release)?;
+    let initrd = initramfs(dir, &busybox64, modules.as_ref(), INITRD_FILE)?;
+    let rootfs = match crate::rootfs::build(dir, &busybox64) {
+        Ok(path) => Some(path),
+        Err(e) => {
+            eprintln!("xtask: warning: linux: no root file system image: {e:#}");
+            None
+        }
+    };
     Ok(LinuxAssets {
         kernel: cloud,
         initrd,
         kernel_release,
+        modules: modules.map(|m| m.names()).unwrap_or_default(),
+        rootfs,
     })
 }
 
@@ -617,7 +661,548 @@ fn extract(deb: &Path, into: &Path, pattern: &str) -> Result<()> {
     Ok(())
 }
 
-/// The initramfs' `/init`. Lines starting `linux-guest: ` are checked by the integration test.
+/// The kernel modules `/init` loads, in this order: (module name, the Kconfig symbol that
+/// builds it). A symbol set to `m` in the package's `/boot/config-<release>` means a `.ko`
+/// file in the package; `y` means the code is built into the kernel and needs no file (Debian
+/// 12's cloud kernel builds ext4 and crc32c in, its 686-pae kernel has them as modules; all
+/// three kernels have the virtio ones as modules). Each module's own dependencies (`depends=`
+/// in its `.modinfo`, e.g. ext4's jbd2, mbcache and crc16) are loaded before it.
+pub const GUEST_MODULES: &[(&str, &str)] = &[
+    ("virtio", "CONFIG_VIRTIO"),
+    // drivers/virtio/Makefile builds virtio_ring with virtio, under the same symbol.
+    ("virtio_ring", "CONFIG_VIRTIO"),
+    ("virtio_pci_modern_dev", "CONFIG_VIRTIO_PCI_LIB"),
+    ("virtio_pci_legacy_dev", "CONFIG_VIRTIO_PCI_LIB_LEGACY"),
+    ("virtio_pci", "CONFIG_VIRTIO_PCI"),
+    ("virtio_blk", "CONFIG_VIRTIO_BLK"),
+    ("failover", "CONFIG_FAILOVER"),
+    ("net_failover", "CONFIG_NET_FAILOVER"),
+    ("virtio_net", "CONFIG_VIRTIO_NET"),
+    // The root file system. ext4 asks the crypto API for "crc32c" when it mounts a file system
+    // with metadata checksums (mke2fs' default): a soft dependency, not in `depends=`.
+    ("crc32c_generic", "CONFIG_CRYPTO_CRC32C"),
+    ("ext4", "CONFIG_EXT4_FS"),
+];
+
+/// Where in a kernel package [`GUEST_MODULES`] and their usual dependencies live (tar
+/// wildcards; `*` matches `/` too). A dependency found elsewhere is extracted on its own.
+const MODULE_PATTERNS: &[&str] = &[
+    "./boot/config-*",
+    "./lib/modules/*/kernel/drivers/virtio/*",
+    "./lib/modules/*/kernel/drivers/block/virtio_blk.ko*",
+    "./lib/modules/*/kernel/drivers/net/net_failover.ko*",
+    "./lib/modules/*/kernel/drivers/net/virtio_net.ko*",
+    "./lib/modules/*/kernel/net/core/failover.ko*",
+    "./lib/modules/*/kernel/fs/ext4/*",
+    "./lib/modules/*/kernel/fs/jbd2/*",
+    "./lib/modules/*/kernel/fs/mbcache.ko*",
+    "./lib/modules/*/kernel/lib/*",
+    "./lib/modules/*/kernel/crypto/*",
+];
+
+/// The kernel modules an initramfs carries for one kernel release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestModules {
+    /// The release they are built for (what `uname -r` prints).
+    pub release: String,
+    /// (name, uncompressed ELF bytes), in load order: every module after its dependencies.
+    pub modules: Vec<(String, Vec<u8>)>,
+    /// Those of [`GUEST_MODULES`] built into the kernel: `name (CONFIG_X=y)`.
+    pub builtin: Vec<String>,
+}
+
+impl GuestModules {
+    /// The module names in load order.
+    pub fn names(&self) -> Vec<String> {
+        self.modules.iter().map(|(n, _)| n.clone()).collect()
+    }
+}
+
+/// The value of `symbol` in a kernel `.config`: `Some("m")`, `Some("y")`, ..., or `None` when
+/// it is not set.
+pub fn config_value<'a>(config: &'a str, symbol: &str) -> Option<&'a str> {
+    config.lines().find_map(|l| {
+        l.strip_prefix(symbol)?
+            .strip_prefix('=')
+            .map(|v| v.trim().trim_matches('"'))
+    })
+}
+
+/// A field (`depends`, `name`, `vermagic`, ...) of a kernel module's `.modinfo` section
+/// (NUL-separated `key=value` strings), found through the ELF section headers (ELF32 or
+/// ELF64, little-endian).
+pub fn modinfo(elf: &[u8], key: &str) -> Option<String> {
+    let section = elf_section(elf, ".modinfo")?;
+    section.split(|b| *b == 0).find_map(|entry| {
+        let value = entry.strip_prefix(key.as_bytes())?.strip_prefix(b"=")?;
+        Some(String::from_utf8_lossy(value).into_owned())
+    })
+}
+
+/// The bytes of section `name` of a little-endian ELF file.
+fn elf_section<'a>(elf: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    if elf.get(..4)? != b"\x7fELF" || *elf.get(5)? != 1 {
+        return None;
+    }
+    let u16_at = |at: usize| Some(u16::from_le_bytes(elf.get(at..at + 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(elf.get(at..at + 4)?.try_into().ok()?));
+    let u64_at = |at: usize| Some(u64::from_le_bytes(elf.get(at..at + 8)?.try_into().ok()?));
+    let elf64 = match elf.get(4)? {
+        1 => false,
+        2 => true,
+        _ => return None,
+    };
+    // (e_shoff, e_shentsize, e_shnum, e_shstrndx) and, per section header, (sh_name,
+    // sh_offset, sh_size): ELF's generic layout for each class.
+    let (shoff, shentsize, shnum, shstrndx) = if elf64 {
+        (u64_at(0x28)?, u16_at(0x3a)?, u16_at(0x3c)?, u16_at(0x3e)?)
+    } else {
+        (
+            u64::from(u32_at(0x20)?),
+            u16_at(0x2e)?,
+            u16_at(0x30)?,
+            u16_at(0x32)?,
+        )
+    };
+    let header = |i: u16| -> Option<(u32, usize, usize)> {
+        let at = usize::try_from(shoff).ok()? + usize::from(i) * usize::from(shentsize);
+        let (offset, size) = if elf64 {
+            (u64_at(at + 0x18)?, u64_at(at + 0x20)?)
+        } else {
+            (u64::from(u32_at(at + 0x10)?), u64::from(u32_at(at + 0x14)?))
+        };
+        Some((
+            u32_at(at)?,
+            usize::try_from(offset).ok()?,
+            usize::try_from(size).ok()?,
+        ))
+    };
+    let (_, strtab_at, strtab_size) = header(shstrndx)?;
+    let strtab = elf.get(strtab_at..strtab_at.checked_add(strtab_size)?)?;
+    (0..shnum).find_map(|i| {
+        let (name_at, offset, size) = header(i)?;
+        let rest = strtab.get(name_at as usize..)?;
+        let end = rest.iter().position(|b| *b == 0)?;
+        (&rest[..end] == name.as_bytes())
+            .then(|| elf.get(offset..offset.checked_add(size)?))
+            .flatten()
+    })
+}
+
+/// `wanted` and everything they depend on, in load order: each module after its
+/// dependencies, otherwise in the order of `wanted`. `depends` gives a module's direct
+/// dependencies. A dependency cycle is an error (the kernel could not load such modules).
+pub fn load_order(
+    wanted: &[&str],
+    depends: &mut dyn FnMut(&str) -> Result<Vec<String>>,
+) -> Result<Vec<String>> {
+    fn visit(
+        name: &str,
+        depends: &mut dyn FnMut(&str) -> Result<Vec<String>>,
+        path: &mut Vec<String>,
+        order: &mut Vec<String>,
+    ) -> Result<()> {
+        if order.iter().any(|n| n == name) {
+            return Ok(());
+        }
+        if path.iter().any(|n| n == name) {
+            bail!(
+                "kernel modules depend on each other in a cycle: {} -> {name}",
+                path.join(" -> ")
+            );
+        }
+        path.push(name.to_string());
+        for dep in depends(name)? {
+            visit(&dep, depends, path, order)?;
+        }
+        path.pop();
+        order.push(name.to_string());
+        Ok(())
+    }
+    let mut order = Vec::new();
+    for name in wanted {
+        visit(name, depends, &mut Vec::new(), &mut order)?;
+    }
+    Ok(order)
+}
+
+/// A module file's bytes, decompressed: busybox `insmod` hands the file to `init_module` as
+/// it is, and a kernel without in-kernel decompression can't load a `.ko.xz`/`.ko.zst`.
+fn module_bytes(path: &Path) -> Result<Vec<u8>> {
+    let name = path.to_string_lossy();
+    let bytes = if name.ends_with(".ko.xz") || name.ends_with(".ko.zst") {
+        let tool = if name.ends_with(".xz") { "xz" } else { "zstd" };
+        need_tool(tool)?;
+        let out = Command::new(tool)
+            .arg("-dc")
+            .arg(path)
+            .output()
+            .with_context(|| format!("running `{tool} -dc {}`", path.display()))?;
+        if !out.status.success() {
+            bail!("`{tool} -dc {}` failed ({})", path.display(), out.status);
+        }
+        out.stdout
+    } else if name.ends_with(".ko.gz") {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(fs::File::open(path)?),
+            &mut v,
+        )
+        .with_context(|| format!("decompressing {}", path.display()))?;
+        v
+    } else {
+        fs::read(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    if !bytes.starts_with(b"\x7fELF") {
+        bail!("{} is not an ELF kernel module", path.display());
+    }
+    Ok(bytes)
+}
+
+/// Every `*.ko[.xz|.zst|.gz]` under `dir`, by module name (`-` in a file name is `_` in the
+/// module's name, as the kernel's build names them).
+fn module_files(dir: &Path) -> std::collections::BTreeMap<String, PathBuf> {
+    let mut found = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(name) = p.file_name().and_then(|n| n.to_str()) {
+                if let Some((stem, _)) = name.split_once(".ko") {
+                    found.insert(stem.replace('-', "_"), p.clone());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Name of the list in a module cache directory: the key line, then `load <name>` and
+/// `builtin <name> (<symbol>=y)` lines.
+const MODULE_LIST: &str = "modules.list";
+
+/// The modules of [`GUEST_MODULES`] for the kernel described by `release` (`<release> from
+/// <package>.deb`, as in [`LinuxAssets::kernel_release`]), from that very package: cached in
+/// `dir/modules-<release>/` (decompressed). `None`, with a note, for a kernel placed by hand
+/// (no package to take matching modules from).
+fn guest_modules(dir: &Path, release: &str) -> Result<Option<GuestModules>> {
+    let Some((version, deb_name)) = release
+        .split_once(" from ")
+        .map(|(v, d)| (v.trim(), d.trim()))
+        .filter(|(_, d)| d.ends_with(".deb"))
+    else {
+        eprintln!(
+            "xtask: linux: kernel `{release}` has no package to take its modules from: the \
+             initramfs gets no virtio modules"
+        );
+        return Ok(None);
+    };
+    let cache = dir.join(format!("modules-{version}"));
+    let list = cache.join(MODULE_LIST);
+    let wanted: Vec<&str> = GUEST_MODULES.iter().map(|(n, _)| *n).collect();
+    let key = format!("{deb_name}: {}", wanted.join(" "));
+    if let Ok(text) = fs::read_to_string(&list) {
+        let mut lines = text.lines();
+        if lines.next() == Some(key.as_str()) {
+            let mut modules = Vec::new();
+            let mut builtin = Vec::new();
+            for line in lines {
+                if let Some(name) = line.strip_prefix("load ") {
+                    let bytes = fs::read(cache.join(format!("{name}.ko")))?;
+                    modules.push((name.to_string(), bytes));
+                } else if let Some(what) = line.strip_prefix("builtin ") {
+                    builtin.push(what.to_string());
+                }
+            }
+            return Ok(Some(GuestModules {
+                release: version.to_string(),
+                modules,
+                builtin,
+            }));
+        }
+    }
+
+    let deb = dir.join("debs").join(deb_name);
+    if !deb.is_file() {
+        bail!(
+            "the kernel's package {} is gone, and the initramfs needs the modules from it: \
+             delete {} to fetch the kernel again",
+            deb.display(),
+            paths::display(&dir.join(KERNEL_FILE))
+        );
+    }
+    eprintln!(
+        "xtask: linux: extracting the virtio modules from {}",
+        paths::display(&deb)
+    );
+    let scratch = dir.join(format!("extract-modules-{version}"));
+    let _ = fs::remove_dir_all(&scratch);
+    fs::create_dir_all(&scratch)?;
+    extract_any(&deb, &scratch, MODULE_PATTERNS)?;
+    let config_path = scratch.join(format!("boot/config-{version}"));
+    let config = fs::read_to_string(&config_path).with_context(|| {
+        format!(
+            "reading {} (the kernel's configuration, from {})",
+            config_path.display(),
+            deb.display()
+        )
+    })?;
+    let mut builtin = Vec::new();
+    let mut top = Vec::new();
+    for (name, symbol) in GUEST_MODULES {
+        match config_value(&config, symbol) {
+            Some("m") => top.push(*name),
+            Some("y") => builtin.push(format!("{name} ({symbol}=y)")),
+            _ => bail!(
+                "{symbol} is not set in {}: kernel {version} has no {name}, which the guests need",
+                deb.display()
+            ),
+        }
+    }
+    let mut files = module_files(&scratch);
+    let mut loaded = std::collections::BTreeMap::new();
+    let order = load_order(&top, &mut |name: &str| {
+        if !files.contains_key(name) {
+            // Not where the usual ones live: look for it anywhere in the package.
+            let dashed = name.replace('_', "-");
+            extract_any(
+                &deb,
+                &scratch,
+                &[
+                    &format!("./lib/modules/*/{name}.ko*"),
+                    &format!("./lib/modules/*/{dashed}.ko*"),
+                ],
+            )?;
+            files = module_files(&scratch);
+        }
+        let path = files.get(name).ok_or_else(|| {
+            anyhow!(
+                "kernel module {name} (needed by the guests) is not in {}",
+                deb.display()
+            )
+        })?;
+        let bytes = module_bytes(path)?;
+        let vermagic = modinfo(&bytes, "vermagic").unwrap_or_default();
+        if vermagic.split_whitespace().next() != Some(version) {
+            bail!(
+                "{} is built for `{vermagic}`, not kernel {version}",
+                path.display()
+            );
+        }
+        let deps: Vec<String> = modinfo(&bytes, "depends")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(|d| d.replace('-', "_"))
+            .collect();
+        loaded.insert(name.to_string(), bytes);
+        Ok(deps)
+    })?;
+    let modules: Vec<(String, Vec<u8>)> = order
+        .into_iter()
+        .map(|n| {
+            let bytes = loaded.remove(&n).unwrap_or_default();
+            (n, bytes)
+        })
+        .collect();
+
+    let _ = fs::remove_dir_all(&cache);
+    fs::create_dir_all(&cache)?;
+    let mut text = format!("{key}\n");
+    for (name, bytes) in &modules {
+        fs::write(cache.join(format!("{name}.ko")), bytes)?;
+        text += &format!("load {name}\n");
+    }
+    for what in &builtin {
+        text += &format!("builtin {what}\n");
+    }
+    fs::write(&list, text)?;
+    let _ = fs::remove_dir_all(&scratch);
+    let found = GuestModules {
+        release: version.to_string(),
+        modules,
+        builtin,
+    };
+    eprintln!(
+        "xtask: linux: modules for {version}: {}{}",
+        found.names().join(" "),
+        if found.builtin.is_empty() {
+            String::new()
+        } else {
+            format!("; built in: {}", found.builtin.join(", "))
+        }
+    );
+    Ok(Some(found))
+}
+
+/// `dpkg-deb --fsys-tarfile deb | tar -x --wildcards <patterns>` into `into`. tar's status is
+/// not checked: a pattern that matches nothing (a module built in) makes it fail after
+/// extracting the rest; the caller checks for what it needs.
+fn extract_any(deb: &Path, into: &Path, patterns: &[&str]) -> Result<()> {
+    need_tool("dpkg-deb")?;
+    need_tool("tar")?;
+    let mut dpkg = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting dpkg-deb")?;
+    let input = dpkg.stdout.take().expect("piped stdout");
+    let _ = Command::new("tar")
+        .args(["-x", "--no-same-owner", "--wildcards", "-C"])
+        .arg(into)
+        .args(patterns)
+        .stdin(input)
+        .stderr(Stdio::null())
+        .status()
+        .context("starting tar")?;
+    let status = dpkg.wait()?;
+    if !status.success() {
+        bail!(
+            "dpkg-deb --fsys-tarfile {} failed ({status})",
+            deb.display()
+        );
+    }
+    Ok(())
+}
+
+/// The part of `/init` that loads `modules` (from `/lib/modules/<release>/<name>.ko`, one
+/// `load` line each, in load order) and prints `linux-guest: virtio modules: <names>`, or the
+/// module that failed with insmod's error. A kernel of another release (the generic kernel
+/// boots with the cloud kernel's initramfs) gets none: they would not load into it.
+pub fn modules_section(modules: Option<&GuestModules>) -> String {
+    let Some(m) = modules else {
+        return "# No kernel modules: the kernel was not taken from a Debian package.\n\
+                echo \"linux-guest: virtio modules: none in this initramfs\"\n"
+            .to_string();
+    };
+    let mut s = format!(
+        "# Kernel modules of {release}, from its Debian package, dependencies first (written by\n\
+         # xtask, src/linux.rs).",
+        release = m.release
+    );
+    if !m.builtin.is_empty() {
+        s += &format!(" Built in, so not here: {}.", m.builtin.join(", "));
+    }
+    s += &format!(
+        r#"
+modules_release='{release}'
+loaded=
+failed=
+load() {{
+    [ -z "$failed" ] || return 1
+    if out=$(insmod "/lib/modules/$modules_release/$1.ko" 2>&1); then
+        loaded="$loaded $1"
+    else
+        failed="$1: $(echo $out)"
+    fi
+}}
+if [ "$(uname -r)" != "$modules_release" ]; then
+    echo "linux-guest: virtio modules: none for $(uname -r) (this initramfs has those of $modules_release)"
+else
+"#,
+        release = m.release
+    );
+    for name in m.names() {
+        s += &format!("    load {name}\n");
+    }
+    s += r#"    if [ -n "$failed" ]; then
+        echo "linux-guest: virtio modules: insmod $failed (loaded before it:${loaded:- none})"
+    else
+        echo "linux-guest: virtio modules:$loaded"
+    fi
+fi
+"#;
+    s
+}
+
+/// The part of `/init` that, with `root=/dev/...` on the kernel command line, waits (at most
+/// 10 s) for that block device, mounts it (`rootfstype=`, default ext4; `ro` or `rw`, default
+/// rw) on `$2` and gets it ready for `switch_root`: `mount_root CMDLINE DIR` returns 0 only
+/// then. Every other outcome prints a `linux-guest: root: ...` line and returns 1 (no `root=`:
+/// silently), and the initramfs carries on as without `root=`.
+pub const MOUNT_ROOT: &str = r#"is_block() { [ -b "$1" ]; }
+mount_root() {
+    root=
+    fstype=ext4
+    flags=rw
+    set -f
+    for arg in $1; do
+        case "$arg" in
+        root=*) root=${arg#root=} ;;
+        rootfstype=*) fstype=${arg#rootfstype=} ;;
+        ro | rw) flags=$arg ;;
+        esac
+    done
+    set +f
+    [ -n "$root" ] || return 1
+    case "$root" in
+    /dev/?*) ;;
+    *)
+        echo "linux-guest: root: $root is not a /dev/ path; staying in the initramfs"
+        return 1
+        ;;
+    esac
+    tries=0
+    while ! is_block "$root"; do
+        if [ "$tries" -ge 100 ]; then
+            echo "linux-guest: root: no block device $root after 10 s; staying in the initramfs"
+            return 1
+        fi
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+    mkdir -p "$2"
+    if ! out=$(mount -t "$fstype" -o "$flags" "$root" "$2" 2>&1); then
+        echo "linux-guest: root: mounting $root ($fstype) failed:" $out"; staying in the initramfs"
+        return 1
+    fi
+    if [ ! -x "$2/sbin/init" ]; then
+        echo "linux-guest: root: $root ($fstype) has no /sbin/init; staying in the initramfs"
+        umount "$2"
+        return 1
+    fi
+    # An amd64 userland on the 32-bit kernel would make the new init fail, and init's end
+    # panics the kernel: try its shell first.
+    if ! chroot "$2" /bin/sh -c : 2>/dev/null; then
+        echo "linux-guest: root: $root ($fstype): its /bin/sh does not run on this kernel; staying in the initramfs"
+        umount "$2"
+        return 1
+    fi
+    echo "linux-guest: root: $root mounted ($fstype, $flags); switching to it"
+    # The new init mounts these again where they can't be moved.
+    for d in dev proc sys; do
+        mount -o move "/$d" "$2/$d" 2>/dev/null || umount "/$d" 2>/dev/null
+    done
+    return 0
+}
+"#;
+
+/// What replaces `# @ROOT@` in [`INIT_SCRIPT`]: [`MOUNT_ROOT`] and its call. `switch_root`
+/// must be PID 1 (so `exec`); should it fail, init ends and the kernel panics (`panic=-1`
+/// reboots) rather than hang.
+const ROOT_SECTION: &str = r#"if mount_root "$(cat /proc/cmdline)" /newroot; then
+    exec switch_root /newroot /sbin/init
+fi
+"#;
+
+/// The initramfs' `/init`: [`INIT_SCRIPT`] with the module loading of `modules` and the
+/// root-mount branch in place.
+pub fn init_script(modules: Option<&GuestModules>) -> String {
+    INIT_SCRIPT
+        .replace("# @MODULES@\n", &modules_section(modules))
+        .replace("# @ROOT@\n", &format!("{MOUNT_ROOT}{ROOT_SECTION}"))
+}
+
+/// The initramfs' `/init` ([`init_script`] puts the module loading in place of `# @MODULES@`
+/// and [`MOUNT_ROOT`] in place of `# @ROOT@`). Lines starting `linux-guest: ` are checked by
+/// the integration test.
 pub const INIT_SCRIPT: &str = r#"#!/bin/sh
 # /init of the ferrovisor Linux test guest (written by xtask, src/linux.rs).
 export PATH=/bin
@@ -641,6 +1226,8 @@ echo "linux-guest: avx2 $avx2"
 dmesg | grep 'x86/fpu: Enabled xstate' | sed 's/^\[[^]]*\] /linux-guest: /'
 echo "linux-guest: kernel warnings $(dmesg | grep -c -e 'WARNING: CPU' -e 'XSAVE consistency problem')"
 
+# @MODULES@
+
 off() {
     # The TSC as a clocksource: how the kernel got its rate, and whether the clocksource
     # watchdog (or anything else) gave up on it, as it does when timer interrupts come late.
@@ -653,6 +1240,8 @@ off() {
     echo "linux-guest: poweroff -f failed"
     exit 1
 }
+
+# @ROOT@
 
 case " $(cat /proc/cmdline) " in
 *" interactive=1 "*)
@@ -715,16 +1304,60 @@ pub const WORKLOAD_MD5: &str = "ea4d0a24dabcaa11f9aa979b872d162b";
 /// busybox applets linked in `/bin` of the initramfs: what `/init` needs before
 /// `busybox --install`, and a few more for the interactive shell.
 const APPLETS: &[&str] = &[
-    "sh", "ash", "mount", "umount", "mkdir", "cat", "echo", "grep", "awk", "sed", "cut", "sort",
-    "seq", "md5sum", "uname", "nproc", "wc", "poweroff", "reboot", "sync", "setsid", "cttyhack",
-    "hostname", "sleep", "ls", "ps", "dmesg", "free", "head", "tail", "rm", "cp", "mv", "ln",
+    "sh",
+    "ash",
+    "mount",
+    "umount",
+    "mkdir",
+    "cat",
+    "echo",
+    "grep",
+    "awk",
+    "sed",
+    "cut",
+    "sort",
+    "seq",
+    "md5sum",
+    "uname",
+    "nproc",
+    "wc",
+    "poweroff",
+    "reboot",
+    "sync",
+    "setsid",
+    "cttyhack",
+    "hostname",
+    "sleep",
+    "ls",
+    "ps",
+    "dmesg",
+    "free",
+    "head",
+    "tail",
+    "rm",
+    "cp",
+    "mv",
+    "ln",
+    "insmod",
+    "switch_root",
 ];
 
-/// Builds the initramfs from `busybox` and [`INIT_SCRIPT`]; writes `dir/file` when it changed.
-fn initramfs(dir: &Path, busybox: &Path, file: &str) -> Result<PathBuf> {
+/// The applets the initramfs links in `/bin`.
+pub fn initramfs_applets() -> Vec<String> {
+    APPLETS.iter().map(|a| a.to_string()).collect()
+}
+
+/// Builds the initramfs from `busybox`, `modules` and [`init_script`]; writes `dir/file` when
+/// it changed.
+fn initramfs(
+    dir: &Path,
+    busybox: &Path,
+    modules: Option<&GuestModules>,
+    file: &str,
+) -> Result<PathBuf> {
     let busybox_bytes =
         fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
-    let cpio = initramfs_cpio(&busybox_bytes);
+    let cpio = initramfs_cpio(&busybox_bytes, modules);
     let mut gz = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::best());
     gz.write_all(&cpio)?;
     let gz = gz.finish()?;
@@ -743,11 +1376,24 @@ fn initramfs(dir: &Path, busybox: &Path, file: &str) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// The initramfs as a newc cpio archive.
-pub fn initramfs_cpio(busybox: &[u8]) -> Vec<u8> {
+/// The initramfs as a newc cpio archive: busybox, `modules` in
+/// `lib/modules/<release>/<name>.ko` (in load order) and `/init` ([`init_script`]).
+pub fn initramfs_cpio(busybox: &[u8], modules: Option<&GuestModules>) -> Vec<u8> {
     let mut cpio = Cpio::default();
-    for d in ["bin", "dev", "proc", "sys", "tmp", "root", "etc"] {
+    for d in ["bin", "dev", "proc", "sys", "tmp", "root", "etc", "newroot"] {
         cpio.dir(d, 0o755);
+    }
+    if let Some(m) = modules {
+        cpio.dir("lib", 0o755);
+        cpio.dir("lib/modules", 0o755);
+        cpio.dir(&format!("lib/modules/{}", m.release), 0o755);
+        for (name, bytes) in &m.modules {
+            cpio.file(
+                &format!("lib/modules/{}/{name}.ko", m.release),
+                0o644,
+                bytes,
+            );
+        }
     }
     cpio.file("bin/busybox", 0o755, busybox);
     for applet in APPLETS {
@@ -756,7 +1402,7 @@ pub fn initramfs_cpio(busybox: &[u8]) -> Vec<u8> {
     // The kernel opens /dev/console for init before /init can mount devtmpfs.
     cpio.char_dev("dev/console", 0o600, 5, 1);
     cpio.char_dev("dev/null", 0o666, 1, 3);
-    cpio.file("init", 0o755, INIT_SCRIPT.as_bytes());
+    cpio.file("init", 0o755, init_script(modules).as_bytes());
     cpio.finish()
 }
 
@@ -975,7 +1621,7 @@ linux-image-6.12-cloud-amd64 - Linux for x86-64 cloud (meta-package)
 
     #[test]
     fn initramfs_has_init_busybox_links_and_console() {
-        let cpio = initramfs_cpio(b"\x7fELF fake busybox");
+        let cpio = initramfs_cpio(b"\x7fELF fake busybox", None);
         assert_eq!(cpio.len() % 4, 0);
         let members = parse(&cpio);
         let find = |name: &str| {
@@ -986,7 +1632,7 @@ linux-image-6.12-cloud-amd64 - Linux for x86-64 cloud (meta-package)
         };
         let init = find("init");
         assert_eq!(init.1, S_IFREG | 0o755);
-        assert_eq!(init.3, INIT_SCRIPT.as_bytes());
+        assert_eq!(init.3, init_script(None).as_bytes());
         assert_eq!(find("bin/busybox").3, b"\x7fELF fake busybox");
         let sh = find("bin/sh");
         assert_eq!(
@@ -997,7 +1643,7 @@ linux-image-6.12-cloud-amd64 - Linux for x86-64 cloud (meta-package)
         assert_eq!((console.1, console.2), (S_IFCHR | 0o600, (5, 1)));
         assert_eq!(find("proc").1, S_IFDIR | 0o755);
         // Reproducible.
-        assert_eq!(cpio, initramfs_cpio(b"\x7fELF fake busybox"));
+        assert_eq!(cpio, initramfs_cpio(b"\x7fELF fake busybox", None));
     }
 
     #[test]
@@ -1024,5 +1670,329 @@ linux-image-6.12-cloud-amd64 - Linux for x86-64 cloud (meta-package)
         ] {
             assert!(APPLETS.contains(&applet), "{applet}");
         }
+    }
+
+    /// A minimal little-endian ELF relocatable with sections `.shstrtab`, `.rodata` (holding a
+    /// decoy `depends=` string) and `.modinfo`.
+    fn fake_module(elf64: bool, modinfo_bytes: &[u8]) -> Vec<u8> {
+        let strtab = b"\0.shstrtab\0.rodata\0.modinfo\0";
+        let rodata = b"\0depends=decoy\0";
+        let ehsize = if elf64 { 64 } else { 52 };
+        let shentsize = if elf64 { 64 } else { 40 };
+        let mut elf = vec![0u8; ehsize];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = if elf64 { 2 } else { 1 };
+        elf[5] = 1;
+        elf[6] = 1;
+        let mut sections = vec![(0u32, 0usize, 0usize)];
+        for (name_at, data) in [
+            (1u32, strtab.as_slice()),
+            (11, rodata.as_slice()),
+            (19, modinfo_bytes),
+        ] {
+            sections.push((name_at, elf.len(), data.len()));
+            elf.extend_from_slice(data);
+        }
+        while elf.len() % 8 != 0 {
+            elf.push(0);
+        }
+        let shoff = elf.len();
+        for (name_at, offset, size) in sections {
+            let mut sh = vec![0u8; shentsize];
+            sh[..4].copy_from_slice(&name_at.to_le_bytes());
+            if elf64 {
+                sh[0x18..0x20].copy_from_slice(&(offset as u64).to_le_bytes());
+                sh[0x20..0x28].copy_from_slice(&(size as u64).to_le_bytes());
+            } else {
+                sh[0x10..0x14].copy_from_slice(&(offset as u32).to_le_bytes());
+                sh[0x14..0x18].copy_from_slice(&(size as u32).to_le_bytes());
+            }
+            elf.extend_from_slice(&sh);
+        }
+        let put16 = |elf: &mut Vec<u8>, at: usize, v: u16| {
+            elf[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        };
+        if elf64 {
+            elf[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+            put16(&mut elf, 0x3a, shentsize as u16);
+            put16(&mut elf, 0x3c, 4);
+            put16(&mut elf, 0x3e, 1);
+        } else {
+            elf[0x20..0x24].copy_from_slice(&(shoff as u32).to_le_bytes());
+            put16(&mut elf, 0x2e, shentsize as u16);
+            put16(&mut elf, 0x30, 4);
+            put16(&mut elf, 0x32, 1);
+        }
+        elf
+    }
+
+    #[test]
+    fn modinfo_is_read_from_the_modinfo_section_of_elf64_and_elf32() {
+        let info = b"license=GPL\0depends=virtio,virtio_ring\0name=virtio_blk\0\
+                     vermagic=6.1.0-48-cloud-amd64 SMP preempt mod_unload modversions \0";
+        for elf64 in [true, false] {
+            let ko = fake_module(elf64, info);
+            assert_eq!(
+                modinfo(&ko, "depends").as_deref(),
+                Some("virtio,virtio_ring"),
+                "elf64 {elf64}"
+            );
+            assert_eq!(modinfo(&ko, "name").as_deref(), Some("virtio_blk"));
+            assert!(modinfo(&ko, "vermagic")
+                .unwrap()
+                .starts_with("6.1.0-48-cloud-amd64 "));
+            assert_eq!(modinfo(&ko, "alias"), None);
+        }
+        // A module without dependencies has an empty `depends=`.
+        assert_eq!(
+            modinfo(&fake_module(true, b"depends=\0name=virtio\0"), "depends").as_deref(),
+            Some("")
+        );
+        // The decoy outside .modinfo is never read; broken files give nothing.
+        assert_eq!(modinfo(&fake_module(true, b"name=x\0"), "depends"), None);
+        assert_eq!(modinfo(b"\x7fELF", "depends"), None);
+        let mut truncated = fake_module(true, info);
+        truncated.truncate(100);
+        assert_eq!(modinfo(&truncated, "depends"), None);
+    }
+
+    #[test]
+    fn config_values_tell_modules_from_built_in_code() {
+        let config = "CONFIG_VIRTIO=m\nCONFIG_VIRTIO_PCI_LIB=m\nCONFIG_VIRTIO_BLK=y\n\
+                      # CONFIG_VIRTIO_MMIO is not set\nCONFIG_LOCALVERSION=\"\"\n";
+        assert_eq!(config_value(config, "CONFIG_VIRTIO"), Some("m"));
+        assert_eq!(config_value(config, "CONFIG_VIRTIO_BLK"), Some("y"));
+        // A symbol is not mistaken for a longer one it begins.
+        assert_eq!(config_value(config, "CONFIG_VIRTIO_PCI"), None);
+        assert_eq!(config_value(config, "CONFIG_VIRTIO_MMIO"), None);
+        assert_eq!(config_value(config, "CONFIG_LOCALVERSION"), Some(""));
+    }
+
+    #[test]
+    fn load_order_puts_dependencies_first() {
+        // The dependencies of Debian 12's modules (their `depends=`).
+        let deps = |name: &str| -> Vec<String> {
+            let d: &[&str] = match name {
+                "virtio_pci" => &[
+                    "virtio_pci_modern_dev",
+                    "virtio_ring",
+                    "virtio",
+                    "virtio_pci_legacy_dev",
+                ],
+                "virtio_blk" => &["virtio", "virtio_ring"],
+                "net_failover" => &["failover"],
+                "virtio_net" => &["net_failover", "virtio", "virtio_ring"],
+                "ext4" => &["jbd2", "mbcache", "crc16"],
+                _ => &[],
+            };
+            d.iter().map(|s| s.to_string()).collect()
+        };
+        let wanted: Vec<&str> = GUEST_MODULES.iter().map(|(n, _)| *n).collect();
+        let order = load_order(&wanted, &mut |n| Ok(deps(n))).unwrap();
+        assert_eq!(
+            order,
+            [
+                "virtio",
+                "virtio_ring",
+                "virtio_pci_modern_dev",
+                "virtio_pci_legacy_dev",
+                "virtio_pci",
+                "virtio_blk",
+                "failover",
+                "net_failover",
+                "virtio_net",
+                "crc32c_generic",
+                "jbd2",
+                "mbcache",
+                "crc16",
+                "ext4"
+            ]
+        );
+        // Asked for in the wrong order, dependencies still come first, each once.
+        let order = load_order(&["virtio_net", "virtio"], &mut |n| Ok(deps(n))).unwrap();
+        assert_eq!(
+            order,
+            [
+                "failover",
+                "net_failover",
+                "virtio",
+                "virtio_ring",
+                "virtio_net"
+            ]
+        );
+        for (i, m) in order.iter().enumerate() {
+            for d in deps(m) {
+                let at = order.iter().position(|n| *n == d).unwrap();
+                assert!(at < i, "{d} after {m}");
+            }
+        }
+        let cycle = load_order(&["a"], &mut |n| {
+            Ok(vec![if n == "a" { "b" } else { "a" }.to_string()])
+        });
+        assert!(format!("{:#}", cycle.unwrap_err()).contains("a -> b -> a"));
+        let missing = load_order(&["a"], &mut |_| bail!("module a is not in the package"));
+        assert!(missing.is_err());
+    }
+
+    fn modules_of(release: &str, names: &[&str]) -> GuestModules {
+        GuestModules {
+            release: release.to_string(),
+            modules: names
+                .iter()
+                .map(|n| (n.to_string(), format!("\x7fELF {n}").into_bytes()))
+                .collect(),
+            builtin: vec!["ext4 (CONFIG_EXT4_FS=y)".to_string()],
+        }
+    }
+
+    #[test]
+    fn initramfs_holds_the_modules_in_load_order_and_init_loads_them_so() {
+        let names = [
+            "virtio",
+            "virtio_ring",
+            "virtio_pci_modern_dev",
+            "virtio_pci_legacy_dev",
+            "virtio_pci",
+            "virtio_blk",
+            "failover",
+            "net_failover",
+            "virtio_net",
+        ];
+        let m = modules_of("6.1.0-48-cloud-amd64", &names);
+        let members = parse(&initramfs_cpio(b"\x7fELF bb", Some(&m)));
+        let dir = "lib/modules/6.1.0-48-cloud-amd64/";
+        let in_cpio: Vec<&str> = members
+            .iter()
+            .filter_map(|m| m.0.strip_prefix(dir)?.strip_suffix(".ko"))
+            .collect();
+        assert_eq!(in_cpio, names);
+        for member in members.iter().filter(|m| m.0.starts_with(dir)) {
+            assert_eq!(member.1, S_IFREG | 0o644);
+            let name = &member.0[dir.len()..member.0.len() - 3];
+            assert_eq!(member.3, format!("\x7fELF {name}").as_bytes());
+        }
+        // Each directory comes before what is in it.
+        let pos = |n: &str| members.iter().position(|m| m.0 == n).unwrap();
+        assert!(pos("lib") < pos("lib/modules"));
+        assert!(pos("lib/modules") < pos("lib/modules/6.1.0-48-cloud-amd64"));
+        assert!(pos("lib/modules/6.1.0-48-cloud-amd64") < pos(&format!("{dir}virtio.ko")));
+
+        let init =
+            String::from_utf8(members.iter().find(|m| m.0 == "init").unwrap().3.clone()).unwrap();
+        let loads: Vec<&str> = init
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("load "))
+            .collect();
+        assert_eq!(loads, names);
+        assert!(init.contains("modules_release='6.1.0-48-cloud-amd64'"));
+        assert!(init.contains("insmod \"/lib/modules/$modules_release/$1.ko\""));
+        assert!(init.contains("echo \"linux-guest: virtio modules:$loaded\""));
+        assert!(init.contains("Built in, so not here: ext4 (CONFIG_EXT4_FS=y)."));
+        // The markers are gone; the modules come before the root branch, which comes before
+        // the workload.
+        assert!(!init.contains("@MODULES@") && !init.contains("@ROOT@"));
+        let at = |s: &str| init.find(s).unwrap_or_else(|| panic!("no {s}"));
+        assert!(at("load virtio_net") < at("if mount_root \"$(cat /proc/cmdline)\" /newroot"));
+        assert!(at("exec switch_root /newroot /sbin/init") < at("*\" interactive=1 \"*)"));
+        assert!(members.iter().any(|m| m.0 == "newroot"));
+
+        // Without modules, /init says so.
+        let bare = init_script(None);
+        assert!(bare.contains("linux-guest: virtio modules: none in this initramfs"));
+        assert!(!bare.contains("insmod"));
+    }
+
+    /// Runs the shell `script` with busybox sh (what the guest runs) when `cargo xtask build`
+    /// has put it in target/linux/, else the host's `sh`.
+    fn run_sh(script: &str) -> String {
+        let busybox = dir().join("busybox");
+        let mut cmd = if busybox.is_file() {
+            let mut c = Command::new(&busybox);
+            c.arg("sh");
+            c
+        } else {
+            Command::new("sh")
+        };
+        let out = cmd.arg("-c").arg(script).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
+    #[test]
+    fn init_root_branch_waits_mounts_and_reports_every_outcome() {
+        let tmp = paths::target_dir().join("xtask-tests").join("mount-root");
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(tmp.join("good/sbin")).unwrap();
+        fs::create_dir_all(tmp.join("empty/foreign/sbin")).unwrap();
+        fs::write(tmp.join("empty/foreign/sbin/init"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(
+            tmp.join("empty/foreign/sbin/init"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        fs::write(tmp.join("good/sbin/init"), "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(
+            tmp.join("good/sbin/init"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let (good, empty) = (tmp.join("good"), tmp.join("empty"));
+        let (good, empty) = (good.display(), empty.display());
+        // Stubs: shell functions come before busybox's applets and the PATH. (What `mount`
+        // prints on success is captured by mount_root, so not seen here.)
+        let script = format!(
+            r#"
+{MOUNT_ROOT}
+sleeps=0
+sleep() {{ sleeps=$((sleeps + 1)); }}
+mkdir() {{ :; }}
+umount() {{ echo "stub: umount $*"; }}
+chroot() {{ [ "$1" != {empty}/foreign ]; }}
+is_block() {{ case "$1" in /dev/vdgood | /dev/vdbadfs | /dev/vdnoinit) return 0 ;; esac; return 1; }}
+mount() {{
+    case "$*" in
+    *vdbadfs*) echo "mount: mounting /dev/vdbadfs failed: Invalid argument" >&2; return 255 ;;
+    esac
+    echo "stub: mount $*"
+}}
+mount_root "console=ttyS0 quiet" /nowhere; echo "case none: rc=$?"
+mount_root "console=ttyS0 root=/dev/vdmissing" {empty}; echo "case missing: rc=$? sleeps=$sleeps"
+mount_root "root=LABEL=x" {empty}; echo "case label: rc=$?"
+mount_root "root=/dev/vdbadfs" {good}; echo "case badfs: rc=$?"
+mount_root "root=/dev/vdnoinit" {empty}; echo "case noinit: rc=$?"
+mount_root "root=/dev/vdgood" {empty}/foreign; echo "case foreign: rc=$?"
+mount_root "quiet root=/dev/vdgood ro rootfstype=ext2 rootcheck=1" {good}; echo "case good: rc=$?"
+"#
+        );
+        let out = run_sh(&script);
+        let expect = [
+            "case none: rc=1".to_string(),
+            "linux-guest: root: no block device /dev/vdmissing after 10 s; staying in the initramfs"
+                .to_string(),
+            "case missing: rc=1 sleeps=100".to_string(),
+            "linux-guest: root: LABEL=x is not a /dev/ path; staying in the initramfs".to_string(),
+            "case label: rc=1".to_string(),
+            "linux-guest: root: mounting /dev/vdbadfs (ext4) failed: mount: mounting /dev/vdbadfs \
+             failed: Invalid argument; staying in the initramfs"
+                .to_string(),
+            "case badfs: rc=1".to_string(),
+            "linux-guest: root: /dev/vdnoinit (ext4) has no /sbin/init; staying in the initramfs"
+                .to_string(),
+            format!("stub: umount {empty}"),
+            "case noinit: rc=1".to_string(),
+            "linux-guest: root: /dev/vdgood (ext4): its /bin/sh does not run on this kernel; \
+             staying in the initramfs"
+                .to_string(),
+            format!("stub: umount {empty}/foreign"),
+            "case foreign: rc=1".to_string(),
+            "linux-guest: root: /dev/vdgood mounted (ext2, ro); switching to it".to_string(),
+            format!("stub: mount -o move /dev {good}/dev"),
+            format!("stub: mount -o move /proc {good}/proc"),
+            format!("stub: mount -o move /sys {good}/sys"),
+            "case good: rc=0".to_string(),
+        ];
+        let got: Vec<&str> = out.lines().collect();
+        assert_eq!(got, expect, "output:\n{out}");
+        let _ = fs::remove_dir_all(&tmp);
     }
 }

@@ -159,29 +159,39 @@ fn apt_get(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Finds `qemu-img`; when it is missing and we are root on a system with apt-get, installs
-/// [`QEMU_IMG_PACKAGE`] (running `apt-get update` first if a plain install fails); otherwise
-/// fails with the command to run.
+/// Finds `qemu-img` (installing [`QEMU_IMG_PACKAGE`] as root with apt when it is missing).
 pub fn ensure_qemu_img() -> Result<PathBuf> {
-    if let Some(path) = in_path("qemu-img") {
-        return Ok(path);
+    ensure_tool("qemu-img", QEMU_IMG_PACKAGE)
+}
+
+/// The host tool `tool` (looked for in PATH, then in /usr/sbin and /sbin, where e2fsprogs puts
+/// its tools and which a user's PATH may lack), from the Debian package `package`: as root with
+/// apt, the package is installed when the tool is missing; otherwise the error says what to
+/// install.
+pub fn ensure_tool(tool: &str, package: &str) -> Result<PathBuf> {
+    let find = || {
+        in_path(tool).or_else(|| {
+            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+                .iter()
+                .map(|d| Path::new(d).join(tool))
+                .find(|p| p.is_file())
+        })
+    };
+    if let Some(found) = find() {
+        return Ok(found);
     }
-    if !(Path::new("/usr/bin/apt-get").is_file() && is_root()) {
-        bail!(
-            "qemu-img is not in PATH. Install it with:\n    sudo apt-get install -y {QEMU_IMG_PACKAGE}"
-        );
-    }
-    eprintln!("xtask: qemu-img missing; installing {QEMU_IMG_PACKAGE}");
-    let install = || apt_get(&["install", "-y", "--no-install-recommends", QEMU_IMG_PACKAGE]);
-    if !install() {
-        let _ = apt_get(&["update"]);
-        if !install() {
-            bail!("`apt-get install -y {QEMU_IMG_PACKAGE}` failed (see above)");
+    if Path::new("/usr/bin/apt-get").is_file() && is_root() {
+        eprintln!("xtask: `{tool}` missing; installing {package}");
+        let install = ["install", "-y", "--no-install-recommends", package];
+        if !apt_get(&install) {
+            let _ = apt_get(&["update"]);
+            let _ = apt_get(&install);
+        }
+        if let Some(found) = find() {
+            return Ok(found);
         }
     }
-    in_path("qemu-img").ok_or_else(|| {
-        anyhow::anyhow!("qemu-img still not in PATH after installing {QEMU_IMG_PACKAGE}")
-    })
+    bail!("`{tool}` not found: install it with `sudo apt-get install -y {package}`")
 }
 
 /// True when the effective user is root (read from /proc, Linux only).

@@ -46,6 +46,8 @@ fn bochs_linux_multiboot_and_real_mode_guests() {
     });
     // "6.1.0-56-cloud-amd64 from linux-image-..._amd64.deb": the release `uname -r` prints.
     let release = release_of(&assets.kernel_release);
+    // /init loads the kernel's virtio modules (from its package), in dependency order.
+    let modules = modules_line(release.as_deref(), &assets.modules);
 
     let mut boot = Scenario::bochs("bochs_linux", "linux.toml")
         .cpus(2)
@@ -62,6 +64,7 @@ fn bochs_linux_multiboot_and_real_mode_guests() {
         // so AVX2, which the emulated Skylake-X has) and warns about nothing.
         let say = |what: &str| format!("[{name}] linux-guest: {what}");
         boot.line(&say("avx2 yes")).line(&say("kernel warnings 0"));
+        boot.line(&say(&modules));
         // Whether the kernel's clocksource watchdog marked the TSC unstable depends on how
         // late timer ticks arrive on the loaded host (a timing, which tests don't assert):
         // the count is printed, not checked. One of five guests still did in one run.
@@ -124,6 +127,26 @@ fn bochs_linux_multiboot_and_real_mode_guests() {
     boot.finish();
 
     check_memtotals(memtotals);
+}
+
+/// What a guest's `linux-guest: virtio modules: ...` line says for a kernel of `release` and
+/// the initramfs modules xtask reported: all of them loaded, in order. A kernel from a
+/// package has the virtio ones (no virtio device is given to these guests: loading the
+/// drivers finds none, which is not an error).
+fn modules_line(release: Option<&str>, modules: &[String]) -> String {
+    if release.is_none() {
+        return "virtio modules: none in this initramfs".to_string();
+    }
+    for m in [
+        "virtio",
+        "virtio_ring",
+        "virtio_pci",
+        "virtio_blk",
+        "virtio_net",
+    ] {
+        assert!(modules.iter().any(|n| n == m), "no {m} in {modules:?}");
+    }
+    format!("virtio modules: {}", modules.join(" "))
 }
 
 fn names(guests: &[(&'static str, u32)]) -> Vec<&'static str> {
@@ -249,6 +272,16 @@ fn bochs_linux_32bit_and_generic_kernels() {
         .line_starting("cpu0: entered VMX root operation");
     check_linux_guest(&mut boot, "linux32", 1, "i686", release32.as_deref());
     check_linux_guest(&mut boot, "generic", 1, "x86_64", generic.as_deref());
+    // The 32-bit initramfs has its own kernel's modules; the generic kernel boots with the
+    // cloud kernel's initramfs, whose modules are of another release: it loads none.
+    boot.line(&format!(
+        "[linux32] linux-guest: {}",
+        modules_line(release32.as_deref(), &assets.modules32)
+    ))
+    .line_starting(&format!(
+        "[generic] linux-guest: virtio modules: none for {}",
+        generic.as_deref().unwrap_or("")
+    ));
     boot.no_line_containing("Kernel panic")
         .line_starting("hv: summary: 2 guests")
         .line_starting_containing("hv: summary:", "linux32 exited code=0 (powered off)")
