@@ -42,6 +42,8 @@ pub struct EntryState {
     pub rsi: u64,
     pub rbx: u64,
     pub rax: u64,
+    /// RDX: 0 from the loaders; the processor signature after INIT-SIPI.
+    pub rdx: u64,
     pub cr0: u64,
     pub cr3: u64,
     pub cr4: u64,
@@ -103,6 +105,7 @@ pub fn long64(mem: &impl GuestRam, entry: u64, cmdline: &str) -> EntryState {
         rsi: mem.size(),
         rbx: 0,
         rax: 0,
+        rdx: 0,
         cr0: CR0_PE | CR0_ET | CR0_NE | CR0_PG,
         cr3: PML4_GPA,
         cr4: 1 << 5,                // PAE
@@ -142,6 +145,7 @@ pub fn prot32_state(ram: u64, entry: u64, gdt_gpa: u64) -> EntryState {
         rsi: ram.min(u64::from(u32::MAX)),
         rbx: 0,
         rax: 0,
+        rdx: 0,
         cr0: CR0_PE | CR0_ET | CR0_NE,
         cr3: 0,
         cr4: 0,
@@ -175,6 +179,7 @@ pub fn real16(entry: u64) -> EntryState {
         rsi: 0,
         rbx: 0,
         rax: 0,
+        rdx: 0,
         cr0: CR0_ET | CR0_NE,
         cr3: 0,
         cr4: 0,

@@ -360,6 +360,11 @@ impl Vcpu {
             // INIT: back to the wait-for-SIPI state with a fresh APIC and the
             // INIT values of the debug registers and CR2 (SDM Vol. 3A Table
             // 10-1; x87/SSE state is kept).
+            if self.configured {
+                // CD and NW are host-owned, so the read shadow has the
+                // guest's (SDM Vol. 3C 25.6.6); this vCPU's VMCS is current.
+                self.init_cr0 = ctrl::CR0_READ_SHADOW.read().unwrap_or(0);
+            }
             vm.lapics[self.index].lock().reset_on_init();
             self.wait_sipi = true;
             self.configured = false;
@@ -380,7 +385,14 @@ impl Vcpu {
                 return Some(SliceEnd::Halted);
             }
             // Start in real mode at vector:0000 (SDM 9.4.4.2).
-            self.start_state = Some(start_state::sipi_state((sipi & 0xFF) as u8));
+            // RDX: the processor signature, CPUID.01H:EAX, which the guest's
+            // CPUID passes through from the host (SDM Vol. 3A 10.1.4).
+            let signature = arch::cpuid::cpuid(1, 0).eax;
+            self.start_state = Some(start_state::sipi_state(
+                (sipi & 0xFF) as u8,
+                signature,
+                self.init_cr0,
+            ));
             self.regs = GuestRegs::default();
             self.wait_sipi = false;
             self.configured = false;

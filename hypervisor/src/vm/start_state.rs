@@ -107,7 +107,8 @@ fn seg(s: setup::Seg) -> Seg {
 /// forced into CR0 and CR4: the guest sees its own values through the read
 /// shadows, and with unrestricted guest CR0.PE and PG are its own (SDM Vol.
 /// 3C 27.3.1.1). DS's descriptor goes to ES, SS, FS and GS too; LDTR is
-/// unusable and TR a present, busy TSS, as VM entry requires (27.3.1.2).
+/// unusable (a present LDT at 0, limit 0xFFFF, in real mode, as after
+/// RESET) and TR a present, busy TSS, as VM entry requires (27.3.1.2).
 pub fn guest_state(entry: &EntryState, cr0_fixed0: u64, cr4_fixed0: u64) -> GuestState {
     let ds = seg(entry.ds);
     GuestState {
@@ -130,11 +131,22 @@ pub fn guest_state(entry: &EntryState, cr0_fixed0: u64, cr4_fixed0: u64) -> Gues
             ds,
             ds,
             ds,
-            Seg {
-                sel: 0,
-                base: 0,
-                limit: 0,
-                ar: 0x1_0000, // unusable
+            if entry.mode == Mode::Real16 {
+                // As after RESET/INIT (SDM Vol. 3A Table 10-1): a present
+                // LDT at 0 with limit 0xFFFF.
+                Seg {
+                    sel: 0,
+                    base: 0,
+                    limit: 0xFFFF,
+                    ar: 0x82,
+                }
+            } else {
+                Seg {
+                    sel: 0,
+                    base: 0,
+                    limit: 0,
+                    ar: 0x1_0000, // unusable
+                }
             },
             Seg {
                 sel: 0,
@@ -180,10 +192,21 @@ pub fn entry_context(
     }
 }
 
+/// CR0 after RESET: CD, NW and ET (SDM Vol. 3A Table 10-1).
+pub const CR0_RESET: u64 = 0x6000_0010;
+/// CR0.CD and CR0.NW, which INIT leaves as they were (Table 10-1, note 2).
+pub const CR0_CD_NW: u64 = 0x6000_0000;
+const CR0_ET: u64 = 0x10;
+
 /// The state an application processor starts in after INIT and a start-up
-/// IPI with `vector`: real mode at vector:0000, CS base vector << 12 (SDM
-/// Vol. 3A 9.4.4.2; the other registers as after INIT, Table 10-1).
-pub fn sipi_state(vector: u8) -> EntryState {
+/// IPI with `vector` (SDM Vol. 3A 9.4.4.2, 10.4.2; the registers as after
+/// INIT, Table 10-1): real mode at vector:0000 with CS base vector << 12;
+/// DS, ES, SS, FS and GS selector 0, base 0, limit 0xFFFF, present R/W data;
+/// RSP and the other GPRs 0 but RDX, which holds the processor signature
+/// (`signature`, CPUID.01H:EAX as the guest's CPUID gives it); CR0 ET and
+/// the CD and NW of `cr0_before` (CR0 before the INIT; [`CR0_RESET`] if the
+/// vCPU never ran), CR3, CR4 and EFER 0; GDTR and IDTR base 0 limit 0xFFFF.
+pub fn sipi_state(vector: u8, signature: u32, cr0_before: u64) -> EntryState {
     let vector = u64::from(vector);
     let mut st = setup::real16(0);
     st.cs = setup::Seg {
@@ -193,6 +216,9 @@ pub fn sipi_state(vector: u8) -> EntryState {
         ar: 0x9B,
     };
     st.rip = 0;
+    st.rsp = 0;
+    st.rdx = u64::from(signature);
+    st.cr0 = CR0_ET | (cr0_before & CR0_CD_NW);
     st
 }
 
@@ -409,9 +435,14 @@ mod tests {
         for vector in [0x00, 0x09, 0x9F, 0xFF] {
             v.push((
                 alloc::format!("SIPI vector {vector:#x}"),
-                sipi_state(vector),
+                sipi_state(vector, SKX_SIGNATURE, CR0_RESET),
             ));
         }
+        // An AP that ran with caching on before its INIT.
+        v.push((
+            String::from("SIPI vector 0x9 after running"),
+            sipi_state(0x09, SKX_SIGNATURE, 0x8000_0033),
+        ));
         v
     }
 
@@ -424,11 +455,81 @@ mod tests {
             modes,
             [
                 Real16, Real16, Prot32, Long64, Long64, Prot32, Long64, Prot32, Real16, Real16,
-                Real16, Real16
+                Real16, Real16, Real16
             ]
         );
-        let st = sipi_state(0x9F);
+        let st = sipi_state(0x9F, SKX_SIGNATURE, CR0_RESET);
         assert_eq!((st.cs.sel, st.cs.base, st.rip), (0x9F00, 0x9_F000, 0));
+    }
+
+    /// CPUID.01H:EAX of a Skylake-X (family 6, model 0x55, stepping 4).
+    const SKX_SIGNATURE: u32 = 0x0005_0654;
+
+    /// What an AP sees at its first instruction after INIT-SIPI: the values
+    /// of SDM Vol. 3A Table 10-1 (INIT column), with CS from the vector
+    /// (9.4.4.2), and what the VMCS gets for them.
+    #[test]
+    fn sipi_start_is_the_init_state_of_table_10_1() {
+        for (vector, cr0_before, cr0) in [
+            (0x09u8, CR0_RESET, 0x6000_0010),
+            (0x9F, 0x8000_0033, 0x10), // ran with caching on
+            (0x10, 0xE000_0031, 0x6000_0010),
+            (0x10, 0x4000_0011, 0x4000_0010), // CD alone stays
+        ] {
+            let st = sipi_state(vector, SKX_SIGNATURE, cr0_before);
+            let v = u64::from(vector);
+            assert_eq!(st.mode, Mode::Real16);
+            assert_eq!((st.rip, st.rsp), (0, 0), "EIP 0, ESP 0");
+            assert_eq!((st.rax, st.rbx, st.rsi, st.rdi), (0, 0, 0, 0));
+            assert_eq!(st.rdx, 0x0005_0654, "EDX: the processor signature");
+            assert_eq!(st.cr0, cr0, "CR0 {cr0_before:#x} before");
+            assert_eq!((st.cr3, st.cr4, st.efer), (0, 0, 0));
+            assert_eq!(
+                (st.cs.sel, st.cs.base, st.cs.limit),
+                ((v << 8) as u16, v << 12, 0xFFFF)
+            );
+            assert_eq!(st.cs.ar, 0x9B, "CS: present, R/W code, accessed");
+            assert_eq!(
+                (st.ds.sel, st.ds.base, st.ds.limit, st.ds.ar),
+                (0, 0, 0xFFFF, 0x93)
+            );
+            assert_eq!((st.gdt_base, st.gdt_limit), (0, 0xFFFF));
+
+            let (gs, ctx) = built(&st, true, true);
+            assert!(check_all(&gs, &ctx).is_empty());
+            assert_eq!((gs.rip, gs.rsp, gs.rflags), (0, 0, 0x2), "EFLAGS 0x2");
+            for r in [SegReg::Ds, SegReg::Es, SegReg::Ss, SegReg::Fs, SegReg::Gs] {
+                let s = gs.seg(r);
+                assert_eq!(
+                    (s.sel, s.base, s.limit, s.ar),
+                    (0, 0, 0xFFFF, 0x93),
+                    "{r:?}"
+                );
+            }
+            let cs = gs.seg(SegReg::Cs);
+            assert_eq!(
+                (cs.sel, cs.base, cs.limit, cs.ar),
+                ((v << 8) as u16, v << 12, 0xFFFF, 0x9B)
+            );
+            let ldtr = gs.seg(SegReg::Ldtr);
+            assert_eq!(
+                (ldtr.sel, ldtr.base, ldtr.limit, ldtr.ar),
+                (0, 0, 0xFFFF, 0x82),
+                "LDTR"
+            );
+            let tr = gs.seg(SegReg::Tr);
+            assert_eq!(
+                (tr.sel, tr.base, tr.limit, tr.ar & 0x80),
+                (0, 0, 0xFFFF, 0x80),
+                "TR"
+            );
+            assert_eq!((gs.gdtr_base, gs.gdtr_limit), (0, 0xFFFF), "GDTR");
+            assert_eq!((gs.idtr_base, gs.idtr_limit), (0, 0xFFFF), "IDTR");
+            assert_eq!(gs.dr7, 0x400, "DR7");
+            assert_eq!((gs.efer, gs.cr3, gs.cr4 & !FIXED[2]), (0, 0, 0));
+            assert_eq!(gs.cr0 & 0x8000_0001, 0, "real mode, no paging");
+            assert_eq!((gs.activity, gs.interruptibility), (0, 0));
+        }
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub struct Vcpu {
     virtual_nmis: bool,
     /// The state to start from instead of the VM's boot state (after a SIPI).
     start_state: Option<crate::loader::EntryState>,
+    /// CR0 as the guest saw it when the last INIT arrived (as after RESET
+    /// before any): INIT keeps its CD and NW (SDM Vol. 3A Table 10-1).
+    pub(super) init_cr0: u64,
     /// Host TSC at which a timer of this vCPU (or the BSP's devices) is due.
     next_timer: u64,
     /// Timer state may have changed (a timer register or device was written).
@@ -134,6 +137,7 @@ impl Vcpu {
             wait_sipi: index != 0,
             halted_noirq: false,
             start_state: None,
+            init_cr0: start_state::CR0_RESET,
             next_timer: 0,
             timers_dirty: true,
             longest_exit: 0,

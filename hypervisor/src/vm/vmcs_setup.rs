@@ -375,6 +375,7 @@ impl Vcpu {
         self.regs.gpr[run::RSI] = entry.rsi;
         self.regs.gpr[run::RBX] = entry.rbx;
         self.regs.gpr[run::RAX] = entry.rax;
+        self.regs.gpr[run::RDX] = entry.rdx;
         // Fresh mappings for this VPID/EPT: drop anything a previous user left.
         // SAFETY: in VMX root operation with INVEPT supported (checked in probe).
         unsafe {

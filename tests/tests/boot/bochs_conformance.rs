@@ -47,6 +47,16 @@ fn bochs_cpu_conformance() {
         .line("[nmi] nmi: PASS")
         .line("vm nmi: exited code=0");
 
+    // An AP starts in the INIT state of SDM Vol. 3A Table 10-1.
+    boot.line("[apstate] apstate: ESP = 0x0 ok")
+        .line("[apstate] apstate: CR0 = 0x60000010 ok")
+        .line("[apstate] apstate: EFLAGS = 0x2 ok")
+        .line("[apstate] apstate: CS = 0x900 ok")
+        .line("[apstate] apstate: DR6 = 0xffff0ff0 ok")
+        .line_starting("[apstate] apstate: EDX (processor signature) = 0x")
+        .line("[apstate] apstate: PASS")
+        .line("vm apstate: exited code=0");
+
     // Guests in which no vCPU can ever run again are ended.
     boot.line_starting_containing(
         "vm init-self: stopped: ",
@@ -62,7 +72,7 @@ fn bochs_cpu_conformance() {
     );
 
     boot.no_line_containing("FAIL")
-        .line_starting("hv: summary: 8 guests")
+        .line_starting("hv: summary: 9 guests")
         .no_line_containing("hv: fatal")
         .line_starting("hv: powering off")
         .powered_off();
