@@ -119,7 +119,7 @@ pub(crate) mod tests {
         assert_eq!(busy.save(), power_on);
     }
 
-    use crate::{debug_exit, i8042, ioapic, lapic, pci, pic, pit, pm, post, rtc, uart, PortDevice};
+    use crate::{debug_exit, i8042, ioapic, lapic, pci, pic, pit, pm, post, rtc, uart};
 
     #[test]
     fn pic() {
@@ -130,12 +130,12 @@ pub(crate) mod tests {
 
     #[test]
     fn pit() {
-        let mut p = pit::Pit::new();
+        let mut p = pit::Pit::new(crate::NS_CLOCK);
         p.set_time(1_000);
         p.write(0x43, 1, 0x34);
         p.write(0x40, 1, 0x34);
         p.write(0x40, 1, 0x12);
-        round_trip(&mut p, pit::Pit::new());
+        round_trip(&mut p, pit::Pit::new(crate::NS_CLOCK));
     }
 
     const DATE: rtc::DateTime = rtc::DateTime {
@@ -149,13 +149,13 @@ pub(crate) mod tests {
 
     #[test]
     fn rtc() {
-        let mut r = rtc::Rtc::new(DATE, 0);
+        let mut r = rtc::Rtc::new(DATE, 0, crate::NS_CLOCK);
         r.write(0x70, 1, 0x0E);
         r.write(0x71, 1, 0x42);
-        round_trip(&mut r, rtc::Rtc::new(DATE, 0));
+        round_trip(&mut r, rtc::Rtc::new(DATE, 0, crate::NS_CLOCK));
         // The restored clock keeps counting from where it was.
-        let mut a = rtc::Rtc::new(DATE, 0);
-        let mut b = rtc::Rtc::new(DATE, 0);
+        let mut a = rtc::Rtc::new(DATE, 0, crate::NS_CLOCK);
+        let mut b = rtc::Rtc::new(DATE, 0, crate::NS_CLOCK);
         b.set_time(3_000_000_000);
         a.restore(&b.save()).unwrap();
         a.set_time(4_000_000_000);
@@ -200,9 +200,9 @@ pub(crate) mod tests {
 
     #[test]
     fn pm() {
-        let mut p = pm::Pm::new(0x600);
+        let mut p = pm::Pm::new(0x600, crate::NS_CLOCK);
         p.write(0x600 + pm::PM1_EN, 2, 0x0001);
-        round_trip(&mut p, pm::Pm::new(0x600));
+        round_trip(&mut p, pm::Pm::new(0x600, crate::NS_CLOCK));
     }
 
     fn no_line(_: usize, _: &str) {}
@@ -223,15 +223,15 @@ pub(crate) mod tests {
 
     #[test]
     fn uart() {
-        let mut u = uart::Uart::new(CONSOLE);
+        let mut u = uart::Uart::new(CONSOLE, crate::NS_CLOCK);
         u.write(0x3FF, 1, 0x5A);
         u.write(0x3F8, 1, u32::from(b'h'));
         u.push_input(b'x');
-        round_trip(&mut u, uart::Uart::new(CONSOLE));
-        let mut bad = uart::Uart::new(CONSOLE).save();
+        round_trip(&mut u, uart::Uart::new(CONSOLE, crate::NS_CLOCK));
+        let mut bad = uart::Uart::new(CONSOLE, crate::NS_CLOCK).save();
         bad.data.rx = core::iter::repeat_n(0, 4097).collect();
         assert_eq!(
-            uart::Uart::new(CONSOLE).restore(&bad),
+            uart::Uart::new(CONSOLE, crate::NS_CLOCK).restore(&bad),
             Err(StateError::Invalid("receive queue length"))
         );
     }

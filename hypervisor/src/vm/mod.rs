@@ -12,7 +12,7 @@ use crate::devices::ioapic::IoApic;
 use crate::devices::lapic::VLapic;
 use crate::devices::{
     debug_exit::DebugExit, i8042::I8042, pci::Pci, pit::Pit, pm::Pm, post::PostCode, rtc::Rtc,
-    uart::Uart, IoBus,
+    uart::Uart, AddressMap, Bus,
 };
 use crate::manifest::{GuestConfig, Policy};
 use crate::{loader, mm};
@@ -39,6 +39,17 @@ pub enum VmEnd {
     Reset,
 }
 
+/// How a guest's request to the platform ends it, if it does.
+pub fn request_end(r: crate::devices::Request) -> Option<VmEnd> {
+    use crate::devices::Request;
+    match r {
+        Request::None => None,
+        Request::Exit(code) => Some(VmEnd::Exited(code)),
+        Request::PowerOff => Some(VmEnd::PoweredOff),
+        Request::Reset => Some(VmEnd::Reset),
+    }
+}
+
 impl VmEnd {
     pub fn is_crash(&self) -> bool {
         matches!(self, VmEnd::Crashed(_))
@@ -47,11 +58,8 @@ impl VmEnd {
 
 /// Mutable VM-wide state, behind the VM's own lock (never shared with another guest).
 pub struct VmShared {
-    /// The port bus, with the 8259 pair on it.
-    pub io: IoBus,
-    /// ISA IRQ lines as last routed (bit n = IRQ n asserted).
-    pub lines: u16,
-    pub ioapic: IoApic,
+    /// The bus: every port and MMIO device, the 8259 pair and the I/O APIC.
+    pub io: Bus,
     pub end: Option<VmEnd>,
 }
 
@@ -63,6 +71,9 @@ pub struct Vm {
     pub image: &'static [u8],
     pub initrd: Option<&'static [u8]>,
     pub shared: Mutex<VmShared>,
+    /// The bus's address decode (fixed at creation; a copy, so that MMIO is
+    /// decoded without the VM lock).
+    pub map: AddressMap,
     /// Set once the VM has ended; vCPUs leave at their next exit.
     pub ending: AtomicBool,
     pub restarts: AtomicU32,
@@ -110,7 +121,7 @@ impl core::fmt::Display for CreateError {
             CreateError::Memory(e) => write!(f, "{e}"),
             CreateError::Load(e) => write!(f, "{e}"),
             CreateError::NoMemory => write!(f, "not enough host memory for the VM's bitmaps"),
-            CreateError::Bus(e) => write!(f, "device ports: {e}"),
+            CreateError::Bus(e) => write!(f, "device ranges: {e}"),
         }
     }
 }
@@ -120,23 +131,32 @@ pub fn tsc_per_bus_tick() -> u64 {
     (crate::time::tsc_khz() / 100_000).max(1)
 }
 
-/// The PC devices on the port bus, in their power-on state; the UART
-/// writes to console queue `console`.
-fn platform_bus(console: usize) -> Result<IoBus, crate::devices::BusError> {
-    let mut io = IoBus::new();
-    io.register(Box::new(Uart::new(crate::devices::uart::ConsolePort {
+/// The device models' clock: guest TSC ticks at the host's TSC rate (the
+/// guest's TSC runs at the host's, offset per VM).
+fn device_clock() -> crate::devices::Clock {
+    crate::devices::Clock::new(crate::time::tsc_khz().saturating_mul(1000))
+}
+
+/// The PC devices on the bus, in their power-on state (`vcpus` is the I/O
+/// APIC's ID, after the local APICs'); the UART writes to console queue
+/// `console`.
+fn platform_bus(console: usize, vcpus: u32) -> Result<Bus, crate::devices::BusError> {
+    let clock = device_clock();
+    let mut io = Bus::new(IoApic::new(vcpus as u8));
+    let console = crate::devices::uart::ConsolePort {
         source: console,
         line: crate::console::guest_line,
         raw: crate::console::guest_raw,
         room: crate::console::has_room,
         focused: crate::console::is_focused,
-    })))?;
+    };
+    io.register(Box::new(Uart::new(console, clock)))?;
     io.register(Box::new(DebugExit))?;
-    io.register(Box::new(Pit::new()))?;
-    io.register(Box::new(Rtc::new(crate::platform::host_date(), 0)))?;
+    io.register(Box::new(Pit::new(clock)))?;
+    io.register(Box::new(Rtc::new(crate::platform::host_date(), 0, clock)))?;
     io.register(Box::new(Pci::new()))?;
     io.register(Box::new(I8042::new()))?;
-    io.register(Box::new(Pm::new(loader::PM_BASE)))?;
+    io.register(Box::new(Pm::new(loader::PM_BASE, clock)))?;
     io.register(Box::new(PostCode::new()))?;
     Ok(io)
 }
@@ -169,7 +189,7 @@ impl Vm {
         // SAFETY: freshly allocated, identity-mapped pages owned by this VM.
         unsafe { core::ptr::write_bytes(io_bitmaps as *mut u8, 0xFF, 2 * mm::PAGE as usize) };
         let console = crate::console::register(&config.name);
-        let io = match platform_bus(console) {
+        let io = match platform_bus(console, config.vcpus) {
             Ok(io) => io,
             Err(e) => {
                 mm::free_zeroed(msr_bitmap, mm::PAGE);
@@ -183,12 +203,8 @@ impl Vm {
             mem,
             image,
             initrd,
-            shared: Mutex::new(VmShared {
-                io,
-                lines: 0,
-                ioapic: IoApic::new(config.vcpus as u8),
-                end: None,
-            }),
+            map: io.map().clone(),
+            shared: Mutex::new(VmShared { io, end: None }),
             ending: AtomicBool::new(false),
             restarts: AtomicU32::new(0),
             msr_bitmap,
@@ -313,11 +329,9 @@ impl Vm {
         {
             let mut s = self.shared.lock();
             // The same layout was accepted when the VM was created.
-            if let Ok(io) = platform_bus(self.console) {
+            if let Ok(io) = platform_bus(self.console, self.config.vcpus) {
                 s.io = io;
             }
-            s.lines = 0;
-            s.ioapic = IoApic::new(self.config.vcpus as u8);
             s.end = None;
         }
         self.ending.store(false, Ordering::Release);
