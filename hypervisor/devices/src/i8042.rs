@@ -343,7 +343,7 @@ impl I8042 {
         }
     }
 
-    pub fn poll(&mut self, _now_ns: u64) -> IrqState {
+    pub fn poll(&mut self, _now: u64) -> IrqState {
         let st = IrqState {
             level: self.irq_level,
             pulse: self.irq_pulse,

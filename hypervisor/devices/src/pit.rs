@@ -6,12 +6,13 @@
 //! Counting is not simulated clock by clock: every counter remembers the
 //! clock tick at which its counting element was loaded and derives its count
 //! and OUT from the current tick. Counter 0's OUT drives ISA IRQ 0; its
-//! rising edges are reported as `pulse` bit 0 by [`PortDevice::poll`].
+//! rising edges are reported as `pulse` bit 0 by [`Pit::poll`].
 //!
-//! Time: port reads and writes carry no time, so the core must bring the model
-//! up to date with [`Pit::set_time`] (or `poll`) before each access; Linux's
-//! calibration loops read the counters and OUT2 back to back and need a fresh
-//! time on every read.
+//! Time: guest TSC ticks, converted to input clocks with the [`Clock`] given
+//! to [`Pit::new`]. Every [`PortDevice`] access carries the time (Linux's
+//! calibration loops read the counters and OUT2 back to back and need a
+//! fresh time on every read) and reports IRQ 0 and, when it moved, the next
+//! edge as the deadline.
 use super::{Clock, Effects, IrqState, PortDevice};
 
 /// The input clock (14.31818 MHz / 12).
@@ -657,7 +658,7 @@ impl Pit {
     }
 
     /// The time of counter 0's next OUT rising edge after the last poll.
-    pub fn next_event_ns(&self) -> Option<u64> {
+    pub fn next_deadline(&self) -> Option<u64> {
         if self.irq_latched {
             return Some(self.now);
         }
@@ -681,30 +682,30 @@ impl PortDevice for Pit {
     }
     fn io_read(&mut self, port: u16, size: u8, now: u64) -> Effects {
         self.set_time(now);
-        let before = self.next_event_ns();
+        let before = self.next_deadline();
         let fx = Effects::read(u64::from(self.read(port, size)));
         let lines = self.poll(now).lines(1 << IRQ);
         fx.with_lines(lines)
-            .with_deadline(before, self.next_event_ns())
+            .with_deadline(before, self.next_deadline())
     }
     fn io_write(&mut self, port: u16, size: u8, value: u32, now: u64) -> Effects {
         self.set_time(now);
-        let before = self.next_event_ns();
+        let before = self.next_deadline();
         self.write(port, size, value);
         let fx = Effects::none();
         let lines = self.poll(now).lines(1 << IRQ);
         fx.with_lines(lines)
-            .with_deadline(before, self.next_event_ns())
+            .with_deadline(before, self.next_deadline())
     }
     fn advance(&mut self, now: u64) -> Effects {
         let lines = self.poll(now).lines(1 << IRQ);
         Effects {
-            deadline: Some(self.next_event_ns()),
+            deadline: Some(self.next_deadline()),
             ..Effects::none().with_lines(lines)
         }
     }
     fn deadline(&self) -> Option<u64> {
-        self.next_event_ns()
+        self.next_deadline()
     }
 }
 
@@ -756,7 +757,7 @@ mod tests {
     fn power_on_is_quiet() {
         let mut p = Pit::new(crate::NS_CLOCK);
         assert_eq!(p.poll(1_000_000_000), IrqState::default());
-        assert_eq!(p.next_event_ns(), None);
+        assert_eq!(p.next_deadline(), None);
         assert_eq!(r(&mut p, 100, 0x61) & B_OUT2, 0);
     }
 
@@ -768,15 +769,15 @@ mod tests {
         w(&mut p, 1000, 0x40, (1193 & 0xFF) as u8);
         w(&mut p, 1000, 0x40, (1193u16 >> 8) as u8);
         // Loaded at tick 1001; first rising edge one period later.
-        assert_eq!(p.next_event_ns(), Some(at(1001 + 1193)));
+        assert_eq!(p.next_deadline(), Some(at(1001 + 1193)));
         assert_eq!(p.poll(at(1001 + 1192)).pulse, 0);
         assert_eq!(p.poll(at(1001 + 1193)).pulse, 1);
-        assert_eq!(p.next_event_ns(), Some(at(1001 + 2 * 1193)));
+        assert_eq!(p.next_deadline(), Some(at(1001 + 2 * 1193)));
         assert_eq!(p.poll(at(1001 + 2 * 1193 - 1)).pulse, 0);
         // Several periods late: one pulse.
         assert_eq!(p.poll(at(1001 + 10 * 1193)).pulse, 1);
         assert_eq!(p.poll(at(1001 + 10 * 1193)).pulse, 0);
-        assert_eq!(p.next_event_ns(), Some(at(1001 + 11 * 1193)));
+        assert_eq!(p.next_deadline(), Some(at(1001 + 11 * 1193)));
     }
 
     #[test]
@@ -805,10 +806,10 @@ mod tests {
         w(&mut p, 50, 0x40, 0);
         // The current period (load 1, edge at 101) is not affected.
         assert_eq!(latched(&mut p, 60, 0), 100 - 59);
-        assert_eq!(p.next_event_ns(), Some(at(101)));
+        assert_eq!(p.next_deadline(), Some(at(101)));
         assert_eq!(p.poll(at(101)).pulse, 1);
         assert_eq!(latched(&mut p, 102, 0), 9);
-        assert_eq!(p.next_event_ns(), Some(at(111)));
+        assert_eq!(p.next_deadline(), Some(at(111)));
         assert_eq!(p.poll(at(111)).pulse, 1);
     }
 
@@ -818,21 +819,21 @@ mod tests {
         let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x43, 0x38);
         p.poll(at(0));
-        assert_eq!(p.next_event_ns(), None);
+        assert_eq!(p.next_deadline(), None);
         w(&mut p, 10, 0x40, 100);
         w(&mut p, 10, 0x40, 0);
         // Loaded at 11, terminal count at 111, strobe ends (rising) at 112.
-        assert_eq!(p.next_event_ns(), Some(at(112)));
+        assert_eq!(p.next_deadline(), Some(at(112)));
         p.set_time(at(111));
         assert!(!p.out(0));
         assert_eq!(p.poll(at(111)).pulse, 0);
         assert_eq!(p.poll(at(112)).pulse, 1);
-        assert_eq!(p.next_event_ns(), None);
+        assert_eq!(p.next_deadline(), None);
         assert_eq!(p.poll(at(100_000)).pulse, 0);
         // Re-arm.
         w(&mut p, 100_000, 0x40, 5);
         w(&mut p, 100_000, 0x40, 0);
-        assert_eq!(p.next_event_ns(), Some(at(100_007)));
+        assert_eq!(p.next_deadline(), Some(at(100_007)));
     }
 
     #[test]
@@ -842,9 +843,9 @@ mod tests {
         w(&mut p, 0, 0x40, 50);
         assert!(!p.out(0));
         // The first byte stops counting; nothing scheduled.
-        assert_eq!(p.next_event_ns(), None);
+        assert_eq!(p.next_deadline(), None);
         w(&mut p, 0, 0x40, 0);
-        assert_eq!(p.next_event_ns(), Some(at(51)));
+        assert_eq!(p.next_deadline(), Some(at(51)));
         assert_eq!(p.poll(at(51)).pulse, 1);
         p.set_time(at(60));
         assert!(p.out(0), "OUT stays high after terminal count");
@@ -854,7 +855,7 @@ mod tests {
         // Linux's shutdown: control word only stops it, OUT low.
         w(&mut p, 1_000_000, 0x43, 0x30);
         assert!(!p.out(0));
-        assert_eq!(p.next_event_ns(), None);
+        assert_eq!(p.next_deadline(), None);
     }
 
     #[test]
@@ -866,7 +867,7 @@ mod tests {
         p.poll(at(0));
         // The edge at 101 happens, then the guest reprograms before a poll.
         w(&mut p, 150, 0x43, 0x30);
-        assert_eq!(p.next_event_ns(), Some(at(150)));
+        assert_eq!(p.next_deadline(), Some(at(150)));
         assert_eq!(p.poll(at(150)).pulse, 1);
         assert_eq!(p.poll(at(151)).pulse, 0);
     }
@@ -974,7 +975,7 @@ mod tests {
         w(&mut p, 0, 0x40, 0);
         // Loaded at 1: high for 5 clocks, low for 5; the count goes down by
         // two.
-        assert_eq!(p.next_event_ns(), Some(at(11)));
+        assert_eq!(p.next_deadline(), Some(at(11)));
         assert_eq!(latched(&mut p, 1, 0), 10);
         assert_eq!(latched(&mut p, 3, 0), 6);
         for (t, high) in [(4, true), (5, true), (6, false), (10, false), (11, true)] {
@@ -1041,7 +1042,7 @@ mod tests {
         w(&mut p, 10, 0x43, 0x24); // MSB only, mode 2
         w(&mut p, 10, 0x40, 0x02);
         assert_eq!(r(&mut p, 11, 0x40), 0x02);
-        assert_eq!(p.next_event_ns(), Some(at(11 + 0x200)));
+        assert_eq!(p.next_deadline(), Some(at(11 + 0x200)));
     }
 
     #[test]
@@ -1050,7 +1051,7 @@ mod tests {
         w(&mut p, 0, 0x43, 0x34);
         w(&mut p, 0, 0x40, 0);
         w(&mut p, 0, 0x40, 0);
-        assert_eq!(p.next_event_ns(), Some(at(1 + 65536)));
+        assert_eq!(p.next_deadline(), Some(at(1 + 65536)));
         assert_eq!(latched(&mut p, 1, 0), 0);
         assert_eq!(latched(&mut p, 2, 0), 0xFFFF);
     }
@@ -1116,13 +1117,13 @@ mod tests {
         w(&mut p, 0, 0x43, 0x35); // counter 0, lohi, mode 2, BCD
         w(&mut p, 0, 0x40, 0x00);
         w(&mut p, 0, 0x40, 0x10); // 1000
-        assert_eq!(p.next_event_ns(), Some(at(1001)));
+        assert_eq!(p.next_deadline(), Some(at(1001)));
         assert_eq!(latched(&mut p, 2, 0), 0x0999);
         w(&mut p, 10, 0x43, 0x31); // mode 0, BCD, count 0 = 10000
         w(&mut p, 10, 0x40, 0);
         w(&mut p, 10, 0x40, 0);
         assert_eq!(latched(&mut p, 12, 0), 0x9999);
-        assert_eq!(p.next_event_ns(), Some(at(11 + 10_000)));
+        assert_eq!(p.next_deadline(), Some(at(11 + 10_000)));
         assert_eq!(bcd_decode(0x1234), 1234);
         assert_eq!(bcd_decode(0x00FA), 99, "invalid digits count as 9");
         assert_eq!(bcd_encode(10_000), 0);
@@ -1154,7 +1155,7 @@ mod tests {
         w(&mut p, 0, 0x43, 0x3C); // mode bits 110 -> mode 2
         w(&mut p, 0, 0x40, 10);
         w(&mut p, 0, 0x40, 0);
-        assert_eq!(p.next_event_ns(), Some(at(11)));
+        assert_eq!(p.next_deadline(), Some(at(11)));
         assert_eq!(p.poll(at(11)).pulse, 1);
         assert_eq!(p.poll(at(21)).pulse, 1);
         w(&mut p, 30, 0x43, 0xE2); // read-back status counter 0

@@ -249,7 +249,7 @@ impl Pm {
     }
 
     /// With TMR_EN set, the next change of timer bit 31.
-    pub fn next_event_ns(&self) -> Option<u64> {
+    pub fn next_deadline(&self) -> Option<u64> {
         if self.pulse {
             return Some(self.now);
         }
@@ -275,30 +275,30 @@ impl PortDevice for Pm {
     }
     fn io_read(&mut self, port: u16, size: u8, now: u64) -> Effects {
         self.set_time(now);
-        let before = self.next_event_ns();
+        let before = self.next_deadline();
         let fx = Effects::read(u64::from(self.read(port, size)));
         let lines = self.poll(now).lines(1 << SCI_IRQ);
         fx.with_lines(lines)
-            .with_deadline(before, self.next_event_ns())
+            .with_deadline(before, self.next_deadline())
     }
     fn io_write(&mut self, port: u16, size: u8, value: u32, now: u64) -> Effects {
         self.set_time(now);
-        let before = self.next_event_ns();
+        let before = self.next_deadline();
         let r = self.write(port, size, value);
         let fx = Effects::request(r);
         let lines = self.poll(now).lines(1 << SCI_IRQ);
         fx.with_lines(lines)
-            .with_deadline(before, self.next_event_ns())
+            .with_deadline(before, self.next_deadline())
     }
     fn advance(&mut self, now: u64) -> Effects {
         let lines = self.poll(now).lines(1 << SCI_IRQ);
         Effects {
-            deadline: Some(self.next_event_ns()),
+            deadline: Some(self.next_deadline()),
             ..Effects::none().with_lines(lines)
         }
     }
     fn deadline(&self) -> Option<u64> {
-        self.next_event_ns()
+        self.next_deadline()
     }
 }
 
@@ -425,18 +425,18 @@ mod tests {
         let mut p = Pm::new(BASE, crate::NS_CLOCK);
         p.write(BASE + PM1_EN, 2, u32::from(TMR_STS));
         let half = ticks_to_ns(1 << 31);
-        assert_eq!(p.next_event_ns(), Some(half));
+        assert_eq!(p.next_deadline(), Some(half));
         assert_eq!(p.poll(half - 1), IrqState::default());
         let st = p.poll(half);
         assert_eq!(st.level, 1 << 9);
         assert_eq!(st.pulse, 1 << 9);
         assert_eq!(p.read(BASE + PM1_STS, 2) & 1, 1);
-        assert_eq!(p.next_event_ns(), None);
+        assert_eq!(p.next_deadline(), None);
         // Write 1 to clear.
         p.write(BASE + PM1_STS, 2, 1);
         assert_eq!(p.read(BASE + PM1_STS, 2), 0);
         assert_eq!(p.poll(half).level, 0);
-        assert_eq!(p.next_event_ns(), Some(ticks_to_ns(2 << 31)));
+        assert_eq!(p.next_deadline(), Some(ticks_to_ns(2 << 31)));
     }
 
     #[test]

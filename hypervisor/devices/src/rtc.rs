@@ -8,8 +8,8 @@
 //! bit is raised for the 244 µs before each (data sheet, "Update Cycle").
 //! Periodic, alarm and update-ended interrupts drive ISA IRQ 8.
 //!
-//! Time: port accesses carry no time; the core calls [`Rtc::set_time`] (or
-//! `poll`) before each access.
+//! Time: guest TSC ticks (one second is the [`Clock`]'s frequency); every
+//! [`PortDevice`] access carries the time.
 use super::{Clock, Effects, IrqState, PortDevice};
 
 pub const PORT_INDEX: u16 = 0x70;
@@ -564,13 +564,13 @@ impl Rtc {
                 .unwrap_or(0)
                 .saturating_add(1);
             // den >= 1: BASE_HZ or 1.
-            let ns = k
+            let ticks = k
                 .saturating_mul(num)
                 .saturating_add(den)
                 .saturating_sub(1)
                 .checked_div(den)
                 .unwrap_or(0);
-            self.anchor.saturating_add(ns)
+            self.anchor.saturating_add(ticks)
         };
         let mut next: Option<i128> = None;
         if b & (B_UIE | B_AIE) != 0 && b & B_SET == 0 {
@@ -626,7 +626,7 @@ impl Rtc {
     }
 
     /// The next periodic tick (PIE) or update (UIE/AIE) while IRQF is clear.
-    pub fn next_event_ns(&self) -> Option<u64> {
+    pub fn next_deadline(&self) -> Option<u64> {
         if self.pulse {
             return Some(self.now);
         }
@@ -649,30 +649,30 @@ impl PortDevice for Rtc {
     }
     fn io_read(&mut self, port: u16, size: u8, now: u64) -> Effects {
         self.set_time(now);
-        let before = self.next_event_ns();
+        let before = self.next_deadline();
         let fx = Effects::read(u64::from(self.read(port, size)));
         let lines = self.poll(now).lines(1 << IRQ);
         fx.with_lines(lines)
-            .with_deadline(before, self.next_event_ns())
+            .with_deadline(before, self.next_deadline())
     }
     fn io_write(&mut self, port: u16, size: u8, value: u32, now: u64) -> Effects {
         self.set_time(now);
-        let before = self.next_event_ns();
+        let before = self.next_deadline();
         self.write(port, size, value);
         let fx = Effects::none();
         let lines = self.poll(now).lines(1 << IRQ);
         fx.with_lines(lines)
-            .with_deadline(before, self.next_event_ns())
+            .with_deadline(before, self.next_deadline())
     }
     fn advance(&mut self, now: u64) -> Effects {
         let lines = self.poll(now).lines(1 << IRQ);
         Effects {
-            deadline: Some(self.next_event_ns()),
+            deadline: Some(self.next_deadline()),
             ..Effects::none().with_lines(lines)
         }
     }
     fn deadline(&self) -> Option<u64> {
-        self.next_event_ns()
+        self.next_deadline()
     }
 }
 
@@ -885,19 +885,19 @@ mod tests {
     #[test]
     fn update_ended_interrupt() {
         let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 0, crate::NS_CLOCK);
-        assert_eq!(r.next_event_ns(), None);
+        assert_eq!(r.next_deadline(), None);
         wr(&mut r, 0, 0x0B, 0x02 | B_UIE);
-        assert_eq!(r.next_event_ns(), Some(S));
+        assert_eq!(r.next_deadline(), Some(S));
         assert_eq!(r.poll(S - 1), IrqState::default());
         let st = r.poll(S);
         assert_eq!(st.pulse, 1 << 8);
         assert_eq!(st.level, 1 << 8);
-        assert_eq!(r.next_event_ns(), None, "held until C is read");
+        assert_eq!(r.next_deadline(), None, "held until C is read");
         assert_eq!(r.poll(2 * S).pulse, 0);
         assert_eq!(rd(&mut r, 2 * S, 0x0C), C_IRQF | C_UF | C_PF);
         assert_eq!(rd(&mut r, 2 * S, 0x0C), 0);
         assert_eq!(r.poll(2 * S).level, 0);
-        assert_eq!(r.next_event_ns(), Some(3 * S));
+        assert_eq!(r.next_deadline(), Some(3 * S));
     }
 
     #[test]
@@ -912,22 +912,22 @@ mod tests {
         let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 0, crate::NS_CLOCK);
         wr(&mut r, 0, 0x0A, 0x2F); // RS=15: 500 ms
         wr(&mut r, 0, 0x0B, 0x02 | B_PIE);
-        assert_eq!(r.next_event_ns(), Some(500 * MS));
+        assert_eq!(r.next_deadline(), Some(500 * MS));
         assert_eq!(r.poll(500 * MS - 1).pulse, 0);
         assert_eq!(r.poll(500 * MS).pulse, 1 << 8);
         assert_eq!(rd(&mut r, 600 * MS, 0x0C), C_IRQF | C_PF);
-        assert_eq!(r.next_event_ns(), Some(S));
+        assert_eq!(r.next_deadline(), Some(S));
         // 1024 Hz: 976.5625 µs, rounded up to whole ns.
         wr(&mut r, 600 * MS, 0x0A, 0x26);
         // 615 * 976562.5 ns, rounded up.
-        assert_eq!(r.next_event_ns(), Some(600_585_938));
+        assert_eq!(r.next_deadline(), Some(600_585_938));
         // 8192 Hz (RS 3) and RS 1 (256 Hz).
         wr(&mut r, 600 * MS, 0x0A, 0x23);
         assert_eq!(r.periodic(), Some((4 * 1_000_000_000, BASE_HZ)));
         wr(&mut r, 600 * MS, 0x0A, 0x21);
         assert_eq!(r.periodic(), Some((128 * 1_000_000_000, BASE_HZ)));
         wr(&mut r, 600 * MS, 0x0A, 0x20);
-        assert_eq!(r.next_event_ns(), None);
+        assert_eq!(r.next_deadline(), None);
     }
 
     #[test]

@@ -22,7 +22,8 @@ const LSR_TEMT: u8 = 1 << 6;
 pub const HISTORY: usize = 16 * 1024;
 const MAX_LINE: usize = 240;
 
-/// How often a guest waiting for room in its console queue is re-checked.
+/// How often a guest waiting for room in its console queue is re-checked
+/// (nanoseconds; converted with the model's clock).
 const ROOM_POLL_NS: u64 = 1_000_000;
 
 /// The console the output goes to: the core's (or a test's) functions, given
@@ -275,7 +276,7 @@ impl Uart {
         self.now = now;
     }
 
-    pub fn next_event_ns(&self) -> Option<u64> {
+    pub fn next_deadline(&self) -> Option<u64> {
         self.thre_wait.then_some(self.wait_until)
     }
 
@@ -319,30 +320,30 @@ impl PortDevice for Uart {
     }
     fn io_read(&mut self, port: u16, size: u8, now: u64) -> Effects {
         self.set_time(now);
-        let before = self.next_event_ns();
+        let before = self.next_deadline();
         let fx = Effects::read(u64::from(self.read(port, size)));
         let lines = self.poll(now).lines(1 << 4);
         fx.with_lines(lines)
-            .with_deadline(before, self.next_event_ns())
+            .with_deadline(before, self.next_deadline())
     }
     fn io_write(&mut self, port: u16, size: u8, value: u32, now: u64) -> Effects {
         self.set_time(now);
-        let before = self.next_event_ns();
+        let before = self.next_deadline();
         self.write(port, size, value);
         let fx = Effects::none();
         let lines = self.poll(now).lines(1 << 4);
         fx.with_lines(lines)
-            .with_deadline(before, self.next_event_ns())
+            .with_deadline(before, self.next_deadline())
     }
     fn advance(&mut self, now: u64) -> Effects {
         let lines = self.poll(now).lines(1 << 4);
         Effects {
-            deadline: Some(self.next_event_ns()),
+            deadline: Some(self.next_deadline()),
             ..Effects::none().with_lines(lines)
         }
     }
     fn deadline(&self) -> Option<u64> {
-        self.next_event_ns()
+        self.next_deadline()
     }
     fn input(&mut self, byte: u8, now: u64) -> Option<Effects> {
         self.push_input(byte);
@@ -510,11 +511,11 @@ mod tests {
         assert_eq!(u.read(0x3FD, 1) & 0x60, 0);
         assert_eq!(u.read(0x3FA, 1), 0x01);
         assert_eq!(u.poll(2000).level, 0);
-        assert_eq!(u.next_event_ns(), Some(1000 + ROOM_POLL_NS));
+        assert_eq!(u.next_deadline(), Some(1000 + ROOM_POLL_NS));
         ROOM9.store(true, Ordering::SeqCst);
         assert_eq!(u.read(0x3FD, 1) & 0x60, 0x60);
         assert_eq!(u.poll(1000 + ROOM_POLL_NS).level, 1 << 4);
-        assert_eq!(u.next_event_ns(), None);
+        assert_eq!(u.next_deadline(), None);
         assert_eq!(u.read(0x3FA, 1), 0x02);
     }
 
