@@ -182,3 +182,32 @@ impl Effects {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_keeps_the_read_value_and_the_first_request() {
+        let mut read = Effects::read(0x14);
+        read.deadline = Some(Some(5));
+        let mut write = Effects::request(Request::Reset);
+        write.eoi = Some(0x31);
+        write.deadline = Some(None);
+        write.lines = Lines {
+            mask: 1 << 4,
+            level: 1 << 4,
+            pulse: 0,
+        };
+        read.merge(write);
+        assert_eq!(read.value, 0x14);
+        assert_eq!(read.eoi, Some(0x31));
+        assert_eq!(read.deadline, Some(None), "the later deadline wins");
+        assert_eq!(read.request, Request::Reset);
+        assert_eq!(read.lines.level, 1 << 4);
+        read.merge(Effects::request(Request::PowerOff));
+        assert_eq!(read.request, Request::Reset, "the first request stays");
+        assert!(!read.is_quiet());
+        assert!(Effects::read(7).is_quiet());
+    }
+}

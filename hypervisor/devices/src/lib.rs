@@ -206,3 +206,28 @@ pub fn all_ones64(size: u8) -> u64 {
         _ => u64::MAX,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_conversions_round_the_safe_way() {
+        // A 2.5 GHz TSC and the PIT's 1.193182 MHz input clock.
+        let c = Clock::new(2_500_000_000);
+        let pit = 1_193_182;
+        assert_eq!(c.count(2_500_000_000, pit), pit, "one second");
+        for n in [0, 1, 2, 1193, 65_536, 1_000_000_007] {
+            let t = c.at(n, pit);
+            assert_eq!(c.count(t, pit), n, "the first tick at which {n} is reached");
+            assert!(t == 0 || c.count(t - 1, pit) < n);
+        }
+        assert_eq!(c.from_ns(1_000), 2_500);
+        assert_eq!(c.from_ns(1), 3, "rounded up");
+        // No overflow at the ends of the range, and no division by zero.
+        assert_eq!(c.at(u64::MAX, 1), u64::MAX);
+        assert_eq!(Clock::new(0).hz(), 1);
+        assert_eq!(all_ones64(3), 0xFF_FFFF);
+        assert_eq!(all_ones64(8), u64::MAX);
+    }
+}
