@@ -1,8 +1,21 @@
 //! Debug-exit port 0xF4 (QEMU's isa-debug-exit convention for test guests): a
 //! write ends the guest; the value written is its exit code.
-use super::{Action, PortDevice};
+use super::{Effects, PortDevice, Request};
 
 pub struct DebugExit;
+
+/// Register-level access (the bus goes through [`PortDevice`]).
+impl DebugExit {
+    pub fn ports(&self) -> &'static [(u16, u16)] {
+        &[(0xF4, 1)]
+    }
+    pub fn read(&mut self, _port: u16, size: u8) -> u32 {
+        super::all_ones(size)
+    }
+    pub fn write(&mut self, _port: u16, _size: u8, value: u32) -> Request {
+        Request::Exit(value)
+    }
+}
 
 impl PortDevice for DebugExit {
     fn name(&self) -> &'static str {
@@ -11,11 +24,11 @@ impl PortDevice for DebugExit {
     fn ports(&self) -> &'static [(u16, u16)] {
         &[(0xF4, 1)]
     }
-    fn read(&mut self, _port: u16, size: u8) -> u32 {
-        super::all_ones(size)
+    fn io_read(&mut self, port: u16, size: u8, _now: u64) -> Effects {
+        Effects::read(u64::from(self.read(port, size)))
     }
-    fn write(&mut self, _port: u16, _size: u8, value: u32) -> Action {
-        Action::Exit(value)
+    fn io_write(&mut self, port: u16, size: u8, value: u32, _now: u64) -> Effects {
+        Effects::request(self.write(port, size, value))
     }
 }
 

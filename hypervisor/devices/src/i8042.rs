@@ -13,7 +13,7 @@
 //! reported by `poll`: `level` is the controller's output (OBF with the
 //! interrupt enabled in the command byte), `pulse` each rise since the last
 //! poll. The core should poll this device after every access.
-use super::{Action, IrqState, PortDevice};
+use super::{Effects, IrqState, PortDevice, Request};
 use alloc::collections::VecDeque;
 
 pub const PORT_DATA: u16 = 0x60;
@@ -194,15 +194,15 @@ impl I8042 {
         self.update_irq();
     }
 
-    fn write_output_port(&mut self, v: u8) -> Action {
+    fn write_output_port(&mut self, v: u8) -> Request {
         self.output_port = v;
         if v & OP_RESET == 0 {
-            return Action::Reset;
+            return Request::Reset;
         }
-        Action::None
+        Request::None
     }
 
-    fn command(&mut self, cmd: u8) -> Action {
+    fn command(&mut self, cmd: u8) -> Request {
         self.pending_command = None;
         match cmd {
             0x20 => self.push_ctl(self.ccb),
@@ -239,13 +239,13 @@ impl I8042 {
             0xE0 => self.push_ctl(0x00),
             // Pulse output port bits 3-0 low where the command bit is 0;
             // bit 0 is the reset line.
-            0xF0..=0xFF if cmd & 1 == 0 => return Action::Reset,
+            0xF0..=0xFF if cmd & 1 == 0 => return Request::Reset,
             _ => {}
         }
-        Action::None
+        Request::None
     }
 
-    fn command_data(&mut self, cmd: u8, v: u8) -> Action {
+    fn command_data(&mut self, cmd: u8, v: u8) -> Request {
         match cmd {
             0x60 => self.set_ccb(v),
             0x61..=0x7F => {}
@@ -256,7 +256,7 @@ impl I8042 {
             // times out and the controller returns FEh with the timeout bit.
             _ => self.push(0xFE, true, true),
         }
-        Action::None
+        Request::None
     }
 
     /// A byte for the keyboard (data port write outside a controller
@@ -311,35 +311,28 @@ impl I8042 {
         }
     }
 
-    fn write_data(&mut self, v: u8) -> Action {
+    fn write_data(&mut self, v: u8) -> Request {
         self.last_was_command = false;
         match self.pending_command.take() {
             Some(cmd) => self.command_data(cmd, v),
             None => {
                 self.keyboard(v);
-                Action::None
+                Request::None
             }
         }
     }
 }
 
-impl PortDevice for I8042 {
-    fn name(&self) -> &'static str {
-        "i8042"
-    }
-
-    fn ports(&self) -> &'static [(u16, u16)] {
-        &[(PORT_DATA, 1), (PORT_STATUS, 1)]
-    }
-
-    fn read(&mut self, port: u16, _size: u8) -> u32 {
+/// Register-level access (the bus goes through [`PortDevice`]).
+impl I8042 {
+    pub fn read(&mut self, port: u16, _size: u8) -> u32 {
         u32::from(match port {
             PORT_DATA => self.read_data(),
             _ => self.status(),
         })
     }
 
-    fn write(&mut self, port: u16, _size: u8, value: u32) -> Action {
+    pub fn write(&mut self, port: u16, _size: u8, value: u32) -> Request {
         let v = value as u8;
         match port {
             PORT_DATA => self.write_data(v),
@@ -350,13 +343,41 @@ impl PortDevice for I8042 {
         }
     }
 
-    fn poll(&mut self, _now_ns: u64) -> IrqState {
+    pub fn poll(&mut self, _now: u64) -> IrqState {
         let st = IrqState {
             level: self.irq_level,
             pulse: self.irq_pulse,
         };
         self.irq_pulse = 0;
         st
+    }
+}
+
+const IRQ_LINES: u16 = (1 << IRQ_KBD) | (1 << IRQ_AUX);
+
+/// IRQ 1 and 12 are reported with every access (reading the output buffer
+/// lowers them, a command's reply raises them); a reset pulse comes back
+/// as [`Request::Reset`].
+impl PortDevice for I8042 {
+    fn name(&self) -> &'static str {
+        "i8042"
+    }
+    fn ports(&self) -> &'static [(u16, u16)] {
+        &[(PORT_DATA, 1), (PORT_STATUS, 1)]
+    }
+    fn irq_lines(&self) -> u16 {
+        IRQ_LINES
+    }
+    fn io_read(&mut self, port: u16, size: u8, now: u64) -> Effects {
+        let v = self.read(port, size);
+        Effects::read(u64::from(v)).with_lines(self.poll(now).lines(IRQ_LINES))
+    }
+    fn io_write(&mut self, port: u16, size: u8, value: u32, now: u64) -> Effects {
+        let r = self.write(port, size, value);
+        Effects::request(r).with_lines(self.poll(now).lines(IRQ_LINES))
+    }
+    fn advance(&mut self, now: u64) -> Effects {
+        Effects::none().with_lines(self.poll(now).lines(IRQ_LINES))
     }
 }
 
@@ -379,11 +400,11 @@ impl crate::state::Check for I8042 {
 mod tests {
     use super::*;
 
-    fn cmd(k: &mut I8042, c: u8) -> Action {
+    fn cmd(k: &mut I8042, c: u8) -> Request {
         k.write(0x64, 1, u32::from(c))
     }
 
-    fn data(k: &mut I8042, v: u8) -> Action {
+    fn data(k: &mut I8042, v: u8) -> Request {
         k.write(0x60, 1, u32::from(v))
     }
 
@@ -584,19 +605,19 @@ mod tests {
     #[test]
     fn reset_by_pulse_command() {
         let mut k = I8042::new();
-        assert_eq!(cmd(&mut k, 0xFE), Action::Reset);
-        assert_eq!(cmd(&mut k, 0xF0), Action::Reset);
-        assert_eq!(cmd(&mut k, 0xFF), Action::None, "no bit pulsed");
-        assert_eq!(cmd(&mut k, 0xFD), Action::None, "bit 0 not pulsed");
+        assert_eq!(cmd(&mut k, 0xFE), Request::Reset);
+        assert_eq!(cmd(&mut k, 0xF0), Request::Reset);
+        assert_eq!(cmd(&mut k, 0xFF), Request::None, "no bit pulsed");
+        assert_eq!(cmd(&mut k, 0xFD), Request::None, "bit 0 not pulsed");
     }
 
     #[test]
     fn reset_by_output_port_write() {
         let mut k = I8042::new();
         cmd(&mut k, 0xD1);
-        assert_eq!(data(&mut k, 0x03), Action::None);
+        assert_eq!(data(&mut k, 0x03), Request::None);
         cmd(&mut k, 0xD1);
-        assert_eq!(data(&mut k, 0x02), Action::Reset);
+        assert_eq!(data(&mut k, 0x02), Request::Reset);
     }
 
     #[test]
@@ -639,7 +660,7 @@ mod tests {
         let mut k = I8042::new();
         assert_eq!(command(&mut k, 0x21, None), Some(0));
         cmd(&mut k, 0x61);
-        assert_eq!(data(&mut k, 0x55), Action::None);
+        assert_eq!(data(&mut k, 0x55), Request::None);
         assert_eq!(take(&mut k), None, "the byte went to RAM, not the keyboard");
         assert_eq!(command(&mut k, 0xC0, None), Some(0x80));
         assert_eq!(command(&mut k, 0xE0, None), Some(0x00));

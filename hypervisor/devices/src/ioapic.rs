@@ -11,7 +11,7 @@
 //!   logical state of the line (the entry's polarity bit is not applied).
 //! - Local APIC EOIs for level-triggered vectors: [`IoApic::eoi`].
 //!
-//! Each returns the interrupt messages to send as [`Delivery`] values: the
+//! Each returns the interrupt messages to send as [`Message`] values: the
 //! caller finds the target local APICs with `VLapic::matches_destination(dest,
 //! logical, false)` and calls `VLapic::accept(vector, level_triggered)` for
 //! fixed ones. Edge-triggered entries send on a rising edge; level-triggered
@@ -20,6 +20,7 @@
 //! entries send nothing; unmasking an asserted level-triggered entry sends.
 use super::all_ones;
 pub use super::lapic::DeliveryMode;
+use crate::effects::{Effects, Message};
 use alloc::vec::Vec;
 
 /// The default MMIO base address.
@@ -42,19 +43,6 @@ const RTE_DEST: u32 = 0xFF00_0000;
 const RTE_REMOTE_IRR: u64 = 1 << 14;
 const RTE_LEVEL: u64 = 1 << 15;
 const RTE_MASKED: u64 = 1 << 16;
-
-/// One interrupt message from the I/O APIC to the local APICs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Delivery {
-    pub vector: u8,
-    /// Physical APIC ID or logical destination (8-bit xAPIC format).
-    pub dest: u8,
-    pub logical: bool,
-    /// Fixed, LowestPriority, Smi, Nmi, Init or ExtInt.
-    pub mode: DeliveryMode,
-    /// Level-triggered: the local APIC sets the TMR bit and its EOI comes back here.
-    pub level_triggered: bool,
-}
 
 /// The I/O APIC. See the module documentation.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -126,7 +114,7 @@ impl IoApic {
     /// A write of `size` bytes at `offset`. Writes to IOWIN narrower than
     /// 4 bytes change only those bytes of the selected register. Returns what
     /// an unmasked, asserted level-triggered entry sends.
-    pub fn write_mmio(&mut self, offset: u32, size: u8, value: u32) -> Vec<Delivery> {
+    pub fn write_mmio(&mut self, offset: u32, size: u8, value: u32) -> Vec<Message> {
         let shift = (offset & 3) << 3;
         let mask = all_ones(size).checked_shl(shift).unwrap_or(0);
         let value = value.checked_shl(shift).unwrap_or(0) & mask;
@@ -146,7 +134,7 @@ impl IoApic {
         }
     }
 
-    fn write_reg(&mut self, index: u8, v: u32) -> Vec<Delivery> {
+    fn write_reg(&mut self, index: u8, v: u32) -> Vec<Message> {
         match index {
             REG_ID => self.id = ((v >> 24) & 0xF) as u8,
             // Version and arbitration ID are read-only.
@@ -179,7 +167,7 @@ impl IoApic {
     /// Drives input `gsi` (0..23; others are ignored). Edge-triggered entries
     /// send on a rising edge, level-triggered ones while asserted and Remote
     /// IRR is clear.
-    pub fn set_irq(&mut self, gsi: u32, asserted: bool) -> Vec<Delivery> {
+    pub fn set_irq(&mut self, gsi: u32, asserted: bool) -> Vec<Message> {
         let pin = gsi as usize;
         let Some(&e) = self.rte.get(pin) else {
             return Vec::new();
@@ -202,7 +190,7 @@ impl IoApic {
     /// A local APIC ended `vector`: clears Remote IRR of the level-triggered
     /// entries with that vector and sends again for those whose line is still
     /// asserted.
-    pub fn eoi(&mut self, vector: u8) -> Vec<Delivery> {
+    pub fn eoi(&mut self, vector: u8) -> Vec<Message> {
         let mut out = Vec::new();
         for pin in 0..PINS {
             let Some(e) = self.rte.get_mut(pin) else {
@@ -218,7 +206,7 @@ impl IoApic {
 
     /// Sends a level-triggered entry if it is unmasked, asserted and not
     /// waiting for an EOI.
-    fn level_check(&mut self, pin: usize) -> Vec<Delivery> {
+    fn level_check(&mut self, pin: usize) -> Vec<Message> {
         let Some(&e) = self.rte.get(pin) else {
             return Vec::new();
         };
@@ -230,7 +218,7 @@ impl IoApic {
 
     /// The message for entry `pin`; sets Remote IRR for level-triggered ones.
     /// Reserved delivery modes (011b, 110b) send nothing.
-    fn send(&mut self, pin: usize) -> Option<Delivery> {
+    fn send(&mut self, pin: usize) -> Option<Message> {
         let e = *self.rte.get(pin)?;
         let mode = match DeliveryMode::from_bits((e >> 8) as u32)? {
             DeliveryMode::Startup => return None,
@@ -242,13 +230,13 @@ impl IoApic {
                 *entry |= RTE_REMOTE_IRR;
             }
         }
-        Some(Delivery {
-            vector: e as u8,
-            dest: (e >> 56) as u8,
-            logical: e & (1 << 11) != 0,
+        Some(Message::ioapic(
+            e as u8,
+            (e >> 56) as u8,
+            e & (1 << 11) != 0,
             mode,
             level_triggered,
-        })
+        ))
     }
 }
 
@@ -260,6 +248,22 @@ fn is_level(e: u64) -> bool {
 
 // Power-on keeps the APIC ID (set by the platform) and the input lines
 // (driven from outside).
+/// The page at [`BASE`]: accesses wider than 4 bytes act on the low 4.
+impl crate::MmioDevice for IoApic {
+    fn mmio_read(&mut self, offset: u64, size: u8, _now: u64) -> Effects {
+        let off = (offset & 0xFFF) as u32;
+        Effects::read(u64::from(self.read_mmio(off, size.min(4))))
+    }
+
+    fn mmio_write(&mut self, offset: u64, size: u8, value: u64, _now: u64) -> Effects {
+        let off = (offset & 0xFFF) as u32;
+        Effects {
+            messages: self.write_mmio(off, size.min(4), value as u32),
+            ..Effects::none()
+        }
+    }
+}
+
 crate::state::plain_state!(IoApic, 1, |me| {
     let mut fresh = me.clone();
     fresh.reset();
@@ -278,7 +282,7 @@ impl crate::state::Check for IoApic {
 mod tests {
     use super::*;
 
-    fn write_rte(io: &mut IoApic, pin: u8, v: u64) -> Vec<Delivery> {
+    fn write_rte(io: &mut IoApic, pin: u8, v: u64) -> Vec<Message> {
         assert!(io.write_mmio(0, 4, u32::from(0x11 + 2 * pin)).is_empty());
         assert!(io.write_mmio(0x10, 4, (v >> 32) as u32).is_empty());
         let _ = io.write_mmio(0, 4, u32::from(0x10 + 2 * pin));
@@ -290,14 +294,8 @@ mod tests {
         io.read_mmio(0x10, 4)
     }
 
-    fn fixed(vector: u8, dest: u8, level: bool) -> Delivery {
-        Delivery {
-            vector,
-            dest,
-            logical: false,
-            mode: DeliveryMode::Fixed,
-            level_triggered: level,
-        }
+    fn fixed(vector: u8, dest: u8, level: bool) -> Message {
+        Message::ioapic(vector, dest, false, DeliveryMode::Fixed, level)
     }
 
     #[test]
@@ -399,18 +397,12 @@ mod tests {
             5,
             RTE_LEVEL | (4 << 8) | (1 << 11) | (0x0Fu64 << 56),
         );
-        let nmi = Delivery {
-            vector: 0,
-            dest: 0x0F,
-            logical: true,
-            mode: DeliveryMode::Nmi,
-            level_triggered: false,
-        };
+        let nmi = Message::ioapic(0, 0x0F, true, DeliveryMode::Nmi, false);
         assert_eq!(io.set_irq(5, true), [nmi]);
         assert!(io.set_irq(5, true).is_empty());
         assert_eq!(io.entry(5).unwrap() & RTE_REMOTE_IRR, 0);
         let _ = write_rte(&mut io, 0, 7 << 8);
-        assert_eq!(io.set_irq(0, true)[0].mode, DeliveryMode::ExtInt);
+        assert_eq!(io.set_irq(0, true)[0].delivery, DeliveryMode::ExtInt);
         // Reserved delivery modes send nothing.
         let _ = write_rte(&mut io, 6, (3 << 8) | 0x40);
         let _ = write_rte(&mut io, 7, (6 << 8) | 0x40);
@@ -453,13 +445,13 @@ mod tests {
         let _ = write_rte(&mut io, 12, (0x0Fu64 << 56) | (1 << 11) | (1 << 8) | 0x61);
         assert_eq!(
             io.set_irq(12, true),
-            [Delivery {
-                vector: 0x61,
-                dest: 0x0F,
-                logical: true,
-                mode: DeliveryMode::LowestPriority,
-                level_triggered: false,
-            }]
+            [Message::ioapic(
+                0x61,
+                0x0F,
+                true,
+                DeliveryMode::LowestPriority,
+                false
+            )]
         );
     }
 }

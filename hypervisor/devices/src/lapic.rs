@@ -16,14 +16,17 @@
 //! - IA32_APIC_BASE (0x1B): [`VLapic::apic_base`] / [`VLapic::set_apic_base`].
 //! - IA32_TSC_DEADLINE (0x6E0): [`VLapic::read_tsc_deadline`] /
 //!   [`VLapic::write_tsc_deadline`].
-//! - Writes return a [`LapicEffect`]: an EOI to forward to the I/O APIC when
-//!   `level` is set, or an [`Ipi`] to route: for each target vCPU, check
-//!   [`VLapic::matches_destination`] (and the shorthand), then call
-//!   [`VLapic::accept`] for fixed interrupts or act on NMI/INIT/SIPI.
+//! - Accesses return an [`Effects`]: an EOI to forward to the I/O APIC
+//!   (`eoi`, for level-triggered vectors), an IPI to route (`messages`: for
+//!   each target vCPU, check [`VLapic::matches_destination`] and the
+//!   shorthand, then call [`VLapic::accept`] for fixed interrupts or act on
+//!   NMI/INIT/SIPI), and the timer's new deadline when it moved.
 //! - Injection: [`VLapic::pending`] is the vector to inject once the guest can
 //!   take an interrupt; after injecting it, call [`VLapic::ack`].
 //! - Wake-ups: [`VLapic::next_timer_deadline`] is the TSC at which
 //!   `poll_timer` next has work to do.
+
+use crate::effects::{Effects, Message};
 
 /// The default IA32_APIC_BASE address.
 pub const DEFAULT_BASE: u64 = 0xFEE0_0000;
@@ -158,46 +161,9 @@ pub enum Shorthand {
     AllExcludingSelf,
 }
 
-/// An IPI the guest sent by writing the ICR. The router delivers it to the
-/// shorthand's targets, or else to every APIC for which
-/// `matches_destination(dest, dest_mode_logical, x2apic)` holds
-/// (for `LowestPriority`, to one of them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipi {
-    pub dest_shorthand: Shorthand,
-    /// 8-bit xAPIC destination (ICR bits 63:56) or 32-bit x2APIC one.
-    pub dest: u32,
-    pub dest_mode_logical: bool,
-    /// Whether `dest` is in x2APIC format (the sender was in x2APIC mode).
-    pub x2apic: bool,
-    pub delivery: DeliveryMode,
-    /// Vector (Fixed/LowestPriority) or start page (Startup); else unused.
-    pub vector: u8,
-    /// ICR level bit (14): assert.
-    pub level: bool,
-    /// ICR trigger mode bit (15): level-triggered.
-    pub trigger_level: bool,
-    /// The sender's APIC ID (for the "excluding self" shorthand).
-    pub source: u32,
-}
-
 /// The access raises #GP(0) in the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Gp;
-
-/// What the caller must do after a register write.
-#[must_use]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LapicEffect {
-    None,
-    /// The guest ended `vector`; if `level`, send an EOI for it to the I/O APIC.
-    Eoi {
-        vector: u8,
-        level: bool,
-    },
-    /// Route this IPI.
-    Ipi(Ipi),
-}
 
 /// How an unmasked LINT0/LINT1 pin delivers (its LVT entry).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -459,17 +425,16 @@ impl VLapic {
     }
 
     /// End of interrupt: clears the highest ISR bit (SDM 11.8.5).
-    pub fn eoi(&mut self) -> LapicEffect {
-        match highest(&self.isr) {
-            Some(vector) => {
-                bit_set(&mut self.isr, vector, false);
-                LapicEffect::Eoi {
-                    vector,
-                    level: bit_get(&self.tmr, vector),
-                }
+    /// A level-triggered vector's EOI goes on to the I/O APIC (`eoi`).
+    pub fn eoi(&mut self) -> Effects {
+        let mut fx = Effects::none();
+        if let Some(vector) = highest(&self.isr) {
+            bit_set(&mut self.isr, vector, false);
+            if bit_get(&self.tmr, vector) {
+                fx.eoi = Some(vector);
             }
-            None => LapicEffect::None,
         }
+        fx
     }
 
     pub fn irr_bit(&self, vector: u8) -> bool {
@@ -674,11 +639,13 @@ impl VLapic {
     /// WRMSR IA32_TSC_DEADLINE: arms (0 disarms) in TSC-deadline mode and is
     /// ignored in the other modes (SDM 11.5.4.1). A deadline already past
     /// fires at the next poll.
-    pub fn write_tsc_deadline(&mut self, tsc: u64, now_tsc: u64) {
+    pub fn write_tsc_deadline(&mut self, tsc: u64, now_tsc: u64) -> Effects {
+        let before = self.next_timer_deadline();
         self.poll_timer(now_tsc);
         if self.timer_mode() == TimerMode::TscDeadline {
             self.timer.deadline = tsc;
         }
+        Effects::none().with_deadline(before, self.next_timer_deadline())
     }
 
     fn write_initial_count(&mut self, value: u32, now_tsc: u64) {
@@ -742,21 +709,21 @@ impl VLapic {
     /// Decodes the ICR into an IPI (SDM 11.6.1). Reserved delivery modes and
     /// INIT level de-assert (unsupported since the Pentium 4) send nothing;
     /// an illegal fixed vector sets ESR bit 5 and sends nothing.
-    fn send_ipi(&mut self) -> LapicEffect {
+    fn send_ipi(&mut self) -> Effects {
         let lo = self.icr as u32;
         let vector = lo as u8;
         let level = lo & (1 << 14) != 0;
         let trigger_level = lo & (1 << 15) != 0;
         let delivery = match DeliveryMode::from_bits(lo >> 8) {
-            None | Some(DeliveryMode::ExtInt) => return LapicEffect::None,
+            None | Some(DeliveryMode::ExtInt) => return Effects::none(),
             Some(d) => d,
         };
         if delivery == DeliveryMode::Init && !level && trigger_level {
-            return LapicEffect::None;
+            return Effects::none();
         }
         if matches!(delivery, DeliveryMode::Fixed | DeliveryMode::LowestPriority) && vector < 16 {
             self.signal_error(ESR_SEND_ILLEGAL_VECTOR);
-            return LapicEffect::None;
+            return Effects::none();
         }
         let x2apic = self.mode() == ApicMode::X2Apic;
         let dest_shorthand = match (lo >> 18) & 3 {
@@ -765,7 +732,7 @@ impl VLapic {
             2 => Shorthand::AllIncludingSelf,
             _ => Shorthand::AllExcludingSelf,
         };
-        LapicEffect::Ipi(Ipi {
+        let m = Message {
             dest_shorthand,
             dest: if x2apic {
                 (self.icr >> 32) as u32
@@ -779,7 +746,11 @@ impl VLapic {
             level,
             trigger_level,
             source: self.physical_id(),
-        })
+        };
+        Effects {
+            messages: alloc::vec![m],
+            ..Effects::none()
+        }
     }
 
     /// Register value by xAPIC offset, shared by both views; `None` for
@@ -845,15 +816,22 @@ impl VLapic {
     /// A 32-bit write to the xAPIC page at `offset`. Writes not at a 16-byte
     /// boundary, writes outside xAPIC mode and writes to read-only registers
     /// are dropped; unknown offsets set ESR bit 7. Writing ICR low sends the IPI.
-    pub fn write_mmio(&mut self, offset: u32, value: u32, now_tsc: u64) -> LapicEffect {
+    /// The timer's deadline comes back in the effects when the write moved it.
+    pub fn write_mmio(&mut self, offset: u32, value: u32, now_tsc: u64) -> Effects {
+        let before = self.next_timer_deadline();
+        let fx = self.write_mmio_reg(offset, value, now_tsc);
+        fx.with_deadline(before, self.next_timer_deadline())
+    }
+
+    fn write_mmio_reg(&mut self, offset: u32, value: u32, now_tsc: u64) -> Effects {
         if self.mode() != ApicMode::XApic || offset & 0xF != 0 {
-            return LapicEffect::None;
+            return Effects::none();
         }
         self.poll_timer(now_tsc);
         let off = offset & 0xFF0;
         if let Some(slot) = Self::lvt_slot(off) {
             self.write_lvt(slot, value);
-            return LapicEffect::None;
+            return Effects::none();
         }
         match off {
             ID => self.xapic_id = (value >> 24) as u8,
@@ -876,7 +854,7 @@ impl VLapic {
             ISR0..=0x270 => {}
             _ => self.signal_error(ESR_ILLEGAL_REGISTER),
         }
-        LapicEffect::None
+        Effects::none()
     }
 
     // ---- x2APIC view (SDM 11.12.1) ----
@@ -901,7 +879,14 @@ impl VLapic {
     /// WRMSR of an x2APIC MSR. `Err` = #GP: not in x2APIC mode, no register
     /// there, a read-only register, or a reserved bit set (reserved bits are
     /// checked, SDM 11.12.1.3; EOI and ESR take only 0).
-    pub fn write_msr(&mut self, msr: u32, value: u64, now_tsc: u64) -> Result<LapicEffect, Gp> {
+    /// The timer's deadline comes back in the effects when the write moved it.
+    pub fn write_msr(&mut self, msr: u32, value: u64, now_tsc: u64) -> Result<Effects, Gp> {
+        let before = self.next_timer_deadline();
+        let fx = self.write_msr_reg(msr, value, now_tsc)?;
+        Ok(fx.with_deadline(before, self.next_timer_deadline()))
+    }
+
+    fn write_msr_reg(&mut self, msr: u32, value: u64, now_tsc: u64) -> Result<Effects, Gp> {
         if self.mode() != ApicMode::X2Apic || !X2APIC_MSRS.contains(&msr) {
             return Err(Gp);
         }
@@ -917,7 +902,7 @@ impl VLapic {
             check(v & !allowed == 0)?;
             check(slot != TIMER || (v >> 17) & 3 != 3)?;
             self.write_lvt(slot, v);
-            return Ok(LapicEffect::None);
+            return Ok(Effects::none());
         }
         match off {
             TPR => {
@@ -954,12 +939,32 @@ impl VLapic {
             }
             _ => return Err(Gp),
         }
-        Ok(LapicEffect::None)
+        Ok(Effects::none())
     }
 }
 
 // Power-on keeps the APIC ID, the BSP flag and the bus clock (the
 // platform's wiring).
+/// The xAPIC page of this vCPU (the bus's per-vCPU window): an 8-byte read
+/// reads two registers' worth; writes take the low 32 bits.
+impl crate::MmioDevice for VLapic {
+    fn mmio_read(&mut self, offset: u64, size: u8, now: u64) -> Effects {
+        let before = self.next_timer_deadline();
+        let off = (offset & 0xFFF) as u32;
+        let lo = u64::from(self.read_mmio(off, now));
+        let v = if size > 4 {
+            lo | (u64::from(self.read_mmio(off.wrapping_add(4), now)) << 32)
+        } else {
+            lo
+        };
+        Effects::read(v & crate::all_ones64(size)).with_deadline(before, self.next_timer_deadline())
+    }
+
+    fn mmio_write(&mut self, offset: u64, _size: u8, value: u64, now: u64) -> Effects {
+        self.write_mmio((offset & 0xFFF) as u32, value as u32, now)
+    }
+}
+
 crate::state::plain_state!(VLapic, 1, |me| VLapic::new(
     me.id,
     me.bsp,
@@ -981,12 +986,19 @@ impl crate::state::Check for VLapic {
 mod tests {
     use super::*;
 
+    fn ipi(m: Message) -> Effects {
+        Effects {
+            messages: alloc::vec![m],
+            ..Effects::none()
+        }
+    }
+
     /// 10 TSC cycles per bus tick.
     const TPB: u64 = 10;
 
     fn enabled() -> VLapic {
         let mut a = VLapic::new(3, true, TPB);
-        assert_eq!(a.write_mmio(SVR, 0x1FF, 0), LapicEffect::None);
+        assert_eq!(a.write_mmio(SVR, 0x1FF, 0), Effects::none());
         a
     }
 
@@ -1123,9 +1135,9 @@ mod tests {
         assert_eq!(a.read_mmio(PPR, 0), 0x80);
         assert_eq!(
             a.write_mmio(EOI, 0, 0),
-            LapicEffect::Eoi {
-                vector: 0x80,
-                level: true
+            Effects {
+                eoi: Some(0x80),
+                ..Effects::none()
             }
         );
         assert_eq!(a.pending(), Some(0x41));
@@ -1134,24 +1146,12 @@ mod tests {
         assert!(a.accept(0x90, false));
         assert_eq!(a.pending(), Some(0x90));
         a.ack(0x90);
-        assert_eq!(
-            a.eoi(),
-            LapicEffect::Eoi {
-                vector: 0x90,
-                level: false
-            }
-        );
-        assert_eq!(
-            a.eoi(),
-            LapicEffect::Eoi {
-                vector: 0x41,
-                level: false
-            }
-        );
+        assert_eq!(a.eoi(), Effects::none());
+        assert_eq!(a.eoi(), Effects::none());
         assert_eq!(a.pending(), Some(0x30));
         a.ack(0x30);
         let _ = a.eoi();
-        assert_eq!(a.eoi(), LapicEffect::None);
+        assert_eq!(a.eoi(), Effects::none());
         // ack of a vector not in the IRR does nothing.
         a.ack(0x99);
         assert!(!a.isr_bit(0x99));
@@ -1281,7 +1281,7 @@ mod tests {
         let e = a.write_mmio(ICR_LO, 0x0000_4031, 0);
         assert_eq!(
             e,
-            LapicEffect::Ipi(Ipi {
+            ipi(Message {
                 dest_shorthand: Shorthand::None,
                 dest: 5,
                 dest_mode_logical: false,
@@ -1294,27 +1294,27 @@ mod tests {
             })
         );
         // INIT assert to all excluding self, then SIPI vector 0x9A.
-        let LapicEffect::Ipi(i) = a.write_mmio(ICR_LO, 0x000C_4500, 0) else {
+        let [i] = a.write_mmio(ICR_LO, 0x000C_4500, 0).messages[..] else {
             panic!()
         };
         assert_eq!(i.delivery, DeliveryMode::Init);
         assert_eq!(i.dest_shorthand, Shorthand::AllExcludingSelf);
-        let LapicEffect::Ipi(i) = a.write_mmio(ICR_LO, 0x0000_469A, 0) else {
+        let [i] = a.write_mmio(ICR_LO, 0x0000_469A, 0).messages[..] else {
             panic!()
         };
         assert_eq!((i.delivery, i.vector), (DeliveryMode::Startup, 0x9A));
         // Logical NMI.
-        let LapicEffect::Ipi(i) = a.write_mmio(ICR_LO, 0x0000_4C00, 0) else {
+        let [i] = a.write_mmio(ICR_LO, 0x0000_4C00, 0).messages[..] else {
             panic!()
         };
         assert!(i.dest_mode_logical);
         assert_eq!(i.delivery, DeliveryMode::Nmi);
         // INIT de-assert and reserved modes send nothing.
-        assert_eq!(a.write_mmio(ICR_LO, 0x0000_8500, 0), LapicEffect::None);
-        assert_eq!(a.write_mmio(ICR_LO, 0x0000_4300, 0), LapicEffect::None);
-        assert_eq!(a.write_mmio(ICR_LO, 0x0000_4700, 0), LapicEffect::None);
+        assert_eq!(a.write_mmio(ICR_LO, 0x0000_8500, 0), Effects::none());
+        assert_eq!(a.write_mmio(ICR_LO, 0x0000_4300, 0), Effects::none());
+        assert_eq!(a.write_mmio(ICR_LO, 0x0000_4700, 0), Effects::none());
         // Illegal fixed vector: ESR bit 5, nothing sent.
-        assert_eq!(a.write_mmio(ICR_LO, 0x0000_4005, 0), LapicEffect::None);
+        assert_eq!(a.write_mmio(ICR_LO, 0x0000_4005, 0), Effects::none());
         let _ = a.write_mmio(ESR, 0, 0);
         assert_eq!(a.read_mmio(ESR, 0), ESR_SEND_ILLEGAL_VECTOR);
         // Delivery status always reads idle.
@@ -1329,7 +1329,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             e,
-            LapicEffect::Ipi(Ipi {
+            ipi(Message {
                 dest_shorthand: Shorthand::SelfOnly,
                 dest: 0x1_0203,
                 dest_mode_logical: false,
@@ -1360,33 +1360,31 @@ mod tests {
         assert_eq!(a.read_msr(0x803, 0), Some(u64::from(VERSION)));
         assert_eq!(a.read_msr(0x80D, 0), Some(1 << 3));
         assert_eq!(a.read_msr(0x80F, 0), Some(0x1FF));
-        assert_eq!(a.write_msr(msr(TPR), 0x20, 0), Ok(LapicEffect::None));
+        assert_eq!(a.write_msr(msr(TPR), 0x20, 0), Ok(Effects::none()));
         assert_eq!(a.read_msr(0x808, 0), Some(0x20));
         assert_eq!(a.read_msr(0x80A, 0), Some(0x20));
-        assert_eq!(a.write_msr(0x832, 0x0002_0050, 0), Ok(LapicEffect::None));
+        assert_eq!(a.write_msr(0x832, 0x0002_0050, 0), Ok(Effects::none()));
         assert_eq!(a.timer_mode(), TimerMode::Periodic);
-        assert_eq!(a.write_msr(0x83E, 0xB, 0), Ok(LapicEffect::None));
-        assert_eq!(a.write_msr(0x838, 7, 0), Ok(LapicEffect::None));
+        assert_eq!(a.write_msr(0x83E, 0xB, 0), Ok(Effects::none()));
+        // Starting the timer reports its deadline: 7 ticks of TPB cycles.
+        assert_eq!(
+            a.write_msr(0x838, 7, 0).map(|fx| fx.deadline),
+            Ok(Some(Some(7 * TPB)))
+        );
         assert_eq!(a.read_msr(0x838, 0), Some(7));
         assert_eq!(a.read_msr(0x839, 2 * TPB), Some(5));
         assert_eq!(a.read_msr(0x83E, 0), Some(0xB));
         // Self IPI goes straight into the IRR.
-        assert_eq!(a.write_msr(0x83F, 0x66, 0), Ok(LapicEffect::None));
+        assert_eq!(a.write_msr(0x83F, 0x66, 0), Ok(Effects::none()));
         assert_eq!(a.read_msr(0x820 + 3, 0), Some(1 << 6));
         assert_eq!(a.pending(), Some(0x66));
         a.ack(0x66);
         assert_eq!(a.read_msr(0x810 + 3, 0), Some(1 << 6));
-        assert_eq!(
-            a.write_msr(0x80B, 0, 0),
-            Ok(LapicEffect::Eoi {
-                vector: 0x66,
-                level: false
-            })
-        );
+        assert_eq!(a.write_msr(0x80B, 0, 0), Ok(Effects::none()));
         // LVTs, CMCI included.
-        assert_eq!(a.write_msr(0x82F, 0x0001_0033, 0), Ok(LapicEffect::None));
+        assert_eq!(a.write_msr(0x82F, 0x0001_0033, 0), Ok(Effects::none()));
         assert_eq!(a.read_msr(0x82F, 0), Some(0x0001_0033));
-        assert_eq!(a.write_msr(0x835, 0x0000_0700, 0), Ok(LapicEffect::None));
+        assert_eq!(a.write_msr(0x835, 0x0000_0700, 0), Ok(Effects::none()));
         assert_eq!(
             a.lint(0),
             Some(LintDelivery {
@@ -1425,7 +1423,7 @@ mod tests {
         assert_eq!(a.read_msr(0x1B, 0), None);
         // MMIO doesn't decode in x2APIC mode.
         assert_eq!(a.read_mmio(VER, 0), u32::MAX);
-        assert_eq!(a.write_mmio(TPR, 0x10, 0), LapicEffect::None);
+        assert_eq!(a.write_mmio(TPR, 0x10, 0), Effects::none());
         assert_eq!(a.tpr(), 0);
         // And the MSRs don't in xAPIC mode.
         let mut b = enabled();
@@ -1470,9 +1468,9 @@ mod tests {
     #[test]
     fn init_resets_all_but_id_and_base() {
         let mut a = x2();
-        assert_eq!(a.write_msr(0x808, 0x40, 0), Ok(LapicEffect::None));
+        assert_eq!(a.write_msr(0x808, 0x40, 0), Ok(Effects::none()));
         assert!(a.accept(0x70, true));
-        assert_eq!(a.write_msr(0x838, 100, 0), Ok(LapicEffect::None));
+        assert_eq!(a.write_msr(0x838, 100, 0), Ok(Effects::none()));
         a.reset_on_init();
         assert_eq!(a.mode(), ApicMode::X2Apic);
         assert_eq!(a.read_msr(0x802, 0), Some(3));

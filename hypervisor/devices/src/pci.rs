@@ -6,7 +6,7 @@
 //!
 //! The default table is an Intel 440FX host bridge (00:00.0) and a PIIX3
 //! PCI-to-ISA bridge (00:01.0). More functions are added with [`Pci::add`].
-use super::{all_ones, Action, PortDevice};
+use super::{all_ones, Effects, PortDevice, Request};
 use alloc::vec::Vec;
 
 pub const CONFIG_ADDRESS: u16 = 0xCF8;
@@ -309,16 +309,9 @@ impl Pci {
     }
 }
 
-impl PortDevice for Pci {
-    fn name(&self) -> &'static str {
-        "pci"
-    }
-
-    fn ports(&self) -> &'static [(u16, u16)] {
-        &[(CONFIG_ADDRESS, 8)]
-    }
-
-    fn read(&mut self, port: u16, size: u8) -> u32 {
+/// Register-level access (the bus goes through [`PortDevice`]).
+impl Pci {
+    pub fn read(&mut self, port: u16, size: u8) -> u32 {
         match (port, size) {
             (CONFIG_ADDRESS, 4) => self.address,
             (RESET_CONTROL, 1) => u32::from(self.reset_control),
@@ -338,7 +331,7 @@ impl PortDevice for Pci {
         }
     }
 
-    fn write(&mut self, port: u16, size: u8, value: u32) -> Action {
+    pub fn write(&mut self, port: u16, size: u8, value: u32) -> Request {
         match (port, size) {
             (CONFIG_ADDRESS, 4) => self.address = value & ADDR_MASK,
             (RESET_CONTROL, 1) => {
@@ -350,7 +343,7 @@ impl PortDevice for Pci {
                 // (INIT) without; both restart the guest here. RCPU reads back
                 // 0, so every write with it set is such a transition.
                 if v & RC_RCPU != 0 {
-                    return Action::Reset;
+                    return Request::Reset;
                 }
             }
             (CONFIG_DATA..=0xCFF, _) => {
@@ -364,7 +357,23 @@ impl PortDevice for Pci {
             }
             _ => {}
         }
-        Action::None
+        Request::None
+    }
+}
+
+/// The reset control register's requests come back as [`Request::Reset`].
+impl PortDevice for Pci {
+    fn name(&self) -> &'static str {
+        "pci"
+    }
+    fn ports(&self) -> &'static [(u16, u16)] {
+        &[(CONFIG_ADDRESS, 8)]
+    }
+    fn io_read(&mut self, port: u16, size: u8, _now: u64) -> Effects {
+        Effects::read(u64::from(self.read(port, size)))
+    }
+    fn io_write(&mut self, port: u16, size: u8, value: u32, _now: u64) -> Effects {
+        Effects::request(self.write(port, size, value))
     }
 }
 
@@ -412,7 +421,7 @@ mod tests {
         // pci_check_type1(): byte write to 0xCFB, then CONFIG_ADDRESS
         // read-back of 0x80000000.
         let mut p = Pci::new();
-        assert_eq!(p.write(0xCFB, 1, 0x01), Action::None);
+        assert_eq!(p.write(0xCFB, 1, 0x01), Request::None);
         let saved = p.read(0xCF8, 4);
         p.write(0xCF8, 4, 0x8000_0000);
         assert_eq!(p.read(0xCF8, 4), 0x8000_0000);
@@ -575,14 +584,25 @@ mod tests {
     fn reset_control_register() {
         let mut p = Pci::new();
         // Linux reboot=pci: 0x02, then 0x06.
-        assert_eq!(p.write(0xCF9, 1, 0x02), Action::None);
+        assert_eq!(p.write(0xCF9, 1, 0x02), Request::None);
         assert_eq!(p.read(0xCF9, 1), 0x02);
-        assert_eq!(p.write(0xCF9, 1, 0x06), Action::Reset);
+        assert_eq!(p.write(0xCF9, 1, 0x06), Request::Reset);
         assert_eq!(p.read(0xCF9, 1), 0x02, "RCPU reads back 0");
         // Soft reset also restarts.
-        assert_eq!(p.write(0xCF9, 1, 0x04), Action::Reset);
-        assert_eq!(p.write(0xCF9, 1, 0x00), Action::None);
+        assert_eq!(p.write(0xCF9, 1, 0x04), Request::Reset);
+        assert_eq!(p.write(0xCF9, 1, 0x00), Request::None);
         // A word write at 0xCF8 is not the RC register.
-        assert_eq!(p.write(0xCF8, 2, 0x0600), Action::None);
+        assert_eq!(p.write(0xCF8, 2, 0x0600), Request::None);
+    }
+
+    #[test]
+    fn a_reset_control_write_requests_a_reset() {
+        let mut p = Pci::new();
+        assert_eq!(
+            PortDevice::io_write(&mut p, 0xCF9, 1, 0x06, 0).request,
+            Request::Reset
+        );
+        assert!(PortDevice::io_write(&mut p, 0xCF9, 1, 0x02, 0).is_quiet());
+        assert_eq!(PortDevice::io_read(&mut p, 0xCF9, 1, 0).value, 0x02);
     }
 }

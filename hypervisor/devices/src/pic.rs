@@ -11,7 +11,7 @@
 //! Power-on state: the data sheet leaves it undefined; here both IMRs are
 //! all-ones (everything masked) until the guest's ICW1 clears them, and the
 //! vector bases are 0x08/0x70 (what a PC BIOS programs).
-use super::{Action, PortDevice};
+use super::{Effects, PortDevice};
 
 pub const MASTER_CMD: u16 = 0x20;
 pub const MASTER_DATA: u16 = 0x21;
@@ -494,17 +494,13 @@ impl Pic {
     }
 }
 
-impl PortDevice for Pic {
-    fn name(&self) -> &'static str {
-        "pic"
-    }
-
-    fn ports(&self) -> &'static [(u16, u16)] {
+impl Pic {
+    /// The I/O ports of the pair, as (first port, count).
+    pub fn ports(&self) -> &'static [(u16, u16)] {
         &[(MASTER_CMD, 2), (SLAVE_CMD, 2), (ELCR1, 2)]
     }
 
-    /// The registers are bytes; a wider access covers consecutive ports.
-    fn read(&mut self, port: u16, size: u8) -> u32 {
+    pub fn read(&mut self, port: u16, size: u8) -> u32 {
         let mut v = 0;
         for i in 0..u16::from(size.min(4)) {
             v |= u32::from(self.read_byte(port.wrapping_add(i))) << (i << 3);
@@ -512,11 +508,43 @@ impl PortDevice for Pic {
         v
     }
 
-    fn write(&mut self, port: u16, size: u8, value: u32) -> Action {
+    pub fn write(&mut self, port: u16, size: u8, value: u32) {
         for i in 0..u16::from(size.min(4)) {
             self.write_byte(port.wrapping_add(i), (value >> (i << 3)) as u8);
         }
-        Action::None
+    }
+}
+
+/// Accesses report a change of the INTR output (to the BSP's LINT0): an
+/// EOI or an unmask can raise it, a mask or an acknowledging poll lower it.
+impl PortDevice for Pic {
+    fn name(&self) -> &'static str {
+        "pic"
+    }
+
+    fn ports(&self) -> &'static [(u16, u16)] {
+        Pic::ports(self)
+    }
+
+    fn io_read(&mut self, port: u16, size: u8, _now: u64) -> Effects {
+        let before = self.pending();
+        let mut fx = Effects::read(u64::from(self.read(port, size)));
+        let after = self.pending();
+        if after != before {
+            fx.intr = Some(after);
+        }
+        fx
+    }
+
+    fn io_write(&mut self, port: u16, size: u8, value: u32, _now: u64) -> Effects {
+        let before = self.pending();
+        self.write(port, size, value);
+        let after = self.pending();
+        let mut fx = Effects::none();
+        if after != before {
+            fx.intr = Some(after);
+        }
+        fx
     }
 }
 
@@ -1004,5 +1032,27 @@ mod tests {
     fn port_map() {
         let p = Pic::new();
         assert_eq!(p.ports(), &[(0x20, 2), (0xA0, 2), (0x4D0, 2)]);
+    }
+
+    #[test]
+    fn an_eoi_that_unblocks_a_pending_irq_reports_intr() {
+        let mut p = Pic::new();
+        linux_init(&mut p, false);
+        p.write(0x21, 1, 0);
+        p.set_irq(1, true);
+        assert!(p.pending());
+        assert_eq!(p.acknowledge(), Some(0x31));
+        // IRQ 3 comes while IRQ 1 is in service: it waits (lower priority).
+        p.set_irq(3, true);
+        assert!(!p.pending());
+        // The EOI unblocks it: INTR rises, and the access says so.
+        let fx = PortDevice::io_write(&mut p, 0x20, 1, 0x20, 0);
+        assert_eq!(fx.intr, Some(true));
+        // Masking it lowers INTR again; a write that changes nothing says nothing.
+        assert_eq!(
+            PortDevice::io_write(&mut p, 0x21, 1, 0x08, 0).intr,
+            Some(false)
+        );
+        assert!(PortDevice::io_write(&mut p, 0x21, 1, 0x08, 0).is_quiet());
     }
 }

@@ -6,13 +6,14 @@
 //! Counting is not simulated clock by clock: every counter remembers the
 //! clock tick at which its counting element was loaded and derives its count
 //! and OUT from the current tick. Counter 0's OUT drives ISA IRQ 0; its
-//! rising edges are reported as `pulse` bit 0 by [`PortDevice::poll`].
+//! rising edges are reported as `pulse` bit 0 by [`Pit::poll`].
 //!
-//! Time: port reads and writes carry no time, so the core must bring the model
-//! up to date with [`Pit::set_time`] (or `poll`) before each access; Linux's
-//! calibration loops read the counters and OUT2 back to back and need a fresh
-//! time on every read.
-use super::{Action, IrqState, PortDevice};
+//! Time: guest TSC ticks, converted to input clocks with the [`Clock`] given
+//! to [`Pit::new`]. Every [`PortDevice`] access carries the time (Linux's
+//! calibration loops read the counters and OUT2 back to back and need a
+//! fresh time on every read) and reports IRQ 0 and, when it moved, the next
+//! edge as the deadline.
+use super::{Clock, Effects, IrqState, PortDevice};
 
 /// The input clock (14.31818 MHz / 12).
 pub const PIT_HZ: u64 = 1_193_182;
@@ -31,20 +32,9 @@ const B_OUT2: u8 = 1 << 5;
 /// toggle flips every 18 input clocks (about 15.09 µs).
 const REFRESH_TICKS: u64 = 18;
 
-fn ns_to_ticks(ns: u64) -> u64 {
-    // 2^64 ns times 1.19 MHz fits u128 easily.
-    (u128::from(ns).saturating_mul(u128::from(PIT_HZ)) / 1_000_000_000) as u64
-}
-
 /// `a % m`; every modulus and period here is at least 2.
 fn rem(a: u64, m: u64) -> u64 {
     a.checked_rem(m).unwrap_or(0)
-}
-
-/// The first time (ns) at which `ns_to_ticks` reaches `tick`.
-fn ticks_to_ns(tick: u64) -> u64 {
-    let n = u128::from(tick).saturating_mul(1_000_000_000);
-    n.div_ceil(u128::from(PIT_HZ)).min(u128::from(u64::MAX)) as u64
 }
 
 fn bcd_decode(raw: u16) -> u32 {
@@ -492,17 +482,13 @@ pub struct Pit {
     counters: [Counter; 3],
     /// Port 0x61 bits 0-3 as written.
     port_b: u8,
-    now_ns: u64,
+    /// Guest TSC as last set.
+    now: u64,
+    clock: Clock,
     /// The tick up to which IRQ 0 edges have been reported.
     reported_tick: u64,
     /// A rising edge of OUT0 seen before a reprogramming, not yet reported.
     irq_latched: bool,
-}
-
-impl Default for Pit {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 impl Pit {
@@ -510,24 +496,26 @@ impl Pit {
     /// counter is idle in mode 0 (OUT low, so no IRQ 0 until programmed);
     /// counters 0 and 1 have their gates tied high as in a PC, counter 2's
     /// gate is port 0x61 bit 0 (low).
-    pub fn new() -> Self {
+    pub fn new(clock: Clock) -> Self {
         Self {
             counters: [Counter::new(true), Counter::new(true), Counter::new(false)],
             port_b: 0,
-            now_ns: 0,
+            now: 0,
+            clock,
             reported_tick: 0,
             irq_latched: false,
         }
     }
 
-    /// Brings the model's clock to `now_ns` (monotonic; earlier times are
-    /// ignored). Call before every port access.
-    pub fn set_time(&mut self, now_ns: u64) {
-        self.now_ns = self.now_ns.max(now_ns);
+    /// Brings the model's clock to guest TSC `now` (monotonic; earlier
+    /// times are ignored). Call before every port access.
+    pub fn set_time(&mut self, now: u64) {
+        self.now = self.now.max(now);
     }
 
+    /// Input clocks (1.193182 MHz) since power-on.
     fn tick(&self) -> u64 {
-        ns_to_ticks(self.now_ns)
+        self.clock.count(self.now, PIT_HZ)
     }
 
     /// Remembers an IRQ 0 edge that happened before counter 0 is changed.
@@ -627,20 +615,9 @@ impl Pit {
     }
 }
 
-impl PortDevice for Pit {
-    fn set_time(&mut self, now_ns: u64) {
-        Pit::set_time(self, now_ns);
-    }
-
-    fn name(&self) -> &'static str {
-        "pit"
-    }
-
-    fn ports(&self) -> &'static [(u16, u16)] {
-        &[(PORT_COUNTER0, 4), (PORT_B, 1)]
-    }
-
-    fn read(&mut self, port: u16, size: u8) -> u32 {
+/// Register-level access (the bus goes through [`PortDevice`]).
+impl Pit {
+    pub fn read(&mut self, port: u16, size: u8) -> u32 {
         let mut v = 0;
         for i in 0..u16::from(size.min(4)) {
             let p = port.wrapping_add(i);
@@ -654,18 +631,17 @@ impl PortDevice for Pit {
         v
     }
 
-    fn write(&mut self, port: u16, size: u8, value: u32) -> Action {
+    pub fn write(&mut self, port: u16, size: u8, value: u32) {
         for i in 0..u16::from(size.min(4)) {
             self.write_byte(port.wrapping_add(i), (value >> (i << 3)) as u8);
         }
-        Action::None
     }
 
     /// IRQ 0 is reported only as `pulse` (a rising edge of OUT0 since the last
     /// poll; several edges in one interval collapse into one, as an
     /// edge-triggered IRR would); `level` stays 0.
-    fn poll(&mut self, now_ns: u64) -> IrqState {
-        self.set_time(now_ns);
+    pub fn poll(&mut self, now: u64) -> IrqState {
+        self.set_time(now);
         let t = self.tick();
         let mut st = IrqState::default();
         let edge =
@@ -682,19 +658,60 @@ impl PortDevice for Pit {
     }
 
     /// The time of counter 0's next OUT rising edge after the last poll.
-    fn next_event_ns(&self) -> Option<u64> {
+    pub fn next_deadline(&self) -> Option<u64> {
         if self.irq_latched {
-            return Some(self.now_ns);
+            return Some(self.now);
         }
         self.counters[0]
             .next_rise_after(self.reported_tick)
-            .map(ticks_to_ns)
+            .map(|t| self.clock.at(t, PIT_HZ))
+    }
+}
+
+/// Every access reports the IRQ line (`1 << IRQ`) and, when it moved, the
+/// next deadline; time-driven changes come from [`PortDevice::advance`].
+impl PortDevice for Pit {
+    fn name(&self) -> &'static str {
+        "pit"
+    }
+    fn ports(&self) -> &'static [(u16, u16)] {
+        &[(PORT_COUNTER0, 4), (PORT_B, 1)]
+    }
+    fn irq_lines(&self) -> u16 {
+        1 << IRQ
+    }
+    fn io_read(&mut self, port: u16, size: u8, now: u64) -> Effects {
+        self.set_time(now);
+        let before = self.next_deadline();
+        let fx = Effects::read(u64::from(self.read(port, size)));
+        let lines = self.poll(now).lines(1 << IRQ);
+        fx.with_lines(lines)
+            .with_deadline(before, self.next_deadline())
+    }
+    fn io_write(&mut self, port: u16, size: u8, value: u32, now: u64) -> Effects {
+        self.set_time(now);
+        let before = self.next_deadline();
+        self.write(port, size, value);
+        let fx = Effects::none();
+        let lines = self.poll(now).lines(1 << IRQ);
+        fx.with_lines(lines)
+            .with_deadline(before, self.next_deadline())
+    }
+    fn advance(&mut self, now: u64) -> Effects {
+        let lines = self.poll(now).lines(1 << IRQ);
+        Effects {
+            deadline: Some(self.next_deadline()),
+            ..Effects::none().with_lines(lines)
+        }
+    }
+    fn deadline(&self) -> Option<u64> {
+        self.next_deadline()
     }
 }
 
 // Power-on: counters unprogrammed, guest time back at 0 (a power cycle
 // restarts the guest clock too).
-crate::state::plain_state!(Pit, 1, |_me| Pit::new());
+crate::state::plain_state!(Pit, 1, |me| Pit::new(me.clock));
 
 impl crate::state::Check for Pit {
     fn check(&self) -> Result<(), crate::state::StateError> {
@@ -715,9 +732,13 @@ impl crate::state::Check for Pit {
 mod tests {
     use super::*;
 
+    fn pit_ns(tick: u64) -> u64 {
+        crate::NS_CLOCK.at(tick, PIT_HZ)
+    }
+
     /// ns of `ticks` input clocks, rounded up so that the tick is reached.
     fn at(ticks: u64) -> u64 {
-        ticks_to_ns(ticks)
+        pit_ns(ticks)
     }
 
     fn w(p: &mut Pit, now_ticks: u64, port: u16, v: u8) {
@@ -740,43 +761,43 @@ mod tests {
 
     #[test]
     fn time_conversion_round_trips() {
-        assert_eq!(ns_to_ticks(1_000_000_000), PIT_HZ);
+        assert_eq!(crate::NS_CLOCK.count(1_000_000_000, PIT_HZ), PIT_HZ);
         for t in [0, 1, 2, 1193, 65536, 1_000_000_007] {
-            assert_eq!(ns_to_ticks(ticks_to_ns(t)), t);
-            assert!(ns_to_ticks(ticks_to_ns(t).saturating_sub(1)) < t.max(1));
+            assert_eq!(crate::NS_CLOCK.count(pit_ns(t), PIT_HZ), t);
+            assert!(crate::NS_CLOCK.count(pit_ns(t).saturating_sub(1), PIT_HZ) < t.max(1));
         }
     }
 
     #[test]
     fn power_on_is_quiet() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         assert_eq!(p.poll(1_000_000_000), IrqState::default());
-        assert_eq!(p.next_event_ns(), None);
+        assert_eq!(p.next_deadline(), None);
         assert_eq!(r(&mut p, 100, 0x61) & B_OUT2, 0);
     }
 
     #[test]
     fn mode2_periodic_irq0() {
         // Linux's periodic clockevent: 0x34, LATCH = 1193 (HZ=1000).
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 1000, 0x43, 0x34);
         w(&mut p, 1000, 0x40, (1193 & 0xFF) as u8);
         w(&mut p, 1000, 0x40, (1193u16 >> 8) as u8);
         // Loaded at tick 1001; first rising edge one period later.
-        assert_eq!(p.next_event_ns(), Some(at(1001 + 1193)));
+        assert_eq!(p.next_deadline(), Some(at(1001 + 1193)));
         assert_eq!(p.poll(at(1001 + 1192)).pulse, 0);
         assert_eq!(p.poll(at(1001 + 1193)).pulse, 1);
-        assert_eq!(p.next_event_ns(), Some(at(1001 + 2 * 1193)));
+        assert_eq!(p.next_deadline(), Some(at(1001 + 2 * 1193)));
         assert_eq!(p.poll(at(1001 + 2 * 1193 - 1)).pulse, 0);
         // Several periods late: one pulse.
         assert_eq!(p.poll(at(1001 + 10 * 1193)).pulse, 1);
         assert_eq!(p.poll(at(1001 + 10 * 1193)).pulse, 0);
-        assert_eq!(p.next_event_ns(), Some(at(1001 + 11 * 1193)));
+        assert_eq!(p.next_deadline(), Some(at(1001 + 11 * 1193)));
     }
 
     #[test]
     fn mode2_count_and_out() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x43, 0x34);
         w(&mut p, 0, 0x40, 10);
         w(&mut p, 0, 0x40, 0);
@@ -791,7 +812,7 @@ mod tests {
 
     #[test]
     fn mode2_new_count_waits_for_period_end() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x43, 0x34);
         w(&mut p, 0, 0x40, 100);
         w(&mut p, 0, 0x40, 0);
@@ -800,46 +821,46 @@ mod tests {
         w(&mut p, 50, 0x40, 0);
         // The current period (load 1, edge at 101) is not affected.
         assert_eq!(latched(&mut p, 60, 0), 100 - 59);
-        assert_eq!(p.next_event_ns(), Some(at(101)));
+        assert_eq!(p.next_deadline(), Some(at(101)));
         assert_eq!(p.poll(at(101)).pulse, 1);
         assert_eq!(latched(&mut p, 102, 0), 9);
-        assert_eq!(p.next_event_ns(), Some(at(111)));
+        assert_eq!(p.next_deadline(), Some(at(111)));
         assert_eq!(p.poll(at(111)).pulse, 1);
     }
 
     #[test]
     fn mode4_oneshot_irq0() {
         // Linux's oneshot clockevent: 0x38 then LSB, MSB.
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x43, 0x38);
         p.poll(at(0));
-        assert_eq!(p.next_event_ns(), None);
+        assert_eq!(p.next_deadline(), None);
         w(&mut p, 10, 0x40, 100);
         w(&mut p, 10, 0x40, 0);
         // Loaded at 11, terminal count at 111, strobe ends (rising) at 112.
-        assert_eq!(p.next_event_ns(), Some(at(112)));
+        assert_eq!(p.next_deadline(), Some(at(112)));
         p.set_time(at(111));
         assert!(!p.out(0));
         assert_eq!(p.poll(at(111)).pulse, 0);
         assert_eq!(p.poll(at(112)).pulse, 1);
-        assert_eq!(p.next_event_ns(), None);
+        assert_eq!(p.next_deadline(), None);
         assert_eq!(p.poll(at(100_000)).pulse, 0);
         // Re-arm.
         w(&mut p, 100_000, 0x40, 5);
         w(&mut p, 100_000, 0x40, 0);
-        assert_eq!(p.next_event_ns(), Some(at(100_007)));
+        assert_eq!(p.next_deadline(), Some(at(100_007)));
     }
 
     #[test]
     fn mode0_oneshot_irq0_and_stop() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x43, 0x30);
         w(&mut p, 0, 0x40, 50);
         assert!(!p.out(0));
         // The first byte stops counting; nothing scheduled.
-        assert_eq!(p.next_event_ns(), None);
+        assert_eq!(p.next_deadline(), None);
         w(&mut p, 0, 0x40, 0);
-        assert_eq!(p.next_event_ns(), Some(at(51)));
+        assert_eq!(p.next_deadline(), Some(at(51)));
         assert_eq!(p.poll(at(51)).pulse, 1);
         p.set_time(at(60));
         assert!(p.out(0), "OUT stays high after terminal count");
@@ -849,19 +870,19 @@ mod tests {
         // Linux's shutdown: control word only stops it, OUT low.
         w(&mut p, 1_000_000, 0x43, 0x30);
         assert!(!p.out(0));
-        assert_eq!(p.next_event_ns(), None);
+        assert_eq!(p.next_deadline(), None);
     }
 
     #[test]
     fn reprogramming_keeps_an_edge_that_already_happened() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x43, 0x34);
         w(&mut p, 0, 0x40, 100);
         w(&mut p, 0, 0x40, 0);
         p.poll(at(0));
         // The edge at 101 happens, then the guest reprograms before a poll.
         w(&mut p, 150, 0x43, 0x30);
-        assert_eq!(p.next_event_ns(), Some(at(150)));
+        assert_eq!(p.next_deadline(), Some(at(150)));
         assert_eq!(p.poll(at(150)).pulse, 1);
         assert_eq!(p.poll(at(151)).pulse, 0);
     }
@@ -871,7 +892,7 @@ mod tests {
         // pit_calibrate_tsc(): gate high, speaker off, 0xB0, 10 ms latch,
         // poll 0x61 bit 5.
         let latch: u16 = (PIT_HZ / 100) as u16;
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         let b = r(&mut p, 0, 0x61);
         w(&mut p, 0, 0x61, (b & !0x02) | 0x01);
         w(&mut p, 0, 0x43, 0xB0);
@@ -892,7 +913,7 @@ mod tests {
     #[test]
     fn quick_pit_calibrate_sees_msb_count_down() {
         // quick_pit_calibrate(): mode 0 from 0xFFFF, reads LSB/MSB unlatched.
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x61, 0x01);
         w(&mut p, 0, 0x43, 0xB0);
         w(&mut p, 0, 0x42, 0xFF);
@@ -912,7 +933,7 @@ mod tests {
 
     #[test]
     fn gate_low_pauses_mode0() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x61, 0x01);
         w(&mut p, 0, 0x43, 0xB0);
         w(&mut p, 0, 0x42, 100);
@@ -928,7 +949,7 @@ mod tests {
 
     #[test]
     fn count_written_with_gate_low_waits_for_gate() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x43, 0xB0);
         w(&mut p, 0, 0x42, 10);
         w(&mut p, 0, 0x42, 0);
@@ -940,7 +961,7 @@ mod tests {
 
     #[test]
     fn mode1_hardware_oneshot_retriggers() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x43, 0xB2); // counter 2, lohi, mode 1
         w(&mut p, 0, 0x42, 20);
         w(&mut p, 0, 0x42, 0);
@@ -963,13 +984,13 @@ mod tests {
 
     #[test]
     fn mode3_square_wave() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x43, 0x36); // counter 0, lohi, mode 3
         w(&mut p, 0, 0x40, 10);
         w(&mut p, 0, 0x40, 0);
         // Loaded at 1: high for 5 clocks, low for 5; the count goes down by
         // two.
-        assert_eq!(p.next_event_ns(), Some(at(11)));
+        assert_eq!(p.next_deadline(), Some(at(11)));
         assert_eq!(latched(&mut p, 1, 0), 10);
         assert_eq!(latched(&mut p, 3, 0), 6);
         for (t, high) in [(4, true), (5, true), (6, false), (10, false), (11, true)] {
@@ -995,7 +1016,7 @@ mod tests {
 
     #[test]
     fn mode3_gate_low_forces_out_high_and_retriggers() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x61, 0x01);
         w(&mut p, 0, 0x43, 0xB6);
         w(&mut p, 0, 0x42, 10);
@@ -1014,7 +1035,7 @@ mod tests {
 
     #[test]
     fn mode5_strobe_on_trigger() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x43, 0x9A); // counter 2, LSB only, mode 5
         w(&mut p, 0, 0x42, 4);
         p.set_time(at(100));
@@ -1028,7 +1049,7 @@ mod tests {
 
     #[test]
     fn lsb_only_and_msb_only_access() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x43, 0x14); // counter 0, LSB only, mode 2
         w(&mut p, 0, 0x40, 200);
         assert_eq!(r(&mut p, 1, 0x40), 200);
@@ -1036,23 +1057,23 @@ mod tests {
         w(&mut p, 10, 0x43, 0x24); // MSB only, mode 2
         w(&mut p, 10, 0x40, 0x02);
         assert_eq!(r(&mut p, 11, 0x40), 0x02);
-        assert_eq!(p.next_event_ns(), Some(at(11 + 0x200)));
+        assert_eq!(p.next_deadline(), Some(at(11 + 0x200)));
     }
 
     #[test]
     fn count_zero_is_65536() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x43, 0x34);
         w(&mut p, 0, 0x40, 0);
         w(&mut p, 0, 0x40, 0);
-        assert_eq!(p.next_event_ns(), Some(at(1 + 65536)));
+        assert_eq!(p.next_deadline(), Some(at(1 + 65536)));
         assert_eq!(latched(&mut p, 1, 0), 0);
         assert_eq!(latched(&mut p, 2, 0), 0xFFFF);
     }
 
     #[test]
     fn latch_holds_value_until_read() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x43, 0x34);
         w(&mut p, 0, 0x40, 0x00);
         w(&mut p, 0, 0x40, 0x10);
@@ -1067,7 +1088,7 @@ mod tests {
 
     #[test]
     fn unlatched_reads_alternate_lsb_msb() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x43, 0x30);
         w(&mut p, 0, 0x40, 0x34);
         w(&mut p, 0, 0x40, 0x12);
@@ -1078,7 +1099,7 @@ mod tests {
 
     #[test]
     fn read_back_status_and_count() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x43, 0xB0); // counter 2 mode 0 lohi binary
                                   // Status: OUT low, null count, RW=3, mode 0.
         w(&mut p, 0, 0x43, 0xE8); // read-back status of counter 2
@@ -1107,17 +1128,17 @@ mod tests {
 
     #[test]
     fn bcd_counting() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x43, 0x35); // counter 0, lohi, mode 2, BCD
         w(&mut p, 0, 0x40, 0x00);
         w(&mut p, 0, 0x40, 0x10); // 1000
-        assert_eq!(p.next_event_ns(), Some(at(1001)));
+        assert_eq!(p.next_deadline(), Some(at(1001)));
         assert_eq!(latched(&mut p, 2, 0), 0x0999);
         w(&mut p, 10, 0x43, 0x31); // mode 0, BCD, count 0 = 10000
         w(&mut p, 10, 0x40, 0);
         w(&mut p, 10, 0x40, 0);
         assert_eq!(latched(&mut p, 12, 0), 0x9999);
-        assert_eq!(p.next_event_ns(), Some(at(11 + 10_000)));
+        assert_eq!(p.next_deadline(), Some(at(11 + 10_000)));
         assert_eq!(bcd_decode(0x1234), 1234);
         assert_eq!(bcd_decode(0x00FA), 99, "invalid digits count as 9");
         assert_eq!(bcd_encode(10_000), 0);
@@ -1125,7 +1146,7 @@ mod tests {
 
     #[test]
     fn refresh_toggle_flips_every_15us() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         let a = r(&mut p, 0, 0x61) & B_REFRESH;
         let b = r(&mut p, 17, 0x61) & B_REFRESH;
         let c = r(&mut p, 18, 0x61) & B_REFRESH;
@@ -1137,7 +1158,7 @@ mod tests {
 
     #[test]
     fn port_61_keeps_only_writable_bits() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x61, 0xFF);
         assert_eq!(r(&mut p, 0, 0x61) & 0xCF, 0x0F);
         assert_eq!(r(&mut p, 0, 0x43), 0xFF);
@@ -1145,11 +1166,11 @@ mod tests {
 
     #[test]
     fn mode6_and_7_alias_2_and_3() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x43, 0x3C); // mode bits 110 -> mode 2
         w(&mut p, 0, 0x40, 10);
         w(&mut p, 0, 0x40, 0);
-        assert_eq!(p.next_event_ns(), Some(at(11)));
+        assert_eq!(p.next_deadline(), Some(at(11)));
         assert_eq!(p.poll(at(11)).pulse, 1);
         assert_eq!(p.poll(at(21)).pulse, 1);
         w(&mut p, 30, 0x43, 0xE2); // read-back status counter 0
@@ -1162,12 +1183,40 @@ mod tests {
 
     #[test]
     fn earlier_time_is_ignored() {
-        let mut p = Pit::new();
+        let mut p = Pit::new(crate::NS_CLOCK);
         w(&mut p, 0, 0x43, 0x30);
         w(&mut p, 0, 0x40, 0);
         w(&mut p, 0, 0x40, 1);
         assert_eq!(latched(&mut p, 101, 0), 156);
         p.set_time(0);
         assert_eq!(latched(&mut p, 0, 0), 156);
+    }
+
+    #[test]
+    fn a_reprogram_reports_the_new_deadline() {
+        let mut p = Pit::new(crate::NS_CLOCK);
+        // Mode 2, LSB/MSB, count 100 at tick 0: the first edge at tick 101.
+        assert_eq!(
+            PortDevice::io_write(&mut p, 0x43, 1, 0x34, 0).deadline,
+            None
+        );
+        assert!(PortDevice::io_write(&mut p, 0x40, 1, 100, 0)
+            .deadline
+            .is_none());
+        let fx = PortDevice::io_write(&mut p, 0x40, 1, 0, 0);
+        assert_eq!(fx.deadline, Some(Some(at(101))));
+        // A new count takes effect at the end of the period: the next
+        // edge is still at 101, so the deadline doesn't move...
+        let _ = PortDevice::io_write(&mut p, 0x40, 1, 50, at(10));
+        assert_eq!(
+            PortDevice::io_write(&mut p, 0x40, 1, 0, at(10)).deadline,
+            None
+        );
+        // ...and a one-shot (mode 0) moves it to the new count.
+        let _ = PortDevice::io_write(&mut p, 0x43, 1, 0x30, at(20));
+        let _ = PortDevice::io_write(&mut p, 0x40, 1, 30, at(20));
+        let fx = PortDevice::io_write(&mut p, 0x40, 1, 0, at(20));
+        assert_eq!(fx.deadline, Some(Some(at(51))));
+        assert_eq!(PortDevice::deadline(&p), Some(at(51)));
     }
 }

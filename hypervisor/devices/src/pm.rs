@@ -16,7 +16,7 @@
 //!
 //! Time: the core calls [`Pm::set_time`] (or `poll`) before each access so the
 //! PM timer reads current.
-use super::{Action, IrqState, PortDevice};
+use super::{Clock, Effects, IrqState, PortDevice, Request};
 use alloc::boxed::Box;
 
 /// Register offsets from the base.
@@ -68,16 +68,6 @@ const SLP_TYP_SHIFT: u16 = 10;
 const SLP_TYP_MASK: u16 = 7 << SLP_TYP_SHIFT;
 pub const SLP_EN: u16 = 1 << 13;
 
-fn ns_to_ticks(ns: u64) -> u64 {
-    (u128::from(ns).saturating_mul(u128::from(PM_TIMER_HZ)) / 1_000_000_000) as u64
-}
-
-fn ticks_to_ns(t: u64) -> u64 {
-    (u128::from(t) * 1_000_000_000)
-        .div_ceil(u128::from(PM_TIMER_HZ))
-        .min(u128::from(u64::MAX)) as u64
-}
-
 pub struct Pm {
     base: u16,
     ports: &'static [(u16, u16)],
@@ -86,7 +76,9 @@ pub struct Pm {
     pm1_cnt: u16,
     gpe0_sts: u16,
     gpe0_en: u16,
-    now_ns: u64,
+    /// Guest TSC as last set.
+    now: u64,
+    clock: Clock,
     /// Timer ticks up to which TMR_STS has been evaluated.
     synced_ticks: u64,
     sci: bool,
@@ -96,7 +88,7 @@ pub struct Pm {
 impl Pm {
     /// The block at `base` (PM1a_EVT_BLK = base, PM1a_CNT_BLK = base + 4,
     /// PM_TMR_BLK = base + 8, GPE0_BLK = base + 0x20).
-    pub fn new(base: u16) -> Self {
+    pub fn new(base: u16, clock: Clock) -> Self {
         // `PortDevice::ports` wants a 'static slice; this small table lives
         // as long as the VM's bus (leaked once per device instance).
         // The manifest and the ACPI tables keep the block below 0xFFD0, so
@@ -117,7 +109,8 @@ impl Pm {
             pm1_cnt: SCI_EN,
             gpe0_sts: 0,
             gpe0_en: 0,
-            now_ns: 0,
+            now: 0,
+            clock,
             synced_ticks: 0,
             sci: false,
             pulse: false,
@@ -128,10 +121,10 @@ impl Pm {
         self.base
     }
 
-    /// Brings the timer to `now_ns` (monotonic; earlier times are ignored).
-    pub fn set_time(&mut self, now_ns: u64) {
-        self.now_ns = self.now_ns.max(now_ns);
-        let t = ns_to_ticks(self.now_ns);
+    /// Brings the timer to guest TSC `now` (monotonic; earlier times are ignored).
+    pub fn set_time(&mut self, now: u64) {
+        self.now = self.now.max(now);
+        let t = self.clock.count(self.now, PM_TIMER_HZ);
         // TMR_STS is set whenever bit 31 of the counter changes (4.8.3.3).
         if t >> 31 != self.synced_ticks >> 31 {
             self.pm1_sts |= TMR_STS;
@@ -142,7 +135,7 @@ impl Pm {
 
     /// The PM timer value now (32 bits).
     pub fn timer(&self) -> u32 {
-        ns_to_ticks(self.now_ns) as u32
+        self.clock.count(self.now, PM_TIMER_HZ) as u32
     }
 
     /// A press of the fixed-feature power button (FADT PWR_BUTTON flag = 0):
@@ -194,7 +187,7 @@ impl Pm {
         }
     }
 
-    fn write_byte(&mut self, off: u16, v: u8) -> Action {
+    fn write_byte(&mut self, off: u16, v: u8) -> Request {
         let shift = (off & 1) << 3;
         let bits = u16::from(v) << shift;
         let lane = 0xFFu16 << shift;
@@ -208,7 +201,7 @@ impl Pm {
                 if bits & SLP_EN != 0 {
                     let typ = (self.pm1_cnt & SLP_TYP_MASK) >> SLP_TYP_SHIFT;
                     if typ == SLP_TYP_S5 {
-                        return Action::PowerOff;
+                        return Request::PowerOff;
                     }
                     // S1-S4 are not supported: the write is ignored and the
                     // OS sees the system never slept.
@@ -218,36 +211,25 @@ impl Pm {
             0x22..=0x23 => self.gpe0_en = merge(self.gpe0_en, 0xFFFF),
             _ => {}
         }
-        Action::None
+        Request::None
     }
 }
 
-impl PortDevice for Pm {
-    fn set_time(&mut self, now_ns: u64) {
-        Pm::set_time(self, now_ns);
-    }
-
-    fn name(&self) -> &'static str {
-        "acpi-pm"
-    }
-
-    fn ports(&self) -> &'static [(u16, u16)] {
-        self.ports
-    }
-
-    fn read(&mut self, port: u16, size: u8) -> u32 {
+/// Register-level access (the bus goes through [`PortDevice`]).
+impl Pm {
+    pub fn read(&mut self, port: u16, size: u8) -> u32 {
         let off = port.wrapping_sub(self.base);
         (0..u16::from(size.min(4))).fold(0, |v, i| {
             v | u32::from(self.read_byte(off.wrapping_add(i))) << (i << 3)
         })
     }
 
-    fn write(&mut self, port: u16, size: u8, value: u32) -> Action {
+    pub fn write(&mut self, port: u16, size: u8, value: u32) -> Request {
         let off = port.wrapping_sub(self.base);
-        let mut action = Action::None;
+        let mut action = Request::None;
         for i in 0..u16::from(size.min(4)) {
             let a = self.write_byte(off.wrapping_add(i), (value >> (i << 3)) as u8);
-            if a != Action::None {
+            if a != Request::None {
                 action = a;
             }
         }
@@ -255,8 +237,8 @@ impl PortDevice for Pm {
         action
     }
 
-    fn poll(&mut self, now_ns: u64) -> IrqState {
-        self.set_time(now_ns);
+    pub fn poll(&mut self, now: u64) -> IrqState {
+        self.set_time(now);
         let m = 1u16 << SCI_IRQ;
         let st = IrqState {
             level: if self.sci { m } else { 0 },
@@ -267,15 +249,56 @@ impl PortDevice for Pm {
     }
 
     /// With TMR_EN set, the next change of timer bit 31.
-    fn next_event_ns(&self) -> Option<u64> {
+    pub fn next_deadline(&self) -> Option<u64> {
         if self.pulse {
-            return Some(self.now_ns);
+            return Some(self.now);
         }
         if self.pm1_en & TMR_STS == 0 || self.pm1_sts & TMR_STS != 0 {
             return None;
         }
         let next = (self.synced_ticks >> 31).saturating_add(1) << 31;
-        Some(ticks_to_ns(next))
+        Some(self.clock.at(next, PM_TIMER_HZ))
+    }
+}
+
+/// Every access reports the IRQ line (`1 << SCI_IRQ`) and, when it moved, the
+/// next deadline; time-driven changes come from [`PortDevice::advance`].
+impl PortDevice for Pm {
+    fn name(&self) -> &'static str {
+        "acpi-pm"
+    }
+    fn ports(&self) -> &'static [(u16, u16)] {
+        self.ports
+    }
+    fn irq_lines(&self) -> u16 {
+        1 << SCI_IRQ
+    }
+    fn io_read(&mut self, port: u16, size: u8, now: u64) -> Effects {
+        self.set_time(now);
+        let before = self.next_deadline();
+        let fx = Effects::read(u64::from(self.read(port, size)));
+        let lines = self.poll(now).lines(1 << SCI_IRQ);
+        fx.with_lines(lines)
+            .with_deadline(before, self.next_deadline())
+    }
+    fn io_write(&mut self, port: u16, size: u8, value: u32, now: u64) -> Effects {
+        self.set_time(now);
+        let before = self.next_deadline();
+        let r = self.write(port, size, value);
+        let fx = Effects::request(r);
+        let lines = self.poll(now).lines(1 << SCI_IRQ);
+        fx.with_lines(lines)
+            .with_deadline(before, self.next_deadline())
+    }
+    fn advance(&mut self, now: u64) -> Effects {
+        let lines = self.poll(now).lines(1 << SCI_IRQ);
+        Effects {
+            deadline: Some(self.next_deadline()),
+            ..Effects::none().with_lines(lines)
+        }
+    }
+    fn deadline(&self) -> Option<u64> {
+        self.next_deadline()
     }
 }
 
@@ -288,7 +311,8 @@ pub struct PmState {
     pub pm1_cnt: u16,
     pub gpe0_sts: u16,
     pub gpe0_en: u16,
-    pub now_ns: u64,
+    /// Guest TSC.
+    pub now: u64,
     pub synced_ticks: u64,
     pub sci: bool,
     pub pulse: bool,
@@ -306,7 +330,7 @@ impl crate::state::DeviceState for Pm {
                 pm1_cnt: self.pm1_cnt,
                 gpe0_sts: self.gpe0_sts,
                 gpe0_en: self.gpe0_en,
-                now_ns: self.now_ns,
+                now: self.now,
                 synced_ticks: self.synced_ticks,
                 sci: self.sci,
                 pulse: self.pulse,
@@ -327,7 +351,7 @@ impl crate::state::DeviceState for Pm {
         self.pm1_cnt = s.pm1_cnt;
         self.gpe0_sts = s.gpe0_sts;
         self.gpe0_en = s.gpe0_en;
-        self.now_ns = s.now_ns;
+        self.now = s.now;
         self.synced_ticks = s.synced_ticks;
         self.sci = s.sci;
         self.pulse = s.pulse;
@@ -340,7 +364,7 @@ impl crate::state::DeviceState for Pm {
         self.pm1_cnt = SCI_EN;
         self.gpe0_sts = 0;
         self.gpe0_en = 0;
-        self.now_ns = 0;
+        self.now = 0;
         self.synced_ticks = 0;
         self.sci = false;
         self.pulse = false;
@@ -351,18 +375,22 @@ impl crate::state::DeviceState for Pm {
 mod tests {
     use super::*;
 
+    fn ticks_to_ns(t: u64) -> u64 {
+        crate::NS_CLOCK.at(t, PM_TIMER_HZ)
+    }
+
     const BASE: u16 = 0x600;
 
     #[test]
     fn port_ranges_follow_base() {
-        let p = Pm::new(BASE);
+        let p = Pm::new(BASE, crate::NS_CLOCK);
         assert_eq!(p.ports(), &[(0x600, 6), (0x608, 4), (0x620, 4)]);
         assert_eq!(p.base(), 0x600);
     }
 
     #[test]
     fn sci_en_reads_one_from_reset() {
-        let mut p = Pm::new(BASE);
+        let mut p = Pm::new(BASE, crate::NS_CLOCK);
         assert_eq!(p.read(BASE + PM1_CNT, 2), 1);
         p.write(BASE + PM1_CNT, 2, 0);
         assert_eq!(p.read(BASE + PM1_CNT, 2) & 1, 1, "always ACPI mode");
@@ -370,7 +398,7 @@ mod tests {
 
     #[test]
     fn timer_counts_at_3_579545_mhz() {
-        let mut p = Pm::new(BASE);
+        let mut p = Pm::new(BASE, crate::NS_CLOCK);
         p.set_time(1_000_000_000);
         assert_eq!(p.read(BASE + PM_TMR, 4), 3_579_545);
         p.set_time(1_000_001_000);
@@ -385,7 +413,7 @@ mod tests {
 
     #[test]
     fn timer_is_32_bits_and_wraps() {
-        let mut p = Pm::new(BASE);
+        let mut p = Pm::new(BASE, crate::NS_CLOCK);
         let wrap_ns = ticks_to_ns(1 << 32);
         p.set_time(wrap_ns - 1_000);
         assert!(p.read(BASE + PM_TMR, 4) > 0xFFFF_0000);
@@ -397,26 +425,26 @@ mod tests {
 
     #[test]
     fn tmr_sts_on_bit31_change_and_sci() {
-        let mut p = Pm::new(BASE);
+        let mut p = Pm::new(BASE, crate::NS_CLOCK);
         p.write(BASE + PM1_EN, 2, u32::from(TMR_STS));
         let half = ticks_to_ns(1 << 31);
-        assert_eq!(p.next_event_ns(), Some(half));
+        assert_eq!(p.next_deadline(), Some(half));
         assert_eq!(p.poll(half - 1), IrqState::default());
         let st = p.poll(half);
         assert_eq!(st.level, 1 << 9);
         assert_eq!(st.pulse, 1 << 9);
         assert_eq!(p.read(BASE + PM1_STS, 2) & 1, 1);
-        assert_eq!(p.next_event_ns(), None);
+        assert_eq!(p.next_deadline(), None);
         // Write 1 to clear.
         p.write(BASE + PM1_STS, 2, 1);
         assert_eq!(p.read(BASE + PM1_STS, 2), 0);
         assert_eq!(p.poll(half).level, 0);
-        assert_eq!(p.next_event_ns(), Some(ticks_to_ns(2 << 31)));
+        assert_eq!(p.next_deadline(), Some(ticks_to_ns(2 << 31)));
     }
 
     #[test]
     fn status_is_write_one_to_clear() {
-        let mut p = Pm::new(BASE);
+        let mut p = Pm::new(BASE, crate::NS_CLOCK);
         p.press_power_button();
         assert_eq!(p.read(BASE + PM1_STS, 2), u32::from(PWRBTN_STS));
         p.write(BASE + PM1_STS, 2, 0);
@@ -433,7 +461,7 @@ mod tests {
 
     #[test]
     fn power_button_raises_sci_when_enabled() {
-        let mut p = Pm::new(BASE);
+        let mut p = Pm::new(BASE, crate::NS_CLOCK);
         p.press_power_button();
         assert_eq!(p.poll(0), IrqState::default());
         p.write(BASE + PM1_EN, 2, u32::from(PWRBTN_STS));
@@ -446,7 +474,7 @@ mod tests {
 
     #[test]
     fn enable_register_keeps_defined_bits() {
-        let mut p = Pm::new(BASE);
+        let mut p = Pm::new(BASE, crate::NS_CLOCK);
         p.write(BASE + PM1_EN, 2, 0xFFFF);
         assert_eq!(p.read(BASE + PM1_EN, 2), 0x4721);
         p.write(BASE + PM1_EN + 1, 1, 0);
@@ -455,40 +483,40 @@ mod tests {
 
     #[test]
     fn s5_powers_off() {
-        let mut p = Pm::new(BASE);
+        let mut p = Pm::new(BASE, crate::NS_CLOCK);
         // Linux writes SLP_TYP first, then SLP_TYP | SLP_EN.
         let typ = u32::from(SLP_TYP_S5 << 10);
-        assert_eq!(p.write(BASE + PM1_CNT, 2, typ | 1), Action::None);
+        assert_eq!(p.write(BASE + PM1_CNT, 2, typ | 1), Request::None);
         assert_eq!(p.read(BASE + PM1_CNT, 2), typ | 1, "SLP_TYP reads back");
         assert_eq!(
             p.write(BASE + PM1_CNT, 2, typ | 1 | (1 << 13)),
-            Action::PowerOff
+            Request::PowerOff
         );
         // Byte write of the high half does it too.
-        let mut p = Pm::new(BASE);
+        let mut p = Pm::new(BASE, crate::NS_CLOCK);
         assert_eq!(
             p.write(BASE + PM1_CNT + 1, 1, (typ | (1 << 13)) >> 8),
-            Action::PowerOff
+            Request::PowerOff
         );
     }
 
     #[test]
     fn other_sleep_states_are_ignored() {
-        let mut p = Pm::new(BASE);
+        let mut p = Pm::new(BASE, crate::NS_CLOCK);
         for typ in [0u32, 1, 2, 3, 4, 6, 7] {
             assert_eq!(
                 p.write(BASE + PM1_CNT, 2, typ << 10 | 1 << 13 | 1),
-                Action::None
+                Request::None
             );
             assert_eq!(p.read(BASE + PM1_CNT, 2) & (1 << 13), 0, "SLP_EN reads 0");
         }
         // SLP_TYP = 5 without SLP_EN does nothing.
-        assert_eq!(p.write(BASE + PM1_CNT, 2, 5 << 10), Action::None);
+        assert_eq!(p.write(BASE + PM1_CNT, 2, 5 << 10), Request::None);
     }
 
     #[test]
     fn gpe_block() {
-        let mut p = Pm::new(BASE);
+        let mut p = Pm::new(BASE, crate::NS_CLOCK);
         p.raise_gpe(3);
         assert_eq!(p.read(BASE + GPE0_STS, 2), 8);
         assert_eq!(p.poll(0), IrqState::default());
@@ -504,7 +532,7 @@ mod tests {
 
     #[test]
     fn unused_offsets_read_ones() {
-        let mut p = Pm::new(BASE);
+        let mut p = Pm::new(BASE, crate::NS_CLOCK);
         assert_eq!(p.read(BASE + 6, 1), 0xFF);
         assert_eq!(p.read(BASE + 4, 4), 0xFFFF_0001);
     }

@@ -2,7 +2,7 @@
 //! 0x80 goes to a diagnostic display; Linux also writes it as an I/O delay
 //! (`io_delay=0x80`, or 0xED with `io_delay=0xed`). Writes are kept; a read
 //! gives back the last value written to that port.
-use super::{all_ones, Action, PortDevice};
+use super::{all_ones, Effects, PortDevice, Request};
 
 pub const POST_PORT: u16 = 0x80;
 pub const DELAY_PORT: u16 = 0xED;
@@ -28,16 +28,9 @@ impl PostCode {
     }
 }
 
-impl PortDevice for PostCode {
-    fn name(&self) -> &'static str {
-        "post"
-    }
-
-    fn ports(&self) -> &'static [(u16, u16)] {
-        &[(POST_PORT, 1), (DELAY_PORT, 1)]
-    }
-
-    fn read(&mut self, port: u16, size: u8) -> u32 {
+/// Register-level access (the bus goes through [`PortDevice`]).
+impl PostCode {
+    pub fn read(&mut self, port: u16, size: u8) -> u32 {
         let v = if port == POST_PORT {
             self.last
         } else {
@@ -46,7 +39,7 @@ impl PortDevice for PostCode {
         v & all_ones(size)
     }
 
-    fn write(&mut self, port: u16, size: u8, value: u32) -> Action {
+    pub fn write(&mut self, port: u16, size: u8, value: u32) -> Request {
         let v = value & all_ones(size);
         if port == POST_PORT {
             self.last = v;
@@ -54,7 +47,22 @@ impl PortDevice for PostCode {
             self.last_delay = v;
         }
         self.writes = self.writes.wrapping_add(1);
-        Action::None
+        Request::None
+    }
+}
+
+impl PortDevice for PostCode {
+    fn name(&self) -> &'static str {
+        "post"
+    }
+    fn ports(&self) -> &'static [(u16, u16)] {
+        &[(POST_PORT, 1), (DELAY_PORT, 1)]
+    }
+    fn io_read(&mut self, port: u16, size: u8, _now: u64) -> Effects {
+        Effects::read(u64::from(self.read(port, size)))
+    }
+    fn io_write(&mut self, port: u16, size: u8, value: u32, _now: u64) -> Effects {
+        Effects::request(self.write(port, size, value))
     }
 }
 
@@ -75,7 +83,7 @@ mod tests {
     fn post_code_is_stored_and_read_back() {
         let mut p = PostCode::new();
         assert_eq!(p.read(0x80, 1), 0);
-        assert_eq!(p.write(0x80, 1, 0x5A), Action::None);
+        assert_eq!(p.write(0x80, 1, 0x5A), Request::None);
         assert_eq!(p.read(0x80, 1), 0x5A);
         assert_eq!(p.code(), 0x5A);
         p.write(0x80, 4, 0x1234_5678);

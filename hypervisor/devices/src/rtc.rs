@@ -8,9 +8,9 @@
 //! bit is raised for the 244 µs before each (data sheet, "Update Cycle").
 //! Periodic, alarm and update-ended interrupts drive ISA IRQ 8.
 //!
-//! Time: port accesses carry no time; the core calls [`Rtc::set_time`] (or
-//! `poll`) before each access.
-use super::{Action, IrqState, PortDevice};
+//! Time: guest TSC ticks (one second is the [`Clock`]'s frequency); every
+//! [`PortDevice`] access carries the time.
+use super::{Clock, Effects, IrqState, PortDevice};
 
 pub const PORT_INDEX: u16 = 0x70;
 pub const PORT_DATA: u16 = 0x71;
@@ -54,9 +54,8 @@ const C_UF: u8 = 1 << 4;
 // Register D.
 const D_VRT: u8 = 1 << 7;
 
-const NS_PER_SEC: i128 = 1_000_000_000;
 /// UIP is raised this long before an update (data sheet: tBUC = 244 µs).
-const UIP_WINDOW_NS: i128 = 244_000;
+const UIP_WINDOW_NS: u64 = 244_000;
 /// The 32.768 kHz time base.
 const BASE_HZ: i128 = 32_768;
 const SECS_PER_DAY: i64 = 86_400;
@@ -288,12 +287,14 @@ pub struct Rtc {
     ram: [u8; 128],
     /// Last value written to port 0x70 (bit 7: NMI disable, kept, ignored).
     index_reg: u8,
-    /// Update boundaries are at `anchor_ns + k * 1 s`, periodic ticks at
-    /// multiples of the period counted from it (the divider chain's phase).
-    anchor_ns: i128,
+    /// Update boundaries are at `anchor + k * 1 s` (guest TSC), periodic
+    /// ticks at multiples of the period counted from it (the divider
+    /// chain's phase).
+    anchor: i128,
     /// Time up to which updates and flags have been applied.
-    synced_ns: u64,
-    now_ns: u64,
+    synced: u64,
+    now: u64,
+    clock: Clock,
     /// Register C flags (PF, AF, UF).
     flags: u8,
     irq_reported: bool,
@@ -301,17 +302,18 @@ pub struct Rtc {
 }
 
 impl Rtc {
-    /// A clock showing `dt` at guest time `now_ns`, taken as the instant of
+    /// A clock showing `dt` at guest TSC `now`, taken as the instant of
     /// an update (the next one comes 1 s later). Format: BCD, 24-hour (what a
     /// PC BIOS sets); register A 0x26 (32.768 kHz time base, 1024 Hz rate);
     /// valid RAM and time (register D VRT).
-    pub fn new(dt: DateTime, now_ns: u64) -> Self {
+    pub fn new(dt: DateTime, now: u64, clock: Clock) -> Self {
         let mut rtc = Self {
             ram: [0; 128],
             index_reg: 0,
-            anchor_ns: i128::from(now_ns),
-            synced_ns: now_ns,
-            now_ns,
+            anchor: i128::from(now),
+            synced: now,
+            now,
+            clock,
             flags: 0,
             irq_reported: false,
             pulse: false,
@@ -322,10 +324,15 @@ impl Rtc {
         rtc
     }
 
-    /// Brings the clock to `now_ns` (monotonic; earlier times are ignored).
-    pub fn set_time(&mut self, now_ns: u64) {
-        self.now_ns = self.now_ns.max(now_ns);
+    /// Brings the clock to guest TSC `now` (monotonic; earlier times are ignored).
+    pub fn set_time(&mut self, now: u64) {
+        self.now = self.now.max(now);
         self.sync();
+    }
+
+    /// TSC ticks per second.
+    fn second(&self) -> i128 {
+        i128::from(self.clock.hz())
     }
 
     /// Sets a CMOS RAM byte (0x0E-0x7F), e.g. for firmware-defined contents.
@@ -400,14 +407,14 @@ impl Rtc {
         })
     }
 
-    /// How many boundaries of a period of `num / den` ns, counted from the
-    /// anchor, fall in (from, to].
+    /// How many boundaries of a period of `num / den` TSC ticks, counted
+    /// from the anchor, fall in (from, to].
     fn crossings(&self, from: u64, to: u64, num: i128, den: i128) -> i128 {
-        // Counting in units of num/den ns from the anchor.
-        // Times are u64 ns and den is at most 32768: far inside i128.
+        // Counting in units of num/den ticks from the anchor.
+        // Times are u64 ticks and den is at most 32768: far inside i128.
         let idx = |t: u64| {
             i128::from(t)
-                .saturating_sub(self.anchor_ns)
+                .saturating_sub(self.anchor)
                 .saturating_mul(den)
                 .checked_div_euclid(num)
                 .unwrap_or(0)
@@ -415,7 +422,7 @@ impl Rtc {
         idx(to).saturating_sub(idx(from))
     }
 
-    /// Periodic interrupt period as a fraction of ns (num/den), from RS3-RS0
+    /// Periodic interrupt period as a fraction of TSC ticks (num/den), from RS3-RS0
     /// with the 32.768 kHz time base (data sheet, Table "Periodic Interrupt
     /// Rate"): RS 1 and 2 give 3.90625 and 7.8125 ms, RS n >= 3 gives
     /// 2^(n-1) cycles of the time base.
@@ -427,20 +434,20 @@ impl Rtc {
             // rs is 3..15 here.
             rs => 1 << rs.saturating_sub(1),
         };
-        Some((cycles.saturating_mul(NS_PER_SEC), BASE_HZ))
+        Some((cycles.saturating_mul(self.second()), BASE_HZ))
     }
 
-    /// Applies updates and flags up to `now_ns`.
+    /// Applies updates and flags up to `now`.
     fn sync(&mut self) {
-        let (from, to) = (self.synced_ns, self.now_ns);
+        let (from, to) = (self.synced, self.now);
         if to <= from {
             return;
         }
-        self.synced_ns = to;
+        self.synced = to;
         if !self.running() {
             return;
         }
-        let updates = self.crossings(from, to, NS_PER_SEC, 1);
+        let updates = self.crossings(from, to, self.second(), 1);
         if updates > 0 && self.reg(REG_B) & B_SET == 0 {
             let (secs, weekday) = self.load_time();
             // One alarm check per update; a day covers every match.
@@ -491,11 +498,12 @@ impl Rtc {
         if !self.running() || self.reg(REG_B) & B_SET != 0 {
             return false;
         }
-        let since = i128::from(self.now_ns)
-            .saturating_sub(self.anchor_ns)
-            .rem_euclid(NS_PER_SEC);
-        // since is in 0..NS_PER_SEC.
-        NS_PER_SEC.saturating_sub(since) <= UIP_WINDOW_NS
+        let second = self.second();
+        let since = i128::from(self.now)
+            .saturating_sub(self.anchor)
+            .rem_euclid(second);
+        // since is in 0..second.
+        second.saturating_sub(since) <= i128::from(self.clock.from_ns(UIP_WINDOW_NS))
     }
 
     fn read_data(&mut self) -> u8 {
@@ -525,7 +533,7 @@ impl Rtc {
                 if !was_running && self.running() {
                     // Leaving divider reset: the first update comes 500 ms
                     // later (data sheet, "Divider Control").
-                    self.anchor_ns = i128::from(self.now_ns).saturating_sub(NS_PER_SEC / 2);
+                    self.anchor = i128::from(self.now).saturating_sub(self.second() / 2);
                 }
             }
             REG_B => {
@@ -547,27 +555,27 @@ impl Rtc {
             // IRQ 8 only rises again after register C is read.
             return None;
         }
-        let now = i128::from(self.now_ns);
+        let now = i128::from(self.now);
         let b = self.reg(REG_B);
         let after = |num: i128, den: i128| {
             let k = now
-                .saturating_sub(self.anchor_ns)
+                .saturating_sub(self.anchor)
                 .saturating_mul(den)
                 .checked_div_euclid(num)
                 .unwrap_or(0)
                 .saturating_add(1);
             // den >= 1: BASE_HZ or 1.
-            let ns = k
+            let ticks = k
                 .saturating_mul(num)
                 .saturating_add(den)
                 .saturating_sub(1)
                 .checked_div(den)
                 .unwrap_or(0);
-            self.anchor_ns.saturating_add(ns)
+            self.anchor.saturating_add(ticks)
         };
         let mut next: Option<i128> = None;
         if b & (B_UIE | B_AIE) != 0 && b & B_SET == 0 {
-            next = Some(after(NS_PER_SEC, 1));
+            next = Some(after(self.second(), 1));
         }
         if b & B_PIE != 0 {
             if let Some((num, den)) = self.periodic() {
@@ -579,20 +587,9 @@ impl Rtc {
     }
 }
 
-impl PortDevice for Rtc {
-    fn set_time(&mut self, now_ns: u64) {
-        Rtc::set_time(self, now_ns);
-    }
-
-    fn name(&self) -> &'static str {
-        "rtc"
-    }
-
-    fn ports(&self) -> &'static [(u16, u16)] {
-        &[(PORT_INDEX, 2)]
-    }
-
-    fn read(&mut self, port: u16, size: u8) -> u32 {
+/// Register-level access (the bus goes through [`PortDevice`]).
+impl Rtc {
+    pub fn read(&mut self, port: u16, size: u8) -> u32 {
         let mut v = 0;
         for i in 0..u16::from(size.min(4)) {
             let b = match port.wrapping_add(i) {
@@ -605,7 +602,7 @@ impl PortDevice for Rtc {
         v
     }
 
-    fn write(&mut self, port: u16, size: u8, value: u32) -> Action {
+    pub fn write(&mut self, port: u16, size: u8, value: u32) {
         for i in 0..u16::from(size.min(4)) {
             let b = (value >> (i << 3)) as u8;
             match port.wrapping_add(i) {
@@ -614,13 +611,12 @@ impl PortDevice for Rtc {
                 _ => {}
             }
         }
-        Action::None
     }
 
     /// IRQ 8: `level` is IRQF (the chip's IRQ output, held until register C
     /// is read) and `pulse` marks each time it was raised since the last poll.
-    fn poll(&mut self, now_ns: u64) -> IrqState {
-        self.set_time(now_ns);
+    pub fn poll(&mut self, now: u64) -> IrqState {
+        self.set_time(now);
         let m = 1u16 << IRQ;
         let st = IrqState {
             level: if self.irq_reported { m } else { 0 },
@@ -631,19 +627,60 @@ impl PortDevice for Rtc {
     }
 
     /// The next periodic tick (PIE) or update (UIE/AIE) while IRQF is clear.
-    fn next_event_ns(&self) -> Option<u64> {
+    pub fn next_deadline(&self) -> Option<u64> {
         if self.pulse {
-            return Some(self.now_ns);
+            return Some(self.now);
         }
         self.next_event()
             .map(|t| t.clamp(0, i128::from(u64::MAX)) as u64)
     }
 }
 
+/// Every access reports the IRQ line (`1 << IRQ`) and, when it moved, the
+/// next deadline; time-driven changes come from [`PortDevice::advance`].
+impl PortDevice for Rtc {
+    fn name(&self) -> &'static str {
+        "rtc"
+    }
+    fn ports(&self) -> &'static [(u16, u16)] {
+        &[(PORT_INDEX, 2)]
+    }
+    fn irq_lines(&self) -> u16 {
+        1 << IRQ
+    }
+    fn io_read(&mut self, port: u16, size: u8, now: u64) -> Effects {
+        self.set_time(now);
+        let before = self.next_deadline();
+        let fx = Effects::read(u64::from(self.read(port, size)));
+        let lines = self.poll(now).lines(1 << IRQ);
+        fx.with_lines(lines)
+            .with_deadline(before, self.next_deadline())
+    }
+    fn io_write(&mut self, port: u16, size: u8, value: u32, now: u64) -> Effects {
+        self.set_time(now);
+        let before = self.next_deadline();
+        self.write(port, size, value);
+        let fx = Effects::none();
+        let lines = self.poll(now).lines(1 << IRQ);
+        fx.with_lines(lines)
+            .with_deadline(before, self.next_deadline())
+    }
+    fn advance(&mut self, now: u64) -> Effects {
+        let lines = self.poll(now).lines(1 << IRQ);
+        Effects {
+            deadline: Some(self.next_deadline()),
+            ..Effects::none().with_lines(lines)
+        }
+    }
+    fn deadline(&self) -> Option<u64> {
+        self.next_deadline()
+    }
+}
+
 // The clock is battery-backed: a reset keeps the date and time it shows and
 // brings the registers (and CMOS RAM) back to what `Rtc::new` sets. Guest
 // time starts over at 0 with the power cycle, so the clock is anchored there.
-crate::state::plain_state!(Rtc, 1, |me| Rtc::new(me.datetime(), 0));
+crate::state::plain_state!(Rtc, 1, |me| Rtc::new(me.datetime(), 0, me.clock));
 
 impl crate::state::Check for Rtc {
     fn check(&self) -> Result<(), crate::state::StateError> {
@@ -724,7 +761,7 @@ mod tests {
 
     #[test]
     fn initial_registers_bcd_24h() {
-        let mut r = Rtc::new(dt(2024, 12, 31, 23, 59, 58), 0);
+        let mut r = Rtc::new(dt(2024, 12, 31, 23, 59, 58), 0, crate::NS_CLOCK);
         assert_eq!(rd(&mut r, 0, 0x00), 0x58);
         assert_eq!(rd(&mut r, 0, 0x02), 0x59);
         assert_eq!(rd(&mut r, 0, 0x04), 0x23);
@@ -741,7 +778,7 @@ mod tests {
 
     #[test]
     fn clock_advances_across_year_end() {
-        let mut r = Rtc::new(dt(2024, 12, 31, 23, 59, 58), 5 * S);
+        let mut r = Rtc::new(dt(2024, 12, 31, 23, 59, 58), 5 * S, crate::NS_CLOCK);
         assert_eq!(rd(&mut r, 6 * S - 1, 0x00), 0x58);
         assert_eq!(rd(&mut r, 6 * S, 0x00), 0x59);
         assert_eq!(rd(&mut r, 7 * S, 0x00), 0x00);
@@ -754,13 +791,13 @@ mod tests {
 
     #[test]
     fn long_jump_and_century_rollover() {
-        let mut r = Rtc::new(dt(2099, 12, 31, 23, 0, 0), 0);
+        let mut r = Rtc::new(dt(2099, 12, 31, 23, 0, 0), 0, crate::NS_CLOCK);
         r.set_time(3600 * S);
         assert_eq!(r.datetime(), dt(2100, 1, 1, 0, 0, 0));
         assert_eq!(rd(&mut r, 3600 * S, 0x32), 0x21);
         assert_eq!(rd(&mut r, 3600 * S, 0x06), 0x06, "2100-01-01 is a Friday");
         // Leap day, then a year at once.
-        let mut r = Rtc::new(dt(2024, 2, 28, 12, 0, 0), 0);
+        let mut r = Rtc::new(dt(2024, 2, 28, 12, 0, 0), 0, crate::NS_CLOCK);
         r.set_time(86_400 * S);
         assert_eq!(r.datetime(), dt(2024, 2, 29, 12, 0, 0));
         r.set_time(86_400 * S * 366);
@@ -770,7 +807,7 @@ mod tests {
 
     #[test]
     fn binary_and_12_hour_formats() {
-        let mut r = Rtc::new(dt(2024, 6, 15, 0, 30, 0), 0);
+        let mut r = Rtc::new(dt(2024, 6, 15, 0, 30, 0), 0, crate::NS_CLOCK);
         // Switch format under SET and rewrite the time (as software must).
         wr(&mut r, 0, 0x0B, 0x80 | 0x04); // SET, binary, 12-hour
         wr(&mut r, 0, 0x04, 12); // 12 AM = midnight
@@ -806,7 +843,7 @@ mod tests {
 
     #[test]
     fn set_bit_freezes_the_clock() {
-        let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 0);
+        let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 0, crate::NS_CLOCK);
         wr(&mut r, 0, 0x0B, 0x82 | B_UIE);
         assert_eq!(rd(&mut r, 0, 0x0B), 0x82, "SET going high clears UIE");
         assert_eq!(rd(&mut r, 5 * S, 0x00), 0x00);
@@ -820,7 +857,7 @@ mod tests {
 
     #[test]
     fn uip_window_before_each_update() {
-        let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 0);
+        let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 0, crate::NS_CLOCK);
         assert_eq!(rd(&mut r, 0, 0x0A) & A_UIP, 0);
         assert_eq!(rd(&mut r, S - 244_001, 0x0A) & A_UIP, 0);
         assert_eq!(rd(&mut r, S - 244_000, 0x0A) & A_UIP, A_UIP);
@@ -836,7 +873,7 @@ mod tests {
     #[test]
     fn linux_read_loop_terminates() {
         // mc146818_get_time(): wait for !UIP, read, re-check UIP and seconds.
-        let mut r = Rtc::new(dt(2024, 5, 5, 5, 5, 5), 0);
+        let mut r = Rtc::new(dt(2024, 5, 5, 5, 5, 5), 0, crate::NS_CLOCK);
         let mut now = S - 200_000; // inside the UIP window
         let mut polls = 0;
         while rd(&mut r, now, 0x0A) & A_UIP != 0 {
@@ -852,55 +889,55 @@ mod tests {
 
     #[test]
     fn update_ended_interrupt() {
-        let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 0);
-        assert_eq!(r.next_event_ns(), None);
+        let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 0, crate::NS_CLOCK);
+        assert_eq!(r.next_deadline(), None);
         wr(&mut r, 0, 0x0B, 0x02 | B_UIE);
-        assert_eq!(r.next_event_ns(), Some(S));
+        assert_eq!(r.next_deadline(), Some(S));
         assert_eq!(r.poll(S - 1), IrqState::default());
         let st = r.poll(S);
         assert_eq!(st.pulse, 1 << 8);
         assert_eq!(st.level, 1 << 8);
-        assert_eq!(r.next_event_ns(), None, "held until C is read");
+        assert_eq!(r.next_deadline(), None, "held until C is read");
         assert_eq!(r.poll(2 * S).pulse, 0);
         assert_eq!(rd(&mut r, 2 * S, 0x0C), C_IRQF | C_UF | C_PF);
         assert_eq!(rd(&mut r, 2 * S, 0x0C), 0);
         assert_eq!(r.poll(2 * S).level, 0);
-        assert_eq!(r.next_event_ns(), Some(3 * S));
+        assert_eq!(r.next_deadline(), Some(3 * S));
     }
 
     #[test]
     fn update_flag_without_interrupt() {
-        let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 0);
+        let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 0, crate::NS_CLOCK);
         assert_eq!(rd(&mut r, S, 0x0C), C_UF | C_PF);
         assert_eq!(r.poll(S), IrqState::default());
     }
 
     #[test]
     fn periodic_interrupt_at_register_a_rate() {
-        let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 0);
+        let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 0, crate::NS_CLOCK);
         wr(&mut r, 0, 0x0A, 0x2F); // RS=15: 500 ms
         wr(&mut r, 0, 0x0B, 0x02 | B_PIE);
-        assert_eq!(r.next_event_ns(), Some(500 * MS));
+        assert_eq!(r.next_deadline(), Some(500 * MS));
         assert_eq!(r.poll(500 * MS - 1).pulse, 0);
         assert_eq!(r.poll(500 * MS).pulse, 1 << 8);
         assert_eq!(rd(&mut r, 600 * MS, 0x0C), C_IRQF | C_PF);
-        assert_eq!(r.next_event_ns(), Some(S));
+        assert_eq!(r.next_deadline(), Some(S));
         // 1024 Hz: 976.5625 µs, rounded up to whole ns.
         wr(&mut r, 600 * MS, 0x0A, 0x26);
         // 615 * 976562.5 ns, rounded up.
-        assert_eq!(r.next_event_ns(), Some(600_585_938));
+        assert_eq!(r.next_deadline(), Some(600_585_938));
         // 8192 Hz (RS 3) and RS 1 (256 Hz).
         wr(&mut r, 600 * MS, 0x0A, 0x23);
-        assert_eq!(r.periodic(), Some((4 * NS_PER_SEC, BASE_HZ)));
+        assert_eq!(r.periodic(), Some((4 * 1_000_000_000, BASE_HZ)));
         wr(&mut r, 600 * MS, 0x0A, 0x21);
-        assert_eq!(r.periodic(), Some((128 * NS_PER_SEC, BASE_HZ)));
+        assert_eq!(r.periodic(), Some((128 * 1_000_000_000, BASE_HZ)));
         wr(&mut r, 600 * MS, 0x0A, 0x20);
-        assert_eq!(r.next_event_ns(), None);
+        assert_eq!(r.next_deadline(), None);
     }
 
     #[test]
     fn alarm_interrupt() {
-        let mut r = Rtc::new(dt(2024, 1, 1, 10, 0, 0), 0);
+        let mut r = Rtc::new(dt(2024, 1, 1, 10, 0, 0), 0, crate::NS_CLOCK);
         wr(&mut r, 0, 0x01, 0x05);
         wr(&mut r, 0, 0x03, 0x00);
         wr(&mut r, 0, 0x05, 0xC0); // any hour
@@ -916,7 +953,7 @@ mod tests {
 
     #[test]
     fn enabling_an_already_set_flag_raises_irq() {
-        let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 0);
+        let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 0, crate::NS_CLOCK);
         r.set_time(S);
         assert_eq!(r.poll(S).level, 0);
         wr(&mut r, S, 0x0B, 0x02 | B_UIE);
@@ -925,7 +962,7 @@ mod tests {
 
     #[test]
     fn divider_reset_stops_and_restarts_half_second_later() {
-        let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 0);
+        let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 0, crate::NS_CLOCK);
         wr(&mut r, 100 * MS, 0x0A, 0x66); // divider reset
         assert_eq!(rd(&mut r, 5 * S, 0x00), 0x00);
         wr(&mut r, 5 * S, 0x0A, 0x26);
@@ -936,7 +973,7 @@ mod tests {
 
     #[test]
     fn ram_index_and_nmi_bit() {
-        let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 0);
+        let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 0, crate::NS_CLOCK);
         wr(&mut r, 0, 0x80 | 0x40, 0xAB);
         assert_eq!(rd(&mut r, 0, 0x40), 0xAB);
         assert_eq!(r.read(0x70, 1), 0x40);
@@ -970,7 +1007,7 @@ mod tests {
 
     #[test]
     fn time_never_goes_back() {
-        let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 10 * S);
+        let mut r = Rtc::new(dt(2024, 1, 1, 0, 0, 0), 10 * S, crate::NS_CLOCK);
         r.set_time(12 * S);
         r.set_time(11 * S);
         assert_eq!(rd(&mut r, 0, 0x00), 0x02);

@@ -17,7 +17,7 @@
 use crate::ioapic::IoApic;
 use crate::lapic::VLapic;
 use crate::state::{BytesError, Kind, Stateful};
-use crate::IoBus;
+use crate::Bus;
 use alloc::vec::Vec;
 
 pub const MAGIC: [u8; 4] = *b"FVDS";
@@ -197,56 +197,16 @@ pub fn restore(bytes: &[u8], devices: &mut [&mut dyn Stateful]) -> Result<(), By
     Ok(())
 }
 
-impl IoBus {
-    /// The bus's devices, the 8259 pair first, then in registration order.
-    pub fn states(&self) -> Vec<&dyn Stateful> {
-        let mut out: Vec<&dyn Stateful> = Vec::new();
-        out.push(&self.pic);
-        out.extend(self.devices.iter().map(|d| &**d as &dyn Stateful));
-        out
-    }
-
-    /// [`IoBus::states`], to restore or reset.
-    pub fn states_mut(&mut self) -> Vec<&mut dyn Stateful> {
-        let mut out: Vec<&mut dyn Stateful> = Vec::new();
-        out.push(&mut self.pic);
-        out.extend(
-            self.devices
-                .iter_mut()
-                .map(|d| &mut **d as &mut dyn Stateful),
-        );
-        out
-    }
-
-    /// Every device back to its power-on state, as after a power cycle: no
-    /// IRQ line is asserted any more.
-    pub fn reset(&mut self) {
-        for d in self.states_mut() {
-            d.reset_state();
-        }
-        self.forget_lines();
-    }
-
-    /// The lines as last polled are no longer what the devices drive.
-    fn forget_lines(&mut self) {
-        for l in &mut self.irqs {
-            *l = crate::IrqState::default();
-        }
-    }
-}
-
-/// A VM's complete device set: its port bus, its I/O APIC and the local
-/// APIC of each vCPU (index = vCPU).
+/// A VM's complete device set: its bus (port devices, the 8259 pair and
+/// the I/O APIC) and the local APIC of each vCPU (index = vCPU).
 pub struct VmDevices<'a> {
-    pub bus: &'a mut IoBus,
-    pub ioapic: &'a mut IoApic,
+    pub bus: &'a mut Bus,
     pub lapics: &'a mut [&'a mut VLapic],
 }
 
 impl VmDevices<'_> {
     fn list(&self) -> Vec<&dyn Stateful> {
         let mut out = self.bus.states();
-        out.push(&*self.ioapic);
         out.extend(self.lapics.iter().map(|l| &**l as &dyn Stateful));
         out
     }
@@ -258,10 +218,9 @@ impl VmDevices<'_> {
 
     /// Takes a saved set whole (the same devices, by kind and instance), or
     /// changes nothing and says why. The bus's IRQ lines are re-read at
-    /// its next poll.
+    /// its next advance.
     pub fn restore(&mut self, bytes: &[u8]) -> Result<(), BytesError> {
         let mut list = self.bus.states_mut();
-        list.push(&mut *self.ioapic);
         list.extend(
             self.lapics
                 .iter_mut()
@@ -274,26 +233,10 @@ impl VmDevices<'_> {
 
     /// Power-on state for every device.
     pub fn reset(&mut self) {
-        reset(
-            self.bus,
-            self.ioapic,
-            self.lapics.iter_mut().map(|l| &mut **l),
-        );
-    }
-}
-
-/// Power-on state for every device of a VM, for callers that hold the
-/// local APICs under separate locks. The I/O APIC's inputs go low with the
-/// devices that drove them.
-pub fn reset<'a>(
-    bus: &mut IoBus,
-    ioapic: &mut IoApic,
-    lapics: impl Iterator<Item = &'a mut VLapic>,
-) {
-    bus.reset();
-    reset_ioapic(ioapic);
-    for l in lapics {
-        crate::state::DeviceState::reset(l);
+        self.bus.reset();
+        for l in self.lapics.iter_mut() {
+            crate::state::DeviceState::reset(&mut **l);
+        }
     }
 }
 
@@ -310,7 +253,7 @@ pub fn reset_ioapic(ioapic: &mut IoApic) {
 mod tests {
     use super::*;
     use crate::state::DeviceState;
-    use crate::{debug_exit, i8042, pci, pit, pm, post, rtc, uart, PortDevice};
+    use crate::{debug_exit, i8042, pci, pit, pm, post, rtc, uart, PortDevice, NS_CLOCK};
     use alloc::boxed::Box;
 
     fn no_line(_: usize, _: &str) {}
@@ -334,14 +277,13 @@ mod tests {
 
     /// A VM's devices at power-on, as the core builds them.
     struct Set {
-        bus: IoBus,
-        ioapic: IoApic,
+        bus: Bus,
         lapics: Vec<VLapic>,
     }
 
     impl Set {
         fn new(vcpus: u32) -> Set {
-            let mut bus = IoBus::new();
+            let mut bus = Bus::new(IoApic::new(vcpus as u8));
             let console = uart::ConsolePort {
                 source: 0,
                 line: no_line,
@@ -350,13 +292,13 @@ mod tests {
                 focused: no,
             };
             let devs: [Box<dyn PortDevice>; 8] = [
-                Box::new(uart::Uart::new(console)),
+                Box::new(uart::Uart::new(console, NS_CLOCK)),
                 Box::new(debug_exit::DebugExit),
-                Box::new(pit::Pit::new()),
-                Box::new(rtc::Rtc::new(DATE, 0)),
+                Box::new(pit::Pit::new(NS_CLOCK)),
+                Box::new(rtc::Rtc::new(DATE, 0, NS_CLOCK)),
                 Box::new(pci::Pci::new()),
                 Box::new(i8042::I8042::new()),
-                Box::new(pm::Pm::new(0x600)),
+                Box::new(pm::Pm::new(0x600, NS_CLOCK)),
                 Box::new(post::PostCode::new()),
             ];
             for d in devs {
@@ -364,7 +306,6 @@ mod tests {
             }
             Set {
                 bus,
-                ioapic: IoApic::new(vcpus as u8),
                 lapics: (0..vcpus).map(|i| VLapic::new(i, i == 0, 10)).collect(),
             }
         }
@@ -373,7 +314,6 @@ mod tests {
             let mut l: Vec<&mut VLapic> = self.lapics.iter_mut().collect();
             let mut d = VmDevices {
                 bus: &mut self.bus,
-                ioapic: &mut self.ioapic,
                 lapics: &mut l,
             };
             f(&mut d)
@@ -401,25 +341,25 @@ mod tests {
                 (0x21, 1),
                 (0x21, 0xFF),
             ] {
-                b.write(p, 1, v, 0);
+                b.io_write(p, 1, v, 0);
             }
             b.pic.set_irq(3, true);
             b.pic.set_irq(5, true);
-            b.write(0x43, 1, 0x34, 1_000);
-            b.write(0x40, 1, 0xE8, 1_000);
-            b.write(0x40, 1, 0x03, 1_000);
+            b.io_write(0x43, 1, 0x34, 1_000);
+            b.io_write(0x40, 1, 0xE8, 1_000);
+            b.io_write(0x40, 1, 0x03, 1_000);
             for k in *b"ls\r" {
-                b.input(k);
+                b.input(k, 0);
             }
             // Alarm "don't care" in all three fields, AIE on.
             for (r, v) in [(1, 0xC0), (3, 0xC0), (5, 0xC0), (0x0B, 0x22)] {
-                b.write(0x70, 1, r, 2_000);
-                b.write(0x71, 1, v, 2_000);
+                b.io_write(0x70, 1, r, 2_000);
+                b.io_write(0x71, 1, v, 2_000);
             }
-            b.poll(S / 2);
-            s.ioapic.write_mmio(0, 4, 0x10 + 2 * 4);
-            s.ioapic.write_mmio(0x10, 4, 0x31);
-            let _ = s.ioapic.set_irq(4, true);
+            let _ = b.advance(S / 2);
+            s.bus.ioapic.write_mmio(0, 4, 0x10 + 2 * 4);
+            s.bus.ioapic.write_mmio(0x10, 4, 0x31);
+            let _ = s.bus.ioapic.set_irq(4, true);
             let l = &mut s.lapics[0];
             let _ = l.write_mmio(0xF0, 0x1FF, 0);
             let _ = l.write_mmio(0x3E0, 0x3, 0);
@@ -429,14 +369,15 @@ mod tests {
         }
 
         /// What the guest would see next: the set run on to `t`.
-        fn observe(&mut self, t: u64) -> (crate::IrqState, u32, u32, u32, Option<u64>) {
-            let irq = self.bus.poll(t);
-            self.bus.write(0x43, 1, 0, t);
-            let lo = self.bus.read(0x40, 1, t).0;
-            let hi = self.bus.read(0x40, 1, t).0;
-            self.bus.write(0x70, 1, 0x0C, t);
-            let c = self.bus.read(0x71, 1, t).0;
-            let rx = self.bus.read(0x3F8, 1, t).0;
+        fn observe(&mut self, t: u64) -> (u16, u32, u32, u32, Option<u64>) {
+            let _ = self.bus.advance(t);
+            let irq = self.bus.lines();
+            self.bus.io_write(0x43, 1, 0, t);
+            let lo = self.bus.io_read(0x40, 1, t).value as u32;
+            let hi = self.bus.io_read(0x40, 1, t).value as u32;
+            self.bus.io_write(0x70, 1, 0x0C, t);
+            let c = self.bus.io_read(0x71, 1, t).value as u32;
+            let rx = self.bus.io_read(0x3F8, 1, t).value as u32;
             (
                 irq,
                 lo | hi << 8,
@@ -495,14 +436,14 @@ mod tests {
                 assert_eq!(g, w, "kind {}", g.kind);
             }
         }
-        assert!(busy.ioapic.entry(4).is_some_and(|e| e & 1 << 16 != 0));
+        assert!(busy.bus.ioapic.entry(4).is_some_and(|e| e & 1 << 16 != 0));
         // The I/O APIC's input went low with the UART that drove it: raising
         // it again is an edge that delivers once the entry is unmasked.
-        busy.ioapic.write_mmio(0, 4, 0x10 + 2 * 4);
-        busy.ioapic.write_mmio(0x10, 4, 0x31);
-        assert_eq!(busy.ioapic.set_irq(4, true).len(), 1);
+        busy.bus.ioapic.write_mmio(0, 4, 0x10 + 2 * 4);
+        busy.bus.ioapic.write_mmio(0x10, 4, 0x31);
+        assert_eq!(busy.bus.ioapic.set_irq(4, true).len(), 1);
         // The clock reads on from where it was, counted from guest time 0.
-        let mut rtc = rtc::Rtc::new(DATE, 0);
+        let mut rtc = rtc::Rtc::new(DATE, 0, NS_CLOCK);
         rtc.set_time(3 * S);
         rtc.reset();
         rtc.set_time(S);
@@ -513,15 +454,14 @@ mod tests {
     #[test]
     fn a_reset_bus_forgets_the_lines_its_devices_drove() {
         let mut s = Set::busy(1);
-        let lines = s.bus.poll(S + S / 4);
-        assert_ne!(lines.level & 1 << 8, 0, "the RTC alarm asserts IRQ 8");
+        let _ = s.bus.advance(S + S / 4);
+        assert_ne!(s.bus.lines() & 1 << 8, 0, "the RTC alarm asserts IRQ 8");
         s.bus.reset();
         // The UART (device 0) raises IRQ 4 (THRE, OUT2): the combined lines
         // hold that and nothing the RTC drove before the reset.
-        s.bus.write(0x3FC, 1, 0x08, 0);
-        s.bus.write(0x3F9, 1, 0x02, 0);
-        let after = s.bus.poll_one(0, 0).unwrap();
-        assert_eq!(after.level, 1 << 4);
+        s.bus.io_write(0x3FC, 1, 0x08, 0);
+        s.bus.io_write(0x3F9, 1, 0x02, 0);
+        assert_eq!(s.bus.lines(), 1 << 4);
     }
 
     /// `bytes` with its entries changed by `f`, framed again.
@@ -535,17 +475,20 @@ mod tests {
     fn every_corruption_has_its_error_and_changes_nothing() {
         let bytes = Set::busy(2).save();
         let mut target = Set::new(2);
-        target.bus.write(0x21, 1, 0xFB, 0);
+        target.bus.io_write(0x21, 1, 0xFB, 0);
         let before = target.save();
         let last = |e: &mut Vec<Entry>| e.len() - 1;
         let bad_uart = {
-            let mut u = uart::Uart::new(uart::ConsolePort {
-                source: 0,
-                line: no_line,
-                raw: no_raw,
-                room: yes,
-                focused: no,
-            })
+            let mut u = uart::Uart::new(
+                uart::ConsolePort {
+                    source: 0,
+                    line: no_line,
+                    raw: no_raw,
+                    room: yes,
+                    focused: no,
+                },
+                NS_CLOCK,
+            )
             .save();
             u.data.rx = core::iter::repeat_n(b'x', 4097).collect();
             postcard::to_allocvec(&u.data).unwrap()

@@ -438,7 +438,7 @@ pub(crate) mod tests {
         fresh
     }
 
-    use crate::{debug_exit, i8042, ioapic, lapic, pci, pic, pit, pm, post, rtc, uart, PortDevice};
+    use crate::{debug_exit, i8042, ioapic, lapic, pci, pic, pit, pm, post, rtc, uart};
 
     #[test]
     fn pic() {
@@ -449,12 +449,12 @@ pub(crate) mod tests {
 
     #[test]
     fn pit() {
-        let mut p = pit::Pit::new();
+        let mut p = pit::Pit::new(crate::NS_CLOCK);
         p.set_time(1_000);
         p.write(0x43, 1, 0x34);
         p.write(0x40, 1, 0x34);
         p.write(0x40, 1, 0x12);
-        round_trip(&mut p, pit::Pit::new());
+        round_trip(&mut p, pit::Pit::new(crate::NS_CLOCK));
     }
 
     const DATE: rtc::DateTime = rtc::DateTime {
@@ -468,13 +468,13 @@ pub(crate) mod tests {
 
     #[test]
     fn rtc() {
-        let mut r = rtc::Rtc::new(DATE, 0);
+        let mut r = rtc::Rtc::new(DATE, 0, crate::NS_CLOCK);
         r.write(0x70, 1, 0x0E);
         r.write(0x71, 1, 0x42);
-        round_trip(&mut r, rtc::Rtc::new(DATE, 0));
+        round_trip(&mut r, rtc::Rtc::new(DATE, 0, crate::NS_CLOCK));
         // The restored clock keeps counting from where it was.
-        let mut a = rtc::Rtc::new(DATE, 0);
-        let mut b = rtc::Rtc::new(DATE, 0);
+        let mut a = rtc::Rtc::new(DATE, 0, crate::NS_CLOCK);
+        let mut b = rtc::Rtc::new(DATE, 0, crate::NS_CLOCK);
         b.set_time(3_000_000_000);
         a.restore(&b.save()).unwrap();
         a.set_time(4_000_000_000);
@@ -519,9 +519,9 @@ pub(crate) mod tests {
 
     #[test]
     fn pm() {
-        let mut p = pm::Pm::new(0x600);
+        let mut p = pm::Pm::new(0x600, crate::NS_CLOCK);
         p.write(0x600 + pm::PM1_EN, 2, 0x0001);
-        round_trip(&mut p, pm::Pm::new(0x600));
+        round_trip(&mut p, pm::Pm::new(0x600, crate::NS_CLOCK));
     }
 
     fn no_line(_: usize, _: &str) {}
@@ -542,15 +542,15 @@ pub(crate) mod tests {
 
     #[test]
     fn uart() {
-        let mut u = uart::Uart::new(CONSOLE);
+        let mut u = uart::Uart::new(CONSOLE, crate::NS_CLOCK);
         u.write(0x3FF, 1, 0x5A);
         u.write(0x3F8, 1, u32::from(b'h'));
         u.push_input(b'x');
-        round_trip(&mut u, uart::Uart::new(CONSOLE));
-        let mut bad = uart::Uart::new(CONSOLE).save();
+        round_trip(&mut u, uart::Uart::new(CONSOLE, crate::NS_CLOCK));
+        let mut bad = uart::Uart::new(CONSOLE, crate::NS_CLOCK).save();
         bad.data.rx = core::iter::repeat_n(0, 4097).collect();
         assert_eq!(
-            uart::Uart::new(CONSOLE).restore(&bad),
+            uart::Uart::new(CONSOLE, crate::NS_CLOCK).restore(&bad),
             Err(StateError::Invalid("receive queue length"))
         );
     }
@@ -577,9 +577,9 @@ pub(crate) mod tests {
     fn decoding_checks_what_a_model_can_be_in() {
         // Postcard writes a u8 as one byte, fields in declaration order.
         // Pit: counters[0].mode is the first byte; modes stop at 5.
-        let p = pit::Pit::new();
+        let p = pit::Pit::new(crate::NS_CLOCK);
         assert_eq!(
-            corrupt(&p, pit::Pit::new(), |s| s[0] = 7),
+            corrupt(&p, pit::Pit::new(crate::NS_CLOCK), |s| s[0] = 7),
             BytesError::Invalid {
                 kind: Kind::Pit,
                 what: "PIT counter mode"
@@ -607,16 +607,16 @@ pub(crate) mod tests {
                 kind: Some(Kind::Pic)
             }
         );
-        let mut long = uart::Uart::new(CONSOLE).save();
+        let mut long = uart::Uart::new(CONSOLE, crate::NS_CLOCK).save();
         long.data.line = core::iter::repeat_n('x', 241).collect();
         assert_eq!(
-            uart::Uart::new(CONSOLE).restore(&long),
+            uart::Uart::new(CONSOLE, crate::NS_CLOCK).restore(&long),
             Err(StateError::Invalid("console line length"))
         );
-        let mut bad = pm::Pm::new(0x600).save();
+        let mut bad = pm::Pm::new(0x600, crate::NS_CLOCK).save();
         bad.data.pm1_cnt |= 1 << 13;
         assert_eq!(
-            pm::Pm::new(0x600).restore(&bad),
+            pm::Pm::new(0x600, crate::NS_CLOCK).restore(&bad),
             Err(StateError::Invalid("PM1 control bits"))
         );
     }

@@ -7,7 +7,7 @@
 //! (LSR.THRE = TEMT = 0) and a THRE interrupt follows once it has room, as a
 //! real UART behaves when its line is slower than the guest. A guest that
 //! writes regardless loses its oldest queued lines (the console counts them).
-use super::{Action, PortDevice};
+use super::{Clock, Effects, IrqState, PortDevice};
 use alloc::collections::VecDeque;
 use alloc::string::String;
 
@@ -22,7 +22,8 @@ const LSR_TEMT: u8 = 1 << 6;
 pub const HISTORY: usize = 16 * 1024;
 const MAX_LINE: usize = 240;
 
-/// How often a guest waiting for room in its console queue is re-checked.
+/// How often a guest waiting for room in its console queue is re-checked
+/// (nanoseconds; converted with the model's clock).
 const ROOM_POLL_NS: u64 = 1_000_000;
 
 /// The console the output goes to: the core's (or a test's) functions, given
@@ -55,17 +56,19 @@ pub struct Uart {
     /// A THR-empty interrupt is pending until IIR is read or THR written.
     thre_pending: bool,
     /// THR reads busy (the console queue is full): when it has room, THRE
-    /// interrupts again. Re-checked at `wait_until` (guest ns).
+    /// interrupts again. Re-checked at `wait_until` (guest TSC).
     thre_wait: bool,
     wait_until: u64,
-    now_ns: u64,
+    /// Guest TSC as last set.
+    now: u64,
+    clock: Clock,
     rx: VecDeque<u8>,
     line: String,
     pub history: VecDeque<u8>,
 }
 
 impl Uart {
-    pub fn new(console: ConsolePort) -> Self {
+    pub fn new(console: ConsolePort, clock: Clock) -> Self {
         Self {
             console,
             ier: 0,
@@ -78,7 +81,8 @@ impl Uart {
             thre_pending: false,
             thre_wait: false,
             wait_until: 0,
-            now_ns: 0,
+            now: 0,
+            clock,
             rx: VecDeque::new(),
             line: String::new(),
             history: VecDeque::new(),
@@ -120,7 +124,7 @@ impl Uart {
             self.thre_pending = true;
         } else if !self.thre_wait {
             self.thre_wait = true;
-            self.wait_until = self.now_ns.saturating_add(ROOM_POLL_NS);
+            self.wait_until = self.now.saturating_add(self.clock.from_ns(ROOM_POLL_NS));
         }
     }
 
@@ -198,16 +202,9 @@ impl Uart {
     }
 }
 
-impl PortDevice for Uart {
-    fn name(&self) -> &'static str {
-        "uart"
-    }
-
-    fn ports(&self) -> &'static [(u16, u16)] {
-        &[(0x3F8, 8)]
-    }
-
-    fn read(&mut self, port: u16, _size: u8) -> u32 {
+/// Register-level access (the bus goes through [`PortDevice`]).
+impl Uart {
+    pub fn read(&mut self, port: u16, _size: u8) -> u32 {
         let dlab = self.lcr & LCR_DLAB != 0;
         // The bus sends only 0x3F8..0x3FF here.
         u32::from(match port.wrapping_sub(0x3F8) {
@@ -241,7 +238,7 @@ impl PortDevice for Uart {
         })
     }
 
-    fn write(&mut self, port: u16, _size: u8, value: u32) -> Action {
+    pub fn write(&mut self, port: u16, _size: u8, value: u32) {
         let v = value as u8;
         let dlab = self.lcr & LCR_DLAB != 0;
         match port.wrapping_sub(0x3F8) {
@@ -273,36 +270,25 @@ impl PortDevice for Uart {
             7 => self.scr = v,
             _ => {}
         }
-        Action::None
     }
 
-    fn input(&mut self, byte: u8) -> bool {
-        self.push_input(byte);
-        true
+    pub fn set_time(&mut self, now: u64) {
+        self.now = now;
     }
 
-    fn console_write(&mut self, bytes: &[u8]) -> bool {
-        self.write_console(bytes);
-        true
-    }
-
-    fn set_time(&mut self, now_ns: u64) {
-        self.now_ns = now_ns;
-    }
-
-    fn next_event_ns(&self) -> Option<u64> {
+    pub fn next_deadline(&self) -> Option<u64> {
         self.thre_wait.then_some(self.wait_until)
     }
 
     /// IRQ 4, gated by MCR.OUT2 as on PC serial ports.
-    fn poll(&mut self, now_ns: u64) -> super::IrqState {
-        self.now_ns = now_ns;
+    pub fn poll(&mut self, now: u64) -> IrqState {
+        self.now = now;
         if self.thre_wait {
             if self.room() {
                 self.thre_wait = false;
                 self.thre_pending = true;
-            } else if now_ns >= self.wait_until {
-                self.wait_until = now_ns.saturating_add(ROOM_POLL_NS);
+            } else if now >= self.wait_until {
+                self.wait_until = now.saturating_add(self.clock.from_ns(ROOM_POLL_NS));
             }
         }
         let level = if self.irq_pending() && self.mcr & 0x08 != 0 {
@@ -310,13 +296,65 @@ impl PortDevice for Uart {
         } else {
             0
         };
-        super::IrqState { level, pulse: 0 }
+        IrqState { level, pulse: 0 }
     }
 
-    fn flush(&mut self) {
+    pub fn flush(&mut self) {
         if !self.line.is_empty() {
             self.flush_line();
         }
+    }
+}
+
+/// Every access reports the IRQ line (`1 << 4`) and, when it moved, the
+/// next deadline; time-driven changes come from [`PortDevice::advance`].
+impl PortDevice for Uart {
+    fn name(&self) -> &'static str {
+        "uart"
+    }
+    fn ports(&self) -> &'static [(u16, u16)] {
+        &[(0x3F8, 8)]
+    }
+    fn irq_lines(&self) -> u16 {
+        1 << 4
+    }
+    fn io_read(&mut self, port: u16, size: u8, now: u64) -> Effects {
+        self.set_time(now);
+        let before = self.next_deadline();
+        let fx = Effects::read(u64::from(self.read(port, size)));
+        let lines = self.poll(now).lines(1 << 4);
+        fx.with_lines(lines)
+            .with_deadline(before, self.next_deadline())
+    }
+    fn io_write(&mut self, port: u16, size: u8, value: u32, now: u64) -> Effects {
+        self.set_time(now);
+        let before = self.next_deadline();
+        self.write(port, size, value);
+        let fx = Effects::none();
+        let lines = self.poll(now).lines(1 << 4);
+        fx.with_lines(lines)
+            .with_deadline(before, self.next_deadline())
+    }
+    fn advance(&mut self, now: u64) -> Effects {
+        let lines = self.poll(now).lines(1 << 4);
+        Effects {
+            deadline: Some(self.next_deadline()),
+            ..Effects::none().with_lines(lines)
+        }
+    }
+    fn deadline(&self) -> Option<u64> {
+        self.next_deadline()
+    }
+    fn input(&mut self, byte: u8, now: u64) -> Option<Effects> {
+        self.push_input(byte);
+        Some(Effects::none().with_lines(self.poll(now).lines(1 << 4)))
+    }
+    fn console_write(&mut self, bytes: &[u8]) -> bool {
+        self.write_console(bytes);
+        true
+    }
+    fn flush(&mut self) {
+        Uart::flush(self);
     }
 }
 
@@ -336,7 +374,8 @@ pub struct UartState {
     pub thre_pending: bool,
     pub thre_wait: bool,
     pub wait_until: u64,
-    pub now_ns: u64,
+    /// Guest TSC.
+    pub now: u64,
     pub rx: VecDeque<u8>,
     pub line: String,
 }
@@ -358,7 +397,7 @@ impl crate::state::DeviceState for Uart {
                 thre_pending: self.thre_pending,
                 thre_wait: self.thre_wait,
                 wait_until: self.wait_until,
-                now_ns: self.now_ns,
+                now: self.now,
                 rx: self.rx.clone(),
                 line: self.line.clone(),
             },
@@ -384,14 +423,14 @@ impl crate::state::DeviceState for Uart {
         self.thre_pending = s.thre_pending;
         self.thre_wait = s.thre_wait;
         self.wait_until = s.wait_until;
-        self.now_ns = s.now_ns;
+        self.now = s.now;
         self.rx = s.rx.clone();
         self.line = s.line.clone();
         Ok(())
     }
     fn reset(&mut self) {
         let history = core::mem::take(&mut self.history);
-        *self = Uart::new(self.console);
+        *self = Uart::new(self.console, self.clock);
         self.history = history;
     }
 }
@@ -418,13 +457,16 @@ mod tests {
     }
 
     fn uart(source: usize) -> Uart {
-        Uart::new(ConsolePort {
-            source,
-            line,
-            raw,
-            room,
-            focused: unfocused,
-        })
+        Uart::new(
+            ConsolePort {
+                source,
+                line,
+                raw,
+                room,
+                focused: unfocused,
+            },
+            crate::NS_CLOCK,
+        )
     }
 
     fn lines_of(g: usize) -> Vec<String> {
@@ -470,11 +512,11 @@ mod tests {
         assert_eq!(u.read(0x3FD, 1) & 0x60, 0);
         assert_eq!(u.read(0x3FA, 1), 0x01);
         assert_eq!(u.poll(2000).level, 0);
-        assert_eq!(u.next_event_ns(), Some(1000 + ROOM_POLL_NS));
+        assert_eq!(u.next_deadline(), Some(1000 + ROOM_POLL_NS));
         ROOM9.store(true, Ordering::SeqCst);
         assert_eq!(u.read(0x3FD, 1) & 0x60, 0x60);
         assert_eq!(u.poll(1000 + ROOM_POLL_NS).level, 1 << 4);
-        assert_eq!(u.next_event_ns(), None);
+        assert_eq!(u.next_deadline(), None);
         assert_eq!(u.read(0x3FA, 1), 0x02);
     }
 

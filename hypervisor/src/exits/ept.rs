@@ -109,7 +109,7 @@ pub fn unmapped(vm: &Vm, gpa: u64, write: bool, rip: u64) -> Result<(), VmEnd> {
 pub fn violation(v: &mut Vcpu) -> Flow {
     let gpa = ro::GUEST_PHYSICAL_ADDR.read().unwrap_or(0);
     let q = EptViolation::decode(ro::EXIT_QUALIFICATION.read().unwrap_or(0));
-    let device = super::mmio::device_at(&v.vm, v.index, gpa).is_some();
+    let device = v.vm.mmio_claimed(v.index, gpa);
     if q.fetch && !device {
         return fetch_unmapped(v, gpa);
     }

@@ -8,7 +8,6 @@
 //! them, and a long REP is done in chunks with RIP kept on the instruction.
 use super::decode::{self};
 use super::string::{Dst, Src, StringInsn};
-use crate::devices::Action;
 use crate::vm::gwalk;
 use crate::vm::vcpu::{Flow, Vcpu};
 use crate::vm::{Vm, VmEnd};
@@ -97,13 +96,11 @@ pub fn handle(v: &mut Vcpu) -> Flow {
     } else {
         let val = (v.regs.gpr[RAX] & mask) as u32;
         note_console_output(&v.vm, q.port);
-        let action = v.vm.io_write(q.port, q.size, val);
+        let end = crate::vm::request_end(v.vm.io_write(q.port, q.size, val));
         v.advance_rip();
-        match action {
-            Action::None => Flow::Continue,
-            Action::Exit(code) => Flow::End(VmEnd::Exited(code)),
-            Action::PowerOff => Flow::End(VmEnd::PoweredOff),
-            Action::Reset => Flow::End(VmEnd::Reset),
+        match end {
+            None => Flow::Continue,
+            Some(end) => Flow::End(end),
         }
     }
 }

@@ -11,7 +11,6 @@
 //! [`GuestMemory::write`]), never by a slice another vCPU could change.
 use super::decode::{self, Decoded, MemOp, Mode, StringOp};
 use super::string::{self, Dst, Progress, Src, Stop, StringEnv, StringInsn};
-use crate::devices::{ioapic, Action};
 use crate::vm::gwalk::{
     self, Access, AddrMode, Fault, GuestPhysRead, LinearError, PagingRegs, PhysBus, Segment,
 };
@@ -21,34 +20,6 @@ use crate::vm::{Vm, VmEnd};
 use crate::vmx::run::RSP;
 use alloc::format;
 use arch::vmx::vmcs::guest;
-
-pub const IOAPIC_PAGE: u64 = ioapic::BASE;
-
-/// The device model an MMIO page belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
-    Lapic,
-    Ioapic,
-}
-
-/// Which device decodes `page` for a vCPU whose IA32_APIC_BASE puts its
-/// xAPIC page at `lapic_page` (SDM Vol. 3A 11.4.5: the page moves with the
-/// base; the old address no longer reaches the APIC).
-pub fn target(page: u64, lapic_page: u64) -> Option<Target> {
-    if page == lapic_page {
-        Some(Target::Lapic)
-    } else if page == IOAPIC_PAGE {
-        Some(Target::Ioapic)
-    } else {
-        None
-    }
-}
-
-/// The device behind guest-physical `gpa` for vCPU `idx` of `vm`, if any.
-pub fn device_at(vm: &Vm, idx: usize, gpa: u64) -> Option<Target> {
-    let lapic_page = vm.lapics[idx].lock().mmio_base();
-    target(gpa & !0xFFF, lapic_page)
-}
 
 /// Iterations of a REP string instruction per exit (then the instruction
 /// executes again, and interrupts can be taken in between).
@@ -144,16 +115,6 @@ fn all_ones(size: usize) -> u64 {
     }
 }
 
-fn lapic_read(l: &mut crate::devices::lapic::VLapic, off: u32, size: usize, now: u64) -> u64 {
-    let lo = u64::from(l.read_mmio(off, now));
-    let v = if size > 4 {
-        lo | (u64::from(l.read_mmio(off + 4, now)) << 32)
-    } else {
-        lo
-    };
-    v & all_ones(size)
-}
-
 /// A guest-physical access by vCPU `idx`: RAM by copy, a device page through
 /// its model, the empty bus by the guest's `unmapped_access` policy.
 pub struct VcpuBus<'a> {
@@ -175,32 +136,10 @@ impl VcpuBus<'_> {
         f: impl FnOnce(&mut dyn FnMut() -> u64) -> Option<u64>,
     ) -> Result<(), VmEnd> {
         let vm = self.vm;
-        let off = (gpa & 0xFFF) as u32;
-        let device = device_at(vm, self.idx, gpa);
-        if device == Some(Target::Lapic) {
-            let now = self.now;
-            let effect = {
-                let mut l = vm.lapics[self.idx].lock();
-                let w = f(&mut || lapic_read(&mut l, off, size, now));
-                w.map(|val| l.write_mmio(off, val as u32, now))
-            };
-            if let Some(e) = effect {
-                vm.lapic_effect(self.idx, e);
-            }
-            return Ok(());
-        }
-        if device == Some(Target::Ioapic) {
-            let size8 = size.min(4) as u8;
-            let deliveries = {
-                let mut s = vm.shared.lock();
-                let w = f(&mut || u64::from(s.ioapic.read_mmio(off, size8)));
-                w.map(|val| s.ioapic.write_mmio(off, size8, val as u32))
-            };
-            if let Some(d) = deliveries {
-                vm.ioapic_deliver(&d);
-            }
-            return Ok(());
-        }
+        let f = match vm.mmio_rmw(self.idx, gpa, size as u8, f) {
+            Ok(request) => return crate::vm::request_end(request).map_or(Ok(()), Err),
+            Err(f) => f,
+        };
         if vm.mem.is_ram(gpa) {
             let mut b = [0u8; 8];
             let n = size.min(8);
@@ -326,11 +265,9 @@ impl StringEnv for GuestEnv<'_> {
 
     fn port_out(&mut self, port: u16, size: u8, value: u32) -> Result<(), Stop<VmEnd>> {
         super::io::note_console_output(self.bus.vm, port);
-        match self.bus.vm.io_write(port, size, value) {
-            Action::None => Ok(()),
-            Action::Exit(code) => Err(Stop::End(VmEnd::Exited(code))),
-            Action::PowerOff => Err(Stop::End(VmEnd::PoweredOff)),
-            Action::Reset => Err(Stop::End(VmEnd::Reset)),
+        match crate::vm::request_end(self.bus.vm.io_write(port, size, value)) {
+            None => Ok(()),
+            Some(end) => Err(Stop::End(end)),
         }
     }
 }
@@ -454,20 +391,4 @@ pub fn handle(v: &mut Vcpu, gpa: u64) -> Flow {
     }
     set_rip(v, u64::from(d.len));
     Flow::Continue
-}
-
-#[cfg(test)]
-mod apic_page_tests {
-    use super::*;
-
-    #[test]
-    fn lapic_page_follows_apic_base() {
-        let default = crate::devices::lapic::DEFAULT_BASE;
-        assert_eq!(target(default, default), Some(Target::Lapic));
-        assert_eq!(target(IOAPIC_PAGE, default), Some(Target::Ioapic));
-        // Relocated: the new page decodes, the old one is unclaimed.
-        assert_eq!(target(0xFED0_0000, 0xFED0_0000), Some(Target::Lapic));
-        assert_eq!(target(default, 0xFED0_0000), None);
-        assert_eq!(target(0xFED0_1000, 0xFED0_0000), None);
-    }
 }

@@ -140,25 +140,10 @@ pub fn write(v: &mut Vcpu, msr: u32, value: u64) -> bool {
                 r.is_ok()
             }
             m::IA32_TSC_DEADLINE => {
-                let vm = v.vm.clone();
-                vm.lapics[v.index]
-                    .lock()
-                    .write_tsc_deadline(value, vm.guest_tsc());
+                v.vm.lapic_write_tsc_deadline(v.index, value);
                 true
             }
-            0x800..=0x8FF => {
-                let vm = v.vm.clone();
-                let r = vm.lapics[v.index]
-                    .lock()
-                    .write_msr(msr, value, vm.guest_tsc());
-                match r {
-                    Ok(effect) => {
-                        vm.lapic_effect(v.index, effect);
-                        true
-                    }
-                    Err(_) => false,
-                }
-            }
+            0x800..=0x8FF => v.vm.lapic_write_msr(v.index, msr, value).is_ok(),
             0x8B => true,
             m::IA32_MISC_ENABLE => {
                 let Some(new) = misc::write(v.msrs.misc_enable, value) else {

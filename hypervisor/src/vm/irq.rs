@@ -2,8 +2,8 @@
 //! APIC deliveries, NMI/INIT/SIPI, and kicking a vCPU that must notice a new
 //! interrupt (SDM Vol. 3A 11.6, 11.11; 82093AA data sheet).
 use super::Vm;
-use crate::devices::ioapic::Delivery;
-use crate::devices::lapic::{DeliveryMode, Ipi, LapicEffect, Shorthand};
+use crate::devices::lapic::{DeliveryMode, Shorthand};
+use crate::devices::{Effects, Message, Request};
 use crate::{lapic, percpu};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
@@ -13,6 +13,14 @@ pub const RUNNABLE: u8 = 0;
 pub const WAIT_SIPI: u8 = 1;
 /// HLT with interrupts disabled: only NMI or INIT end it.
 pub const HALT_NOIRQ: u8 = 2;
+
+/// Where an [`Effects`] came from: the platform bus (its timers are the
+/// BSP's to poll) or vCPU `i`'s local APIC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Platform,
+    Vcpu(usize),
+}
 
 /// Per-vCPU signals other vCPUs and devices leave for it.
 #[derive(Default)]
@@ -92,18 +100,45 @@ impl Vm {
         }
     }
 
-    /// Acts on what a local APIC register write asked for.
-    pub fn lapic_effect(&self, src: usize, e: LapicEffect) {
-        match e {
-            LapicEffect::None => {}
-            LapicEffect::Eoi { vector, level } => {
-                if level {
-                    let d = self.shared.lock().ioapic.eoi(vector);
-                    self.ioapic_deliver(&d);
-                }
-            }
-            LapicEffect::Ipi(ipi) => self.route_ipi(src, &ipi),
+    /// Acts on everything a device access changed, once the device's lock
+    /// is dropped: interrupt messages go to their local APICs, a
+    /// level-triggered EOI to the I/O APIC (whose re-sent messages go out
+    /// too), and the vCPU that owns a changed 8259 output or timer looks at
+    /// it before its next entry. Returns what the guest asked the platform
+    /// to do.
+    pub fn apply(&self, src: Source, fx: Effects) -> Request {
+        use Ordering::Release;
+        let (from, timer_owner) = match src {
+            Source::Platform => (usize::MAX, 0),
+            Source::Vcpu(i) => (i, i),
+        };
+        for m in &fx.messages {
+            self.deliver(from, m);
         }
+        if let Some(vector) = fx.eoi {
+            let again = self.shared.lock().io.eoi(vector);
+            for m in &again.messages {
+                self.deliver(from, m);
+            }
+        }
+        let intr = fx.intr.is_some();
+        if intr {
+            self.mailbox[0].check_irq.store(true, Release);
+        }
+        let timer = fx.deadline.is_some();
+        if timer {
+            if let Some(m) = self.mailbox.get(timer_owner) {
+                m.timers_dirty.store(true, Release);
+            }
+        }
+        // A BSP that isn't running must wake up to notice; a running one
+        // looks at its mailbox at its next exit.
+        if (intr || (timer && timer_owner == 0))
+            && self.mailbox[0].running_on.load(Ordering::Acquire) == 0
+        {
+            self.kick(0);
+        }
+        fx.request
     }
 
     fn targets(
@@ -150,47 +185,20 @@ impl Vm {
         }
     }
 
-    /// Delivers an IPI from vCPU `src`.
-    pub fn route_ipi(&self, src: usize, ipi: &Ipi) {
-        let targets: alloc::vec::Vec<usize> = self
-            .targets(
-                src,
-                ipi.dest_shorthand,
-                ipi.dest,
-                ipi.dest_mode_logical,
-                ipi.x2apic,
-            )
-            .collect();
-        let targets = if ipi.delivery == DeliveryMode::LowestPriority {
-            &targets[..targets.len().min(1)]
-        } else {
-            &targets[..]
-        };
-        for &i in targets {
-            self.deliver_to(i, ipi.delivery, ipi.vector, ipi.trigger_level);
-        }
-    }
-
-    /// Delivers I/O APIC messages (physical or logical xAPIC destinations).
-    pub fn ioapic_deliver(&self, ds: &[Delivery]) {
-        for d in ds {
-            let targets: alloc::vec::Vec<usize> = self
-                .targets(
-                    usize::MAX,
-                    Shorthand::None,
-                    u32::from(d.dest),
-                    d.logical,
-                    false,
-                )
-                .collect();
-            let targets = if d.mode == DeliveryMode::LowestPriority {
-                &targets[..targets.len().min(1)]
-            } else {
-                &targets[..]
-            };
-            for &i in targets {
-                self.deliver_to(i, d.mode, d.vector, d.level_triggered);
+    /// Delivers an interrupt message from vCPU `src` (`usize::MAX`: from
+    /// the I/O APIC) to the local APICs it addresses; a lowest-priority one
+    /// goes to the first of them.
+    pub fn deliver(&self, src: usize, m: &Message) {
+        let mut targets =
+            self.targets(src, m.dest_shorthand, m.dest, m.dest_mode_logical, m.x2apic);
+        if m.delivery == DeliveryMode::LowestPriority {
+            if let Some(i) = targets.next() {
+                self.deliver_to(i, m.delivery, m.vector, m.trigger_level);
             }
+            return;
+        }
+        for i in targets {
+            self.deliver_to(i, m.delivery, m.vector, m.trigger_level);
         }
     }
 }

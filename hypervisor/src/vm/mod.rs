@@ -13,7 +13,7 @@ use crate::devices::lapic::VLapic;
 use crate::devices::state::DeviceState;
 use crate::devices::{
     debug_exit::DebugExit, i8042::I8042, pci::Pci, pit::Pit, pm::Pm, post::PostCode, rtc::Rtc,
-    uart::Uart, IoBus,
+    uart::Uart, AddressMap, Bus,
 };
 use crate::manifest::{GuestConfig, Policy};
 use crate::{loader, mm};
@@ -40,6 +40,17 @@ pub enum VmEnd {
     Reset,
 }
 
+/// How a guest's request to the platform ends it, if it does.
+pub fn request_end(r: crate::devices::Request) -> Option<VmEnd> {
+    use crate::devices::Request;
+    match r {
+        Request::None => None,
+        Request::Exit(code) => Some(VmEnd::Exited(code)),
+        Request::PowerOff => Some(VmEnd::PoweredOff),
+        Request::Reset => Some(VmEnd::Reset),
+    }
+}
+
 impl VmEnd {
     pub fn is_crash(&self) -> bool {
         matches!(self, VmEnd::Crashed(_))
@@ -48,11 +59,8 @@ impl VmEnd {
 
 /// Mutable VM-wide state, behind the VM's own lock (never shared with another guest).
 pub struct VmShared {
-    /// The port bus, with the 8259 pair on it.
-    pub io: IoBus,
-    /// ISA IRQ lines as last routed (bit n = IRQ n asserted).
-    pub lines: u16,
-    pub ioapic: IoApic,
+    /// The bus: every port and MMIO device, the 8259 pair and the I/O APIC.
+    pub io: Bus,
     pub end: Option<VmEnd>,
 }
 
@@ -64,6 +72,9 @@ pub struct Vm {
     pub image: &'static [u8],
     pub initrd: Option<&'static [u8]>,
     pub shared: Mutex<VmShared>,
+    /// The bus's address decode (fixed at creation; a copy, so that MMIO is
+    /// decoded without the VM lock).
+    pub map: AddressMap,
     /// Set once the VM has ended; vCPUs leave at their next exit.
     pub ending: AtomicBool,
     pub restarts: AtomicU32,
@@ -111,7 +122,7 @@ impl core::fmt::Display for CreateError {
             CreateError::Memory(e) => write!(f, "{e}"),
             CreateError::Load(e) => write!(f, "{e}"),
             CreateError::NoMemory => write!(f, "not enough host memory for the VM's bitmaps"),
-            CreateError::Bus(e) => write!(f, "device ports: {e}"),
+            CreateError::Bus(e) => write!(f, "device ranges: {e}"),
         }
     }
 }
@@ -121,23 +132,32 @@ pub fn tsc_per_bus_tick() -> u64 {
     (crate::time::tsc_khz() / 100_000).max(1)
 }
 
-/// The PC devices on the port bus, in their power-on state; the UART
-/// writes to console queue `console`.
-fn platform_bus(console: usize) -> Result<IoBus, crate::devices::BusError> {
-    let mut io = IoBus::new();
-    io.register(Box::new(Uart::new(crate::devices::uart::ConsolePort {
+/// The device models' clock: guest TSC ticks at the host's TSC rate (the
+/// guest's TSC runs at the host's, offset per VM).
+fn device_clock() -> crate::devices::Clock {
+    crate::devices::Clock::new(crate::time::tsc_khz().saturating_mul(1000))
+}
+
+/// The PC devices on the bus, in their power-on state (`vcpus` is the I/O
+/// APIC's ID, after the local APICs'); the UART writes to console queue
+/// `console`.
+fn platform_bus(console: usize, vcpus: u32) -> Result<Bus, crate::devices::BusError> {
+    let clock = device_clock();
+    let mut io = Bus::new(IoApic::new(vcpus as u8));
+    let console = crate::devices::uart::ConsolePort {
         source: console,
         line: crate::console::guest_line,
         raw: crate::console::guest_raw,
         room: crate::console::has_room,
         focused: crate::console::is_focused,
-    })))?;
+    };
+    io.register(Box::new(Uart::new(console, clock)))?;
     io.register(Box::new(DebugExit))?;
-    io.register(Box::new(Pit::new()))?;
-    io.register(Box::new(Rtc::new(crate::platform::host_date(), 0)))?;
+    io.register(Box::new(Pit::new(clock)))?;
+    io.register(Box::new(Rtc::new(crate::platform::host_date(), 0, clock)))?;
     io.register(Box::new(Pci::new()))?;
     io.register(Box::new(I8042::new()))?;
-    io.register(Box::new(Pm::new(loader::PM_BASE)))?;
+    io.register(Box::new(Pm::new(loader::PM_BASE, clock)))?;
     io.register(Box::new(PostCode::new()))?;
     Ok(io)
 }
@@ -170,7 +190,7 @@ impl Vm {
         // SAFETY: freshly allocated, identity-mapped pages owned by this VM.
         unsafe { core::ptr::write_bytes(io_bitmaps as *mut u8, 0xFF, 2 * mm::PAGE as usize) };
         let console = crate::console::register(&config.name);
-        let io = match platform_bus(console) {
+        let io = match platform_bus(console, config.vcpus) {
             Ok(io) => io,
             Err(e) => {
                 mm::free_zeroed(msr_bitmap, mm::PAGE);
@@ -184,12 +204,8 @@ impl Vm {
             mem,
             image,
             initrd,
-            shared: Mutex::new(VmShared {
-                io,
-                lines: 0,
-                ioapic: IoApic::new(config.vcpus as u8),
-                end: None,
-            }),
+            map: io.map().clone(),
+            shared: Mutex::new(VmShared { io, end: None }),
             ending: AtomicBool::new(false),
             restarts: AtomicU32::new(0),
             msr_bitmap,
@@ -307,7 +323,7 @@ impl Vm {
         // (its vCPUs are built anew by the scheduler). Nothing is rebuilt:
         // the manifest entry, and so the device set and its wiring (ports,
         // console, APIC IDs, bus clock), is the same for every run.
-        let end_ns = self.guest_ns();
+        let end = self.guest_tsc();
         self.tsc_offset
             .store(power_on_tsc_offset(), Ordering::Release);
         for l in &self.lapics {
@@ -317,12 +333,10 @@ impl Vm {
         self.power_on_mailboxes();
         {
             let mut s = self.shared.lock();
-            let s = &mut *s;
             // Up to the end of the last run first: the battery-backed RTC
             // keeps the time it showed then.
-            let _ = s.io.poll(end_ns);
-            crate::devices::snapshot::reset(&mut s.io, &mut s.ioapic, core::iter::empty());
-            s.lines = 0;
+            let _ = s.io.advance(end);
+            s.io.reset();
             s.end = None;
         }
         self.ending.store(false, Ordering::Release);
