@@ -15,7 +15,7 @@ use crate::devices::{ioapic, Action};
 use crate::vm::gwalk::{
     self, Access, AddrMode, Fault, GuestPhysRead, LinearError, PagingRegs, PhysBus, Segment,
 };
-use crate::vm::memory::GuestMemory;
+use crate::vm::memory::{Gpa, GuestMemory};
 use crate::vm::vcpu::{Flow, Vcpu};
 use crate::vm::{Vm, VmEnd};
 use crate::vmx::run::RSP;
@@ -55,8 +55,8 @@ pub fn device_at(vm: &Vm, idx: usize, gpa: u64) -> Option<Target> {
 pub const REP_BUDGET: u64 = 512;
 
 impl GuestPhysRead for GuestMemory {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        self.read_into(gpa, buf).is_some()
+    fn read(&self, gpa: Gpa, buf: &mut [u8]) -> bool {
+        self.read_into(gpa, buf).is_ok()
     }
 }
 
@@ -201,15 +201,15 @@ impl VcpuBus<'_> {
             }
             return Ok(());
         }
-        if vm.mem.is_ram(gpa) {
+        if vm.mem.is_ram(Gpa(gpa)) {
             let mut b = [0u8; 8];
             let n = size.min(8);
-            if !GuestPhysRead::read(&vm.mem, gpa, &mut b[..n]) {
+            if !GuestPhysRead::read(&vm.mem, Gpa(gpa), &mut b[..n]) {
                 return self.rmw_unmapped(gpa, size, writes, f);
             }
             let old = u64::from_le_bytes(b);
             if let Some(val) = f(&mut || old) {
-                let _ = vm.mem.write(gpa, &val.to_le_bytes()[..n]);
+                let _ = vm.mem.write(Gpa(gpa), &val.to_le_bytes()[..n]);
             }
             return Ok(());
         }
@@ -234,7 +234,7 @@ impl PhysBus for VcpuBus<'_> {
     type Stop = VmEnd;
 
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), VmEnd> {
-        if GuestPhysRead::read(&self.vm.mem, gpa, buf) {
+        if GuestPhysRead::read(&self.vm.mem, Gpa(gpa), buf) {
             return Ok(());
         }
         let mut val = 0;
@@ -248,7 +248,7 @@ impl PhysBus for VcpuBus<'_> {
     }
 
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), VmEnd> {
-        if self.vm.mem.write(gpa, data).is_some() {
+        if self.vm.mem.write(Gpa(gpa), data).is_ok() {
             return Ok(());
         }
         let mut b = [0u8; 8];

@@ -16,10 +16,12 @@
 //! page-fault kinds the caller injects #PF with CR2 = `gva` and
 //! [`WalkFault::pf_error_code`].
 
+use arch::addr::Gpa;
+
 /// Reads guest-physical memory. Returns false when any byte of the range is
 /// not readable guest RAM.
 pub trait GuestPhysRead {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool;
+    fn read(&self, gpa: Gpa, buf: &mut [u8]) -> bool;
 }
 
 /// The guest registers that control paging.
@@ -74,7 +76,7 @@ pub enum FaultKind {
     /// A paging mode this walker does not handle (5-level).
     Unsupported,
     /// This guest-physical address (a table or the data) is not guest RAM.
-    Unreadable(u64),
+    Unreadable(Gpa),
 }
 
 /// A failed translation.
@@ -198,6 +200,7 @@ impl<M: GuestPhysRead> Walk<'_, M> {
 
     fn entry(&self, gpa: u64, size: usize, level: u8) -> Result<u64, WalkFault> {
         let mut b = [0u8; 8];
+        let gpa = Gpa(gpa);
         if !self.mem.read(gpa, &mut b[..size]) {
             return Err(self.fault(level, FaultKind::Unreadable(gpa)));
         }
@@ -339,6 +342,7 @@ pub fn read_virt(
         }
         let n = ((0x1000 - (va & 0xFFF)) as usize).min(buf.len() - done);
         let pa = translate(mem, regs, va, access)?;
+        let pa = Gpa(pa);
         if !mem.read(pa, &mut buf[done..done + n]) {
             return Err(WalkFault {
                 gva: va,
@@ -597,7 +601,8 @@ mod tests {
     }
 
     impl GuestPhysRead for Mem {
-        fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        fn read(&self, gpa: Gpa, buf: &mut [u8]) -> bool {
+            let gpa = gpa.0;
             if gpa.saturating_add(buf.len() as u64) > self.limit {
                 return false;
             }
@@ -945,7 +950,7 @@ mod tests {
         // A table outside guest RAM.
         let far = PagingRegs { cr3: 1 << 41, ..r };
         let f = translate(&m, far, 0, Access::READ).unwrap_err();
-        assert_eq!((f.level, f.kind), (4, FaultKind::Unreadable(1 << 41)));
+        assert_eq!((f.level, f.kind), (4, FaultKind::Unreadable(Gpa(1 << 41))));
         assert!(!f.is_page_fault());
     }
 
@@ -972,7 +977,7 @@ mod tests {
         let f = read_virt(&small, off, 0xF_FFFE, Access::READ, &mut buf[..4]).unwrap_err();
         assert_eq!(
             (f.gva, f.kind),
-            (0x10_0000, FaultKind::Unreadable(0x10_0000))
+            (0x10_0000, FaultKind::Unreadable(Gpa(0x10_0000)))
         );
     }
 
@@ -1096,7 +1101,7 @@ mod tests {
             if gpa == self.refuse {
                 return Err(gpa);
             }
-            assert!(GuestPhysRead::read(self.mem, gpa, buf));
+            assert!(GuestPhysRead::read(self.mem, Gpa(gpa), buf));
             Ok(())
         }
         fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), u64> {
