@@ -119,7 +119,9 @@ pub fn segment(which: u8) -> Segment {
 
 /// The guest-physical address of an instruction fetch at linear `la`.
 pub fn translate_fetch(v: &Vcpu, la: u64) -> Option<u64> {
-    gwalk::translate(&v.vm.mem, paging_regs(), la, Access::FETCH).ok()
+    gwalk::translate(&v.vm.mem, paging_regs(), la, Access::FETCH)
+        .ok()
+        .map(u64::from)
 }
 
 /// Fetches up to 15 instruction bytes at the guest's CS:RIP.
@@ -233,12 +235,12 @@ impl VcpuBus<'_> {
 impl PhysBus for VcpuBus<'_> {
     type Stop = VmEnd;
 
-    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), VmEnd> {
-        if GuestPhysRead::read(&self.vm.mem, Gpa(gpa), buf) {
+    fn read(&mut self, gpa: Gpa, buf: &mut [u8]) -> Result<(), VmEnd> {
+        if GuestPhysRead::read(&self.vm.mem, gpa, buf) {
             return Ok(());
         }
         let mut val = 0;
-        self.rmw(gpa, buf.len(), false, |read| {
+        self.rmw(gpa.0, buf.len(), false, |read| {
             val = read();
             None
         })?;
@@ -247,15 +249,15 @@ impl PhysBus for VcpuBus<'_> {
         Ok(())
     }
 
-    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), VmEnd> {
-        if self.vm.mem.write(Gpa(gpa), data).is_ok() {
+    fn write(&mut self, gpa: Gpa, data: &[u8]) -> Result<(), VmEnd> {
+        if self.vm.mem.write(gpa, data).is_ok() {
             return Ok(());
         }
         let mut b = [0u8; 8];
         let n = data.len().min(8);
         b[..n].copy_from_slice(&data[..n]);
         let val = u64::from_le_bytes(b);
-        self.rmw(gpa, data.len(), true, |_| Some(val))
+        self.rmw(gpa.0, data.len(), true, |_| Some(val))
     }
 }
 

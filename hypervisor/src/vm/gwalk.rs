@@ -301,7 +301,7 @@ pub fn translate(
     regs: PagingRegs,
     gva: u64,
     access: Access,
-) -> Result<u64, WalkFault> {
+) -> Result<Gpa, WalkFault> {
     let mode = paging_mode(&regs);
     let mut w = Walk {
         mem,
@@ -321,6 +321,7 @@ pub fn translate(
         PagingMode::Level4 => w.long(false),
         PagingMode::Level5 => Err(w.fault(5, FaultKind::Unsupported)),
     }
+    .map(Gpa)
 }
 
 /// Reads `buf.len()` bytes at linear address `gva`, page by page, so a read
@@ -342,7 +343,6 @@ pub fn read_virt(
         }
         let n = ((0x1000 - (va & 0xFFF)) as usize).min(buf.len() - done);
         let pa = translate(mem, regs, va, access)?;
-        let pa = Gpa(pa);
         if !mem.read(pa, &mut buf[done..done + n]) {
             return Err(WalkFault {
                 gva: va,
@@ -486,8 +486,8 @@ pub fn linear(
 pub trait PhysBus {
     /// The error that ends the emulation (e.g. the guest is stopped).
     type Stop;
-    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), Self::Stop>;
-    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), Self::Stop>;
+    fn read(&mut self, gpa: Gpa, buf: &mut [u8]) -> Result<(), Self::Stop>;
+    fn write(&mut self, gpa: Gpa, data: &[u8]) -> Result<(), Self::Stop>;
 }
 
 /// Why a linear access failed.
@@ -541,7 +541,7 @@ pub fn access_linear<B: PhysBus>(
     };
     // At most two pages for the element sizes used here (up to 8 bytes);
     // longer buffers are split as needed.
-    let mut pieces: [(u64, usize, usize); 4] = [(0, 0, 0); 4];
+    let mut pieces: [(Gpa, usize, usize); 4] = [(Gpa(0), 0, 0); 4];
     let mut count = 0;
     let mut done = 0usize;
     while done < buf.len() {
@@ -611,6 +611,11 @@ mod tests {
             }
             true
         }
+    }
+
+    /// The walk's result as a number, as these tests compare it.
+    fn translate(mem: &Mem, regs: PagingRegs, gva: u64, access: Access) -> Result<u64, WalkFault> {
+        super::translate(mem, regs, gva, access).map(u64::from)
     }
 
     const PE: u64 = 1;
@@ -1097,14 +1102,15 @@ mod tests {
 
     impl PhysBus for Bus<'_> {
         type Stop = u64;
-        fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), u64> {
-            if gpa == self.refuse {
-                return Err(gpa);
+        fn read(&mut self, gpa: Gpa, buf: &mut [u8]) -> Result<(), u64> {
+            if gpa.0 == self.refuse {
+                return Err(gpa.0);
             }
-            assert!(GuestPhysRead::read(self.mem, Gpa(gpa), buf));
+            assert!(GuestPhysRead::read(self.mem, gpa, buf));
             Ok(())
         }
-        fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), u64> {
+        fn write(&mut self, gpa: Gpa, data: &[u8]) -> Result<(), u64> {
+            let gpa = gpa.0;
             if gpa == self.refuse {
                 return Err(gpa);
             }
