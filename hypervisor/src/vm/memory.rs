@@ -494,6 +494,68 @@ mod tests {
         assert_eq!(r.mem.read_obj::<[u8; 0]>(Gpa(0x10fff)), Ok([]));
     }
 
+    /// The host-physical page `gpa` maps to and its size, walking the EPT.
+    fn ept_lookup(pml4: Hpa, gpa: Gpa) -> Option<(Hpa, u64)> {
+        let mut table = pml4;
+        for level in (1..=4).rev() {
+            // SAFETY: the tables are host memory this test handed the frame
+            // allocator; they stay allocated (the test memory is not dropped).
+            let e = unsafe { table.as_ptr::<u64>().add(ept::index(gpa, level)).read() };
+            if e & ept::RWX == 0 {
+                return None;
+            }
+            if level == 1 || e & ept::LARGE != 0 {
+                assert_eq!(e & ept::RWX, ept::RWX);
+                assert_eq!((e >> ept::MEMTYPE_SHIFT) & 7, MemType::WriteBack as u64);
+                let size = 1u64 << (12 + 9 * (level - 1));
+                return Some((ept::entry_addr(e), size));
+            }
+            table = ept::entry_addr(e);
+        }
+        None
+    }
+
+    #[test]
+    fn ept_maps_each_ram_page_to_its_own_backing() {
+        // Host memory for the frame allocator, which GuestMemory::new uses.
+        let pool = vec![0u8; 24 << 20].leak();
+        mm::FRAMES
+            .lock()
+            .add_free(Hpa(pool.as_mut_ptr() as u64), pool.len() as u64)
+            .unwrap();
+        let size = (4 << 20) + 0x3000;
+        let m = GuestMemory::new(size).unwrap();
+        assert_eq!(m.size(), size);
+        assert_eq!(m.eptp() & 0xFFF, 0x1E);
+        let pml4 = ept::entry_addr(m.eptp());
+        let r = m.ranges[0];
+        assert_eq!(r.gpa, Gpa(0));
+        assert!(r.host.is_aligned(TWO_MIB));
+        let mut gpa = Gpa(0);
+        while gpa.0 < size {
+            let (page, len) = ept_lookup(pml4, gpa).unwrap();
+            let off = gpa.offset_from(r.gpa).unwrap();
+            // 2 MiB pages where the whole 2 MiB is RAM, else 4 KiB.
+            let block = off & !(TWO_MIB - 1);
+            let want = if block + TWO_MIB <= size {
+                TWO_MIB
+            } else {
+                0x1000
+            };
+            assert_eq!(len, want, "page size at {gpa:?}");
+            assert_eq!(page, r.host.checked_add(off).unwrap().align_down(len));
+            gpa = gpa.checked_add(0x1000).unwrap();
+        }
+        // Nothing beyond the end of RAM, and guest writes reach the backing.
+        assert_eq!(ept_lookup(pml4, Gpa(size)), None);
+        assert_eq!(ept_lookup(pml4, Gpa(0xFEE0_0000)), None);
+        m.write_obj(Gpa(size - 8), &0xAB_u64).unwrap();
+        // SAFETY: inside the guest's backing, which the test keeps alive.
+        let raw = unsafe { r.host.as_ptr::<u64>().add(((size - 8) / 8) as usize).read() };
+        assert_eq!(raw, 0xAB);
+        assert_eq!(m.ept_bytes(), 4 * 0x1000);
+    }
+
     #[test]
     fn errors_say_where_and_why() {
         let e = MemError::CrossesEnd {
