@@ -163,7 +163,7 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
                     frames.saturating_sub(ept) >> 10,
                     heap_used >> 10
                 );
-                let host = vm.mem.ranges.first().map_or(0, |r| r.host);
+                let host = vm.mem.ranges.first().map_or(0, |r| r.host.0);
                 println!(
                     "vm {name}: started ({} MiB at host {:#x}, {} vcpu{}, {}, image {} bytes, EPT {} KiB)",
                     mem >> 20,

@@ -14,25 +14,25 @@ pub static TABLE_BYTES: core::sync::atomic::AtomicU64 = core::sync::atomic::Atom
 /// Builds the identity map covering `[0, top)` (rounded up to 1 GiB, at least
 /// 4 GiB) and returns the PML4's physical address (below 4 GiB, so APs can
 /// load it from 32-bit code).
-pub fn build_identity(top: u64) -> Option<u64> {
+pub fn build_identity(top: u64) -> Option<mm::Hpa> {
     let top = top.max(4 * ONE_GIB).div_ceil(ONE_GIB) * ONE_GIB;
     let top = top.min(512 * ONE_GIB);
     let pml4 = mm::alloc_zeroed_below(4096, 4 * ONE_GIB)?;
     let pdpt = mm::alloc_zeroed_below(4096, 4 * ONE_GIB)?;
     // SAFETY: the tables are freshly allocated, zeroed, identity-mapped pages.
     unsafe {
-        (pml4 as *mut u64).write(pdpt | PRESENT | WRITABLE);
+        pml4.as_mut_ptr::<u64>().write(pdpt.0 | PRESENT | WRITABLE);
         for g in 0..top / ONE_GIB {
             let pd = mm::alloc_zeroed_below(4096, 4 * ONE_GIB)?;
             for i in 0..512u64 {
                 let addr = g * ONE_GIB + i * TWO_MIB;
-                (pd as *mut u64)
+                pd.as_mut_ptr::<u64>()
                     .add(i as usize)
                     .write(addr | PRESENT | WRITABLE | HUGE);
             }
-            (pdpt as *mut u64)
+            pdpt.as_mut_ptr::<u64>()
                 .add(g as usize)
-                .write(pd | PRESENT | WRITABLE);
+                .write(pd.0 | PRESENT | WRITABLE);
         }
     }
     TABLE_BYTES.store(

@@ -72,7 +72,7 @@ pub fn start(info: &'static BootInfo, stack_top: u64) -> ! {
         if info.smbios { "present" } else { "none" }
     );
 
-    let Some(cr3) = paging::build_identity(top) else {
+    let Some(cr3) = paging::build_identity(top).map(u64::from) else {
         fatal(format_args!("out of memory building the host page tables"));
     };
     // SAFETY: the new tables identity-map all RAM and the low 4 GiB, so code,
@@ -171,7 +171,7 @@ fn add_free(frames: &mut mm::frames::FrameAllocator, start: u64, len: u64) {
     let lo = start.max(0x10_0000);
     let end = start + len;
     if end > lo {
-        if let Err(e) = frames.add_free(lo, end - lo) {
+        if let Err(e) = frames.add_free(mm::Hpa(lo), end - lo) {
             println!("hv: memory map range {start:#x}+{len:#x} not usable: {e:?}");
         }
     }

@@ -166,7 +166,11 @@ fn pae_paging(cr0: u64, cr4: u64, lma: bool) -> bool {
 /// (SDM Vol. 3C 27.3.2.4), so they must be put there. False means #GP.
 fn load_pdptes(v: &Vcpu, cr3: u64) -> bool {
     let mut b = [0u8; 32];
-    if v.vm.mem.read_into(cr3 & 0xFFFF_FFE0, &mut b).is_none() {
+    if v.vm
+        .mem
+        .read_into(crate::vm::memory::Gpa(cr3 & 0xFFFF_FFE0), &mut b)
+        .is_err()
+    {
         // Not RAM: an empty bus reads all-ones, which has reserved bits set.
         return false;
     }

@@ -14,7 +14,7 @@ use super::string::{self, Dst, Progress, Src, Stop, StringEnv, StringInsn};
 use crate::vm::gwalk::{
     self, Access, AddrMode, Fault, GuestPhysRead, LinearError, PagingRegs, PhysBus, Segment,
 };
-use crate::vm::memory::GuestMemory;
+use crate::vm::memory::{Gpa, GuestMemory};
 use crate::vm::vcpu::{Flow, Vcpu};
 use crate::vm::{Vm, VmEnd};
 use crate::vmx::run::RSP;
@@ -26,8 +26,8 @@ use arch::vmx::vmcs::guest;
 pub const REP_BUDGET: u64 = 512;
 
 impl GuestPhysRead for GuestMemory {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        self.read_into(gpa, buf).is_some()
+    fn read(&self, gpa: Gpa, buf: &mut [u8]) -> bool {
+        self.read_into(gpa, buf).is_ok()
     }
 }
 
@@ -90,7 +90,9 @@ pub fn segment(which: u8) -> Segment {
 
 /// The guest-physical address of an instruction fetch at linear `la`.
 pub fn translate_fetch(v: &Vcpu, la: u64) -> Option<u64> {
-    gwalk::translate(&v.vm.mem, paging_regs(), la, Access::FETCH).ok()
+    gwalk::translate(&v.vm.mem, paging_regs(), la, Access::FETCH)
+        .ok()
+        .map(u64::from)
 }
 
 /// Fetches up to 15 instruction bytes at the guest's CS:RIP.
@@ -140,15 +142,15 @@ impl VcpuBus<'_> {
             Ok(request) => return crate::vm::request_end(request).map_or(Ok(()), Err),
             Err(f) => f,
         };
-        if vm.mem.is_ram(gpa) {
+        if vm.mem.is_ram(Gpa(gpa)) {
             let mut b = [0u8; 8];
             let n = size.min(8);
-            if !GuestPhysRead::read(&vm.mem, gpa, &mut b[..n]) {
+            if !GuestPhysRead::read(&vm.mem, Gpa(gpa), &mut b[..n]) {
                 return self.rmw_unmapped(gpa, size, writes, f);
             }
             let old = u64::from_le_bytes(b);
             if let Some(val) = f(&mut || old) {
-                let _ = vm.mem.write(gpa, &val.to_le_bytes()[..n]);
+                let _ = vm.mem.write(Gpa(gpa), &val.to_le_bytes()[..n]);
             }
             return Ok(());
         }
@@ -172,12 +174,12 @@ impl VcpuBus<'_> {
 impl PhysBus for VcpuBus<'_> {
     type Stop = VmEnd;
 
-    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), VmEnd> {
+    fn read(&mut self, gpa: Gpa, buf: &mut [u8]) -> Result<(), VmEnd> {
         if GuestPhysRead::read(&self.vm.mem, gpa, buf) {
             return Ok(());
         }
         let mut val = 0;
-        self.rmw(gpa, buf.len(), false, |read| {
+        self.rmw(gpa.0, buf.len(), false, |read| {
             val = read();
             None
         })?;
@@ -186,15 +188,15 @@ impl PhysBus for VcpuBus<'_> {
         Ok(())
     }
 
-    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), VmEnd> {
-        if self.vm.mem.write(gpa, data).is_some() {
+    fn write(&mut self, gpa: Gpa, data: &[u8]) -> Result<(), VmEnd> {
+        if self.vm.mem.write(gpa, data).is_ok() {
             return Ok(());
         }
         let mut b = [0u8; 8];
         let n = data.len().min(8);
         b[..n].copy_from_slice(&data[..n]);
         let val = u64::from_le_bytes(b);
-        self.rmw(gpa, data.len(), true, |_| Some(val))
+        self.rmw(gpa.0, data.len(), true, |_| Some(val))
     }
 }
 

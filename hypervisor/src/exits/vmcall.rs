@@ -45,7 +45,7 @@ fn console_write(v: &mut Vcpu, gpa: u64, len: u64) -> i64 {
     // A copy: another vCPU of this guest may change the buffer meanwhile.
     let mut buf = [0u8; MAX_WRITE as usize];
     let copy = &mut buf[..len as usize];
-    if vm.mem.read_into(gpa, copy).is_none() {
+    if vm.mem.read_into(crate::vm::memory::Gpa(gpa), copy).is_err() {
         return EFAULT;
     }
     // Queued for the console (the oldest queued lines give way when it is

@@ -12,6 +12,7 @@
 //! Within a pass the highest fitting, suitably aligned block is taken.
 //! Physical page 0 is never handed out, so 0 never names an allocation.
 
+use arch::addr::Hpa;
 use core::fmt;
 
 /// Size of one frame.
@@ -153,7 +154,8 @@ impl FrameAllocator {
     /// Adds usable memory. The range is shrunk inward to 4 KiB boundaries
     /// (and page 0 is dropped); what remains is merged with adjacent free
     /// ranges. Overlapping memory already free is an error.
-    pub fn add_free(&mut self, start: u64, len: u64) -> Result<(), FrameError> {
+    pub fn add_free(&mut self, start: Hpa, len: u64) -> Result<(), FrameError> {
+        let start = start.0;
         let end = end_of(start, len)?;
         let s = align_up(start, FRAME_SIZE)
             .unwrap_or(u64::MAX)
@@ -178,7 +180,8 @@ impl FrameAllocator {
     /// Removes [start, start+len), widened outward to 4 KiB boundaries,
     /// from the free memory (e.g. the hypervisor image). Parts that are not
     /// free are ignored.
-    pub fn reserve(&mut self, start: u64, len: u64) -> Result<(), FrameError> {
+    pub fn reserve(&mut self, start: Hpa, len: u64) -> Result<(), FrameError> {
+        let start = start.0;
         let end = end_of(start, len)?;
         let s = align_down(start, FRAME_SIZE);
         let e = align_up(end, FRAME_SIZE).unwrap_or(align_down(u64::MAX, FRAME_SIZE));
@@ -192,13 +195,13 @@ impl FrameAllocator {
     }
 
     /// Allocates `size` bytes aligned to `align` anywhere (see module policy).
-    pub fn alloc(&mut self, size: u64, align: u64) -> Result<u64, FrameError> {
+    pub fn alloc(&mut self, size: u64, align: u64) -> Result<Hpa, FrameError> {
         self.alloc_below(size, align, u64::MAX)
     }
 
     /// Allocates `size` bytes aligned to `align` that end at or below `limit`
     /// (e.g. 1 MiB for an AP trampoline, 4 GiB for 32-bit structures).
-    pub fn alloc_below(&mut self, size: u64, align: u64, limit: u64) -> Result<u64, FrameError> {
+    pub fn alloc_below(&mut self, size: u64, align: u64, limit: u64) -> Result<Hpa, FrameError> {
         if size == 0 || !size.is_multiple_of(FRAME_SIZE) {
             return Err(FrameError::BadSize { size });
         }
@@ -209,7 +212,7 @@ impl FrameAllocator {
             let hi = zone_hi.min(limit);
             if let Some((index, base)) = self.find_top(size, align, zone_lo, hi) {
                 self.carve(index, base, base + size)?;
-                return Ok(base);
+                return Ok(Hpa(base));
             }
         }
         Err(FrameError::OutOfMemory { size, align, limit })
@@ -217,7 +220,8 @@ impl FrameAllocator {
 
     /// Returns [start, start+size) to the free list, merging neighbours.
     /// Overlap with memory already free is reported as a double free.
-    pub fn free(&mut self, start: u64, size: u64) -> Result<(), FrameError> {
+    pub fn free(&mut self, start: Hpa, size: u64) -> Result<(), FrameError> {
+        let start = start.0;
         if !start.is_multiple_of(FRAME_SIZE) {
             return Err(FrameError::Unaligned { addr: start });
         }
@@ -382,9 +386,9 @@ mod tests {
     #[test]
     fn add_free_aligns_inward_and_skips_page_zero() {
         let mut a = FrameAllocator::new();
-        a.add_free(0, 0x9F000).unwrap();
-        a.add_free(0x100123, 0x2000).unwrap(); // -> [0x101000, 0x102000)
-        a.add_free(0x200000, 0xFFF).unwrap(); // nothing whole
+        a.add_free(Hpa(0), 0x9F000).unwrap();
+        a.add_free(Hpa(0x100123), 0x2000).unwrap(); // -> [0x101000, 0x102000)
+        a.add_free(Hpa(0x200000), 0xFFF).unwrap(); // nothing whole
         assert_eq!(ranges(&a), [(0x1000, 0x9F000), (0x101000, 0x102000)]);
         assert_eq!(a.total_bytes(), 0x9E000 + 0x1000);
         assert_eq!(a.free_bytes(), a.total_bytes());
@@ -393,9 +397,9 @@ mod tests {
     #[test]
     fn add_free_merges_neighbours_in_any_order() {
         let mut a = FrameAllocator::new();
-        a.add_free(0x300000, 0x100000).unwrap();
-        a.add_free(0x100000, 0x100000).unwrap();
-        a.add_free(0x200000, 0x100000).unwrap();
+        a.add_free(Hpa(0x300000), 0x100000).unwrap();
+        a.add_free(Hpa(0x100000), 0x100000).unwrap();
+        a.add_free(Hpa(0x200000), 0x100000).unwrap();
         assert_eq!(ranges(&a), [(0x100000, 0x400000)]);
         check(&a);
     }
@@ -403,9 +407,9 @@ mod tests {
     #[test]
     fn add_free_rejects_overlap_and_overflow() {
         let mut a = FrameAllocator::new();
-        a.add_free(0x100000, 0x100000).unwrap();
+        a.add_free(Hpa(0x100000), 0x100000).unwrap();
         assert_eq!(
-            a.add_free(0x1FF000, 0x2000),
+            a.add_free(Hpa(0x1FF000), 0x2000),
             Err(FrameError::AddOverlap {
                 start: 0x1FF000,
                 end: 0x201000,
@@ -414,7 +418,7 @@ mod tests {
             })
         );
         assert_eq!(
-            a.add_free(u64::MAX - 10, 20),
+            a.add_free(Hpa(u64::MAX - 10), 20),
             Err(FrameError::Overflow {
                 start: u64::MAX - 10,
                 len: 20
@@ -425,8 +429,8 @@ mod tests {
     #[test]
     fn reserve_splits_and_widens_outward() {
         let mut a = FrameAllocator::new();
-        a.add_free(0x100000, 0x100000).unwrap();
-        a.reserve(0x140800, 0x1000).unwrap(); // -> [0x140000, 0x142000)
+        a.add_free(Hpa(0x100000), 0x100000).unwrap();
+        a.reserve(Hpa(0x140800), 0x1000).unwrap(); // -> [0x140000, 0x142000)
         assert_eq!(ranges(&a), [(0x100000, 0x140000), (0x142000, 0x200000)]);
         assert_eq!(a.total_bytes(), 0x100000 - 0x2000);
         assert_eq!(a.free_bytes(), a.total_bytes());
@@ -435,15 +439,15 @@ mod tests {
     #[test]
     fn reserve_spanning_several_ranges_and_holes() {
         let mut a = FrameAllocator::new();
-        a.add_free(0x1000, 0x9E000).unwrap();
-        a.add_free(0x100000, 0x100000).unwrap();
-        a.add_free(0x300000, 0x100000).unwrap();
-        a.add_free(0x500000, 0x100000).unwrap();
-        a.reserve(0x80000, 0x400000).unwrap(); // [0x80000, 0x480000)
+        a.add_free(Hpa(0x1000), 0x9E000).unwrap();
+        a.add_free(Hpa(0x100000), 0x100000).unwrap();
+        a.add_free(Hpa(0x300000), 0x100000).unwrap();
+        a.add_free(Hpa(0x500000), 0x100000).unwrap();
+        a.reserve(Hpa(0x80000), 0x400000).unwrap(); // [0x80000, 0x480000)
         assert_eq!(ranges(&a), [(0x1000, 0x80000), (0x500000, 0x600000)]);
         assert_eq!(a.total_bytes(), a.free_bytes());
         // Reserving memory that is not free is a no-op.
-        a.reserve(0x90000, 0x1000).unwrap();
+        a.reserve(Hpa(0x90000), 0x1000).unwrap();
         assert_eq!(a.total_bytes(), a.free_bytes());
         check(&a);
     }
@@ -451,9 +455,9 @@ mod tests {
     #[test]
     fn reserve_everything() {
         let mut a = FrameAllocator::new();
-        a.add_free(0x1000, 0x10000).unwrap();
-        a.add_free(0x20000, 0x10000).unwrap();
-        a.reserve(0, 0x100000).unwrap();
+        a.add_free(Hpa(0x1000), 0x10000).unwrap();
+        a.add_free(Hpa(0x20000), 0x10000).unwrap();
+        a.reserve(Hpa(0), 0x100000).unwrap();
         assert_eq!(ranges(&a), []);
         assert_eq!(a.total_bytes(), 0);
     }
@@ -461,26 +465,26 @@ mod tests {
     #[test]
     fn alloc_from_top_of_high_memory_first() {
         let mut a = FrameAllocator::new();
-        a.add_free(0x1000, 0x9E000).unwrap();
-        a.add_free(0x100000, 0x7F00000).unwrap(); // up to 128 MiB
-        assert_eq!(a.alloc(K4, K4), Ok(0x8000000 - K4));
-        assert_eq!(a.alloc(2 * K4, K4), Ok(0x8000000 - 3 * K4));
+        a.add_free(Hpa(0x1000), 0x9E000).unwrap();
+        a.add_free(Hpa(0x100000), 0x7F00000).unwrap(); // up to 128 MiB
+        assert_eq!(a.alloc(K4, K4), Ok(Hpa(0x8000000 - K4)));
+        assert_eq!(a.alloc(2 * K4, K4), Ok(Hpa(0x8000000 - 3 * K4)));
         check(&a);
     }
 
     #[test]
     fn alloc_keeps_low_memory_for_last() {
         let mut a = FrameAllocator::new();
-        a.add_free(0x1000, 0x9E000).unwrap(); // < 1 MiB
-        a.add_free(0x100000, 0x100000).unwrap(); // [1 MiB, 2 MiB)
-        a.add_free(0x1000000, 0x2000).unwrap(); // 16 MiB, two pages
-        assert_eq!(a.alloc(K4, K4), Ok(0x1001000));
-        assert_eq!(a.alloc(K4, K4), Ok(0x1000000));
+        a.add_free(Hpa(0x1000), 0x9E000).unwrap(); // < 1 MiB
+        a.add_free(Hpa(0x100000), 0x100000).unwrap(); // [1 MiB, 2 MiB)
+        a.add_free(Hpa(0x1000000), 0x2000).unwrap(); // 16 MiB, two pages
+        assert_eq!(a.alloc(K4, K4), Ok(Hpa(0x1001000)));
+        assert_eq!(a.alloc(K4, K4), Ok(Hpa(0x1000000)));
         // High zone exhausted: next from [1 MiB, 16 MiB), top down.
-        assert_eq!(a.alloc(K4, K4), Ok(0x1FF000));
+        assert_eq!(a.alloc(K4, K4), Ok(Hpa(0x1FF000)));
         // Take the rest of [1 MiB, 16 MiB); then < 1 MiB is used.
-        assert_eq!(a.alloc(0xFF000, K4), Ok(0x100000));
-        assert_eq!(a.alloc(K4, K4), Ok(0x9E000));
+        assert_eq!(a.alloc(0xFF000, K4), Ok(Hpa(0x100000)));
+        assert_eq!(a.alloc(K4, K4), Ok(Hpa(0x9E000)));
         assert_eq!(
             a.alloc(0x100000, K4),
             Err(FrameError::OutOfMemory {
@@ -494,22 +498,22 @@ mod tests {
     #[test]
     fn alloc_alignment() {
         let mut a = FrameAllocator::new();
-        a.add_free(0x1000000, 0x401000).unwrap(); // [16M, 20M+4K)
+        a.add_free(Hpa(0x1000000), 0x401000).unwrap(); // [16M, 20M+4K)
         let p = a.alloc(0x200000, 0x200000).unwrap();
-        assert_eq!(p, 0x1200000);
-        assert_eq!(p % 0x200000, 0);
+        assert_eq!(p, Hpa(0x1200000));
+        assert!(p.is_aligned(0x200000));
         // The unaligned tail above stays free.
         assert_eq!(ranges(&a), [(0x1000000, 0x1200000), (0x1400000, 0x1401000)]);
         let q = a.alloc(0x200000, 0x200000).unwrap();
-        assert_eq!(q, 0x1000000);
+        assert_eq!(q, Hpa(0x1000000));
         assert!(a.alloc(0x2000, 0x2000).is_err());
-        assert_eq!(a.alloc(K4, K4), Ok(0x1400000));
+        assert_eq!(a.alloc(K4, K4), Ok(Hpa(0x1400000)));
     }
 
     #[test]
     fn alloc_rejects_bad_arguments() {
         let mut a = FrameAllocator::new();
-        a.add_free(0x100000, 0x100000).unwrap();
+        a.add_free(Hpa(0x100000), 0x100000).unwrap();
         assert_eq!(a.alloc(0, K4), Err(FrameError::BadSize { size: 0 }));
         assert_eq!(a.alloc(100, K4), Err(FrameError::BadSize { size: 100 }));
         assert_eq!(
@@ -523,14 +527,14 @@ mod tests {
     #[test]
     fn alloc_below_limit() {
         let mut a = FrameAllocator::new();
-        a.add_free(0x1000, 0x9E000).unwrap();
-        a.add_free(0x100000, 8 * GIB).unwrap();
-        assert_eq!(a.alloc_below(K4, K4, MIB), Ok(0x9E000));
+        a.add_free(Hpa(0x1000), 0x9E000).unwrap();
+        a.add_free(Hpa(0x100000), 8 * GIB).unwrap();
+        assert_eq!(a.alloc_below(K4, K4, MIB), Ok(Hpa(0x9E000)));
         let p = a.alloc_below(0x10000, K4, 4 * GIB).unwrap();
-        assert_eq!(p, 4 * GIB - 0x10000);
+        assert_eq!(p, Hpa(4 * GIB - 0x10000));
         // Unaligned limit: the block must end at or below it.
         let q = a.alloc_below(K4, K4, 0x9E800).unwrap();
-        assert_eq!(q, 0x9D000);
+        assert_eq!(q, Hpa(0x9D000));
         assert_eq!(
             a.alloc_below(K4, K4, 0x1000),
             Err(FrameError::OutOfMemory {
@@ -545,7 +549,7 @@ mod tests {
     #[test]
     fn free_merges_back_to_original() {
         let mut a = FrameAllocator::new();
-        a.add_free(0x100000, 0x100000).unwrap();
+        a.add_free(Hpa(0x100000), 0x100000).unwrap();
         let before = ranges(&a);
         let p1 = a.alloc(K4, K4).unwrap();
         let p2 = a.alloc(0x4000, K4).unwrap();
@@ -561,14 +565,14 @@ mod tests {
     #[test]
     fn double_free_is_detected() {
         let mut a = FrameAllocator::new();
-        a.add_free(0x100000, 0x100000).unwrap();
+        a.add_free(Hpa(0x100000), 0x100000).unwrap();
         let p = a.alloc(0x2000, K4).unwrap();
         a.free(p, 0x2000).unwrap();
         assert_eq!(
             a.free(p, 0x2000),
             Err(FrameError::DoubleFree {
-                start: p,
-                end: p + 0x2000,
+                start: p.0,
+                end: p.0 + 0x2000,
                 free_start: 0x100000,
                 free_end: 0x200000
             })
@@ -576,12 +580,12 @@ mod tests {
         // Partial overlap is caught too.
         let q = a.alloc(0x2000, K4).unwrap();
         assert!(matches!(
-            a.free(q - K4, 0x2000),
+            a.free(Hpa(q.0 - K4), 0x2000),
             Err(FrameError::DoubleFree { .. })
         ));
         assert_eq!(
-            a.free(q + 1, K4),
-            Err(FrameError::Unaligned { addr: q + 1 })
+            a.free(Hpa(q.0 + 1), K4),
+            Err(FrameError::Unaligned { addr: q.0 + 1 })
         );
         assert_eq!(a.free(q, 10), Err(FrameError::BadSize { size: 10 }));
     }
@@ -589,8 +593,8 @@ mod tests {
     #[test]
     fn fragmentation_and_refill() {
         let mut a = FrameAllocator::new();
-        a.add_free(0x1000000, 64 * K4).unwrap();
-        let pages: Vec<u64> = (0..64).map(|_| a.alloc(K4, K4).unwrap()).collect();
+        a.add_free(Hpa(0x1000000), 64 * K4).unwrap();
+        let pages: Vec<Hpa> = (0..64).map(|_| a.alloc(K4, K4).unwrap()).collect();
         assert_eq!(a.free_bytes(), 0);
         // Free every other page: 32 one-page holes.
         for p in pages.iter().step_by(2) {
@@ -614,14 +618,14 @@ mod tests {
     fn range_capacity_is_reported() {
         let mut a = FrameAllocator::new();
         for i in 0..MAX_RANGES as u64 {
-            a.add_free(0x100000 + i * 2 * K4, K4).unwrap();
+            a.add_free(Hpa(0x100000 + i * 2 * K4), K4).unwrap();
         }
         assert_eq!(
-            a.add_free(0x100000 + MAX_RANGES as u64 * 2 * K4, K4),
+            a.add_free(Hpa(0x100000 + MAX_RANGES as u64 * 2 * K4), K4),
             Err(FrameError::TooManyRanges)
         );
         // Filling a hole merges and needs no new slot.
-        a.add_free(0x100000 + K4, K4).unwrap();
+        a.add_free(Hpa(0x100000 + K4), K4).unwrap();
         assert_eq!(a.free_ranges().count(), MAX_RANGES - 1);
         check(&a);
     }

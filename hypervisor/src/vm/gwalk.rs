@@ -16,10 +16,12 @@
 //! page-fault kinds the caller injects #PF with CR2 = `gva` and
 //! [`WalkFault::pf_error_code`].
 
+use arch::addr::Gpa;
+
 /// Reads guest-physical memory. Returns false when any byte of the range is
 /// not readable guest RAM.
 pub trait GuestPhysRead {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool;
+    fn read(&self, gpa: Gpa, buf: &mut [u8]) -> bool;
 }
 
 /// The guest registers that control paging.
@@ -74,7 +76,7 @@ pub enum FaultKind {
     /// A paging mode this walker does not handle (5-level).
     Unsupported,
     /// This guest-physical address (a table or the data) is not guest RAM.
-    Unreadable(u64),
+    Unreadable(Gpa),
 }
 
 /// A failed translation.
@@ -198,6 +200,7 @@ impl<M: GuestPhysRead> Walk<'_, M> {
 
     fn entry(&self, gpa: u64, size: usize, level: u8) -> Result<u64, WalkFault> {
         let mut b = [0u8; 8];
+        let gpa = Gpa(gpa);
         if !self.mem.read(gpa, &mut b[..size]) {
             return Err(self.fault(level, FaultKind::Unreadable(gpa)));
         }
@@ -298,7 +301,7 @@ pub fn translate(
     regs: PagingRegs,
     gva: u64,
     access: Access,
-) -> Result<u64, WalkFault> {
+) -> Result<Gpa, WalkFault> {
     let mode = paging_mode(&regs);
     let mut w = Walk {
         mem,
@@ -318,6 +321,7 @@ pub fn translate(
         PagingMode::Level4 => w.long(false),
         PagingMode::Level5 => Err(w.fault(5, FaultKind::Unsupported)),
     }
+    .map(Gpa)
 }
 
 /// Reads `buf.len()` bytes at linear address `gva`, page by page, so a read
@@ -482,8 +486,8 @@ pub fn linear(
 pub trait PhysBus {
     /// The error that ends the emulation (e.g. the guest is stopped).
     type Stop;
-    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), Self::Stop>;
-    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), Self::Stop>;
+    fn read(&mut self, gpa: Gpa, buf: &mut [u8]) -> Result<(), Self::Stop>;
+    fn write(&mut self, gpa: Gpa, data: &[u8]) -> Result<(), Self::Stop>;
 }
 
 /// Why a linear access failed.
@@ -537,7 +541,7 @@ pub fn access_linear<B: PhysBus>(
     };
     // At most two pages for the element sizes used here (up to 8 bytes);
     // longer buffers are split as needed.
-    let mut pieces: [(u64, usize, usize); 4] = [(0, 0, 0); 4];
+    let mut pieces: [(Gpa, usize, usize); 4] = [(Gpa(0), 0, 0); 4];
     let mut count = 0;
     let mut done = 0usize;
     while done < buf.len() {
@@ -597,7 +601,8 @@ mod tests {
     }
 
     impl GuestPhysRead for Mem {
-        fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        fn read(&self, gpa: Gpa, buf: &mut [u8]) -> bool {
+            let gpa = gpa.0;
             if gpa.saturating_add(buf.len() as u64) > self.limit {
                 return false;
             }
@@ -606,6 +611,11 @@ mod tests {
             }
             true
         }
+    }
+
+    /// The walk's result as a number, as these tests compare it.
+    fn translate(mem: &Mem, regs: PagingRegs, gva: u64, access: Access) -> Result<u64, WalkFault> {
+        super::translate(mem, regs, gva, access).map(u64::from)
     }
 
     const PE: u64 = 1;
@@ -945,7 +955,7 @@ mod tests {
         // A table outside guest RAM.
         let far = PagingRegs { cr3: 1 << 41, ..r };
         let f = translate(&m, far, 0, Access::READ).unwrap_err();
-        assert_eq!((f.level, f.kind), (4, FaultKind::Unreadable(1 << 41)));
+        assert_eq!((f.level, f.kind), (4, FaultKind::Unreadable(Gpa(1 << 41))));
         assert!(!f.is_page_fault());
     }
 
@@ -972,7 +982,7 @@ mod tests {
         let f = read_virt(&small, off, 0xF_FFFE, Access::READ, &mut buf[..4]).unwrap_err();
         assert_eq!(
             (f.gva, f.kind),
-            (0x10_0000, FaultKind::Unreadable(0x10_0000))
+            (0x10_0000, FaultKind::Unreadable(Gpa(0x10_0000)))
         );
     }
 
@@ -1092,14 +1102,15 @@ mod tests {
 
     impl PhysBus for Bus<'_> {
         type Stop = u64;
-        fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), u64> {
-            if gpa == self.refuse {
-                return Err(gpa);
+        fn read(&mut self, gpa: Gpa, buf: &mut [u8]) -> Result<(), u64> {
+            if gpa.0 == self.refuse {
+                return Err(gpa.0);
             }
             assert!(GuestPhysRead::read(self.mem, gpa, buf));
             Ok(())
         }
-        fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), u64> {
+        fn write(&mut self, gpa: Gpa, data: &[u8]) -> Result<(), u64> {
+            let gpa = gpa.0;
             if gpa == self.refuse {
                 return Err(gpa);
             }

@@ -177,11 +177,11 @@ impl Vm {
     ) -> Result<(Arc<Vm>, Vec<Box<vcpu::Vcpu>>), CreateError> {
         let mem = GuestMemory::new(config.memory).map_err(CreateError::Memory)?;
         let entry = loader::load(&config, image, initrd, &mem).map_err(CreateError::Load)?;
-        let msr_bitmap = mm::alloc_zeroed_page().ok_or(CreateError::NoMemory)?;
+        let msr_bitmap = mm::alloc_zeroed_page().ok_or(CreateError::NoMemory)?.0;
         let io_bitmaps = match mm::alloc_zeroed(2 * mm::PAGE, mm::PAGE) {
-            Some(p) => p,
+            Some(p) => p.0,
             None => {
-                mm::free_zeroed(msr_bitmap, mm::PAGE);
+                mm::free_zeroed(mm::Hpa(msr_bitmap), mm::PAGE);
                 return Err(CreateError::NoMemory);
             }
         };
@@ -193,8 +193,8 @@ impl Vm {
         let io = match platform_bus(console, config.vcpus) {
             Ok(io) => io,
             Err(e) => {
-                mm::free_zeroed(msr_bitmap, mm::PAGE);
-                mm::free_zeroed(io_bitmaps, 2 * mm::PAGE);
+                mm::free_zeroed(mm::Hpa(msr_bitmap), mm::PAGE);
+                mm::free_zeroed(mm::Hpa(io_bitmaps), 2 * mm::PAGE);
                 return Err(CreateError::Bus(e));
             }
         };
@@ -364,7 +364,7 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        mm::free_zeroed(self.msr_bitmap, mm::PAGE);
-        mm::free_zeroed(self.io_bitmaps, 2 * mm::PAGE);
+        mm::free_zeroed(mm::Hpa(self.msr_bitmap), mm::PAGE);
+        mm::free_zeroed(mm::Hpa(self.io_bitmaps), 2 * mm::PAGE);
     }
 }

@@ -99,10 +99,12 @@ pub struct Vcpu {
 
 impl Vcpu {
     pub fn new(vm: Arc<Vm>, index: usize) -> Self {
-        let vmcs = mm::alloc_zeroed_page().expect("memory for a VMCS");
+        let vmcs = mm::alloc_zeroed_page().expect("memory for a VMCS").0;
         // SAFETY: fresh page; the first dword is the VMCS revision identifier.
         unsafe { (vmcs as *mut u32).write(vmx::caps().basic.revision_id) };
-        let xsave_area = mm::alloc_zeroed(2 * mm::PAGE, mm::PAGE).expect("memory for XSAVE state");
+        let xsave_area = mm::alloc_zeroed(2 * mm::PAGE, mm::PAGE)
+            .expect("memory for XSAVE state")
+            .0;
         // Power-on FPU/SSE state (SDM Vol. 1 13.6, Vol. 3A Table 10-1): with
         // XSTATE_BV = 0 XRSTOR gives every component its initial state (FCW
         // 0x37F), but MXCSR always comes from the legacy area.
@@ -235,8 +237,8 @@ impl Vcpu {
 impl Drop for Vcpu {
     fn drop(&mut self) {
         self.release();
-        mm::free_zeroed(self.vmcs, mm::PAGE);
-        mm::free_zeroed(self.xsave_area, 2 * mm::PAGE);
+        mm::free_zeroed(mm::Hpa(self.vmcs), mm::PAGE);
+        mm::free_zeroed(mm::Hpa(self.xsave_area), 2 * mm::PAGE);
         free_vpid(self.vpid);
     }
 }

@@ -201,7 +201,7 @@ pub fn enable_on_this_cpu() -> Result<u64, EnableError> {
         let c0 = arch::vmx::caps::fixed_bits(f0, f1, regs::read_cr0());
         regs::write_cr0(c0);
     }
-    let region = mm::alloc_zeroed_page().ok_or(EnableError::NoMemory)?;
+    let region = mm::alloc_zeroed_page().ok_or(EnableError::NoMemory)?.0;
     // SAFETY: the page was just allocated for this purpose; the first dword
     // holds the VMCS revision identifier (SDM 25.11.5).
     unsafe {

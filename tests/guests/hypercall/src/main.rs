@@ -8,6 +8,7 @@ use guest_rt::{exit, image, println};
 guest_rt::entry!(main);
 
 const MESSAGE: &[u8] = b"hypercall: console write works\n";
+const TAIL: &[u8] = b"hypercall: console write from the top of ram works\n";
 
 fn expect(what: &str, got: i64, want: i64) -> Result<(), ()> {
     if got == want {
@@ -29,6 +30,35 @@ fn run(ram_size: u64) -> Result<(), ()> {
     expect(
         "console write past end of ram",
         hc::console_write_raw(ram_size.wrapping_sub(2), 100),
+        EFAULT,
+    )?;
+    // The last bytes of RAM are RAM: a copy that ends exactly there works.
+    let at = image::ram_end(ram_size) - TAIL.len() as u64;
+    for (i, &c) in TAIL.iter().enumerate() {
+        // SAFETY: above the image and its stack, below the end of RAM; the
+        // guest uses nothing else there.
+        unsafe { ((at + i as u64) as *mut u8).write_volatile(c) };
+    }
+    expect(
+        "console write ending at the last byte of ram",
+        hc::console_write_raw(at, TAIL.len() as u64),
+        TAIL.len() as i64,
+    )?;
+    // One byte further is not RAM: all or nothing.
+    expect(
+        "console write one byte past the end of ram",
+        hc::console_write_raw(at + 1, TAIL.len() as u64),
+        EFAULT,
+    )?;
+    // A range whose end wraps past 2^64, and one ending exactly at 2^64.
+    expect(
+        "console write wrapping past 2^64",
+        hc::console_write_raw(u64::MAX - 7, 16),
+        EFAULT,
+    )?;
+    expect(
+        "console write ending at 2^64",
+        hc::console_write_raw(0u64.wrapping_sub(16), 16),
         EFAULT,
     )?;
     expect(
