@@ -16,6 +16,7 @@ pub mod hosttimer;
 pub mod interrupts;
 pub mod lapic;
 pub mod mm;
+pub mod nic;
 pub mod paging;
 pub mod percpu;
 pub mod platform;

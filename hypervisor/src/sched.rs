@@ -315,6 +315,7 @@ pub fn cpu_loop() -> ! {
     loop {
         if me == 0 {
             poll_console();
+            crate::nic::poll(rdtsc());
         }
         crate::console::pump(rdtsc());
         wake_sleepers(me);
