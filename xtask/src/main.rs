@@ -42,8 +42,8 @@ Commands:
             start-up time. Builds boot.efi with --features bench into target/bench, boots up to
             two machines side by side (5 to 10 minutes on 2 cores), prints tables and writes
             target/bench/results.json and docs/BENCHMARKS.md.
-              --only LIST       some of exits,fairness,console,memory,linux,peer (docs/BENCHMARKS.md is then
-                                left alone)
+              --only LIST       some of exits,fairness,console,memory,linux,peer,lateness
+                                (docs/BENCHMARKS.md is then left alone)
               --cycles N        guest TSC ticks each fairness spinner runs (default 1000000000)
               --no-build        use what the last bench build left
   help      This text.

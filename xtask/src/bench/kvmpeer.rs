@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::{exit_figures, ExitFigure, ExitLines, ExitRun, Json, Table};
+use super::{exit_figures, ExitFigure, ExitLines, ExitRun, Table};
 use crate::linux::{self, Cpio, LinuxAssets};
 use crate::{paths, prereq};
 
@@ -550,7 +550,7 @@ pub fn rows(ferrovisor: Option<&[ExitFigure]>, kvm: &ExitLines) -> Vec<PeerRow> 
 }
 
 /// What the KVM side of each row is.
-fn kvm_path(kind: &str) -> &'static str {
+pub(super) fn kvm_path(kind: &str) -> &'static str {
     match kind {
         "cpuid" | "rdmsr" => "in the kernel (KVM)",
         "vmcall" => "in the kernel: KVM's hypercall handler (nr 0 → -KVM_ENOSYS)",
@@ -645,62 +645,6 @@ impl PeerReport {
             );
         }
         notes
-    }
-
-    pub fn json(&self) -> Json {
-        let n = |v: Option<f64>| v.map_or(Json::Null, Json::Num);
-        let row = |r: &PeerRow| {
-            Json::obj([
-                ("type", Json::str(&r.kind)),
-                ("ferrovisor_round_trip", n(r.ferrovisor)),
-                ("kvm_round_trip", n(r.kvm)),
-                ("kvm_path", Json::str(kvm_path(&r.kind))),
-                ("ratio_ferrovisor_over_kvm", n(r.ratio)),
-                ("goal_max_ratio", n(r.goal.as_ref().map(|g| g.0))),
-                ("goal_met", r.goal_met().map_or(Json::Null, Json::Bool)),
-            ])
-        };
-        let lines = |v: &[String]| Json::Arr(v.iter().map(|l| Json::str(l)).collect());
-        Json::obj([
-            (
-                "what",
-                Json::str(
-                    "the bench guest under KVM (kvm_intel of the same Debian kernel, booted \
-                     directly by OVMF in the same Bochs; minimal user-space VMM \
-                     tests/bench/kvmpeer.c, no in-kernel irqchip)",
-                ),
-            ),
-            (
-                "not_run",
-                self.not_run.as_deref().map_or(Json::Null, Json::str),
-            ),
-            ("modules", lines(&self.modules)),
-            ("guest_cmdline", Json::str(&self.guest_cmdline)),
-            ("l1_cmdline", Json::str(&self.direct_cmdline)),
-            (
-                "kvm_loaded",
-                self.run
-                    .as_ref()
-                    .map_or(Json::Null, |r| Json::Bool(r.kvm_loaded)),
-            ),
-            (
-                "init_lines",
-                self.run
-                    .as_ref()
-                    .map_or(Json::Null, |r| lines(&r.peer_lines)),
-            ),
-            (
-                "vmm_lines",
-                self.run
-                    .as_ref()
-                    .map_or(Json::Null, |r| lines(&r.vmm_lines)),
-            ),
-            (
-                "kvm_exits",
-                self.run.as_ref().map_or(Json::Null, |r| r.exits.json()),
-            ),
-            ("compared", Json::Arr(self.rows.iter().map(row).collect())),
-        ])
     }
 }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::{guest_line, Json};
+use super::guest_line;
 
 /// What `bench-linux.toml` adds to linux1's command line (`linux.toml`): the TSC rate, so that
 /// both kernels count time in the same unit. Left alone, the directly booted kernel takes
@@ -202,26 +202,6 @@ impl LinuxBoot {
     pub fn wall_s(&self) -> Option<f64> {
         Some(self.end_wall_s? - self.banner_wall_s?)
     }
-
-    pub fn json(&self) -> Json {
-        let s = |v: &Option<String>| v.as_deref().map_or(Json::Null, Json::str);
-        let n = |v: Option<f64>| v.map_or(Json::Null, Json::Num);
-        Json::obj([
-            ("boot", Json::str(&self.run)),
-            ("banner_wall_s", n(self.banner_wall_s)),
-            ("end_wall_s", n(self.end_wall_s)),
-            ("end_line", s(&self.end_line)),
-            ("banner_to_poweroff_wall_s", n(self.wall_s())),
-            ("reboot_line", s(&self.reboot_line)),
-            ("reboot_kernel_timestamp_s", n(self.reboot_kernel_s)),
-            ("kernel", s(&self.kernel_release)),
-            ("nproc", s(&self.nproc)),
-            ("memtotal", s(&self.memtotal)),
-            ("hypervisor_flag", s(&self.hypervisor_flag)),
-            ("workload", s(&self.workload)),
-            ("ended", Json::str(&self.ended)),
-        ])
-    }
 }
 
 /// Both boots and their ratios.
@@ -338,25 +318,6 @@ impl LinuxReport {
             }
         }
         notes
-    }
-
-    pub fn json(&self) -> Json {
-        let n = |v: Option<f64>| v.map_or(Json::Null, Json::Num);
-        Json::obj([
-            (
-                "what",
-                Json::str(
-                    "Linux boot under ferrovisor (1 vCPU, 256 MiB) vs the same kernel booted \
-                     directly by OVMF through its EFI stub, same Bochs configuration",
-                ),
-            ),
-            ("hv_cmdline", Json::str(&self.hv_cmdline)),
-            ("direct_cmdline", Json::str(&self.direct_cmdline)),
-            ("hv", self.hv.json()),
-            ("direct", self.direct.json()),
-            ("wall_ratio_hv_over_direct", n(self.wall_ratio())),
-            ("kernel_time_ratio_hv_over_direct", n(self.kernel_ratio())),
-        ])
     }
 }
 
