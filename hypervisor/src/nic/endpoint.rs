@@ -185,3 +185,171 @@ impl Endpoint {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Counters, SendError};
+    use super::*;
+    use smoltcp::wire::{
+        ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr,
+        Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr,
+    };
+    use std::collections::VecDeque;
+
+    const OURS: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+    const PEER: [u8; 6] = [0x52, 0x55, 10, 0, 2, 2];
+    const OUR_IP: Ipv4Address = Ipv4Address::new(10, 0, 2, 15);
+    const PEER_IP: Ipv4Address = Ipv4Address::new(10, 0, 2, 2);
+
+    #[derive(Default)]
+    struct Wire {
+        inbound: VecDeque<Vec<u8>>,
+        sent: Vec<Vec<u8>>,
+    }
+
+    impl NicDriver for Wire {
+        fn name(&self) -> &'static str {
+            "wire"
+        }
+        fn mac(&self) -> [u8; 6] {
+            OURS
+        }
+        fn link_up(&mut self) -> bool {
+            true
+        }
+        fn can_send(&mut self) -> bool {
+            true
+        }
+        fn send(&mut self, frame: &[u8]) -> Result<(), SendError> {
+            self.sent.push(frame.to_vec());
+            Ok(())
+        }
+        fn recv(&mut self, out: &mut [u8]) -> Option<usize> {
+            let f = self.inbound.pop_front()?;
+            out[..f.len()].copy_from_slice(&f);
+            Some(f.len())
+        }
+        fn counters(&mut self) -> Counters {
+            Counters::default()
+        }
+    }
+
+    fn eth(dst: [u8; 6], proto: EthernetProtocol, payload_len: usize) -> (Vec<u8>, EthernetRepr) {
+        let repr = EthernetRepr {
+            src_addr: EthernetAddress(PEER),
+            dst_addr: EthernetAddress(dst),
+            ethertype: proto,
+        };
+        (vec![0u8; repr.buffer_len() + payload_len], repr)
+    }
+
+    fn arp_request() -> Vec<u8> {
+        let arp = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: EthernetAddress(PEER),
+            source_protocol_addr: PEER_IP,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: OUR_IP,
+        };
+        let (mut buf, e) = eth([0xff; 6], EthernetProtocol::Arp, arp.buffer_len());
+        let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
+        e.emit(&mut f);
+        arp.emit(&mut ArpPacket::new_unchecked(f.payload_mut()));
+        buf
+    }
+
+    fn echo_request(seq: u16) -> Vec<u8> {
+        let data = b"ferrovisor ping";
+        let icmp = Icmpv4Repr::EchoRequest {
+            ident: 0x1234,
+            seq_no: seq,
+            data,
+        };
+        let ip = Ipv4Repr {
+            src_addr: PEER_IP,
+            dst_addr: OUR_IP,
+            next_header: IpProtocol::Icmp,
+            payload_len: icmp.buffer_len(),
+            hop_limit: 64,
+        };
+        let (mut buf, e) = eth(OURS, EthernetProtocol::Ipv4, ip.buffer_len() + icmp.buffer_len());
+        let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
+        e.emit(&mut f);
+        let caps = smoltcp::phy::ChecksumCapabilities::default();
+        let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
+        ip.emit(&mut p, &caps);
+        icmp.emit(&mut Icmpv4Packet::new_unchecked(p.payload_mut()), &caps);
+        buf
+    }
+
+    #[test]
+    fn a_static_endpoint_answers_arp_and_ping() {
+        let mut wire = Wire::default();
+        let mut ep = Endpoint::with_static(
+            &mut wire,
+            1,
+            Ipv4Cidr::new(OUR_IP, 24),
+            Some(PEER_IP),
+        );
+        assert_eq!(ep.address, Some(Ipv4Cidr::new(OUR_IP, 24)));
+        wire.inbound.push_back(arp_request());
+        wire.inbound.push_back(echo_request(7));
+        ep.poll(&mut wire, 1_000_000);
+        let caps = smoltcp::phy::ChecksumCapabilities::default();
+        let mut arp_reply = false;
+        let mut echo_reply = false;
+        for f in &wire.sent {
+            let f = EthernetFrame::new_checked(&f[..]).unwrap();
+            assert_eq!(f.src_addr(), EthernetAddress(OURS));
+            match f.ethertype() {
+                EthernetProtocol::Arp => {
+                    let a = ArpRepr::parse(&ArpPacket::new_checked(f.payload()).unwrap()).unwrap();
+                    if let ArpRepr::EthernetIpv4 {
+                        operation: ArpOperation::Reply,
+                        source_protocol_addr,
+                        target_hardware_addr,
+                        ..
+                    } = a
+                    {
+                        assert_eq!(source_protocol_addr, OUR_IP);
+                        assert_eq!(target_hardware_addr, EthernetAddress(PEER));
+                        arp_reply = true;
+                    }
+                }
+                EthernetProtocol::Ipv4 => {
+                    let p = Ipv4Packet::new_checked(f.payload()).unwrap();
+                    let ip = Ipv4Repr::parse(&p, &caps).unwrap();
+                    assert_eq!((ip.src_addr, ip.dst_addr), (OUR_IP, PEER_IP));
+                    let i = Icmpv4Packet::new_checked(p.payload()).unwrap();
+                    match Icmpv4Repr::parse(&i, &caps).unwrap() {
+                        Icmpv4Repr::EchoReply { ident, seq_no, data } => {
+                            assert_eq!((ident, seq_no, data), (0x1234, 7, &b"ferrovisor ping"[..]));
+                            echo_reply = true;
+                        }
+                        other => panic!("unexpected ICMP {other:?}"),
+                    }
+                }
+                other => panic!("unexpected ethertype {other:?}"),
+            }
+        }
+        assert!(arp_reply && echo_reply, "sent: {:?}", wire.sent);
+    }
+
+    #[test]
+    fn a_dhcp_endpoint_starts_by_broadcasting_a_discover() {
+        let mut wire = Wire::default();
+        let mut ep = Endpoint::new(&mut wire, 1);
+        assert_eq!(ep.address, None);
+        ep.poll(&mut wire, 1_000_000);
+        let f = EthernetFrame::new_checked(&wire.sent[0][..]).unwrap();
+        assert_eq!(f.dst_addr(), EthernetAddress([0xff; 6]));
+        let p = Ipv4Packet::new_checked(f.payload()).unwrap();
+        assert_eq!(p.next_header(), IpProtocol::Udp);
+        let udp = smoltcp::wire::UdpPacket::new_checked(p.payload()).unwrap();
+        assert_eq!((udp.src_port(), udp.dst_port()), (68, 67));
+        let dhcp = smoltcp::wire::DhcpPacket::new_checked(udp.payload()).unwrap();
+        let repr = smoltcp::wire::DhcpRepr::parse(&dhcp).unwrap();
+        assert_eq!(repr.message_type, smoltcp::wire::DhcpMessageType::Discover);
+        assert_eq!(repr.client_hardware_address, EthernetAddress(OURS));
+    }
+}
