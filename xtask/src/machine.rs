@@ -1017,7 +1017,9 @@ mod tests {
         let mut c = cfg(Emulator::Bochs);
         let rc = bochsrc(&c, Path::new("/o.fd"), 2 << 20, Path::new("/v.bin"));
         assert!(!rc.contains("e1000"), "{rc}");
-        assert!(!qemu_args(&c, Path::new("/o.fd")).join(" ").contains("e1000"));
+        assert!(!qemu_args(&c, Path::new("/o.fd"))
+            .join(" ")
+            .contains("e1000"));
         c.nic = Some(Nic::default());
         let rc = bochsrc(&c, Path::new("/o.fd"), 2 << 20, Path::new("/v.bin"));
         assert!(
@@ -1032,7 +1034,9 @@ mod tests {
         c.emulator = Emulator::Qemu;
         let args = qemu_args(&c, Path::new("/o.fd")).join(" ");
         assert!(
-            args.contains("-netdev user,id=uplink -device e1000,netdev=uplink,mac=52:54:00:12:34:56"),
+            args.contains(
+                "-netdev user,id=uplink -device e1000,netdev=uplink,mac=52:54:00:12:34:56"
+            ),
             "{args}"
         );
     }

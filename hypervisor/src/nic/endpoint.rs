@@ -175,11 +175,13 @@ impl Endpoint {
                 let (a, r) = (c.address, c.router);
                 self.configure(a, r, Addressing::Dhcp);
             }
+            // Also the socket's first event, before any lease: silent then.
             Some(dhcpv4::Event::Deconfigured) => {
                 self.iface.update_ip_addrs(|a| a.clear());
                 self.iface.routes_mut().remove_default_ipv4_route();
-                self.address = None;
-                crate::println!("hv: endpoint: dhcp lease lost ({})", MacFmt(self.mac));
+                if self.address.take().is_some() {
+                    crate::println!("hv: endpoint: dhcp lease lost ({})", MacFmt(self.mac));
+                }
             }
             None => {}
         }
@@ -272,7 +274,11 @@ mod tests {
             payload_len: icmp.buffer_len(),
             hop_limit: 64,
         };
-        let (mut buf, e) = eth(OURS, EthernetProtocol::Ipv4, ip.buffer_len() + icmp.buffer_len());
+        let (mut buf, e) = eth(
+            OURS,
+            EthernetProtocol::Ipv4,
+            ip.buffer_len() + icmp.buffer_len(),
+        );
         let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
         e.emit(&mut f);
         let caps = smoltcp::phy::ChecksumCapabilities::default();
@@ -285,12 +291,7 @@ mod tests {
     #[test]
     fn a_static_endpoint_answers_arp_and_ping() {
         let mut wire = Wire::default();
-        let mut ep = Endpoint::with_static(
-            &mut wire,
-            1,
-            Ipv4Cidr::new(OUR_IP, 24),
-            Some(PEER_IP),
-        );
+        let mut ep = Endpoint::with_static(&mut wire, 1, Ipv4Cidr::new(OUR_IP, 24), Some(PEER_IP));
         assert_eq!(ep.address, Some(Ipv4Cidr::new(OUR_IP, 24)));
         wire.inbound.push_back(arp_request());
         wire.inbound.push_back(echo_request(7));
@@ -322,7 +323,11 @@ mod tests {
                     assert_eq!((ip.src_addr, ip.dst_addr), (OUR_IP, PEER_IP));
                     let i = Icmpv4Packet::new_checked(p.payload()).unwrap();
                     match Icmpv4Repr::parse(&i, &caps).unwrap() {
-                        Icmpv4Repr::EchoReply { ident, seq_no, data } => {
+                        Icmpv4Repr::EchoReply {
+                            ident,
+                            seq_no,
+                            data,
+                        } => {
                             assert_eq!((ident, seq_no, data), (0x1234, 7, &b"ferrovisor ping"[..]));
                             echo_reply = true;
                         }

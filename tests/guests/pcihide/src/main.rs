@@ -11,7 +11,10 @@ use guest_rt::println;
 guest_rt::entry!(main);
 
 fn read(bus: u32, dev: u32, func: u32, off: u32) -> u32 {
-    outl(0xcf8, 0x8000_0000 | (bus << 16) | (dev << 11) | (func << 8) | off);
+    outl(
+        0xcf8,
+        0x8000_0000 | (bus << 16) | (dev << 11) | (func << 8) | off,
+    );
     inl(0xcfc)
 }
 
