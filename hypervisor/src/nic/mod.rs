@@ -170,3 +170,23 @@ pub fn poll(now: u64) {
     };
     up.endpoint.poll(&mut *up.nic, now);
 }
+
+/// One line of the uplink's counters (for the summary); nothing without one.
+pub fn report() {
+    let mut guard = UPLINK.lock();
+    let Some(up) = guard.as_mut() else { return };
+    let c = up.nic.counters();
+    crate::println!(
+        "hv: nic: rx {} frames ({} bytes), tx {} frames ({} bytes), dropped rx {} tx {}; device: good rx {} tx {}, missed {}, crc errors {}",
+        c.rx_frames,
+        c.rx_bytes,
+        c.tx_frames,
+        c.tx_bytes,
+        c.rx_dropped,
+        c.tx_dropped,
+        c.hw_rx_good,
+        c.hw_tx_good,
+        c.hw_rx_missed,
+        c.hw_rx_crc_errors
+    );
+}
