@@ -51,6 +51,8 @@ pub struct Counters {
 pub struct Uplink {
     pub nic: Box<dyn NicDriver>,
     pub endpoint: endpoint::Endpoint,
+    /// The link state last reported.
+    pub link: bool,
 }
 
 static UPLINK: spin::Mutex<Option<Uplink>> = spin::Mutex::new(None);
@@ -107,7 +109,15 @@ pub fn init() {
     };
     match bring_up(&cs, f) {
         Ok(mut nic) => {
-            let link = nic.link_up();
+            // Auto-negotiation can take a moment after CTRL.SLU: up to 1 s.
+            let mut link = nic.link_up();
+            for _ in 0..1000 {
+                if link {
+                    break;
+                }
+                crate::time::delay_us(1000);
+                link = nic.link_up();
+            }
             crate::println!(
                 "hv: nic: {} {} mac {}, link {}",
                 f.at,
@@ -116,7 +126,11 @@ pub fn init() {
                 if link { "up" } else { "down" }
             );
             let endpoint = endpoint::Endpoint::new(&mut *nic, now_tsc());
-            *UPLINK.lock() = Some(Uplink { nic, endpoint });
+            *UPLINK.lock() = Some(Uplink {
+                nic,
+                endpoint,
+                link,
+            });
         }
         Err(e) => crate::println!("hv: nic: {} not used: {e}: no uplink", f.at),
     }
@@ -168,6 +182,11 @@ pub fn poll(now: u64) {
         NEXT_POLL.store(u64::MAX, Ordering::Relaxed);
         return;
     };
+    let link = up.nic.link_up();
+    if link != up.link {
+        up.link = link;
+        crate::println!("hv: nic: link {}", if link { "up" } else { "down" });
+    }
     up.endpoint.poll(&mut *up.nic, now);
 }
 
