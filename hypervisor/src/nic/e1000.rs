@@ -187,6 +187,14 @@ pub struct Ring<D>(pub [D; RING]);
 #[repr(C, align(4096))]
 pub struct Buffers(pub [[u8; BUF]; RING]);
 
+impl Buffers {
+    /// 64 KiB straight on the heap (never as a temporary on the stack).
+    fn boxed() -> Box<Buffers> {
+        // SAFETY: all zeros is a valid `Buffers` (plain bytes).
+        unsafe { Box::<Buffers>::new_zeroed().assume_init() }
+    }
+}
+
 /// The physical address of driver memory: the hypervisor runs on an
 /// identity map, so it is the pointer's value.
 fn phys<T>(p: *const T) -> u64 {
@@ -299,10 +307,10 @@ impl<R: Regs> E1000<R> {
         let mut nic = E1000 {
             regs,
             rx: Box::new(Ring([RxDesc::default(); RING])),
-            rx_bufs: Box::new(Buffers([[0; BUF]; RING])),
+            rx_bufs: Buffers::boxed(),
             rx_next: 0,
             tx: Box::new(Ring([TxDesc::default(); RING])),
-            tx_bufs: Box::new(Buffers([[0; BUF]; RING])),
+            tx_bufs: Buffers::boxed(),
             tx_tail: 0,
             tx_clean: 0,
             mac,
