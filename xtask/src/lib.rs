@@ -12,6 +12,7 @@ pub mod flat;
 pub mod linux;
 pub mod machine;
 pub mod manifest;
+pub mod ovf;
 pub mod paths;
 pub mod prereq;
 pub mod serial;

@@ -19,6 +19,18 @@ Commands:
               --out DIR         ESP directory (default target/esp)
               --disk FILE       disk image (default target/ferrovisor.img); write it to a
                                 USB stick with `dd if=FILE of=/dev/sdX bs=4M conv=fsync`
+  import-ovf FILE.ova|FILE.ovf --out DIR [--kernel PATH] [--initrd PATH] [--cmdline STR]
+            Import a DMTF OVF 1.x/2.x appliance: writes DIR/manifest.toml (one guest per
+            VirtualSystem, with its CPUs, memory, disks and NICs) and each disk as a raw
+            image (converted with qemu-img, from qemu-utils). What the descriptor has that a
+            guest cannot (CD drives, sound, USB, vendor sections ...) is listed, and noted in
+            the manifest. Until guest firmware exists the guests boot the Linux kernel given
+            with --kernel directly (default command line `console=ttyS0`). Disks and NICs are
+            parsed and validated by the hypervisor; they reach the guest with virtio.
+              --out DIR         output directory (created)
+              --kernel PATH     bzImage the guests boot (copied into DIR)
+              --initrd PATH     initial ramdisk (copied into DIR)
+              --cmdline STR     kernel command line, e.g. \"console=ttyS0 root=/dev/vda1\"
   run       Build, make the ESP, boot it and stream the serial console until the machine
             powers off (exit 0) or the timeout (exit 1). The console is interactive: keys
             typed go to the machine's COM1 unchanged (the terminal is in raw mode for the
@@ -78,6 +90,7 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
         "image" => image(Options::parse(rest, &["--manifest", "--out", "--disk"])?)?,
         "run" => return run(Options::parse(rest, RUN_OPTIONS)?),
         "test" => return test(rest),
+        "import-ovf" => import_ovf(rest)?,
         "bench" => bench(Options::parse(rest, &["--only", "--cycles", "--no-build"])?)?,
         "help" | "--help" | "-h" => print!("{HELP}"),
         other => bail!("unknown command `{other}`; see `cargo xtask help`"),
@@ -155,6 +168,27 @@ impl Options {
     fn path(&self, name: &str, default: PathBuf) -> PathBuf {
         self.value(name).map_or(default, PathBuf::from)
     }
+}
+
+fn import_ovf(args: &[String]) -> Result<()> {
+    let Some((input, rest)) = args.split_first().filter(|(a, _)| !a.starts_with("--")) else {
+        bail!("import-ovf needs the .ova or .ovf file first; see `cargo xtask help`");
+    };
+    let options = Options::parse(rest, &["--out", "--kernel", "--initrd", "--cmdline"])?;
+    let out = options
+        .value("--out")
+        .ok_or_else(|| anyhow!("import-ovf needs --out DIR"))?;
+    let imported = xtask::ovf::import(&xtask::ovf::ImportOptions {
+        input: PathBuf::from(input),
+        out: PathBuf::from(out),
+        kernel: options.value("--kernel").map(PathBuf::from),
+        initrd: options.value("--initrd").map(PathBuf::from),
+        cmdline: options.value("--cmdline").map(str::to_string),
+    })?;
+    for line in xtask::ovf::report(&imported) {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 fn image(options: Options) -> Result<()> {

@@ -5,8 +5,19 @@ use std::process::Command;
 
 use anyhow::{bail, Result};
 
-/// Debian/Ubuntu packages that provide everything [`Emulators`] looks for.
-pub const APT_PACKAGES: &[&str] = &["qemu-system-x86", "ovmf", "bochs", "bochsbios", "vgabios"];
+/// Debian/Ubuntu packages that provide everything [`Emulators`] looks for, and qemu-img
+/// (for `cargo xtask import-ovf`), installed with them.
+pub const APT_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "ovmf",
+    "bochs",
+    "bochsbios",
+    "vgabios",
+    QEMU_IMG_PACKAGE,
+];
+
+/// The Debian/Ubuntu package with `qemu-img` (`cargo xtask import-ovf` converts disks with it).
+pub const QEMU_IMG_PACKAGE: &str = "qemu-utils";
 
 /// Environment variable naming an OVMF image to use instead of the distribution's.
 pub const OVMF_ENV: &str = "FERROVISOR_OVMF";
@@ -146,6 +157,31 @@ fn apt_get(args: &[&str]) -> bool {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Finds `qemu-img`; when it is missing and we are root on a system with apt-get, installs
+/// [`QEMU_IMG_PACKAGE`] (running `apt-get update` first if a plain install fails); otherwise
+/// fails with the command to run.
+pub fn ensure_qemu_img() -> Result<PathBuf> {
+    if let Some(path) = in_path("qemu-img") {
+        return Ok(path);
+    }
+    if !(Path::new("/usr/bin/apt-get").is_file() && is_root()) {
+        bail!(
+            "qemu-img is not in PATH. Install it with:\n    sudo apt-get install -y {QEMU_IMG_PACKAGE}"
+        );
+    }
+    eprintln!("xtask: qemu-img missing; installing {QEMU_IMG_PACKAGE}");
+    let install = || apt_get(&["install", "-y", "--no-install-recommends", QEMU_IMG_PACKAGE]);
+    if !install() {
+        let _ = apt_get(&["update"]);
+        if !install() {
+            bail!("`apt-get install -y {QEMU_IMG_PACKAGE}` failed (see above)");
+        }
+    }
+    in_path("qemu-img").ok_or_else(|| {
+        anyhow::anyhow!("qemu-img still not in PATH after installing {QEMU_IMG_PACKAGE}")
+    })
 }
 
 /// True when the effective user is root (read from /proc, Linux only).

@@ -291,6 +291,8 @@ mod tests {
             max_restarts: 0,
             irqoff_timeout_s: 0,
             unmapped_access: UnmappedAccess::Ignore,
+            disks: Vec::new(),
+            nics: Vec::new(),
             line: 1,
         }
     }

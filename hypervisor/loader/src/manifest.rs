@@ -1,8 +1,10 @@
 //! The guest manifest: which guests to run and how.
 //!
 //! The syntax is a subset of TOML 1.0: `# comments`, blank lines, one
-//! `[hypervisor]` table, any number of `[[guest]]` tables, and
-//! `key = value` lines whose value is a basic string ("..." with the escapes
+//! `[hypervisor]` table, any number of `[[guest]]` and `[[network]]` tables,
+//! `[[guest.disk]]` and `[[guest.nic]]` tables (as in TOML, each belongs to
+//! the `[[guest]]` above it, and the guest's own keys must come before them),
+//! and `key = value` lines whose value is a basic string ("..." with the escapes
 //! `\"` `\\` `\n` `\t`), an integer (decimal or `0x` hex, `_` between digits)
 //! or a boolean. Sizes are strings such as "16M", "512K", "1G" (binary
 //! multiples; K, M, G, T in either case, optionally followed by "iB") or
@@ -19,7 +21,20 @@
 //! kind = "bzimage"
 //! initrd = "initrd.gz"
 //! cmdline = "console=ttyS0"
+//!
+//! [[guest.disk]]
+//! image = "gold.img"      # a raw image in \hv\, size a multiple of 512
+//! serial = "root"
+//!
+//! [[guest.nic]]
+//! network = "lan"         # MAC derived from the guest name when absent
+//!
+//! [[network]]
+//! name = "lan"
 //! ```
+//!
+//! Disks and NICs are parsed and validated here (file sizes with
+//! [`validate_files`]); attaching them to guests comes with the virtio devices.
 //!
 //! Every problem is a [`ManifestError`] naming the file, line and field.
 
@@ -39,6 +54,131 @@ pub struct Manifest {
     pub hypervisor: HvConfig,
     /// The `[[guest]]` tables in file order (may be empty).
     pub guests: Vec<GuestConfig>,
+    /// The `[[network]]` tables in file order (may be empty).
+    pub networks: Vec<NetworkConfig>,
+}
+
+/// One `[[network]]` table: an L2 segment guest NICs attach to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// Same rules as a guest name; unique among networks.
+    pub name: String,
+    /// Drop frames whose source MAC is not the sending NIC's (default true).
+    pub anti_spoofing: bool,
+    /// Line of the `[[network]]` header.
+    pub line: u32,
+}
+
+/// One `[[guest.disk]]` table: a virtio-blk disk backed by an image file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Image file, relative to `\hv\` like the kernel image.
+    pub image: String,
+    /// The guest may not write (default false: writes go to a private
+    /// copy-on-write overlay; the image file itself is never changed).
+    pub read_only: bool,
+    /// What virtio-blk GET_ID returns: at most [`SERIAL_MAX`] printable
+    /// ASCII bytes, unique among the guest's disks (default none).
+    pub serial: Option<String>,
+    /// Keep the overlay across a guest restart (default false: a restarted
+    /// guest sees the image as it is in the file again). Writable disks only.
+    pub keep_overlay: bool,
+    /// Line of the `[[guest.disk]]` header.
+    pub line: u32,
+    /// Line of its `image` key.
+    pub image_line: u32,
+}
+
+/// The longest disk serial: virtio-blk GET_ID returns 20 bytes (virtio 1.2,
+/// 5.2.6 "Device Operation"; no terminating NUL when all 20 are used).
+pub const SERIAL_MAX: usize = 20;
+
+/// Disks per guest at most.
+pub const MAX_DISKS: usize = 16;
+/// NICs per guest at most.
+pub const MAX_NICS: usize = 8;
+
+/// An Ethernet MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// The individual/group bit (IEEE 802-2014, 8.2): set for multicast.
+    pub fn is_multicast(self) -> bool {
+        self.0.first().is_some_and(|b| b & 1 != 0)
+    }
+
+    /// The universal/local bit: set for locally administered addresses.
+    pub fn is_local(self) -> bool {
+        self.0.first().is_some_and(|b| b & 2 != 0)
+    }
+
+    /// Parses `52:54:00:12:34:56` (or with `-`), hex digits in either case.
+    pub fn parse(s: &str) -> Option<MacAddr> {
+        let sep = if s.contains('-') { '-' } else { ':' };
+        let mut out = [0u8; 6];
+        let mut parts = s.split(sep);
+        for byte in out.iter_mut() {
+            let part = parts.next()?;
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            *byte = u8::from_str_radix(part, 16).ok()?;
+        }
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(MacAddr(out))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+/// The MAC a NIC gets when the manifest gives none: a 64-bit FNV-1a hash of
+/// the guest name, a 0 byte and the NIC's index (little-endian u32), its low
+/// 6 bytes with the locally-administered bit set and the multicast bit clear.
+/// The same name and index always give the same address.
+pub fn derive_mac(guest: &str, index: u32) -> MacAddr {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    let bytes = guest.bytes().chain([0]).chain(index.to_le_bytes());
+    for b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(PRIME);
+    }
+    let [a, b, c, d, e, g, _, _] = h.to_le_bytes();
+    MacAddr([(a & !1) | 2, b, c, d, e, g])
+}
+
+/// Where a NIC's MAC came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacSource {
+    /// `mac = "..."` in the manifest.
+    Manifest,
+    /// [`derive_mac`] of the guest name and NIC index.
+    Derived,
+}
+
+/// One `[[guest.nic]]` table: a virtio-net NIC on a `[[network]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicConfig {
+    /// Name of a `[[network]]`.
+    pub network: String,
+    /// Unicast, not all-zero; unique in the manifest.
+    pub mac: MacAddr,
+    /// Whether `mac` was written or derived.
+    pub mac_source: MacSource,
+    /// Line of the `[[guest.nic]]` header.
+    pub line: u32,
+    /// Line of its `network` key.
+    pub network_line: u32,
+    /// Line of its `mac` key (the header's when derived).
+    pub mac_line: u32,
 }
 
 /// The `[hypervisor]` table.
@@ -91,6 +231,10 @@ pub struct GuestConfig {
     /// What a guest access to guest-physical memory with neither RAM nor a
     /// device behind it does (default: as on a PC, reads all-ones, writes dropped).
     pub unmapped_access: UnmappedAccess,
+    /// The `[[guest.disk]]` tables after this guest, in order (may be empty).
+    pub disks: Vec<DiskConfig>,
+    /// The `[[guest.nic]]` tables after this guest, in order (may be empty).
+    pub nics: Vec<NicConfig>,
     /// Line of the `[[guest]]` header.
     pub line: u32,
 }
@@ -203,6 +347,28 @@ pub enum ErrorKind {
         kind: &'static str,
         valid_for: &'static str,
     },
+    /// `[[guest.disk]]` or `[[guest.nic]]` before any `[[guest]]`.
+    NoParentGuest { name: String },
+    /// More `[[guest.disk]]` or `[[guest.nic]]` tables than a guest may have.
+    TooMany { table: &'static str, max: usize },
+    /// Two networks with the same name.
+    DuplicateNetwork { name: String, first_line: u32 },
+    /// A NIC names a network no `[[network]]` declares.
+    UnknownNetwork { name: String },
+    /// Not a MAC address written `xx:xx:xx:xx:xx:xx`.
+    BadMac { got: String },
+    /// A MAC with the multicast bit set, or all zeros.
+    MacNotUnicast { got: String },
+    /// Two NICs with the same MAC (written or derived).
+    DuplicateMac { mac: String, first_line: u32 },
+    /// A disk serial longer than [`SERIAL_MAX`] bytes or not printable ASCII.
+    BadSerial { got: String },
+    /// Two disks of one guest with the same serial.
+    DuplicateSerial { serial: String, first_line: u32 },
+    /// Two keys that exclude each other (the other one is named).
+    Conflicts { with: &'static str },
+    /// A file the manifest names is not there (from [`validate_files`]).
+    MissingFile { path: String },
 }
 
 impl fmt::Display for ErrorKind {
@@ -231,7 +397,8 @@ impl fmt::Display for ErrorKind {
             }
             ErrorKind::UnknownTable { name } => write!(
                 f,
-                "unknown table `{name}` (expected [hypervisor] or [[guest]])"
+                "unknown table `{name}` (expected [hypervisor], [[guest]], [[guest.disk]], \
+                 [[guest.nic]] or [[network]])"
             ),
             ErrorKind::WrongTableForm { name, write } => {
                 write!(f, "table `{name}` must be written {write}")
@@ -263,6 +430,40 @@ impl fmt::Display for ErrorKind {
             ErrorKind::NotForKind { kind, valid_for } => {
                 write!(f, "not valid for kind \"{kind}\" (only for {valid_for})")
             }
+            ErrorKind::NoParentGuest { name } => {
+                write!(f, "[[{name}]] must follow the [[guest]] it belongs to")
+            }
+            ErrorKind::TooMany { table, max } => {
+                write!(f, "more than {max} {table} tables in one guest")
+            }
+            ErrorKind::DuplicateNetwork { name, first_line } => write!(
+                f,
+                "network name \"{name}\" already used by the network at line {first_line}"
+            ),
+            ErrorKind::UnknownNetwork { name } => {
+                write!(f, "no [[network]] is named \"{name}\"")
+            }
+            ErrorKind::BadMac { got } => write!(
+                f,
+                "{got} is not a MAC address (six hex bytes: \"52:54:00:12:34:56\")"
+            ),
+            ErrorKind::MacNotUnicast { got } => write!(
+                f,
+                "{got} is not a unicast MAC address (multicast bit set, or all zeros)"
+            ),
+            ErrorKind::DuplicateMac { mac, first_line } => {
+                write!(f, "MAC {mac} already used by the NIC at line {first_line}")
+            }
+            ErrorKind::BadSerial { got } => write!(
+                f,
+                "{got} is not a disk serial (at most {SERIAL_MAX} printable ASCII bytes)"
+            ),
+            ErrorKind::DuplicateSerial { serial, first_line } => write!(
+                f,
+                "serial \"{serial}\" already used by this guest's disk at line {first_line}"
+            ),
+            ErrorKind::Conflicts { with } => write!(f, "cannot be used with {with}"),
+            ErrorKind::MissingFile { path } => write!(f, "file \"{path}\" not found"),
         }
     }
 }
@@ -702,6 +903,239 @@ fn set_hv(
     Ok(())
 }
 
+const NET_TABLE: &str = "[[network]]";
+const NET_KEYS: [&str; 2] = ["name", "anti_spoofing"];
+const DISK_TABLE: &str = "[[guest.disk]]";
+const DISK_KEYS: [&str; 4] = ["image", "read_only", "serial", "keep_overlay"];
+const NIC_TABLE: &str = "[[guest.nic]]";
+const NIC_KEYS: [&str; 2] = ["network", "mac"];
+
+/// Errors from finishing a table: (line, field, kind).
+type FinishError = (u32, &'static str, ErrorKind);
+
+/// A `[[network]]` table being read.
+struct NetworkBuilder {
+    line: u32,
+    seen: Seen,
+    name: Option<String>,
+    anti_spoofing: bool,
+}
+
+impl NetworkBuilder {
+    fn new(line: u32) -> Self {
+        Self {
+            line,
+            seen: Seen::default(),
+            name: None,
+            anti_spoofing: true,
+        }
+    }
+
+    fn set(&mut self, key: &str, v: Value, line: u32) -> Result<(), ErrorKind> {
+        match self.seen.claim(key, line, &NET_KEYS, NET_TABLE)? {
+            "name" => {
+                let s = to_str(v)?;
+                if !valid_name(&s) {
+                    return Err(ErrorKind::BadName {
+                        got: Value::Str(s).render(),
+                    });
+                }
+                self.name = Some(s);
+            }
+            _ => self.anti_spoofing = to_bool(&v)?,
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<NetworkConfig, FinishError> {
+        let name = self.name.ok_or((
+            self.line,
+            "name",
+            ErrorKind::MissingKey { table: NET_TABLE },
+        ))?;
+        Ok(NetworkConfig {
+            name,
+            anti_spoofing: self.anti_spoofing,
+            line: self.line,
+        })
+    }
+}
+
+fn valid_serial(s: &str) -> bool {
+    s.len() <= SERIAL_MAX && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+/// A `[[guest.disk]]` table being read.
+struct DiskBuilder {
+    line: u32,
+    seen: Seen,
+    image: Option<String>,
+    read_only: bool,
+    serial: Option<String>,
+    keep_overlay: bool,
+}
+
+impl DiskBuilder {
+    fn set(&mut self, key: &str, v: Value, line: u32) -> Result<(), ErrorKind> {
+        match self.seen.claim(key, line, &DISK_KEYS, DISK_TABLE)? {
+            "image" => self.image = Some(to_path(v)?),
+            "read_only" => self.read_only = to_bool(&v)?,
+            "serial" => {
+                let s = to_str(v)?;
+                if !valid_serial(&s) {
+                    return Err(ErrorKind::BadSerial {
+                        got: Value::Str(s).render(),
+                    });
+                }
+                self.serial = Some(s);
+            }
+            _ => self.keep_overlay = to_bool(&v)?,
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<DiskConfig, FinishError> {
+        let line_of = |key| self.seen.line_of(key).unwrap_or(self.line);
+        let image = self.image.clone().ok_or((
+            self.line,
+            "image",
+            ErrorKind::MissingKey { table: DISK_TABLE },
+        ))?;
+        if self.read_only && self.keep_overlay {
+            let kind = ErrorKind::Conflicts {
+                with: "read_only = true (a read-only disk has no overlay)",
+            };
+            return Err((line_of("keep_overlay"), "keep_overlay", kind));
+        }
+        Ok(DiskConfig {
+            image,
+            read_only: self.read_only,
+            serial: self.serial,
+            keep_overlay: self.keep_overlay,
+            line: self.line,
+            image_line: line_of("image"),
+        })
+    }
+}
+
+/// A `[[guest.nic]]` table as read; its MAC is derived when the guest ends.
+struct NicBuilder {
+    line: u32,
+    seen: Seen,
+    network: Option<String>,
+    mac: Option<MacAddr>,
+}
+
+impl NicBuilder {
+    fn set(&mut self, key: &str, v: Value, line: u32) -> Result<(), ErrorKind> {
+        match self.seen.claim(key, line, &NIC_KEYS, NIC_TABLE)? {
+            "network" => {
+                let s = to_str(v)?;
+                if !valid_name(&s) {
+                    return Err(ErrorKind::BadName {
+                        got: Value::Str(s).render(),
+                    });
+                }
+                self.network = Some(s);
+            }
+            _ => {
+                let bad = |v: &Value| ErrorKind::BadMac { got: v.render() };
+                let mac = match &v {
+                    Value::Str(s) => MacAddr::parse(s).ok_or_else(|| bad(&v))?,
+                    _ => return Err(bad(&v)),
+                };
+                if mac.is_multicast() || mac.0 == [0; 6] {
+                    return Err(ErrorKind::MacNotUnicast { got: v.render() });
+                }
+                self.mac = Some(mac);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `[[guest.disk]]` or `[[guest.nic]]` table being read.
+enum SubTable {
+    Disk(DiskBuilder),
+    Nic(NicBuilder),
+}
+
+impl SubTable {
+    fn new(disk: bool, line: u32) -> Self {
+        if disk {
+            SubTable::Disk(DiskBuilder {
+                line,
+                seen: Seen::default(),
+                image: None,
+                read_only: false,
+                serial: None,
+                keep_overlay: false,
+            })
+        } else {
+            SubTable::Nic(NicBuilder {
+                line,
+                seen: Seen::default(),
+                network: None,
+                mac: None,
+            })
+        }
+    }
+
+    fn set(&mut self, key: &str, v: Value, line: u32) -> Result<(), ErrorKind> {
+        match self {
+            SubTable::Disk(d) => d.set(key, v, line),
+            SubTable::Nic(n) => n.set(key, v, line),
+        }
+    }
+
+    /// Checks the table and adds it to `guest` (the last `[[guest]]`).
+    fn finish_into(self, guest: &mut GuestConfig) -> Result<(), FinishError> {
+        match self {
+            SubTable::Disk(d) => {
+                let serial_line = d.seen.line_of("serial").unwrap_or(d.line);
+                let disk = d.finish()?;
+                if let Some(serial) = &disk.serial {
+                    let first = guest
+                        .disks
+                        .iter()
+                        .find(|o| o.serial.as_ref() == Some(serial));
+                    if let Some(first) = first {
+                        let kind = ErrorKind::DuplicateSerial {
+                            serial: serial.clone(),
+                            first_line: first.line,
+                        };
+                        return Err((serial_line, "serial", kind));
+                    }
+                }
+                guest.disks.push(disk);
+            }
+            SubTable::Nic(n) => {
+                let network = n.network.ok_or((
+                    n.line,
+                    "network",
+                    ErrorKind::MissingKey { table: NIC_TABLE },
+                ))?;
+                let (mac, mac_source) = match n.mac {
+                    Some(mac) => (mac, MacSource::Manifest),
+                    None => {
+                        let index = u32::try_from(guest.nics.len()).unwrap_or(u32::MAX);
+                        (derive_mac(&guest.name, index), MacSource::Derived)
+                    }
+                };
+                guest.nics.push(NicConfig {
+                    network,
+                    mac,
+                    mac_source,
+                    line: n.line,
+                    network_line: n.seen.line_of("network").unwrap_or(n.line),
+                    mac_line: n.seen.line_of("mac").unwrap_or(n.line),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A `[[guest]]` table being read.
 struct GuestBuilder {
     line: u32,
@@ -800,7 +1234,7 @@ impl GuestBuilder {
     }
 
     /// Cross-key checks; errors are (line, field, kind).
-    fn finish(self) -> Result<GuestConfig, (u32, &'static str, ErrorKind)> {
+    fn finish(self) -> Result<GuestConfig, FinishError> {
         let missing = |key| (self.line, key, ErrorKind::MissingKey { table: GUEST_TABLE });
         let name = self.name.clone().ok_or_else(|| missing("name"))?;
         let memory = self.memory.ok_or_else(|| missing("memory"))?;
@@ -867,6 +1301,8 @@ impl GuestBuilder {
             max_restarts: self.max_restarts,
             irqoff_timeout_s: self.irqoff_timeout_s,
             unmapped_access: self.unmapped_access,
+            disks: Vec::new(),
+            nics: Vec::new(),
             line: self.line,
         })
     }
@@ -876,6 +1312,9 @@ enum Section {
     Top,
     Hypervisor,
     Guest(GuestBuilder),
+    Network(NetworkBuilder),
+    /// A `[[guest.disk]]` or `[[guest.nic]]` of the last guest in `guests`.
+    Sub(SubTable),
 }
 
 struct Parser<'f> {
@@ -884,6 +1323,7 @@ struct Parser<'f> {
     hv_seen: Seen,
     hv_line: Option<u32>,
     guests: Vec<GuestConfig>,
+    networks: Vec<NetworkConfig>,
     section: Section,
 }
 
@@ -897,10 +1337,35 @@ impl Parser<'_> {
         }
     }
 
-    /// Ends the current table, validating a finished guest.
+    /// Ends the current table, validating a finished guest or network.
     fn close_section(&mut self) -> Result<(), ManifestError> {
-        let Section::Guest(g) = core::mem::replace(&mut self.section, Section::Top) else {
-            return Ok(());
+        let g = match core::mem::replace(&mut self.section, Section::Top) {
+            Section::Guest(g) => g,
+            Section::Network(n) => {
+                let name_line = n.seen.line_of("name");
+                let net = n
+                    .finish()
+                    .map_err(|(line, field, kind)| self.err(line, Some(field), kind))?;
+                if let Some(first) = self.networks.iter().find(|o| o.name == net.name) {
+                    let kind = ErrorKind::DuplicateNetwork {
+                        name: net.name.clone(),
+                        first_line: first.line,
+                    };
+                    return Err(self.err(name_line.unwrap_or(net.line), Some("name"), kind));
+                }
+                self.networks.push(net);
+                return Ok(());
+            }
+            Section::Sub(sub) => {
+                // A guest's keys end at its first sub-table, so the guest
+                // was finished (and checked) when that table began.
+                let r = match self.guests.last_mut() {
+                    Some(guest) => sub.finish_into(guest),
+                    None => Ok(()),
+                };
+                return r.map_err(|(line, field, kind)| self.err(line, Some(field), kind));
+            }
+            Section::Top | Section::Hypervisor => return Ok(()),
         };
         let name_line = g.seen.line_of("name");
         let guest = g
@@ -917,7 +1382,36 @@ impl Parser<'_> {
         Ok(())
     }
 
+    /// Starts `[[guest.disk]]` (`disk`) or `[[guest.nic]]`: as in TOML, it
+    /// belongs to the last `[[guest]]` defined, whatever tables came between.
+    fn open_sub(&mut self, disk: bool, line: u32) -> Result<(), ManifestError> {
+        self.close_section()?;
+        let Some(guest) = self.guests.last() else {
+            let name = String::from(if disk { "guest.disk" } else { "guest.nic" });
+            return Err(self.err(line, None, ErrorKind::NoParentGuest { name }));
+        };
+        let (count, max, table) = if disk {
+            (guest.disks.len(), MAX_DISKS, DISK_TABLE)
+        } else {
+            (guest.nics.len(), MAX_NICS, NIC_TABLE)
+        };
+        if count >= max {
+            return Err(self.err(line, None, ErrorKind::TooMany { table, max }));
+        }
+        self.section = Section::Sub(SubTable::new(disk, line));
+        Ok(())
+    }
+
     fn open_table(&mut self, name: &str, line: u32, array: bool) -> Result<(), ManifestError> {
+        // `[[ guest . disk ]]` is `[[guest.disk]]` in TOML.
+        let parts: Vec<&str> = name.split('.').map(str::trim).collect();
+        let name = parts.join(".");
+        let name = name.as_str();
+        match (name, array) {
+            ("guest.disk", true) => return self.open_sub(true, line),
+            ("guest.nic", true) => return self.open_sub(false, line),
+            _ => {}
+        }
         self.close_section()?;
         let kind = match (name, array) {
             ("hypervisor", false) => {
@@ -937,6 +1431,22 @@ impl Parser<'_> {
                 self.section = Section::Guest(GuestBuilder::new(line));
                 return Ok(());
             }
+            ("network", true) => {
+                self.section = Section::Network(NetworkBuilder::new(line));
+                return Ok(());
+            }
+            ("network", false) => ErrorKind::WrongTableForm {
+                name: name.to_string(),
+                write: "[[network]]",
+            },
+            ("guest.disk", false) => ErrorKind::WrongTableForm {
+                name: name.to_string(),
+                write: "[[guest.disk]]",
+            },
+            ("guest.nic", false) => ErrorKind::WrongTableForm {
+                name: name.to_string(),
+                write: "[[guest.nic]]",
+            },
             ("hypervisor", true) => ErrorKind::WrongTableForm {
                 name: name.to_string(),
                 write: "[hypervisor]",
@@ -957,6 +1467,8 @@ impl Parser<'_> {
             Section::Top => Err(ErrorKind::KeyOutsideTable),
             Section::Hypervisor => set_hv(&mut self.hv, &mut self.hv_seen, key, v, line),
             Section::Guest(g) => g.set(key, v, line),
+            Section::Network(n) => n.set(key, v, line),
+            Section::Sub(sub) => sub.set(key, v, line),
         };
         r.map_err(|kind| self.err(line, Some(key), kind))
     }
@@ -970,6 +1482,7 @@ pub fn parse(file: &str, text: &str) -> Result<Manifest, ManifestError> {
         hv_seen: Seen::default(),
         hv_line: None,
         guests: Vec::new(),
+        networks: Vec::new(),
         section: Section::Top,
     };
     for (i, raw) in text.lines().enumerate() {
@@ -983,10 +1496,75 @@ pub fn parse(file: &str, text: &str) -> Result<Manifest, ManifestError> {
         }
     }
     p.close_section()?;
+    check_nics(&p)?;
     Ok(Manifest {
         hypervisor: p.hv,
         guests: p.guests,
+        networks: p.networks,
     })
+}
+
+/// Whole-manifest NIC checks (networks may be declared after the guests
+/// using them): every network exists, no MAC is used twice.
+fn check_nics(p: &Parser<'_>) -> Result<(), ManifestError> {
+    let mut macs: Vec<(MacAddr, u32)> = Vec::new();
+    for nic in p.guests.iter().flat_map(|g| g.nics.iter()) {
+        if !p.networks.iter().any(|n| n.name == nic.network) {
+            let kind = ErrorKind::UnknownNetwork {
+                name: nic.network.clone(),
+            };
+            return Err(p.err(nic.network_line, Some("network"), kind));
+        }
+        if let Some(&(_, first_line)) = macs.iter().find(|(m, _)| *m == nic.mac) {
+            let kind = ErrorKind::DuplicateMac {
+                mac: nic.mac.to_string(),
+                first_line,
+            };
+            return Err(p.err(nic.mac_line, Some("mac"), kind));
+        }
+        macs.push((nic.mac, nic.line));
+    }
+    Ok(())
+}
+
+/// Checks the image files a parsed manifest's disks name, given
+/// `size_of(path)`: the file's size in bytes, or `None` when it is absent.
+/// A disk image must exist and hold a whole number of 512-byte sectors
+/// (virtio-blk counts capacity in 512-byte sectors), at least one.
+/// `file` names the manifest in errors, as for [`parse`].
+pub fn validate_files(
+    file: &str,
+    manifest: &Manifest,
+    size_of: impl Fn(&str) -> Option<u64>,
+) -> Result<(), ManifestError> {
+    let err = |line, kind| ManifestError {
+        file: file.to_string(),
+        line,
+        field: Some("image".to_string()),
+        kind,
+    };
+    for disk in manifest.guests.iter().flat_map(|g| g.disks.iter()) {
+        let size = size_of(&disk.image).ok_or_else(|| {
+            let path = disk.image.clone();
+            err(disk.image_line, ErrorKind::MissingFile { path })
+        })?;
+        let got = || format!("\"{}\" ({size} bytes)", disk.image);
+        if size == 0 {
+            let kind = ErrorKind::OutOfRange {
+                got: got(),
+                allowed: "at least 512 bytes",
+            };
+            return Err(err(disk.image_line, kind));
+        }
+        if !size.is_multiple_of(512) {
+            let kind = ErrorKind::NotMultiple {
+                got: got(),
+                of: "512 bytes",
+            };
+            return Err(err(disk.image_line, kind));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1089,6 +1667,8 @@ mode = "long64"
                 max_restarts: 0,
                 irqoff_timeout_s: 30,
                 unmapped_access: UnmappedAccess::Stop,
+                disks: Vec::new(),
+                nics: Vec::new(),
                 line: 6,
             }
         );
@@ -1157,7 +1737,8 @@ mode = "long64"
         let e = parse("m.toml", "[foo]\n").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "m.toml:1: unknown table `foo` (expected [hypervisor] or [[guest]])"
+            "m.toml:1: unknown table `foo` (expected [hypervisor], [[guest]], [[guest.disk]], \
+             [[guest.nic]] or [[network]])"
         );
     }
 
@@ -1277,11 +1858,20 @@ mode = "long64"
     #[test]
     fn table_errors() {
         check(
-            "[hypervisor]\n[network]\n",
+            "[hypervisor]\n[networks]\n",
             2,
             None,
             ErrorKind::UnknownTable {
+                name: "networks".into(),
+            },
+        );
+        check(
+            "[hypervisor]\n[network]\n",
+            2,
+            None,
+            ErrorKind::WrongTableForm {
                 name: "network".into(),
+                write: "[[network]]",
             },
         );
         check(
@@ -1740,6 +2330,607 @@ mode = "long64"
         ];
         for (text, want) in cases {
             assert_eq!(err(text).to_string(), want);
+        }
+    }
+
+    // ---- disks, NICs, networks -------------------------------------------
+
+    const IO: &str = r#"[[guest]]
+name = "web"
+memory = "64M"
+image = "vmlinuz"
+kind = "bzimage"
+
+[[guest.disk]]
+image = "gold.img"
+serial = "root-disk"
+
+[[ guest . disk ]]   # whitespace around the dot, as TOML allows
+image = "data.img"
+read_only = true
+serial = "ABCDEFGHIJKLMNOPQRST"
+
+[[guest.nic]]
+network = "lan"
+
+[[guest.nic]]
+network = "dmz"
+mac = "52:54:00:AB:cd:01"
+
+[[network]]
+name = "lan"
+
+[[network]]
+name = "dmz"
+anti_spoofing = false
+
+[[guest.disk]]   # belongs to "web", the last [[guest]], as in TOML
+image = "late.img"
+keep_overlay = true
+
+[[guest]]
+name = "db"
+memory = "64M"
+image = "vmlinuz"
+kind = "bzimage"
+
+[[guest.disk]]
+image = "gold.img"
+serial = "root-disk"
+
+[[guest.nic]]
+network = "lan"
+"#;
+
+    #[test]
+    fn disks_nics_networks() {
+        let m = parse("m.toml", IO).unwrap();
+        assert_eq!(
+            m.networks,
+            vec![
+                NetworkConfig {
+                    name: "lan".into(),
+                    anti_spoofing: true,
+                    line: 23,
+                },
+                NetworkConfig {
+                    name: "dmz".into(),
+                    anti_spoofing: false,
+                    line: 26,
+                },
+            ]
+        );
+        let web = &m.guests[0];
+        assert_eq!(
+            web.disks,
+            vec![
+                DiskConfig {
+                    image: "gold.img".into(),
+                    read_only: false,
+                    serial: Some("root-disk".into()),
+                    keep_overlay: false,
+                    line: 7,
+                    image_line: 8,
+                },
+                DiskConfig {
+                    image: "data.img".into(),
+                    read_only: true,
+                    serial: Some("ABCDEFGHIJKLMNOPQRST".into()),
+                    keep_overlay: false,
+                    line: 11,
+                    image_line: 12,
+                },
+                DiskConfig {
+                    image: "late.img".into(),
+                    read_only: false,
+                    serial: None,
+                    keep_overlay: true,
+                    line: 30,
+                    image_line: 31,
+                },
+            ]
+        );
+        assert_eq!(
+            web.nics,
+            vec![
+                NicConfig {
+                    network: "lan".into(),
+                    mac: derive_mac("web", 0),
+                    mac_source: MacSource::Derived,
+                    line: 16,
+                    network_line: 17,
+                    mac_line: 16,
+                },
+                NicConfig {
+                    network: "dmz".into(),
+                    mac: MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 1]),
+                    mac_source: MacSource::Manifest,
+                    line: 19,
+                    network_line: 20,
+                    mac_line: 21,
+                },
+            ]
+        );
+        let db = &m.guests[1];
+        assert_eq!(db.line, 34);
+        assert_eq!(db.disks.len(), 1);
+        assert_eq!(db.disks[0].serial.as_deref(), Some("root-disk"));
+        assert_eq!(db.nics.len(), 1);
+        assert_eq!(db.nics[0].mac, derive_mac("db", 0));
+        assert_ne!(db.nics[0].mac, web.nics[0].mac);
+        // A guest without any has none.
+        let m = parse("m.toml", &guest("")).unwrap();
+        assert!(m.guests[0].disks.is_empty() && m.guests[0].nics.is_empty());
+        assert!(m.networks.is_empty());
+    }
+
+    #[test]
+    fn derived_macs_are_stable_local_unicast() {
+        // Pinned: a MAC must not change between hypervisor versions (guests
+        // keep their DHCP leases and interface names).
+        // (Values from an independent FNV-1a implementation.)
+        assert_eq!(derive_mac("web", 0).to_string(), "32:c1:50:7e:a3:5f");
+        assert_eq!(derive_mac("web", 1).to_string(), "a2:04:1b:28:9b:b3");
+        assert_eq!(derive_mac("web", 0), derive_mac("web", 0));
+        let mut seen = Vec::new();
+        for i in 0..200u32 {
+            for name in ["a", "b", "web", "web1", "linux-guest-with-a-long-name"] {
+                let mac = derive_mac(name, i);
+                assert!(mac.is_local(), "{mac}");
+                assert!(!mac.is_multicast(), "{mac}");
+                assert_ne!(mac.0, [0; 6]);
+                assert!(!seen.contains(&mac), "{name} {i}: {mac} repeats");
+                seen.push(mac);
+            }
+        }
+        // The separator keeps ("a", 0x31..) and ("a1", ..) apart.
+        assert_ne!(derive_mac("a1", 0), derive_mac("a", 0x31));
+    }
+
+    #[test]
+    fn mac_parsing() {
+        let mac = MacAddr::parse("02:00:5E:10:00:ff").unwrap();
+        assert_eq!(mac.0, [2, 0, 0x5e, 0x10, 0, 0xff]);
+        assert_eq!(mac.to_string(), "02:00:5e:10:00:ff");
+        assert_eq!(MacAddr::parse("02-00-5e-10-00-ff"), Some(mac));
+        assert_eq!(MacAddr::parse(&mac.to_string()), Some(mac));
+        for bad in [
+            "",
+            "02:00:5e:10:00",
+            "02:00:5e:10:00:ff:01",
+            "2:0:5e:10:0:ff",
+            "02:00:5e:10:00:fg",
+            "02:00-5e:10:00:ff",
+            "0200.5e10.00ff",
+            "02:00:5e:10:00:+f",
+        ] {
+            assert_eq!(MacAddr::parse(bad), None, "{bad}");
+        }
+        assert!(MacAddr([1, 0, 0x5e, 0, 0, 1]).is_multicast());
+        assert!(MacAddr([0x52, 0x54, 0, 0, 0, 1]).is_local());
+        assert!(!MacAddr([0x00, 0x1b, 0x21, 0, 0, 1]).is_local());
+    }
+
+    fn nic_guest(nic: &str) -> String {
+        format!(
+            "[[network]]\nname = \"lan\"\n\n{}\n[[guest.nic]]\n{nic}",
+            guest("")
+        )
+    }
+
+    #[test]
+    fn nic_errors() {
+        // nic_guest: network 1-2, guest 4-8, [[guest.nic]] at 10, `nic` from 11.
+        check(
+            &nic_guest("mac = \"52:54:00:00:00:01\"\n"),
+            10,
+            Some("network"),
+            ErrorKind::MissingKey {
+                table: "[[guest.nic]]",
+            },
+        );
+        check(
+            &nic_guest("network = \"wan\"\n"),
+            11,
+            Some("network"),
+            ErrorKind::UnknownNetwork { name: "wan".into() },
+        );
+        check(
+            &nic_guest("network = \"bad name\"\n"),
+            11,
+            Some("network"),
+            ErrorKind::BadName {
+                got: "\"bad name\"".into(),
+            },
+        );
+        check(
+            &nic_guest("network = \"lan\"\nspeed = 100\n"),
+            12,
+            Some("speed"),
+            ErrorKind::UnknownKey {
+                table: "[[guest.nic]]",
+            },
+        );
+        for bad in [
+            "\"52:54:00:00:01\"",
+            "\"52:54:00:00:00:zz\"",
+            "5254",
+            "true",
+        ] {
+            check(
+                &nic_guest(&format!("network = \"lan\"\nmac = {bad}\n")),
+                12,
+                Some("mac"),
+                ErrorKind::BadMac { got: bad.into() },
+            );
+        }
+        for bad in [
+            "\"01:00:5e:00:00:01\"",
+            "\"ff:ff:ff:ff:ff:ff\"",
+            "\"00:00:00:00:00:00\"",
+            "\"33-33-00-00-00-01\"",
+        ] {
+            check(
+                &nic_guest(&format!("network = \"lan\"\nmac = {bad}\n")),
+                12,
+                Some("mac"),
+                ErrorKind::MacNotUnicast { got: bad.into() },
+            );
+        }
+        // A network declared after the guest that uses it is fine.
+        let later = format!(
+            "{}[[guest.nic]]\nnetwork = \"lan\"\n[[network]]\nname = \"lan\"\n",
+            guest("")
+        );
+        assert_eq!(parse("m", &later).unwrap().guests[0].nics.len(), 1);
+    }
+
+    #[test]
+    fn duplicate_macs() {
+        let text = nic_guest(
+            "network = \"lan\"\nmac = \"52:54:00:00:00:01\"\n[[guest.nic]]\nnetwork = \"lan\"\nmac = \"52:54:00:00:00:01\"\n",
+        );
+        check(
+            &text,
+            15,
+            Some("mac"),
+            ErrorKind::DuplicateMac {
+                mac: "52:54:00:00:00:01".into(),
+                first_line: 10,
+            },
+        );
+        // A written MAC that equals another guest's derived one.
+        let derived = derive_mac("g", 0).to_string();
+        let text = format!(
+            "{}[[guest]]\nname = \"h\"\nmemory = \"16M\"\nimage = \"h\"\nkind = \"elf64\"\n[[guest.nic]]\nnetwork = \"lan\"\nmac = \"{derived}\"\n",
+            nic_guest("network = \"lan\"\n")
+        );
+        check(
+            &text,
+            19,
+            Some("mac"),
+            ErrorKind::DuplicateMac {
+                mac: derived,
+                first_line: 10,
+            },
+        );
+    }
+
+    #[test]
+    fn network_errors() {
+        check(
+            "[[network]]\nanti_spoofing = true\n",
+            1,
+            Some("name"),
+            ErrorKind::MissingKey {
+                table: "[[network]]",
+            },
+        );
+        check(
+            "[[network]]\nname = \"a\"\n[[network]]\nname = \"a\"\n",
+            4,
+            Some("name"),
+            ErrorKind::DuplicateNetwork {
+                name: "a".into(),
+                first_line: 1,
+            },
+        );
+        check(
+            "[[network]]\nname = \"a.b\"\n",
+            2,
+            Some("name"),
+            ErrorKind::BadName {
+                got: "\"a.b\"".into(),
+            },
+        );
+        check(
+            "[[network]]\nname = \"a\"\nanti_spoofing = \"no\"\n",
+            3,
+            Some("anti_spoofing"),
+            ErrorKind::Expected {
+                what: "true or false",
+                got: "\"no\"".into(),
+            },
+        );
+        check(
+            "[[network]]\nname = \"a\"\nvlan = 5\n",
+            3,
+            Some("vlan"),
+            ErrorKind::UnknownKey {
+                table: "[[network]]",
+            },
+        );
+    }
+
+    fn disk_guest(disk: &str) -> String {
+        // Guest 1-5, [[guest.disk]] at 6, `disk` from 7.
+        format!("{}[[guest.disk]]\n{disk}", guest(""))
+    }
+
+    #[test]
+    fn disk_errors() {
+        check(
+            &disk_guest("serial = \"s\"\n"),
+            6,
+            Some("image"),
+            ErrorKind::MissingKey {
+                table: "[[guest.disk]]",
+            },
+        );
+        check(
+            &disk_guest("image = \"\"\n"),
+            7,
+            Some("image"),
+            ErrorKind::Expected {
+                what: "a non-empty path string",
+                got: "\"\"".into(),
+            },
+        );
+        check(
+            &disk_guest("image = \"d\"\nread_only = 1\n"),
+            8,
+            Some("read_only"),
+            ErrorKind::Expected {
+                what: "true or false",
+                got: "1".into(),
+            },
+        );
+        for bad in ["ABCDEFGHIJKLMNOPQRSTU", "tab\there", "ümlaut"] {
+            let text = disk_guest(&format!(
+                "image = \"d\"\nserial = \"{}\"\n",
+                bad.replace('\t', "\\t")
+            ));
+            check(
+                &text,
+                8,
+                Some("serial"),
+                ErrorKind::BadSerial {
+                    got: Value::Str(bad.into()).render(),
+                },
+            );
+        }
+        check(
+            &disk_guest("image = \"d\"\nserial = 5\n"),
+            8,
+            Some("serial"),
+            ErrorKind::Expected {
+                what: "a string",
+                got: "5".into(),
+            },
+        );
+        check(
+            &disk_guest("image = \"d\"\nread_only = true\nkeep_overlay = true\n"),
+            9,
+            Some("keep_overlay"),
+            ErrorKind::Conflicts {
+                with: "read_only = true (a read-only disk has no overlay)",
+            },
+        );
+        check(
+            &disk_guest(
+                "image = \"d\"\nserial = \"s\"\n[[guest.disk]]\nimage = \"e\"\nserial = \"s\"\n",
+            ),
+            11,
+            Some("serial"),
+            ErrorKind::DuplicateSerial {
+                serial: "s".into(),
+                first_line: 6,
+            },
+        );
+        // The guest's own keys end at its first sub-table, as in TOML.
+        check(
+            &disk_guest("image = \"d\"\nvcpus = 2\n"),
+            8,
+            Some("vcpus"),
+            ErrorKind::UnknownKey {
+                table: "[[guest.disk]]",
+            },
+        );
+        // The same serial in two guests is fine.
+        let two = format!(
+            "{}[[guest]]\nname = \"h\"\nmemory = \"16M\"\nimage = \"h\"\nkind = \"elf64\"\n[[guest.disk]]\nimage = \"d\"\nserial = \"s\"\n",
+            disk_guest("image = \"d\"\nserial = \"s\"\n")
+        );
+        assert_eq!(parse("m", &two).unwrap().guests[1].disks.len(), 1);
+    }
+
+    #[test]
+    fn sub_table_placement() {
+        check(
+            "[[guest.disk]]\nimage = \"d\"\n",
+            1,
+            None,
+            ErrorKind::NoParentGuest {
+                name: "guest.disk".into(),
+            },
+        );
+        check(
+            "[hypervisor]\n[[guest.nic]]\n",
+            2,
+            None,
+            ErrorKind::NoParentGuest {
+                name: "guest.nic".into(),
+            },
+        );
+        check(
+            &format!("{}[guest.disk]\n", guest("")),
+            6,
+            None,
+            ErrorKind::WrongTableForm {
+                name: "guest.disk".into(),
+                write: "[[guest.disk]]",
+            },
+        );
+        check(
+            &format!("{}[[guest.cdrom]]\n", guest("")),
+            6,
+            None,
+            ErrorKind::UnknownTable {
+                name: "guest.cdrom".into(),
+            },
+        );
+        // The guest is checked when its first sub-table starts.
+        check(
+            "[[guest]]\nname = \"g\"\n[[guest.disk]]\nimage = \"d\"\n",
+            1,
+            Some("memory"),
+            ErrorKind::MissingKey { table: "[[guest]]" },
+        );
+    }
+
+    #[test]
+    fn too_many_sub_tables() {
+        let mut text = guest("");
+        for _ in 0..MAX_DISKS {
+            text.push_str("[[guest.disk]]\nimage = \"d\"\n");
+        }
+        assert_eq!(parse("m", &text).unwrap().guests[0].disks.len(), MAX_DISKS);
+        text.push_str("[[guest.disk]]\nimage = \"d\"\n");
+        check(
+            &text,
+            6 + 2 * MAX_DISKS as u32,
+            None,
+            ErrorKind::TooMany {
+                table: "[[guest.disk]]",
+                max: MAX_DISKS,
+            },
+        );
+        let mut text = format!("[[network]]\nname = \"n\"\n{}", guest(""));
+        for _ in 0..MAX_NICS {
+            text.push_str("[[guest.nic]]\nnetwork = \"n\"\n");
+        }
+        let m = parse("m", &text).unwrap();
+        assert_eq!(m.guests[0].nics.len(), MAX_NICS);
+        // Each index derives its own MAC.
+        assert_eq!(m.guests[0].nics[7].mac, derive_mac("g", 7));
+        text.push_str("[[guest.nic]]\nnetwork = \"n\"\n");
+        check(
+            &text,
+            8 + 2 * MAX_NICS as u32,
+            None,
+            ErrorKind::TooMany {
+                table: "[[guest.nic]]",
+                max: MAX_NICS,
+            },
+        );
+    }
+
+    #[test]
+    fn validate_disk_files() {
+        let text = disk_guest("image = \"a.img\"\n[[guest.disk]]\nimage = \"b.img\"\n");
+        let m = parse("hv/manifest.toml", &text).unwrap();
+        let sizes = |a: Option<u64>, b: Option<u64>| {
+            move |p: &str| match p {
+                "a.img" => a,
+                "b.img" => b,
+                _ => None,
+            }
+        };
+        let v = |a, b| validate_files("hv/manifest.toml", &m, sizes(a, b));
+        assert_eq!(v(Some(512), Some(64 << 20)), Ok(()));
+        let e = v(Some(512), None).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_deref(), &e.kind),
+            (
+                9,
+                Some("image"),
+                &ErrorKind::MissingFile {
+                    path: "b.img".into()
+                }
+            )
+        );
+        assert_eq!(
+            e.to_string(),
+            "hv/manifest.toml:9: field 'image': file \"b.img\" not found"
+        );
+        let e = v(Some(1000), Some(512)).unwrap_err();
+        assert_eq!(
+            (e.line, &e.kind),
+            (
+                7,
+                &ErrorKind::NotMultiple {
+                    got: "\"a.img\" (1000 bytes)".into(),
+                    of: "512 bytes"
+                }
+            )
+        );
+        assert_eq!(
+            e.to_string(),
+            "hv/manifest.toml:7: field 'image': \"a.img\" (1000 bytes) is not a multiple of 512 bytes"
+        );
+        let e = v(Some(512), Some(0)).unwrap_err();
+        assert_eq!(
+            (e.line, &e.kind),
+            (
+                9,
+                &ErrorKind::OutOfRange {
+                    got: "\"b.img\" (0 bytes)".into(),
+                    allowed: "at least 512 bytes"
+                }
+            )
+        );
+        // Manifests without disks need no files.
+        let m = parse("m", &guest("")).unwrap();
+        assert_eq!(validate_files("m", &m, |_| None), Ok(()));
+    }
+
+    #[test]
+    fn io_error_display_messages() {
+        let cases = [
+            (
+                nic_guest("network = \"wan\"\n"),
+                "m.toml:11: field 'network': no [[network]] is named \"wan\"",
+            ),
+            (
+                nic_guest("network = \"lan\"\nmac = \"01:00:5e:00:00:01\"\n"),
+                "m.toml:12: field 'mac': \"01:00:5e:00:00:01\" is not a unicast MAC address \
+                 (multicast bit set, or all zeros)",
+            ),
+            (
+                nic_guest("network = \"lan\"\nmac = \"nope\"\n"),
+                "m.toml:12: field 'mac': \"nope\" is not a MAC address (six hex bytes: \
+                 \"52:54:00:12:34:56\")",
+            ),
+            (
+                disk_guest("read_only = true\n"),
+                "m.toml:6: field 'image': required in [[guest.disk]] but missing",
+            ),
+            (
+                disk_guest("image = \"d\"\nserial = \"123456789012345678901\"\n"),
+                "m.toml:8: field 'serial': \"123456789012345678901\" is not a disk serial \
+                 (at most 20 printable ASCII bytes)",
+            ),
+            (
+                "[[network]]\nname = \"a\"\n[[network]]\nname = \"a\"\n".to_string(),
+                "m.toml:4: field 'name': network name \"a\" already used by the network at line 1",
+            ),
+            (
+                "[[guest.nic]]\n".to_string(),
+                "m.toml:1: [[guest.nic]] must follow the [[guest]] it belongs to",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(err(&text).to_string(), want);
         }
     }
 }
