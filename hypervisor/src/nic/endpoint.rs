@@ -113,6 +113,14 @@ impl Endpoint {
         ep
     }
 
+    /// Drops DHCP for a fixed address (the manifest's `address`).
+    pub fn set_static(&mut self, address: Ipv4Cidr, gateway: Option<smoltcp::wire::Ipv4Address>) {
+        if let Some(h) = self.dhcp.take() {
+            self.sockets.remove(h);
+        }
+        self.configure(address, gateway, Addressing::Static);
+    }
+
     fn bare(nic: &mut dyn NicDriver, now_tsc: u64) -> Endpoint {
         let mac = nic.mac();
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
@@ -338,6 +346,21 @@ mod tests {
             }
         }
         assert!(arp_reply && echo_reply, "sent: {:?}", wire.sent);
+    }
+
+    #[test]
+    fn a_static_address_replaces_dhcp() {
+        let mut wire = Wire::default();
+        let mut ep = Endpoint::new(&mut wire, 1);
+        ep.set_static(Ipv4Cidr::new(OUR_IP, 24), None);
+        assert_eq!(ep.address, Some(Ipv4Cidr::new(OUR_IP, 24)));
+        wire.inbound.push_back(arp_request());
+        ep.poll(&mut wire, 1_000_000);
+        ep.poll(&mut wire, 5_000_000_000);
+        // Only the ARP reply: no DHCP discover goes out.
+        assert_eq!(wire.sent.len(), 1, "{:?}", wire.sent);
+        let f = EthernetFrame::new_checked(&wire.sent[0][..]).unwrap();
+        assert_eq!(f.ethertype(), EthernetProtocol::Arp);
     }
 
     #[test]

@@ -209,3 +209,18 @@ pub fn report() {
         c.hw_rx_crc_errors
     );
 }
+
+/// The manifest's `[hypervisor] address` (and `gateway`): the endpoint
+/// uses it instead of DHCP. Call before the scheduler runs.
+pub fn set_static(address: loader::manifest::Ipv4Prefix, gateway: Option<[u8; 4]>) {
+    use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
+    let mut guard = UPLINK.lock();
+    let Some(up) = guard.as_mut() else {
+        crate::println!("hv: endpoint: the manifest's address is not used (no NIC)");
+        return;
+    };
+    up.endpoint.set_static(
+        Ipv4Cidr::new(Ipv4Address::from(address.addr), address.prefix),
+        gateway.map(Ipv4Address::from),
+    );
+}
