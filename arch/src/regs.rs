@@ -170,6 +170,18 @@ pub unsafe fn inb(port: u16) -> u8 {
     v
 }
 
+/// # Safety
+/// Port I/O can have arbitrary device side effects.
+#[inline]
+pub unsafe fn inl(port: u16) -> u32 {
+    let v: u32;
+    // SAFETY: caller guarantees the port read is intended.
+    unsafe {
+        asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags))
+    };
+    v
+}
+
 /// Halts until the next interrupt.
 #[inline]
 pub fn hlt() {

@@ -16,6 +16,7 @@ pub mod hosttimer;
 pub mod interrupts;
 pub mod lapic;
 pub mod mm;
+pub mod nic;
 pub mod paging;
 pub mod percpu;
 pub mod platform;
@@ -119,6 +120,9 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
         Some(m) => (m.hypervisor, m.guests),
         None => (manifest::HvConfig::default(), alloc::vec::Vec::new()),
     };
+    if let Some(a) = hv.address {
+        nic::set_static(a, hv.gateway);
+    }
     sched::configure(
         time::us_to_tsc(u64::from(hv.timeslice_us)),
         hv.poweroff_when_done,

@@ -41,3 +41,46 @@ pub fn build_identity(top: u64) -> Option<mm::Hpa> {
     );
     Some(pml4)
 }
+
+/// Page-level cache disable and write-through: with the power-on PAT this
+/// selects PAT entry 3, UC (SDM Vol. 3A 12.12.3).
+const PCD_PWT: u64 = (1 << 4) | (1 << 3);
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// Makes `[start, start + len)` uncached in the identity map (for device
+/// MMIO such as a NIC's BAR; the 2 MiB pages covering it become UC). Returns
+/// false where the range lies outside the map. Call before other CPUs run or
+/// while none of them touches the range: only this CPU's TLB is flushed.
+pub fn set_uncached(start: u64, len: u64) -> bool {
+    let cr3 = arch::regs::read_cr3() & !0xfff;
+    let end = start.saturating_add(len.max(1));
+    let mut addr = start & !(TWO_MIB - 1);
+    while addr < end {
+        let (g, i) = (addr / ONE_GIB, (addr % ONE_GIB) / TWO_MIB);
+        if g >= 512 {
+            return false;
+        }
+        // SAFETY: the tables are the identity map built above (identity
+        // mapped themselves); only present entries are followed and only the
+        // cache bits of a present 2 MiB entry change.
+        unsafe {
+            let pml4e = (cr3 as *const u64).read();
+            if pml4e & PRESENT == 0 {
+                return false;
+            }
+            let pdpte = ((pml4e & ADDR_MASK) as *const u64).add(g as usize).read();
+            if pdpte & PRESENT == 0 {
+                return false;
+            }
+            let pde = ((pdpte & ADDR_MASK) as *mut u64).add(i as usize);
+            if pde.read() & (PRESENT | HUGE) != PRESENT | HUGE {
+                return false;
+            }
+            pde.write(pde.read() | PCD_PWT);
+        }
+        addr += TWO_MIB;
+    }
+    // SAFETY: reloading CR3 with its own value only flushes this CPU's TLB.
+    unsafe { arch::regs::write_cr3(arch::regs::read_cr3()) };
+    true
+}

@@ -127,6 +127,8 @@ pub fn start(info: &'static BootInfo, stack_top: u64) -> ! {
     let khz = time::calibrate();
     crate::console::set_byte_time();
     println!("hv: tsc: {} kHz (calibrated against the PIT)", khz);
+    // Before the other CPUs start: it owns the PCI ports and page tables.
+    crate::nic::init();
 
     enable_vmx_or_die(0);
     for (index, cpu) in (1..).zip(cpus.iter().filter(|c| c.apic_id != bsp_apic)) {

@@ -315,6 +315,7 @@ pub fn cpu_loop() -> ! {
     loop {
         if me == 0 {
             poll_console();
+            crate::nic::poll(rdtsc());
         }
         crate::console::pump(rdtsc());
         wake_sleepers(me);
@@ -650,6 +651,7 @@ fn finish() {
             println!("vm {}: timer lateness: {}", vm.name, vm.timer_lateness);
         }
     }
+    crate::nic::report();
     // Free the VMs' memory (it is scrubbed on the way back to the allocator).
     GLOBAL.lock().vms.clear();
     drop(vms);

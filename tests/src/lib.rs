@@ -40,6 +40,7 @@ pub struct Scenario {
     cpus: u32,
     memory_mib: u32,
     timeout: Duration,
+    nic: Option<machine::Nic>,
 }
 
 impl Scenario {
@@ -61,7 +62,14 @@ impl Scenario {
             cpus: 2,
             memory_mib: 512,
             timeout: Duration::from_secs(timeout_secs),
+            nic: None,
         }
+    }
+
+    /// Gives the machine an e1000 NIC with user-mode NAT (slirp): DHCP hands out 10.0.2.15.
+    pub fn with_nic(mut self) -> Self {
+        self.nic = Some(machine::Nic::default());
+        self
     }
 
     pub fn cpus(mut self, cpus: u32) -> Self {
@@ -123,6 +131,7 @@ impl Scenario {
             media: Media::EspDir(esp.dir),
             run_dir: run_dir.clone(),
             echo,
+            nic: self.nic.clone(),
         };
         let result = machine::run(&cfg, &emulators)
             .unwrap_or_else(|e| panic!("[{}] running {}: {e:#}", self.name, self.emulator));

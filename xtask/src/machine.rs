@@ -107,6 +107,49 @@ pub struct MachineConfig {
     /// Working directory for configuration and logs; created if missing.
     pub run_dir: PathBuf,
     pub echo: Echo,
+    /// An Intel 82540EM (e1000) NIC on the machine's PCI bus, or none.
+    pub nic: Option<Nic>,
+}
+
+/// The machine's NIC: an e1000 with user-mode NAT to this host (Bochs' `slirp` module, QEMU's
+/// `user` netdev): DHCP from 10.0.2.2 hands out 10.0.2.15; nothing needs root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    pub mac: [u8; 6],
+}
+
+impl Default for Nic {
+    fn default() -> Self {
+        Nic {
+            mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+        }
+    }
+}
+
+impl Nic {
+    pub fn mac_string(&self) -> String {
+        let m = self.mac;
+        format!(
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// Bochs' slirp configuration for `dir`: the classic 10.0.2.0/24 network, spelled out, and a
+/// text log of every frame (`slirp-pktlog.txt`) for debugging.
+pub fn slirp_conf(dir: &Path) -> String {
+    format!(
+        "# slirp config\n\
+         restricted = 0\n\
+         net = 10.0.2.0\n\
+         mask = 255.255.255.0\n\
+         host = 10.0.2.2\n\
+         dhcpstart = 10.0.2.15\n\
+         dns = 10.0.2.3\n\
+         pktlog = {}\n",
+        dir.join("slirp-pktlog.txt").display()
+    )
 }
 
 /// How a run ended.
@@ -273,6 +316,7 @@ fn bochs_config(
          boot: disk\n\
          com1: enabled=1, {com1}\n\
          port_e9_hack: enabled=1\n\
+         {nic}\
          mouse: enabled=0\n\
          log: \"{log}\"\n\
          panic: action=fatal\n\
@@ -285,6 +329,14 @@ fn bochs_config(
         vga = vgabios.display(),
         cpus = cfg.cpus,
         log = dir.join("bochs.log").display(),
+        nic = match &cfg.nic {
+            None => String::new(),
+            Some(n) => format!(
+                "e1000: enabled=1, mac={}, ethmod=slirp, script=\"{}\"\n",
+                n.mac_string(),
+                dir.join("slirp.conf").display()
+            ),
+        },
     )
 }
 
@@ -331,6 +383,14 @@ fn qemu_args_with(cfg: &MachineConfig, ovmf: &Path, com1: Com1) -> Vec<String> {
             "-serial".into(),
             "chardev:com1".into(),
         ]),
+    }
+    if let Some(n) = &cfg.nic {
+        args.extend([
+            "-netdev".into(),
+            "user,id=uplink".into(),
+            "-device".into(),
+            format!("e1000,netdev=uplink,mac={}", n.mac_string()),
+        ]);
     }
     args.extend([
         "-display".into(),
@@ -441,6 +501,9 @@ fn run_once(
             let rc = cfg.run_dir.join("bochsrc");
             let ovmf_size = fs::metadata(ovmf)?.len();
             fs::write(&rc, bochs_config(cfg, ovmf, ovmf_size, vgabios, com1))?;
+            if cfg.nic.is_some() {
+                fs::write(cfg.run_dir.join("slirp.conf"), slirp_conf(&cfg.run_dir))?;
+            }
             // Debian's Bochs has the internal debugger: without commands it stops at a prompt.
             let commands = cfg.run_dir.join("bochs-debugger.rc");
             fs::write(&commands, "c\n")?;
@@ -896,6 +959,7 @@ mod tests {
             media: Media::EspDir(PathBuf::from("/r/esp")),
             run_dir: PathBuf::from("/r"),
             echo: Echo::Quiet,
+            nic: None,
         }
     }
 
@@ -946,6 +1010,35 @@ mod tests {
         assert_eq!(lines, ["first", "second", "last"]);
         assert!(console.timed_lines[0].0 <= console.timed_lines[1].0);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_nic_is_opt_in_and_uses_slirp() {
+        let mut c = cfg(Emulator::Bochs);
+        let rc = bochsrc(&c, Path::new("/o.fd"), 2 << 20, Path::new("/v.bin"));
+        assert!(!rc.contains("e1000"), "{rc}");
+        assert!(!qemu_args(&c, Path::new("/o.fd"))
+            .join(" ")
+            .contains("e1000"));
+        c.nic = Some(Nic::default());
+        let rc = bochsrc(&c, Path::new("/o.fd"), 2 << 20, Path::new("/v.bin"));
+        assert!(
+            rc.contains(
+                "e1000: enabled=1, mac=52:54:00:12:34:56, ethmod=slirp, script=\"/r/slirp.conf\"\n"
+            ),
+            "{rc}"
+        );
+        let conf = slirp_conf(Path::new("/r"));
+        assert!(conf.starts_with("# slirp config\n"), "{conf}");
+        assert!(conf.contains("dhcpstart = 10.0.2.15\n"), "{conf}");
+        c.emulator = Emulator::Qemu;
+        let args = qemu_args(&c, Path::new("/o.fd")).join(" ");
+        assert!(
+            args.contains(
+                "-netdev user,id=uplink -device e1000,netdev=uplink,mac=52:54:00:12:34:56"
+            ),
+            "{args}"
+        );
     }
 
     #[test]

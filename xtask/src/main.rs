@@ -46,6 +46,8 @@ Commands:
               --manifest FILE   manifest (default tests/manifests/demo.toml)
               --timeout SECS    give up after SECS (default 900; 0 = never)
               --disk-image      boot the GPT disk image instead of the ESP directory
+              --nic             an e1000 NIC with user-mode NAT (Bochs slirp, QEMU user):
+                                the hypervisor's uplink; DHCP gives it 10.0.2.15
               --no-build        use what the last build left
   test      Host unit tests, `cargo xtask build`, then the emulator integration tests.
             Arguments after `--` go to the integration test harness (e.g. a test name).
@@ -110,8 +112,9 @@ const RUN_OPTIONS: &[&str] = &[
     "--timeout",
     "--disk-image",
     "--no-build",
+    "--nic",
 ];
-const FLAGS: &[&str] = &["--kvm", "--disk-image", "--no-build"];
+const FLAGS: &[&str] = &["--kvm", "--disk-image", "--no-build", "--nic"];
 
 /// `--name value`, `--name=value` and flags, checked against the command's list.
 #[derive(Debug, Default)]
@@ -238,6 +241,7 @@ fn run(options: Options) -> Result<ExitCode> {
         media: Media::EspDir(run_dir.join("esp")),
         run_dir: run_dir.clone(),
         echo: Echo::Stdout,
+        nic: options.flag("--nic").then(machine::Nic::default),
     };
     machine::validate(&cfg)?;
     let emulators = prereq::ensure(&[match kind {

@@ -188,6 +188,54 @@ pub struct HvConfig {
     pub poweroff_when_done: bool,
     /// Scheduler time slice in microseconds, 1..=1_000_000 (default 5000).
     pub timeslice_us: u32,
+    /// `address = "10.0.2.15/24"`: the hypervisor's endpoint on the uplink
+    /// NIC takes this address instead of asking DHCP.
+    pub address: Option<Ipv4Prefix>,
+    /// `gateway = "10.0.2.2"`: its default route (with `address` only).
+    pub gateway: Option<[u8; 4]>,
+}
+
+/// An IPv4 address with its prefix length (1-32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Prefix {
+    pub addr: [u8; 4],
+    pub prefix: u8,
+}
+
+/// `a.b.c.d`, each part a decimal 0-255 without sign or leading zeros.
+pub fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = s.split('.');
+    for o in out.iter_mut() {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        if p.len() > 1 && p.starts_with('0') {
+            return None;
+        }
+        *o = p.parse().ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(out)
+}
+
+/// `a.b.c.d/p` with p 1-32.
+pub fn parse_ipv4_prefix(s: &str) -> Option<Ipv4Prefix> {
+    let (a, p) = s.split_once('/')?;
+    if p.is_empty() || p.len() > 2 || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let prefix: u8 = p.parse().ok()?;
+    if !(1..=32).contains(&prefix) {
+        return None;
+    }
+    Some(Ipv4Prefix {
+        addr: parse_ipv4(a)?,
+        prefix,
+    })
 }
 
 impl Default for HvConfig {
@@ -195,6 +243,8 @@ impl Default for HvConfig {
         Self {
             poweroff_when_done: true,
             timeslice_us: 5000,
+            address: None,
+            gateway: None,
         }
     }
 }
@@ -867,7 +917,7 @@ impl Seen {
 }
 
 const HV_TABLE: &str = "[hypervisor]";
-const HV_KEYS: [&str; 2] = ["poweroff_when_done", "timeslice_us"];
+const HV_KEYS: [&str; 4] = ["poweroff_when_done", "timeslice_us", "address", "gateway"];
 
 const GUEST_TABLE: &str = "[[guest]]";
 const GUEST_KEYS: [&str; 16] = [
@@ -898,6 +948,24 @@ fn set_hv(
 ) -> Result<(), ErrorKind> {
     match seen.claim(key, line, &HV_KEYS, HV_TABLE)? {
         "poweroff_when_done" => hv.poweroff_when_done = to_bool(&v)?,
+        "address" => {
+            let what = "an IPv4 address with its prefix length, like \"10.0.2.15/24\"";
+            match &v {
+                Value::Str(t) => {
+                    hv.address = Some(parse_ipv4_prefix(t).ok_or_else(|| expected(what, &v))?)
+                }
+                _ => return Err(expected(what, &v)),
+            }
+        }
+        "gateway" => {
+            let what = "an IPv4 address, like \"10.0.2.2\"";
+            match &v {
+                Value::Str(t) => {
+                    hv.gateway = Some(parse_ipv4(t).ok_or_else(|| expected(what, &v))?)
+                }
+                _ => return Err(expected(what, &v)),
+            }
+        }
         _ => hv.timeslice_us = to_u32(&v, 1, 1_000_000, "1 to 1000000 microseconds")?,
     }
     Ok(())
@@ -1646,7 +1714,8 @@ mode = "long64"
             m.hypervisor,
             HvConfig {
                 poweroff_when_done: false,
-                timeslice_us: 10_000
+                timeslice_us: 10_000,
+                ..HvConfig::default()
             }
         );
         assert_eq!(m.guests.len(), 5);
@@ -1715,6 +1784,58 @@ mode = "long64"
         }
         assert!(HvConfig::default().poweroff_when_done);
         assert_eq!(HvConfig::default().timeslice_us, 5000);
+    }
+
+    #[test]
+    fn endpoint_address_and_gateway() {
+        let m = parse(
+            "m.toml",
+            "[hypervisor]\naddress = \"10.0.2.15/24\"\ngateway = \"10.0.2.2\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            m.hypervisor.address,
+            Some(Ipv4Prefix {
+                addr: [10, 0, 2, 15],
+                prefix: 24
+            })
+        );
+        assert_eq!(m.hypervisor.gateway, Some([10, 0, 2, 2]));
+        assert_eq!(HvConfig::default().address, None);
+        for bad in [
+            "10.0.2.15",
+            "10.0.2.15/0",
+            "10.0.2.15/33",
+            "10.0.2/24",
+            "10.0.2.256/24",
+            "10.0.2.015/24",
+            "10.0.2.15.1/24",
+            "10.0.2.15/",
+            "a.b.c.d/8",
+            "10.0.2.15/+8",
+        ] {
+            check(
+                &format!("[hypervisor]\naddress = \"{bad}\"\n"),
+                2,
+                Some("address"),
+                ErrorKind::Expected {
+                    what: "an IPv4 address with its prefix length, like \"10.0.2.15/24\"",
+                    got: format!("\"{bad}\""),
+                },
+            );
+        }
+        check(
+            "[hypervisor]\ngateway = 10\n",
+            2,
+            Some("gateway"),
+            ErrorKind::Expected {
+                what: "an IPv4 address, like \"10.0.2.2\"",
+                got: "10".into(),
+            },
+        );
+        assert_eq!(parse_ipv4("0.0.0.0"), Some([0; 4]));
+        assert_eq!(parse_ipv4("255.255.255.255"), Some([255; 4]));
+        assert_eq!(parse_ipv4("1.2.3.-4"), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ fn bochs_vmx_root_two_cpus_and_first_guests() {
     let mut boot = Scenario::bochs("bochs_basic", "basic.toml")
         .cpus(2)
         .timeout_secs(600)
+        .with_nic()
         .boot();
     boot.line("hv: ferrovisor 0.1.0 starting")
         .line_starting("cpu0: entered VMX root operation")
@@ -77,6 +78,25 @@ fn bochs_vmx_root_two_cpus_and_first_guests() {
         "flood lines cut or mixed: {:?}",
         &cut[..cut.len().min(5)]
     );
+
+    // The machine's e1000 is found on the host's PCI bus, driven by the hypervisor (link up,
+    // the MAC Bochs was given) and its endpoint gets slirp's DHCP address; the guests' PCI bus
+    // doesn't show it.
+    boot.line_starting_containing("hv: pci: ", " 8086:100e class 02.00.00 (uplink NIC)")
+        .line_starting_containing(
+            "hv: nic: ",
+            " e1000 (Intel 8254x) mac 52:54:00:12:34:56, link up",
+        )
+        .line("hv: endpoint: 10.0.2.15/24 via dhcp (52:54:00:12:34:56)")
+        .no_line_containing("no uplink")
+        .no_line_containing("dhcp lease lost")
+        .no_line_containing("hv: nic: link down")
+        .line_starting_containing("hv: nic: rx ", ", missed 0, crc errors 0")
+        .no_line_containing("hv: nic: rx 0 frames")
+        .no_line_containing(", tx 0 frames")
+        .line("[pcihide] pcihide: PASS")
+        .line("vm pcihide: exited code=0")
+        .no_line_containing("pcihide: FAIL");
 
     boot.line_starting("hv: summary:")
         .line_starting("hv: powering off")

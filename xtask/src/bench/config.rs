@@ -95,6 +95,7 @@ pub(super) fn bochs_cpu_line() -> String {
         media: Media::EspDir(PathBuf::from("esp")),
         run_dir: PathBuf::from("run"),
         echo: Echo::Quiet,
+        nic: None,
     };
     machine::bochsrc(&cfg, Path::new("OVMF.fd"), 2 << 20, Path::new("vga.bin"))
         .lines()

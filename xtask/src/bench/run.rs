@@ -292,6 +292,7 @@ fn run_job(job: Job, sources: &esp::EspSources, emulators: &Emulators) -> Done {
             media: Media::EspDir(esp_dir),
             run_dir: run_dir.clone(),
             echo: Echo::Quiet,
+            nic: None,
         };
         machine::validate(&cfg)?;
         match &job.kind {
@@ -390,6 +391,7 @@ mod tests {
                 media: Media::EspDir(PathBuf::from("e")),
                 run_dir: PathBuf::from("r"),
                 echo: Echo::Quiet,
+                nic: None,
             };
             machine::validate(&cfg).unwrap();
         }

@@ -1,0 +1,226 @@
+//! The host's own network: PCI enumeration, a driver for the physical NIC
+//! (the uplink) and the hypervisor's TCP/IP endpoint on it. Polled from CPU
+//! 0's scheduler loop; no interrupts. Guests never see the NIC: their PCI
+//! buses are emulated (hv-devices) and nothing passes host functions through.
+pub mod e1000;
+pub mod endpoint;
+pub mod pci;
+
+use alloc::boxed::Box;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// What the core needs of a NIC driver; one more driver (virtio-net for
+/// nested use, igb) is one more file implementing this.
+pub trait NicDriver: Send {
+    fn name(&self) -> &'static str;
+    fn mac(&self) -> [u8; 6];
+    fn link_up(&mut self) -> bool;
+    /// A transmit slot is free.
+    fn can_send(&mut self) -> bool;
+    /// Queues one Ethernet frame (without CRC) for transmission.
+    fn send(&mut self, frame: &[u8]) -> Result<(), SendError>;
+    /// The next received frame copied into `out`, or None if none waits.
+    fn recv(&mut self, out: &mut [u8]) -> Option<usize>;
+    fn counters(&mut self) -> Counters;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// Every transmit descriptor is still the device's.
+    Busy,
+    /// Shorter than an Ethernet header or longer than the MTU allows.
+    BadLength,
+}
+
+/// Driver counters and the device's own statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub rx_dropped: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    pub tx_dropped: u64,
+    pub hw_rx_good: u64,
+    pub hw_tx_good: u64,
+    pub hw_rx_missed: u64,
+    pub hw_rx_crc_errors: u64,
+}
+
+/// The NIC and the endpoint on it.
+pub struct Uplink {
+    pub nic: Box<dyn NicDriver>,
+    pub endpoint: endpoint::Endpoint,
+    /// The link state last reported.
+    pub link: bool,
+}
+
+static UPLINK: spin::Mutex<Option<Uplink>> = spin::Mutex::new(None);
+/// The TSC value before which [`poll`] does nothing.
+static NEXT_POLL: AtomicU64 = AtomicU64::new(0);
+
+/// How often the uplink is polled at most (1 ms).
+fn poll_interval_tsc() -> u64 {
+    crate::time::us_to_tsc(1000)
+}
+
+pub struct MacFmt(pub [u8; 6]);
+
+impl core::fmt::Display for MacFmt {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// Is `f` a NIC this hypervisor drives?
+pub fn supported(f: &pci::Function) -> bool {
+    f.vendor == 0x8086 && e1000::DEVICE_IDS.contains(&f.device)
+}
+
+/// Lists the host's PCI functions and brings up the first supported NIC.
+/// Call on the bring-up CPU before the others start (it owns the PCI
+/// configuration ports and the page tables meanwhile).
+pub fn init() {
+    let cs = pci::PortIo;
+    let functions = pci::enumerate(&cs);
+    for f in &functions {
+        crate::println!(
+            "hv: pci: {} {:04x}:{:04x} class {:02x}.{:02x}.{:02x}{}",
+            f.at,
+            f.vendor,
+            f.device,
+            f.class[0],
+            f.class[1],
+            f.class[2],
+            if supported(f) { " (uplink NIC)" } else { "" }
+        );
+    }
+    let Some(f) = functions.iter().find(|f| supported(f)) else {
+        crate::println!(
+            "hv: nic: no supported NIC among {} PCI functions: no uplink",
+            functions.len()
+        );
+        return;
+    };
+    match bring_up(&cs, f) {
+        Ok(mut nic) => {
+            // Auto-negotiation can take a moment after CTRL.SLU: up to 1 s.
+            let mut link = nic.link_up();
+            for _ in 0..1000 {
+                if link {
+                    break;
+                }
+                crate::time::delay_us(1000);
+                link = nic.link_up();
+            }
+            crate::println!(
+                "hv: nic: {} {} mac {}, link {}",
+                f.at,
+                nic.name(),
+                MacFmt(nic.mac()),
+                if link { "up" } else { "down" }
+            );
+            let endpoint = endpoint::Endpoint::new(&mut *nic, now_tsc());
+            *UPLINK.lock() = Some(Uplink {
+                nic,
+                endpoint,
+                link,
+            });
+        }
+        Err(e) => crate::println!("hv: nic: {} not used: {e}: no uplink", f.at),
+    }
+}
+
+fn now_tsc() -> u64 {
+    arch::regs::rdtsc()
+}
+
+fn bring_up(
+    cs: &dyn pci::ConfigSpace,
+    f: &pci::Function,
+) -> Result<Box<dyn NicDriver>, alloc::string::String> {
+    let pci::Bar::Mem { addr, .. } = f.bar(cs, 0) else {
+        return Err("BAR0 is not an assigned memory BAR".into());
+    };
+    let size = f.mem_bar_size(cs, 0);
+    if size < 0x2_0000 {
+        return Err(alloc::format!("BAR0 decodes {size:#x} bytes, not 128 KiB"));
+    }
+    if !crate::paging::set_uncached(addr, size) {
+        return Err(alloc::format!(
+            "BAR0 at {addr:#x} lies outside the hypervisor's map"
+        ));
+    }
+    f.enable_mmio_and_dma(cs);
+    // SAFETY: BAR0 of the 8254x found above, 128 KiB, now identity mapped
+    // uncached; nothing else in the hypervisor touches it and no guest can
+    // (it is not in any EPT).
+    let regs = unsafe { e1000::Mmio::new(addr) };
+    match e1000::E1000::init(regs, &crate::time::delay_us) {
+        Ok(n) => Ok(Box::new(n)),
+        Err(e) => Err(alloc::format!("{e}")),
+    }
+}
+
+/// Runs the endpoint: frames in, timers, frames out. Called by CPU 0's
+/// scheduler loop; does nothing more than every millisecond, never waits.
+pub fn poll(now: u64) {
+    if now < NEXT_POLL.load(Ordering::Relaxed) {
+        return;
+    }
+    NEXT_POLL.store(now + poll_interval_tsc(), Ordering::Relaxed);
+    let Some(mut guard) = UPLINK.try_lock() else {
+        return;
+    };
+    let Some(up) = guard.as_mut() else {
+        // No NIC: never look again.
+        NEXT_POLL.store(u64::MAX, Ordering::Relaxed);
+        return;
+    };
+    let link = up.nic.link_up();
+    if link != up.link {
+        up.link = link;
+        crate::println!("hv: nic: link {}", if link { "up" } else { "down" });
+    }
+    up.endpoint.poll(&mut *up.nic, now);
+}
+
+/// One line of the uplink's counters (for the summary); nothing without one.
+pub fn report() {
+    let mut guard = UPLINK.lock();
+    let Some(up) = guard.as_mut() else { return };
+    let c = up.nic.counters();
+    crate::println!(
+        "hv: nic: rx {} frames ({} bytes), tx {} frames ({} bytes), dropped rx {} tx {}; device: good rx {} tx {}, missed {}, crc errors {}",
+        c.rx_frames,
+        c.rx_bytes,
+        c.tx_frames,
+        c.tx_bytes,
+        c.rx_dropped,
+        c.tx_dropped,
+        c.hw_rx_good,
+        c.hw_tx_good,
+        c.hw_rx_missed,
+        c.hw_rx_crc_errors
+    );
+}
+
+/// The manifest's `[hypervisor] address` (and `gateway`): the endpoint
+/// uses it instead of DHCP. Call before the scheduler runs.
+pub fn set_static(address: loader::manifest::Ipv4Prefix, gateway: Option<[u8; 4]>) {
+    use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
+    let mut guard = UPLINK.lock();
+    let Some(up) = guard.as_mut() else {
+        crate::println!("hv: endpoint: the manifest's address is not used (no NIC)");
+        return;
+    };
+    up.endpoint.set_static(
+        Ipv4Cidr::new(Ipv4Address::from(address.addr), address.prefix),
+        gateway.map(Ipv4Address::from),
+    );
+}
