@@ -97,13 +97,21 @@ fn main(_cmd: &'static str, _ram_size: u64) -> i32 {
         println!("apicpage: FAIL the second vCPU did not start");
         return 1;
     }
-    check("AP's ID at the default page", AP_BEFORE.load(Ordering::Acquire), 1 << 24);
+    check(
+        "AP's ID at the default page",
+        AP_BEFORE.load(Ordering::Acquire),
+        1 << 24,
+    );
     check("BSP's ID at the default page", mmio_read(XAPIC + ID), 0);
     let base = rdmsr(APIC_BASE);
     // SAFETY: only this function touches the BSP's page until it moves back.
     unsafe { wrmsr(APIC_BASE, RELOCATED | BASE_EN | BASE_BSP) };
     check("BSP's ID at its moved page", mmio_read(RELOCATED + ID), 0);
-    check("BSP at the old page (empty bus)", mmio_read(XAPIC + ID), EMPTY);
+    check(
+        "BSP at the old page (empty bus)",
+        mmio_read(XAPIC + ID),
+        EMPTY,
+    );
     STEP.store(2, Ordering::Release);
     if !wait_for(3) {
         println!("apicpage: FAIL the second vCPU did not finish");
@@ -121,7 +129,11 @@ fn main(_cmd: &'static str, _ram_size: u64) -> i32 {
     );
     // SAFETY: back to where it was.
     unsafe { wrmsr(APIC_BASE, base) };
-    check("BSP's ID at the default page again", mmio_read(XAPIC + ID), 0);
+    check(
+        "BSP's ID at the default page again",
+        mmio_read(XAPIC + ID),
+        0,
+    );
     if ok {
         println!("apicpage: PASS");
         0
