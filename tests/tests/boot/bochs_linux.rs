@@ -52,7 +52,7 @@ fn bochs_linux_multiboot_and_real_mode_guests() {
     let mut boot = Scenario::bochs("bochs_linux", "linux.toml")
         .cpus(2)
         .memory_mib(1024)
-        .timeout_secs(900)
+        .timeout_secs(1800)
         .boot();
     boot.line("hv: ferrovisor 0.1.0 starting")
         .line_starting("cpu0: entered VMX root operation")
@@ -266,7 +266,7 @@ fn bochs_linux_32bit_and_generic_kernels() {
     let mut boot = Scenario::bochs("bochs_linux_more", "linux-more.toml")
         .cpus(2)
         .memory_mib(768)
-        .timeout_secs(900)
+        .timeout_secs(1800)
         .boot();
     boot.line("hv: ferrovisor 0.1.0 starting")
         .line_starting("cpu0: entered VMX root operation");
