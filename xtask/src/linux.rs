@@ -1044,7 +1044,7 @@ fn guest_modules(dir: &Path, release: &str) -> Result<Option<GuestModules>> {
 /// `dpkg-deb --fsys-tarfile deb | tar -x --wildcards <patterns>` into `into`. tar's status is
 /// not checked: a pattern that matches nothing (a module built in) makes it fail after
 /// extracting the rest; the caller checks for what it needs.
-fn extract_any(deb: &Path, into: &Path, patterns: &[&str]) -> Result<()> {
+pub(crate) fn extract_any(deb: &Path, into: &Path, patterns: &[&str]) -> Result<()> {
     need_tool("dpkg-deb")?;
     need_tool("tar")?;
     let mut dpkg = Command::new("dpkg-deb")

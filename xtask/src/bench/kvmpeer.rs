@@ -20,7 +20,7 @@ use std::fs;
 use std::io::Read as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -174,32 +174,10 @@ fn kernel_deb(release: &str) -> Result<PathBuf> {
     Ok(deb)
 }
 
-/// `dpkg-deb --fsys-tarfile deb | tar -x --wildcards <patterns>` into `into`. tar's status is
-/// not checked: a pattern that matches nothing makes it fail after extracting the rest.
+/// The files of `deb` that match `patterns`, into `into` (see [`crate::linux::extract_any`]).
 fn extract(deb: &Path, into: &Path, patterns: &[String]) -> Result<()> {
-    let mut dpkg = Command::new("dpkg-deb")
-        .arg("--fsys-tarfile")
-        .arg(deb)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting dpkg-deb (the kernel package is a .deb)")?;
-    let input = dpkg.stdout.take().expect("piped stdout");
-    let _ = Command::new("tar")
-        .args(["-x", "--no-same-owner", "--wildcards", "-C"])
-        .arg(into)
-        .args(patterns)
-        .stdin(input)
-        .stderr(Stdio::null())
-        .status()
-        .context("starting tar")?;
-    let status = dpkg.wait()?;
-    if !status.success() {
-        bail!(
-            "dpkg-deb --fsys-tarfile {} failed ({status})",
-            deb.display()
-        );
-    }
-    Ok(())
+    let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
+    crate::linux::extract_any(deb, into, &patterns)
 }
 
 /// Every `*.ko[.xz|.zst|.gz]` under `dir`, by module file stem (`kvm-intel`).
