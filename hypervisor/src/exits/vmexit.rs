@@ -29,6 +29,13 @@ impl core::fmt::Display for VmcsError {
     }
 }
 
+/// VMCS set-up reports its errors as text.
+impl From<VmcsError> for alloc::string::String {
+    fn from(e: VmcsError) -> Self {
+        alloc::format!("hypervisor error: {e}")
+    }
+}
+
 /// Reads a VMCS field, or returns the error naming it.
 macro_rules! rd {
     ($f:path) => {

@@ -133,7 +133,11 @@ impl Vcpu {
         if self.active_on.is_none() {
             self.active_on = Some(me);
             self.launched = false;
-            self.load_host_state();
+            if let Err(e) = self.load_host_state() {
+                let end = exits::vmcs_failed(self, e);
+                self.vm.end(end);
+                return SliceEnd::VmEnded;
+            }
             if self.last_cpu != Some(me) {
                 // Moved here: entries this VPID/EPTP left on this CPU on an
                 // earlier visit (or another vCPU's, before it was freed) may
@@ -147,6 +151,7 @@ impl Vcpu {
         }
         if !self.configured {
             if let Err(e) = self.configure() {
+                log::error!("hv: vm {}: vcpu {}: {e}", self.vm.name, self.index);
                 self.vm.end(VmEnd::Crashed(e));
                 return SliceEnd::VmEnded;
             }

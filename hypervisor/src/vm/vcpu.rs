@@ -6,19 +6,18 @@ use crate::vmx::run::GuestRegs;
 use crate::{exits, mm, vmx};
 use alloc::format;
 use alloc::sync::Arc;
-use arch::vmx::instr::VmFail;
 use arch::vmx::vmcs::bits;
 
-fn vmw<T>(r: Result<T, VmFail>, what: &str) {
-    if let Err(e) = r {
-        log::error!("hv: vmwrite {what}: {e}");
-    }
-}
-
+/// A VMWRITE in VMCS set-up; a failure returns the error naming the field
+/// from the enclosing function.
 macro_rules! w {
     ($f:expr, $v:expr) => {
         // SAFETY: the vCPU's VMCS is current on this CPU (checked by callers).
-        vmw(unsafe { $f.write($v) }, stringify!($f))
+        unsafe { $f.write($v) }.map_err(|fail| crate::exits::vmexit::VmcsError {
+            write: true,
+            field: stringify!($f),
+            fail,
+        })?
     };
 }
 
