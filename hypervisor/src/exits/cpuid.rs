@@ -264,6 +264,13 @@ pub fn virtual_cpuid(leaf: u32, sub: u32, view: &View, host: impl Fn(u32, u32) -
     }
 }
 
+/// Whether the answer for `leaf` depends on guest state the VMCS holds
+/// (CR4.OSXSAVE/PKE, the RDTSCP/INVPCID controls): the exit decoder reads
+/// it only then (leaf 0 is the benchmarked CPUID round trip).
+pub fn reads_guest_state(leaf: u32) -> bool {
+    matches!(leaf, 1 | 7 | 0x8000_0001)
+}
+
 /// CPUID: the answer in RAX/RBX/RCX/RDX (upper halves zeroed), RIP past it.
 pub fn handle<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
     let Info::Cpuid { cr4, secondary } = e.info else {

@@ -969,3 +969,59 @@ fn a_handler_given_another_class_info_reports_a_bug() {
     ));
     let _ = mmio::REP_BUDGET;
 }
+
+#[test]
+fn only_the_leaves_the_decoder_reads_guest_state_for_depend_on_it() {
+    use arch::cpuid::Cpuid;
+    let host = |leaf: u32, _sub: u32| match leaf {
+        0 => Cpuid {
+            eax: 0x20,
+            ..Cpuid::default()
+        },
+        0x8000_0000 => Cpuid {
+            eax: 0x8000_0008,
+            ..Cpuid::default()
+        },
+        _ => Cpuid {
+            eax: !0,
+            ebx: !0,
+            ecx: !0,
+            edx: !0,
+        },
+    };
+    let layout = crate::xsave::guest_layout();
+    let view = |on: bool| cpuid::View {
+        vcpu: 0,
+        vcpus: 1,
+        guest_osxsave: on,
+        rdtscp: on,
+        invpcid: on,
+        xcr0: 1,
+        xsave: &layout,
+        guest_pke: on,
+        apic_enabled: true,
+        limit_maxval: false,
+        xd_disable: false,
+        tsc_khz: 1_000_000,
+        tsc_per_bus_tick: 10,
+    };
+    let (off, on) = (view(false), view(true));
+    let leaves = (0..0x40)
+        .chain(0x4000_0000..0x4000_0004)
+        .chain(0x8000_0000..0x8000_0010);
+    for leaf in leaves {
+        for sub in 0..2 {
+            let same = cpuid::virtual_cpuid(leaf, sub, &off, host)
+                == cpuid::virtual_cpuid(leaf, sub, &on, host);
+            if !cpuid::reads_guest_state(leaf) {
+                assert!(same, "leaf {leaf:#x}.{sub} depends on CR4 or the controls");
+            }
+        }
+    }
+    for leaf in [1, 7, 0x8000_0001] {
+        assert!(
+            cpuid::virtual_cpuid(leaf, 0, &off, host) != cpuid::virtual_cpuid(leaf, 0, &on, host),
+            "{leaf:#x}"
+        );
+    }
+}

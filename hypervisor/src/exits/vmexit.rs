@@ -7,7 +7,7 @@ use super::decode::{self, DecodeError, Decoded, Mode};
 use super::string::{Dst, Src, StringInsn};
 use crate::vm::gwalk::{self, Access, AddrMode, PagingRegs, Segment};
 use crate::vm::vcpu::Vcpu;
-use crate::vmx::run::{RCX, RSP};
+use crate::vmx::run::{RAX, RCX, RSP};
 use arch::vmx::exit::{
     CrQualification, EptViolation, ExitReason, InterruptionInfo, IoQualification,
 };
@@ -70,7 +70,7 @@ pub struct Emu {
     pub addr_mode: AddrMode,
     /// The CR0/CR3/CR4/EFER the CPU translates with.
     pub paging: PagingRegs,
-    /// CPL 3 (SS.DPL).
+    /// CPL 3 (SS.DPL; string instructions only, else false).
     pub user: bool,
     pub rflags: u64,
     pub rsp: u64,
@@ -291,25 +291,37 @@ fn paging_regs(cr0: u64) -> Result<PagingRegs, VmcsError> {
 /// The emulator's view of the guest; `segments`: read all six (string
 /// instructions).
 fn emu(segments: bool) -> Result<Emu, VmcsError> {
-    let cr0 = visible_cr0()?;
+    let real_cr0 = rd!(guest::CR0);
+    let cr0 = visible(
+        real_cr0,
+        rd!(ctrl::CR0_GUEST_HOST_MASK),
+        rd!(ctrl::CR0_READ_SHADOW),
+    );
     let cs_ar = rd!(guest::CS_ACCESS_RIGHTS);
     let rflags = rd!(guest::RFLAGS);
     let mut e = Emu {
         mode: cpu_mode(cr0, cs_ar),
         addr_mode: addr_mode(cr0, rflags, cs_ar),
-        paging: paging_regs(rd!(guest::CR0))?,
-        user: (rd!(guest::SS_ACCESS_RIGHTS) >> 5) & 3 == 3,
+        paging: paging_regs(real_cr0)?,
+        user: false,
         rflags,
         rsp: rd!(guest::RSP),
         cs_base: rd!(guest::CS_BASE),
         segs: [Segment::default(); 6],
     };
     if segments {
-        for (i, s) in e.segs.iter_mut().enumerate() {
-            *s = segment(i as u8)?;
-        }
+        read_segments(&mut e)?;
     }
     Ok(e)
+}
+
+/// The six segment registers and the CPL, for string instructions.
+fn read_segments(e: &mut Emu) -> Result<(), VmcsError> {
+    for (i, s) in e.segs.iter_mut().enumerate() {
+        *s = segment(i as u8)?;
+    }
+    e.user = (e.segs[usize::from(gwalk::SS)].ar >> 5) & 3 == 3;
+    Ok(())
 }
 
 /// Fetches up to 15 instruction bytes at CS:RIP (the instruction may end
@@ -346,9 +358,7 @@ fn mmio_insn(
         Err(err) => return Ok(Err(InsnError::Decode(err, insn))),
     };
     if matches!(d.op, decode::MemOp::String(_)) {
-        for (i, s) in e.segs.iter_mut().enumerate() {
-            *s = segment(i as u8)?;
-        }
+        read_segments(e)?;
     }
     Ok(Ok((d, insn)))
 }
@@ -422,7 +432,9 @@ fn cpl() -> Result<u8, VmcsError> {
 }
 
 /// Decodes the exit with raw reason `raw` (not a VM-entry failure) of the
-/// vCPU whose VMCS is current.
+/// vCPU whose VMCS is current. (Inlined into its one caller: the `Exit`
+/// is then built in place, not copied out of a `Result`.)
+#[inline(always)]
 pub fn decode(v: &Vcpu, raw: u32) -> Result<Exit, DecodeFail> {
     use ExitReason as R;
     let reason = ExitReason::from_raw(raw).ok_or(DecodeFail::Unknown(raw & 0xFFFF))?;
@@ -457,10 +469,19 @@ pub fn decode(v: &Vcpu, raw: u32) -> Result<Exit, DecodeFail> {
         _ => 0,
     };
     let info = match reason {
-        R::Cpuid => Info::Cpuid {
-            cr4: visible_cr4()?,
-            secondary: rd!(ctrl::SECONDARY_PROCBASED_EXEC_CONTROLS),
-        },
+        R::Cpuid => {
+            if super::cpuid::reads_guest_state(v.regs.gpr[RAX] as u32) {
+                Info::Cpuid {
+                    cr4: visible_cr4()?,
+                    secondary: rd!(ctrl::SECONDARY_PROCBASED_EXEC_CONTROLS),
+                }
+            } else {
+                Info::Cpuid {
+                    cr4: 0,
+                    secondary: 0,
+                }
+            }
+        }
         R::Rdmsr => {
             use arch::msr as m;
             let vmcs = match v.regs.gpr[RCX] as u32 {
