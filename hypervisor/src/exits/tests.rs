@@ -1025,3 +1025,19 @@ fn only_the_leaves_the_decoder_reads_guest_state_for_depend_on_it() {
         );
     }
 }
+
+#[test]
+fn operand_and_address_modes_from_cr0_cs_and_rflags() {
+    use super::vmexit::{addr_mode, cpu_mode};
+    const L: u32 = 1 << 13;
+    const D: u32 = 1 << 14;
+    // CR0.PE as the guest sees it decides real mode, whatever CS says.
+    assert_eq!(cpu_mode(0, L | D), Mode::Real16);
+    assert_eq!(cpu_mode(1, L), Mode::Long64);
+    assert_eq!(cpu_mode(1, D), Mode::Prot32);
+    assert_eq!(cpu_mode(1, 0), Mode::Real16, "16-bit protected mode");
+    assert_eq!(addr_mode(0, 2, 0), AddrMode::Real);
+    assert_eq!(addr_mode(1, 2 | 1 << 17, D), AddrMode::Real, "virtual-8086");
+    assert_eq!(addr_mode(1, 2, D), AddrMode::Protected);
+    assert_eq!(addr_mode(1, 2, L), AddrMode::Long64);
+}
