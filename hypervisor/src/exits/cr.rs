@@ -223,8 +223,11 @@ fn write_cr4<G: Guest>(g: &G, c: &CrExit, val: u64) -> Option<Outcome> {
 }
 
 /// A control-register exit: the writes and RIP past the instruction, or #GP.
+// Not inlined into the dispatcher: its Outcome is then built in the
+// caller's return slot, not copied there.
+#[inline(never)]
 pub fn handle<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
-    let Info::Cr(c) = e.info else {
+    let Info::Cr(c) = &e.info else {
         return super::wrong_info(e);
     };
     let q = c.q;
@@ -232,8 +235,8 @@ pub fn handle<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
     let src = if reg == RSP { c.rsp } else { g.gprs()[reg] };
     let shadow = c.state.cr0;
     let done = match (q.access, q.cr) {
-        (CrAccessType::MovToCr, 0) => write_cr0(g, &c, src),
-        (CrAccessType::MovToCr, 4) => write_cr4(g, &c, src),
+        (CrAccessType::MovToCr, 0) => write_cr0(g, c, src),
+        (CrAccessType::MovToCr, 4) => write_cr4(g, c, src),
         (CrAccessType::MovToCr, 8) => cr8_to_tpr(src).map(|tpr| {
             g.lapic().set_tpr(tpr);
             Outcome::resume()
@@ -250,10 +253,10 @@ pub fn handle<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
         // LMSW loads PE, MP, EM, TS and can't clear PE.
         (CrAccessType::Lmsw, _) => write_cr0(
             g,
-            &c,
+            c,
             (shadow & !0xE) | u64::from(q.lmsw_source & 0xF) | (shadow & cr0::PE),
         ),
-        (CrAccessType::Clts, _) => write_cr0(g, &c, shadow & !cr0::TS),
+        (CrAccessType::Clts, _) => write_cr0(g, c, shadow & !cr0::TS),
         _ => None,
     };
     match done {

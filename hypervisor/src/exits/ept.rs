@@ -107,13 +107,16 @@ pub fn unmapped(vm: &Vm, gpa: u64, write: bool, rip: u64) -> Result<(), VmEnd> {
 }
 
 /// An EPT violation: a device page or the empty bus.
+// Not inlined into the dispatcher: its Outcome is then built in the
+// caller's return slot, not copied there.
+#[inline(never)]
 pub fn violation<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
-    let Info::Ept(x) = e.info else {
+    let Info::Ept(x) = &e.info else {
         return super::wrong_info(e);
     };
     let device = g.device_at(x.gpa);
     if x.q.fetch && !device {
-        return fetch_unmapped(g, e, &x);
+        return fetch_unmapped(g, e, x);
     }
     if !device && g.unmapped_stop() {
         // Stop at the access itself, before anything is emulated.
@@ -122,7 +125,7 @@ pub fn violation<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
             Ok(()) => Outcome::resume(),
         };
     }
-    super::mmio::handle(g, e, &x)
+    super::mmio::handle(g, e, x)
 }
 
 /// Instruction fetch from a guest-physical address with nothing behind it.

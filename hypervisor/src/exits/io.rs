@@ -36,13 +36,16 @@ pub fn action_flow(action: Action) -> Flow {
 }
 
 /// IN/OUT and INS/OUTS.
+// Not inlined into the dispatcher: its Outcome is then built in the
+// caller's return slot, not copied there.
+#[inline(never)]
 pub fn handle<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
-    let Info::Io(io) = e.info else {
+    let Info::Io(io) = &e.info else {
         return super::wrong_info(e);
     };
     let q = io.q;
-    match io.string {
-        Some(Ok((insn, emu))) => return super::mmio::run_string(g, e, &insn, &emu, e.len),
+    match &io.string {
+        Some(Ok((insn, emu))) => return super::mmio::run_string(g, e, insn, emu, e.len),
         Some(Err(la)) => {
             return Outcome::end(VmEnd::Crashed(alloc::format!(
                 "string I/O: cannot fetch the instruction at rip {la:#x}"

@@ -10,7 +10,7 @@
 //! Guest memory is reached by copies ([`GuestMemory::read_into`],
 //! [`GuestMemory::write`]), never by a slice another vCPU could change.
 use super::decode::{self, Decoded, MemOp, Mode, StringOp};
-use super::outcome::{Inject, Write};
+use super::outcome::{Inject, Rip, Write};
 use super::string::{Dst, Progress, Src, Stop, StringEnv, StringInsn};
 use super::vmexit::{Emu, EptExit, Exit, InsnError};
 use super::{Guest, Outcome};
@@ -341,15 +341,13 @@ pub fn handle<G: Guest>(g: &mut G, e: &Exit, x: &EptExit) -> Outcome {
         return Outcome::end(end);
     }
     *g.gprs() = regs;
-    let mut o = Outcome::advance(u64::from(d.len));
     // Only what the instruction changed goes back to the VMCS.
-    if regs[RSP] != x.emu.rsp {
-        o.push(Write::Rsp(regs[RSP]));
-    }
-    if rflags != x.emu.rflags {
-        o.push(Write::Rflags(rflags));
-    }
-    o
+    let rsp = (regs[RSP] != x.emu.rsp).then_some(Write::Rsp(regs[RSP]));
+    let flags = (rflags != x.emu.rflags).then_some(Write::Rflags(rflags));
+    Outcome::with_writes(
+        Rip::Advance(u64::from(d.len)),
+        [rsp.unwrap_or(Write::None), flags.unwrap_or(Write::None)],
+    )
 }
 
 #[cfg(test)]

@@ -98,6 +98,22 @@ impl Outcome {
         }
     }
 
+    /// The guest goes on at `rip` after `writes` (`Write::None` entries are
+    /// skipped): built in one piece, so that it lands in the caller's slot.
+    #[inline(always)]
+    pub fn with_writes(rip: Rip, writes: [Write; 2]) -> Self {
+        let [a, b] = writes;
+        let n = u8::from(a != Write::None) + u8::from(b != Write::None);
+        let (a, b) = if a == Write::None { (b, a) } else { (a, b) };
+        Outcome {
+            flow: Flow::Continue,
+            rip,
+            inject: None,
+            writes: [a, b, Write::None, Write::None],
+            n,
+        }
+    }
+
     /// The instruction of `len` bytes is done.
     pub fn advance(len: u64) -> Self {
         Self::resume().rip(Rip::Advance(len))

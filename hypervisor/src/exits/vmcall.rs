@@ -22,6 +22,9 @@ pub const EPERM: i64 = -4;
 pub const MAX_WRITE: u64 = 4096;
 
 /// A hypercall: the result in RAX, RIP past VMCALL.
+// Not inlined into the dispatcher: its Outcome is then built in the
+// caller's return slot, not copied there.
+#[inline(never)]
 pub fn handle<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
     let Info::Cpl(cpl) = e.info else {
         return super::wrong_info(e);
@@ -43,6 +46,8 @@ pub fn handle<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
     Outcome::advance(e.len).with_flow(flow)
 }
 
+// Out of line: its 4 KiB buffer stays off the stack of the other calls.
+#[inline(never)]
 fn console_write<G: Guest>(g: &mut G, gpa: u64, len: u64) -> i64 {
     if len > MAX_WRITE {
         return EINVAL;

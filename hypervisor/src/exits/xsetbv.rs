@@ -21,6 +21,9 @@ pub fn valid_xcr0(value: u64, supported: u64) -> bool {
 }
 
 /// XSETBV (SDM Vol. 2C XSETBV): XCR0 loaded, or #GP.
+// Not inlined into the dispatcher: its Outcome is then built in the
+// caller's return slot, not copied there.
+#[inline(never)]
 pub fn handle<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
     let Info::Cpl(cpl) = e.info else {
         return super::wrong_info(e);
