@@ -32,7 +32,6 @@ use crate::vm::VmEnd;
 use alloc::format;
 use alloc::string::String;
 use arch::vmx::exit::ExitReason;
-use vmexit::DecodeFail;
 
 pub const UD: u8 = 6;
 pub const GP: u8 = 13;
@@ -45,20 +44,80 @@ pub fn vmcs_failed(v: &Vcpu, err: VmcsError) -> VmEnd {
 }
 
 /// Decodes the exit with raw reason `raw`, runs its handler and applies the
-/// outcome: the whole exit but the run loop's own checks.
+/// outcome: the whole exit but the run loop's own checks. The frequent
+/// classes each get their own copy of the path, decoded with a constant
+/// reason, so that each builds only its own [`Info`].
 pub fn run(v: &mut Vcpu, raw: u32) -> Flow {
-    let e = match vmexit::decode(v, raw) {
+    use ExitReason as R;
+    let Some(reason) = ExitReason::from_raw(raw) else {
+        return unknown(raw);
+    };
+    match reason {
+        R::Cpuid => run_cpuid(v),
+        R::Rdmsr => run_rdmsr(v),
+        R::Wrmsr => run_wrmsr(v),
+        R::Vmcall => run_vmcall(v),
+        R::IoInstruction => run_io(v),
+        R::EptViolation => run_ept(v),
+        R::CrAccess => run_cr(v),
+        R::Hlt => run_hlt(v),
+        R::PreemptionTimer => run_timer(v),
+        R::ExternalInterrupt => run_extint(v),
+        _ => run_other(v, reason),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn unknown(raw: u32) -> Flow {
+    Flow::End(VmEnd::Crashed(format!(
+        "unexpected VM exit reason {}",
+        raw & 0xFFFF
+    )))
+}
+
+/// Decode, handle, apply for exit `reason` (a constant in every caller but
+/// `run_other`).
+#[inline(always)]
+fn run_as(v: &mut Vcpu, reason: ExitReason) -> Flow {
+    let e = match vmexit::decode_as(v, reason) {
         Ok(e) => e,
-        Err(DecodeFail::Vmcs(err)) => return Flow::End(vmcs_failed(v, err)),
-        Err(DecodeFail::Unknown(n)) => {
-            return Flow::End(VmEnd::Crashed(format!("unexpected VM exit reason {n}")))
-        }
+        Err(err) => return Flow::End(vmcs_failed(v, err)),
     };
     let o = handle(v, &e);
     match apply::apply(v, &e, o) {
         Ok(flow) => flow,
         Err(err) => Flow::End(vmcs_failed(v, err)),
     }
+}
+
+macro_rules! class_path {
+    ($($name:ident => $reason:ident),* $(,)?) => {
+        $(
+            #[inline(never)]
+            fn $name(v: &mut Vcpu) -> Flow {
+                run_as(v, ExitReason::$reason)
+            }
+        )*
+    };
+}
+
+class_path! {
+    run_cpuid => Cpuid,
+    run_rdmsr => Rdmsr,
+    run_wrmsr => Wrmsr,
+    run_vmcall => Vmcall,
+    run_io => IoInstruction,
+    run_ept => EptViolation,
+    run_cr => CrAccess,
+    run_hlt => Hlt,
+    run_timer => PreemptionTimer,
+    run_extint => ExternalInterrupt,
+}
+
+#[inline(never)]
+fn run_other(v: &mut Vcpu, reason: ExitReason) -> Flow {
+    run_as(v, reason)
 }
 
 /// An exit whose [`Info`] isn't its class's: a bug of the decoder.
