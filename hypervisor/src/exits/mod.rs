@@ -38,6 +38,8 @@ pub const GP: u8 = 13;
 
 /// A VMREAD/VMWRITE failed: a hypervisor bug, reported with the field's
 /// name; the guest can't go on with state nobody knows.
+#[cold]
+#[inline(never)]
 pub fn vmcs_failed(v: &Vcpu, err: VmcsError) -> VmEnd {
     log::error!("hv: vm {}: vcpu {}: {err}", v.vm.name, v.index);
     VmEnd::Crashed(format!("hypervisor error: {err}"))
@@ -128,7 +130,9 @@ fn wrong_info(e: &Exit) -> Outcome {
     )))
 }
 
-/// The handler of the exit's class.
+/// The handler of the exit's class. (Inlined into each class path of
+/// [`run`], where the reason is a constant: one direct call of the handler.)
+#[inline(always)]
 pub fn handle(v: &mut Vcpu, e: &Exit) -> Outcome {
     use ExitReason as R;
     // Exits that can change timers or make an interrupt deliverable make the
