@@ -272,9 +272,9 @@ pub fn reads_guest_state(leaf: u32) -> bool {
 }
 
 /// CPUID: the answer in RAX/RBX/RCX/RDX (upper halves zeroed), RIP past it.
-// Not inlined into the dispatcher: its Outcome is then built in the
-// caller's return slot, not copied there.
-#[inline(never)]
+// Inlined into its class path of `exits::run`, where the apply step then
+// sees the Outcome's constant parts (no writes, the RIP advance).
+#[inline(always)]
 pub fn handle<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
     let Info::Cpuid { cr4, secondary } = e.info else {
         return super::wrong_info(e);

@@ -36,9 +36,9 @@ pub fn action_flow(action: Action) -> Flow {
 }
 
 /// IN/OUT and INS/OUTS.
-// Not inlined into the dispatcher: its Outcome is then built in the
-// caller's return slot, not copied there.
-#[inline(never)]
+// Inlined into its class path of `exits::run`, where the apply step then
+// sees the Outcome's constant parts (no writes, the RIP advance).
+#[inline(always)]
 pub fn handle<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
     let Info::Io(io) = &e.info else {
         return super::wrong_info(e);

@@ -191,9 +191,9 @@ pub fn write<G: Guest>(g: &mut G, msr: u32, value: u64, cr0: u64, efer: u64) -> 
 }
 
 /// RDMSR: EDX:EAX, or #GP (SDM Vol. 2B RDMSR).
-// Not inlined into the dispatcher: its Outcome is then built in the
-// caller's return slot, not copied there.
-#[inline(never)]
+// Inlined into its class path of `exits::run`, where the apply step then
+// sees the Outcome's constant parts (no writes, the RIP advance).
+#[inline(always)]
 pub fn rdmsr<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
     let Info::Rdmsr { vmcs } = e.info else {
         return super::wrong_info(e);

@@ -22,9 +22,9 @@ pub const EPERM: i64 = -4;
 pub const MAX_WRITE: u64 = 4096;
 
 /// A hypercall: the result in RAX, RIP past VMCALL.
-// Not inlined into the dispatcher: its Outcome is then built in the
-// caller's return slot, not copied there.
-#[inline(never)]
+// Inlined into its class path of `exits::run`, where the apply step then
+// sees the Outcome's constant parts (no writes, the RIP advance).
+#[inline(always)]
 pub fn handle<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
     let Info::Cpl(cpl) = e.info else {
         return super::wrong_info(e);
