@@ -86,11 +86,52 @@ fn run_as(v: &mut Vcpu, reason: ExitReason) -> Flow {
         Ok(e) => e,
         Err(err) => return Flow::End(vmcs_failed(v, err)),
     };
-    let o = handle(v, &e);
-    match apply::apply(v, &e, o) {
+    finish(v, &e)
+}
+
+/// Handle and apply.
+#[inline(always)]
+fn finish(v: &mut Vcpu, e: &Exit) -> Flow {
+    let o = handle(v, e);
+    match apply::apply(v, e, o) {
         Ok(flow) => flow,
         Err(err) => Flow::End(vmcs_failed(v, err)),
     }
+}
+
+/// Port I/O: IN/OUT and INS/OUTS take separate paths, so that IN/OUT
+/// doesn't merge (and copy) the string form's large payload.
+#[inline(never)]
+fn run_io(v: &mut Vcpu) -> Flow {
+    let (rip, len, q) = match vmexit::io_head() {
+        Ok(h) => h,
+        Err(err) => return Flow::End(vmcs_failed(v, err)),
+    };
+    if q.string {
+        return run_io_string(v, rip, len, q);
+    }
+    let e = Exit {
+        reason: ExitReason::IoInstruction,
+        rip,
+        len,
+        info: Info::Io(vmexit::IoExit { q, string: None }),
+    };
+    finish(v, &e)
+}
+
+#[inline(never)]
+fn run_io_string(v: &mut Vcpu, rip: u64, len: u64, q: arch::vmx::exit::IoQualification) -> Flow {
+    let string = match vmexit::string_io(v, &q, rip) {
+        Ok(s) => Some(s),
+        Err(err) => return Flow::End(vmcs_failed(v, err)),
+    };
+    let e = Exit {
+        reason: ExitReason::IoInstruction,
+        rip,
+        len,
+        info: Info::Io(vmexit::IoExit { q, string }),
+    };
+    finish(v, &e)
 }
 
 macro_rules! class_path {
@@ -109,7 +150,6 @@ class_path! {
     run_rdmsr => Rdmsr,
     run_wrmsr => Wrmsr,
     run_vmcall => Vmcall,
-    run_io => IoInstruction,
     run_ept => EptViolation,
     run_cr => CrAccess,
     run_hlt => Hlt,

@@ -394,7 +394,7 @@ pub fn string_insn(q: &IoQualification, addr_size: u8, seg: u8) -> StringInsn {
 /// INS/OUTS: address size and segment from the instruction-information
 /// field where the CPU reports it (IA32_VMX_BASIC bit 54), else from the
 /// instruction's prefixes.
-fn string_io(
+pub(super) fn string_io(
     v: &Vcpu,
     q: &IoQualification,
     rip: u64,
@@ -411,6 +411,19 @@ fn string_io(
         (p.addr_size, p.seg.unwrap_or(gwalk::DS))
     };
     Ok(Ok((string_insn(q, addr_size, seg), e)))
+}
+
+/// A port I/O exit's RIP, instruction length and qualification (what
+/// [`decode_as`] reads first for it).
+#[inline(always)]
+pub fn io_head() -> Result<(u64, u64, IoQualification), VmcsError> {
+    let rip = rd!(guest::RIP);
+    let len = u64::from(rd!(ro::VMEXIT_INSTRUCTION_LEN));
+    Ok((
+        rip,
+        len,
+        IoQualification::decode(rd!(ro::EXIT_QUALIFICATION)),
+    ))
 }
 
 /// What decoding an exit can end in besides an [`Exit`].
