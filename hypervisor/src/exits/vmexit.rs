@@ -345,7 +345,8 @@ pub fn fetch(mem: &impl gwalk::GuestPhysRead, e: &Emu, rip: u64) -> Result<Insn,
 }
 
 /// The MMIO form of the instruction: decoded, with the segments read when
-/// it is a string instruction.
+/// it is a string instruction. Inlined, as `emu` is: no copy of its result.
+#[inline(always)]
 fn mmio_insn(
     v: &Vcpu,
     e: &mut Emu,
