@@ -48,7 +48,9 @@ pub fn vmcs_failed(v: &Vcpu, err: VmcsError) -> VmEnd {
 /// Decodes the exit with raw reason `raw`, runs its handler and applies the
 /// outcome: the whole exit but the run loop's own checks. The frequent
 /// classes each get their own copy of the path, decoded with a constant
-/// reason, so that each builds only its own [`Info`].
+/// reason, so that each builds only its own [`Info`]. (Inlined into the run
+/// loop: the dispatch is a table jump to the class path.)
+#[inline(always)]
 pub fn run(v: &mut Vcpu, raw: u32) -> Flow {
     use ExitReason as R;
     let Some(reason) = ExitReason::from_raw(raw) else {
