@@ -1,6 +1,7 @@
 //! CPUID: the host's answers with VMX and every feature that isn't
 //! virtualized hidden, the guest's own topology, and the hypervisor leaves.
-use crate::vm::vcpu::{Flow, Vcpu};
+use super::vmexit::{Exit, Info};
+use super::{Guest, Outcome};
 use crate::vmx::run::{RAX, RBX, RCX, RDX};
 use crate::xsave::{self, Layout};
 use arch::cpuid::Cpuid;
@@ -263,34 +264,45 @@ pub fn virtual_cpuid(leaf: u32, sub: u32, view: &View, host: impl Fn(u32, u32) -
     }
 }
 
-pub fn handle(v: &mut Vcpu) -> Flow {
-    let leaf = v.regs.gpr[RAX] as u32;
-    let sub = v.regs.gpr[RCX] as u32;
-    use arch::vmx::vmcs::{bits::secondary as s, ctrl};
-    let sec = ctrl::SECONDARY_PROCBASED_EXEC_CONTROLS.read().unwrap_or(0);
-    let cr4 = super::cr::visible_cr4();
+/// Whether the answer for `leaf` depends on guest state the VMCS holds
+/// (CR4.OSXSAVE/PKE, the RDTSCP/INVPCID controls): the exit decoder reads
+/// it only then (leaf 0 is the benchmarked CPUID round trip).
+pub fn reads_guest_state(leaf: u32) -> bool {
+    matches!(leaf, 1 | 7 | 0x8000_0001)
+}
+
+/// CPUID: the answer in RAX/RBX/RCX/RDX (upper halves zeroed), RIP past it.
+// Inlined into its class path of `exits::run`, where the apply step then
+// sees the Outcome's constant parts (no writes, the RIP advance).
+#[inline(always)]
+pub fn handle<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
+    let Info::Cpuid { cr4, secondary } = e.info else {
+        return super::wrong_info(e);
+    };
+    use arch::vmx::vmcs::bits::secondary as s;
+    let misc = g.msrs().misc_enable;
     let view = View {
-        vcpu: v.index as u32,
-        vcpus: v.vm.config.vcpus,
+        vcpu: g.index() as u32,
+        vcpus: g.vcpus(),
         guest_osxsave: cr4 & arch::regs::cr4::OSXSAVE != 0,
-        rdtscp: sec & s::ENABLE_RDTSCP != 0,
-        invpcid: sec & s::ENABLE_INVPCID != 0,
-        xcr0: v.xcr0,
+        rdtscp: secondary & s::ENABLE_RDTSCP != 0,
+        invpcid: secondary & s::ENABLE_INVPCID != 0,
+        xcr0: g.xcr0(),
         xsave: xsave::guest_layout_ref(),
         guest_pke: cr4 & arch::regs::cr4::PKE != 0,
-        apic_enabled: v.vm.lapics[v.index].lock().apic_base() & (1 << 11) != 0,
-        limit_maxval: v.msrs.misc_enable & super::msr::misc::LIMIT_CPUID_MAXVAL != 0,
-        xd_disable: v.msrs.misc_enable & super::msr::misc::XD_DISABLE != 0,
+        apic_enabled: g.lapic().apic_base() & (1 << 11) != 0,
+        limit_maxval: misc & super::msr::misc::LIMIT_CPUID_MAXVAL != 0,
+        xd_disable: misc & super::msr::misc::XD_DISABLE != 0,
         tsc_khz: crate::time::tsc_khz(),
         tsc_per_bus_tick: crate::vm::tsc_per_bus_tick(),
     };
-    let r = virtual_cpuid(leaf, sub, &view, arch::cpuid::cpuid);
-    v.regs.gpr[RAX] = u64::from(r.eax);
-    v.regs.gpr[RBX] = u64::from(r.ebx);
-    v.regs.gpr[RCX] = u64::from(r.ecx);
-    v.regs.gpr[RDX] = u64::from(r.edx);
-    v.advance_rip();
-    Flow::Continue
+    let gpr = g.gprs();
+    let r = virtual_cpuid(gpr[RAX] as u32, gpr[RCX] as u32, &view, arch::cpuid::cpuid);
+    gpr[RAX] = u64::from(r.eax);
+    gpr[RBX] = u64::from(r.ebx);
+    gpr[RCX] = u64::from(r.ecx);
+    gpr[RDX] = u64::from(r.edx);
+    Outcome::advance(e.len)
 }
 
 #[cfg(test)]

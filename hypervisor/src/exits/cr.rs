@@ -2,13 +2,13 @@
 //! bit (read shadows keep the guest's own view), and CR8, which is the local
 //! APIC's TPR (SDM Vol. 3C 25.6.6, 28.1.3; Vol. 3A 11.8.6). Invalid values
 //! inject #GP as the architecture would, never reach the VMCS.
-use super::GP;
-use crate::vm::vcpu::{Flow, Vcpu};
+use super::outcome::{Inject, Rip, Write};
+use super::vmexit::{CrExit, Exit, Info};
+use super::{Guest, Outcome};
 use crate::vmx::run::RSP;
 use arch::msr::{self, rdmsr};
 use arch::regs::{cr0, cr4};
-use arch::vmx::exit::{CrAccessType, CrQualification};
-use arch::vmx::vmcs::{ctrl, guest, ro};
+use arch::vmx::exit::CrAccessType;
 
 fn fixed(lo: u32, hi: u32) -> (u64, u64) {
     // SAFETY: the fixed-bit MSRs exist in VMX operation.
@@ -35,36 +35,6 @@ pub fn real_cr0(v: u64) -> u64 {
     v | (f0 & !(cr0::PE | cr0::PG))
 }
 
-/// CR0 as the guest sees it: its own bits where the mask gives them to the
-/// guest, the read shadow where the hypervisor owns them (SDM 25.6.6).
-pub fn visible_cr0() -> u64 {
-    let mask = ctrl::CR0_GUEST_HOST_MASK.read().unwrap_or(0);
-    (guest::CR0.read().unwrap_or(0) & !mask) | (ctrl::CR0_READ_SHADOW.read().unwrap_or(0) & mask)
-}
-
-/// CR4 as the guest sees it.
-pub fn visible_cr4() -> u64 {
-    let mask = ctrl::CR4_GUEST_HOST_MASK.read().unwrap_or(0);
-    (guest::CR4.read().unwrap_or(0) & !mask) | (ctrl::CR4_READ_SHADOW.read().unwrap_or(0) & mask)
-}
-
-fn gpr(v: &Vcpu, n: u8) -> u64 {
-    if usize::from(n) == RSP {
-        guest::RSP.read().unwrap_or(0)
-    } else {
-        v.regs.gpr[usize::from(n)]
-    }
-}
-
-fn set_gpr(v: &mut Vcpu, n: u8, val: u64) {
-    if usize::from(n) == RSP {
-        // SAFETY: the vCPU's VMCS is current.
-        let _ = unsafe { guest::RSP.write(val) };
-    } else {
-        v.regs.gpr[usize::from(n)] = val;
-    }
-}
-
 /// CR4.LA57 and CR4.CET: no constants in `arch` for them yet.
 const CR4_LA57: u64 = 1 << 12;
 const CR4_CET: u64 = 1 << 23;
@@ -84,7 +54,7 @@ pub fn hidden_cr4() -> u64 {
 }
 
 /// What the architectural checks of a MOV to CR0/CR4 depend on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CrState {
     /// CR0 and CR4 as the guest sees them before the write.
     pub cr0: u64,
@@ -161,122 +131,138 @@ fn pae_paging(cr0: u64, cr4: u64, lma: bool) -> bool {
     cr0 & cr0::PG != 0 && cr4 & cr4::PAE != 0 && !lma
 }
 
-/// Loads the four PDPTEs the way a MOV to CR0/CR4 into PAE paging does
+/// Reads the four PDPTEs the way a MOV to CR0/CR4 into PAE paging does
 /// (SDM Vol. 3A 4.4.1): with EPT the next VM entry takes them from the VMCS
-/// (SDM Vol. 3C 27.3.2.4), so they must be put there. False means #GP.
-fn load_pdptes(v: &Vcpu, cr3: u64) -> bool {
+/// (SDM Vol. 3C 27.3.2.4), so they must be put there. None means #GP.
+fn load_pdptes<G: Guest>(g: &G, cr3: u64, maxphyaddr: u8) -> Option<[u64; 4]> {
     let mut b = [0u8; 32];
-    if v.vm
-        .mem
-        .read_into(crate::vm::memory::Gpa(cr3 & 0xFFFF_FFE0), &mut b)
-        .is_err()
-    {
-        // Not RAM: an empty bus reads all-ones, which has reserved bits set.
-        return false;
+    // Not RAM: an empty bus reads all-ones, which has reserved bits set.
+    if !g.read_ram(cr3 & 0xFFFF_FFE0, &mut b) {
+        return None;
     }
     let mut p = [0u64; 4];
-    for (i, e) in p.iter_mut().enumerate() {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&b[8 * i..8 * i + 8]);
-        *e = u64::from_le_bytes(w);
+    for (e, w) in p.iter_mut().zip(b.chunks_exact(8)) {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(w);
+        *e = u64::from_le_bytes(x);
     }
-    if !pdptes_valid(&p, super::msr::maxphyaddr()) {
-        return false;
-    }
-    // SAFETY: the vCPU's VMCS is current.
-    unsafe {
-        let _ = guest::PDPTE0.write(p[0]);
-        let _ = guest::PDPTE1.write(p[1]);
-        let _ = guest::PDPTE2.write(p[2]);
-        let _ = guest::PDPTE3.write(p[3]);
-    }
-    true
+    pdptes_valid(&p, maxphyaddr).then_some(p)
 }
 
-fn cr_state() -> CrState {
-    CrState {
-        cr0: visible_cr0(),
-        cr4: visible_cr4(),
-        cr3: guest::CR3.read().unwrap_or(0),
-        efer: guest::IA32_EFER.read().unwrap_or(0),
-        cs_l: guest::CS_ACCESS_RIGHTS.read().unwrap_or(0) & (1 << 13) != 0,
+/// The fixed bits of CR0/CR4 in VMX operation and what CR4 bits a guest may
+/// set (SDM Vol. 3D A.7, A.8), and the guest's MAXPHYADDR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrFixed {
+    pub cr0_fixed0: u64,
+    pub cr4_fixed0: u64,
+    pub cr4_allowed: u64,
+    pub maxphyaddr: u8,
+}
+
+impl CrFixed {
+    /// This CPU's.
+    pub fn host() -> Self {
+        let (c0, _) = fixed(msr::IA32_VMX_CR0_FIXED0, msr::IA32_VMX_CR0_FIXED1);
+        let (f0, f1) = fixed(msr::IA32_VMX_CR4_FIXED0, msr::IA32_VMX_CR4_FIXED1);
+        CrFixed {
+            cr0_fixed0: c0,
+            cr4_fixed0: f0,
+            cr4_allowed: f1 & !(cr4::VMXE | cr4::SMXE | hidden_cr4()),
+            maxphyaddr: super::msr::maxphyaddr(),
+        }
+    }
+
+    /// The CR0 the CPU runs with (PE/PG are free with unrestricted guest,
+    /// SDM Vol. 3C 26.3.1.1).
+    pub fn real_cr0(&self, v: u64) -> u64 {
+        v | (self.cr0_fixed0 & !(cr0::PE | cr0::PG))
+    }
+
+    pub fn real_cr4(&self, v: u64) -> u64 {
+        v | self.cr4_fixed0
     }
 }
 
-fn write_cr0(v: &mut Vcpu, val: u64) -> bool {
-    let s = cr_state();
-    let Some(lma) = check_cr0(&s, val) else {
-        return false;
-    };
+/// MOV to CR0 (also CLTS and LMSW): the writes, or None for #GP.
+fn write_cr0<G: Guest>(g: &G, c: &CrExit, val: u64) -> Option<Outcome> {
+    let s = &c.state;
+    let lma = check_cr0(s, val)?;
+    let mut o = Outcome::resume();
     let reload = (s.cr0 ^ val) & (cr0::PG | cr0::CD | cr0::NW) != 0;
-    if reload && pae_paging(val, s.cr4, lma) && !load_pdptes(v, s.cr3) {
-        return false;
+    if reload && pae_paging(val, s.cr4, lma) {
+        o.push(Write::Pdptes(load_pdptes(g, s.cr3, c.fixed.maxphyaddr)?));
     }
-    v.set_entry_ia32e(lma);
-    // SAFETY: the vCPU's VMCS is current.
-    unsafe {
-        let _ = guest::IA32_EFER.write((s.efer & !EFER_LMA) | if lma { EFER_LMA } else { 0 });
-        let _ = ctrl::CR0_READ_SHADOW.write(val);
-        let _ = guest::CR0.write(real_cr0(val));
-    }
-    true
+    o.push(Write::EntryIa32e(lma));
+    o.push(Write::Efer(
+        (s.efer & !EFER_LMA) | if lma { EFER_LMA } else { 0 },
+    ));
+    o.push(Write::Cr0 {
+        shadow: val,
+        real: c.fixed.real_cr0(val),
+    });
+    Some(o)
 }
 
-fn write_cr4(v: &Vcpu, val: u64) -> bool {
-    let (_, f1) = fixed(msr::IA32_VMX_CR4_FIXED0, msr::IA32_VMX_CR4_FIXED1);
-    let allowed = f1 & !(cr4::VMXE | cr4::SMXE | hidden_cr4());
-    let s = cr_state();
-    if !check_cr4(&s, val, allowed) {
-        return false;
+/// MOV to CR4: the writes, or None for #GP.
+fn write_cr4<G: Guest>(g: &G, c: &CrExit, val: u64) -> Option<Outcome> {
+    let s = &c.state;
+    if !check_cr4(s, val, c.fixed.cr4_allowed) {
+        return None;
     }
+    let mut o = Outcome::resume();
     let paging_bits = cr4::PAE | cr4::PGE | cr4::PSE | cr4::PCIDE | cr4::SMEP;
     let lma = s.efer & EFER_LMA != 0;
-    if (s.cr4 ^ val) & paging_bits != 0 && pae_paging(s.cr0, val, lma) && !load_pdptes(v, s.cr3) {
-        return false;
+    if (s.cr4 ^ val) & paging_bits != 0 && pae_paging(s.cr0, val, lma) {
+        o.push(Write::Pdptes(load_pdptes(g, s.cr3, c.fixed.maxphyaddr)?));
     }
-    // SAFETY: the vCPU's VMCS is current.
-    unsafe {
-        let _ = ctrl::CR4_READ_SHADOW.write(val);
-        let _ = guest::CR4.write(real_cr4(val));
-    }
-    true
+    o.push(Write::Cr4 {
+        shadow: val,
+        real: c.fixed.real_cr4(val),
+    });
+    Some(o)
 }
 
-pub fn handle(v: &mut Vcpu) -> Flow {
-    let q = CrQualification::decode(ro::EXIT_QUALIFICATION.read().unwrap_or(0));
-    let ok = match (q.access, q.cr) {
-        (CrAccessType::MovToCr, 0) => write_cr0(v, gpr(v, q.gpr)),
-        (CrAccessType::MovToCr, 4) => write_cr4(v, gpr(v, q.gpr)),
-        (CrAccessType::MovToCr, 8) => match cr8_to_tpr(gpr(v, q.gpr)) {
-            Some(tpr) => {
-                v.vm.lapics[v.index].lock().set_tpr(tpr);
-                true
-            }
-            None => false,
-        },
-        (CrAccessType::MovFromCr, 8) => {
-            let tpr = v.vm.lapics[v.index].lock().tpr();
-            set_gpr(v, q.gpr, tpr_to_cr8(tpr));
-            true
-        }
-        (CrAccessType::Lmsw, _) => {
-            let shadow = visible_cr0();
-            // LMSW loads PE, MP, EM, TS and can't clear PE.
-            let new = (shadow & !0xE) | u64::from(q.lmsw_source & 0xF) | (shadow & cr0::PE);
-            write_cr0(v, new)
-        }
-        (CrAccessType::Clts, _) => {
-            let shadow = visible_cr0();
-            write_cr0(v, shadow & !cr0::TS)
-        }
-        _ => false,
+/// A control-register exit: the writes and RIP past the instruction, or #GP.
+// Not inlined into the dispatcher: its Outcome is then built in the
+// caller's return slot, not copied there.
+#[inline(never)]
+pub fn handle<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
+    let Info::Cr(c) = &e.info else {
+        return super::wrong_info(e);
     };
-    if ok {
-        v.advance_rip();
-    } else {
-        v.inject_exception(GP, Some(0));
+    let q = c.q;
+    let reg = usize::from(q.gpr & 15);
+    let src = if reg == RSP { c.rsp } else { g.gprs()[reg] };
+    let shadow = c.state.cr0;
+    let done = match (q.access, q.cr) {
+        (CrAccessType::MovToCr, 0) => write_cr0(g, c, src),
+        (CrAccessType::MovToCr, 4) => write_cr4(g, c, src),
+        (CrAccessType::MovToCr, 8) => cr8_to_tpr(src).map(|tpr| {
+            g.lapic().set_tpr(tpr);
+            Outcome::resume()
+        }),
+        (CrAccessType::MovFromCr, 8) => {
+            let val = tpr_to_cr8(g.lapic().tpr());
+            Some(if reg == RSP {
+                Outcome::resume().write(Write::Rsp(val))
+            } else {
+                g.gprs()[reg] = val;
+                Outcome::resume()
+            })
+        }
+        // LMSW loads PE, MP, EM, TS and can't clear PE.
+        (CrAccessType::Lmsw, _) => write_cr0(
+            g,
+            c,
+            (shadow & !0xE) | u64::from(q.lmsw_source & 0xF) | (shadow & cr0::PE),
+        ),
+        (CrAccessType::Clts, _) => write_cr0(g, c, shadow & !cr0::TS),
+        _ => None,
+    };
+    match done {
+        Some(o) => o.rip(Rip::Advance(e.len)),
+        None => Outcome::fault(Inject::GP0),
     }
-    Flow::Continue
 }
 
 #[cfg(test)]

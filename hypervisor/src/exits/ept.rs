@@ -11,11 +11,11 @@
 //! guest gets #UD at that RIP, as it would there. An instruction that starts
 //! in RAM and runs into an empty page ends the guest with a diagnostic
 //! instead (its decode would depend on how many bytes it took from the bus).
+use super::outcome::Inject;
+use super::vmexit::{EptExit, Exit, Info};
+use super::{Guest, Outcome};
 use crate::manifest::UnmappedAccess;
-use crate::vm::vcpu::{Flow, Vcpu};
 use crate::vm::{Vm, VmEnd};
-use arch::vmx::exit::EptViolation;
-use arch::vmx::vmcs::{guest, ro};
 
 /// Distinct pages logged per guest before further ones are only counted.
 pub const LOGGED_PAGES: usize = 8;
@@ -106,47 +106,52 @@ pub fn unmapped(vm: &Vm, gpa: u64, write: bool, rip: u64) -> Result<(), VmEnd> {
     Ok(())
 }
 
-pub fn violation(v: &mut Vcpu) -> Flow {
-    let gpa = ro::GUEST_PHYSICAL_ADDR.read().unwrap_or(0);
-    let q = EptViolation::decode(ro::EXIT_QUALIFICATION.read().unwrap_or(0));
-    let device = v.vm.mmio_claimed(v.index, gpa);
-    if q.fetch && !device {
-        return fetch_unmapped(v, gpa);
+/// An EPT violation: a device page or the empty bus.
+// Not inlined into the dispatcher: its Outcome is then built in the
+// caller's return slot, not copied there.
+#[inline(never)]
+pub fn violation<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
+    let Info::Ept(x) = &e.info else {
+        return super::wrong_info(e);
+    };
+    let device = g.device_at(x.gpa);
+    if x.q.fetch && !device {
+        return fetch_unmapped(g, e, x);
     }
-    if !device && v.vm.config.unmapped_access == UnmappedAccess::Stop {
-        // Stop at the access itself, before anything is decoded.
-        return match unmapped(&v.vm, gpa, q.write, v.rip()) {
-            Err(end) => Flow::End(end),
-            Ok(()) => Flow::Continue,
+    if !device && g.unmapped_stop() {
+        // Stop at the access itself, before anything is emulated.
+        return match g.unmapped(x.gpa, x.q.write, e.rip) {
+            Err(end) => Outcome::end(end),
+            Ok(()) => Outcome::resume(),
         };
     }
-    super::mmio::handle(v, gpa)
+    super::mmio::handle(g, e, x)
 }
 
 /// Instruction fetch from a guest-physical address with nothing behind it.
-fn fetch_unmapped(v: &mut Vcpu, gpa: u64) -> Flow {
-    if let Err(end) = unmapped(&v.vm, gpa, false, v.rip()) {
-        return Flow::End(end);
+fn fetch_unmapped<G: Guest>(g: &mut G, e: &Exit, x: &EptExit) -> Outcome {
+    let gpa = x.gpa;
+    if let Err(end) = g.unmapped(gpa, false, e.rip) {
+        return Outcome::end(end);
     }
-    let rip_la = guest::CS_BASE.read().unwrap_or(0).wrapping_add(v.rip());
-    let starts_there =
-        super::mmio::translate_fetch(v, rip_la).is_some_and(|pa| pa >> 12 == gpa >> 12);
-    if starts_there {
-        v.inject_exception(super::UD, None);
-        return Flow::Continue;
+    if x.rip_gpa.is_some_and(|pa| pa >> 12 == gpa >> 12) {
+        return Outcome::fault(Inject::UD);
     }
-    Flow::End(VmEnd::Crashed(alloc::format!(
+    Outcome::end(VmEnd::Crashed(alloc::format!(
         "instruction at rip {:#x} runs into guest-physical {gpa:#x} ({}), which has nothing behind it",
-        v.rip(),
+        e.rip,
         region(gpa)
     )))
 }
 
-pub fn misconfig(v: &mut Vcpu) -> Flow {
-    let gpa = ro::GUEST_PHYSICAL_ADDR.read().unwrap_or(0);
-    Flow::End(VmEnd::Crashed(alloc::format!(
+pub fn misconfig(e: &Exit) -> Outcome {
+    let gpa = match e.info {
+        Info::EptMisconfig { gpa } => gpa,
+        _ => return super::wrong_info(e),
+    };
+    Outcome::end(VmEnd::Crashed(alloc::format!(
         "EPT misconfiguration at guest-physical {gpa:#x}, rip {:#x}",
-        v.rip()
+        e.rip
     )))
 }
 

@@ -6,14 +6,12 @@
 //! prefixes, and run in the string engine (`string.rs`) through the guest's
 //! segmentation and paging: #GP/#SS/#PF go to the guest as hardware raises
 //! them, and a long REP is done in chunks with RIP kept on the instruction.
-use super::decode::{self};
-use super::string::{Dst, Src, StringInsn};
-use crate::vm::gwalk;
-use crate::vm::vcpu::{Flow, Vcpu};
+use super::vmexit::{Exit, Info};
+use super::{Guest, Outcome};
+use crate::devices::Request;
+use crate::vm::vcpu::Flow;
 use crate::vm::{Vm, VmEnd};
 use crate::vmx::run::RAX;
-use arch::vmx::exit::IoQualification;
-use arch::vmx::vmcs::ro;
 
 /// The first byte a guest writes to its console is reported once (start-up time).
 pub fn note_console_output(vm: &Vm, port: u16) {
@@ -27,55 +25,31 @@ pub fn note_console_output(vm: &Vm, port: u16) {
     }
 }
 
-/// Address size (bytes) and segment of INS/OUTS from the instruction-
-/// information field: bits 9:7 address size (0 = 16, 1 = 32, 2 = 64 bits),
-/// bits 17:15 segment (OUTS only; INS always writes ES).
-pub fn ins_outs_info(info: u32) -> (u8, u8) {
-    let addr_size = match (info >> 7) & 7 {
-        0 => 2,
-        1 => 4,
-        _ => 8,
-    };
-    (addr_size, ((info >> 15) & 7) as u8)
-}
-
-/// The string-engine form of an INS/OUTS exit.
-pub fn string_insn(q: &IoQualification, addr_size: u8, seg: u8) -> StringInsn {
-    let (src, dst) = if q.is_in {
-        (Src::Port(q.port), Dst::Mem)
-    } else {
-        (Src::Mem(seg), Dst::Port(q.port))
-    };
-    StringInsn {
-        src,
-        dst,
-        size: q.size,
-        addr_size,
-        rep: q.rep,
+/// The result of an OUT's device access for the run loop.
+pub fn request_flow(request: Request) -> Flow {
+    match crate::vm::request_end(request) {
+        None => Flow::Continue,
+        Some(end) => Flow::End(end),
     }
 }
 
-fn string_io(v: &mut Vcpu, q: &IoQualification) -> Flow {
-    let (addr_size, seg) = if crate::vmx::caps().basic.ins_outs_info {
-        ins_outs_info(ro::VMEXIT_INSTRUCTION_INFO.read().unwrap_or(0))
-    } else {
-        let mut bytes = [0u8; 15];
-        let n = match super::mmio::fetch(v, &mut bytes) {
-            Ok(n) => n,
-            Err(e) => return Flow::End(VmEnd::Crashed(alloc::format!("string I/O: {e}"))),
-        };
-        let p = decode::prefixes(&bytes[..n], super::mmio::cpu_mode());
-        (p.addr_size, p.seg.unwrap_or(gwalk::DS))
+/// IN/OUT and INS/OUTS.
+// Inlined into its class path of `exits::run`, where the apply step then
+// sees the Outcome's constant parts (no writes, the RIP advance).
+#[inline(always)]
+pub fn handle<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
+    let Info::Io(io) = &e.info else {
+        return super::wrong_info(e);
     };
-    let insn = string_insn(q, addr_size, seg);
-    let len = ro::VMEXIT_INSTRUCTION_LEN.read().unwrap_or(0) as u64;
-    super::mmio::run_string(v, &insn, len)
-}
-
-pub fn handle(v: &mut Vcpu) -> Flow {
-    let q = IoQualification::decode(ro::EXIT_QUALIFICATION.read().unwrap_or(0));
-    if q.string {
-        return string_io(v, &q);
+    let q = io.q;
+    match &io.string {
+        Some(Ok((insn, emu))) => return super::mmio::run_string(g, e, insn, emu, e.len),
+        Some(Err(la)) => {
+            return Outcome::end(VmEnd::Crashed(alloc::format!(
+                "string I/O: cannot fetch the instruction at rip {la:#x}"
+            )))
+        }
+        None => {}
     }
     let mask: u64 = match q.size {
         1 => 0xFF,
@@ -83,31 +57,28 @@ pub fn handle(v: &mut Vcpu) -> Flow {
         _ => 0xFFFF_FFFF,
     };
     if q.is_in {
-        let val = v.vm.io_read(q.port, q.size);
-        let rax = &mut v.regs.gpr[RAX];
+        let val = g.io_read(q.port, q.size);
+        let rax = &mut g.gprs()[RAX];
         // A 32-bit IN zero-extends into RAX; 8/16-bit ones merge.
         *rax = if q.size == 4 {
             u64::from(val)
         } else {
             (*rax & !mask) | (u64::from(val) & mask)
         };
-        v.advance_rip();
-        Flow::Continue
+        Outcome::advance(e.len)
     } else {
-        let val = (v.regs.gpr[RAX] & mask) as u32;
-        note_console_output(&v.vm, q.port);
-        let end = crate::vm::request_end(v.vm.io_write(q.port, q.size, val));
-        v.advance_rip();
-        match end {
-            None => Flow::Continue,
-            Some(end) => Flow::End(end),
-        }
+        let val = (g.gprs()[RAX] & mask) as u32;
+        let request = g.io_write(q.port, q.size, val);
+        Outcome::advance(e.len).with_flow(request_flow(request))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::super::string::{Dst, Src};
+    use super::super::vmexit::{ins_outs_info, string_insn};
+    use crate::vm::gwalk;
+    use arch::vmx::exit::IoQualification;
 
     #[test]
     fn instruction_information_fields() {

@@ -10,16 +10,16 @@
 //! Guest memory is reached by copies ([`GuestMemory::read_into`],
 //! [`GuestMemory::write`]), never by a slice another vCPU could change.
 use super::decode::{self, Decoded, MemOp, Mode, StringOp};
-use super::string::{self, Dst, Progress, Src, Stop, StringEnv, StringInsn};
-use crate::vm::gwalk::{
-    self, Access, AddrMode, Fault, GuestPhysRead, LinearError, PagingRegs, PhysBus, Segment,
-};
+use super::outcome::{Inject, Rip, Write};
+use super::string::{Dst, Progress, Src, Stop, StringEnv, StringInsn};
+use super::vmexit::{Emu, EptExit, Exit, InsnError};
+use super::{Guest, Outcome};
+use crate::vm::gwalk::{self, Fault, GuestPhysRead, LinearError, PhysBus};
 use crate::vm::memory::{Gpa, GuestMemory};
-use crate::vm::vcpu::{Flow, Vcpu};
+use crate::vm::vcpu::Flow;
 use crate::vm::{Vm, VmEnd};
 use crate::vmx::run::RSP;
 use alloc::format;
-use arch::vmx::vmcs::guest;
 
 /// Iterations of a REP string instruction per exit (then the instruction
 /// executes again, and interrupts can be taken in between).
@@ -29,84 +29,6 @@ impl GuestPhysRead for GuestMemory {
     fn read(&self, gpa: Gpa, buf: &mut [u8]) -> bool {
         self.read_into(gpa, buf).is_ok()
     }
-}
-
-pub fn cpu_mode() -> Mode {
-    let cr0 = super::cr::visible_cr0();
-    let ar = guest::CS_ACCESS_RIGHTS.read().unwrap_or(0);
-    if cr0 & 1 == 0 {
-        Mode::Real16
-    } else if ar & (1 << 13) != 0 {
-        Mode::Long64
-    } else if ar & (1 << 14) != 0 {
-        Mode::Prot32
-    } else {
-        // 16-bit protected mode: same operand defaults as real mode.
-        Mode::Real16
-    }
-}
-
-/// How segments apply: real and virtual-8086 mode (RFLAGS.VM), protected or
-/// compatibility mode, 64-bit mode.
-pub fn addr_mode() -> AddrMode {
-    let cr0 = super::cr::visible_cr0();
-    let rflags = guest::RFLAGS.read().unwrap_or(0);
-    let cs_ar = guest::CS_ACCESS_RIGHTS.read().unwrap_or(0);
-    if cr0 & 1 == 0 || rflags & (1 << 17) != 0 {
-        AddrMode::Real
-    } else if cs_ar & (1 << 13) != 0 {
-        AddrMode::Long64
-    } else {
-        AddrMode::Protected
-    }
-}
-
-pub fn paging_regs() -> PagingRegs {
-    PagingRegs {
-        cr0: guest::CR0.read().unwrap_or(0),
-        cr3: guest::CR3.read().unwrap_or(0),
-        cr4: guest::CR4.read().unwrap_or(0),
-        efer: guest::IA32_EFER.read().unwrap_or(0),
-    }
-}
-
-/// The segment register `which` (`gwalk::ES`..`GS`) from the VMCS.
-pub fn segment(which: u8) -> Segment {
-    use guest::*;
-    let (b, l, a) = match which {
-        gwalk::ES => (ES_BASE, ES_LIMIT, ES_ACCESS_RIGHTS),
-        gwalk::CS => (CS_BASE, CS_LIMIT, CS_ACCESS_RIGHTS),
-        gwalk::SS => (SS_BASE, SS_LIMIT, SS_ACCESS_RIGHTS),
-        gwalk::FS => (FS_BASE, FS_LIMIT, FS_ACCESS_RIGHTS),
-        gwalk::GS => (GS_BASE, GS_LIMIT, GS_ACCESS_RIGHTS),
-        _ => (DS_BASE, DS_LIMIT, DS_ACCESS_RIGHTS),
-    };
-    Segment {
-        base: b.read().unwrap_or(0),
-        limit: l.read().unwrap_or(0),
-        ar: a.read().unwrap_or(0),
-    }
-}
-
-/// The guest-physical address of an instruction fetch at linear `la`.
-pub fn translate_fetch(v: &Vcpu, la: u64) -> Option<u64> {
-    gwalk::translate(&v.vm.mem, paging_regs(), la, Access::FETCH)
-        .ok()
-        .map(u64::from)
-}
-
-/// Fetches up to 15 instruction bytes at the guest's CS:RIP.
-pub fn fetch(v: &Vcpu, buf: &mut [u8; 15]) -> Result<usize, alloc::string::String> {
-    let regs = paging_regs();
-    let rip = guest::CS_BASE.read().unwrap_or(0).wrapping_add(v.rip());
-    // The instruction may end before the next page, which may be unmapped.
-    let to_page_end = (0x1000 - (rip & 0xFFF)) as usize;
-    for len in [15usize, to_page_end.min(15)] {
-        if gwalk::read_virt(&v.vm.mem, regs, rip, Access::FETCH, &mut buf[..len]).is_ok() {
-            return Ok(len);
-        }
-    }
-    Err(format!("cannot fetch the instruction at rip {rip:#x}"))
 }
 
 fn all_ones(size: usize) -> u64 {
@@ -204,23 +126,20 @@ impl PhysBus for VcpuBus<'_> {
 /// this vCPU, then [`VcpuBus`]; ports through the VM's port bus.
 pub struct GuestEnv<'a> {
     pub bus: VcpuBus<'a>,
-    pub mode: AddrMode,
-    pub paging: PagingRegs,
-    pub user: bool,
+    /// Segments, paging and CPL as the exit decoded them.
+    pub emu: &'a Emu,
 }
 
 impl GuestEnv<'_> {
-    pub fn new(v: &Vcpu) -> GuestEnv<'_> {
+    pub fn new<'a>(vm: &'a Vm, idx: usize, emu: &'a Emu, rip: u64) -> GuestEnv<'a> {
         GuestEnv {
             bus: VcpuBus {
-                vm: &v.vm,
-                idx: v.index,
-                now: v.vm.guest_tsc(),
-                rip: v.rip(),
+                vm,
+                idx,
+                now: vm.guest_tsc(),
+                rip,
             },
-            mode: addr_mode(),
-            paging: paging_regs(),
-            user: v.cpl() == 3,
+            emu,
         }
     }
 
@@ -231,11 +150,12 @@ impl GuestEnv<'_> {
         write: bool,
         buf: &mut [u8],
     ) -> Result<(), Stop<VmEnd>> {
-        let s = segment(seg);
-        let la = gwalk::linear(&s, seg, offset, buf.len() as u64, write, self.mode)
+        let e = self.emu;
+        let s = e.segment(seg);
+        let la = gwalk::linear(&s, seg, offset, buf.len() as u64, write, e.addr_mode)
             .map_err(Stop::Fault)?;
         let mem = &self.bus.vm.mem;
-        match gwalk::access_linear(mem, &mut self.bus, self.paging, la, self.user, write, buf) {
+        match gwalk::access_linear(mem, &mut self.bus, e.paging, la, e.user, write, buf) {
             Ok(()) => Ok(()),
             Err(LinearError::Fault(f)) => Err(Stop::Fault(f)),
             Err(LinearError::Stop(e)) => Err(Stop::End(e)),
@@ -267,64 +187,45 @@ impl StringEnv for GuestEnv<'_> {
 
     fn port_out(&mut self, port: u16, size: u8, value: u32) -> Result<(), Stop<VmEnd>> {
         super::io::note_console_output(self.bus.vm, port);
-        match crate::vm::request_end(self.bus.vm.io_write(port, size, value)) {
-            None => Ok(()),
-            Some(end) => Err(Stop::End(end)),
+        match super::io::request_flow(self.bus.vm.io_write(port, size, value)) {
+            Flow::End(end) => Err(Stop::End(end)),
+            _ => Ok(()),
         }
     }
 }
 
-/// Injects the exception a failed guest access raises.
-pub fn inject_fault(v: &mut Vcpu, f: Fault) {
+/// The exception a failed guest access raises.
+pub fn fault_inject(f: Fault) -> Inject {
     match f {
-        Fault::Pf { cr2, code } => v.inject_page_fault(cr2, code),
-        other => v.inject_exception(other.vector(), Some(0)),
+        Fault::Pf { cr2, code } => Inject::PageFault { cr2, code },
+        other => Inject::Exception {
+            vector: other.vector(),
+            error_code: Some(0),
+        },
     }
 }
 
-/// Runs a string instruction for up to [`REP_BUDGET`] iterations and
-/// finishes the exit: RIP advances only once the instruction is done.
-/// Device actions that end the guest after a completed iteration still
-/// advance RIP past a finished instruction.
-pub fn run_string(v: &mut Vcpu, insn: &StringInsn, len: u64) -> Flow {
-    let mut regs = v.regs.gpr;
-    let rflags = guest::RFLAGS.read().unwrap_or(0);
-    let res = {
-        let mut env = GuestEnv::new(v);
-        string::run(insn, &mut regs, rflags, &mut env, REP_BUDGET)
-    };
-    v.regs.gpr = regs;
+/// Runs a string instruction for up to [`REP_BUDGET`] iterations: RIP
+/// advances only once the instruction is done. Device actions that end the
+/// guest after a completed iteration still advance RIP past a finished
+/// instruction.
+pub fn run_string<G: Guest>(
+    g: &mut G,
+    e: &Exit,
+    insn: &StringInsn,
+    emu: &Emu,
+    len: u64,
+) -> Outcome {
+    let mut regs = *g.gprs();
+    let res = g.run_string(insn, &mut regs, emu, e.rip);
+    *g.gprs() = regs;
     match res {
-        Ok(Progress::Done) => {
-            set_rip(v, len);
-            Flow::Continue
-        }
-        Ok(Progress::Again) => {
-            // Iterations have completed: STI/MOV SS blocking is over, and an
-            // interrupt may come before the next chunk (RIP unchanged).
-            set_rip(v, 0);
-            Flow::Continue
-        }
-        Err(Stop::Fault(f)) => {
-            inject_fault(v, f);
-            Flow::Continue
-        }
-        Err(Stop::End(e)) => {
-            set_rip(v, len);
-            Flow::End(e)
-        }
-    }
-}
-
-fn set_rip(v: &mut Vcpu, len: u64) {
-    let rip = v.rip().wrapping_add(len);
-    // SAFETY: the vCPU's VMCS is current.
-    let _ = unsafe { guest::RIP.write(rip) };
-    // Blocking by STI / MOV SS ends with the instruction (SDM Vol. 3C 25.4.2).
-    let st = guest::INTERRUPTIBILITY_STATE.read().unwrap_or(0);
-    if st & 3 != 0 {
-        // SAFETY: as above.
-        let _ = unsafe { guest::INTERRUPTIBILITY_STATE.write(st & !3) };
+        Ok(Progress::Done) => Outcome::advance(len),
+        // Iterations have completed: STI/MOV SS blocking is over, and an
+        // interrupt may come before the next chunk (RIP unchanged).
+        Ok(Progress::Again) => Outcome::advance(0),
+        Err(Stop::Fault(f)) => Outcome::fault(fault_inject(f)),
+        Err(Stop::End(end)) => Outcome::advance(len).with_flow(Flow::End(end)),
     }
 }
 
@@ -345,52 +246,45 @@ fn string_insn(d: &Decoded, op: StringOp, bytes: &[u8], mode: Mode) -> StringIns
     }
 }
 
-/// Emulates the instruction that touched `gpa` (a device page, or the empty
-/// bus under `unmapped_access = "ignore"`).
-pub fn handle(v: &mut Vcpu, gpa: u64) -> Flow {
-    let mut bytes = [0u8; 15];
-    let n = match fetch(v, &mut bytes) {
-        Ok(n) => n,
-        Err(e) => return Flow::End(VmEnd::Crashed(format!("MMIO at {gpa:#x}: {e}"))),
-    };
-    let mode = cpu_mode();
-    let d = match decode::decode(&bytes[..n], mode) {
-        Ok(d) => d,
-        Err(e) => {
-            return Flow::End(VmEnd::Crashed(format!(
-            "MMIO at {gpa:#x}: cannot emulate the instruction at rip {:#x} ({e:?}, bytes {:02x?})",
-            v.rip(),
-            &bytes[..n.min(8)]
-        )))
+/// Emulates the instruction that touched `x.gpa` (a device page, or the
+/// empty bus under `unmapped_access = "ignore"`).
+pub fn handle<G: Guest>(g: &mut G, e: &Exit, x: &EptExit) -> Outcome {
+    let gpa = x.gpa;
+    let (d, insn) = match x.insn {
+        Ok(di) => di,
+        Err(InsnError::Fetch(la)) => {
+            return Outcome::end(VmEnd::Crashed(format!(
+                "MMIO at {gpa:#x}: cannot fetch the instruction at rip {la:#x}"
+            )))
+        }
+        Err(InsnError::Decode(err, insn)) => {
+            let b = insn.bytes();
+            return Outcome::end(VmEnd::Crashed(format!(
+                "MMIO at {gpa:#x}: cannot emulate the instruction at rip {:#x} ({err:?}, bytes {:02x?})",
+                e.rip,
+                &b[..b.len().min(8)]
+            )));
         }
     };
     if let MemOp::String(op) = d.op {
-        let insn = string_insn(&d, op, &bytes[..n], mode);
-        return run_string(v, &insn, u64::from(d.len));
+        let si = string_insn(&d, op, insn.bytes(), x.emu.mode);
+        return run_string(g, e, &si, &x.emu, u64::from(d.len));
     }
-    let mut regs = v.regs.gpr;
-    regs[RSP] = guest::RSP.read().unwrap_or(0);
-    let mut rflags = guest::RFLAGS.read().unwrap_or(0);
-    let res = {
-        let mut bus = VcpuBus {
-            vm: &v.vm,
-            idx: v.index,
-            now: v.vm.guest_tsc(),
-            rip: v.rip(),
-        };
-        bus.rmw(gpa, usize::from(d.size), d.op.writes(), |read| {
-            decode::emulate(&d, &mut regs, &mut rflags, read)
-        })
-    };
+    let mut regs = *g.gprs();
+    regs[RSP] = x.emu.rsp;
+    let mut rflags = x.emu.rflags;
+    let res = g.mmio_rmw(gpa, usize::from(d.size), d.op.writes(), e.rip, |read| {
+        decode::emulate(&d, &mut regs, &mut rflags, read)
+    });
     if let Err(end) = res {
-        return Flow::End(end);
+        return Outcome::end(end);
     }
-    v.regs.gpr = regs;
-    // SAFETY: the vCPU's VMCS is current.
-    unsafe {
-        let _ = guest::RSP.write(regs[RSP]);
-        let _ = guest::RFLAGS.write(rflags);
-    }
-    set_rip(v, u64::from(d.len));
-    Flow::Continue
+    *g.gprs() = regs;
+    // Only what the instruction changed goes back to the VMCS.
+    let rsp = (regs[RSP] != x.emu.rsp).then_some(Write::Rsp(regs[RSP]));
+    let flags = (rflags != x.emu.rflags).then_some(Write::Rflags(rflags));
+    Outcome::with_writes(
+        Rip::Advance(u64::from(d.len)),
+        [rsp.unwrap_or(Write::None), flags.unwrap_or(Write::None)],
+    )
 }

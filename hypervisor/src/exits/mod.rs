@@ -1,38 +1,185 @@
-//! VM-exit dispatch: read the exit reason, hand it to the one handler for its
-//! class, return what the run loop should do. Handlers finish in the core
-//! (CPUID, MSR, CR, XSETBV, HLT) or pass a request to a device model (I/O).
+//! VM-exit dispatch. An exit is decoded once into an [`Exit`] value
+//! (`vmexit.rs`, the only place exit information is read from the VMCS);
+//! the handler of its class takes the vCPU (as a [`Guest`]) and the `Exit`
+//! and returns an [`Outcome`]: how the run loop goes on and the guest-state
+//! writes, which the apply step (`apply.rs`) performs. Handlers finish in
+//! the core (CPUID, MSR, CR, XSETBV, HLT) or pass a request to a device
+//! model (I/O, MMIO).
+pub mod apply;
 pub mod cpuid;
 pub mod cr;
 pub mod decode;
 pub mod ept;
+mod guest;
 pub mod io;
 pub mod mmio;
 pub mod msr;
+pub mod outcome;
 pub mod string;
 pub mod vmcall;
+pub mod vmexit;
 pub mod xsetbv;
+
+#[cfg(test)]
+mod tests;
+
+pub use guest::Guest;
+pub use outcome::{Inject, Outcome, Rip, Write};
+pub use vmexit::{Exit, Info, VmcsError};
 
 use crate::vm::vcpu::{Flow, Vcpu};
 use crate::vm::VmEnd;
 use alloc::format;
 use alloc::string::String;
-use arch::vmx::exit::{ExitReason, InterruptionInfo};
-use arch::vmx::vmcs::{guest, ro};
+use arch::vmx::exit::ExitReason;
 
 pub const UD: u8 = 6;
 pub const GP: u8 = 13;
 
-pub fn handle(v: &mut Vcpu, raw: u32) -> Flow {
+/// A VMREAD/VMWRITE failed: a hypervisor bug, reported with the field's
+/// name; the guest can't go on with state nobody knows.
+#[cold]
+#[inline(never)]
+pub fn vmcs_failed(v: &Vcpu, err: VmcsError) -> VmEnd {
+    log::error!("hv: vm {}: vcpu {}: {err}", v.vm.name, v.index);
+    VmEnd::Crashed(format!("hypervisor error: {err}"))
+}
+
+/// Decodes the exit with raw reason `raw`, runs its handler and applies the
+/// outcome: the whole exit but the run loop's own checks. The frequent
+/// classes each get their own copy of the path, decoded with a constant
+/// reason, so that each builds only its own [`Info`]. (Inlined into the run
+/// loop: the dispatch is a table jump to the class path.)
+#[inline(always)]
+pub fn run(v: &mut Vcpu, raw: u32) -> Flow {
     use ExitReason as R;
     let Some(reason) = ExitReason::from_raw(raw) else {
-        return Flow::End(VmEnd::Crashed(format!(
-            "unexpected VM exit reason {}",
-            raw & 0xFFFF
-        )));
+        return unknown(raw);
     };
+    match reason {
+        R::Cpuid => run_cpuid(v),
+        R::Rdmsr => run_rdmsr(v),
+        R::Wrmsr => run_wrmsr(v),
+        R::Vmcall => run_vmcall(v),
+        R::IoInstruction => run_io(v),
+        R::EptViolation => run_ept(v),
+        R::CrAccess => run_cr(v),
+        R::Hlt => run_hlt(v),
+        R::PreemptionTimer => run_timer(v),
+        R::ExternalInterrupt => run_extint(v),
+        _ => run_other(v, reason),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn unknown(raw: u32) -> Flow {
+    Flow::End(VmEnd::Crashed(format!(
+        "unexpected VM exit reason {}",
+        raw & 0xFFFF
+    )))
+}
+
+/// Decode, handle, apply for exit `reason` (a constant in every caller but
+/// `run_other`).
+#[inline(always)]
+fn run_as(v: &mut Vcpu, reason: ExitReason) -> Flow {
+    let e = match vmexit::decode_as(v, reason) {
+        Ok(e) => e,
+        Err(err) => return Flow::End(vmcs_failed(v, err)),
+    };
+    finish(v, &e)
+}
+
+/// Handle and apply.
+#[inline(always)]
+fn finish(v: &mut Vcpu, e: &Exit) -> Flow {
+    let o = handle(v, e);
+    match apply::apply(v, e, o) {
+        Ok(flow) => flow,
+        Err(err) => Flow::End(vmcs_failed(v, err)),
+    }
+}
+
+/// Port I/O: IN/OUT and INS/OUTS take separate paths, so that IN/OUT
+/// doesn't merge (and copy) the string form's large payload.
+#[inline(never)]
+fn run_io(v: &mut Vcpu) -> Flow {
+    let (rip, len, q) = match vmexit::io_head() {
+        Ok(h) => h,
+        Err(err) => return Flow::End(vmcs_failed(v, err)),
+    };
+    if q.string {
+        return run_io_string(v, rip, len, q);
+    }
+    let e = Exit {
+        reason: ExitReason::IoInstruction,
+        rip,
+        len,
+        info: Info::Io(vmexit::IoExit { q, string: None }),
+    };
+    finish(v, &e)
+}
+
+#[inline(never)]
+fn run_io_string(v: &mut Vcpu, rip: u64, len: u64, q: arch::vmx::exit::IoQualification) -> Flow {
+    let string = match vmexit::string_io(v, &q, rip) {
+        Ok(s) => Some(s),
+        Err(err) => return Flow::End(vmcs_failed(v, err)),
+    };
+    let e = Exit {
+        reason: ExitReason::IoInstruction,
+        rip,
+        len,
+        info: Info::Io(vmexit::IoExit { q, string }),
+    };
+    finish(v, &e)
+}
+
+macro_rules! class_path {
+    ($($name:ident => $reason:ident),* $(,)?) => {
+        $(
+            #[inline(never)]
+            fn $name(v: &mut Vcpu) -> Flow {
+                run_as(v, ExitReason::$reason)
+            }
+        )*
+    };
+}
+
+class_path! {
+    run_cpuid => Cpuid,
+    run_rdmsr => Rdmsr,
+    run_wrmsr => Wrmsr,
+    run_vmcall => Vmcall,
+    run_ept => EptViolation,
+    run_cr => CrAccess,
+    run_hlt => Hlt,
+    run_timer => PreemptionTimer,
+    run_extint => ExternalInterrupt,
+}
+
+#[inline(never)]
+fn run_other(v: &mut Vcpu, reason: ExitReason) -> Flow {
+    run_as(v, reason)
+}
+
+/// An exit whose [`Info`] isn't its class's: a bug of the decoder.
+fn wrong_info(e: &Exit) -> Outcome {
+    Outcome::end(VmEnd::Crashed(format!(
+        "hypervisor error: {:?} exit decoded without its information",
+        e.reason
+    )))
+}
+
+/// The handler of the exit's class. (Inlined into each class path of
+/// [`run`], where the reason is a constant: one direct call of the handler.)
+#[inline(always)]
+pub fn handle(v: &mut Vcpu, e: &Exit) -> Outcome {
+    use ExitReason as R;
     // Exits that can change timers or make an interrupt deliverable make the
     // run loop re-poll timers and re-evaluate injection before re-entry.
-    match reason {
+    match e.reason {
         // APIC registers written. (Port I/O reports what it changed itself.)
         R::Wrmsr | R::EptViolation => {
             v.timers_dirty = true;
@@ -47,27 +194,27 @@ pub fn handle(v: &mut Vcpu, raw: u32) -> Flow {
             .store(true, core::sync::atomic::Ordering::Release),
         _ => {}
     }
-    match reason {
-        R::Cpuid => cpuid::handle(v),
-        R::Rdmsr => msr::rdmsr(v),
-        R::Wrmsr => msr::wrmsr(v),
-        R::IoInstruction => io::handle(v),
-        R::CrAccess => cr::handle(v),
-        R::Xsetbv => xsetbv::handle(v),
-        R::Vmcall => vmcall::handle(v),
-        R::EptViolation => ept::violation(v),
-        R::EptMisconfig => ept::misconfig(v),
-        R::PreemptionTimer => Flow::Continue,
-        R::Hlt => hlt(v),
-        R::ExternalInterrupt => external_interrupt(),
-        R::ExceptionOrNmi => exception_or_nmi(v),
-        R::TripleFault => Flow::End(VmEnd::Crashed(format!(
+    match e.reason {
+        R::Cpuid => cpuid::handle(v, e),
+        R::Rdmsr => msr::rdmsr(v, e),
+        R::Wrmsr => msr::wrmsr(v, e),
+        R::IoInstruction => io::handle(v, e),
+        R::CrAccess => cr::handle(v, e),
+        R::Xsetbv => xsetbv::handle(v, e),
+        R::Vmcall => vmcall::handle(v, e),
+        R::EptViolation => ept::violation(v, e),
+        R::EptMisconfig => ept::misconfig(e),
+        R::PreemptionTimer => Outcome::resume(),
+        R::Hlt => hlt(v, e),
+        R::ExternalInterrupt => external_interrupt(e),
+        R::ExceptionOrNmi => exception_or_nmi(e),
+        R::TripleFault => Outcome::end(VmEnd::Crashed(format!(
             "triple fault at rip {:#x} ({})",
-            v.rip(),
-            guest_state(v)
+            e.rip,
+            vmexit::guest_state(v)
         ))),
         // INIT and SIPI reach a vCPU only through the host CPU; a guest can't send them to us.
-        R::Init | R::Sipi => Flow::Continue,
+        R::Init | R::Sipi => Outcome::resume(),
         // VMX instructions in a guest: VMX is hidden, so they are undefined (SDM 25.1.3).
         R::Vmclear
         | R::Vmlaunch
@@ -85,65 +232,66 @@ pub fn handle(v: &mut Vcpu, raw: u32) -> Flow {
         | R::Mwait
         | R::Monitor
         | R::Rdpmc
-        | R::Encls => {
-            v.inject_exception(UD, None);
-            Flow::Continue
+        | R::Encls => Outcome::fault(Inject::UD),
+        R::Invd | R::Wbinvd => Outcome::advance(e.len),
+        R::Pause | R::InterruptWindow | R::NmiWindow | R::MonitorTrapFlag => Outcome::resume(),
+        R::ApicAccess | R::ApicWrite | R::VirtualizedEoi | R::TprBelowThreshold => {
+            Outcome::resume()
         }
-        R::Invd | R::Wbinvd => {
-            v.advance_rip();
-            Flow::Continue
-        }
-        R::Pause | R::InterruptWindow | R::NmiWindow | R::MonitorTrapFlag => Flow::Continue,
-        R::ApicAccess | R::ApicWrite | R::VirtualizedEoi | R::TprBelowThreshold => Flow::Continue,
-        other => Flow::End(VmEnd::Crashed(format!(
+        other => Outcome::end(VmEnd::Crashed(format!(
             "unhandled VM exit {other:?} at rip {:#x}",
-            v.rip()
+            e.rip
         ))),
     }
 }
 
-fn hlt(v: &mut Vcpu) -> Flow {
-    v.advance_rip();
-    let rflags = guest::RFLAGS.read().unwrap_or(0);
+fn hlt(v: &mut Vcpu, e: &Exit) -> Outcome {
+    let Info::Hlt { rflags } = e.info else {
+        return wrong_info(e);
+    };
+    let done = Outcome::advance(e.len);
     if rflags & (1 << 9) == 0 {
         // Only NMI or INIT, which only another vCPU can send, end this HLT.
         // If every vCPU of the guest waits for such a signal, none ever comes.
         v.set_halted_noirq(true);
         if let Some(VmEnd::Crashed(why)) = v.end_if_dead() {
-            return Flow::End(VmEnd::Crashed(format!("{why} at rip {:#x}", v.rip())));
+            let rip = e.rip.wrapping_add(e.len);
+            return done.with_flow(Flow::End(VmEnd::Crashed(format!("{why} at rip {rip:#x}"))));
         }
-        return Flow::Halt;
+        return done.with_flow(Flow::Halt);
     }
     if v.interrupt_pending() {
-        return Flow::Continue;
+        return done;
     }
-    Flow::Halt
+    done.with_flow(Flow::Halt)
 }
 
-fn external_interrupt() -> Flow {
+fn external_interrupt(e: &Exit) -> Outcome {
     // Acknowledged on exit; the host has no interrupt handlers of its own, so
     // end the interrupt at the local APIC and re-run the scheduler's checks.
-    let info = InterruptionInfo::decode(ro::VMEXIT_INTERRUPTION_INFO.read().unwrap_or(0));
-    if info.valid {
-        crate::lapic::eoi();
+    if let Info::Interruption(info) = e.info {
+        if info.valid {
+            crate::lapic::eoi();
+        }
     }
-    Flow::Continue
+    Outcome::resume()
 }
 
-fn exception_or_nmi(v: &mut Vcpu) -> Flow {
-    let info = InterruptionInfo::decode(ro::VMEXIT_INTERRUPTION_INFO.read().unwrap_or(0));
+fn exception_or_nmi(e: &Exit) -> Outcome {
+    let Info::Interruption(info) = e.info else {
+        return wrong_info(e);
+    };
     if info.kind == 2 {
         // A host NMI (the stop signal, or a platform NMI). The run loop checks
         // the stop flag before re-entering.
         if crate::interrupts::STOPPING.load(core::sync::atomic::Ordering::Acquire) {
             arch::regs::halt_forever();
         }
-        return Flow::Continue;
+        return Outcome::resume();
     }
-    Flow::End(VmEnd::Crashed(format!(
+    Outcome::end(VmEnd::Crashed(format!(
         "unexpected exception exit: vector {} at rip {:#x}",
-        info.vector,
-        v.rip()
+        info.vector, e.rip
     )))
 }
 
@@ -163,29 +311,4 @@ pub fn entry_failure_reason(raw: u32, qualification: u64) -> String {
         41 => "VM entry failed: machine-check event".into(),
         n => format!("VM entry failed: reason {n}"),
     }
-}
-
-/// A one-line picture of the guest's CPU state for crash diagnostics.
-pub fn guest_state(v: &Vcpu) -> String {
-    let mut bytes = [0u8; 15];
-    let code = match mmio::fetch(v, &mut bytes) {
-        Ok(n) => format!("{:02x?}", &bytes[..n.min(8)]),
-        Err(_) => "unreadable".into(),
-    };
-    format!(
-        "vcpu {} cs={:#x} base={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} rsp={:#x} rflags={:#x} gdtr={:#x}/{:#x} idtr={:#x}/{:#x} code {code}",
-        v.index,
-        guest::CS_SEL.read().unwrap_or(0),
-        guest::CS_BASE.read().unwrap_or(0),
-        cr::visible_cr0(),
-        guest::CR3.read().unwrap_or(0),
-        cr::visible_cr4(),
-        guest::IA32_EFER.read().unwrap_or(0),
-        guest::RSP.read().unwrap_or(0),
-        guest::RFLAGS.read().unwrap_or(0),
-        guest::GDTR_BASE.read().unwrap_or(0),
-        guest::GDTR_LIMIT.read().unwrap_or(0),
-        guest::IDTR_BASE.read().unwrap_or(0),
-        guest::IDTR_LIMIT.read().unwrap_or(0),
-    )
 }

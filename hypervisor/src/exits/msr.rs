@@ -1,10 +1,10 @@
 //! RDMSR/WRMSR: a short list of virtualized MSRs; everything else injects
 //! #GP, so a guest never sees or changes a host value (SDM Vol. 4).
-use super::GP;
-use crate::vm::vcpu::{Flow, Vcpu};
+use super::outcome::{Inject, Rip, Write};
+use super::vmexit::{Exit, Info};
+use super::{Guest, Outcome};
 use crate::vmx::run::{RAX, RCX, RDX};
 use arch::msr as m;
-use arch::vmx::vmcs::{ctrl, guest};
 
 /// EFER bits a guest may set: SCE, LME, LMA (ignored on write), NXE.
 const EFER_ALLOWED: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11);
@@ -96,122 +96,132 @@ fn valid_pat(v: u64) -> bool {
     (0..8).all(|i| matches!((v >> (8 * i)) & 0xFF, 0 | 1 | 4 | 5 | 6 | 7))
 }
 
-/// The value a guest reads, or None for #GP.
-pub fn read(v: &Vcpu, msr: u32) -> Option<u64> {
+/// The value a guest reads, or None for #GP. `vmcs`: the value of an MSR
+/// the VMCS holds (the TSC offset for the TSC), as the exit decoded it.
+pub fn read<G: Guest>(g: &mut G, msr: u32, vmcs: u64) -> Option<u64> {
     Some(match msr {
-        0x10 => arch::regs::rdtsc().wrapping_add(ctrl::TSC_OFFSET.read().ok()?),
-        m::IA32_APIC_BASE => v.vm.lapics[v.index].lock().apic_base(),
-        m::IA32_TSC_DEADLINE => v.vm.lapics[v.index]
-            .lock()
-            .read_tsc_deadline(v.vm.guest_tsc()),
-        0x800..=0x8FF => v.vm.lapics[v.index]
-            .lock()
-            .read_msr(msr, v.vm.guest_tsc())?,
+        0x10 => arch::regs::rdtsc().wrapping_add(vmcs),
+        m::IA32_APIC_BASE => g.lapic().apic_base(),
+        m::IA32_TSC_DEADLINE => {
+            let now = g.guest_tsc();
+            g.lapic().read_tsc_deadline(now)
+        }
+        0x800..=0x8FF => {
+            let now = g.guest_tsc();
+            g.lapic().read_msr(msr, now)?
+        }
         // Locked with VMX off: guests can't use VT-x.
         m::IA32_FEATURE_CONTROL => m::feature_control::LOCK,
         0x17 | 0x8B => 0,
-        m::IA32_MISC_ENABLE => v.msrs.misc_enable,
+        m::IA32_MISC_ENABLE => g.msrs().misc_enable,
         // No machine-check banks, nothing logged (CPUID hides MCE/MCA).
         IA32_MCG_CAP | IA32_MCG_STATUS => 0,
-        m::IA32_PAT => guest::IA32_PAT.read().ok()?,
-        m::IA32_EFER => guest::IA32_EFER.read().ok()?,
-        m::IA32_SYSENTER_CS => u64::from(guest::IA32_SYSENTER_CS.read().ok()?),
-        m::IA32_SYSENTER_ESP => guest::IA32_SYSENTER_ESP.read().ok()?,
-        m::IA32_SYSENTER_EIP => guest::IA32_SYSENTER_EIP.read().ok()?,
+        m::IA32_PAT
+        | m::IA32_EFER
+        | m::IA32_SYSENTER_CS
+        | m::IA32_SYSENTER_ESP
+        | m::IA32_SYSENTER_EIP => vmcs,
         m::IA32_DEBUGCTL => 0,
         _ => return None,
     })
 }
 
-/// Applies a guest write; false means #GP.
-pub fn write(v: &mut Vcpu, msr: u32, value: u64) -> bool {
-    // SAFETY: (all VMCS writes below) the vCPU's VMCS is current.
-    unsafe {
-        match msr {
-            0x10 => ctrl::TSC_OFFSET
-                .write(value.wrapping_sub(arch::regs::rdtsc()))
-                .is_ok(),
-            m::IA32_APIC_BASE => {
-                if !apic_base_within(value, maxphyaddr()) {
-                    return false;
-                }
-                let vm = v.vm.clone();
-                let r = vm.lapics[v.index].lock().set_apic_base(value);
-                r.is_ok()
+/// A guest write: the VMCS writes it makes, or None for #GP. `cr0` and
+/// `efer`: the guest's CR0 and EFER before a write of EFER.
+pub fn write<G: Guest>(g: &mut G, msr: u32, value: u64, cr0: u64, efer: u64) -> Option<Outcome> {
+    let done = Outcome::resume;
+    Some(match msr {
+        0x10 => done().write(Write::TscOffset(value.wrapping_sub(arch::regs::rdtsc()))),
+        m::IA32_APIC_BASE => {
+            if !apic_base_within(value, maxphyaddr()) {
+                return None;
             }
-            m::IA32_TSC_DEADLINE => {
-                v.vm.lapic_write_tsc_deadline(v.index, value);
-                true
-            }
-            0x800..=0x8FF => v.vm.lapic_write_msr(v.index, msr, value).is_ok(),
-            0x8B => true,
-            m::IA32_MISC_ENABLE => {
-                let Some(new) = misc::write(v.msrs.misc_enable, value) else {
-                    return false;
-                };
-                v.msrs.misc_enable = new;
-                true
-            }
-            IA32_MCG_STATUS => value == 0,
-            m::IA32_PAT => valid_pat(value) && guest::IA32_PAT.write(value).is_ok(),
-            m::IA32_EFER => {
-                if value & !EFER_ALLOWED != 0 {
-                    return false;
-                }
-                // NX is reserved while IA32_MISC_ENABLE.XD_DISABLE is set.
-                if value & EFER_NXE != 0 && v.msrs.misc_enable & misc::XD_DISABLE != 0 {
-                    return false;
-                }
-                let cr0 = guest::CR0.read().unwrap_or(0);
-                let old = guest::IA32_EFER.read().unwrap_or(0);
-                let paging = cr0 & arch::regs::cr0::PG != 0;
-                // LME can't change while paging is on (SDM Vol. 3A 10.8.5).
-                if paging && (value ^ old) & (1 << 8) != 0 {
-                    return false;
-                }
-                let lma = paging && value & (1 << 8) != 0;
-                let new = (value & !(1 << 10)) | if lma { 1 << 10 } else { 0 };
-                v.set_entry_ia32e(lma);
-                guest::IA32_EFER.write(new).is_ok()
-            }
-            m::IA32_SYSENTER_CS => guest::IA32_SYSENTER_CS.write(value as u32).is_ok(),
-            // Addresses: a non-canonical one is #GP (SDM Vol. 2B WRMSR), and
-            // would fail the next VM entry (SDM Vol. 3C 27.3.1.1).
-            m::IA32_SYSENTER_ESP => {
-                canonical(value, linear_width()) && guest::IA32_SYSENTER_ESP.write(value).is_ok()
-            }
-            m::IA32_SYSENTER_EIP => {
-                canonical(value, linear_width()) && guest::IA32_SYSENTER_EIP.write(value).is_ok()
-            }
-            // Debug features are not virtualized: accept "off".
-            m::IA32_DEBUGCTL => value == 0,
-            _ => false,
+            g.lapic().set_apic_base(value).ok()?;
+            done()
         }
-    }
+        m::IA32_TSC_DEADLINE => {
+            g.lapic_write_tsc_deadline(value);
+            done()
+        }
+        0x800..=0x8FF => {
+            g.lapic_write_msr(msr, value).ok()?;
+            done()
+        }
+        0x8B => done(),
+        m::IA32_MISC_ENABLE => {
+            let new = misc::write(g.msrs().misc_enable, value)?;
+            g.msrs().misc_enable = new;
+            done()
+        }
+        IA32_MCG_STATUS if value == 0 => done(),
+        m::IA32_PAT if valid_pat(value) => done().write(Write::Pat(value)),
+        m::IA32_EFER => {
+            if value & !EFER_ALLOWED != 0 {
+                return None;
+            }
+            // NX is reserved while IA32_MISC_ENABLE.XD_DISABLE is set.
+            if value & EFER_NXE != 0 && g.msrs().misc_enable & misc::XD_DISABLE != 0 {
+                return None;
+            }
+            let paging = cr0 & arch::regs::cr0::PG != 0;
+            // LME can't change while paging is on (SDM Vol. 3A 10.8.5).
+            if paging && (value ^ efer) & (1 << 8) != 0 {
+                return None;
+            }
+            let lma = paging && value & (1 << 8) != 0;
+            let new = (value & !(1 << 10)) | if lma { 1 << 10 } else { 0 };
+            done().write(Write::EntryIa32e(lma)).write(Write::Efer(new))
+        }
+        m::IA32_SYSENTER_CS => done().write(Write::SysenterCs(value as u32)),
+        // Addresses: a non-canonical one is #GP (SDM Vol. 2B WRMSR), and
+        // would fail the next VM entry (SDM Vol. 3C 27.3.1.1).
+        m::IA32_SYSENTER_ESP if canonical(value, linear_width()) => {
+            done().write(Write::SysenterEsp(value))
+        }
+        m::IA32_SYSENTER_EIP if canonical(value, linear_width()) => {
+            done().write(Write::SysenterEip(value))
+        }
+        // Debug features are not virtualized: accept "off".
+        m::IA32_DEBUGCTL if value == 0 => done(),
+        _ => return None,
+    })
 }
 
-pub fn rdmsr(v: &mut Vcpu) -> Flow {
-    let msr = v.regs.gpr[RCX] as u32;
-    match read(v, msr) {
+/// RDMSR: EDX:EAX, or #GP (SDM Vol. 2B RDMSR).
+// Inlined into its class path of `exits::run`, where the apply step then
+// sees the Outcome's constant parts (no writes, the RIP advance).
+#[inline(always)]
+pub fn rdmsr<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
+    let Info::Rdmsr { vmcs } = e.info else {
+        return super::wrong_info(e);
+    };
+    let msr = g.gprs()[RCX] as u32;
+    match read(g, msr, vmcs) {
         Some(val) => {
-            v.regs.gpr[RAX] = val & 0xFFFF_FFFF;
-            v.regs.gpr[RDX] = val >> 32;
-            v.advance_rip();
+            let gpr = g.gprs();
+            gpr[RAX] = val & 0xFFFF_FFFF;
+            gpr[RDX] = val >> 32;
+            Outcome::advance(e.len)
         }
-        None => v.inject_exception(GP, Some(0)),
+        None => Outcome::fault(Inject::GP0),
     }
-    Flow::Continue
 }
 
-pub fn wrmsr(v: &mut Vcpu) -> Flow {
-    let msr = v.regs.gpr[RCX] as u32;
-    let value = (v.regs.gpr[RDX] << 32) | (v.regs.gpr[RAX] & 0xFFFF_FFFF);
-    if write(v, msr, value) {
-        v.advance_rip();
-    } else {
-        v.inject_exception(GP, Some(0));
+/// WRMSR of EDX:EAX, or #GP (SDM Vol. 2B WRMSR).
+// Not inlined into the dispatcher: its Outcome is then built in the
+// caller's return slot, not copied there.
+#[inline(never)]
+pub fn wrmsr<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
+    let Info::Wrmsr { cr0, efer } = e.info else {
+        return super::wrong_info(e);
+    };
+    let gpr = g.gprs();
+    let msr = gpr[RCX] as u32;
+    let value = (gpr[RDX] << 32) | (gpr[RAX] & 0xFFFF_FFFF);
+    match write(g, msr, value, cr0, efer) {
+        Some(o) => o.rip(Rip::Advance(e.len)),
+        None => Outcome::fault(Inject::GP0),
     }
-    Flow::Continue
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! XSETBV: validated against the components guests are offered (those CPUID
 //! leaf 0DH reports, see `xsave::Layout`) and the architectural
 //! rules (SDM Vol. 1 13.3); anything invalid injects #GP.
-use super::GP;
-use crate::vm::vcpu::{Flow, Vcpu};
+use super::outcome::Inject;
+use super::vmexit::{Exit, Info};
+use super::{Guest, Outcome};
 use crate::vmx::run::{RAX, RCX, RDX};
 
 /// Whether `value` is a valid XCR0 given the supported components.
@@ -19,19 +20,22 @@ pub fn valid_xcr0(value: u64, supported: u64) -> bool {
         && (avx512 == 0 || (avx512 == 7 && avx))
 }
 
-pub fn handle(v: &mut Vcpu) -> Flow {
-    let index = v.regs.gpr[RCX] as u32;
-    let value = (v.regs.gpr[RDX] << 32) | (v.regs.gpr[RAX] & 0xFFFF_FFFF);
-    if index != 0 || v.cpl() != 0 || !valid_xcr0(value, crate::xsave::guest_mask()) {
-        v.inject_exception(GP, Some(0));
-        return Flow::Continue;
+/// XSETBV (SDM Vol. 2C XSETBV): XCR0 loaded, or #GP.
+// Not inlined into the dispatcher: its Outcome is then built in the
+// caller's return slot, not copied there.
+#[inline(never)]
+pub fn handle<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
+    let Info::Cpl(cpl) = e.info else {
+        return super::wrong_info(e);
+    };
+    let gpr = g.gprs();
+    let index = gpr[RCX] as u32;
+    let value = (gpr[RDX] << 32) | (gpr[RAX] & 0xFFFF_FFFF);
+    if index != 0 || cpl != 0 || !valid_xcr0(value, g.xcr0_supported()) {
+        return Outcome::fault(Inject::GP0);
     }
-    v.xcr0 = value;
-    // SAFETY: the value passed the architectural checks for this CPU; the host
-    // itself uses no extended state, so the guest's XCR0 stays loaded.
-    unsafe { arch::regs::xsetbv(0, value) };
-    v.advance_rip();
-    Flow::Continue
+    g.load_xcr0(value);
+    Outcome::advance(e.len)
 }
 
 #[cfg(test)]

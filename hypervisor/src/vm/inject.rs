@@ -3,6 +3,7 @@
 use super::run_loop::poll_lapic_timer;
 use super::*;
 use crate::exits;
+use crate::exits::vmexit::{rd, wr, VmcsError};
 use alloc::format;
 use arch::vmx::vmcs::{ctrl, guest, ro};
 use core::sync::atomic::Ordering;
@@ -30,31 +31,34 @@ impl Vcpu {
     /// An exit that interrupted the delivery of an event (IDT-vectoring
     /// information valid, SDM Vol. 3C 28.2.4) must not lose it: it is
     /// delivered again at the next entry (SDM Vol. 3C 27.6).
-    pub(super) fn requeue_vectored_event(&mut self, reason: u32) -> Option<VmEnd> {
-        let info = ro::IDT_VECTORING_INFO.read().unwrap_or(0);
+    pub(super) fn requeue_vectored_event(
+        &mut self,
+        reason: u32,
+    ) -> Result<Option<VmEnd>, VmcsError> {
+        let info = rd!(ro::IDT_VECTORING_INFO);
         if info & (1 << 31) == 0 {
-            return None;
+            return Ok(None);
         }
         if reason & 0xFFFF == arch::vmx::exit::ExitReason::EptViolation as u32 {
             // Delivery touched memory with no RAM behind it (an IDT, GDT or
             // stack outside RAM): nothing sensible can be delivered.
-            return Some(VmEnd::Crashed(format!(
+            return Ok(Some(VmEnd::Crashed(format!(
                 "event delivery (vector {}) touched guest-physical {:#x}, which is not RAM ({})",
                 info & 0xFF,
-                ro::GUEST_PHYSICAL_ADDR.read().unwrap_or(0),
-                exits::guest_state(self)
-            )));
+                rd!(ro::GUEST_PHYSICAL_ADDR),
+                exits::vmexit::guest_state(self)
+            ))));
         }
         let kind = (info >> 8) & 7;
         let error_code = if info & (1 << 11) != 0 {
-            ro::IDT_VECTORING_ERR_CODE.read().unwrap_or(0)
+            rd!(ro::IDT_VECTORING_ERR_CODE)
         } else {
             0
         };
         // Software interrupts and exceptions (INT n, INT3, INTO, INT1) need
         // their instruction length again.
         let len = if matches!(kind, 4..=6) {
-            ro::VMEXIT_INSTRUCTION_LEN.read().unwrap_or(0)
+            rd!(ro::VMEXIT_INSTRUCTION_LEN)
         } else {
             0
         };
@@ -64,7 +68,7 @@ impl Vcpu {
             error_code,
             len,
         });
-        None
+        Ok(None)
     }
 
     pub fn set_halted_noirq(&mut self, on: bool) {
@@ -87,21 +91,22 @@ impl Vcpu {
     }
 
     /// Sets or clears window-exiting bits of the primary controls.
-    pub(super) fn set_window_exits(&mut self, bits: u32, on: bool) {
-        let p = ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS.read().unwrap_or(0);
+    pub(super) fn set_window_exits(&mut self, bits: u32, on: bool) -> Result<(), VmcsError> {
+        let p = rd!(ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS);
         let n = if on { p | bits } else { p & !bits };
         if n != p {
-            w!(ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS, n);
+            wr!(ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS, n);
         }
+        Ok(())
     }
 
     /// Injects the highest-priority deliverable event (NMI before external
     /// interrupts), or asks for an NMI- or interrupt-window exit when the
     /// guest can't take it yet (SDM Vol. 3C 26.3, 27.6, 28.1).
     /// Returns whether more may be pending (check again before the next entry).
-    pub(super) fn inject_interrupts(&mut self) -> bool {
+    pub(super) fn inject_interrupts(&mut self) -> Result<bool, VmcsError> {
         use arch::vmx::vmcs::bits::primary::{INTERRUPT_WINDOW_EXITING, NMI_WINDOW_EXITING};
-        let blocking = guest::INTERRUPTIBILITY_STATE.read().unwrap_or(0);
+        let blocking = rd!(guest::INTERRUPTIBILITY_STATE);
         let mb = &self.vm.mailbox[self.index];
         let nmi = mb.nmi.load(Ordering::Acquire);
         if nmi {
@@ -115,29 +120,29 @@ impl Vcpu {
                     len: 0,
                 });
                 if self.virtual_nmis {
-                    self.set_window_exits(NMI_WINDOW_EXITING, false);
+                    self.set_window_exits(NMI_WINDOW_EXITING, false)?;
                 }
-                return true;
+                return Ok(true);
             }
             if self.virtual_nmis {
                 // The exit comes right after the handler's IRET.
-                self.set_window_exits(NMI_WINDOW_EXITING, true);
+                self.set_window_exits(NMI_WINDOW_EXITING, true)?;
             }
         } else if self.virtual_nmis {
-            self.set_window_exits(NMI_WINDOW_EXITING, false);
+            self.set_window_exits(NMI_WINDOW_EXITING, false)?;
         }
         let vector = self.vm.lapics[self.index].lock().pending();
         let pic = vector.is_none() && self.pic_wired() && self.vm.pic_pending();
         if vector.is_none() && !pic {
-            self.set_window_exits(INTERRUPT_WINDOW_EXITING, false);
+            self.set_window_exits(INTERRUPT_WINDOW_EXITING, false)?;
             // Without NMI-window exits, look again at every exit.
-            return nmi && !self.virtual_nmis;
+            return Ok(nmi && !self.virtual_nmis);
         }
-        let rflags = guest::RFLAGS.read().unwrap_or(0);
+        let rflags = rd!(guest::RFLAGS);
         if rflags & (1 << 9) == 0 || blocking & 3 != 0 {
             // The interrupt-window exit brings us back here.
-            self.set_window_exits(INTERRUPT_WINDOW_EXITING, true);
-            return nmi && !self.virtual_nmis;
+            self.set_window_exits(INTERRUPT_WINDOW_EXITING, true)?;
+            return Ok(nmi && !self.virtual_nmis);
         }
         let vector = match vector {
             Some(v) => {
@@ -153,8 +158,8 @@ impl Vcpu {
                 len: 0,
             });
         }
-        self.set_window_exits(INTERRUPT_WINDOW_EXITING, false);
-        true
+        self.set_window_exits(INTERRUPT_WINDOW_EXITING, false)?;
+        Ok(true)
     }
 
     /// Whether an interrupt could be delivered to this vCPU now or soon.
@@ -179,24 +184,15 @@ impl Vcpu {
         self.pic_wired() && self.vm.pic_pending()
     }
 
-    /// Queues a hardware exception for the next VM entry.
-    pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
-        self.pending_cr2 = None;
+    /// Queues a hardware exception for the next VM entry, with CR2 for a
+    /// page fault (the apply step sets RFLAGS.RF for faults).
+    pub fn queue_exception(&mut self, vector: u8, error_code: Option<u32>, cr2: Option<u64>) {
+        self.pending_cr2 = cr2;
         let info = arch::vmx::exit::hw_exception(vector, error_code.is_some());
         self.pending_event = Some(Event {
             info,
             error_code: error_code.unwrap_or(0),
             len: 0,
         });
-        if is_fault(vector) {
-            let rflags = guest::RFLAGS.read().unwrap_or(0);
-            w!(guest::RFLAGS, rflags | (1 << 16));
-        }
-    }
-
-    /// Queues a page fault at linear address `cr2` (SDM Vol. 3A 6.15, #PF).
-    pub fn inject_page_fault(&mut self, cr2: u64, error_code: u32) {
-        self.inject_exception(14, Some(error_code));
-        self.pending_cr2 = Some(cr2);
     }
 }

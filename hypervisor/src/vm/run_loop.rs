@@ -1,6 +1,7 @@
 //! The run loop of a vCPU: a time slice of VM entries and exits, its fast
 //! path, the signals other vCPUs leave, and timer polling.
 use super::*;
+use crate::exits::vmexit::{rd, wr, VmcsError};
 use crate::vmx::run;
 use crate::{exits, interrupts, percpu, vmx};
 use alloc::format;
@@ -61,6 +62,61 @@ pub fn irqoff_timeout_tsc(seconds: u32) -> Option<u64> {
     (seconds > 0).then(|| crate::time::us_to_tsc(u64::from(seconds) * 1_000_000))
 }
 
+/// The run loop's own VMCS accesses; a failure ends the VM (see
+/// [`exits::vmcs_failed`]) and the slice.
+macro_rules! vmcs {
+    ($self:ident, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(err) => {
+                let end = exits::vmcs_failed($self, err);
+                $self.vm.end(end);
+                break SliceEnd::VmEnded;
+            }
+        }
+    };
+}
+
+fn set_timer(value: u32) -> Result<(), VmcsError> {
+    wr!(guest::VMX_PREEMPTION_TIMER_VALUE, value);
+    Ok(())
+}
+
+fn read_cr0_shadow() -> Result<u64, VmcsError> {
+    Ok(rd!(ctrl::CR0_READ_SHADOW))
+}
+
+fn load_event(ev: &Event) -> Result<(), VmcsError> {
+    wr!(ctrl::VMENTRY_INTERRUPTION_INFO, ev.info);
+    wr!(ctrl::VMENTRY_EXCEPTION_ERR_CODE, ev.error_code);
+    wr!(ctrl::VMENTRY_INSTRUCTION_LEN, ev.len);
+    Ok(())
+}
+
+fn read_exit_reason() -> Result<u32, VmcsError> {
+    Ok(rd!(ro::EXIT_REASON))
+}
+
+fn read_qualification() -> Result<u64, VmcsError> {
+    Ok(rd!(ro::EXIT_QUALIFICATION))
+}
+
+fn read_rflags() -> Result<u64, VmcsError> {
+    Ok(rd!(guest::RFLAGS))
+}
+
+fn read_rip() -> Result<u64, VmcsError> {
+    Ok(rd!(guest::RIP))
+}
+
+/// RIP past the exiting instruction, nothing else (the benchmark floor).
+#[cfg(feature = "bench")]
+fn skip_instruction() -> Result<(), VmcsError> {
+    let len = rd!(ro::VMEXIT_INSTRUCTION_LEN);
+    wr!(guest::RIP, rd!(guest::RIP).wrapping_add(u64::from(len)));
+    Ok(())
+}
+
 impl Vcpu {
     /// Runs the vCPU on this CPU for up to `slice` TSC ticks.
     pub fn run_slice(&mut self, slice: u64) -> SliceEnd {
@@ -81,7 +137,11 @@ impl Vcpu {
         if self.active_on.is_none() {
             self.active_on = Some(me);
             self.launched = false;
-            self.load_host_state();
+            if let Err(e) = self.load_host_state() {
+                let end = exits::vmcs_failed(self, e);
+                self.vm.end(end);
+                return SliceEnd::VmEnded;
+            }
             if self.last_cpu != Some(me) {
                 // Moved here: entries this VPID/EPTP left on this CPU on an
                 // earlier visit (or another vCPU's, before it was freed) may
@@ -95,6 +155,7 @@ impl Vcpu {
         }
         if !self.configured {
             if let Err(e) = self.configure() {
+                log::error!("hv: vm {}: vcpu {}: {e}", self.vm.name, self.index);
                 self.vm.end(VmEnd::Crashed(e));
                 return SliceEnd::VmEnded;
             }
@@ -123,9 +184,12 @@ impl Vcpu {
             if fast {
                 fast = false;
                 now = rdtsc();
-                w!(
-                    guest::VMX_PREEMPTION_TIMER_VALUE,
-                    preemption_timer_value(entry_deadline.saturating_sub(now), rate)
+                vmcs!(
+                    self,
+                    set_timer(preemption_timer_value(
+                        entry_deadline.saturating_sub(now),
+                        rate
+                    ))
                 );
             } else {
                 if self.vm.ended() || interrupts::STOPPING.load(Ordering::Relaxed) {
@@ -164,15 +228,12 @@ impl Vcpu {
                     left = left.min(t.saturating_sub(now).max(1));
                 }
                 entry_deadline = now.saturating_add(left);
-                w!(
-                    guest::VMX_PREEMPTION_TIMER_VALUE,
-                    preemption_timer_value(left, rate)
-                );
+                vmcs!(self, set_timer(preemption_timer_value(left, rate)));
                 if self.pending_event.is_none()
                     && self.vm.mailbox[self.index]
                         .check_irq
                         .swap(false, Ordering::AcqRel)
-                    && self.inject_interrupts()
+                    && vmcs!(self, self.inject_interrupts())
                 {
                     self.vm.mailbox[self.index]
                         .check_irq
@@ -185,9 +246,7 @@ impl Vcpu {
                         // guest's while it is switched in).
                         unsafe { regs::write_cr2(cr2) };
                     }
-                    w!(ctrl::VMENTRY_INTERRUPTION_INFO, ev.info);
-                    w!(ctrl::VMENTRY_EXCEPTION_ERR_CODE, ev.error_code);
-                    w!(ctrl::VMENTRY_INSTRUCTION_LEN, ev.len);
+                    vmcs!(self, load_event(&ev));
                 }
                 if exit_tsc != 0 {
                     let t = rdtsc().saturating_sub(exit_tsc);
@@ -201,16 +260,19 @@ impl Vcpu {
             let entered = unsafe { run::enter(&mut self.regs, self.launched) };
             exit_tsc = rdtsc();
             if entered.is_err() {
-                let err = instr::vmread(ro::VM_INSTRUCTION_ERROR.0).unwrap_or(0) as u32;
-                let e = arch::vmx::instr::VmInstructionError::from_number(err);
-                self.vm.end(VmEnd::Crashed(format!(
-                    "VM entry failed: VM-instruction error {err} ({})",
-                    e.description()
-                )));
+                let why = match ro::VM_INSTRUCTION_ERROR.read() {
+                    Ok(err) => format!(
+                        "VM-instruction error {err} ({})",
+                        arch::vmx::instr::VmInstructionError::from_number(err).description()
+                    ),
+                    Err(e) => format!("VM-instruction error unreadable: {e}"),
+                };
+                self.vm
+                    .end(VmEnd::Crashed(format!("VM entry failed: {why}")));
                 break SliceEnd::VmEnded;
             }
             self.launched = true;
-            let reason = ro::EXIT_REASON.read().unwrap_or(0);
+            let reason = vmcs!(self, read_exit_reason());
             exit_reason = reason & 0xFFFF;
             match self.fast_exit(reason, entry_deadline, &vm, mb) {
                 None => {}
@@ -228,11 +290,11 @@ impl Vcpu {
                     }
                 },
             }
-            if reason & 0xFFFF == 52 && guest::RFLAGS.read().unwrap_or(0) & (1 << 9) == 0 {
+            if reason & 0xFFFF == 52 && vmcs!(self, read_rflags()) & (1 << 9) == 0 {
                 self.spin_tsc += rdtsc().saturating_sub(now);
                 let limit = irqoff_timeout_tsc(self.vm.config.irqoff_timeout_s);
                 if limit.is_some_and(|l| self.spin_tsc > l) {
-                    let rip = self.rip();
+                    let rip = vmcs!(self, read_rip());
                     self.vm.end(VmEnd::Crashed(format!(
                         "hung: spinning with interrupts disabled for {} s at rip {rip:#x} (irqoff_timeout_s)",
                         self.vm.config.irqoff_timeout_s
@@ -243,27 +305,32 @@ impl Vcpu {
                 self.spin_tsc = 0;
             }
             if reason & EXIT_REASON_ENTRY_FAILURE == 0 {
-                if let Some(end) = self.requeue_vectored_event(reason) {
+                if let Some(end) = vmcs!(self, self.requeue_vectored_event(reason)) {
                     self.vm.end(end);
                     break SliceEnd::VmEnded;
                 }
             }
             if reason & EXIT_REASON_ENTRY_FAILURE != 0 {
-                let q = ro::EXIT_QUALIFICATION.read().unwrap_or(0);
+                let q = vmcs!(self, read_qualification());
                 let mut what = crate::exits::entry_failure_reason(reason, q);
                 if reason & 0xFFFF == 33 {
                     // The CPU doesn't say which check failed; find it in software.
                     use crate::vmx::entry_check::{check_all, EntryContext, GuestState};
-                    let errs =
-                        check_all(&GuestState::read_current(), &EntryContext::read_current());
-                    for e in errs.iter().take(3) {
-                        what.push_str(&format!("; {e}"));
+                    match (GuestState::read_current(), EntryContext::read_current()) {
+                        (Ok(g), Ok(c)) => {
+                            for e in check_all(&g, &c).iter().take(3) {
+                                what.push_str(&format!("; {e}"));
+                            }
+                        }
+                        (Err(e), _) | (_, Err(e)) => {
+                            what.push_str(&format!("; guest state unreadable ({e})"))
+                        }
                     }
                 }
                 self.vm.end(VmEnd::Crashed(what));
                 break SliceEnd::VmEnded;
             }
-            match exits::handle(self, reason) {
+            match exits::run(self, reason) {
                 Flow::Continue => {}
                 Flow::Yield => break SliceEnd::Yielded,
                 Flow::Halt => break SliceEnd::Halted,
@@ -312,15 +379,16 @@ impl Vcpu {
             && self.regs.gpr[run::RAX] == 0xFFFF_0000
         {
             // The benchmark floor: the least a handled exit can cost.
-            let len = ro::VMEXIT_INSTRUCTION_LEN.read().unwrap_or(0);
-            w!(guest::RIP, self.rip().wrapping_add(u64::from(len)));
+            if let Err(e) = skip_instruction() {
+                return Some(Some(Flow::End(exits::vmcs_failed(self, e))));
+            }
             return Some(if self.quiet(entry_deadline, vm, mb) {
                 None
             } else {
                 Some(Flow::Continue)
             });
         }
-        match exits::handle(self, reason) {
+        match exits::run(self, reason) {
             Flow::Continue if self.quiet(entry_deadline, vm, mb) => Some(None),
             flow => Some(Some(flow)),
         }
@@ -363,7 +431,14 @@ impl Vcpu {
             if self.configured {
                 // CD and NW are host-owned, so the read shadow has the
                 // guest's (SDM Vol. 3C 25.6.6); this vCPU's VMCS is current.
-                self.init_cr0 = ctrl::CR0_READ_SHADOW.read().unwrap_or(0);
+                match read_cr0_shadow() {
+                    Ok(cr0) => self.init_cr0 = cr0,
+                    Err(err) => {
+                        let end = exits::vmcs_failed(self, err);
+                        vm.end(end);
+                        return Some(SliceEnd::VmEnded);
+                    }
+                }
             }
             vm.lapics[self.index].lock().reset_on_init();
             self.wait_sipi = true;

@@ -6,19 +6,18 @@ use crate::vmx::run::GuestRegs;
 use crate::{exits, mm, vmx};
 use alloc::format;
 use alloc::sync::Arc;
-use arch::vmx::instr::VmFail;
-use arch::vmx::vmcs::{bits, ctrl, guest, ro};
+use arch::vmx::vmcs::bits;
 
-fn vmw<T>(r: Result<T, VmFail>, what: &str) {
-    if let Err(e) = r {
-        log::error!("hv: vmwrite {what}: {e}");
-    }
-}
-
+/// A VMWRITE in VMCS set-up; a failure returns the error naming the field
+/// from the enclosing function.
 macro_rules! w {
     ($f:expr, $v:expr) => {
         // SAFETY: the vCPU's VMCS is current on this CPU (checked by callers).
-        vmw(unsafe { $f.write($v) }, stringify!($f))
+        unsafe { $f.write($v) }.map_err(|fail| crate::exits::vmexit::VmcsError {
+            write: true,
+            field: stringify!($f),
+            fail,
+        })?
     };
 }
 
@@ -199,38 +198,6 @@ impl Vcpu {
 
     pub fn weight(&self) -> u64 {
         u64::from(self.vm.config.weight.max(1))
-    }
-
-    // ---- helpers for exit handlers -------------------------------------
-
-    pub fn rip(&self) -> u64 {
-        guest::RIP.read().unwrap_or(0)
-    }
-
-    /// Skips the instruction that caused the exit.
-    pub fn advance_rip(&mut self) {
-        let len = ro::VMEXIT_INSTRUCTION_LEN.read().unwrap_or(0) as u64;
-        w!(guest::RIP, self.rip().wrapping_add(len));
-        // Blocking by STI / MOV SS ends with the instruction (SDM 26.4.2? 24.4.2).
-        let st = guest::INTERRUPTIBILITY_STATE.read().unwrap_or(0);
-        if st & 3 != 0 {
-            w!(guest::INTERRUPTIBILITY_STATE, st & !3);
-        }
-    }
-
-    /// The guest's current privilege level (SS.DPL, SDM 5.5 / 27.3.1.5).
-    pub fn cpl(&self) -> u8 {
-        ((guest::SS_ACCESS_RIGHTS.read().unwrap_or(0) >> 5) & 3) as u8
-    }
-
-    pub fn set_entry_ia32e(&mut self, on: bool) {
-        let v = ctrl::VMENTRY_CONTROLS.read().unwrap_or(0);
-        let v = if on {
-            v | bits::entry::IA32E_MODE_GUEST
-        } else {
-            v & !bits::entry::IA32E_MODE_GUEST
-        };
-        w!(ctrl::VMENTRY_CONTROLS, v);
     }
 }
 

@@ -281,7 +281,7 @@ impl Vcpu {
     }
 
     /// Host-state fields: they differ per physical CPU (SDM 25.5).
-    pub(super) fn load_host_state(&mut self) {
+    pub(super) fn load_host_state(&mut self) -> Result<(), crate::exits::VmcsError> {
         let cpu = percpu::current();
         let gdt = &cpu.gdt;
         w!(host::CR0, regs::read_cr0());
@@ -316,6 +316,7 @@ impl Vcpu {
         w!(host::IA32_EFER, efer);
         w!(host::IA32_PAT, pat);
         w!(host::RIP, run::exit_rip());
+        Ok(())
     }
 
     /// Control and guest-state fields for a fresh start (SDM 25.6-25.8, 27.3):

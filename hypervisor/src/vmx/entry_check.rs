@@ -1484,54 +1484,60 @@ impl<'a> Checker<'a> {
     }
 }
 
+use crate::exits::vmexit::{rd, VmcsError};
+
 impl GuestState {
     /// Reads the guest-state fields (and the VM-entry interruption
-    /// information) of the current VMCS. A field that VMREAD can't read
-    /// reads as 0. Needs VMX operation with a current VMCS.
-    pub fn read_current() -> Self {
-        use arch::vmx::vmcs::{ctrl, guest as g, Field16, Field32, FieldNat};
-        let seg = |sel: Field16, base: FieldNat, limit: Field32, ar: Field32| Seg {
-            sel: sel.read().unwrap_or(0),
-            base: base.read().unwrap_or(0),
-            limit: limit.read().unwrap_or(0),
-            ar: ar.read().unwrap_or(0),
-        };
-        GuestState {
-            cr0: g::CR0.read().unwrap_or(0),
-            cr3: g::CR3.read().unwrap_or(0),
-            cr4: g::CR4.read().unwrap_or(0),
-            dr7: g::DR7.read().unwrap_or(0),
-            rsp: g::RSP.read().unwrap_or(0),
-            rip: g::RIP.read().unwrap_or(0),
-            rflags: g::RFLAGS.read().unwrap_or(0),
-            efer: g::IA32_EFER.read().unwrap_or(0),
-            pat: g::IA32_PAT.read().unwrap_or(0),
-            debugctl: g::IA32_DEBUGCTL.read().unwrap_or(0),
+    /// information) of the current VMCS; a field VMREAD can't read is an
+    /// error naming it. Needs VMX operation with a current VMCS.
+    pub fn read_current() -> Result<Self, VmcsError> {
+        use arch::vmx::vmcs::{ctrl, guest as g};
+        macro_rules! seg {
+            ($sel:path, $base:path, $limit:path, $ar:path $(,)?) => {
+                Seg {
+                    sel: rd!($sel),
+                    base: rd!($base),
+                    limit: rd!($limit),
+                    ar: rd!($ar),
+                }
+            };
+        }
+        Ok(GuestState {
+            cr0: rd!(g::CR0),
+            cr3: rd!(g::CR3),
+            cr4: rd!(g::CR4),
+            dr7: rd!(g::DR7),
+            rsp: rd!(g::RSP),
+            rip: rd!(g::RIP),
+            rflags: rd!(g::RFLAGS),
+            efer: rd!(g::IA32_EFER),
+            pat: rd!(g::IA32_PAT),
+            debugctl: rd!(g::IA32_DEBUGCTL),
             segs: [
-                seg(g::ES_SEL, g::ES_BASE, g::ES_LIMIT, g::ES_ACCESS_RIGHTS),
-                seg(g::CS_SEL, g::CS_BASE, g::CS_LIMIT, g::CS_ACCESS_RIGHTS),
-                seg(g::SS_SEL, g::SS_BASE, g::SS_LIMIT, g::SS_ACCESS_RIGHTS),
-                seg(g::DS_SEL, g::DS_BASE, g::DS_LIMIT, g::DS_ACCESS_RIGHTS),
-                seg(g::FS_SEL, g::FS_BASE, g::FS_LIMIT, g::FS_ACCESS_RIGHTS),
-                seg(g::GS_SEL, g::GS_BASE, g::GS_LIMIT, g::GS_ACCESS_RIGHTS),
-                seg(
+                seg!(g::ES_SEL, g::ES_BASE, g::ES_LIMIT, g::ES_ACCESS_RIGHTS),
+                seg!(g::CS_SEL, g::CS_BASE, g::CS_LIMIT, g::CS_ACCESS_RIGHTS),
+                seg!(g::SS_SEL, g::SS_BASE, g::SS_LIMIT, g::SS_ACCESS_RIGHTS),
+                seg!(g::DS_SEL, g::DS_BASE, g::DS_LIMIT, g::DS_ACCESS_RIGHTS),
+                seg!(g::FS_SEL, g::FS_BASE, g::FS_LIMIT, g::FS_ACCESS_RIGHTS),
+                seg!(g::GS_SEL, g::GS_BASE, g::GS_LIMIT, g::GS_ACCESS_RIGHTS),
+                seg!(
                     g::LDTR_SEL,
                     g::LDTR_BASE,
                     g::LDTR_LIMIT,
                     g::LDTR_ACCESS_RIGHTS,
                 ),
-                seg(g::TR_SEL, g::TR_BASE, g::TR_LIMIT, g::TR_ACCESS_RIGHTS),
+                seg!(g::TR_SEL, g::TR_BASE, g::TR_LIMIT, g::TR_ACCESS_RIGHTS),
             ],
-            gdtr_base: g::GDTR_BASE.read().unwrap_or(0),
-            idtr_base: g::IDTR_BASE.read().unwrap_or(0),
-            gdtr_limit: g::GDTR_LIMIT.read().unwrap_or(0),
-            idtr_limit: g::IDTR_LIMIT.read().unwrap_or(0),
-            activity: g::ACTIVITY_STATE.read().unwrap_or(0),
-            interruptibility: g::INTERRUPTIBILITY_STATE.read().unwrap_or(0),
-            pending_dbg: g::PENDING_DBG_EXCEPTIONS.read().unwrap_or(0),
-            link_ptr: g::VMCS_LINK_PTR.read().unwrap_or(0),
-            entry_intr_info: ctrl::VMENTRY_INTERRUPTION_INFO.read().unwrap_or(0),
-        }
+            gdtr_base: rd!(g::GDTR_BASE),
+            idtr_base: rd!(g::IDTR_BASE),
+            gdtr_limit: rd!(g::GDTR_LIMIT),
+            idtr_limit: rd!(g::IDTR_LIMIT),
+            activity: rd!(g::ACTIVITY_STATE),
+            interruptibility: rd!(g::INTERRUPTIBILITY_STATE),
+            pending_dbg: rd!(g::PENDING_DBG_EXCEPTIONS),
+            link_ptr: rd!(g::VMCS_LINK_PTR),
+            entry_intr_info: rd!(ctrl::VMENTRY_INTERRUPTION_INFO),
+        })
     }
 }
 
@@ -1539,12 +1545,12 @@ impl EntryContext {
     /// Reads the VM-entry and secondary controls of the current VMCS, the
     /// VMX fixed-bit MSRs and the address widths. Needs VMX operation with a
     /// current VMCS.
-    pub fn read_current() -> Self {
+    pub fn read_current() -> Result<Self, VmcsError> {
         use arch::msr::{self, rdmsr};
         use arch::vmx::vmcs::{bits::primary, ctrl};
-        let primary_ctl = ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS.read().unwrap_or(0);
+        let primary_ctl = rd!(ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS);
         let secondary_controls = if primary_ctl & primary::ACTIVATE_SECONDARY_CONTROLS != 0 {
-            ctrl::SECONDARY_PROCBASED_EXEC_CONTROLS.read().unwrap_or(0)
+            rd!(ctrl::SECONDARY_PROCBASED_EXEC_CONTROLS)
         } else {
             0
         };
@@ -1559,8 +1565,8 @@ impl EntryContext {
             )
         };
         let widths = arch::cpuid::cpuid(0x8000_0008, 0).eax;
-        EntryContext {
-            entry_controls: ctrl::VMENTRY_CONTROLS.read().unwrap_or(0),
+        Ok(EntryContext {
+            entry_controls: rd!(ctrl::VMENTRY_CONTROLS),
             secondary_controls,
             cr0_fixed0,
             cr0_fixed1,
@@ -1568,7 +1574,7 @@ impl EntryContext {
             cr4_fixed1,
             maxphyaddr: widths as u8,
             linear_width: (widths >> 8) as u8,
-        }
+        })
     }
 }
 

@@ -31,7 +31,8 @@ fn bochs_adversarial_guests_are_contained() {
         "xsetbv",
         "iosweep",
         // CR0/CR4/CR8 writes the SDM forbids are #GP(0), CR8 is the TPR and masks
-        // interrupts, CPUID leaf 0DH matches XSETBV and XSAVEC, MISC_ENABLE/MCG/APIC_BASE.
+        // interrupts, CPUID leaf 0DH matches XSETBV and XSAVEC, MISC_ENABLE/MCG/APIC_BASE,
+        // the VMCS-held MSRs (PAT, SYSENTER, EFER) read back what was written.
         "crmsr",
     ] {
         boot.line(&format!("[{name}] {name}: PASS"))

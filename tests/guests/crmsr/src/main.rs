@@ -37,9 +37,12 @@ const CR4_PKE: u64 = 1 << 22;
 const APIC_BASE: u32 = 0x1B;
 const MCG_CAP: u32 = 0x179;
 const MCG_STATUS: u32 = 0x17A;
+const SYSENTER_CS: u32 = 0x174;
 const SYSENTER_ESP: u32 = 0x175;
 const SYSENTER_EIP: u32 = 0x176;
 const MISC_ENABLE: u32 = 0x1A0;
+const PAT: u32 = 0x277;
+const EFER: u32 = 0xC000_0080;
 const X2APIC_TPR: u32 = 0x808;
 
 const BASE_BSP: u64 = 1 << 8;
@@ -675,6 +678,51 @@ fn msr_checks(c: &mut Checks) {
         rdmsr(SYSENTER_EIP).unwrap_or(0),
         0xFFFF_8000_0000_1000,
     );
+    vmcs_msr_checks(c);
+}
+
+/// MSRs the VMCS holds (PAT, SYSENTER_CS/ESP, EFER): what a write puts
+/// there is what a read gives back, and an invalid write leaves it alone.
+fn vmcs_msr_checks(c: &mut Checks) {
+    // SAFETY: SYSENTER is unused by this 64-bit guest.
+    unsafe {
+        c.none("SYSENTER_CS = 0x10", wrmsr(SYSENTER_CS, 0x10));
+        c.none(
+            "SYSENTER_ESP canonical",
+            wrmsr(SYSENTER_ESP, 0xFFFF_8000_0000_2000),
+        );
+    }
+    c.eq("SYSENTER_CS reads back", rdmsr(SYSENTER_CS).unwrap_or(0), 0x10);
+    c.eq(
+        "SYSENTER_ESP reads back",
+        rdmsr(SYSENTER_ESP).unwrap_or(0),
+        0xFFFF_8000_0000_2000,
+    );
+    let pat = rdmsr(PAT).unwrap_or(0);
+    c.eq("PAT power-on value", pat, 0x0007_0406_0007_0406);
+    // PA1 = WC (1) instead of WT (4): no page of this guest uses PAT entry 1.
+    let wc = (pat & !0xFF00) | 0x0100;
+    // SAFETY: see above; the old value is restored.
+    unsafe {
+        c.none("PAT with WC", wrmsr(PAT, wc));
+        c.eq("PAT reads back", rdmsr(PAT).unwrap_or(0), wc);
+        c.gp("PAT type 2 is reserved", wrmsr(PAT, (pat & !0xFF) | 0x02));
+        c.gp("PAT type 8 is reserved", wrmsr(PAT, (pat & !0xFF) | 0x08));
+        c.eq("PAT unchanged by #GP", rdmsr(PAT).unwrap_or(0), wc);
+        c.none("PAT restored", wrmsr(PAT, pat));
+    }
+    c.eq("PAT restored reads back", rdmsr(PAT).unwrap_or(0), pat);
+    // 64-bit mode: LME and LMA set (SDM Vol. 3A 10.8.5).
+    let efer = rdmsr(EFER).unwrap_or(0);
+    c.eq("EFER.LME and LMA", efer & 0x500, 0x500);
+    // SAFETY: must fault: clearing LME with paging on; bit 12 reserved.
+    unsafe {
+        c.gp("EFER.LME cleared with paging on", wrmsr(EFER, efer & !0x100));
+        c.gp("EFER bit 12", wrmsr(EFER, efer | 1 << 12));
+        // Writing the same value (LMA is ignored on write) is fine.
+        c.none("EFER rewritten", wrmsr(EFER, efer & !0x400));
+    }
+    c.eq("EFER unchanged", rdmsr(EFER).unwrap_or(0), efer);
 }
 
 fn main(_cmdline: &'static str, _ram_size: u64) -> i32 {
