@@ -170,23 +170,46 @@ pub unsafe fn vmptrld(vmcs_phys: u64) -> Result<(), VmFail> {
 }
 
 /// Reads a VMCS field of the current VMCS.
+#[inline]
 pub fn vmread(field: u32) -> Result<u64, VmFail> {
     let value: u64;
-    let rflags: u64;
+    let failed: u8;
     // SAFETY: VMREAD only reads the current VMCS; outside VMX operation it raises #UD,
     // which the hypervisor never does (it only calls this after VMXON).
+    // SETBE: CF (VMfailInvalid) or ZF (VMfailValid); cheaper on the exit path
+    // than PUSHFQ/POP of RFLAGS.
     unsafe {
-        asm!("vmread {}, {}", "pushfq", "pop {}", out(reg) value, in(reg) u64::from(field), lateout(reg) rflags)
+        asm!(
+            "vmread {v}, {f}",
+            "setbe {e}",
+            v = lateout(reg) value,
+            f = in(reg) u64::from(field),
+            e = lateout(reg_byte) failed,
+            options(nostack),
+        )
     };
-    if rflags & 0x41 != 0 {
-        // Avoid recursion: report a failed VMREAD without reading the error field.
-        return Err(if rflags & 1 != 0 {
-            VmFail::Invalid
-        } else {
-            VmFail::Valid(VmInstructionError::UnsupportedVmcsComponent)
-        });
+    if failed != 0 {
+        return Err(vmread_failed());
     }
     Ok(value)
+}
+
+/// Which failure a failed VMREAD was, without reading the error field (no
+/// recursion): VMfailInvalid exactly when no VMCS is current (VMPTRST stores
+/// all-ones), else VMfailValid, which VMREAD gives only for an unsupported
+/// field (SDM Vol. 3C 31.3, VMREAD).
+#[cold]
+#[inline(never)]
+fn vmread_failed() -> VmFail {
+    let mut ptr: u64 = 0;
+    // SAFETY: VMPTRST stores the current-VMCS pointer into the local; in VMX
+    // operation (where VMREAD just ran) it can't fail.
+    unsafe { asm!("vmptrst [{}]", in(reg) &mut ptr, options(nostack)) };
+    if ptr == u64::MAX {
+        VmFail::Invalid
+    } else {
+        VmFail::Valid(VmInstructionError::UnsupportedVmcsComponent)
+    }
 }
 
 /// Writes a VMCS field of the current VMCS.
@@ -195,16 +218,33 @@ pub fn vmread(field: u32) -> Result<u64, VmFail> {
 /// Changes guest, host or control state of the current VMCS.
 #[inline]
 pub unsafe fn vmwrite(field: u32, value: u64) -> Result<(), VmFail> {
-    let rflags: u64;
-    // SAFETY: caller guarantees the write is intended.
+    // SAFETY: caller guarantees the write is intended. On the exit path:
+    // the success test is one JBE (CF or ZF set: failed); the error is
+    // decoded out of line.
     unsafe {
-        asm!("vmwrite {}, {}", "pushfq", "pop {}", in(reg) u64::from(field), in(reg) value, lateout(reg) rflags)
+        asm!(
+            "vmwrite {f}, {v}",
+            "jbe {fail}",
+            f = in(reg) u64::from(field),
+            v = in(reg) value,
+            fail = label {
+                return Err(vmwrite_failed());
+            },
+            options(nostack),
+        )
     };
-    // Inlined on the exit path: the success test only; the error is decoded out of line.
-    if rflags & 0x41 == 0 {
-        Ok(())
-    } else {
-        check(rflags)
+    Ok(())
+}
+
+/// Which failure a failed VMWRITE was: VMfailValid leaves its number in the
+/// VM-instruction error field of the current VMCS; VMfailInvalid means no
+/// VMCS is current, and then that VMREAD fails too (SDM Vol. 3C 31.2, 31.4).
+#[cold]
+#[inline(never)]
+fn vmwrite_failed() -> VmFail {
+    match vmread(super::vmcs::ro::VM_INSTRUCTION_ERROR.0) {
+        Ok(n) => VmFail::Valid(VmInstructionError::from_number(n as u32)),
+        Err(_) => VmFail::Invalid,
     }
 }
 

@@ -114,11 +114,12 @@ pub fn violation<G: Guest>(g: &mut G, e: &Exit) -> Outcome {
     let Info::Ept(x) = &e.info else {
         return super::wrong_info(e);
     };
-    let device = g.device_at(x.gpa);
-    if x.q.fetch && !device {
+    // The device lookup only where its answer matters: an access to a
+    // device finds its device again in `mmio::handle`.
+    if x.q.fetch && !g.device_at(x.gpa) {
         return fetch_unmapped(g, e, x);
     }
-    if !device && g.unmapped_stop() {
+    if g.unmapped_stop() && !g.device_at(x.gpa) {
         // Stop at the access itself, before anything is emulated.
         return match g.unmapped(x.gpa, x.q.write, e.rip) {
             Err(end) => Outcome::end(end),

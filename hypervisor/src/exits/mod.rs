@@ -180,16 +180,22 @@ pub fn handle(v: &mut Vcpu, e: &Exit) -> Outcome {
     // Exits that can change timers or make an interrupt deliverable make the
     // run loop re-poll timers and re-evaluate injection before re-entry.
     match e.reason {
-        // APIC registers written. (Port I/O reports what it changed itself.)
-        R::Wrmsr | R::EptViolation => {
+        // MSRs that move timers without a device's Effects (the TSC).
+        R::Wrmsr => {
             v.timers_dirty = true;
             v.vm.mailbox[v.index]
                 .check_irq
                 .store(true, core::sync::atomic::Ordering::Release);
         }
-        // A kick, an interrupt/NMI window, a CR8 write.
-        R::ExternalInterrupt | R::InterruptWindow | R::NmiWindow | R::CrAccess => v.vm.mailbox
-            [v.index]
+        // A kick, an interrupt/NMI window, a CR8 write, an MMIO access (an
+        // APIC's TPR, EOI or ESR changes what is deliverable without an
+        // Effects; a timer the access moved is in its Effects, which the
+        // mailbox already has, like port I/O's).
+        R::ExternalInterrupt
+        | R::InterruptWindow
+        | R::NmiWindow
+        | R::CrAccess
+        | R::EptViolation => v.vm.mailbox[v.index]
             .check_irq
             .store(true, core::sync::atomic::Ordering::Release),
         _ => {}

@@ -35,6 +35,8 @@ struct Fake {
     outs: RefCell<Vec<(u16, u8, u32)>>,
     out_request: Request,
     device: bool,
+    /// How often a handler asked `device_at`.
+    lookups: std::cell::Cell<u32>,
     stop: bool,
     unmapped: RefCell<Vec<(u64, bool)>>,
     mmio_value: u64,
@@ -58,6 +60,7 @@ impl Fake {
             outs: RefCell::new(Vec::new()),
             out_request: Request::None,
             device: true,
+            lookups: std::cell::Cell::new(0),
             stop: false,
             unmapped: RefCell::new(Vec::new()),
             mmio_value: 0,
@@ -128,6 +131,7 @@ impl Guest for Fake {
         self.out_request
     }
     fn device_at(&self, _gpa: u64) -> bool {
+        self.lookups.set(self.lookups.get() + 1);
         self.device
     }
     fn unmapped_stop(&self) -> bool {
@@ -929,6 +933,9 @@ fn mmio_store_and_load() {
     let e = ept_exit(0xFEC0_0010, 1, &[0x8B, 0x0B], flat_emu());
     assert_eq!(super::ept::violation(&mut g, &e), advanced(2));
     assert_eq!(g.gpr[RCX], 0xABCD);
+    // A data access under unmapped_access = "ignore" finds its device in
+    // the access itself: no separate lookup first.
+    assert_eq!(g.lookups.get(), 0);
 }
 
 #[test]
@@ -1009,6 +1016,12 @@ fn fetch_from_the_empty_bus_is_ud_where_the_instruction_starts() {
         Flow::End(VmEnd::Crashed(_))
     ));
     assert!(g.mmio.is_empty());
+    // Under "stop" a device page is still emulated.
+    g.device = true;
+    g.unmapped.borrow_mut().clear();
+    assert_eq!(super::ept::violation(&mut g, &e), advanced(2));
+    assert_eq!(g.mmio.len(), 1);
+    assert!(g.unmapped.borrow().is_empty());
 }
 
 #[test]

@@ -54,11 +54,13 @@ impl Vm {
         let Some(target) = self.map.mmio(gpa, Some(base)) else {
             return Err(f);
         };
-        let (src, fx) = match target {
+        // Each arm applies its own Effects where it was built (no move of
+        // it through a tuple), and only when the access changed something.
+        Ok(match target {
             MmioTarget::LocalApic => {
                 let fx = crate::devices::mmio_rmw(&mut *l, gpa.wrapping_sub(base), size, now, f);
                 drop(l);
-                (Source::Vcpu(idx), fx)
+                self.apply_unless_quiet(Source::Vcpu(idx), fx)
             }
             MmioTarget::Bus(target, first) => {
                 drop(l);
@@ -67,10 +69,20 @@ impl Vm {
                     .lock()
                     .io
                     .mmio_rmw(target, first, gpa, size, now, f);
-                (Source::Platform, fx)
+                self.apply_unless_quiet(Source::Platform, fx)
             }
-        };
-        Ok(self.apply(src, fx))
+        })
+    }
+
+    /// [`Vm::apply`] for an access that may have changed nothing (the
+    /// common MMIO read): a quiet one asks nothing of the platform.
+    #[inline(always)]
+    fn apply_unless_quiet(&self, src: Source, fx: Effects) -> Request {
+        if fx.is_quiet() {
+            Request::None
+        } else {
+            self.apply(src, fx)
+        }
     }
 
     /// WRMSR of an x2APIC register by vCPU `idx`.
