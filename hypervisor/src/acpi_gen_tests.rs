@@ -1,6 +1,6 @@
 //! The guest ACPI tables of `loader::acpi_gen`, parsed back with the core's
 //! own ACPI parser (the one that reads the host firmware's tables).
-use crate::acpi::{self, AcpiTables, GenericAddress, PhysMem, Polarity, Signature, Trigger, S5};
+use crate::hostacpi::{self, AcpiTables, GenericAddress, PhysMem, Polarity, Signature, Trigger, S5};
 use alloc::vec;
 use alloc::vec::Vec;
 use loader::acpi_gen::*;
@@ -54,7 +54,7 @@ fn parses_back_with_the_acpi_module() {
     }
     assert_eq!(
         m.io_apics,
-        vec![acpi::IoApic {
+        vec![hostacpi::IoApic {
             id: 4,
             address: 0xFEC0_0000,
             gsi_base: 0
@@ -132,7 +132,7 @@ fn facs_and_rsdt() {
     let t = AcpiTables::new(&mem, blob.rsdp_gpa).unwrap();
     let rsdp = &b[0x1000..0x1024];
     let rsdt_addr = u32::from_le_bytes(rsdp[16..20].try_into().unwrap());
-    let rsdt = acpi::read_table(&mem, rsdt_addr.into(), Some(Signature::RSDT)).unwrap();
+    let rsdt = hostacpi::read_table(&mem, rsdt_addr.into(), Some(Signature::RSDT)).unwrap();
     let entries: Vec<u64> = rsdt
         .body()
         .chunks(4)

@@ -1,8 +1,8 @@
 //! What the platform's firmware tables say: the CPUs (ACPI MADT, else the UEFI
 //! MP services list) and how to power off (ACPI FADT + DSDT \_S5).
-use crate::acpi::{AcpiTables, PhysMem};
+use crate::hostacpi::{AcpiTables, PhysMem};
 use crate::bootinfo::BootInfo;
-use crate::platform::Cpu;
+use crate::machine::Cpu;
 use crate::power::{self, AcpiS5};
 use crate::println;
 use alloc::vec::Vec;

@@ -232,7 +232,7 @@ extern "sysv64" fn exception_handler(frame: &mut ExceptionFrame) {
     if frame.vector >= 32 {
         // Wake-up IPIs and stray interrupts: nothing to do but end them.
         if frame.vector != 0xFF {
-            crate::lapic::eoi();
+            crate::hostapic::eoi();
         }
         return;
     }

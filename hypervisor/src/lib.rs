@@ -4,7 +4,6 @@
 
 extern crate alloc;
 
-pub mod acpi;
 #[cfg(test)]
 mod acpi_gen_tests;
 pub mod bootinfo;
@@ -12,14 +11,15 @@ pub mod console;
 pub mod exits;
 pub mod firmware;
 pub mod heap;
+pub mod hostacpi;
+pub mod hostapic;
 pub mod hosttimer;
 pub mod interrupts;
-pub mod lapic;
+pub mod machine;
 pub mod mm;
 pub mod nic;
 pub mod paging;
 pub mod percpu;
-pub mod platform;
 pub mod power;
 pub mod sched;
 pub mod smp;
@@ -62,7 +62,7 @@ pub fn enter(info: &'static BootInfo, stack_top: u64) -> ! {
 }
 
 extern "sysv64" fn start_on_stack(info: &'static BootInfo, stack_top: u64) -> ! {
-    platform::start(info, stack_top)
+    machine::start(info, stack_top)
 }
 
 /// Prints a fatal error, stops the other CPUs and powers off.

@@ -9,7 +9,7 @@
 //! lock; FRAMES is a leaf. At most one CPU queue is held at a time.
 use crate::vm::vcpu::{SliceEnd, Vcpu};
 use crate::vm::{Vm, VmEnd};
-use crate::{lapic, percpu, println};
+use crate::{hostapic, percpu, println};
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -104,7 +104,7 @@ fn enqueue(cpu: usize, mut v: Box<Vcpu>) {
 fn kick(cpu: usize) {
     if cpu != percpu::current_index() && IDLE.load(Ordering::Acquire) & (1 << cpu) != 0 {
         if let Some(c) = percpu::get(cpu) {
-            lapic::send_ipi(c.apic_id, u32::from(lapic::WAKE_VECTOR));
+            hostapic::send_ipi(c.apic_id, u32::from(hostapic::WAKE_VECTOR));
         }
     }
 }

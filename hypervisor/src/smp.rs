@@ -2,7 +2,7 @@
 //! trampoline, run after ExitBootServices so that every CPU executes only
 //! hypervisor code (SDM Vol. 3A 9.4.4). The trampoline goes real mode →
 //! 32-bit protected mode → long mode on the host page tables.
-use crate::{lapic, percpu, time};
+use crate::{hostapic, percpu, time};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 core::arch::global_asm!(
@@ -139,10 +139,10 @@ pub fn start_ap(page: u64, cr3: u64, index: usize, apic_id: u32, entry: ApEntry)
     }
     AP_STARTED.store(false, Ordering::SeqCst);
     let vector = (page >> 12) as u32;
-    lapic::send_ipi(apic_id, lapic::INIT);
+    hostapic::send_ipi(apic_id, hostapic::INIT);
     time::delay_us(10_000);
     for _ in 0..2 {
-        lapic::send_ipi(apic_id, lapic::STARTUP | vector);
+        hostapic::send_ipi(apic_id, hostapic::STARTUP | vector);
         time::delay_us(200);
         if AP_STARTED.load(Ordering::SeqCst) {
             break;
@@ -166,6 +166,6 @@ pub fn report_started() {
 pub fn stop_others() {
     crate::interrupts::STOPPING.store(true, Ordering::SeqCst);
     if percpu::online() > 1 {
-        lapic::send_ipi(0, lapic::NMI | lapic::ALL_BUT_SELF);
+        hostapic::send_ipi(0, hostapic::NMI | hostapic::ALL_BUT_SELF);
     }
 }

@@ -277,7 +277,7 @@ fn external_interrupt(e: &Exit) -> Outcome {
     // end the interrupt at the local APIC and re-run the scheduler's checks.
     if let Info::Interruption(info) = e.info {
         if info.valid {
-            crate::lapic::eoi();
+            crate::hostapic::eoi();
         }
     }
     Outcome::resume()

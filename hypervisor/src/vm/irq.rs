@@ -4,7 +4,7 @@
 use super::Vm;
 use crate::devices::lapic::{DeliveryMode, Shorthand};
 use crate::devices::{Effects, Message, Request};
-use crate::{lapic, percpu};
+use crate::{hostapic, percpu};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 /// `Mailbox::stuck`: the vCPU can run again only by another vCPU's signal.
@@ -92,7 +92,7 @@ impl Vm {
             let cpu = on - 1;
             if cpu != percpu::current_index() {
                 if let Some(c) = percpu::get(cpu) {
-                    lapic::send_ipi(c.apic_id, u32::from(lapic::WAKE_VECTOR));
+                    hostapic::send_ipi(c.apic_id, u32::from(hostapic::WAKE_VECTOR));
                 }
             }
         } else {

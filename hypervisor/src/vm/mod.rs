@@ -154,7 +154,7 @@ fn platform_bus(console: usize, vcpus: u32) -> Result<Bus, crate::devices::BusEr
     io.register(Box::new(Uart::new(console, clock)))?;
     io.register(Box::new(DebugExit))?;
     io.register(Box::new(Pit::new(clock)))?;
-    io.register(Box::new(Rtc::new(crate::platform::host_date(), 0, clock)))?;
+    io.register(Box::new(Rtc::new(crate::machine::host_date(), 0, clock)))?;
     io.register(Box::new(Pci::new()))?;
     io.register(Box::new(I8042::new()))?;
     io.register(Box::new(Pm::new(loader::PM_BASE, clock)))?;

@@ -223,7 +223,7 @@ fn yes(b: bool) -> &'static str {
 }
 
 fn enable_vmx_or_die(index: usize) {
-    crate::lapic::quiesce();
+    crate::hostapic::quiesce();
     crate::hosttimer::init_this_cpu();
     if crate::xsave::supported() {
         crate::xsave::enable_on_this_cpu();
