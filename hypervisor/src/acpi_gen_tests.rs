@@ -1,6 +1,8 @@
 //! The guest ACPI tables of `loader::acpi_gen`, parsed back with the core's
 //! own ACPI parser (the one that reads the host firmware's tables).
-use crate::hostacpi::{self, AcpiTables, GenericAddress, PhysMem, Polarity, Signature, Trigger, S5};
+use crate::hostacpi::{
+    self, AcpiTables, GenericAddress, PhysMem, Polarity, Signature, Trigger, S5,
+};
 use alloc::vec;
 use alloc::vec::Vec;
 use loader::acpi_gen::*;

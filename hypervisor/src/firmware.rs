@@ -1,7 +1,7 @@
 //! What the platform's firmware tables say: the CPUs (ACPI MADT, else the UEFI
 //! MP services list) and how to power off (ACPI FADT + DSDT \_S5).
-use crate::hostacpi::{AcpiTables, PhysMem};
 use crate::bootinfo::BootInfo;
+use crate::hostacpi::{AcpiTables, PhysMem};
 use crate::machine::Cpu;
 use crate::power::{self, AcpiS5};
 use crate::println;

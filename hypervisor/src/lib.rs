@@ -29,11 +29,6 @@ pub mod vmx;
 pub mod xsave;
 
 pub use bootinfo::BootInfo;
-// The device models and the loaders live in their own crates (no `unsafe`,
-// no access to the core's globals); these names keep their old paths.
-pub use ::devices;
-pub use ::loader;
-pub use loader::{acpi_gen, manifest};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -107,7 +102,7 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
                 );
                 None
             }
-            Ok(text) => match manifest::parse("hv/manifest.toml", text) {
+            Ok(text) => match loader::manifest::parse("hv/manifest.toml", text) {
                 Ok(m) => Some(m),
                 Err(e) => {
                     println!("hv: manifest: {e}");
@@ -118,7 +113,10 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
     };
     let (hv, guests) = match manifest {
         Some(m) => (m.hypervisor, m.guests),
-        None => (manifest::HvConfig::default(), alloc::vec::Vec::new()),
+        None => (
+            loader::manifest::HvConfig::default(),
+            alloc::vec::Vec::new(),
+        ),
     };
     if let Some(a) = hv.address {
         nic::set_static(a, hv.gateway);

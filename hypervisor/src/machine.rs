@@ -255,11 +255,11 @@ extern "sysv64" fn ap_entry(index: u64) -> ! {
     crate::ap_idle(index)
 }
 
-static HOST_DATE: spin::Once<crate::devices::rtc::DateTime> = spin::Once::new();
+static HOST_DATE: spin::Once<devices::rtc::DateTime> = spin::Once::new();
 
 /// The wall-clock date and time read from the host's CMOS RTC at start-up
 /// (MC146818: wait for UIP to clear, then read the time registers).
-pub fn read_host_rtc() -> crate::devices::rtc::DateTime {
+pub fn read_host_rtc() -> devices::rtc::DateTime {
     use arch::regs::{inb, outb};
     let rd = |i: u8| -> u8 {
         // SAFETY: ports 0x70/0x71 are the CMOS index/data ports; reading
@@ -279,10 +279,10 @@ pub fn read_host_rtc() -> crate::devices::rtc::DateTime {
     for (i, r) in regs.iter_mut().enumerate() {
         *r = rd(i as u8);
     }
-    crate::devices::rtc::parse_cmos_time(regs, rd(0x0B), rd(0x32))
+    devices::rtc::parse_cmos_time(regs, rd(0x0B), rd(0x32))
 }
 
 /// The host date, read once.
-pub fn host_date() -> crate::devices::rtc::DateTime {
+pub fn host_date() -> devices::rtc::DateTime {
     *HOST_DATE.call_once(read_host_rtc)
 }

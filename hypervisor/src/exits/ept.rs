@@ -14,8 +14,8 @@
 use super::outcome::Inject;
 use super::vmexit::{EptExit, Exit, Info};
 use super::{Guest, Outcome};
-use crate::manifest::UnmappedAccess;
 use crate::vm::{Vm, VmEnd};
+use loader::manifest::UnmappedAccess;
 
 /// Distinct pages logged per guest before further ones are only counted.
 pub const LOGGED_PAGES: usize = 8;

@@ -6,12 +6,12 @@ use super::mmio::{self, GuestEnv, VcpuBus};
 use super::msr::MsrState;
 use super::string::{self, Progress, Stop, StringInsn};
 use super::vmexit::Emu;
-use crate::devices::lapic::{Gp, VLapic};
-use crate::devices::Request;
-use crate::manifest::UnmappedAccess;
 use crate::vm::memory::Gpa;
 use crate::vm::vcpu::Vcpu;
 use crate::vm::VmEnd;
+use devices::lapic::{Gp, VLapic};
+use devices::Request;
+use loader::manifest::UnmappedAccess;
 
 pub trait Guest {
     /// The general-purpose registers the VMCS doesn't hold (RSP is in the

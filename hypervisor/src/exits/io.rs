@@ -8,10 +8,10 @@
 //! them, and a long REP is done in chunks with RIP kept on the instruction.
 use super::vmexit::{Exit, Info};
 use super::{Guest, Outcome};
-use crate::devices::Request;
 use crate::vm::vcpu::Flow;
 use crate::vm::{Vm, VmEnd};
 use crate::vmx::run::RAX;
+use devices::Request;
 
 /// The first byte a guest writes to its console is reported once (start-up time).
 pub fn note_console_output(vm: &Vm, port: u16) {

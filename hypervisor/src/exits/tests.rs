@@ -8,14 +8,14 @@ use super::outcome::{Inject, Outcome, Rip, Write};
 use super::string::{self, Dst, Progress, Src, Stop, StringEnv, StringInsn};
 use super::vmexit::{CrExit, Emu, EptExit, Exit, Info, Insn, InsnError, IoExit};
 use super::{cpuid, cr, io, mmio, msr, vmcall, xsetbv, Guest};
-use crate::devices::lapic::{Gp, VLapic};
-use crate::devices::{Effects, Request};
 use crate::vm::gwalk::{AddrMode, Fault, PagingRegs, Segment};
 use crate::vm::vcpu::Flow;
 use crate::vm::VmEnd;
 use crate::vmx::run::{RAX, RBX, RCX, RDX, RSI, RSP};
 use arch::regs::{cr0, cr4};
 use arch::vmx::exit::{CrQualification, EptViolation, ExitReason as R, IoQualification};
+use devices::lapic::{Gp, VLapic};
+use devices::{Effects, Request};
 use std::cell::RefCell;
 use std::vec::Vec;
 
@@ -324,7 +324,7 @@ fn rdmsr_of_an_unknown_msr_is_gp_and_changes_nothing() {
 
 #[test]
 fn wrmsr_x2apic_and_tsc_deadline_go_through_the_lapic_with_their_effects() {
-    use crate::devices::lapic::{DeliveryMode, Shorthand};
+    use devices::lapic::{DeliveryMode, Shorthand};
     let mut g = Fake::new();
     // xAPIC mode: the x2APIC MSRs are #GP and nothing reaches the model.
     assert_eq!(wrmsr(&mut g, 0x808, 0x20, 0, 0), gp());

@@ -82,7 +82,7 @@ impl Vcpu {
     /// Whether the 8259 can interrupt this vCPU: only the BSP, through
     /// LINT0 programmed for ExtINT (virtual-wire mode, MP spec 3.6.2.2).
     pub(super) fn pic_wired(&self) -> bool {
-        use crate::devices::lapic::DeliveryMode;
+        use devices::lapic::DeliveryMode;
         self.index == 0
             && self.vm.lapics[0]
                 .lock()

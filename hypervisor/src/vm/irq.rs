@@ -2,10 +2,10 @@
 //! APIC deliveries, NMI/INIT/SIPI, and kicking a vCPU that must notice a new
 //! interrupt (SDM Vol. 3A 11.6, 11.11; 82093AA data sheet).
 use super::Vm;
-use crate::devices::lapic::{DeliveryMode, Shorthand};
-use crate::devices::{Effects, Message, Request};
 use crate::{hostapic, percpu};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use devices::lapic::{DeliveryMode, Shorthand};
+use devices::{Effects, Message, Request};
 
 /// `Mailbox::stuck`: the vCPU can run again only by another vCPU's signal.
 pub const RUNNABLE: u8 = 0;

@@ -8,20 +8,20 @@ pub mod memory;
 pub mod platform;
 pub mod vcpu;
 
-use crate::devices::ioapic::IoApic;
-use crate::devices::lapic::VLapic;
-use crate::devices::state::DeviceState;
-use crate::devices::{
-    debug_exit::DebugExit, i8042::I8042, pci::Pci, pit::Pit, pm::Pm, post::PostCode, rtc::Rtc,
-    uart::Uart, AddressMap, Bus,
-};
-use crate::manifest::{GuestConfig, Policy};
-use crate::{loader, mm};
+use crate::mm;
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use devices::ioapic::IoApic;
+use devices::lapic::VLapic;
+use devices::state::DeviceState;
+use devices::{
+    debug_exit::DebugExit, i8042::I8042, pci::Pci, pit::Pit, pm::Pm, post::PostCode, rtc::Rtc,
+    uart::Uart, AddressMap, Bus,
+};
+use loader::manifest::{GuestConfig, Policy};
 use memory::GuestMemory;
 use spin::Mutex;
 
@@ -41,8 +41,8 @@ pub enum VmEnd {
 }
 
 /// How a guest's request to the platform ends it, if it does.
-pub fn request_end(r: crate::devices::Request) -> Option<VmEnd> {
-    use crate::devices::Request;
+pub fn request_end(r: devices::Request) -> Option<VmEnd> {
+    use devices::Request;
     match r {
         Request::None => None,
         Request::Exit(code) => Some(VmEnd::Exited(code)),
@@ -113,7 +113,7 @@ pub enum CreateError {
     Memory(memory::MemError),
     Load(loader::LoadError),
     NoMemory,
-    Bus(crate::devices::BusError),
+    Bus(devices::BusError),
 }
 
 impl core::fmt::Display for CreateError {
@@ -134,17 +134,17 @@ pub fn tsc_per_bus_tick() -> u64 {
 
 /// The device models' clock: guest TSC ticks at the host's TSC rate (the
 /// guest's TSC runs at the host's, offset per VM).
-fn device_clock() -> crate::devices::Clock {
-    crate::devices::Clock::new(crate::time::tsc_khz().saturating_mul(1000))
+fn device_clock() -> devices::Clock {
+    devices::Clock::new(crate::time::tsc_khz().saturating_mul(1000))
 }
 
 /// The PC devices on the bus, in their power-on state (`vcpus` is the I/O
 /// APIC's ID, after the local APICs'); the UART writes to console queue
 /// `console`.
-fn platform_bus(console: usize, vcpus: u32) -> Result<Bus, crate::devices::BusError> {
+fn platform_bus(console: usize, vcpus: u32) -> Result<Bus, devices::BusError> {
     let clock = device_clock();
     let mut io = Bus::new(IoApic::new(vcpus as u8));
-    let console = crate::devices::uart::ConsolePort {
+    let console = devices::uart::ConsolePort {
         source: console,
         line: crate::console::guest_line,
         raw: crate::console::guest_raw,

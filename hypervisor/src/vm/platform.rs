@@ -5,8 +5,8 @@
 //! exit handlers make one call here per access.
 use super::irq::Source;
 use super::Vm;
-use crate::devices::lapic::Gp;
-use crate::devices::{Effects, MmioTarget, Request};
+use devices::lapic::Gp;
+use devices::{Effects, MmioTarget, Request};
 
 impl Vm {
     /// Host TSC at guest TSC `guest` (device deadlines are guest TSC values).
@@ -42,7 +42,7 @@ impl Vm {
     }
 
     /// One MMIO read-modify-write by vCPU `idx` at `gpa` (see
-    /// [`crate::devices::mmio_rmw`]), decoded by the VM's address map with
+    /// [`devices::mmio_rmw`]), decoded by the VM's address map with
     /// this vCPU's local APIC page. `Err(f)`: nothing claims `gpa`.
     pub fn mmio_rmw<F>(&self, idx: usize, gpa: u64, size: u8, f: F) -> Result<Request, F>
     where
@@ -58,7 +58,7 @@ impl Vm {
         // it through a tuple), and only when the access changed something.
         Ok(match target {
             MmioTarget::LocalApic => {
-                let fx = crate::devices::mmio_rmw(&mut *l, gpa.wrapping_sub(base), size, now, f);
+                let fx = devices::mmio_rmw(&mut *l, gpa.wrapping_sub(base), size, now, f);
                 drop(l);
                 self.apply_unless_quiet(Source::Vcpu(idx), fx)
             }

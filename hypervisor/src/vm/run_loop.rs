@@ -28,7 +28,7 @@ pub fn fast_path_exit(reason: u32) -> bool {
 
 /// Brings a local APIC's timer up to guest TSC `now`, noting in the VM's
 /// lateness figures how long after its deadline an expiry was seen.
-pub(super) fn poll_lapic_timer(vm: &Vm, l: &mut crate::devices::lapic::VLapic, now: u64) {
+pub(super) fn poll_lapic_timer(vm: &Vm, l: &mut devices::lapic::VLapic, now: u64) {
     let due = l.next_timer_deadline();
     if l.poll_timer(now) {
         if let Some(d) = due.filter(|&d| d <= now) {

@@ -4,12 +4,12 @@
 //! writes exactly these; the host tests run the software VM-entry checker
 //! (SDM Vol. 3C 27.3.1) on them for every start state the loaders produce.
 use super::DR7_INIT;
-use crate::loader::setup::{self, Mode};
-use crate::loader::EntryState;
 use crate::vmx::entry_check::{EntryContext, GuestState, Seg};
 use crate::vmx::VmxCaps;
 use arch::vmx::caps::{guest_cr0_fixed0, ControlError};
 use arch::vmx::vmcs::bits;
+use loader::setup::{self, Mode};
+use loader::EntryState;
 
 /// IA32_PAT at power-on (SDM Vol. 3A 13.12.4, Table 13-12).
 pub const PAT_INIT: u64 = 0x0007_0406_0007_0406;
@@ -225,13 +225,13 @@ pub fn sipi_state(vector: u8, signature: u32, cr0_before: u64) -> EntryState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loader::{self, e820::GuestRam, manifest};
     use crate::vmx::entry_check::{check_all, GuestStateError as E, SegReg};
     use alloc::string::String;
     use alloc::vec;
     use alloc::vec::Vec;
     use arch::vmx::caps::{ControlCaps, ControlKind as K, EptVpidCap, VmxBasic, VmxMisc};
     use core::cell::RefCell;
+    use loader::{self, e820::GuestRam, manifest};
 
     const MIB: usize = 1 << 20;
 

@@ -80,7 +80,7 @@ pub struct Vcpu {
     /// The CPU offers virtual NMIs (and NMI-window exiting) for this vCPU.
     virtual_nmis: bool,
     /// The state to start from instead of the VM's boot state (after a SIPI).
-    start_state: Option<crate::loader::EntryState>,
+    start_state: Option<loader::EntryState>,
     /// CR0 as the guest saw it when the last INIT arrived (as after RESET
     /// before any): INIT keeps its CD and NW (SDM Vol. 3A Table 10-1).
     pub(super) init_cr0: u64,
