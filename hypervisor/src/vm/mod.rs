@@ -6,6 +6,7 @@ pub mod irq;
 pub mod lateness;
 pub mod memory;
 pub mod platform;
+pub mod snapshot;
 pub mod vcpu;
 
 use crate::devices::ioapic::IoApic;
