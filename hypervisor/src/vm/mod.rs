@@ -5,8 +5,10 @@ pub mod gwalk;
 pub mod irq;
 pub mod lateness;
 pub mod memory;
+pub mod pause;
 pub mod platform;
 pub mod snapshot;
+pub mod snapshot_format;
 pub mod vcpu;
 
 use crate::devices::ioapic::IoApic;
@@ -104,6 +106,11 @@ pub struct Vm {
     pub longest_exit_reason: AtomicU32,
     /// How late its local APIC timer expiries were noticed.
     pub timer_lateness: lateness::Lateness,
+    /// A pause is requested (or in effect): vCPUs leave guest mode at their
+    /// next exit and the scheduler parks them (see `pause`).
+    pub pause_flag: AtomicBool,
+    /// Every vCPU is parked: the VM is paused.
+    pub paused: AtomicBool,
 }
 
 /// TSC when the manifest was read (start-up figures are measured from here).
@@ -220,6 +227,8 @@ impl Vm {
             longest_exit: core::sync::atomic::AtomicU64::new(0),
             longest_exit_reason: AtomicU32::new(0),
             timer_lateness: lateness::Lateness::default(),
+            pause_flag: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
             lapics: (0..config.vcpus)
                 .map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick())))
                 .collect(),
@@ -287,6 +296,16 @@ impl Vm {
         s.end = Some(how);
         self.ending.store(true, Ordering::Release);
         true
+    }
+
+    /// Whether a pause is requested or in effect.
+    pub fn pause_requested(&self) -> bool {
+        self.pause_flag.load(Ordering::Acquire)
+    }
+
+    /// Whether every vCPU is parked by a pause.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
     }
 
     pub fn ended(&self) -> bool {

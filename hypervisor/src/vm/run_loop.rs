@@ -142,7 +142,10 @@ impl Vcpu {
                 if left == 0 {
                     break SliceEnd::Preempted;
                 }
-                if self.vm.mailbox[self.index].init.load(Ordering::Acquire) {
+                if self.vm.mailbox[self.index].init.load(Ordering::Acquire)
+                    || self.vm.pause_requested()
+                {
+                    // A pause parks it at this instruction boundary (sched).
                     break SliceEnd::Yielded;
                 }
                 // Timers first, so that an interrupt due now is injected now.            // Polling costs; it is done only when something is due or changed.
@@ -343,6 +346,7 @@ impl Vcpu {
             && !mb.init.load(Ordering::Acquire)
             && !mb.nmi.load(Ordering::Acquire)
             && !vm.ended()
+            && !vm.pause_requested()
             && !interrupts::STOPPING.load(Ordering::Relaxed)
     }
 
