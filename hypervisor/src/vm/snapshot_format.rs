@@ -423,8 +423,11 @@ pub fn parse<'a>(bytes: &'a [u8], ours: &Ident) -> Result<Parsed<'a>, FormatErro
     Ok(Parsed { sections })
 }
 
+/// Runs of a RAM section: first page number and the run's bytes.
+pub type RunData<'a> = Vec<(u64, &'a [u8])>;
+
 /// The RAM section: total guest pages and its runs, each with its data.
-pub fn ram_runs(data: &[u8]) -> Result<(u64, Vec<(u64, &[u8])>), FormatError> {
+pub fn ram_runs(data: &[u8]) -> Result<(u64, RunData<'_>), FormatError> {
     let mut r = Reader::new(data);
     let total = r.u64("ram")?;
     let n = r.u64("ram")?;
