@@ -139,8 +139,10 @@ pub fn add_vm(vm: Arc<Vm>, vcpus: Vec<Box<Vcpu>>) {
 /// A VM's fresh vCPUs: the BSP is queued, APs wait for their SIPI asleep.
 #[allow(clippy::vec_box)] // boxed vCPUs move between queues as pointers
 fn place(vcpus: Vec<Box<Vcpu>>) {
-    for v in vcpus {
-        if v.wait_sipi {
+    for mut v in vcpus {
+        if v.wait_sipi || v.start_halted {
+            // Restored from a snapshot in HLT: asleep until an interrupt.
+            v.start_halted = false;
             sleep(v);
         } else {
             enqueue(least_loaded(), v);
@@ -770,6 +772,25 @@ fn vcpu_done(v: Box<Vcpu>) {
     };
     if !last {
         return;
+    }
+    if vm.wants_rollback() {
+        match crate::vm::snapshot::rollback_after_crash(&vm) {
+            Some(Ok(vcpus)) => {
+                if let Some((_, n)) = GLOBAL.lock().alive.iter_mut().find(|(id, _)| *id == vm.id) {
+                    *n = vcpus.len();
+                }
+                place(vcpus);
+                return;
+            }
+            Some(Err(e)) => crate::console::println_after(
+                vm.console,
+                format_args!("vm {}: rollback failed ({e}): cold restart", vm.name),
+            ),
+            None => crate::console::println_after(
+                vm.console,
+                format_args!("vm {}: no snapshot to roll back to: cold restart", vm.name),
+            ),
+        }
     }
     if vm.wants_restart() {
         match vm.restart() {

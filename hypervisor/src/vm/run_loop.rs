@@ -99,6 +99,11 @@ impl Vcpu {
                 return SliceEnd::VmEnded;
             }
             self.configured = true;
+            if let Err(e) = self.apply_staged() {
+                self.vm
+                    .end(VmEnd::Crashed(format!("restoring a snapshot: {e}")));
+                return SliceEnd::VmEnded;
+            }
         }
         self.vm.mailbox[self.index]
             .running_on
