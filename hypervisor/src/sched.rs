@@ -198,13 +198,13 @@ fn park_paused_in(me: usize) {
 }
 
 /// Sleeping vCPUs of `vm` (already released) go to the paused list.
-fn park_sleepers_of(vm: &Arc<Vm>) {
+fn park_sleepers_of(vm: &Vm) {
     let out: Vec<Box<Vcpu>> = {
         let mut s = SLEEPING.lock();
         let mut out = Vec::new();
         let mut i = 0;
         while i < s.len() {
-            if Arc::ptr_eq(&s[i].vm, vm) {
+            if core::ptr::eq(&*s[i].vm, vm) {
                 out.push(s.swap_remove(i));
             } else {
                 i += 1;
@@ -218,11 +218,11 @@ fn park_sleepers_of(vm: &Arc<Vm>) {
 }
 
 /// How many of `vm`'s vCPUs are parked, and how many it has alive.
-fn paused_count(vm: &Arc<Vm>) -> (usize, usize) {
+fn paused_count(vm: &Vm) -> (usize, usize) {
     let parked = PAUSED
         .lock()
         .iter()
-        .filter(|(v, _)| Arc::ptr_eq(&v.vm, vm))
+        .filter(|(v, _)| core::ptr::eq(&*v.vm, vm))
         .count();
     let alive = GLOBAL
         .lock()
@@ -250,7 +250,7 @@ pub enum PauseError {
 /// another CPU is kicked out of guest mode; queued and sleeping ones are
 /// taken out of their queues. Returns once all are parked (their VMCSs
 /// VMCLEARed), or undoes the pause after `timeout_tsc` ticks.
-pub fn pause_vm(vm: &Arc<Vm>, timeout_tsc: u64) -> Result<(), PauseError> {
+pub fn pause_vm(vm: &Vm, timeout_tsc: u64) -> Result<(), PauseError> {
     if vm.ended() {
         return Err(PauseError::Ended);
     }
@@ -289,7 +289,7 @@ pub fn pause_vm(vm: &Arc<Vm>, timeout_tsc: u64) -> Result<(), PauseError> {
 
 /// Lets a paused VM run again: its vCPUs go back to the run queues (or to
 /// sleep, if they were halted). Also ends a pause that is under way.
-pub fn resume_vm(vm: &Arc<Vm>) {
+pub fn resume_vm(vm: &Vm) {
     if !vm.pause_flag.swap(false, Ordering::AcqRel) {
         return;
     }
@@ -308,12 +308,12 @@ pub fn resume_vm(vm: &Arc<Vm>) {
 /// The parked vCPUs of paused `vm`, sorted by index, for a snapshot or a
 /// rollback to work on; [`put_paused`] gives them back.
 #[allow(clippy::vec_box)]
-pub fn take_paused(vm: &Arc<Vm>) -> Vec<(Box<Vcpu>, bool)> {
+pub fn take_paused(vm: &Vm) -> Vec<(Box<Vcpu>, bool)> {
     let mut mine = Vec::new();
     let mut p = PAUSED.lock();
     let mut i = 0;
     while i < p.len() {
-        if Arc::ptr_eq(&p[i].0.vm, vm) {
+        if core::ptr::eq(&*p[i].0.vm, vm) {
             mine.push(p.swap_remove(i));
         } else {
             i += 1;

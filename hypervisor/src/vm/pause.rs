@@ -16,12 +16,12 @@ pub fn find(name: &str) -> Option<Arc<Vm>> {
 }
 
 /// Pauses `vm`; returns once every vCPU has left guest mode and is parked.
-pub fn pause(vm: &Arc<Vm>) -> Result<(), PauseError> {
+pub fn pause(vm: &Vm) -> Result<(), PauseError> {
     sched::pause_vm(vm, crate::time::us_to_tsc(TIMEOUT_US))
 }
 
 /// Lets a paused `vm` run again (nothing if it is not paused).
-pub fn resume(vm: &Arc<Vm>) {
+pub fn resume(vm: &Vm) {
     sched::resume_vm(vm)
 }
 
