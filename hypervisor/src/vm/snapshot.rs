@@ -271,6 +271,10 @@ fn capture(vm: &Vm, vcpus: &mut [(Box<Vcpu>, bool)]) -> Result<Blob, SnapError> 
     for (v, asleep) in vcpus.iter_mut() {
         let mut img = v.capture(offset).map_err(SnapError::Failed)?;
         img.halted = *asleep && !img.wait_sipi && !img.halted_noirq;
+        let m = &vm.mailbox[v.index];
+        img.nmi = m.nmi.load(Ordering::Acquire);
+        img.init = m.init.load(Ordering::Acquire);
+        img.sipi = m.sipi.load(Ordering::Acquire);
         images.push(img.encode());
     }
     let devices = {
@@ -403,9 +407,9 @@ fn apply(vm: &Vm, d: &Decoded, vcpus: &mut [&mut Vcpu]) -> Result<(), SnapError>
     let offset = d.meta.guest_tsc.wrapping_sub(rdtsc());
     vm.tsc_offset.store(offset, Ordering::Release);
     for (m, img) in vm.mailbox.iter().zip(&d.vcpus) {
-        m.init.store(false, Ordering::Release);
-        m.sipi.store(0, Ordering::Release);
-        m.nmi.store(false, Ordering::Release);
+        m.init.store(img.init, Ordering::Release);
+        m.sipi.store(img.sipi, Ordering::Release);
+        m.nmi.store(img.nmi, Ordering::Release);
         let stuck = if img.wait_sipi {
             super::irq::WAIT_SIPI
         } else if img.halted_noirq {
@@ -519,6 +523,7 @@ pub fn rollback(vm: &str, name: &str) -> Result<(), SnapError> {
     };
     if r.is_ok() {
         for ((c, asleep), img) in vcpus.iter_mut().zip(&d.vcpus) {
+            // A parked sleeper wakes when it wants to run (signals included).
             *asleep = img.wait_sipi || img.halted || img.halted_noirq;
             c.start_halted = false;
         }

@@ -531,6 +531,11 @@ pub struct VcpuImage {
     /// The event to be injected at the next entry (info, error code, length).
     pub pending_event: Option<(u32, u32, u32)>,
     pub pending_cr2: Option<u64>,
+    /// Signals other vCPUs had left in its mailbox: NMI, INIT, and the
+    /// start-up IPI (0, or 0x100 | vector).
+    pub nmi: bool,
+    pub init: bool,
+    pub sipi: u32,
     pub xsave: Vec<u8>,
 }
 
@@ -616,7 +621,9 @@ impl VcpuImage {
             | u8::from(self.halted) << 2
             | u8::from(self.halted_noirq) << 3
             | u8::from(self.pending_event.is_some()) << 4
-            | u8::from(self.pending_cr2.is_some()) << 5;
+            | u8::from(self.pending_cr2.is_some()) << 5
+            | u8::from(self.nmi) << 6
+            | u8::from(self.init) << 7;
         v.push(flags);
         for g in self.gprs {
             v.extend_from_slice(&g.to_le_bytes());
@@ -647,6 +654,7 @@ impl VcpuImage {
             v.extend_from_slice(&x.to_le_bytes());
         }
         v.extend_from_slice(&self.pending_cr2.unwrap_or(0).to_le_bytes());
+        v.extend_from_slice(&self.sipi.to_le_bytes());
         v.extend_from_slice(&(self.xsave.len() as u32).to_le_bytes());
         v.extend_from_slice(&self.xsave);
         v
@@ -655,10 +663,9 @@ impl VcpuImage {
     pub fn decode(b: &[u8]) -> Result<VcpuImage, FormatError> {
         let mut r = Reader::new(b);
         let flags = r.u8("vcpu flags")?;
-        if flags >> 6 != 0 {
-            return Err(FormatError::Invalid("vcpu flags"));
-        }
         let mut img = VcpuImage {
+            nmi: flags & 64 != 0,
+            init: flags & 128 != 0,
             configured: flags & 1 != 0,
             wait_sipi: flags & 2 != 0,
             halted: flags & 4 != 0,
@@ -693,6 +700,10 @@ impl VcpuImage {
         img.pending_event = (flags & 16 != 0).then_some(ev);
         let cr2 = r.u64("vcpu")?;
         img.pending_cr2 = (flags & 32 != 0).then_some(cr2);
+        img.sipi = r.u32("vcpu sipi")?;
+        if img.sipi != 0 && img.sipi & !0xFF != 0x100 {
+            return Err(FormatError::Invalid("vcpu start-up IPI"));
+        }
         let n = r.u32("vcpu xsave")? as usize;
         img.xsave = r.bytes(n, "vcpu xsave")?.into();
         if !r.done() {
@@ -735,6 +746,8 @@ mod tests {
             init_cr0: 0x6000_0010,
             pending_event: Some((0x8000_0020, 0, 0)),
             pending_cr2: None,
+            nmi: true,
+            sipi: 0x108,
             xsave: (0..832).map(|i| i as u8).collect(),
             ..Default::default()
         }
@@ -881,6 +894,12 @@ mod tests {
     fn section_contents_are_validated() {
         // A vCPU section with a checksum that fits but bad contents.
         assert!(VcpuImage::decode(&[0x80]).is_err());
+        let mut bad = image();
+        bad.sipi = 0x12;
+        assert_eq!(
+            VcpuImage::decode(&bad.encode()).unwrap_err(),
+            FormatError::Invalid("vcpu start-up IPI")
+        );
         let mut e = image().encode();
         e.push(0);
         assert_eq!(
