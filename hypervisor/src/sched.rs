@@ -5,8 +5,8 @@
 //! A vCPU in a CPU's queue keeps its VMCS active on that CPU; only that CPU
 //! VMCLEARs it, before it moves elsewhere (SDM Vol. 3C 25.11.1).
 //!
-//! Lock order: a CPU queue, then SLEEPING, then GLOBAL, then a VM's `shared`
-//! lock; FRAMES is a leaf. At most one CPU queue is held at a time.
+//! Lock order: a CPU queue, then SLEEPING, then PAUSED, then GLOBAL, then a
+//! VM's `shared` lock; FRAMES is a leaf. At most one CPU queue is held at a time.
 use crate::vm::vcpu::{SliceEnd, Vcpu};
 use crate::vm::{Vm, VmEnd};
 use crate::{lapic, percpu, println};
@@ -40,6 +40,12 @@ static LOAD: [AtomicUsize; MAX] = [const { AtomicUsize::new(0) }; MAX];
 static MIN_VRT: [AtomicU64; MAX] = [const { AtomicU64::new(u64::MAX) }; MAX];
 #[allow(clippy::vec_box)]
 static SLEEPING: Mutex<Vec<Box<Vcpu>>> = Mutex::new(Vec::new());
+/// vCPUs of paused VMs (VMCLEARed, so any CPU may load them), each with
+/// whether it goes back to sleep (halted, waiting for SIPI) on resume.
+#[allow(clippy::vec_box)]
+static PAUSED: Mutex<Vec<(Box<Vcpu>, bool)>> = Mutex::new(Vec::new());
+/// VMs with a pause requested: while 0 the scheduler looks no further.
+static PAUSING: AtomicUsize = AtomicUsize::new(0);
 static GLOBAL: Mutex<Global> = Mutex::new(Global {
     vms: Vec::new(),
     alive: Vec::new(),
@@ -139,8 +145,10 @@ pub fn add_vm(vm: Arc<Vm>, vcpus: Vec<Box<Vcpu>>) {
 /// A VM's fresh vCPUs: the BSP is queued, APs wait for their SIPI asleep.
 #[allow(clippy::vec_box)] // boxed vCPUs move between queues as pointers
 fn place(vcpus: Vec<Box<Vcpu>>) {
-    for v in vcpus {
-        if v.wait_sipi {
+    for mut v in vcpus {
+        if v.wait_sipi || v.start_halted {
+            // Restored from a snapshot in HLT: asleep until an interrupt.
+            v.start_halted = false;
             sleep(v);
         } else {
             enqueue(least_loaded(), v);
@@ -148,7 +156,187 @@ fn place(vcpus: Vec<Box<Vcpu>>) {
     }
 }
 
-/// Every VM, in manifest order (those that ended too).
+/// Takes a released vCPU of a VM being paused out of scheduling.
+/// A pause undone meanwhile (the flag is checked under the PAUSED lock,
+/// which `resume_vm` takes after clearing it) leaves it scheduled.
+fn park(mut v: Box<Vcpu>, asleep: bool) {
+    set_runnable(&mut v, false);
+    {
+        let mut p = PAUSED.lock();
+        if v.vm.pause_requested() {
+            p.push((v, asleep));
+            return;
+        }
+    }
+    if asleep {
+        sleep(v);
+    } else {
+        enqueue(least_loaded(), v);
+    }
+}
+
+/// Parks the queued vCPUs of VMs being paused that CPU `me` holds (their
+/// VMCS is active here, so only this CPU may VMCLEAR them).
+fn park_paused_in(me: usize) {
+    if PAUSING.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    let mut out = Vec::new();
+    {
+        let mut q = QUEUES[me].lock();
+        let mut i = 0;
+        while i < q.len() {
+            if q[i].vm.pause_requested() && !q[i].vm.ended() {
+                out.push(q.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        if !out.is_empty() {
+            MIN_VRT[me].store(queue_min(&q), Ordering::Release);
+        }
+    }
+    for mut v in out {
+        v.release();
+        LOAD[me].fetch_sub(1, Ordering::AcqRel);
+        park(v, false);
+    }
+}
+
+/// Sleeping vCPUs of `vm` (already released) go to the paused list.
+fn park_sleepers_of(vm: &Vm) {
+    let out: Vec<Box<Vcpu>> = {
+        let mut s = SLEEPING.lock();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < s.len() {
+            if core::ptr::eq(&*s[i].vm, vm) {
+                out.push(s.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        out
+    };
+    for v in out {
+        park(v, true);
+    }
+}
+
+/// How many of `vm`'s vCPUs are parked, and how many it has alive.
+fn paused_count(vm: &Vm) -> (usize, usize) {
+    let parked = PAUSED
+        .lock()
+        .iter()
+        .filter(|(v, _)| core::ptr::eq(&*v.vm, vm))
+        .count();
+    let alive = GLOBAL
+        .lock()
+        .alive
+        .iter()
+        .find(|(id, _)| *id == vm.id)
+        .map_or(0, |&(_, n)| n);
+    (parked, alive)
+}
+
+/// Why a pause did not happen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PauseError {
+    /// The VM has ended (or ended while its vCPUs were being stopped).
+    Ended,
+    /// Its vCPUs did not all leave guest mode within the time limit; the
+    /// VM runs on as before.
+    Timeout,
+    /// Paused already (by another command).
+    AlreadyPaused,
+}
+
+/// Stops every vCPU of `vm` at an instruction boundary (a VM exit) and keeps
+/// the scheduler from running them until [`resume_vm`]. A vCPU running on
+/// another CPU is kicked out of guest mode; queued and sleeping ones are
+/// taken out of their queues. Returns once all are parked (their VMCSs
+/// VMCLEARed), or undoes the pause after `timeout_tsc` ticks.
+pub fn pause_vm(vm: &Vm, timeout_tsc: u64) -> Result<(), PauseError> {
+    if vm.ended() {
+        return Err(PauseError::Ended);
+    }
+    if vm.pause_flag.swap(true, Ordering::AcqRel) {
+        return Err(PauseError::AlreadyPaused);
+    }
+    PAUSING.fetch_add(1, Ordering::AcqRel);
+    let me = percpu::current_index();
+    let start = rdtsc();
+    loop {
+        park_paused_in(me);
+        park_sleepers_of(vm);
+        let (parked, alive) = paused_count(vm);
+        if vm.ended() {
+            resume_vm(vm);
+            return Err(PauseError::Ended);
+        }
+        if parked >= alive {
+            vm.paused.store(true, Ordering::Release);
+            return Ok(());
+        }
+        if rdtsc().wrapping_sub(start) > timeout_tsc {
+            resume_vm(vm);
+            return Err(PauseError::Timeout);
+        }
+        // Running vCPUs exit at the IPI; idle CPUs look at their queues.
+        for i in 0..vm.mailbox.len() {
+            if vm.mailbox[i].running_on.load(Ordering::Acquire) != 0 {
+                vm.kick(i);
+            }
+        }
+        notify();
+        core::hint::spin_loop();
+    }
+}
+
+/// Lets a paused VM run again: its vCPUs go back to the run queues (or to
+/// sleep, if they were halted). Also ends a pause that is under way.
+pub fn resume_vm(vm: &Vm) {
+    if !vm.pause_flag.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    vm.paused.store(false, Ordering::Release);
+    PAUSING.fetch_sub(1, Ordering::AcqRel);
+    let mine = take_paused(vm);
+    for (v, asleep) in mine {
+        if asleep && !vm.ended() {
+            sleep(v);
+        } else {
+            enqueue(least_loaded(), v);
+        }
+    }
+}
+
+/// The parked vCPUs of paused `vm`, sorted by index, for a snapshot or a
+/// rollback to work on; [`put_paused`] gives them back.
+#[allow(clippy::vec_box)]
+pub fn take_paused(vm: &Vm) -> Vec<(Box<Vcpu>, bool)> {
+    let mut mine = Vec::new();
+    let mut p = PAUSED.lock();
+    let mut i = 0;
+    while i < p.len() {
+        if core::ptr::eq(&*p[i].0.vm, vm) {
+            mine.push(p.swap_remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    drop(p);
+    mine.sort_by_key(|(v, _)| v.index);
+    mine
+}
+
+/// Returns vCPUs taken with [`take_paused`] to the paused list.
+#[allow(clippy::vec_box)]
+pub fn put_paused(vcpus: Vec<(Box<Vcpu>, bool)>) {
+    PAUSED.lock().extend(vcpus);
+}
+
+/// Every VM the scheduler knows (running, paused or ended).
 pub fn vms() -> Vec<Arc<Vm>> {
     GLOBAL.lock().vms.clone()
 }
@@ -316,6 +504,7 @@ pub fn cpu_loop() -> ! {
         }
         crate::console::pump(rdtsc());
         wake_sleepers(me);
+        park_paused_in(me);
         let now = rdtsc();
         match pick(me, now) {
             Some((mut v, queued)) => {
@@ -342,6 +531,12 @@ pub fn cpu_loop() -> ! {
 }
 
 fn after_slice(me: usize, mut v: Box<Vcpu>, end: SliceEnd) {
+    if end != SliceEnd::VmEnded && v.vm.pause_requested() && !v.vm.ended() {
+        v.release();
+        LOAD[me].fetch_sub(1, Ordering::AcqRel);
+        park(v, end == SliceEnd::Halted);
+        return;
+    }
     match end {
         SliceEnd::Preempted | SliceEnd::Yielded => {
             let vrt = v.vruntime;
@@ -570,6 +765,25 @@ fn vcpu_done(v: Box<Vcpu>) {
     };
     if !last {
         return;
+    }
+    if vm.wants_rollback() {
+        match crate::vm::snapshot::rollback_after_crash(&vm) {
+            Some(Ok(vcpus)) => {
+                if let Some((_, n)) = GLOBAL.lock().alive.iter_mut().find(|(id, _)| *id == vm.id) {
+                    *n = vcpus.len();
+                }
+                place(vcpus);
+                return;
+            }
+            Some(Err(e)) => crate::console::println_after(
+                vm.console,
+                format_args!("vm {}: rollback failed ({e}): cold restart", vm.name),
+            ),
+            None => crate::console::println_after(
+                vm.console,
+                format_args!("vm {}: no snapshot to roll back to: cold restart", vm.name),
+            ),
+        }
     }
     if vm.wants_restart() {
         match vm.restart() {

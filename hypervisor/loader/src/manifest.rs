@@ -293,7 +293,8 @@ pub struct GuestConfig {
     pub cmdline: String,
     /// What to do when the guest shuts down (default stop).
     pub on_exit: Policy,
-    /// What to do when the guest crashes (default stop).
+    /// What to do when the guest crashes (default stop; also "rollback":
+    /// restore its latest snapshot, or restart it cold when it has none).
     pub on_crash: Policy,
     /// Scheduling weight, 1..=1000 (default 100).
     pub weight: u32,
@@ -360,6 +361,8 @@ pub enum Policy {
     Stop,
     /// `"restart"`.
     Restart,
+    /// `"rollback"` (on_crash only): back to the guest's latest snapshot.
+    Rollback,
 }
 
 /// A manifest problem: where and what.
@@ -903,6 +906,12 @@ impl KindTag {
 
 const POLICIES: [(&str, Policy); 2] = [("stop", Policy::Stop), ("restart", Policy::Restart)];
 const POLICY_WHAT: &str = "one of \"stop\", \"restart\"";
+const CRASH_POLICIES: [(&str, Policy); 3] = [
+    ("stop", Policy::Stop),
+    ("restart", Policy::Restart),
+    ("rollback", Policy::Rollback),
+];
+const CRASH_POLICY_WHAT: &str = "one of \"stop\", \"restart\", \"rollback\"";
 const UNMAPPED: [(&str, UnmappedAccess); 2] = [
     ("ignore", UnmappedAccess::Ignore),
     ("stop", UnmappedAccess::Stop),
@@ -1335,7 +1344,7 @@ impl GuestBuilder {
             }
             "cmdline" => self.cmdline = to_str(v)?,
             "on_exit" => self.on_exit = to_enum(&v, &POLICIES, POLICY_WHAT)?,
-            "on_crash" => self.on_crash = to_enum(&v, &POLICIES, POLICY_WHAT)?,
+            "on_crash" => self.on_crash = to_enum(&v, &CRASH_POLICIES, CRASH_POLICY_WHAT)?,
             "weight" => self.weight = to_u32(&v, 1, 1000, "1 to 1000")?,
             "initrd" => self.initrd = Some(to_path(v)?),
             "max_restarts" => self.max_restarts = to_u32(&v, 0, u32::MAX, "0 to 4294967295")?,
@@ -1755,6 +1764,13 @@ mode = "long64"
 
     fn guest(extra: &str) -> String {
         format!("[[guest]]\nname = \"g\"\nmemory = \"16M\"\nimage = \"g.elf\"\nkind = \"elf64\"\n{extra}")
+    }
+
+    #[test]
+    fn on_crash_rollback_parses() {
+        let m = parse("m", &guest("on_crash = \"rollback\"\n")).unwrap();
+        assert_eq!(m.guests[0].on_crash, Policy::Rollback);
+        assert_eq!(m.guests[0].on_exit, Policy::Stop);
     }
 
     #[test]
@@ -2282,8 +2298,18 @@ mode = "long64"
             6,
             Some("on_crash"),
             ErrorKind::Expected {
-                what: POLICY_WHAT,
+                what: CRASH_POLICY_WHAT,
                 got: "\"reboot\"".into(),
+            },
+        );
+        // Rolling back is for crashes only: a guest that exits meant to.
+        check(
+            &guest("on_exit = \"rollback\"\n"),
+            6,
+            Some("on_exit"),
+            ErrorKind::Expected {
+                what: POLICY_WHAT,
+                got: "\"rollback\"".into(),
             },
         );
         check(

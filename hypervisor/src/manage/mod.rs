@@ -53,17 +53,18 @@ fn paused(vm: &Vm) -> bool {
 mod pausing {
     use crate::vm::Vm;
     use alloc::string::String;
+    use core::sync::atomic::Ordering;
 
-    pub fn is_paused(_vm: &Vm) -> bool {
-        false
+    pub fn is_paused(vm: &Vm) -> bool {
+        vm.paused.load(Ordering::Acquire)
     }
 
-    pub fn pause(_vm: &Vm) -> Result<(), String> {
-        Err(String::from("pause: not available in this build"))
+    pub fn pause(vm: &Vm) -> Result<(), String> {
+        crate::vm::pause::pause(vm).map_err(|e| alloc::format!("{e}"))
     }
 
-    pub fn resume(_vm: &Vm) -> Result<(), String> {
-        Err(String::from("pause: not available in this build"))
+    pub fn resume(vm: &Vm) {
+        crate::vm::pause::resume(vm)
     }
 }
 
@@ -152,7 +153,7 @@ impl Ops for CoreOps {
         if state(&vm) != VmState::Running {
             return Err(wrong_state(name, &vm));
         }
-        pausing::pause(&vm).map_err(OpError::Unsupported)?;
+        pausing::pause(&vm).map_err(OpError::Failed)?;
         crate::println!("hv: vm {}: paused by the operator", vm.name);
         Ok(())
     }
@@ -162,7 +163,7 @@ impl Ops for CoreOps {
         if state(&vm) != VmState::Paused {
             return Err(wrong_state(name, &vm));
         }
-        pausing::resume(&vm).map_err(OpError::Unsupported)?;
+        pausing::resume(&vm);
         crate::println!("hv: vm {}: resumed by the operator", vm.name);
         Ok(())
     }
@@ -253,9 +254,6 @@ pub fn op_error(e: snapshot::SnapError) -> OpError {
     use snapshot::SnapError as S;
     let name = |n: &str| Name::parse(n).map_err(|_| OpError::Failed(format!("{e}")));
     let r = match &e {
-        S::NotYet => Ok(OpError::Unsupported(String::from(
-            "snapshots: not available in this build",
-        ))),
         S::NoSuchVm(n) => name(n).map(OpError::NoSuchVm),
         S::NoSuchSnapshot(n) => name(n).map(OpError::NoSuchSnapshot),
         S::SnapshotExists(n) => name(n).map(OpError::SnapshotExists),
@@ -285,7 +283,7 @@ pub fn op_error(e: snapshot::SnapError) -> OpError {
 /// pause so that its vCPUs can leave.
 fn leave_pause(vm: &Vm) {
     if paused(vm) {
-        let _ = pausing::resume(vm);
+        pausing::resume(vm);
     }
 }
 
@@ -301,12 +299,16 @@ fn kick_all(vm: &Vm) {
 /// When the per-VM rates were last sampled (TSC).
 static LAST_SAMPLE: AtomicU64 = AtomicU64::new(0);
 
+/// How often the rates are sampled: per-second rates over the last quarter
+/// of a second (recent enough to show a pause at once).
+const SAMPLES_PER_SEC: u64 = 4;
+
 /// CPU 0's management tick, from its scheduler loop: samples every VM's
-/// counters about once a second (the console's and API's rates are over the
+/// counters every quarter second (the console's and API's rates are over the
 /// last such interval), then serves console input.
 pub fn tick(now: u64) {
     let last = LAST_SAMPLE.load(Ordering::Relaxed);
-    if now.saturating_sub(last) >= tsc_hz() {
+    if now.saturating_sub(last) >= tsc_hz() / SAMPLES_PER_SEC {
         LAST_SAMPLE.store(now, Ordering::Relaxed);
         for vm in sched::vms() {
             vm.stats.push_sample(vm.stats.sample(now));

@@ -99,6 +99,11 @@ impl Vcpu {
                 return SliceEnd::VmEnded;
             }
             self.configured = true;
+            if let Err(e) = self.apply_staged() {
+                self.vm
+                    .end(VmEnd::Crashed(format!("restoring a snapshot: {e}")));
+                return SliceEnd::VmEnded;
+            }
         }
         self.vm.mailbox[self.index]
             .running_on
@@ -143,7 +148,10 @@ impl Vcpu {
                 if left == 0 {
                     break SliceEnd::Preempted;
                 }
-                if self.vm.mailbox[self.index].init.load(Ordering::Acquire) {
+                if self.vm.mailbox[self.index].init.load(Ordering::Acquire)
+                    || self.vm.pause_requested()
+                {
+                    // A pause parks it at this instruction boundary (sched).
                     break SliceEnd::Yielded;
                 }
                 // Timers first, so that an interrupt due now is injected now.            // Polling costs; it is done only when something is due or changed.
@@ -345,6 +353,7 @@ impl Vcpu {
             && !mb.init.load(Ordering::Acquire)
             && !mb.nmi.load(Ordering::Acquire)
             && !vm.ended()
+            && !vm.pause_requested()
             && !interrupts::STOPPING.load(Ordering::Relaxed)
     }
 
