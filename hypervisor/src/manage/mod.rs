@@ -177,6 +177,7 @@ impl Ops for CoreOps {
         if !vm.end(VmEnd::Stopped(String::from("stopped by the operator"))) {
             return Err(wrong_state(name, &vm));
         }
+        crate::println!("hv: vm {}: stopped by the operator", vm.name);
         leave_pause(&vm);
         kick_all(&vm);
         Ok(())
@@ -190,6 +191,7 @@ impl Ops for CoreOps {
                 return Err(wrong_state(name, &vm));
             }
             vm.operator.store(OP_RESTART, Ordering::Release);
+            crate::println!("hv: vm {}: restarted by the operator", vm.name);
             return sched::revive(&vm).map_err(|e| {
                 vm.operator.store(0, Ordering::Release);
                 OpError::Failed(e)
@@ -202,6 +204,7 @@ impl Ops for CoreOps {
             vm.operator.store(0, Ordering::Release);
             return Err(wrong_state(name, &vm));
         }
+        crate::println!("hv: vm {}: restarted by the operator", vm.name);
         leave_pause(&vm);
         kick_all(&vm);
         Ok(())

@@ -47,9 +47,10 @@ fn bochs_vmx_root_two_cpus_and_first_guests() {
         )
         // After the restart it counts from 1 again (the first `tick 3` after this line).
         .send_after("vm ticker: started (restart)", b"")
+        // It is the last guest running by then: the machine powers off once it is stopped.
         .send_after(
             "[ticker] ticker: tick 3",
-            b"\x01:stop ticker\r\x01:stop ticker\r",
+            b"\x01:resume ticker\r\x01:stop ticker\r",
         )
         .boot();
     boot.line("hv: ferrovisor 0.1.0 starting")
@@ -238,12 +239,14 @@ fn management_console(boot: &mut integration_tests::Boot) {
         first_run.len() > 50 && first_run.iter().zip(1..).all(|(&t, n)| t == n),
         &format!("ticks before the restart not 1, 2, 3, ...: {first_run:?}"),
     );
-    // `restart`: a cold restart (it counts from 1 again) outside the restart budget; `stop`:
-    // it ends as if powered off, and a second `stop` is refused.
-    boot.line("vm ticker: restarting (operator)")
+    // `restart`: a cold restart (it counts from 1 again) outside the restart budget; `resume`
+    // of a running VM is refused; `stop`: it ends as if powered off.
+    boot.line("hv: vm ticker: restarted by the operator")
+        .line("vm ticker: restarting (operator)")
+        .line("VM `ticker` is running")
+        .line("hv: vm ticker: stopped by the operator")
         .line_times("[ticker] ticker: tick 1", 2)
         .line("vm ticker: stopped: stopped by the operator")
-        .line("VM `ticker` is stopped")
         .no_line_containing("ticker: done");
 }
 
