@@ -32,8 +32,9 @@ pub const GUEST_QUEUE: usize = 4 * 1024;
 pub const LINE_ROOM: usize = 256 + 16;
 /// Marks a hypervisor line queued among a guest's lines (no guest prefix).
 const UNPREFIXED: u8 = 0;
-/// Output buffer of the drainer: one line with its prefix.
-const OUT: usize = 640;
+/// Output buffer of the drainer: one line with its prefix (the summary of
+/// a few dozen guests is one line).
+const OUT: usize = 2112;
 
 /// A bounded byte queue of whole lines (a streaming source may leave its last
 /// line open). When full, the oldest lines make room and are counted.
@@ -193,6 +194,10 @@ pub struct Drainer {
     owner: Option<usize>,
     /// Where the round robin goes on.
     next: usize,
+    /// Only this source's output goes out (the command prompt's, while it
+    /// is open and until its output is out: the other lines wait in their
+    /// queues meanwhile).
+    pub only: Option<usize>,
 }
 
 impl Default for Drainer {
@@ -209,6 +214,7 @@ impl Drainer {
             len: 0,
             owner: None,
             next: 0,
+            only: None,
         }
     }
 
@@ -264,8 +270,9 @@ impl Drainer {
         // (few, bounded, and about the guests: `vm X: started` must come out
         // before that guest's output and its `vm X: exited`); otherwise the
         // next guest in turn.
-        let pick = match self.owner {
-            Some(o) if has(o) => Some(o),
+        let pick = match (self.only, self.owner) {
+            (Some(p), _) => has(p).then_some(p),
+            (None, Some(o)) if has(o) => Some(o),
             _ if has(HV) => Some(HV),
             _ => (0..n).map(|k| (self.next + k) % n).find(|&i| has(i)),
         };
@@ -488,6 +495,10 @@ pub fn pump(now_tsc: u64) {
         return;
     };
     let (drainer, com) = &mut *d;
+    let p = PROMPT.load(Ordering::Acquire);
+    drainer.only = (p != usize::MAX
+        && (HOLD_GUESTS.load(Ordering::Acquire) || source(p).is_some_and(|s| s.queued() > 0)))
+    .then_some(p);
     let n = NSOURCES.load(Ordering::Acquire);
     let sent = drainer.pump(n, source, com) as u64;
     HOLDING.store(drainer.holding(), Ordering::Release);
@@ -496,6 +507,32 @@ pub fn pump(now_tsc: u64) {
         now_tsc + sent.max(1) * BYTE_TSC.load(Ordering::Relaxed),
         Ordering::Relaxed,
     );
+}
+
+/// While set, every other source's lines wait in their queues and only the
+/// command prompt's go out (the prompt is open).
+static HOLD_GUESTS: AtomicBool = AtomicBool::new(false);
+/// The command prompt's source (no prefix), once it has been used.
+static PROMPT: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Holds every other output back while the prompt is open (`true`), or lets
+/// it flow again once the prompt's output is out (`false`).
+pub fn hold_guests(on: bool) {
+    HOLD_GUESTS.store(on, Ordering::Release);
+}
+
+/// The prompt's bytes as they come (the prompt and its echo, command
+/// output): no line is added; `\n` ends a line. They go out before anything
+/// else, and whole: other sources wait until they are out.
+pub fn prompt_raw(bytes: &[u8]) {
+    let mut p = PROMPT.load(Ordering::Acquire);
+    if p == usize::MAX {
+        // No guest is named "" (names have 1 to 32 bytes): a source of its own.
+        p = register("");
+        PROMPT.store(p, Ordering::Release);
+    }
+    src(p).raw(bytes);
+    after_queue();
 }
 
 /// After an exit: whether a pump is due (one atomic load when idle).
@@ -525,6 +562,8 @@ pub fn flush_sync() {
         let sent = match DRAIN.try_lock() {
             Some(mut d) => {
                 let (drainer, com) = &mut *d;
+                // Everything goes out on these paths, prompt open or not.
+                drainer.only = None;
                 let s = drainer.pump(NSOURCES.load(Ordering::Acquire), source, com);
                 HOLDING.store(drainer.holding(), Ordering::Release);
                 s
@@ -576,14 +615,14 @@ pub unsafe fn force_unlock() {
 
 /// A line buffer that is flushed to the console as one write.
 pub struct LineBuf {
-    buf: [u8; 512],
+    buf: [u8; 2048],
     len: usize,
 }
 
 impl LineBuf {
     pub const fn new() -> Self {
         Self {
-            buf: [0; 512],
+            buf: [0; 2048],
             len: 0,
         }
     }
@@ -860,6 +899,37 @@ mod tests {
         assert_eq!(
             drain_all(&mut d, &[&g], &mut tx),
             "[g] partial\r\nvm g: exited code=0\r\n"
+        );
+    }
+
+    #[test]
+    fn the_prompt_holds_other_lines_back_until_its_output_is_out() {
+        let hv = Source::new("", 1024);
+        let g = Source::new("g", 1024);
+        let p = Source::new("", 1024);
+        g.raw(b"part");
+        let mut d = Drainer::new();
+        let mut tx = FakeTx {
+            fifo: 16,
+            sent: Vec::new(),
+        };
+        let srcs = [&hv, &g, &p];
+        assert_eq!(drain_all(&mut d, &srcs, &mut tx), "[g] part");
+        d.only = Some(2);
+        g.raw(b"ial\r\nmore\r\n");
+        hv.line(b"hv: a line of the hypervisor");
+        p.raw(b"\nhv> list");
+        p.raw(b"\nVM ...\nrow\n");
+        // The guest's open line is ended; its lines and the hypervisor's wait.
+        assert_eq!(
+            drain_all(&mut d, &srcs, &mut tx),
+            "\r\n\r\nhv> list\r\nVM ...\r\nrow\r\n"
+        );
+        assert!(g.queued() > 0 && hv.queued() > 0);
+        d.only = None;
+        assert_eq!(
+            drain_all(&mut d, &srcs, &mut tx),
+            "hv: a line of the hypervisor\r\n[g] ial\r\n[g] more\r\n"
         );
     }
 

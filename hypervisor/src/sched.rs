@@ -5,8 +5,8 @@
 //! A vCPU in a CPU's queue keeps its VMCS active on that CPU; only that CPU
 //! VMCLEARs it, before it moves elsewhere (SDM Vol. 3C 25.11.1).
 //!
-//! Lock order: a CPU queue, then SLEEPING, then GLOBAL, then a VM's `shared`
-//! lock; FRAMES is a leaf. At most one CPU queue is held at a time.
+//! Lock order: a CPU queue, then SLEEPING, then PAUSED, then GLOBAL, then a
+//! VM's `shared` lock; FRAMES is a leaf. At most one CPU queue is held at a time.
 use crate::vm::vcpu::{SliceEnd, Vcpu};
 use crate::vm::{Vm, VmEnd};
 use crate::{hostapic, percpu, println};
@@ -25,6 +25,10 @@ struct Global {
     vms: Vec<Arc<Vm>>,
     /// vCPUs still alive per VM id.
     alive: Vec<(usize, usize)>,
+    /// VMs whose last vCPU has left for good (no restart): the operator may revive them.
+    done: Vec<usize>,
+    /// The last VM has ended: nothing may be revived any more.
+    all_done: bool,
 }
 
 // vCPUs are boxed so that moving one between queues moves a pointer.
@@ -36,9 +40,17 @@ static LOAD: [AtomicUsize; MAX] = [const { AtomicUsize::new(0) }; MAX];
 static MIN_VRT: [AtomicU64; MAX] = [const { AtomicU64::new(u64::MAX) }; MAX];
 #[allow(clippy::vec_box)]
 static SLEEPING: Mutex<Vec<Box<Vcpu>>> = Mutex::new(Vec::new());
+/// vCPUs of paused VMs (VMCLEARed, so any CPU may load them), each with
+/// whether it goes back to sleep (halted, waiting for SIPI) on resume.
+#[allow(clippy::vec_box)]
+static PAUSED: Mutex<Vec<(Box<Vcpu>, bool)>> = Mutex::new(Vec::new());
+/// VMs with a pause requested: while 0 the scheduler looks no further.
+static PAUSING: AtomicUsize = AtomicUsize::new(0);
 static GLOBAL: Mutex<Global> = Mutex::new(Global {
     vms: Vec::new(),
     alive: Vec::new(),
+    done: Vec::new(),
+    all_done: false,
 });
 static LIVE_VMS: AtomicUsize = AtomicUsize::new(0);
 static SLICE_TSC: AtomicU64 = AtomicU64::new(10_000_000);
@@ -133,13 +145,255 @@ pub fn add_vm(vm: Arc<Vm>, vcpus: Vec<Box<Vcpu>>) {
 /// A VM's fresh vCPUs: the BSP is queued, APs wait for their SIPI asleep.
 #[allow(clippy::vec_box)] // boxed vCPUs move between queues as pointers
 fn place(vcpus: Vec<Box<Vcpu>>) {
-    for v in vcpus {
-        if v.wait_sipi {
+    for mut v in vcpus {
+        if v.wait_sipi || v.start_halted {
+            // Restored from a snapshot in HLT: asleep until an interrupt.
+            v.start_halted = false;
             sleep(v);
         } else {
             enqueue(least_loaded(), v);
         }
     }
+}
+
+/// Takes a released vCPU of a VM being paused out of scheduling.
+/// A pause undone meanwhile (the flag is checked under the PAUSED lock,
+/// which `resume_vm` takes after clearing it) leaves it scheduled.
+fn park(mut v: Box<Vcpu>, asleep: bool) {
+    set_runnable(&mut v, false);
+    {
+        let mut p = PAUSED.lock();
+        if v.vm.pause_requested() {
+            p.push((v, asleep));
+            return;
+        }
+    }
+    if asleep {
+        sleep(v);
+    } else {
+        enqueue(least_loaded(), v);
+    }
+}
+
+/// Parks the queued vCPUs of VMs being paused that CPU `me` holds (their
+/// VMCS is active here, so only this CPU may VMCLEAR them).
+fn park_paused_in(me: usize) {
+    if PAUSING.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    let mut out = Vec::new();
+    {
+        let mut q = QUEUES[me].lock();
+        let mut i = 0;
+        while i < q.len() {
+            if q[i].vm.pause_requested() && !q[i].vm.ended() {
+                out.push(q.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        if !out.is_empty() {
+            MIN_VRT[me].store(queue_min(&q), Ordering::Release);
+        }
+    }
+    for mut v in out {
+        v.release();
+        LOAD[me].fetch_sub(1, Ordering::AcqRel);
+        park(v, false);
+    }
+}
+
+/// Sleeping vCPUs of `vm` (already released) go to the paused list.
+fn park_sleepers_of(vm: &Vm) {
+    let out: Vec<Box<Vcpu>> = {
+        let mut s = SLEEPING.lock();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < s.len() {
+            if core::ptr::eq(&*s[i].vm, vm) {
+                out.push(s.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        out
+    };
+    for v in out {
+        park(v, true);
+    }
+}
+
+/// How many of `vm`'s vCPUs are parked, and how many it has alive.
+fn paused_count(vm: &Vm) -> (usize, usize) {
+    let parked = PAUSED
+        .lock()
+        .iter()
+        .filter(|(v, _)| core::ptr::eq(&*v.vm, vm))
+        .count();
+    let alive = GLOBAL
+        .lock()
+        .alive
+        .iter()
+        .find(|(id, _)| *id == vm.id)
+        .map_or(0, |&(_, n)| n);
+    (parked, alive)
+}
+
+/// Why a pause did not happen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PauseError {
+    /// The VM has ended (or ended while its vCPUs were being stopped).
+    Ended,
+    /// Its vCPUs did not all leave guest mode within the time limit; the
+    /// VM runs on as before.
+    Timeout,
+    /// Paused already (by another command).
+    AlreadyPaused,
+}
+
+/// Stops every vCPU of `vm` at an instruction boundary (a VM exit) and keeps
+/// the scheduler from running them until [`resume_vm`]. A vCPU running on
+/// another CPU is kicked out of guest mode; queued and sleeping ones are
+/// taken out of their queues. Returns once all are parked (their VMCSs
+/// VMCLEARed), or undoes the pause after `timeout_tsc` ticks.
+pub fn pause_vm(vm: &Vm, timeout_tsc: u64) -> Result<(), PauseError> {
+    if vm.ended() {
+        return Err(PauseError::Ended);
+    }
+    if vm.pause_flag.swap(true, Ordering::AcqRel) {
+        return Err(PauseError::AlreadyPaused);
+    }
+    PAUSING.fetch_add(1, Ordering::AcqRel);
+    let me = percpu::current_index();
+    let start = rdtsc();
+    loop {
+        park_paused_in(me);
+        park_sleepers_of(vm);
+        let (parked, alive) = paused_count(vm);
+        if vm.ended() {
+            resume_vm(vm);
+            return Err(PauseError::Ended);
+        }
+        if parked >= alive {
+            vm.paused.store(true, Ordering::Release);
+            return Ok(());
+        }
+        if rdtsc().wrapping_sub(start) > timeout_tsc {
+            resume_vm(vm);
+            return Err(PauseError::Timeout);
+        }
+        // Running vCPUs exit at the IPI; idle CPUs look at their queues.
+        for i in 0..vm.mailbox.len() {
+            if vm.mailbox[i].running_on.load(Ordering::Acquire) != 0 {
+                vm.kick(i);
+            }
+        }
+        notify();
+        core::hint::spin_loop();
+    }
+}
+
+/// Lets a paused VM run again: its vCPUs go back to the run queues (or to
+/// sleep, if they were halted). Also ends a pause that is under way.
+pub fn resume_vm(vm: &Vm) {
+    if !vm.pause_flag.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    vm.paused.store(false, Ordering::Release);
+    PAUSING.fetch_sub(1, Ordering::AcqRel);
+    let mine = take_paused(vm);
+    for (v, asleep) in mine {
+        if asleep && !vm.ended() {
+            sleep(v);
+        } else {
+            enqueue(least_loaded(), v);
+        }
+    }
+}
+
+/// The parked vCPUs of paused `vm`, sorted by index, for a snapshot or a
+/// rollback to work on; [`put_paused`] gives them back.
+#[allow(clippy::vec_box)]
+pub fn take_paused(vm: &Vm) -> Vec<(Box<Vcpu>, bool)> {
+    let mut mine = Vec::new();
+    let mut p = PAUSED.lock();
+    let mut i = 0;
+    while i < p.len() {
+        if core::ptr::eq(&*p[i].0.vm, vm) {
+            mine.push(p.swap_remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    drop(p);
+    mine.sort_by_key(|(v, _)| v.index);
+    mine
+}
+
+/// Returns vCPUs taken with [`take_paused`] to the paused list.
+#[allow(clippy::vec_box)]
+pub fn put_paused(vcpus: Vec<(Box<Vcpu>, bool)>) {
+    PAUSED.lock().extend(vcpus);
+}
+
+/// Every VM the scheduler knows (running, paused or ended).
+pub fn vms() -> Vec<Arc<Vm>> {
+    GLOBAL.lock().vms.clone()
+}
+
+/// The vCPUs of VM `id` still in the scheduler (0: it has ended for good).
+pub fn alive_vcpus(id: usize) -> usize {
+    let g = GLOBAL.lock();
+    g.alive
+        .iter()
+        .find(|(i, _)| *i == id)
+        .map_or(0, |&(_, n)| n)
+}
+
+/// Starts a VM that ended for good again from its manifest entry (the
+/// operator's `restart` of a stopped VM). Refused while it still has vCPUs
+/// in the scheduler, and once every VM has ended (the machine is stopping).
+pub fn revive(vm: &Arc<Vm>) -> Result<(), String> {
+    {
+        let mut g = GLOBAL.lock();
+        if g.all_done {
+            return Err("every VM has ended; the hypervisor is stopping".into());
+        }
+        let Some(at) = g.done.iter().position(|&id| id == vm.id) else {
+            return Err("it is still stopping".into());
+        };
+        g.done.swap_remove(at);
+        LIVE_VMS.fetch_add(1, Ordering::AcqRel);
+        if let Some((_, n)) = g.alive.iter_mut().find(|(id, _)| *id == vm.id) {
+            *n = vm.config.vcpus as usize;
+        }
+    }
+    if let Err(e) = vm.restart() {
+        vm.end(VmEnd::Stopped(alloc::format!("restart failed: {e}")));
+        let last = {
+            let mut g = GLOBAL.lock();
+            if let Some((_, n)) = g.alive.iter_mut().find(|(id, _)| *id == vm.id) {
+                *n = 0;
+            }
+            g.done.push(vm.id);
+            let last = LIVE_VMS.fetch_sub(1, Ordering::AcqRel) == 1;
+            g.all_done |= last;
+            last
+        };
+        if last {
+            finish();
+        }
+        return Err(alloc::format!("restart failed: {e}"));
+    }
+    let vcpus: Vec<Box<Vcpu>> = (0..vm.config.vcpus as usize)
+        .map(|i| Box::new(Vcpu::new(vm.clone(), i)))
+        .collect();
+    crate::console::println_after(
+        vm.console,
+        format_args!("vm {}: started (restart)", vm.name),
+    );
+    place(vcpus);
+    Ok(())
 }
 
 /// Called once all VMs are queued: if there are none, finish right away.
@@ -232,76 +486,6 @@ fn pick(me: usize, now: u64) -> Option<(Box<Vcpu>, Option<u64>)> {
     Some((v, next))
 }
 
-/// Which guest gets the keys typed on the hypervisor console.
-static SELECTED: AtomicUsize = AtomicUsize::new(0);
-static PREFIX: AtomicBool = AtomicBool::new(false);
-/// Ctrl-A: the console's command prefix (Ctrl-A 1..9 selects a guest,
-/// Ctrl-A l lists them, Ctrl-A Ctrl-A sends a Ctrl-A to the guest).
-const PREFIX_KEY: u8 = 0x01;
-
-/// Routes bytes typed on the hypervisor console (polled by CPU 0).
-fn poll_console() {
-    while let Some(b) = crate::console::try_read_byte() {
-        let vms: Vec<Arc<Vm>> = GLOBAL.lock().vms.clone();
-        if vms.is_empty() {
-            continue;
-        }
-        if PREFIX.swap(false, Ordering::AcqRel) {
-            match b {
-                b'1'..=b'9' => {
-                    let i = usize::from(b - b'1');
-                    match vms.get(i) {
-                        Some(vm) => {
-                            SELECTED.store(i, Ordering::Release);
-                            crate::console::set_focus(vm.console);
-                            println!(
-                                "hv: console: input goes to vm {} (Ctrl-A l lists the guests)",
-                                vm.name
-                            );
-                        }
-                        None => {
-                            println!("hv: console: no guest {}; Ctrl-A l lists the guests", i + 1)
-                        }
-                    }
-                    continue;
-                }
-                b'l' | b'L' => {
-                    let sel = SELECTED.load(Ordering::Acquire);
-                    for (i, vm) in vms.iter().enumerate() {
-                        let state = if vm.ended() { "ended" } else { "running" };
-                        let mark = if i == sel { " <- console input" } else { "" };
-                        println!(
-                            "hv: console: Ctrl-A {}: vm {} ({state}){mark}",
-                            i + 1,
-                            vm.name
-                        );
-                    }
-                    continue;
-                }
-                PREFIX_KEY => {}
-                _ => {
-                    println!("hv: console: Ctrl-A then 1-9 selects a guest, l lists them, Ctrl-A sends Ctrl-A");
-                    continue;
-                }
-            }
-        } else if b == PREFIX_KEY {
-            PREFIX.store(true, Ordering::Release);
-            continue;
-        }
-        if let Some(vm) = vms.get(SELECTED.load(Ordering::Acquire)) {
-            if !vm.ended() {
-                // From the first key on, the guest with the keyboard streams its
-                // output unbuffered (prompts and echo show at once); until then
-                // every guest's output goes out in whole lines.
-                if !crate::console::is_focused(vm.console) {
-                    crate::console::set_focus(vm.console);
-                }
-                vm.console_input(b);
-            }
-        }
-    }
-}
-
 /// How often an idle CPU 0 wakes up to look for console input.
 fn console_poll_tsc() -> u64 {
     crate::time::us_to_tsc(20_000)
@@ -314,11 +498,13 @@ pub fn cpu_loop() -> ! {
     crate::console::go_async();
     loop {
         if me == 0 {
-            poll_console();
+            // Console input, the management prompt and the rates it shows.
+            crate::manage::tick(rdtsc());
             crate::nic::poll(rdtsc());
         }
         crate::console::pump(rdtsc());
         wake_sleepers(me);
+        park_paused_in(me);
         let now = rdtsc();
         match pick(me, now) {
             Some((mut v, queued)) => {
@@ -331,6 +517,7 @@ pub fn cpu_loop() -> ! {
                 let t0 = rdtsc();
                 let end = v.run_slice(slice);
                 let used = rdtsc().saturating_sub(t0);
+                v.vm.stats.run_tsc.fetch_add(used, Ordering::Relaxed);
                 let runnable = v.vm.runnable.load(Ordering::Acquire);
                 v.vruntime = v
                     .vruntime
@@ -344,6 +531,12 @@ pub fn cpu_loop() -> ! {
 }
 
 fn after_slice(me: usize, mut v: Box<Vcpu>, end: SliceEnd) {
+    if end != SliceEnd::VmEnded && v.vm.pause_requested() && !v.vm.ended() {
+        v.release();
+        LOAD[me].fetch_sub(1, Ordering::AcqRel);
+        park(v, end == SliceEnd::Halted);
+        return;
+    }
     match end {
         SliceEnd::Preempted | SliceEnd::Yielded => {
             let vrt = v.vruntime;
@@ -573,6 +766,25 @@ fn vcpu_done(v: Box<Vcpu>) {
     if !last {
         return;
     }
+    if vm.wants_rollback() {
+        match crate::vm::snapshot::rollback_after_crash(&vm) {
+            Some(Ok(vcpus)) => {
+                if let Some((_, n)) = GLOBAL.lock().alive.iter_mut().find(|(id, _)| *id == vm.id) {
+                    *n = vcpus.len();
+                }
+                place(vcpus);
+                return;
+            }
+            Some(Err(e)) => crate::console::println_after(
+                vm.console,
+                format_args!("vm {}: rollback failed ({e}): cold restart", vm.name),
+            ),
+            None => crate::console::println_after(
+                vm.console,
+                format_args!("vm {}: no snapshot to roll back to: cold restart", vm.name),
+            ),
+        }
+    }
     if vm.wants_restart() {
         match vm.restart() {
             Ok(()) => {
@@ -594,8 +806,15 @@ fn vcpu_done(v: Box<Vcpu>) {
             }
         }
     }
+    let last = {
+        let mut g = GLOBAL.lock();
+        g.done.push(vm.id);
+        let last = LIVE_VMS.fetch_sub(1, Ordering::AcqRel) == 1;
+        g.all_done |= last;
+        last
+    };
     drop(vm);
-    if LIVE_VMS.fetch_sub(1, Ordering::AcqRel) == 1 {
+    if last {
         finish();
     }
 }

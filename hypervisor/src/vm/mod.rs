@@ -5,7 +5,11 @@ pub mod gwalk;
 pub mod irq;
 pub mod lateness;
 pub mod memory;
+pub mod pause;
 pub mod platform;
+pub mod snapshot;
+pub mod snapshot_format;
+pub mod stats;
 pub mod vcpu;
 
 use crate::mm;
@@ -103,7 +107,24 @@ pub struct Vm {
     pub longest_exit_reason: AtomicU32,
     /// How late its local APIC timer expiries were noticed.
     pub timer_lateness: lateness::Lateness,
+    /// Exits by reason, run time, where vCPUs ran (the management console's figures).
+    pub stats: stats::VmStats,
+    /// What the operator asked for when ending it ([`OP_STOP`], [`OP_RESTART`]; 0: nothing).
+    pub operator: core::sync::atomic::AtomicU8,
+    /// A pause is requested (or in effect): vCPUs leave guest mode at their
+    /// next exit and the scheduler parks them (see `pause`).
+    pub pause_flag: AtomicBool,
+    /// Every vCPU is parked: the VM is paused.
+    pub paused: AtomicBool,
+    /// TSC ticks the last cold start took (RAM zeroed, image loaded), to
+    /// compare a rollback with.
+    pub cold_load_tsc: AtomicU64,
 }
+
+/// `Vm::operator`: ended by the operator's `stop`: not restarted, whatever its policy.
+pub const OP_STOP: u8 = 1;
+/// `Vm::operator`: ended by the operator's `restart`: restarted outside its restart budget.
+pub const OP_RESTART: u8 = 2;
 
 /// TSC when the manifest was read (start-up figures are measured from here).
 pub static MANIFEST_TSC: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
@@ -175,8 +196,10 @@ impl Vm {
         image: &'static [u8],
         initrd: Option<&'static [u8]>,
     ) -> Result<(Arc<Vm>, Vec<Box<vcpu::Vcpu>>), CreateError> {
+        let t0 = arch::regs::rdtsc();
         let mem = GuestMemory::new(config.memory).map_err(CreateError::Memory)?;
         let entry = loader::load(&config, image, initrd, &mem).map_err(CreateError::Load)?;
+        let cold = arch::regs::rdtsc().saturating_sub(t0);
         let msr_bitmap = mm::alloc_zeroed_page().ok_or(CreateError::NoMemory)?.0;
         let io_bitmaps = match mm::alloc_zeroed(2 * mm::PAGE, mm::PAGE) {
             Some(p) => p.0,
@@ -219,6 +242,11 @@ impl Vm {
             longest_exit: core::sync::atomic::AtomicU64::new(0),
             longest_exit_reason: AtomicU32::new(0),
             timer_lateness: lateness::Lateness::default(),
+            stats: stats::VmStats::new(config.vcpus as usize),
+            operator: core::sync::atomic::AtomicU8::new(0),
+            pause_flag: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            cold_load_tsc: AtomicU64::new(cold),
             lapics: (0..config.vcpus)
                 .map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick())))
                 .collect(),
@@ -288,12 +316,27 @@ impl Vm {
         true
     }
 
+    /// Whether a pause is requested or in effect.
+    pub fn pause_requested(&self) -> bool {
+        self.pause_flag.load(Ordering::Acquire)
+    }
+
+    /// Whether every vCPU is parked by a pause.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
     pub fn ended(&self) -> bool {
         self.ending.load(Ordering::Acquire)
     }
 
     /// Whether the ended VM should start over, per its policy and restart budget.
     pub fn wants_restart(&self) -> bool {
+        match self.operator.load(Ordering::Acquire) {
+            OP_STOP => return false,
+            OP_RESTART => return true,
+            _ => {}
+        }
         let s = self.shared.lock();
         let policy = match &s.end {
             Some(VmEnd::Reset) => Policy::Restart,
@@ -301,23 +344,50 @@ impl Vm {
             Some(_) => self.config.on_exit,
             None => return false,
         };
-        policy == Policy::Restart
+        // A rollback without a snapshot to go back to is a cold restart.
+        matches!(policy, Policy::Restart | Policy::Rollback)
+            && self.restarts.load(Ordering::Acquire) < self.config.max_restarts
+    }
+
+    /// Whether the ended VM should go back to its latest snapshot (it
+    /// crashed, its manifest says `on_crash = "rollback"` and its restart
+    /// budget isn't used up).
+    pub fn wants_rollback(&self) -> bool {
+        let crashed = self
+            .shared
+            .lock()
+            .end
+            .as_ref()
+            .is_some_and(|e| e.is_crash());
+        crashed
+            && self.config.on_crash == Policy::Rollback
             && self.restarts.load(Ordering::Acquire) < self.config.max_restarts
     }
 
     /// Reloads the image into zeroed RAM and clears the ended state.
     pub fn restart(&self) -> Result<(), loader::LoadError> {
-        let n = self.restarts.fetch_add(1, Ordering::AcqRel) + 1;
-        crate::console::println_after(
-            self.console,
-            format_args!(
-                "vm {}: restarting ({n} of at most {})",
-                self.name, self.config.max_restarts
-            ),
-        );
+        if self.operator.swap(0, Ordering::AcqRel) == OP_RESTART {
+            // The operator's restart does not use up the guest's budget.
+            crate::console::println_after(
+                self.console,
+                format_args!("vm {}: restarting (operator)", self.name),
+            );
+        } else {
+            let n = self.restarts.fetch_add(1, Ordering::AcqRel) + 1;
+            crate::console::println_after(
+                self.console,
+                format_args!(
+                    "vm {}: restarting ({n} of at most {})",
+                    self.name, self.config.max_restarts
+                ),
+            );
+        }
+        let t0 = arch::regs::rdtsc();
         self.mem.zero();
         let entry = loader::load(&self.config, self.image, self.initrd, &self.mem)?;
         *self.entry.lock() = entry;
+        self.cold_load_tsc
+            .store(arch::regs::rdtsc().saturating_sub(t0), Ordering::Relaxed);
         // A restart is a power cycle: every device model goes back to its
         // power-on state through `reset()`, the guest's clocks start from 0
         // (its vCPUs are built anew by the scheduler). Nothing is rebuilt:

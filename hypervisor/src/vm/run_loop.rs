@@ -160,10 +160,16 @@ impl Vcpu {
                 return SliceEnd::VmEnded;
             }
             self.configured = true;
+            if let Err(e) = self.apply_staged() {
+                self.vm
+                    .end(VmEnd::Crashed(format!("restoring a snapshot: {e}")));
+                return SliceEnd::VmEnded;
+            }
         }
         self.vm.mailbox[self.index]
             .running_on
             .store(me + 1, Ordering::Release);
+        self.vm.stats.last_cpu[self.index].store(me as u32 + 1, Ordering::Relaxed);
         self.switch_in();
         let deadline = rdtsc().wrapping_add(slice);
         let rate = vmx::caps().misc.preemption_timer_rate;
@@ -206,7 +212,10 @@ impl Vcpu {
                 if left == 0 {
                     break SliceEnd::Preempted;
                 }
-                if self.vm.mailbox[self.index].init.load(Ordering::Acquire) {
+                if self.vm.mailbox[self.index].init.load(Ordering::Acquire)
+                    || self.vm.pause_requested()
+                {
+                    // A pause parks it at this instruction boundary (sched).
                     break SliceEnd::Yielded;
                 }
                 // Timers first, so that an interrupt due now is injected now.            // Polling costs; it is done only when something is due or changed.
@@ -274,6 +283,7 @@ impl Vcpu {
             self.launched = true;
             let reason = vmcs!(self, read_exit_reason());
             exit_reason = reason & 0xFFFF;
+            vm.stats.count(self.index, exit_reason);
             match self.fast_exit(reason, entry_deadline, &vm, mb) {
                 None => {}
                 Some(None) => {
@@ -411,6 +421,7 @@ impl Vcpu {
             && !mb.init.load(Ordering::Acquire)
             && !mb.nmi.load(Ordering::Acquire)
             && !vm.ended()
+            && !vm.pause_requested()
             && !interrupts::STOPPING.load(Ordering::Relaxed)
     }
 

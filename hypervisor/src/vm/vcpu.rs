@@ -27,6 +27,8 @@ mod inject;
 mod run_loop;
 #[path = "start_state.rs"]
 pub mod start_state;
+#[path = "vcpu_state.rs"]
+pub mod vcpu_state;
 #[path = "vmcs_setup.rs"]
 mod vmcs_setup;
 
@@ -94,6 +96,10 @@ pub struct Vcpu {
     pub counted_runnable: bool,
     /// Pushed to another CPU's queue by the balancer and not run since.
     pub moved: bool,
+    /// Restored state for the VMCS, written at the next slice (snapshots).
+    staged: Option<alloc::boxed::Box<vcpu_state::Staged>>,
+    /// Restored in HLT: the scheduler starts it asleep.
+    pub start_halted: bool,
 }
 
 impl Vcpu {
@@ -144,6 +150,8 @@ impl Vcpu {
             longest_exit: 0,
             counted_runnable: false,
             moved: false,
+            staged: None,
+            start_halted: false,
         }
     }
 

@@ -30,7 +30,7 @@ fn checked(
 
 /// Writes every field of `s` to the current VMCS (SDM Vol. 3C 25.4); the
 /// first VMWRITE that fails is returned, with the field's name.
-fn write_guest_state(s: &GuestState) -> Result<(), alloc::string::String> {
+pub(super) fn write_guest_state(s: &GuestState) -> Result<(), alloc::string::String> {
     use arch::vmx::vmcs::{Field16, Field32, FieldNat};
     const SEGS: [(Field16, FieldNat, Field32, Field32); 8] = [
         (

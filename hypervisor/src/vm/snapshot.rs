@@ -1,0 +1,635 @@
+//! In-memory snapshots of running VMs: take, list, roll back, clone, delete.
+//!
+//! A snapshot is taken with every vCPU of the VM paused at an instruction
+//! boundary ([`super::pause`]); it holds every vCPU's architectural state,
+//! every device model and the guest's non-zero RAM pages, serialized into one
+//! versioned byte string (format: `docs/snapshots.md`), kept in hypervisor
+//! memory and accounted against it. The management console and API call
+//! these functions (VMs and snapshots by name).
+use super::pause;
+use super::snapshot_format::{self as fmt_, FormatError, Ident, Meta, VcpuImage};
+use super::vcpu::Vcpu;
+use super::Vm;
+use crate::devices::snapshot::VmDevices;
+use crate::{mm, println, sched};
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use arch::addr::Gpa;
+use arch::regs::rdtsc;
+use core::fmt;
+use core::sync::atomic::Ordering;
+use spin::Mutex;
+
+/// What `snapshots` lists about one snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub name: String,
+    /// The VM it was taken of.
+    pub vm: String,
+    /// Bytes of hypervisor memory it holds.
+    pub size_bytes: u64,
+    /// Milliseconds since the hypervisor started.
+    pub taken_at_ms: u64,
+}
+
+/// Why a snapshot operation failed; `Display` gives the operator's message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapError {
+    NoSuchVm(String),
+    NoSuchSnapshot(String),
+    SnapshotExists(String),
+    VmExists(String),
+    /// The VM has ended (or is restarting): nothing to snapshot or roll back.
+    VmEnded(String),
+    /// `rollback VM NAME` with a snapshot of another VM.
+    OtherVm {
+        snapshot: String,
+        of: String,
+        vm: String,
+    },
+    /// Not enough hypervisor memory (bytes needed, bytes free).
+    OutOfMemory {
+        needed: u64,
+        free: u64,
+    },
+    /// No free VM slot for a clone.
+    NoSlot,
+    /// The VM's vCPUs did not all stop in time.
+    PauseTimeout(String),
+    /// The snapshot can't be used here (format, checksum, CPU or build mismatch).
+    Incompatible(String),
+    /// Anything else, with the reason.
+    Failed(String),
+}
+
+impl fmt::Display for SnapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapError::NoSuchVm(n) => write!(f, "no VM `{n}`"),
+            SnapError::NoSuchSnapshot(n) => write!(f, "no snapshot `{n}`"),
+            SnapError::SnapshotExists(n) => write!(f, "a snapshot `{n}` exists already"),
+            SnapError::VmExists(n) => write!(f, "a VM `{n}` exists already"),
+            SnapError::VmEnded(n) => write!(f, "VM `{n}` has ended"),
+            SnapError::OtherVm { snapshot, of, vm } => write!(
+                f,
+                "snapshot `{snapshot}` was taken of vm `{of}`, not `{vm}` (clone it instead)"
+            ),
+            SnapError::OutOfMemory { needed, free } => write!(
+                f,
+                "not enough hypervisor memory for the snapshot: {} KiB needed, {} KiB free",
+                needed.div_ceil(1024),
+                free / 1024
+            ),
+            SnapError::NoSlot => write!(f, "no free VM slot for the clone"),
+            SnapError::PauseTimeout(n) => {
+                write!(
+                    f,
+                    "VM `{n}`: its vCPUs did not stop in time (nothing changed)"
+                )
+            }
+            SnapError::Incompatible(why) => write!(f, "snapshot refused: {why}"),
+            SnapError::Failed(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+impl From<FormatError> for SnapError {
+    fn from(e: FormatError) -> Self {
+        SnapError::Incompatible(format!("{e}"))
+    }
+}
+
+/// Hypervisor memory a snapshot may not take: VMs being created, cloned or
+/// restarted need frames too.
+const RESERVE: u64 = 8 << 20;
+
+/// A snapshot's bytes, in frames of hypervisor memory (the heap is far too
+/// small for guest RAM), freed (scrubbed) when dropped.
+struct Blob {
+    start: mm::Hpa,
+    len: usize,
+}
+
+impl Blob {
+    fn alloc(len: usize) -> Result<Blob, SnapError> {
+        let size = (len as u64).div_ceil(mm::PAGE) * mm::PAGE;
+        let free = mm::free_bytes();
+        let oom = SnapError::OutOfMemory { needed: size, free };
+        if size.saturating_add(RESERVE) > free {
+            return Err(oom);
+        }
+        let start = mm::alloc_zeroed(size.max(mm::PAGE), mm::PAGE).ok_or(oom)?;
+        Ok(Blob { start, len })
+    }
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the frames are this blob's own, identity-mapped, `len` long.
+        unsafe { core::slice::from_raw_parts(self.start.as_ptr::<u8>(), self.len) }
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` makes the access exclusive.
+        unsafe { core::slice::from_raw_parts_mut(self.start.as_mut_ptr::<u8>(), self.len) }
+    }
+    fn size(&self) -> u64 {
+        (self.len as u64).div_ceil(mm::PAGE) * mm::PAGE
+    }
+}
+
+impl Drop for Blob {
+    fn drop(&mut self) {
+        mm::free_zeroed(self.start, self.size().max(mm::PAGE));
+    }
+}
+
+struct Stored {
+    info: SnapshotInfo,
+    blob: Arc<Blob>,
+}
+
+// SAFETY: a Blob is a plain owned range of frames; nothing in it is tied to
+// a CPU.
+unsafe impl Send for Blob {}
+// SAFETY: as above; shared access only reads.
+unsafe impl Sync for Blob {}
+
+/// Every snapshot, oldest first. Lock order: after the scheduler's locks
+/// (it is never held while pausing or while a VM lock is taken).
+static STORE: Mutex<Vec<Stored>> = Mutex::new(Vec::new());
+static NEXT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(1);
+
+/// This build and CPU, as a snapshot records them.
+pub fn ident() -> Ident {
+    let v = arch::cpuid::cpuid(0, 0);
+    let mut vendor = [0u8; 12];
+    vendor[..4].copy_from_slice(&v.ebx.to_le_bytes());
+    vendor[4..8].copy_from_slice(&v.edx.to_le_bytes());
+    vendor[8..].copy_from_slice(&v.ecx.to_le_bytes());
+    Ident {
+        build: format!(
+            "ferrovisor {} snapshot format {}",
+            env!("CARGO_PKG_VERSION"),
+            fmt_::VERSION
+        ),
+        vendor,
+        signature: arch::cpuid::cpuid(1, 0).eax,
+        vmcs_revision: crate::vmx::caps().basic.revision_id,
+        xsave_mask: crate::xsave::host_mask(),
+        xsave_size: super::vcpu::vcpu_state::xsave_len() as u32,
+    }
+}
+
+fn us(ticks: u64) -> u64 {
+    crate::time::tsc_to_ns(ticks) / 1000
+}
+
+fn uptime_ms() -> u64 {
+    crate::time::tsc_to_ns(rdtsc().saturating_sub(super::MANIFEST_TSC.load(Ordering::Relaxed)))
+        / 1_000_000
+}
+
+fn find_vm(name: &str) -> Result<Arc<Vm>, SnapError> {
+    pause::find(name).ok_or_else(|| SnapError::NoSuchVm(name.into()))
+}
+
+/// Pauses `vm` unless it is paused already; the guard resumes it when it
+/// was not.
+struct Paused {
+    vm: Arc<Vm>,
+    resume: bool,
+}
+
+impl Paused {
+    fn new(vm: &Arc<Vm>) -> Result<Paused, SnapError> {
+        if vm.is_paused() {
+            return Ok(Paused {
+                vm: vm.clone(),
+                resume: false,
+            });
+        }
+        match pause::pause(vm) {
+            Ok(()) => Ok(Paused {
+                vm: vm.clone(),
+                resume: true,
+            }),
+            Err(sched::PauseError::Ended) => Err(SnapError::VmEnded(vm.name.clone())),
+            Err(sched::PauseError::Timeout) => Err(SnapError::PauseTimeout(vm.name.clone())),
+            Err(sched::PauseError::AlreadyPaused) => Err(SnapError::Failed(format!(
+                "VM `{}` is being paused by another command",
+                vm.name
+            ))),
+        }
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if self.resume {
+            pause::resume(&self.vm);
+        }
+    }
+}
+
+/// The guest RAM of a paused (or not yet started) VM, page by page.
+struct Ram<'a> {
+    vm: &'a Vm,
+}
+
+impl Ram<'_> {
+    fn pages(&self) -> u64 {
+        self.vm
+            .mem
+            .ranges
+            .iter()
+            .map(|r| (r.gpa.0 + r.size) / mm::PAGE)
+            .max()
+            .unwrap_or(0)
+    }
+    /// Page `n`, if it is RAM. No vCPU of the VM runs meanwhile.
+    fn page(&self, n: u64) -> Option<&[u8]> {
+        let h = self.vm.mem.host_range(Gpa(n * mm::PAGE), mm::PAGE).ok()?;
+        // SAFETY: a page of this VM's RAM; its vCPUs are paused (or not yet
+        // scheduled), so nothing writes it while the slice lives.
+        Some(unsafe { core::slice::from_raw_parts(h.as_ptr::<u8>(), mm::PAGE as usize) })
+    }
+}
+
+/// Captures paused `vm` (its parked vCPUs given, by index) into a snapshot.
+#[allow(clippy::vec_box)]
+fn capture(vm: &Vm, vcpus: &mut [(Box<Vcpu>, bool)]) -> Result<Blob, SnapError> {
+    if vcpus.len() != vm.config.vcpus as usize {
+        return Err(SnapError::Failed(format!(
+            "{} of {} vCPUs parked",
+            vcpus.len(),
+            vm.config.vcpus
+        )));
+    }
+    let offset = vm.tsc_offset.load(Ordering::Acquire);
+    let guest_tsc = vm.guest_tsc();
+    let mut images = Vec::new();
+    for (v, asleep) in vcpus.iter_mut() {
+        let mut img = v.capture(offset).map_err(SnapError::Failed)?;
+        img.halted = *asleep && !img.wait_sipi && !img.halted_noirq;
+        let m = &vm.mailbox[v.index];
+        img.nmi = m.nmi.load(Ordering::Acquire);
+        img.init = m.init.load(Ordering::Acquire);
+        img.sipi = m.sipi.load(Ordering::Acquire);
+        images.push(img.encode());
+    }
+    let devices = {
+        let mut s = vm.shared.lock();
+        let mut guards: Vec<_> = vm.lapics.iter().map(|l| l.lock()).collect();
+        let mut lapics: Vec<&mut crate::devices::lapic::VLapic> =
+            guards.iter_mut().map(|g| &mut **g).collect();
+        VmDevices {
+            bus: &mut s.io,
+            lapics: &mut lapics,
+        }
+        .save()
+        .map_err(|e| SnapError::Failed(format!("device state: {e}")))?
+    };
+    let meta = Meta {
+        vm: vm.name.clone(),
+        vcpus: vm.config.vcpus,
+        memory: vm.config.memory,
+        guest_tsc,
+        taken_at_ms: uptime_ms(),
+    }
+    .encode();
+    let mut small: Vec<(u32, u32, &[u8])> = alloc::vec![(fmt_::META, 0, &meta[..])];
+    for (i, img) in images.iter().enumerate() {
+        small.push((fmt_::VCPU, i as u32, img));
+    }
+    small.push((fmt_::DEVICES, 0, &devices));
+    // Virtio devices (queues and their positions) get a VIRTIO section once
+    // VMs have them.
+    let ram = Ram { vm };
+    let total = ram.pages();
+    let runs = fmt_::runs(total, |p| ram.page(p).is_some_and(|b| !fmt_::is_zero(b)));
+    let id = ident();
+    let len = fmt_::total_len(&id, &small, &runs);
+    let mut blob = Blob::alloc(len)?;
+    fmt_::write(blob.bytes_mut(), &id, &small, total, &runs, |p| {
+        ram.page(p).unwrap_or(&[0; 4096])
+    });
+    Ok(blob)
+}
+
+/// A checked snapshot, decoded.
+struct Decoded<'a> {
+    meta: Meta,
+    vcpus: Vec<VcpuImage>,
+    devices: &'a [u8],
+    ram: &'a [u8],
+}
+
+fn decode(bytes: &[u8]) -> Result<Decoded<'_>, SnapError> {
+    let p = fmt_::parse(bytes, &ident())?;
+    let meta = Meta::decode(p.one(fmt_::META)?)?;
+    let vcpus = p
+        .indexed(fmt_::VCPU)?
+        .into_iter()
+        .map(VcpuImage::decode)
+        .collect::<Result<Vec<_>, _>>()?;
+    if vcpus.len() != meta.vcpus as usize {
+        return Err(FormatError::Invalid("vcpu count").into());
+    }
+    Ok(Decoded {
+        meta,
+        vcpus,
+        devices: p.one(fmt_::DEVICES)?,
+        ram: p.one(fmt_::RAM)?,
+    })
+}
+
+/// Puts snapshot `d` into `vm` (paused, or not yet scheduled), whose vCPUs
+/// are `vcpus` (index order, released). The device state is restored first
+/// (all or nothing), so that a refusal leaves the VM as it was.
+fn apply(vm: &Vm, d: &Decoded, vcpus: &mut [&mut Vcpu]) -> Result<(), SnapError> {
+    if d.meta.vcpus != vm.config.vcpus || d.meta.memory != vm.config.memory {
+        return Err(SnapError::Incompatible(format!(
+            "snapshot of {} vCPUs and {} MiB, the VM has {} and {} MiB",
+            d.meta.vcpus,
+            d.meta.memory >> 20,
+            vm.config.vcpus,
+            vm.config.memory >> 20
+        )));
+    }
+    let ram = Ram { vm };
+    let (total, runs) = fmt_::ram_runs(d.ram)?;
+    if total != ram.pages() {
+        return Err(FormatError::Invalid("guest RAM size").into());
+    }
+    for &(first, data) in &runs {
+        let n = (data.len() / fmt_::PAGE) as u64;
+        if (first..first + n).any(|p| ram.page(p).is_none()) {
+            return Err(FormatError::Invalid("ram run outside RAM").into());
+        }
+    }
+    {
+        let mut s = vm.shared.lock();
+        let mut guards: Vec<_> = vm.lapics.iter().map(|l| l.lock()).collect();
+        let mut lapics: Vec<&mut crate::devices::lapic::VLapic> =
+            guards.iter_mut().map(|g| &mut **g).collect();
+        VmDevices {
+            bus: &mut s.io,
+            lapics: &mut lapics,
+        }
+        .restore(d.devices)
+        .map_err(|e| SnapError::Incompatible(format!("device state: {e}")))?;
+    }
+    // RAM: the snapshot's pages, every other non-zero page zeroed.
+    let mut next = runs.iter().peekable();
+    for p in 0..total {
+        while next
+            .peek()
+            .is_some_and(|&&(f, d)| p >= f + (d.len() / fmt_::PAGE) as u64)
+        {
+            next.next();
+        }
+        let Some(page) = ram.page(p) else { continue };
+        let gpa = Gpa(p * mm::PAGE);
+        match next.peek() {
+            Some(&&(f, data)) if p >= f => {
+                let off = ((p - f) * mm::PAGE) as usize;
+                let _ = vm.mem.write(gpa, &data[off..off + fmt_::PAGE]);
+            }
+            _ if !fmt_::is_zero(page) => {
+                let _ = vm.mem.write(gpa, &[0; fmt_::PAGE]);
+            }
+            _ => {}
+        }
+    }
+    // The guest's clocks continue from the snapshot's TSC: every deadline
+    // the device models and local APICs hold is in guest TSC, so they keep
+    // their distance (see docs/snapshots.md).
+    let offset = d.meta.guest_tsc.wrapping_sub(rdtsc());
+    vm.tsc_offset.store(offset, Ordering::Release);
+    for (m, img) in vm.mailbox.iter().zip(&d.vcpus) {
+        m.init.store(img.init, Ordering::Release);
+        m.sipi.store(img.sipi, Ordering::Release);
+        m.nmi.store(img.nmi, Ordering::Release);
+        let stuck = if img.wait_sipi {
+            super::irq::WAIT_SIPI
+        } else if img.halted_noirq {
+            super::irq::HALT_NOIRQ
+        } else {
+            super::irq::RUNNABLE
+        };
+        m.stuck.store(stuck, Ordering::SeqCst);
+        m.check_irq.store(true, Ordering::Release);
+        m.timers_dirty.store(true, Ordering::Release);
+    }
+    for (v, img) in vcpus.iter_mut().zip(&d.vcpus) {
+        v.restore_image(img, offset).map_err(SnapError::Failed)?;
+    }
+    Ok(())
+}
+
+/// Takes a snapshot of running VM `vm` named `name` (without one:
+/// `VM-N`). The VM is paused for the copy and resumes afterwards (a VM the
+/// operator paused stays paused).
+pub fn take(vm: &str, name: Option<&str>) -> Result<SnapshotInfo, SnapError> {
+    let v = find_vm(vm)?;
+    if v.ended() {
+        return Err(SnapError::VmEnded(vm.into()));
+    }
+    let name: String = match name {
+        Some(n) => n.into(),
+        None => format!("{vm}-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
+    };
+    if STORE.lock().iter().any(|s| s.info.name == name) {
+        return Err(SnapError::SnapshotExists(name));
+    }
+    let t0 = rdtsc();
+    let paused = Paused::new(&v)?;
+    let mut vcpus = sched::take_paused(&v);
+    let r = capture(&v, &mut vcpus);
+    sched::put_paused(vcpus);
+    drop(paused);
+    let blob = r?;
+    let t = rdtsc() - t0;
+    let info = SnapshotInfo {
+        name: name.clone(),
+        vm: vm.into(),
+        size_bytes: blob.size(),
+        taken_at_ms: uptime_ms(),
+    };
+    println!(
+        "hv: snapshot {name} of vm {vm}: {} KiB in {} us",
+        blob.size() >> 10,
+        us(t)
+    );
+    let mut st = STORE.lock();
+    if st.iter().any(|s| s.info.name == name) {
+        return Err(SnapError::SnapshotExists(name));
+    }
+    st.push(Stored {
+        info: info.clone(),
+        blob: Arc::new(blob),
+    });
+    Ok(info)
+}
+
+/// All snapshots, or those of `vm`, oldest first.
+pub fn list(vm: Option<&str>) -> Vec<SnapshotInfo> {
+    STORE
+        .lock()
+        .iter()
+        .filter(|s| vm.is_none_or(|v| s.info.vm == v))
+        .map(|s| s.info.clone())
+        .collect()
+}
+
+fn blob_of(name: &str) -> Result<(SnapshotInfo, Arc<Blob>), SnapError> {
+    STORE
+        .lock()
+        .iter()
+        .find(|s| s.info.name == name)
+        .map(|s| (s.info.clone(), s.blob.clone()))
+        .ok_or_else(|| SnapError::NoSuchSnapshot(name.into()))
+}
+
+/// Restores snapshot `name` (taken of `vm`) into the running VM `vm`: it
+/// continues at the saved instruction, its clocks continuing from the
+/// snapshot's guest TSC.
+pub fn rollback(vm: &str, name: &str) -> Result<(), SnapError> {
+    let v = find_vm(vm)?;
+    let (info, blob) = blob_of(name)?;
+    if info.vm != vm {
+        return Err(SnapError::OtherVm {
+            snapshot: name.into(),
+            of: info.vm,
+            vm: vm.into(),
+        });
+    }
+    if v.ended() {
+        return Err(SnapError::VmEnded(vm.into()));
+    }
+    let t0 = rdtsc();
+    let d = decode(blob.bytes())?;
+    let paused = Paused::new(&v)?;
+    let mut vcpus = sched::take_paused(&v);
+    let r = if vcpus.len() == d.vcpus.len() {
+        let mut refs: Vec<&mut Vcpu> = vcpus.iter_mut().map(|(c, _)| &mut **c).collect();
+        apply(&v, &d, &mut refs)
+    } else {
+        Err(SnapError::Failed(format!(
+            "{} of {} vCPUs parked",
+            vcpus.len(),
+            d.vcpus.len()
+        )))
+    };
+    if r.is_ok() {
+        for ((c, asleep), img) in vcpus.iter_mut().zip(&d.vcpus) {
+            // A parked sleeper wakes when it wants to run (signals included).
+            *asleep = img.wait_sipi || img.halted || img.halted_noirq;
+            c.start_halted = false;
+        }
+    }
+    sched::put_paused(vcpus);
+    drop(paused);
+    r?;
+    println!(
+        "hv: vm {vm}: rolled back to snapshot {name} in {} us",
+        us(rdtsc() - t0)
+    );
+    Ok(())
+}
+
+/// Starts snapshot `snapshot` as a new VM named `new_name`, with the
+/// original's manifest entry (but its own name and console); returns its name.
+pub fn clone_vm(snapshot: &str, new_name: &str) -> Result<String, SnapError> {
+    let (info, blob) = blob_of(snapshot)?;
+    let vms = sched::vms();
+    if vms.iter().any(|v| v.name == new_name) {
+        return Err(SnapError::VmExists(new_name.into()));
+    }
+    if vms.len() + 1 >= crate::console::MAX_SOURCES {
+        return Err(SnapError::NoSlot);
+    }
+    let orig = vms
+        .iter()
+        .find(|v| v.name == info.vm)
+        .ok_or_else(|| SnapError::NoSuchVm(info.vm.clone()))?;
+    let t0 = rdtsc();
+    let d = decode(blob.bytes())?;
+    let mut cfg = orig.config.clone();
+    cfg.name = new_name.into();
+    let id = vms.iter().map(|v| v.id).max().unwrap_or(0) + 1;
+    let (vm, mut vcpus) = Vm::create(id, cfg, orig.image, orig.initrd)
+        .map_err(|e| SnapError::Failed(format!("creating vm {new_name}: {e}")))?;
+    {
+        let mut refs: Vec<&mut Vcpu> = vcpus.iter_mut().map(|c| &mut **c).collect();
+        apply(&vm, &d, &mut refs)?;
+    }
+    println!(
+        "vm {new_name}: started (clone of snapshot {snapshot} of vm {}, {} MiB, in {} us)",
+        info.vm,
+        vm.config.memory >> 20,
+        us(rdtsc() - t0)
+    );
+    sched::add_vm(vm, vcpus);
+    Ok(new_name.into())
+}
+
+/// Deletes snapshot `name`, giving its memory back.
+pub fn delete(name: &str) -> Result<(), SnapError> {
+    let removed = {
+        let mut st = STORE.lock();
+        let i = st
+            .iter()
+            .position(|s| s.info.name == name)
+            .ok_or_else(|| SnapError::NoSuchSnapshot(name.into()))?;
+        st.remove(i)
+    };
+    // Freed (scrubbed) here, or by the last rollback still reading it.
+    drop(removed);
+    Ok(())
+}
+
+/// `on_crash = "rollback"`: restores the latest snapshot of crashed `vm`
+/// (all its vCPUs gone) into fresh vCPUs; None when it has no snapshot.
+/// Prints how long the restore took beside what a cold restart costs.
+#[allow(clippy::vec_box)]
+pub fn rollback_after_crash(vm: &Arc<Vm>) -> Option<Result<Vec<Box<Vcpu>>, SnapError>> {
+    let (info, blob) = {
+        let st = STORE.lock();
+        let s = st.iter().rev().find(|s| s.info.vm == vm.name)?;
+        (s.info.clone(), s.blob.clone())
+    };
+    let t0 = rdtsc();
+    let r = (|| {
+        let d = decode(blob.bytes())?;
+        let mut vcpus: Vec<Box<Vcpu>> = (0..vm.config.vcpus as usize)
+            .map(|i| Box::new(Vcpu::new(vm.clone(), i)))
+            .collect();
+        let mut refs: Vec<&mut Vcpu> = vcpus.iter_mut().map(|c| &mut **c).collect();
+        apply(vm, &d, &mut refs)?;
+        Ok((vcpus, d.meta.guest_tsc))
+    })();
+    let (vcpus, at) = match r {
+        Ok(x) => x,
+        Err(e) => return Some(Err(e)),
+    };
+    let n = vm.restarts.fetch_add(1, Ordering::AcqRel) + 1;
+    {
+        let mut s = vm.shared.lock();
+        s.end = None;
+    }
+    vm.ending.store(false, Ordering::Release);
+    let restore = us(rdtsc() - t0);
+    crate::console::println_after(
+        vm.console,
+        format_args!(
+            "vm {}: rolled back to snapshot {} after a crash ({n} of at most {}): restored in {restore} us; a cold restart: reload {} us + {} us of guest run time to reach that state",
+            vm.name,
+            info.name,
+            vm.config.max_restarts,
+            us(vm.cold_load_tsc.load(Ordering::Relaxed)),
+            crate::time::tsc_to_ns(at) / 1000,
+        ),
+    );
+    Some(Ok(vcpus))
+}
