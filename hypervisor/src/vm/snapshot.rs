@@ -10,7 +10,7 @@ use super::pause;
 use super::snapshot_format::{self as fmt_, FormatError, Ident, Meta, VcpuImage};
 use super::vcpu::Vcpu;
 use super::Vm;
-use crate::devices::snapshot::VmDevices;
+use devices::snapshot::VmDevices;
 use crate::{mm, println, sched};
 use alloc::boxed::Box;
 use alloc::format;
@@ -280,7 +280,7 @@ fn capture(vm: &Vm, vcpus: &mut [(Box<Vcpu>, bool)]) -> Result<Blob, SnapError> 
     let devices = {
         let mut s = vm.shared.lock();
         let mut guards: Vec<_> = vm.lapics.iter().map(|l| l.lock()).collect();
-        let mut lapics: Vec<&mut crate::devices::lapic::VLapic> =
+        let mut lapics: Vec<&mut devices::lapic::VLapic> =
             guards.iter_mut().map(|g| &mut **g).collect();
         VmDevices {
             bus: &mut s.io,
@@ -370,7 +370,7 @@ fn apply(vm: &Vm, d: &Decoded, vcpus: &mut [&mut Vcpu]) -> Result<(), SnapError>
     {
         let mut s = vm.shared.lock();
         let mut guards: Vec<_> = vm.lapics.iter().map(|l| l.lock()).collect();
-        let mut lapics: Vec<&mut crate::devices::lapic::VLapic> =
+        let mut lapics: Vec<&mut devices::lapic::VLapic> =
             guards.iter_mut().map(|g| &mut **g).collect();
         VmDevices {
             bus: &mut s.io,

@@ -185,18 +185,18 @@ impl Vcpu {
         if self.configured {
             // SAFETY: the VMCS is this vCPU's and active on no CPU (parked).
             unsafe { instr::vmptrld(self.vmcs) }.map_err(|e| format!("VMPTRLD: {e}"))?;
-            let g = GuestState::read_current();
+            let g = GuestState::read_current()?;
             let x = VmcsExtra {
-                sysenter_cs: guest::IA32_SYSENTER_CS.read().unwrap_or(0),
-                sysenter_esp: guest::IA32_SYSENTER_ESP.read().unwrap_or(0),
-                sysenter_eip: guest::IA32_SYSENTER_EIP.read().unwrap_or(0),
-                cr0_shadow: ctrl::CR0_READ_SHADOW.read().unwrap_or(0),
-                cr4_shadow: ctrl::CR4_READ_SHADOW.read().unwrap_or(0),
-                primary: ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS.read().unwrap_or(0),
-                entry: ctrl::VMENTRY_CONTROLS.read().unwrap_or(0),
-                entry_err_code: ctrl::VMENTRY_EXCEPTION_ERR_CODE.read().unwrap_or(0),
+                sysenter_cs: rd(guest::IA32_SYSENTER_CS.read(), "IA32_SYSENTER_CS")?,
+                sysenter_esp: rd(guest::IA32_SYSENTER_ESP.read(), "IA32_SYSENTER_ESP")?,
+                sysenter_eip: rd(guest::IA32_SYSENTER_EIP.read(), "IA32_SYSENTER_EIP")?,
+                cr0_shadow: rd(ctrl::CR0_READ_SHADOW.read(), "CR0_READ_SHADOW")?,
+                cr4_shadow: rd(ctrl::CR4_READ_SHADOW.read(), "CR4_READ_SHADOW")?,
+                primary: rd(ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS.read(), "PRIMARY_PROCBASED_EXEC_CONTROLS")?,
+                entry: rd(ctrl::VMENTRY_CONTROLS.read(), "VMENTRY_CONTROLS")?,
+                entry_err_code: rd(ctrl::VMENTRY_EXCEPTION_ERR_CODE.read(), "VMENTRY_EXCEPTION_ERR_CODE")?,
             };
-            let off = ctrl::TSC_OFFSET.read().unwrap_or(vm_tsc_offset);
+            let off = rd(ctrl::TSC_OFFSET.read(), "TSC_OFFSET")?;
             // SAFETY: as above; VMCLEAR makes it loadable on any CPU again.
             unsafe { instr::vmclear(self.vmcs) }.map_err(|e| format!("VMCLEAR: {e}"))?;
             self.launched = false;
@@ -367,4 +367,15 @@ mod tests {
         img.vmcs32.pop();
         assert_eq!(from_image(&img), None);
     }
+}
+
+/// A checked VMREAD for the capture: a failure is a hypervisor bug, reported with the field.
+fn rd<T>(r: Result<T, arch::vmx::instr::VmFail>, field: &'static str) -> Result<T, String> {
+    r.map_err(|fail| {
+        String::from(crate::exits::vmexit::VmcsError {
+            write: false,
+            field,
+            fail,
+        })
+    })
 }
