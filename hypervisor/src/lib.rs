@@ -16,6 +16,7 @@ pub mod hosttimer;
 pub mod interrupts;
 pub mod lapic;
 pub mod mm;
+pub mod net;
 pub mod nic;
 pub mod paging;
 pub mod percpu;
@@ -116,10 +117,15 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
             },
         },
     };
-    let (hv, guests) = match manifest {
-        Some(m) => (m.hypervisor, m.guests),
-        None => (manifest::HvConfig::default(), alloc::vec::Vec::new()),
+    let (hv, guests, networks) = match manifest {
+        Some(m) => (m.hypervisor, m.guests, m.networks),
+        None => (
+            manifest::HvConfig::default(),
+            alloc::vec::Vec::new(),
+            alloc::vec::Vec::new(),
+        ),
     };
+    net::setup(&networks, &guests);
     if let Some(a) = hv.address {
         nic::set_static(a, hv.gateway);
     }

@@ -1198,7 +1198,88 @@ pub fn init_script(modules: Option<&GuestModules>) -> String {
     INIT_SCRIPT
         .replace("# @MODULES@\n", &modules_section(modules))
         .replace("# @ROOT@\n", &format!("{MOUNT_ROOT}{ROOT_SECTION}"))
+        .replace("# @NET@\n", NET_SECTION)
 }
+
+/// The part of `/init` that, with `netmode=` on the kernel command line, configures `eth0`
+/// (a virtio-net NIC) with `netaddr=A/P` and runs one network test against `netpeer=`, then
+/// powers off. Lines starting `linux-guest: net ` are checked by the integration test.
+///
+/// - `netmode=xfer`: serves `netmib=` MiB (default 2) of random bytes with busybox `httpd`,
+///   fetches the peer's with `wget` (retrying while the peer boots), prints the sha256 of
+///   both, then waits (at most 60 s) until the peer has fetched its copy too (the peer's
+///   `/done`), so that both ways complete.
+/// - `netmode=ping`: three pings of the peer and their summary (a guest on another network
+///   prints 100% packet loss).
+/// - `netmode=spoof`: pings the peer with its own MAC until one is answered, then sets its MAC
+///   to `netspoof=` (another guest's) and pings again: the switch drops those frames.
+pub const NET_SECTION: &str = r#"netarg() { sed -n "s/.*[ ]$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+netmode=$(netarg netmode)
+if [ -n "$netmode" ]; then
+    addr=$(netarg netaddr)
+    peer=$(netarg netpeer)
+    ip link set lo up
+    ip link set eth0 up
+    ip addr add "$addr" dev eth0
+    # The carrier comes up asynchronously (the device's link status): up to 5 s.
+    n=0
+    while [ "$(cat /sys/class/net/eth0/operstate)" != up ] && [ "$n" -lt 25 ]; do
+        usleep 200000
+        n=$((n + 1))
+    done
+    echo "linux-guest: net eth0 $(cat /sys/class/net/eth0/address) $addr link $(cat /sys/class/net/eth0/operstate) mtu $(cat /sys/class/net/eth0/mtu)"
+    pings() {
+        ping -c "$1" -W 2 "$peer" > /tmp/ping 2>&1
+        grep 'packet loss' /tmp/ping || tail -n 1 /tmp/ping
+    }
+    case $netmode in
+    xfer)
+        mib=$(netarg netmib)
+        [ -n "$mib" ] || mib=2
+        mkdir -p /www
+        dd if=/dev/urandom of=/www/data bs=64k count=$((mib * 16)) 2>/dev/null
+        echo "linux-guest: net sent sha256 $(sha256sum /www/data | cut -d' ' -f1)"
+        httpd -p 80 -h /www
+        n=0
+        until wget -q -O /tmp/got "http://$peer/data" 2>/dev/null; do
+            n=$((n + 1))
+            [ "$n" -ge 300 ] && break
+            sleep 1
+        done
+        echo "linux-guest: net received sha256 $(sha256sum /tmp/got | cut -d' ' -f1) $(wc -c < /tmp/got) bytes"
+        touch /www/done
+        # Stay up until the peer has ours too (its /done), then long enough for the peer to
+        # see ours (it polls once a second).
+        n=0
+        until wget -q -O /dev/null "http://$peer/done" 2>/dev/null; do
+            n=$((n + 1))
+            if [ "$n" -ge 60 ]; then
+                echo "linux-guest: net peer not done after 60 s"
+                break
+            fi
+            sleep 1
+        done
+        [ "$n" -lt 60 ] && echo "linux-guest: net peer done"
+        sleep 3
+        ;;
+    ping)
+        echo "linux-guest: net ping $peer: $(pings 3)"
+        ;;
+    spoof)
+        n=0
+        until ping -c 1 -W 2 "$peer" > /dev/null 2>&1; do
+            n=$((n + 1))
+            [ "$n" -ge 120 ] && break
+        done
+        echo "linux-guest: net ping $peer with own mac: $(pings 2)"
+        ip link set eth0 address "$(netarg netspoof)"
+        echo "linux-guest: net mac now $(cat /sys/class/net/eth0/address)"
+        echo "linux-guest: net ping $peer with spoofed mac: $(pings 3)"
+        ;;
+    esac
+    off
+fi
+"#;
 
 /// The initramfs' `/init` ([`init_script`] puts the module loading in place of `# @MODULES@`
 /// and [`MOUNT_ROOT`] in place of `# @ROOT@`). Lines starting `linux-guest: ` are checked by
@@ -1252,6 +1333,9 @@ case " $(cat /proc/cmdline) " in
     off
     ;;
 esac
+
+# The network test (`netmode=...` on the command line, see NET_SECTION).
+# @NET@
 
 # The workload: sort 2000 numbers and hash them, once per CPU, all at the same time.
 i=0

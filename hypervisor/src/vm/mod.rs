@@ -5,6 +5,7 @@ pub mod gwalk;
 pub mod irq;
 pub mod lateness;
 pub mod memory;
+pub mod nic;
 pub mod platform;
 pub mod vcpu;
 
@@ -103,6 +104,11 @@ pub struct Vm {
     pub longest_exit_reason: AtomicU32,
     /// How late its local APIC timer expiries were noticed.
     pub timer_lateness: lateness::Lateness,
+    /// Its NICs' switch ports, in manifest order.
+    pub nics: Vec<crate::net::NetPort>,
+    /// NICs (bit per index) whose switch port has frames waiting: set by
+    /// the senders' CPUs, drained by this VM (see `nic`).
+    pub net_rx: AtomicU64,
 }
 
 /// TSC when the manifest was read (start-up figures are measured from here).
@@ -219,6 +225,8 @@ impl Vm {
             longest_exit: core::sync::atomic::AtomicU64::new(0),
             longest_exit_reason: AtomicU32::new(0),
             timer_lateness: lateness::Lateness::default(),
+            nics: crate::net::guest_ports(id),
+            net_rx: AtomicU64::new(0),
             lapics: (0..config.vcpus)
                 .map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick())))
                 .collect(),
@@ -227,6 +235,7 @@ impl Vm {
         });
         vm.firmware_lapic_setup();
         vm.power_on_mailboxes();
+        vm.bind_nics();
         let mut vcpus = Vec::new();
         for i in 0..vm.config.vcpus {
             vcpus.push(Box::new(vcpu::Vcpu::new(vm.clone(), i as usize)));
@@ -285,6 +294,9 @@ impl Vm {
         }
         s.end = Some(how);
         self.ending.store(true, Ordering::Release);
+        // After the guest's last lines: what its NICs' ports saw, then the
+        // ports leave their switches (frames for them are dropped).
+        self.report_nics(&say);
         true
     }
 
@@ -339,6 +351,8 @@ impl Vm {
             s.io.reset();
             s.end = None;
         }
+        self.net_rx.store(0, Ordering::Release);
+        self.attach_nics(true);
         self.ending.store(false, Ordering::Release);
         Ok(())
     }
