@@ -1201,9 +1201,10 @@ pub fn init_script(modules: Option<&GuestModules>) -> String {
         .replace("# @NET@\n", NET_SECTION)
 }
 
-/// The part of `/init` that, with `netmode=` on the kernel command line, configures `eth0`
-/// (a virtio-net NIC) with `netaddr=A/P` and runs one network test against `netpeer=`, then
-/// powers off. Lines starting `linux-guest: net ` are checked by the integration test.
+/// The part of `/init` that, with `netaddr=A/P` on the kernel command line, configures `eth0`
+/// (a virtio-net NIC) with that address (then the interactive shell, if asked for, has the
+/// network), and with `netmode=` runs one network test against `netpeer=` and powers off.
+/// Lines starting `linux-guest: net ` are checked by the integration test.
 ///
 /// - `netmode=xfer`: serves `netmib=` MiB (default 2) of random bytes with busybox `httpd`,
 ///   fetches the peer's with `wget` (retrying while the peer boots), prints the sha256 of
@@ -1215,9 +1216,8 @@ pub fn init_script(modules: Option<&GuestModules>) -> String {
 ///   to `netspoof=` (another guest's) and pings again: the switch drops those frames.
 pub const NET_SECTION: &str = r#"netarg() { sed -n "s/.*[ ]$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 netmode=$(netarg netmode)
-if [ -n "$netmode" ]; then
-    addr=$(netarg netaddr)
-    peer=$(netarg netpeer)
+addr=$(netarg netaddr)
+if [ -n "$addr" ]; then
     ip link set lo up
     ip link set eth0 up
     ip addr add "$addr" dev eth0
@@ -1228,6 +1228,9 @@ if [ -n "$netmode" ]; then
         n=$((n + 1))
     done
     echo "linux-guest: net eth0 $(cat /sys/class/net/eth0/address) $addr link $(cat /sys/class/net/eth0/operstate) mtu $(cat /sys/class/net/eth0/mtu)"
+fi
+if [ -n "$netmode" ]; then
+    peer=$(netarg netpeer)
     pings() {
         ping -c "$1" -W 2 "$peer" > /tmp/ping 2>&1
         grep 'packet loss' /tmp/ping || tail -n 1 /tmp/ping
@@ -1324,6 +1327,9 @@ off() {
 
 # @ROOT@
 
+# The network (`netaddr=...`, `netmode=...` on the command line, see NET_SECTION).
+# @NET@
+
 case " $(cat /proc/cmdline) " in
 *" interactive=1 "*)
     echo "linux-guest: interactive shell on the console; exit it to power off"
@@ -1333,9 +1339,6 @@ case " $(cat /proc/cmdline) " in
     off
     ;;
 esac
-
-# The network test (`netmode=...` on the command line, see NET_SECTION).
-# @NET@
 
 # The workload: sort 2000 numbers and hash them, once per CPU, all at the same time.
 i=0

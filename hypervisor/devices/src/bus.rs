@@ -592,6 +592,18 @@ impl Bus {
         self.attach_virtio(PciSlot::new(transport, name, device, irq, bar))
     }
 
+    /// Runs `f` on slot `i`'s transport (see [`PciSlot::with_transport`])
+    /// and routes the slots' lines as after a guest access; None: no slot.
+    pub fn with_slot(
+        &mut self,
+        i: usize,
+        now: u64,
+        f: impl FnOnce(&mut dyn crate::virtio::attach::Transport) -> VEffects,
+    ) -> Option<Effects> {
+        let e = self.slots.get_mut(i)?.with_transport(f);
+        Some(self.settle_slots(e, 0, now))
+    }
+
     /// The attached virtio functions.
     pub fn slots(&self) -> &[PciSlot] {
         &self.slots

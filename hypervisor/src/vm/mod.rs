@@ -104,8 +104,10 @@ pub struct Vm {
     pub longest_exit_reason: AtomicU32,
     /// How late its local APIC timer expiries were noticed.
     pub timer_lateness: lateness::Lateness,
-    /// Its NICs' switch ports, in manifest order.
+    /// Its NICs' switch ports, in manifest order, and their virtio-net
+    /// functions' slots on the bus.
     pub nics: Vec<crate::net::NetPort>,
+    pub nic_slots: Vec<usize>,
     /// NICs (bit per index) whose switch port has frames waiting: set by
     /// the senders' CPUs, drained by this VM (see `nic`).
     pub net_rx: AtomicU64,
@@ -196,7 +198,11 @@ impl Vm {
         // SAFETY: freshly allocated, identity-mapped pages owned by this VM.
         unsafe { core::ptr::write_bytes(io_bitmaps as *mut u8, 0xFF, 2 * mm::PAGE as usize) };
         let console = crate::console::register(&config.name);
-        let io = match platform_bus(console, config.vcpus) {
+        let nics = crate::net::guest_ports(id);
+        let io = match platform_bus(console, config.vcpus).and_then(|mut io| {
+            let slots = nic::attach(&mut io, &nics)?;
+            Ok((io, slots))
+        }) {
             Ok(io) => io,
             Err(e) => {
                 mm::free_zeroed(mm::Hpa(msr_bitmap), mm::PAGE);
@@ -204,6 +210,7 @@ impl Vm {
                 return Err(CreateError::Bus(e));
             }
         };
+        let (io, nic_slots) = io;
         let vm = Arc::new(Vm {
             id,
             name: config.name.clone(),
@@ -225,7 +232,8 @@ impl Vm {
             longest_exit: core::sync::atomic::AtomicU64::new(0),
             longest_exit_reason: AtomicU32::new(0),
             timer_lateness: lateness::Lateness::default(),
-            nics: crate::net::guest_ports(id),
+            nics,
+            nic_slots,
             net_rx: AtomicU64::new(0),
             lapics: (0..config.vcpus)
                 .map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick())))

@@ -3,10 +3,32 @@
 //! frames into its virtio-net receive queues itself, under its own lock
 //! ([`Vm::drain_nics`]), when that vCPU next runs or the scheduler checks
 //! whether it should wake.
+use super::irq::Source;
 use super::Vm;
-use crate::net::PortSink;
+use crate::devices::virtio::net::{self, VirtioNet};
+use crate::devices::virtio::pci::{Effects as VEffects, VirtioPci};
+use crate::devices::{Bus, BusError, Effects};
+use crate::net::{NetPort, PortSink};
+use alloc::boxed::Box;
 use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
+
+/// A NIC as attached: virtio-net on the modern PCI transport, its frames
+/// going to and coming from its switch port.
+pub type NicDevice = VirtioPci<VirtioNet<NetPort>>;
+
+/// Attaches a virtio-net function per NIC (MAC = its switch port's, link
+/// up); their slot indices on the bus, in NIC order.
+pub(super) fn attach(io: &mut Bus, nics: &[NetPort]) -> Result<Vec<usize>, BusError> {
+    let mut slots = Vec::new();
+    for p in nics {
+        let mac = p.net.port_mac(p.port).unwrap_or_default();
+        let dev: NicDevice = VirtioPci::new(VirtioNet::new(mac, *p));
+        slots.push(io.attach_next(Box::new(dev), "virtio-net")?);
+    }
+    Ok(slots)
+}
 
 /// Frames reached NIC `bit` of `vm`.
 struct RxSignal {
@@ -38,6 +60,42 @@ impl Vm {
                     bit: 1 << i,
                 }),
             );
+        }
+    }
+
+    /// Moves the frames waiting at the NICs that were signalled into their
+    /// receive queues (as far as the guest posted buffers and the
+    /// transport's budget goes; what is left waits at the port and goes
+    /// when the guest posts more buffers and notifies), raising their
+    /// interrupt lines. Called by vCPU 0 before an entry and by the
+    /// scheduler before it decides whether a halted vCPU 0 wakes.
+    pub fn drain_nics(&self) {
+        let bits = self.net_rx.swap(0, Ordering::AcqRel);
+        if bits == 0 {
+            return;
+        }
+        let now = self.guest_tsc();
+        let mut fx = Effects::none();
+        {
+            let mut s = self.shared.lock();
+            for (i, &slot) in self.nic_slots.iter().enumerate().take(64) {
+                if bits & (1 << i) == 0 {
+                    continue;
+                }
+                let mem = &self.mem;
+                let got = s.io.with_slot(slot, now, |t| {
+                    match t.as_any_mut().downcast_mut::<NicDevice>() {
+                        Some(d) => net::deliver(d, mem),
+                        None => VEffects::default(),
+                    }
+                });
+                if let Some(f) = got {
+                    fx.merge(f);
+                }
+            }
+        }
+        if !fx.is_quiet() {
+            let _ = self.apply(Source::Platform, fx);
         }
     }
 

@@ -226,6 +226,14 @@ impl PciSlot {
         self.note(e)
     }
 
+    /// Runs `f` on the transport (the core's work for the device outside a
+    /// guest access, e.g. received frames into a NIC's queue), noting what
+    /// it reports as an access would.
+    pub fn with_transport(&mut self, f: impl FnOnce(&mut dyn Transport) -> VEffects) -> VEffects {
+        let e = f(&mut *self.transport);
+        self.note(e)
+    }
+
     /// Serves left-over work and asynchronous completions.
     pub fn poll(&mut self, mem: &dyn GuestMem) -> VEffects {
         let mut e = self.transport.complete(mem);
