@@ -1,6 +1,7 @@
 //! Virtual machines: one per manifest entry, with its own RAM, EPT, I/O
 //! space, bitmaps and vCPUs, and a life cycle that ends in exactly one
 //! reported outcome (or a restart, as its policy says).
+pub mod disks;
 pub mod gwalk;
 pub mod irq;
 pub mod lateness;
@@ -114,6 +115,7 @@ pub enum CreateError {
     Load(loader::LoadError),
     NoMemory,
     Bus(crate::devices::BusError),
+    Disk(disks::DiskError),
 }
 
 impl core::fmt::Display for CreateError {
@@ -123,6 +125,7 @@ impl core::fmt::Display for CreateError {
             CreateError::Load(e) => write!(f, "{e}"),
             CreateError::NoMemory => write!(f, "not enough host memory for the VM's bitmaps"),
             CreateError::Bus(e) => write!(f, "device ranges: {e}"),
+            CreateError::Disk(e) => write!(f, "{e}"),
         }
     }
 }
@@ -283,6 +286,8 @@ impl Vm {
             VmEnd::PoweredOff => say(format_args!("vm {name}: exited code=0 (powered off)")),
             VmEnd::Reset => say(format_args!("vm {name}: reset requested")),
         }
+        self.report_virtio_faults(&s.io);
+        self.report_overlays(&mut s.io, "at the end");
         s.end = Some(how);
         self.ending.store(true, Ordering::Release);
         true
@@ -336,6 +341,7 @@ impl Vm {
             // Up to the end of the last run first: the battery-backed RTC
             // keeps the time it showed then.
             let _ = s.io.advance(end);
+            self.restart_disks(&mut s.io);
             s.io.reset();
             s.end = None;
         }
@@ -354,6 +360,26 @@ impl Vm {
         if ticks > self.longest_exit.load(Ordering::Relaxed) {
             self.longest_exit.fetch_max(ticks, Ordering::AcqRel);
             self.longest_exit_reason.store(reason, Ordering::Release);
+        }
+    }
+
+    /// A line per virtio device that a malformed queue or set-up broke
+    /// (DEVICE_NEEDS_RESET) during the run.
+    fn report_virtio_faults(&self, io: &Bus) {
+        for s in io.slots() {
+            if let Some(f) = s.last_fault {
+                crate::console::println_after(
+                    self.console,
+                    format_args!(
+                        "vm {}: {} 00:{:02x}.0: marked DEVICE_NEEDS_RESET {} time{}, last: {f:?}",
+                        self.name,
+                        s.name,
+                        s.device,
+                        s.faults,
+                        if s.faults == 1 { "" } else { "s" }
+                    ),
+                );
+            }
         }
     }
 
