@@ -295,3 +295,19 @@ mod tests {
         assert!(cow_disk(&cfg(false), odd).is_err());
     }
 }
+
+#[cfg(test)]
+mod routing_tests {
+    use crate::devices::virtio::attach::{FIRST_DEVICE, IRQS};
+
+    /// The guest's _PRT (built by the loader from the manifest) and the bus
+    /// (which attaches the functions) agree on every device and GSI.
+    #[test]
+    fn acpi_prt_and_bus_attach_agree() {
+        assert_eq!(crate::loader::PCI_INTX.len(), IRQS.len());
+        for (i, &(device, gsi)) in crate::loader::PCI_INTX.iter().enumerate() {
+            assert_eq!(device, FIRST_DEVICE + i as u8);
+            assert_eq!(gsi, IRQS[i]);
+        }
+    }
+}
