@@ -109,7 +109,17 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
                 None
             }
             Ok(text) => match manifest::parse("hv/manifest.toml", text) {
-                Ok(m) => Some(m),
+                // The disk images must be there, in whole sectors, before
+                // any guest starts (a manifest with an error runs none).
+                Ok(m) => match manifest::validate_files("hv/manifest.toml", &m, |n| {
+                    info.file(n).map(|f| f.len as u64)
+                }) {
+                    Ok(()) => Some(m),
+                    Err(e) => {
+                        println!("hv: manifest: {e}");
+                        None
+                    }
+                },
                 Err(e) => {
                     println!("hv: manifest: {e}");
                     None
@@ -158,7 +168,18 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
         let desc = loader::describe(&cfg.kind);
         let (mem, vcpus) = (cfg.memory, cfg.vcpus);
         let (free0, heap0) = (mm::free_bytes(), heap::usage().0 as u64);
-        match vm::Vm::create(id, cfg, file.data(), initrd) {
+        let created = vm::Vm::create(id, cfg, file.data(), initrd).and_then(|(vm, v)| {
+            // The disks, before the overhead is measured: their devices count.
+            let disks = vm.config.disks.clone();
+            vm::disks::attach(id, &mut vm.shared.lock().io, &disks, &|n| {
+                info.file(n).map(|f| f.data())
+            })
+            .map_err(vm::CreateError::Disk)?;
+            // Then the NICs (the guest's ACPI _PRT lists disks, then NICs).
+            vm.attach_nics_to_bus().map_err(vm::CreateError::Bus)?;
+            Ok((vm, v))
+        });
+        match created {
             Ok((vm, vcpus_v)) => {
                 let frames = free0
                     .saturating_sub(mm::free_bytes())
@@ -184,11 +205,13 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
                     file.len,
                     vm.mem.ept_bytes() >> 10
                 );
+                vm.report_disks_attached();
                 sched::add_vm(vm, vcpus_v);
             }
             Err(e) => println!("vm {name}: not started: {e}"),
         }
     }
+    vm::disks::report_gold();
     sched::start();
     sched::cpu_loop()
 }

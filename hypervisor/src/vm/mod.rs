@@ -1,6 +1,7 @@
 //! Virtual machines: one per manifest entry, with its own RAM, EPT, I/O
 //! space, bitmaps and vCPUs, and a life cycle that ends in exactly one
 //! reported outcome (or a restart, as its policy says).
+pub mod disks;
 pub mod gwalk;
 pub mod irq;
 pub mod lateness;
@@ -107,7 +108,8 @@ pub struct Vm {
     /// Its NICs' switch ports, in manifest order, and their virtio-net
     /// functions' slots on the bus.
     pub nics: Vec<crate::net::NetPort>,
-    pub nic_slots: Vec<usize>,
+    /// Set by [`Vm::attach_nics_to_bus`] (after the disks).
+    pub nic_slots: spin::Once<Vec<usize>>,
     /// NICs (bit per index) whose switch port has frames waiting: set by
     /// the senders' CPUs, drained by this VM (see `nic`).
     pub net_rx: AtomicU64,
@@ -122,6 +124,7 @@ pub enum CreateError {
     Load(loader::LoadError),
     NoMemory,
     Bus(crate::devices::BusError),
+    Disk(disks::DiskError),
 }
 
 impl core::fmt::Display for CreateError {
@@ -131,6 +134,7 @@ impl core::fmt::Display for CreateError {
             CreateError::Load(e) => write!(f, "{e}"),
             CreateError::NoMemory => write!(f, "not enough host memory for the VM's bitmaps"),
             CreateError::Bus(e) => write!(f, "device ranges: {e}"),
+            CreateError::Disk(e) => write!(f, "{e}"),
         }
     }
 }
@@ -199,10 +203,7 @@ impl Vm {
         unsafe { core::ptr::write_bytes(io_bitmaps as *mut u8, 0xFF, 2 * mm::PAGE as usize) };
         let console = crate::console::register(&config.name);
         let nics = crate::net::guest_ports(id);
-        let io = match platform_bus(console, config.vcpus).and_then(|mut io| {
-            let slots = nic::attach(&mut io, &nics)?;
-            Ok((io, slots))
-        }) {
+        let io = match platform_bus(console, config.vcpus) {
             Ok(io) => io,
             Err(e) => {
                 mm::free_zeroed(mm::Hpa(msr_bitmap), mm::PAGE);
@@ -210,7 +211,6 @@ impl Vm {
                 return Err(CreateError::Bus(e));
             }
         };
-        let (io, nic_slots) = io;
         let vm = Arc::new(Vm {
             id,
             name: config.name.clone(),
@@ -233,7 +233,7 @@ impl Vm {
             longest_exit_reason: AtomicU32::new(0),
             timer_lateness: lateness::Lateness::default(),
             nics,
-            nic_slots,
+            nic_slots: spin::Once::new(),
             net_rx: AtomicU64::new(0),
             lapics: (0..config.vcpus)
                 .map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick())))
@@ -300,6 +300,8 @@ impl Vm {
             VmEnd::PoweredOff => say(format_args!("vm {name}: exited code=0 (powered off)")),
             VmEnd::Reset => say(format_args!("vm {name}: reset requested")),
         }
+        self.report_virtio_faults(&s.io);
+        self.report_overlays(&mut s.io, "at the end");
         s.end = Some(how);
         self.ending.store(true, Ordering::Release);
         // After the guest's last lines: what its NICs' ports saw, then the
@@ -356,6 +358,7 @@ impl Vm {
             // Up to the end of the last run first: the battery-backed RTC
             // keeps the time it showed then.
             let _ = s.io.advance(end);
+            self.restart_disks(&mut s.io);
             s.io.reset();
             s.end = None;
         }
@@ -376,6 +379,26 @@ impl Vm {
         if ticks > self.longest_exit.load(Ordering::Relaxed) {
             self.longest_exit.fetch_max(ticks, Ordering::AcqRel);
             self.longest_exit_reason.store(reason, Ordering::Release);
+        }
+    }
+
+    /// A line per virtio device that a malformed queue or set-up broke
+    /// (DEVICE_NEEDS_RESET) during the run.
+    fn report_virtio_faults(&self, io: &Bus) {
+        for s in io.slots() {
+            if let Some(f) = s.last_fault {
+                crate::console::println_after(
+                    self.console,
+                    format_args!(
+                        "vm {}: {} 00:{:02x}.0: marked DEVICE_NEEDS_RESET {} time{}, last: {f:?}",
+                        self.name,
+                        s.name,
+                        s.device,
+                        s.faults,
+                        if s.faults == 1 { "" } else { "s" }
+                    ),
+                );
+            }
         }
     }
 

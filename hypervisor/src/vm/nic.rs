@@ -20,7 +20,7 @@ pub type NicDevice = VirtioPci<VirtioNet<NetPort>>;
 
 /// Attaches a virtio-net function per NIC (MAC = its switch port's, link
 /// up); their slot indices on the bus, in NIC order.
-pub(super) fn attach(io: &mut Bus, nics: &[NetPort]) -> Result<Vec<usize>, BusError> {
+fn attach(io: &mut Bus, nics: &[NetPort]) -> Result<Vec<usize>, BusError> {
     let mut slots = Vec::new();
     for p in nics {
         let mac = p.net.port_mac(p.port).unwrap_or_default();
@@ -50,6 +50,14 @@ impl PortSink for RxSignal {
 }
 
 impl Vm {
+    /// Attaches the NICs' virtio-net functions to the bus, after the disks
+    /// (the loader's `PCI_INTX` order: disks, then NICs), once.
+    pub fn attach_nics_to_bus(&self) -> Result<(), BusError> {
+        let slots = attach(&mut self.shared.lock().io, &self.nics)?;
+        self.nic_slots.call_once(|| slots);
+        Ok(())
+    }
+
     /// Tells each NIC's network to signal this VM when frames arrive.
     pub(super) fn bind_nics(self: &Arc<Self>) {
         for (i, p) in self.nics.iter().enumerate().take(64) {
@@ -78,7 +86,8 @@ impl Vm {
         let mut fx = Effects::none();
         {
             let mut s = self.shared.lock();
-            for (i, &slot) in self.nic_slots.iter().enumerate().take(64) {
+            let slots = self.nic_slots.get().map_or(&[][..], |v| v.as_slice());
+            for (i, &slot) in slots.iter().enumerate().take(64) {
                 if bits & (1 << i) == 0 {
                     continue;
                 }
