@@ -2082,4 +2082,78 @@ mount_root "quiet root=/dev/vdgood ro rootfstype=ext2 rootcheck=1" {good}; echo 
         assert_eq!(got, expect, "output:\n{out}");
         let _ = fs::remove_dir_all(&tmp);
     }
+
+    #[test]
+    fn init_configures_the_network_before_the_shell_and_runs_the_net_tests() {
+        let init = init_script(None);
+        assert!(!init.contains("# @NET@"));
+        let at = |t: &str| init.find(t).unwrap_or_else(|| panic!("no `{t}` in /init"));
+        // After the root switch, before the interactive shell (which then has eth0) and
+        // the workload.
+        let net = at("netmode=$(netarg netmode)");
+        assert!(at("exec switch_root") < net);
+        assert!(net < at(r#"*" interactive=1 "*)"#));
+        assert!(net < at("# The workload"));
+
+        let tmp = paths::target_dir().join("xtask-tests").join("net-section");
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(tmp.join("eth0")).unwrap();
+        for (f, v) in [
+            ("address", "02:fe:00:00:00:03"),
+            ("operstate", "up"),
+            ("mtu", "1500"),
+        ] {
+            fs::write(tmp.join("eth0").join(f), format!("{v}\n")).unwrap();
+        }
+        let run = |cmdline: &str, ping_out: &str| {
+            let cmd = tmp.join("cmdline");
+            fs::write(&cmd, format!("{cmdline}\n")).unwrap();
+            let section = NET_SECTION
+                .replace("/proc/cmdline", &cmd.display().to_string())
+                .replace(
+                    "/sys/class/net/eth0",
+                    &tmp.join("eth0").display().to_string(),
+                )
+                .replace("/tmp/ping", &tmp.join("ping").display().to_string());
+            run_sh(&format!(
+                r#"
+ip() {{ echo "stub: ip $*"; }}
+usleep() {{ :; }}
+ping() {{ echo "PING $*"; echo "{ping_out}"; }}
+off() {{ echo "stub: off"; exit 0; }}
+{section}
+echo "not reached with netmode"
+"#
+            ))
+        };
+        // netmode=ping: eth0 configured, the pings' summary, then power-off.
+        let out = run(
+            "console=ttyS0 netmode=ping netaddr=10.0.0.3/24 netpeer=10.0.0.1",
+            "3 packets transmitted, 0 packets received, 100% packet loss",
+        );
+        let got: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            got,
+            [
+                "stub: ip link set lo up",
+                "stub: ip link set eth0 up",
+                "stub: ip addr add 10.0.0.3/24 dev eth0",
+                "linux-guest: net eth0 02:fe:00:00:00:03 10.0.0.3/24 link up mtu 1500",
+                "linux-guest: net ping 10.0.0.1: 3 packets transmitted, 0 packets received, 100% packet loss",
+                "stub: off",
+            ],
+            "output:\n{out}"
+        );
+        // netaddr= alone: eth0 configured, and /init goes on (to the shell or workload).
+        let out = run("console=ttyS0 interactive=1 netaddr=10.0.0.1/24", "");
+        assert!(
+            out.contains("stub: ip addr add 10.0.0.1/24 dev eth0"),
+            "{out}"
+        );
+        assert!(out.ends_with("not reached with netmode\n"), "{out}");
+        // Neither: nothing touched.
+        let out = run("console=ttyS0 quiet", "");
+        assert_eq!(out, "not reached with netmode\n");
+        let _ = fs::remove_dir_all(&tmp);
+    }
 }
