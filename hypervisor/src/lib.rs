@@ -18,6 +18,7 @@ pub mod interrupts;
 pub mod machine;
 pub mod manage;
 pub mod mm;
+pub mod net;
 pub mod nic;
 pub mod paging;
 pub mod percpu;
@@ -104,7 +105,17 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
                 None
             }
             Ok(text) => match loader::manifest::parse("hv/manifest.toml", text) {
-                Ok(m) => Some(m),
+                // The disk images must be there, in whole sectors, before
+                // any guest starts (a manifest with an error runs none).
+                Ok(m) => match loader::manifest::validate_files("hv/manifest.toml", &m, |n| {
+                    info.file(n).map(|f| f.len as u64)
+                }) {
+                    Ok(()) => Some(m),
+                    Err(e) => {
+                        println!("hv: manifest: {e}");
+                        None
+                    }
+                },
                 Err(e) => {
                     println!("hv: manifest: {e}");
                     None
@@ -112,13 +123,15 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
             },
         },
     };
-    let (hv, guests) = match manifest {
-        Some(m) => (m.hypervisor, m.guests),
+    let (hv, guests, networks) = match manifest {
+        Some(m) => (m.hypervisor, m.guests, m.networks),
         None => (
             loader::manifest::HvConfig::default(),
             alloc::vec::Vec::new(),
+            alloc::vec::Vec::new(),
         ),
     };
+    net::setup(&networks, &guests);
     if let Some(a) = hv.address {
         nic::set_static(a, hv.gateway);
     }
@@ -152,7 +165,18 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
         let desc = loader::describe(&cfg.kind);
         let (mem, vcpus) = (cfg.memory, cfg.vcpus);
         let (free0, heap0) = (mm::free_bytes(), heap::usage().0 as u64);
-        match vm::Vm::create(id, cfg, file.data(), initrd) {
+        let created = vm::Vm::create(id, cfg, file.data(), initrd).and_then(|(vm, v)| {
+            // The disks, before the overhead is measured: their devices count.
+            let disks = vm.config.disks.clone();
+            vm::disks::attach(id, &mut vm.shared.lock().io, &disks, &|n| {
+                info.file(n).map(|f| f.data())
+            })
+            .map_err(vm::CreateError::Disk)?;
+            // Then the NICs (the guest's ACPI _PRT lists disks, then NICs).
+            vm.attach_nics_to_bus().map_err(vm::CreateError::Bus)?;
+            Ok((vm, v))
+        });
+        match created {
             Ok((vm, vcpus_v)) => {
                 let frames = free0
                     .saturating_sub(mm::free_bytes())
@@ -178,11 +202,13 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
                     file.len,
                     vm.mem.ept_bytes() >> 10
                 );
+                vm.report_disks_attached();
                 sched::add_vm(vm, vcpus_v);
             }
             Err(e) => println!("vm {name}: not started: {e}"),
         }
     }
+    vm::disks::report_gold();
     sched::start();
     sched::cpu_loop()
 }

@@ -1198,7 +1198,91 @@ pub fn init_script(modules: Option<&GuestModules>) -> String {
     INIT_SCRIPT
         .replace("# @MODULES@\n", &modules_section(modules))
         .replace("# @ROOT@\n", &format!("{MOUNT_ROOT}{ROOT_SECTION}"))
+        .replace("# @NET@\n", NET_SECTION)
 }
+
+/// The part of `/init` that, with `netaddr=A/P` on the kernel command line, configures `eth0`
+/// (a virtio-net NIC) with that address (then the interactive shell, if asked for, has the
+/// network), and with `netmode=` runs one network test against `netpeer=` and powers off.
+/// Lines starting `linux-guest: net ` are checked by the integration test.
+///
+/// - `netmode=xfer`: serves `netmib=` MiB (default 2) of random bytes with busybox `httpd`,
+///   fetches the peer's with `wget` (retrying while the peer boots), prints the sha256 of
+///   both, then waits (at most 60 s) until the peer has fetched its copy too (the peer's
+///   `/done`), so that both ways complete.
+/// - `netmode=ping`: three pings of the peer and their summary (a guest on another network
+///   prints 100% packet loss).
+/// - `netmode=spoof`: pings the peer with its own MAC until one is answered, then sets its MAC
+///   to `netspoof=` (another guest's) and pings again: the switch drops those frames.
+pub const NET_SECTION: &str = r#"netarg() { sed -n "s/.*[ ]$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+netmode=$(netarg netmode)
+addr=$(netarg netaddr)
+if [ -n "$addr" ]; then
+    ip link set lo up
+    ip link set eth0 up
+    ip addr add "$addr" dev eth0
+    # The carrier comes up asynchronously (the device's link status): up to 5 s.
+    n=0
+    while [ "$(cat /sys/class/net/eth0/operstate)" != up ] && [ "$n" -lt 25 ]; do
+        usleep 200000
+        n=$((n + 1))
+    done
+    echo "linux-guest: net eth0 $(cat /sys/class/net/eth0/address) $addr link $(cat /sys/class/net/eth0/operstate) mtu $(cat /sys/class/net/eth0/mtu)"
+fi
+if [ -n "$netmode" ]; then
+    peer=$(netarg netpeer)
+    pings() {
+        ping -c "$1" -W 2 "$peer" > /tmp/ping 2>&1
+        grep 'packet loss' /tmp/ping || tail -n 1 /tmp/ping
+    }
+    case $netmode in
+    xfer)
+        mib=$(netarg netmib)
+        [ -n "$mib" ] || mib=2
+        mkdir -p /www
+        dd if=/dev/urandom of=/www/data bs=64k count=$((mib * 16)) 2>/dev/null
+        echo "linux-guest: net sent sha256 $(sha256sum /www/data | cut -d' ' -f1)"
+        httpd -p 80 -h /www
+        n=0
+        until wget -q -O /tmp/got "http://$peer/data" 2>/dev/null; do
+            n=$((n + 1))
+            [ "$n" -ge 300 ] && break
+            sleep 1
+        done
+        echo "linux-guest: net received sha256 $(sha256sum /tmp/got | cut -d' ' -f1) $(wc -c < /tmp/got) bytes"
+        touch /www/done
+        # Stay up until the peer has ours too (its /done), then long enough for the peer to
+        # see ours (it polls once a second).
+        n=0
+        until wget -q -O /dev/null "http://$peer/done" 2>/dev/null; do
+            n=$((n + 1))
+            if [ "$n" -ge 60 ]; then
+                echo "linux-guest: net peer not done after 60 s"
+                break
+            fi
+            sleep 1
+        done
+        [ "$n" -lt 60 ] && echo "linux-guest: net peer done"
+        sleep 3
+        ;;
+    ping)
+        echo "linux-guest: net ping $peer: $(pings 3)"
+        ;;
+    spoof)
+        n=0
+        until ping -c 1 -W 2 "$peer" > /dev/null 2>&1; do
+            n=$((n + 1))
+            [ "$n" -ge 120 ] && break
+        done
+        echo "linux-guest: net ping $peer with own mac: $(pings 2)"
+        ip link set eth0 address "$(netarg netspoof)"
+        echo "linux-guest: net mac now $(cat /sys/class/net/eth0/address)"
+        echo "linux-guest: net ping $peer with spoofed mac: $(pings 3)"
+        ;;
+    esac
+    off
+fi
+"#;
 
 /// The initramfs' `/init` ([`init_script`] puts the module loading in place of `# @MODULES@`
 /// and [`MOUNT_ROOT`] in place of `# @ROOT@`). Lines starting `linux-guest: ` are checked by
@@ -1242,6 +1326,9 @@ off() {
 }
 
 # @ROOT@
+
+# The network (`netaddr=...`, `netmode=...` on the command line, see NET_SECTION).
+# @NET@
 
 case " $(cat /proc/cmdline) " in
 *" interactive=1 "*)
@@ -1993,6 +2080,80 @@ mount_root "quiet root=/dev/vdgood ro rootfstype=ext2 rootcheck=1" {good}; echo 
         ];
         let got: Vec<&str> = out.lines().collect();
         assert_eq!(got, expect, "output:\n{out}");
+        let _ = fs::remove_dir_all(&tmp);
+    }
+
+    #[test]
+    fn init_configures_the_network_before_the_shell_and_runs_the_net_tests() {
+        let init = init_script(None);
+        assert!(!init.contains("# @NET@"));
+        let at = |t: &str| init.find(t).unwrap_or_else(|| panic!("no `{t}` in /init"));
+        // After the root switch, before the interactive shell (which then has eth0) and
+        // the workload.
+        let net = at("netmode=$(netarg netmode)");
+        assert!(at("exec switch_root") < net);
+        assert!(net < at(r#"*" interactive=1 "*)"#));
+        assert!(net < at("# The workload"));
+
+        let tmp = paths::target_dir().join("xtask-tests").join("net-section");
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(tmp.join("eth0")).unwrap();
+        for (f, v) in [
+            ("address", "02:fe:00:00:00:03"),
+            ("operstate", "up"),
+            ("mtu", "1500"),
+        ] {
+            fs::write(tmp.join("eth0").join(f), format!("{v}\n")).unwrap();
+        }
+        let run = |cmdline: &str, ping_out: &str| {
+            let cmd = tmp.join("cmdline");
+            fs::write(&cmd, format!("{cmdline}\n")).unwrap();
+            let section = NET_SECTION
+                .replace("/proc/cmdline", &cmd.display().to_string())
+                .replace(
+                    "/sys/class/net/eth0",
+                    &tmp.join("eth0").display().to_string(),
+                )
+                .replace("/tmp/ping", &tmp.join("ping").display().to_string());
+            run_sh(&format!(
+                r#"
+ip() {{ echo "stub: ip $*"; }}
+usleep() {{ :; }}
+ping() {{ echo "PING $*"; echo "{ping_out}"; }}
+off() {{ echo "stub: off"; exit 0; }}
+{section}
+echo "not reached with netmode"
+"#
+            ))
+        };
+        // netmode=ping: eth0 configured, the pings' summary, then power-off.
+        let out = run(
+            "console=ttyS0 netmode=ping netaddr=10.0.0.3/24 netpeer=10.0.0.1",
+            "3 packets transmitted, 0 packets received, 100% packet loss",
+        );
+        let got: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            got,
+            [
+                "stub: ip link set lo up",
+                "stub: ip link set eth0 up",
+                "stub: ip addr add 10.0.0.3/24 dev eth0",
+                "linux-guest: net eth0 02:fe:00:00:00:03 10.0.0.3/24 link up mtu 1500",
+                "linux-guest: net ping 10.0.0.1: 3 packets transmitted, 0 packets received, 100% packet loss",
+                "stub: off",
+            ],
+            "output:\n{out}"
+        );
+        // netaddr= alone: eth0 configured, and /init goes on (to the shell or workload).
+        let out = run("console=ttyS0 interactive=1 netaddr=10.0.0.1/24", "");
+        assert!(
+            out.contains("stub: ip addr add 10.0.0.1/24 dev eth0"),
+            "{out}"
+        );
+        assert!(out.ends_with("not reached with netmode\n"), "{out}");
+        // Neither: nothing touched.
+        let out = run("console=ttyS0 quiet", "");
+        assert_eq!(out, "not reached with netmode\n");
         let _ = fs::remove_dir_all(&tmp);
     }
 }

@@ -75,6 +75,27 @@ case "$cmdline" in
     ;;
 esac
 
+# With disktest=1: what the guest sees of its virtio disks (serial = virtio-blk GET_ID, the
+# read-only flag, the size in sectors), whether a write to vdb gets through, and which
+# interrupt lines the virtio devices are on.
+case "$cmdline" in
+*" disktest=1 "*)
+    for d in /sys/block/vd*; do
+        n=${d##*/}
+        echo "linux-guest: disk $n serial '$(cat "$d/serial" 2>/dev/null)' ro $(cat "$d/ro") sectors $(cat "$d/size")"
+    done
+    if [ -b /dev/vdb ]; then
+        if dd if=/dev/zero of=/dev/vdb bs=512 count=1 2>/dev/null; then
+            echo "linux-guest: disk vdb write: succeeded"
+        else
+            echo "linux-guest: disk vdb write: refused"
+        fi
+        echo "linux-guest: disk vdb first MiB md5 $(dd if=/dev/vdb bs=65536 count=16 2>/dev/null | md5sum | cut -d' ' -f1)"
+    fi
+    echo "linux-guest: virtio irqs $(awk '/virtio/ { printf "%s %s %s; ", $1, $(NF-1), $NF }' /proc/interrupts)"
+    ;;
+esac
+
 # The workload: write a file, sync, drop the page cache and read it back from the disk.
 boot=$(($(sed -n 's/^boot \([0-9]*\).*/\1/p' "$mark" 2>/dev/null | head -n 1) + 1))
 echo "boot $boot of this disk, kernel $(uname -r)" > "$mark"
@@ -88,6 +109,16 @@ off() {
     echo "linux-guest: powering off"
     mount -o remount,ro / 2>/dev/null
     sync
+    # With rootfsck=1: a full read-only check of the root file system, now mounted
+    # read-only (e2fsck from Debian's e2fsprogs, with its libraries, is in /sbin).
+    case "$cmdline" in
+    *" rootfsck=1 "*)
+        dev=$(awk '$2 == "/" { d = $1 } END { print d }' /proc/mounts)
+        /sbin/e2fsck -fn "$dev" > /tmp/fsck.log 2>&1
+        rc=$?
+        echo "linux-guest: e2fsck -fn $dev: rc=$rc ($(tail -n 1 /tmp/fsck.log))"
+        ;;
+    esac
     poweroff -f
     echo "linux-guest: poweroff -f failed"
     exit 1
@@ -185,6 +216,10 @@ pub fn build_image(busybox: &Path, out: &Path, scratch: &Path) -> Result<()> {
     fs::write(root.join("sbin/init"), ROOT_INIT)?;
     set_mode(&root.join("sbin/init"), 0o755)?;
     fs::write(root.join("etc/hostname"), "linux-guest\n")?;
+    std::os::unix::fs::symlink("/proc/self/mounts", root.join("etc/mtab"))
+        .context("linking /etc/mtab")?;
+    let e2fsck = prereq::ensure_tool("e2fsck", "e2fsprogs")?;
+    copy_with_libraries(&e2fsck, &root, "sbin/e2fsck")?;
     set_mode(&root.join("tmp"), 0o1777)?;
     set_mode(&root.join("root"), 0o700)?;
 
@@ -253,6 +288,38 @@ pub fn build_image(busybox: &Path, out: &Path, scratch: &Path) -> Result<()> {
         );
     }
     let _ = fs::remove_dir_all(scratch);
+    Ok(())
+}
+
+/// Copies the host's dynamically linked `tool` to `inside` under `root`, with the shared
+/// libraries `ldd` lists (at the same paths), so that it runs in the guest.
+fn copy_with_libraries(tool: &Path, root: &Path, inside: &str) -> Result<()> {
+    let dest = root.join(inside);
+    fs::copy(tool, &dest).with_context(|| format!("copying {}", tool.display()))?;
+    set_mode(&dest, 0o755)?;
+    let out = Command::new("ldd")
+        .arg(tool)
+        .output()
+        .context("starting ldd")?;
+    if !out.status.success() {
+        bail!("ldd {} failed", tool.display());
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        let Some(path) = path.filter(|p| p.starts_with('/')) else {
+            continue;
+        };
+        let lib = root.join(path.trim_start_matches('/'));
+        if let Some(parent) = lib.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::copy(path, &lib).with_context(|| format!("copying {path}"))?;
+        set_mode(&lib, 0o755)?;
+    }
     Ok(())
 }
 

@@ -20,6 +20,9 @@
 use crate::effects::{Effects, Request};
 use crate::ioapic::IoApic;
 use crate::pic::{self, Pic};
+use crate::virtio::attach::{NoMem, PciSlot};
+use crate::virtio::pci::Effects as VEffects;
+use crate::virtio::GuestMem;
 use crate::{all_ones, all_ones64, mmio_rmw, IrqState, MmioDevice, PortDevice};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -79,6 +82,10 @@ pub enum BusError {
         new: &'static str,
         old: &'static str,
     },
+    /// A PCI function at a device number that is taken (or a bridge's).
+    PciDevice { device: u8, name: &'static str },
+    /// Every IRQ line for PCI functions is taken.
+    NoIrqLeft { name: &'static str },
 }
 
 impl core::fmt::Display for BusError {
@@ -115,6 +122,14 @@ impl core::fmt::Display for BusError {
             BusError::SharedIrq { irq, new, old } => {
                 write!(f, "IRQ {irq} of {new} is already {old}'s")
             }
+            BusError::PciDevice { device, name } => {
+                write!(f, "PCI device 00:{device:02x}.0 of {name} is taken")
+            }
+            BusError::NoIrqLeft { name } => write!(
+                f,
+                "{name}: at most {} virtio devices per guest (one IRQ line each)",
+                crate::virtio::attach::IRQS.len()
+            ),
         }
     }
 }
@@ -319,7 +334,20 @@ pub struct Bus {
     /// Accesses to addresses nobody claims (reads give all-ones, writes are dropped).
     pub unclaimed_reads: u64,
     pub unclaimed_writes: u64,
+    /// Attached virtio PCI functions (their BARs decode where the guest
+    /// puts them, below the fixed ranges: a fixed device wins a port).
+    slots: Vec<PciSlot>,
+    /// ISA lines the slots drive.
+    slot_lines: u16,
+    /// The port device that is the PCI host (CONFIG_ADDRESS/DATA).
+    pci_host: Option<usize>,
+    /// When left-over virtio work is served next (a budget ran out).
+    slot_deadline: Option<u64>,
 }
+
+/// Guest TSC ticks between a virtio queue's budget running out and the next
+/// round of it: the guest runs in between.
+pub const VIRTIO_RETRY_TICKS: u64 = 20_000;
 
 /// The I/O APIC's register window (IOREGSEL at 0x00, IOWIN at 0x10; the
 /// rest of its page reads 0).
@@ -344,6 +372,10 @@ impl Bus {
             irq_owner: [None; 16],
             unclaimed_reads: 0,
             unclaimed_writes: 0,
+            slots: Vec::new(),
+            slot_lines: 0,
+            pci_host: None,
+            slot_deadline: None,
         };
         for &(first, count) in bus.pic.ports() {
             // The PIC's three ranges are disjoint and the table is empty.
@@ -402,9 +434,17 @@ impl Bus {
                 *owner = Some(dev.name());
             }
         }
+        let cfg = crate::pci::CONFIG_DATA;
+        if dev
+            .ports()
+            .iter()
+            .any(|&(first, count)| cfg.wrapping_sub(first) < count)
+        {
+            self.pci_host = Some(index);
+        }
         self.deadlines.push(dev.deadline());
         self.devices.push(dev);
-        self.next = self.deadlines.iter().flatten().min().copied();
+        self.next = self.earliest();
         Ok(())
     }
 
@@ -431,7 +471,13 @@ impl Bus {
 
     /// Reads a port.
     pub fn io_read(&mut self, port: u16, size: u8, now: u64) -> Effects {
-        let mut fx = match self.map.port(port) {
+        let target = self.map.port(port);
+        if !self.slots.is_empty() {
+            if let Some(fx) = self.slot_read(target, port, size, now) {
+                return fx;
+            }
+        }
+        let mut fx = match target {
             Some(Target::Device(i)) => match self.devices.get_mut(i) {
                 Some(d) => {
                     let fx = d.io_read(port, size, now);
@@ -452,10 +498,29 @@ impl Bus {
         Effects::read(u64::from(all_ones(size)))
     }
 
-    /// Writes a port (the value masked to `size` bytes).
+    /// Writes a port (the value masked to `size` bytes). Virtio devices get
+    /// no guest memory this way: [`Bus::io_write_mem`] is the core's path.
     pub fn io_write(&mut self, port: u16, size: u8, value: u32, now: u64) -> Effects {
+        self.io_write_mem(port, size, value, now, &NoMem)
+    }
+
+    /// Writes a port; a virtio device reaches the guest's RAM through `mem`.
+    pub fn io_write_mem(
+        &mut self,
+        port: u16,
+        size: u8,
+        value: u32,
+        now: u64,
+        mem: &dyn GuestMem,
+    ) -> Effects {
         let value = value & all_ones(size);
-        match self.map.port(port) {
+        let target = self.map.port(port);
+        if !self.slots.is_empty() {
+            if let Some(fx) = self.slot_write(target, port, size, value, now, mem) {
+                return fx;
+            }
+        }
+        match target {
             Some(Target::Device(i)) => match self.devices.get_mut(i) {
                 Some(d) => {
                     let fx = d.io_write(port, size, value, now);
@@ -471,6 +536,226 @@ impl Bus {
     fn unclaimed_write(&mut self) -> Effects {
         self.unclaimed_writes = self.unclaimed_writes.wrapping_add(1);
         Effects::none()
+    }
+
+    /// Attaches a virtio PCI function: its device number must be free and
+    /// its IRQ line driven by nobody else. Returns its index in
+    /// [`Bus::slots`].
+    pub fn attach_virtio(&mut self, slot: PciSlot) -> Result<usize, BusError> {
+        let taken = slot.device < 2
+            || slot.device > 31
+            || self.pci_host.is_none()
+            || self.slots.iter().any(|s| s.device == slot.device);
+        if taken {
+            return Err(BusError::PciDevice {
+                device: slot.device,
+                name: slot.name,
+            });
+        }
+        let owner = self
+            .irq_owner
+            .get_mut(usize::from(slot.irq))
+            .filter(|_| slot.irq != pic::CASCADE_IR)
+            .ok_or(BusError::SharedIrq {
+                irq: slot.irq,
+                new: slot.name,
+                old: "the platform",
+            })?;
+        if let Some(old) = *owner {
+            return Err(BusError::SharedIrq {
+                irq: slot.irq,
+                new: slot.name,
+                old,
+            });
+        }
+        *owner = Some(slot.name);
+        self.slot_lines |= 1 << slot.irq;
+        self.slots.push(slot);
+        Ok(self.slots.len().saturating_sub(1))
+    }
+
+    /// Attaches `transport` as the next virtio function: PCI device
+    /// [`FIRST_DEVICE`](crate::virtio::attach::FIRST_DEVICE) + n, the n-th
+    /// line of [`IRQS`](crate::virtio::attach::IRQS), BAR0 at
+    /// [`FIRST_BAR`](crate::virtio::attach::FIRST_BAR) + n * 0x100.
+    pub fn attach_next(
+        &mut self,
+        transport: alloc::boxed::Box<dyn crate::virtio::attach::Transport>,
+        name: &'static str,
+    ) -> Result<usize, BusError> {
+        use crate::virtio::attach::{FIRST_BAR, FIRST_DEVICE, IRQS};
+        let n = self.slots.len();
+        let irq = *IRQS.get(n).ok_or(BusError::NoIrqLeft { name })?;
+        // n < 8: these can't overflow.
+        let device = FIRST_DEVICE.saturating_add(n as u8);
+        let bar = FIRST_BAR.saturating_add((n as u16).saturating_mul(0x100));
+        self.attach_virtio(PciSlot::new(transport, name, device, irq, bar))
+    }
+
+    /// Runs `f` on slot `i`'s transport (see [`PciSlot::with_transport`])
+    /// and routes the slots' lines as after a guest access; None: no slot.
+    pub fn with_slot(
+        &mut self,
+        i: usize,
+        now: u64,
+        f: impl FnOnce(&mut dyn crate::virtio::attach::Transport) -> VEffects,
+    ) -> Option<Effects> {
+        let e = self.slots.get_mut(i)?.with_transport(f);
+        Some(self.settle_slots(e, 0, now))
+    }
+
+    /// The attached virtio functions.
+    pub fn slots(&self) -> &[PciSlot] {
+        &self.slots
+    }
+
+    pub fn slots_mut(&mut self) -> &mut [PciSlot] {
+        &mut self.slots
+    }
+
+    /// The slot whose configuration space CONFIG_DATA + `port & 3` reaches
+    /// now, and the offset there; `Err` for another function of its device
+    /// (absent: all-ones).
+    fn slot_config(
+        &self,
+        target: Option<Target>,
+        port: u16,
+        size: u8,
+    ) -> Option<Result<(usize, usize), ()>> {
+        let Some(Target::Device(i)) = target else {
+            return None;
+        };
+        if Some(i) != self.pci_host || port < crate::pci::CONFIG_DATA {
+            return None;
+        }
+        let (bus, device, function, off) = self.devices.get(i)?.config_target(port, size)?;
+        let slot = self
+            .slots
+            .iter()
+            .position(|s| bus == 0 && s.device == device)?;
+        Some(if function == 0 {
+            Ok((slot, off))
+        } else {
+            Err(())
+        })
+    }
+
+    /// The slot whose BAR0 decodes `port` for a `size`-byte access, where
+    /// no fixed device claims it.
+    fn slot_bar(&self, target: Option<Target>, port: u16, size: u8) -> Option<(usize, u16)> {
+        if target.is_some() {
+            return None;
+        }
+        self.slots
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.bar_offset(port, size).map(|off| (i, off)))
+    }
+
+    fn slot_read(
+        &mut self,
+        target: Option<Target>,
+        port: u16,
+        size: u8,
+        now: u64,
+    ) -> Option<Effects> {
+        let (value, e) = if let Some(c) = self.slot_config(target, port, size) {
+            match c {
+                Ok((i, off)) => self.slots.get_mut(i)?.config_read(off, size),
+                Err(()) => return Some(Effects::read(u64::from(all_ones(size)))),
+            }
+        } else {
+            let (i, off) = self.slot_bar(target, port, size)?;
+            self.slots.get_mut(i)?.bar_read(off, size)
+        };
+        Some(self.settle_slots(e, value, now))
+    }
+
+    fn slot_write(
+        &mut self,
+        target: Option<Target>,
+        port: u16,
+        size: u8,
+        value: u32,
+        now: u64,
+        mem: &dyn GuestMem,
+    ) -> Option<Effects> {
+        let e = if let Some(c) = self.slot_config(target, port, size) {
+            match c {
+                Ok((i, off)) => self.slots.get_mut(i)?.config_write(off, size, value, mem),
+                Err(()) => return Some(Effects::none()),
+            }
+        } else {
+            let (i, off) = self.slot_bar(target, port, size)?;
+            self.slots.get_mut(i)?.bar_write(off, size, value, mem)
+        };
+        Some(self.settle_slots(e, 0, now))
+    }
+
+    /// After a slot access: the slots' lines routed (the INTx levels with
+    /// each command register's Interrupt Disable bit applied) and the retry
+    /// of left-over work scheduled.
+    fn settle_slots(&mut self, _e: VEffects, value: u32, now: u64) -> Effects {
+        let mut fx = Effects::read(u64::from(value));
+        fx.lines = self.slot_levels();
+        self.route(&mut fx);
+        let want = self.slots.iter().any(|s| s.work_left);
+        let d = match (want, self.slot_deadline) {
+            (false, _) => None,
+            (true, Some(d)) => Some(d),
+            (true, None) => Some(now.saturating_add(VIRTIO_RETRY_TICKS)),
+        };
+        if d != self.slot_deadline {
+            self.slot_deadline = d;
+            let next = self.earliest();
+            if next != self.next {
+                fx.deadline = Some(next);
+                self.next = next;
+            }
+        }
+        fx
+    }
+
+    fn slot_levels(&self) -> crate::effects::Lines {
+        let level = self.slots.iter().filter(|s| s.intx()).fold(0u16, |l, s| {
+            l | 1u16.checked_shl(u32::from(s.irq)).unwrap_or(0)
+        });
+        crate::effects::Lines {
+            mask: self.slot_lines,
+            level,
+            pulse: 0,
+        }
+    }
+
+    /// [`Bus::advance`], and the virtio functions' left-over work and
+    /// asynchronous completions served with `mem`.
+    pub fn advance_mem(&mut self, now: u64, mem: &dyn GuestMem) -> Effects {
+        if self.slots.is_empty() {
+            return self.advance(now);
+        }
+        for s in &mut self.slots {
+            let _ = s.poll(mem);
+        }
+        self.slot_deadline = self
+            .slots
+            .iter()
+            .any(|s| s.work_left)
+            .then(|| now.saturating_add(VIRTIO_RETRY_TICKS));
+        let mut fx = Effects::none();
+        fx.lines = self.slot_levels();
+        self.route(&mut fx);
+        fx.merge(self.advance(now));
+        fx
+    }
+
+    /// The earliest deadline of the port devices and the virtio retry.
+    fn earliest(&self) -> Option<u64> {
+        self.deadlines
+            .iter()
+            .flatten()
+            .copied()
+            .chain(self.slot_deadline)
+            .min()
     }
 
     /// One MMIO read-modify-write (see [`mmio_rmw`]) at `gpa` on bus device
@@ -536,7 +821,7 @@ impl Bus {
         }
         all.lines = crate::effects::Lines { mask, level, pulse };
         self.route(&mut all);
-        self.next = self.deadlines.iter().flatten().min().copied();
+        self.next = self.earliest();
         all.deadline = Some(self.next);
         all
     }
@@ -575,7 +860,7 @@ impl Bus {
             if let Some(slot) = self.deadlines.get_mut(i) {
                 *slot = d;
             }
-            let next = self.deadlines.iter().flatten().min().copied();
+            let next = self.earliest();
             fx.deadline = (next != self.next).then_some(next);
             self.next = next;
         }
@@ -655,6 +940,9 @@ impl Bus {
             d.reset_state();
         }
         crate::snapshot::reset_ioapic(&mut self.ioapic);
+        for s in &mut self.slots {
+            s.power_on();
+        }
         self.forget_lines();
     }
 
@@ -670,6 +958,7 @@ impl Bus {
         for d in &mut self.deadlines {
             *d = None;
         }
+        self.slot_deadline = None;
         self.next = None;
     }
 }

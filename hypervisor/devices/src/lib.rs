@@ -164,6 +164,11 @@ pub trait PortDevice: Send + state::Stateful {
     fn console_write(&mut self, _bytes: &[u8]) -> bool {
         false
     }
+    /// The PCI host: the (bus, device, function, register offset) a
+    /// `size`-byte access of CONFIG_DATA port `port` reaches now, if any.
+    fn config_target(&self, _port: u16, _size: u8) -> Option<(u8, u8, u8, usize)> {
+        None
+    }
 }
 
 /// A device model reached through guest-physical addresses. `offset` is

@@ -375,6 +375,16 @@ impl PortDevice for Pci {
     fn io_write(&mut self, port: u16, size: u8, value: u32, _now: u64) -> Effects {
         Effects::request(self.write(port, size, value))
     }
+    fn config_target(&self, port: u16, size: u8) -> Option<(u8, u8, u8, usize)> {
+        if !(CONFIG_DATA..=0xCFF).contains(&port) {
+            return None;
+        }
+        let byte = port & 3;
+        if byte.saturating_add(u16::from(size)) > 4 {
+            return None;
+        }
+        self.target(byte)
+    }
 }
 
 crate::state::plain_state!(Pci, 1, |_me| Pci::new());

@@ -86,6 +86,10 @@ pub struct AcpiConfig {
     pub s5_slp_typ: u8,
     /// Add `\_SB.PCI0` (PNP0A03, bus 0) to the DSDT.
     pub pci_root: bool,
+    /// With `pci_root`: a `_PRT` (§6.2.13) routing INTA# of each (PCI device
+    /// number on bus 0, GSI) to that GSI of the I/O APIC (Source 0: a
+    /// hardwired GSI; level-triggered, active-low, as PCI interrupts are).
+    pub pci_intx: &'static [(u8, u8)],
     /// IAPC_BOOT_ARCH bit 1: an 8042 keyboard controller is present.
     pub i8042: bool,
     /// Size of the area the tables must fit in.
@@ -101,6 +105,7 @@ impl Default for AcpiConfig {
             ioapic: true,
             s5_slp_typ: 5,
             pci_root: false,
+            pci_intx: &[],
             i8042: true,
             max_len: DEFAULT_MAX_LEN,
         }
@@ -414,6 +419,26 @@ fn dsdt_aml(cfg: &AcpiConfig) -> Vec<u8> {
         dev.extend(eisa_id(b"PNP0A03").to_le_bytes());
         dev.extend([0x08, b'_', b'B', b'B', b'N']); // NameOp "_BBN"
         dev.push(0x00); // ZeroOp
+        if !cfg.pci_intx.is_empty() {
+            // Name (_PRT, Package () { Package () { 0xDDDDFFFF, 0, 0, GSI }, ... }):
+            // address = device << 16 | 0xFFFF (any function), pin 0 = INTA#.
+            let mut entries = vec![cfg.pci_intx.len() as u8]; // NumElements
+            for &(device, gsi) in cfg.pci_intx {
+                let mut e = vec![4u8]; // NumElements
+                e.push(0x0C); // DWordPrefix
+                e.extend((u32::from(device) << 16 | 0xFFFF).to_le_bytes());
+                e.push(0x00); // pin: ZeroOp (INTA#)
+                e.push(0x00); // source: ZeroOp (a GSI)
+                e.extend(aml_byte(gsi)); // source index: the GSI
+                entries.push(0x12); // PackageOp
+                entries.extend(pkg_length(e.len()));
+                entries.extend(e);
+            }
+            dev.extend([0x08, b'_', b'P', b'R', b'T']); // NameOp "_PRT"
+            dev.push(0x12); // PackageOp
+            dev.extend(pkg_length(entries.len()));
+            dev.extend(entries);
+        }
         let mut device = vec![0x5B, 0x82]; // ExtOpPrefix, DeviceOp
         device.extend(pkg_length(dev.len()));
         device.extend(dev);
@@ -580,6 +605,33 @@ mod tests {
         assert_eq!(eisa_id(b"PNP0C0F"), 0x0F0C_D041);
         let plain = dsdt_aml(&AcpiConfig::default());
         assert_eq!(plain, want[..15]);
+    }
+
+    #[test]
+    fn dsdt_prt_routes_each_device_to_its_gsi() {
+        let cfg = AcpiConfig {
+            pci_root: true,
+            pci_intx: &[(3, 11), (4, 10)],
+            ..AcpiConfig::default()
+        };
+        let aml = dsdt_aml(&cfg);
+        #[rustfmt::skip]
+        let prt: &[u8] = &[
+            // Name (_PRT, Package (2) {
+            0x08, b'_', b'P', b'R', b'T', 0x12, 0x1A, 0x02,
+            //   Package (4) { 0x0003FFFF, Zero, Zero, 11 },
+            0x12, 0x0B, 0x04, 0x0C, 0xFF, 0xFF, 0x03, 0x00, 0x00, 0x00, 0x0A, 11,
+            //   Package (4) { 0x0004FFFF, Zero, Zero, 10 } })
+            0x12, 0x0B, 0x04, 0x0C, 0xFF, 0xFF, 0x04, 0x00, 0x00, 0x00, 0x0A, 10,
+        ];
+        assert!(aml.ends_with(prt), "{aml:02x?}");
+        // The Device and Scope lengths grew by the _PRT's bytes.
+        let base = dsdt_aml(&AcpiConfig {
+            pci_root: true,
+            ..AcpiConfig::default()
+        });
+        assert_eq!(aml.len(), base.len() + prt.len());
+        assert_eq!(aml[16], base[16] + prt.len() as u8, "Scope PkgLength");
     }
 
     #[test]

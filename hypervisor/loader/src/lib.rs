@@ -224,6 +224,25 @@ pub const ACPI_BASE: u64 = 0xE_0000;
 /// I/O base of the ACPI PM block (PM1a_EVT; PM1a_CNT = +4, PM_TMR = +8, GPE0 = +0x20).
 pub const PM_BASE: u16 = 0x600;
 
+/// Where the core attaches virtio functions (n-th: disks in manifest order,
+/// then NICs): (PCI device number on bus 0, ISA IRQ = GSI of its INTA#).
+/// The core's bus uses the same table (checked by its tests).
+pub const PCI_INTX: [(u8, u8); 8] = [
+    (3, 11),
+    (4, 10),
+    (5, 5),
+    (6, 7),
+    (7, 3),
+    (8, 6),
+    (9, 14),
+    (10, 15),
+];
+
+/// How many virtio PCI functions the guest gets.
+pub fn virtio_functions(cfg: &GuestConfig) -> usize {
+    cfg.disks.len().saturating_add(cfg.nics.len())
+}
+
 /// Writes the guest's ACPI tables and returns them with its E820 map.
 fn platform_tables(
     cfg: &GuestConfig,
@@ -234,6 +253,10 @@ fn platform_tables(
         &acpi_gen::AcpiConfig {
             vcpus: cfg.vcpus,
             pm_base: PM_BASE,
+            // A guest with virtio devices (disks, then NICs, on PCI bus 0)
+            // gets the PCI root and its interrupt routing.
+            pci_root: virtio_functions(cfg) > 0,
+            pci_intx: PCI_INTX.get(..virtio_functions(cfg)).unwrap_or(&PCI_INTX),
             ..Default::default()
         },
     )

@@ -311,6 +311,28 @@ impl GuestMemory {
     }
 }
 
+/// What a virtio device reaches of the guest: copies in and out of its RAM,
+/// each checked against the RAM ranges (a buffer outside them is an error
+/// value for the device, never an access).
+impl devices::virtio::GuestMem for GuestMemory {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), devices::virtio::MemError> {
+        self.read_into(Gpa(gpa), buf)
+            .map_err(|_| devices::virtio::MemError {
+                gpa,
+                len: buf.len() as u64,
+            })
+    }
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), devices::virtio::MemError> {
+        GuestMemory::write(self, Gpa(gpa), data).map_err(|_| devices::virtio::MemError {
+            gpa,
+            len: data.len() as u64,
+        })
+    }
+    fn contains(&self, gpa: u64, len: u64) -> bool {
+        self.host_range(Gpa(gpa), len).is_ok()
+    }
+}
+
 impl loader::e820::GuestRam for GuestMemory {
     fn write(&self, gpa: u64, data: &[u8]) -> Option<()> {
         GuestMemory::write(self, Gpa(gpa), data).ok()

@@ -1,11 +1,13 @@
 //! Virtual machines: one per manifest entry, with its own RAM, EPT, I/O
 //! space, bitmaps and vCPUs, and a life cycle that ends in exactly one
 //! reported outcome (or a restart, as its policy says).
+pub mod disks;
 pub mod gwalk;
 pub mod irq;
 pub mod lateness;
 pub mod memory;
 pub mod pause;
+pub mod nic;
 pub mod platform;
 pub mod snapshot;
 pub mod snapshot_format;
@@ -119,6 +121,14 @@ pub struct Vm {
     /// TSC ticks the last cold start took (RAM zeroed, image loaded), to
     /// compare a rollback with.
     pub cold_load_tsc: AtomicU64,
+    /// Its NICs' switch ports, in manifest order, and their virtio-net
+    /// functions' slots on the bus.
+    pub nics: Vec<crate::net::NetPort>,
+    /// Set by [`Vm::attach_nics_to_bus`] (after the disks).
+    pub nic_slots: spin::Once<Vec<usize>>,
+    /// NICs (bit per index) whose switch port has frames waiting: set by
+    /// the senders' CPUs, drained by this VM (see `nic`).
+    pub net_rx: AtomicU64,
 }
 
 /// `Vm::operator`: ended by the operator's `stop`: not restarted, whatever its policy.
@@ -135,6 +145,7 @@ pub enum CreateError {
     Load(loader::LoadError),
     NoMemory,
     Bus(devices::BusError),
+    Disk(disks::DiskError),
 }
 
 impl core::fmt::Display for CreateError {
@@ -144,6 +155,7 @@ impl core::fmt::Display for CreateError {
             CreateError::Load(e) => write!(f, "{e}"),
             CreateError::NoMemory => write!(f, "not enough host memory for the VM's bitmaps"),
             CreateError::Bus(e) => write!(f, "device ranges: {e}"),
+            CreateError::Disk(e) => write!(f, "{e}"),
         }
     }
 }
@@ -213,6 +225,7 @@ impl Vm {
         // SAFETY: freshly allocated, identity-mapped pages owned by this VM.
         unsafe { core::ptr::write_bytes(io_bitmaps as *mut u8, 0xFF, 2 * mm::PAGE as usize) };
         let console = crate::console::register(&config.name);
+        let nics = crate::net::guest_ports(id);
         let io = match platform_bus(console, config.vcpus) {
             Ok(io) => io,
             Err(e) => {
@@ -247,6 +260,9 @@ impl Vm {
             pause_flag: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             cold_load_tsc: AtomicU64::new(cold),
+            nics,
+            nic_slots: spin::Once::new(),
+            net_rx: AtomicU64::new(0),
             lapics: (0..config.vcpus)
                 .map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick())))
                 .collect(),
@@ -255,6 +271,7 @@ impl Vm {
         });
         vm.firmware_lapic_setup();
         vm.power_on_mailboxes();
+        vm.bind_nics();
         let mut vcpus = Vec::new();
         for i in 0..vm.config.vcpus {
             vcpus.push(Box::new(vcpu::Vcpu::new(vm.clone(), i as usize)));
@@ -311,8 +328,13 @@ impl Vm {
             VmEnd::PoweredOff => say(format_args!("vm {name}: exited code=0 (powered off)")),
             VmEnd::Reset => say(format_args!("vm {name}: reset requested")),
         }
+        self.report_virtio_faults(&s.io);
+        self.report_overlays(&mut s.io, "at the end");
         s.end = Some(how);
         self.ending.store(true, Ordering::Release);
+        // After the guest's last lines: what its NICs' ports saw, then the
+        // ports leave their switches (frames for them are dropped).
+        self.report_nics(&say);
         true
     }
 
@@ -406,9 +428,12 @@ impl Vm {
             // Up to the end of the last run first: the battery-backed RTC
             // keeps the time it showed then.
             let _ = s.io.advance(end);
+            self.restart_disks(&mut s.io);
             s.io.reset();
             s.end = None;
         }
+        self.net_rx.store(0, Ordering::Release);
+        self.attach_nics(true);
         self.ending.store(false, Ordering::Release);
         Ok(())
     }
@@ -424,6 +449,26 @@ impl Vm {
         if ticks > self.longest_exit.load(Ordering::Relaxed) {
             self.longest_exit.fetch_max(ticks, Ordering::AcqRel);
             self.longest_exit_reason.store(reason, Ordering::Release);
+        }
+    }
+
+    /// A line per virtio device that a malformed queue or set-up broke
+    /// (DEVICE_NEEDS_RESET) during the run.
+    fn report_virtio_faults(&self, io: &Bus) {
+        for s in io.slots() {
+            if let Some(f) = s.last_fault {
+                crate::console::println_after(
+                    self.console,
+                    format_args!(
+                        "vm {}: {} 00:{:02x}.0: marked DEVICE_NEEDS_RESET {} time{}, last: {f:?}",
+                        self.name,
+                        s.name,
+                        s.device,
+                        s.faults,
+                        if s.faults == 1 { "" } else { "s" }
+                    ),
+                );
+            }
         }
     }
 

@@ -28,7 +28,11 @@ impl Vm {
     /// A port write by the guest; says what the guest asked the platform to do.
     pub fn io_write(&self, port: u16, size: u8, value: u32) -> Request {
         let now = self.guest_tsc();
-        let fx = self.shared.lock().io.io_write(port, size, value, now);
+        let fx = self
+            .shared
+            .lock()
+            .io
+            .io_write_mem(port, size, value, now, &self.mem);
         if fx.is_quiet() {
             return Request::None;
         }
@@ -115,7 +119,7 @@ impl Vm {
     /// next device event.
     pub fn poll_devices(&self) -> Option<u64> {
         let now = self.guest_tsc();
-        let mut fx: Effects = self.shared.lock().io.advance(now);
+        let mut fx: Effects = self.shared.lock().io.advance_mem(now, &self.mem);
         // The caller re-arms with the deadline: no need to mark it dirty.
         let next = fx.deadline.take().flatten();
         let _ = self.apply(Source::Platform, fx);

@@ -231,6 +231,12 @@ impl Vcpu {
                         .check_irq
                         .store(true, Ordering::Release);
                 }
+                // Frames other VMs switched to this one's NICs (they only
+                // signalled): into the receive queues before interrupts are
+                // looked at.
+                if self.index == 0 && self.vm.net_rx.load(Ordering::Acquire) != 0 {
+                    self.vm.drain_nics();
+                }
                 let mut left = left.min(self.next_timer.saturating_sub(now).max(1));
                 if let Some(t) = crate::console::next_pump_tsc() {
                     // Back in time to feed the serial port again.

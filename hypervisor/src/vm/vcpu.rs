@@ -169,6 +169,10 @@ impl Vcpu {
     /// Whether a halted vCPU should run again: an interrupt is pending for it
     /// or one of its timers is due.
     pub fn wants_to_run(&self, now_tsc: u64) -> bool {
+        if self.index == 0 && self.vm.net_rx.load(core::sync::atomic::Ordering::Acquire) != 0 {
+            // Received frames may raise a NIC's interrupt: that wakes it.
+            self.vm.drain_nics();
+        }
         self.interrupt_pending() || self.next_event_tsc().is_some_and(|t| t <= now_tsc)
     }
 

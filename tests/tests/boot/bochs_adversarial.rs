@@ -80,9 +80,48 @@ fn bochs_adversarial_guests_are_contained() {
         .line("vm apicpage: unmapped read at guest-physical 0xfee00020 (ignored)")
         .line("vm apicpage: unmapped read at guest-physical 0xfeb00020 (ignored)")
         .line("vm apicpage: exited code=0");
+    // A hostile virtio-blk driver (tests/guests/vqhostile): every malformed virtqueue marks
+    // the device DEVICE_NEEDS_RESET (virtio 1.2 2.1.2) instead of reaching outside its RAM
+    // or stopping anything; a notification before DRIVER_OK is held until DRIVER_OK (3.1.1);
+    // after a reset a valid read works again.
+    let vq = |what: &str| format!("[vqhostile] vqhostile: {what}");
+    boot.line(&vq("virtio-blk at 00:03.0, BAR0 0xc001, interrupt line 11"))
+        .line(&vq("before I/O enable: status port reads 0xff"))
+        .line(&vq(
+            "valid read: served (status 0x0f, used idx 1, request status 0x00)",
+        ))
+        .line(&vq("sector 0 starts \"ferrovisor\""))
+        .line(&vq(
+            "notify before DRIVER_OK: ignored (status 0x0b, used idx 0, request status 0xee)",
+        ))
+        .line(&vq(
+            "then DRIVER_OK: served (status 0x0f, used idx 1, request status 0x00)",
+        ));
+    for case in [
+        "queue size 3",
+        "descriptor loop",
+        "chain longer than the queue",
+        "buffer outside RAM",
+        "address+length overflow",
+        "total length overflow",
+        "writable before readable",
+        "ring outside RAM",
+    ] {
+        boot.line_starting(&vq(&format!("{case}: DEVICE_NEEDS_RESET (status 0x4")));
+    }
+    boot.line(&vq(
+        "valid read after reset: served (status 0x0f, used idx 1, request status 0x00)",
+    ))
+    .line(&vq("done, the device recovered"))
+    .line("vm vqhostile: exited code=0")
+    .line(
+        "vm vqhostile: virtio-blk 00:03.0: marked DEVICE_NEEDS_RESET 8 times, last: Queue(0, RingOutsideRam)",
+    )
+    .line("hv: disk image vqdisk.img: 4 KiB held once (read-only base), shared by 1 disk of 1 guest");
+
     boot.no_line_containing("LEAKED").no_line_containing("FAIL");
 
-    boot.line_starting("hv: summary: 18 guests")
+    boot.line_starting("hv: summary: 19 guests")
         .no_line_containing("hv: fatal")
         .line_starting("hv: powering off")
         .powered_off();

@@ -261,12 +261,43 @@ fn pieces(chunk: usize, s: usize, e: usize) -> impl Iterator<Item = (u64, usize,
     })
 }
 
+/// The shared, read-only bytes under a [`CowDisk`]: reference-counted, or a
+/// file that stays loaded for the hypervisor's lifetime (an image read from
+/// the ESP).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Base {
+    Shared(Arc<[u8]>),
+    Static(&'static [u8]),
+}
+
+impl core::ops::Deref for Base {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Base::Shared(a) => a,
+            Base::Static(s) => s,
+        }
+    }
+}
+
+impl From<Arc<[u8]>> for Base {
+    fn from(a: Arc<[u8]>) -> Self {
+        Base::Shared(a)
+    }
+}
+
+impl From<&'static [u8]> for Base {
+    fn from(s: &'static [u8]) -> Self {
+        Base::Static(s)
+    }
+}
+
 /// A copy-on-write disk: reads come from the private overlay where a chunk
 /// was written, else from the shared base; the first write to a chunk copies
 /// it from the base. The base is never written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CowDisk {
-    base: Arc<[u8]>,
+    base: Base,
     chunk: usize,
     overlay: BTreeMap<u64, Box<[u8]>>,
     /// Bytes held by `overlay`.
@@ -279,7 +310,8 @@ pub struct CowDisk {
 impl CowDisk {
     /// `chunk_size` in bytes: a power of two, at least one sector. The
     /// overlay may grow to the size of the base.
-    pub fn new(base: Arc<[u8]>, chunk_size: usize) -> Result<Self, BlockError> {
+    pub fn new(base: impl Into<Base>, chunk_size: usize) -> Result<Self, BlockError> {
+        let base = base.into();
         sectors_of(base.len())?;
         if !chunk_size.is_power_of_two() || (chunk_size as u64) < SECTOR_SIZE {
             return Err(BlockError::BadChunkSize);
@@ -332,7 +364,7 @@ impl CowDisk {
         Ok(v.into_boxed_slice())
     }
 
-    pub fn base(&self) -> &Arc<[u8]> {
+    pub fn base(&self) -> &[u8] {
         &self.base
     }
 

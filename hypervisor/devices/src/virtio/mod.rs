@@ -7,6 +7,7 @@
 //! guest's RAM is an error value, never an access. Nothing here is wired to a
 //! running guest yet.
 
+pub mod attach;
 pub mod blk;
 pub mod block;
 pub mod net;
