@@ -20,13 +20,13 @@
 //! CPU share; each destination queue holds a bounded number of frames and
 //! the rest are dropped and counted on that port; a signal that is already
 //! pending is not sent again (one kick per drain, not per frame).
-use devices::switch::{Mac, PortCounters, PortId, Switch, SwitchConfig, SwitchError};
-use devices::virtio::net::Uplink;
-use loader::manifest::NetworkConfig;
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use devices::switch::{Mac, PortCounters, PortId, Switch, SwitchConfig, SwitchError};
+use devices::virtio::net::Uplink;
+use loader::manifest::NetworkConfig;
 use spin::{Mutex, Once};
 
 /// Where a port's frames are announced: the core implements it on the VM
@@ -309,8 +309,8 @@ pub fn report_line(guest: &str, nic: usize, mac: Mac, network: &str, c: &PortCou
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest;
     use core::sync::atomic::{AtomicUsize, Ordering};
+    use loader::manifest;
 
     fn clock() -> u64 {
         0

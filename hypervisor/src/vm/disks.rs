@@ -6,14 +6,14 @@
 //! [`CHUNK`]-byte chunks, at most [`OVERLAY_LIMIT`] bytes) takes the guest's
 //! writes. A read-only disk never has an overlay.
 use super::Vm;
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
 use devices::virtio::blk::Blk;
 use devices::virtio::block::CowDisk;
 use devices::virtio::pci::VirtioPci;
 use devices::Bus;
 use loader::manifest::DiskConfig;
-use alloc::boxed::Box;
-use alloc::string::String;
-use alloc::vec::Vec;
 use spin::Mutex;
 
 /// The virtio-blk device type every disk is.
@@ -165,10 +165,7 @@ impl Vm {
                     None => String::from("no serial"),
                 },
                 devices::virtio::attach::FIRST_DEVICE as usize + i,
-                devices::virtio::attach::IRQS
-                    .get(i)
-                    .copied()
-                    .unwrap_or(0)
+                devices::virtio::attach::IRQS.get(i).copied().unwrap_or(0)
             );
         }
     }

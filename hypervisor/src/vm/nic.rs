@@ -5,14 +5,14 @@
 //! whether it should wake.
 use super::irq::Source;
 use super::Vm;
-use devices::virtio::net::{self, VirtioNet};
-use devices::virtio::pci::{Effects as VEffects, VirtioPci};
-use devices::{Bus, BusError, Effects};
 use crate::net::{NetPort, PortSink};
 use alloc::boxed::Box;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
+use devices::virtio::net::{self, VirtioNet};
+use devices::virtio::pci::{Effects as VEffects, VirtioPci};
+use devices::{Bus, BusError, Effects};
 
 /// A NIC as attached: virtio-net on the modern PCI transport, its frames
 /// going to and coming from its switch port.

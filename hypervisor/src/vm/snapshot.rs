@@ -10,7 +10,6 @@ use super::pause;
 use super::snapshot_format::{self as fmt_, FormatError, Ident, Meta, VcpuImage};
 use super::vcpu::Vcpu;
 use super::Vm;
-use devices::snapshot::VmDevices;
 use crate::{mm, println, sched};
 use alloc::boxed::Box;
 use alloc::format;
@@ -21,6 +20,7 @@ use arch::addr::Gpa;
 use arch::regs::rdtsc;
 use core::fmt;
 use core::sync::atomic::Ordering;
+use devices::snapshot::VmDevices;
 use spin::Mutex;
 
 /// What `snapshots` lists about one snapshot.

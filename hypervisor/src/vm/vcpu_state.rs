@@ -192,9 +192,15 @@ impl Vcpu {
                 sysenter_eip: rd(guest::IA32_SYSENTER_EIP.read(), "IA32_SYSENTER_EIP")?,
                 cr0_shadow: rd(ctrl::CR0_READ_SHADOW.read(), "CR0_READ_SHADOW")?,
                 cr4_shadow: rd(ctrl::CR4_READ_SHADOW.read(), "CR4_READ_SHADOW")?,
-                primary: rd(ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS.read(), "PRIMARY_PROCBASED_EXEC_CONTROLS")?,
+                primary: rd(
+                    ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS.read(),
+                    "PRIMARY_PROCBASED_EXEC_CONTROLS",
+                )?,
                 entry: rd(ctrl::VMENTRY_CONTROLS.read(), "VMENTRY_CONTROLS")?,
-                entry_err_code: rd(ctrl::VMENTRY_EXCEPTION_ERR_CODE.read(), "VMENTRY_EXCEPTION_ERR_CODE")?,
+                entry_err_code: rd(
+                    ctrl::VMENTRY_EXCEPTION_ERR_CODE.read(),
+                    "VMENTRY_EXCEPTION_ERR_CODE",
+                )?,
             };
             let off = rd(ctrl::TSC_OFFSET.read(), "TSC_OFFSET")?;
             // SAFETY: as above; VMCLEAR makes it loadable on any CPU again.
@@ -310,6 +316,17 @@ impl Vcpu {
     }
 }
 
+/// A checked VMREAD for the capture: a failure is a hypervisor bug, reported with the field.
+fn rd<T>(r: Result<T, arch::vmx::instr::VmFail>, field: &'static str) -> Result<T, String> {
+    r.map_err(|fail| {
+        String::from(crate::exits::vmexit::VmcsError {
+            write: false,
+            field,
+            fail,
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,15 +384,4 @@ mod tests {
         img.vmcs32.pop();
         assert_eq!(from_image(&img), None);
     }
-}
-
-/// A checked VMREAD for the capture: a failure is a hypervisor bug, reported with the field.
-fn rd<T>(r: Result<T, arch::vmx::instr::VmFail>, field: &'static str) -> Result<T, String> {
-    r.map_err(|fail| {
-        String::from(crate::exits::vmexit::VmcsError {
-            write: false,
-            field,
-            fail,
-        })
-    })
 }
