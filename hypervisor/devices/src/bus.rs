@@ -592,6 +592,21 @@ impl Bus {
         self.attach_virtio(PciSlot::new(transport, name, device, irq, bar))
     }
 
+    /// Runs `f` on slot `i`'s transport outside a guest access (a frame
+    /// arrived for a NIC, a backend finished): what it changed is recorded
+    /// on the slot and routed like an access (INTx lines, the retry of
+    /// left-over work). `None` if there is no slot `i`.
+    pub fn slot_kick(
+        &mut self,
+        i: usize,
+        now: u64,
+        mem: &dyn GuestMem,
+        f: impl FnOnce(&mut dyn crate::virtio::attach::Transport, &dyn GuestMem) -> VEffects,
+    ) -> Option<Effects> {
+        let e = self.slots.get_mut(i)?.kick(mem, f);
+        Some(self.settle_slots(e, 0, now))
+    }
+
     /// The attached virtio functions.
     pub fn slots(&self) -> &[PciSlot] {
         &self.slots
