@@ -592,15 +592,18 @@ impl Bus {
         self.attach_virtio(PciSlot::new(transport, name, device, irq, bar))
     }
 
-    /// Runs `f` on slot `i`'s transport (see [`PciSlot::with_transport`])
-    /// and routes the slots' lines as after a guest access; None: no slot.
-    pub fn with_slot(
+    /// Runs `f` on slot `i`'s transport outside a guest access (a frame
+    /// arrived for a NIC, a backend finished): what it changed is recorded
+    /// on the slot and routed like an access (INTx lines, the retry of
+    /// left-over work). `None` if there is no slot `i`.
+    pub fn slot_kick(
         &mut self,
         i: usize,
         now: u64,
-        f: impl FnOnce(&mut dyn crate::virtio::attach::Transport) -> VEffects,
+        mem: &dyn GuestMem,
+        f: impl FnOnce(&mut dyn crate::virtio::attach::Transport, &dyn GuestMem) -> VEffects,
     ) -> Option<Effects> {
-        let e = self.slots.get_mut(i)?.with_transport(f);
+        let e = self.slots.get_mut(i)?.kick(mem, f);
         Some(self.settle_slots(e, 0, now))
     }
 

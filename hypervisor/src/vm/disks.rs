@@ -207,6 +207,9 @@ impl Vm {
     pub(super) fn restart_disks(&self, io: &mut Bus) {
         let (name, c) = (&self.name, self.console);
         for (i, (blk, cfg)) in blk_devices(io).zip(&self.config.disks).enumerate() {
+            if cfg.read_only {
+                continue; // no overlay to drop or keep
+            }
             let disk = blk.dev.backend_mut();
             let bytes = disk.overlay_bytes();
             let n = disk_name(i);

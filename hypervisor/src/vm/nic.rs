@@ -91,8 +91,7 @@ impl Vm {
                 if bits & (1 << i) == 0 {
                     continue;
                 }
-                let mem = &self.mem;
-                let got = s.io.with_slot(slot, now, |t| {
+                let got = s.io.slot_kick(slot, now, &self.mem, |t, mem| {
                     match t.as_any_mut().downcast_mut::<NicDevice>() {
                         Some(d) => net::deliver(d, mem),
                         None => VEffects::default(),

@@ -7,5 +7,6 @@ mod bochs_adversarial;
 mod bochs_basic;
 mod bochs_conformance;
 mod bochs_linux;
+mod bochs_linux_disk;
 mod bochs_linux_net;
 mod qemu_no_vtx;

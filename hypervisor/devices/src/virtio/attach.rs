@@ -35,6 +35,9 @@ pub trait Transport: Send {
     fn intx_line(&self, command: u16) -> bool;
     /// Serves notified queues left over from an earlier call.
     fn process(&mut self, mem: &dyn GuestMem) -> VEffects;
+    /// Notifies queue `queue` as the driver's notification would (a NIC's
+    /// receive queue when a frame arrived, 2.7.13).
+    fn notify(&mut self, queue: u16, mem: &dyn GuestMem) -> VEffects;
     /// Delivers chains an asynchronous backend finished.
     fn complete(&mut self, mem: &dyn GuestMem) -> VEffects;
     /// Back to the power-on state (a platform reset).
@@ -73,6 +76,9 @@ impl<D: VirtioDevice + Send + 'static> Transport for VirtioPci<D> {
     }
     fn process(&mut self, mem: &dyn GuestMem) -> VEffects {
         VirtioPci::process(self, mem)
+    }
+    fn notify(&mut self, queue: u16, mem: &dyn GuestMem) -> VEffects {
+        self.write(super::pci::NOTIFY_OFF, 2, u32::from(queue), mem)
     }
     fn complete(&mut self, mem: &dyn GuestMem) -> VEffects {
         VirtioPci::complete(self, mem)
@@ -226,11 +232,13 @@ impl PciSlot {
         self.note(e)
     }
 
-    /// Runs `f` on the transport (the core's work for the device outside a
-    /// guest access, e.g. received frames into a NIC's queue), noting what
-    /// it reports as an access would.
-    pub fn with_transport(&mut self, f: impl FnOnce(&mut dyn Transport) -> VEffects) -> VEffects {
-        let e = f(&mut *self.transport);
+    /// Runs `f` on the transport and records what it reports.
+    pub fn kick(
+        &mut self,
+        mem: &dyn GuestMem,
+        f: impl FnOnce(&mut dyn Transport, &dyn GuestMem) -> VEffects,
+    ) -> VEffects {
+        let e = f(&mut *self.transport, mem);
         self.note(e)
     }
 
@@ -266,10 +274,11 @@ impl PciSlot {
     }
 }
 
-/// The ISA IRQ lines attached virtio functions get, in order: lines no PC
-/// platform device of the bus drives (COM2 3, 5, LPT1 7, 10, 11, the IDE
-/// channels 14 and 15, 6). Each function gets its own, because the guest's
-/// tables describe them as ISA (edge-triggered) interrupts.
+/// The ISA IRQ lines (= I/O APIC GSIs) attached virtio functions get, in
+/// order: lines no PC platform device of the bus drives (COM2 3, 5, LPT1 7,
+/// 10, 11, the IDE channels 14 and 15, 6). The guest's DSDT `_PRT` names
+/// the same (`loader::PCI_INTX`); each function gets a line of its own, so
+/// the line is its INTx level alone.
 pub const IRQS: [u8; 8] = [11, 10, 5, 7, 3, 6, 14, 15];
 /// The PCI device number of the first attached function (00:03.0).
 pub const FIRST_DEVICE: u8 = 3;
@@ -474,6 +483,41 @@ mod tests {
         ));
         // Without guest memory (the plain io_write path) nothing is reached.
         assert!(!NoMem.contains(0, 1));
+    }
+
+    #[test]
+    fn a_kick_outside_an_access_serves_and_routes_the_interrupt() {
+        let mut bus = bus_with_blk();
+        let mem = TestMem::new(0x40000);
+        cfg_write(&mut bus, 3, 0x04, 2, 1);
+        let b = 0xC000u16;
+        let w =
+            |bus: &mut Bus, off: u16, size: u8, v: u32| bus.io_write_mem(b + off, size, v, 0, &mem);
+        w(&mut bus, DEVICE_STATUS, 1, u32::from(ACKNOWLEDGE | DRIVER));
+        w(&mut bus, DRIVER_FEATURE_SELECT, 4, 1);
+        w(&mut bus, DRIVER_FEATURE, 4, 1);
+        let feat = ACKNOWLEDGE | DRIVER | FEATURES_OK;
+        w(&mut bus, DEVICE_STATUS, 1, u32::from(feat));
+        w(&mut bus, QUEUE_SIZE, 2, 8);
+        w(&mut bus, QUEUE_DESC, 4, DESC as u32);
+        w(&mut bus, QUEUE_DRIVER, 4, AVAIL as u32);
+        w(&mut bus, QUEUE_DEVICE, 4, USED as u32);
+        w(&mut bus, QUEUE_ENABLE, 2, 1);
+        w(&mut bus, DEVICE_STATUS, 1, u32::from(feat | DRIVER_OK));
+        let mut hdr = [0u8; 16];
+        hdr[..4].copy_from_slice(&blk::T_IN.to_le_bytes());
+        mem.put(0x8000, &hdr);
+        desc(&mem, DESC, 0, 0x8000, 16, DESC_F_NEXT, 1);
+        desc(&mem, DESC, 1, 0x10000, 512, DESC_F_NEXT | DESC_F_WRITE, 2);
+        desc(&mem, DESC, 2, 0x9000, 1, DESC_F_WRITE, 0);
+        mem.put(0x9000, &[0xFF]);
+        offer(&mem, 8, &[0]);
+        assert_eq!(bus.lines() & (1 << 11), 0, "not notified: nothing served");
+        assert!(bus.slot_kick(5, 0, &mem, |t, m| t.notify(0, m)).is_none());
+        let fx = bus.slot_kick(0, 0, &mem, |t, m| t.notify(0, m)).unwrap();
+        assert_eq!(mem.get(0x9000, 1), [blk::S_OK]);
+        assert_ne!(bus.lines() & (1 << 11), 0, "the kick raised INTx on IRQ 11");
+        assert_eq!(fx.deadline, None, "nothing left over");
     }
 
     #[test]
