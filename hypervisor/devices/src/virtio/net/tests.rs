@@ -937,13 +937,13 @@ fn frames_reach_an_attached_nic_through_its_bus_slot_and_raise_its_line() {
     assert_eq!(bus.lines() & (1 << 11), 0);
     // A frame reaches the port: the core's drain.
     let f = eth(A, B, 100, 7);
-    bus.with_slot(0, 0, |t| {
+    bus.slot_kick(0, 0, &mem, |t, m| {
         let d = t
             .as_any_mut()
             .downcast_mut::<VirtioPci<VirtioNet<Inbox>>>()
             .unwrap();
         d.dev.uplink_mut().waiting.push_back(f.clone());
-        deliver(d, &mem)
+        deliver(d, m)
     })
     .unwrap();
     assert_eq!(mem.get(0x10000 + HDR_LEN as u64, 100), f);
@@ -951,5 +951,7 @@ fn frames_reach_an_attached_nic_through_its_bus_slot_and_raise_its_line() {
     assert_eq!(bus.io_read(b + ISR_OFF, 1, 0).value, 1);
     assert_eq!(bus.lines() & (1 << 11), 0, "reading the ISR lowers it");
     // No such slot.
-    assert!(bus.with_slot(1, 0, |_| Default::default()).is_none());
+    assert!(bus
+        .slot_kick(1, 0, &mem, |_, _| Default::default())
+        .is_none());
 }
