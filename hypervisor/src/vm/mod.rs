@@ -114,6 +114,9 @@ pub struct Vm {
     /// TSC ticks the last cold start took (RAM zeroed, image loaded), to
     /// compare a rollback with.
     pub cold_load_tsc: AtomicU64,
+    /// The snapshot (its id; 0: none) guest RAM equals but for the regions
+    /// the dirty log shows written since (see `snapshot`).
+    pub ram_baseline: AtomicU64,
 }
 
 /// TSC when the manifest was read (start-up figures are measured from here).
@@ -188,6 +191,10 @@ impl Vm {
     ) -> Result<(Arc<Vm>, Vec<Box<vcpu::Vcpu>>), CreateError> {
         let t0 = arch::regs::rdtsc();
         let mem = GuestMemory::new(config.memory).map_err(CreateError::Memory)?;
+        if crate::vmx::caps().ept.accessed_dirty {
+            // Snapshots restore only what was written since.
+            mem.enable_dirty_log();
+        }
         let entry = loader::load(&config, image, initrd, &mem).map_err(CreateError::Load)?;
         let cold = arch::regs::rdtsc().saturating_sub(t0);
         let msr_bitmap = mm::alloc_zeroed_page().ok_or(CreateError::NoMemory)?.0;
@@ -235,6 +242,7 @@ impl Vm {
             pause_flag: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             cold_load_tsc: AtomicU64::new(cold),
+            ram_baseline: AtomicU64::new(0),
             lapics: (0..config.vcpus)
                 .map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick())))
                 .collect(),
@@ -358,6 +366,7 @@ impl Vm {
             ),
         );
         let t0 = arch::regs::rdtsc();
+        self.ram_baseline.store(0, Ordering::Release);
         self.mem.zero();
         let entry = loader::load(&self.config, self.image, self.initrd, &self.mem)?;
         *self.entry.lock() = entry;

@@ -200,6 +200,9 @@ impl Vcpu {
             // SAFETY: as above; VMCLEAR makes it loadable on any CPU again.
             unsafe { instr::vmclear(self.vmcs) }.map_err(|e| format!("VMCLEAR: {e}"))?;
             self.launched = false;
+            // The snapshot starts a new dirty-log period: no cached EPT
+            // translation may skip setting a dirty flag.
+            self.last_cpu = None;
             to_image(&g, &x, &mut img);
             img.tsc_delta = off.wrapping_sub(vm_tsc_offset);
         }
@@ -261,6 +264,8 @@ impl Vcpu {
         self.configured = false;
         self.launched = false;
         self.staged = staged;
+        // Its RAM changed under its TLB entries (and the dirty log restarts).
+        self.last_cpu = None;
         self.start_halted = img.halted;
         self.spin_tsc = 0;
         self.next_timer = 0;
