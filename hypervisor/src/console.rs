@@ -32,8 +32,9 @@ pub const GUEST_QUEUE: usize = 4 * 1024;
 pub const LINE_ROOM: usize = 256 + 16;
 /// Marks a hypervisor line queued among a guest's lines (no guest prefix).
 const UNPREFIXED: u8 = 0;
-/// Output buffer of the drainer: one line with its prefix.
-const OUT: usize = 640;
+/// Output buffer of the drainer: one line with its prefix (the summary of
+/// a few dozen guests is one line).
+const OUT: usize = 2112;
 
 /// A bounded byte queue of whole lines (a streaming source may leave its last
 /// line open). When full, the oldest lines make room and are counted.
@@ -193,6 +194,9 @@ pub struct Drainer {
     owner: Option<usize>,
     /// Where the round robin goes on.
     next: usize,
+    /// Only the hypervisor's own output goes out (the command prompt is
+    /// open: guest lines wait in their queues meanwhile).
+    pub hv_only: bool,
 }
 
 impl Default for Drainer {
@@ -209,6 +213,7 @@ impl Drainer {
             len: 0,
             owner: None,
             next: 0,
+            hv_only: false,
         }
     }
 
@@ -265,8 +270,9 @@ impl Drainer {
         // before that guest's output and its `vm X: exited`); otherwise the
         // next guest in turn.
         let pick = match self.owner {
-            Some(o) if has(o) => Some(o),
+            Some(o) if has(o) && (o == HV || !self.hv_only) => Some(o),
             _ if has(HV) => Some(HV),
+            _ if self.hv_only => None,
             _ => (0..n).map(|k| (self.next + k) % n).find(|&i| has(i)),
         };
         let Some(i) = pick else {
@@ -488,6 +494,7 @@ pub fn pump(now_tsc: u64) {
         return;
     };
     let (drainer, com) = &mut *d;
+    drainer.hv_only = HOLD_GUESTS.load(Ordering::Acquire);
     let n = NSOURCES.load(Ordering::Acquire);
     let sent = drainer.pump(n, source, com) as u64;
     HOLDING.store(drainer.holding(), Ordering::Release);
@@ -496,6 +503,22 @@ pub fn pump(now_tsc: u64) {
         now_tsc + sent.max(1) * BYTE_TSC.load(Ordering::Relaxed),
         Ordering::Relaxed,
     );
+}
+
+/// While set, guests' lines wait in their queues and only the hypervisor's
+/// go out (the command prompt is open).
+static HOLD_GUESTS: AtomicBool = AtomicBool::new(false);
+
+/// Holds guest output back (`true`) or lets it flow again.
+pub fn hold_guests(on: bool) {
+    HOLD_GUESTS.store(on, Ordering::Release);
+}
+
+/// Bytes of the hypervisor's own as they come (the prompt and its echo,
+/// command output): no line is added; `\n` ends a line.
+pub fn hv_raw(bytes: &[u8]) {
+    hv().raw(bytes);
+    after_queue();
 }
 
 /// After an exit: whether a pump is due (one atomic load when idle).
@@ -525,6 +548,8 @@ pub fn flush_sync() {
         let sent = match DRAIN.try_lock() {
             Some(mut d) => {
                 let (drainer, com) = &mut *d;
+                // Everything goes out on these paths, prompt open or not.
+                drainer.hv_only = false;
                 let s = drainer.pump(NSOURCES.load(Ordering::Acquire), source, com);
                 HOLDING.store(drainer.holding(), Ordering::Release);
                 s
@@ -576,14 +601,14 @@ pub unsafe fn force_unlock() {
 
 /// A line buffer that is flushed to the console as one write.
 pub struct LineBuf {
-    buf: [u8; 512],
+    buf: [u8; 2048],
     len: usize,
 }
 
 impl LineBuf {
     pub const fn new() -> Self {
         Self {
-            buf: [0; 512],
+            buf: [0; 2048],
             len: 0,
         }
     }
@@ -861,6 +886,32 @@ mod tests {
             drain_all(&mut d, &[&g], &mut tx),
             "[g] partial\r\nvm g: exited code=0\r\n"
         );
+    }
+
+    #[test]
+    fn hv_only_holds_guest_lines_back() {
+        let hv = Source::new("", 1024);
+        let g = Source::new("g", 1024);
+        g.raw(b"part");
+        let mut d = Drainer::new();
+        let mut tx = FakeTx {
+            fifo: 16,
+            sent: Vec::new(),
+        };
+        let srcs = [&hv, &g];
+        assert_eq!(drain_all(&mut d, &srcs, &mut tx), "[g] part");
+        d.hv_only = true;
+        g.raw(b"ial\r\nmore\r\n");
+        hv.raw(b"\nhv> list");
+        hv.raw(b"\nVM ...\n");
+        // The guest's open line is ended, its queued lines wait.
+        assert_eq!(
+            drain_all(&mut d, &srcs, &mut tx),
+            "\r\n\r\nhv> list\r\nVM ...\r\n"
+        );
+        assert!(g.queued() > 0);
+        d.hv_only = false;
+        assert_eq!(drain_all(&mut d, &srcs, &mut tx), "[g] ial\r\n[g] more\r\n");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod heap;
 pub mod hosttimer;
 pub mod interrupts;
 pub mod lapic;
+pub mod manage;
 pub mod mm;
 pub mod nic;
 pub mod paging;
@@ -123,6 +124,7 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
     if let Some(a) = hv.address {
         nic::set_static(a, hv.gateway);
     }
+    manage::api::configure(hv.api_port, hv.api_token.as_deref(), nic::present());
     sched::configure(
         time::us_to_tsc(u64::from(hv.timeslice_us)),
         hv.poweroff_when_done,

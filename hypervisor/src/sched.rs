@@ -25,6 +25,10 @@ struct Global {
     vms: Vec<Arc<Vm>>,
     /// vCPUs still alive per VM id.
     alive: Vec<(usize, usize)>,
+    /// VMs whose last vCPU has left for good (no restart): the operator may revive them.
+    done: Vec<usize>,
+    /// The last VM has ended: nothing may be revived any more.
+    all_done: bool,
 }
 
 // vCPUs are boxed so that moving one between queues moves a pointer.
@@ -45,6 +49,8 @@ static PAUSING: AtomicUsize = AtomicUsize::new(0);
 static GLOBAL: Mutex<Global> = Mutex::new(Global {
     vms: Vec::new(),
     alive: Vec::new(),
+    done: Vec::new(),
+    all_done: false,
 });
 static LIVE_VMS: AtomicUsize = AtomicUsize::new(0);
 static SLICE_TSC: AtomicU64 = AtomicU64::new(10_000_000);
@@ -330,9 +336,64 @@ pub fn put_paused(vcpus: Vec<(Box<Vcpu>, bool)>) {
     PAUSED.lock().extend(vcpus);
 }
 
-/// Every VM the scheduler knows (running, paused or ended).
+/// Every VM, in manifest order (those that ended too).
 pub fn vms() -> Vec<Arc<Vm>> {
     GLOBAL.lock().vms.clone()
+}
+
+/// The vCPUs of VM `id` still in the scheduler (0: it has ended for good).
+pub fn alive_vcpus(id: usize) -> usize {
+    let g = GLOBAL.lock();
+    g.alive
+        .iter()
+        .find(|(i, _)| *i == id)
+        .map_or(0, |&(_, n)| n)
+}
+
+/// Starts a VM that ended for good again from its manifest entry (the
+/// operator's `restart` of a stopped VM). Refused while it still has vCPUs
+/// in the scheduler, and once every VM has ended (the machine is stopping).
+pub fn revive(vm: &Arc<Vm>) -> Result<(), String> {
+    {
+        let mut g = GLOBAL.lock();
+        if g.all_done {
+            return Err("every VM has ended; the hypervisor is stopping".into());
+        }
+        let Some(at) = g.done.iter().position(|&id| id == vm.id) else {
+            return Err("it is still stopping".into());
+        };
+        g.done.swap_remove(at);
+        LIVE_VMS.fetch_add(1, Ordering::AcqRel);
+        if let Some((_, n)) = g.alive.iter_mut().find(|(id, _)| *id == vm.id) {
+            *n = vm.config.vcpus as usize;
+        }
+    }
+    if let Err(e) = vm.restart() {
+        vm.end(VmEnd::Stopped(alloc::format!("restart failed: {e}")));
+        let last = {
+            let mut g = GLOBAL.lock();
+            if let Some((_, n)) = g.alive.iter_mut().find(|(id, _)| *id == vm.id) {
+                *n = 0;
+            }
+            g.done.push(vm.id);
+            let last = LIVE_VMS.fetch_sub(1, Ordering::AcqRel) == 1;
+            g.all_done |= last;
+            last
+        };
+        if last {
+            finish();
+        }
+        return Err(alloc::format!("restart failed: {e}"));
+    }
+    let vcpus: Vec<Box<Vcpu>> = (0..vm.config.vcpus as usize)
+        .map(|i| Box::new(Vcpu::new(vm.clone(), i)))
+        .collect();
+    crate::console::println_after(
+        vm.console,
+        format_args!("vm {}: started (restart)", vm.name),
+    );
+    place(vcpus);
+    Ok(())
 }
 
 /// Called once all VMs are queued: if there are none, finish right away.
@@ -425,76 +486,6 @@ fn pick(me: usize, now: u64) -> Option<(Box<Vcpu>, Option<u64>)> {
     Some((v, next))
 }
 
-/// Which guest gets the keys typed on the hypervisor console.
-static SELECTED: AtomicUsize = AtomicUsize::new(0);
-static PREFIX: AtomicBool = AtomicBool::new(false);
-/// Ctrl-A: the console's command prefix (Ctrl-A 1..9 selects a guest,
-/// Ctrl-A l lists them, Ctrl-A Ctrl-A sends a Ctrl-A to the guest).
-const PREFIX_KEY: u8 = 0x01;
-
-/// Routes bytes typed on the hypervisor console (polled by CPU 0).
-fn poll_console() {
-    while let Some(b) = crate::console::try_read_byte() {
-        let vms: Vec<Arc<Vm>> = GLOBAL.lock().vms.clone();
-        if vms.is_empty() {
-            continue;
-        }
-        if PREFIX.swap(false, Ordering::AcqRel) {
-            match b {
-                b'1'..=b'9' => {
-                    let i = usize::from(b - b'1');
-                    match vms.get(i) {
-                        Some(vm) => {
-                            SELECTED.store(i, Ordering::Release);
-                            crate::console::set_focus(vm.console);
-                            println!(
-                                "hv: console: input goes to vm {} (Ctrl-A l lists the guests)",
-                                vm.name
-                            );
-                        }
-                        None => {
-                            println!("hv: console: no guest {}; Ctrl-A l lists the guests", i + 1)
-                        }
-                    }
-                    continue;
-                }
-                b'l' | b'L' => {
-                    let sel = SELECTED.load(Ordering::Acquire);
-                    for (i, vm) in vms.iter().enumerate() {
-                        let state = if vm.ended() { "ended" } else { "running" };
-                        let mark = if i == sel { " <- console input" } else { "" };
-                        println!(
-                            "hv: console: Ctrl-A {}: vm {} ({state}){mark}",
-                            i + 1,
-                            vm.name
-                        );
-                    }
-                    continue;
-                }
-                PREFIX_KEY => {}
-                _ => {
-                    println!("hv: console: Ctrl-A then 1-9 selects a guest, l lists them, Ctrl-A sends Ctrl-A");
-                    continue;
-                }
-            }
-        } else if b == PREFIX_KEY {
-            PREFIX.store(true, Ordering::Release);
-            continue;
-        }
-        if let Some(vm) = vms.get(SELECTED.load(Ordering::Acquire)) {
-            if !vm.ended() {
-                // From the first key on, the guest with the keyboard streams its
-                // output unbuffered (prompts and echo show at once); until then
-                // every guest's output goes out in whole lines.
-                if !crate::console::is_focused(vm.console) {
-                    crate::console::set_focus(vm.console);
-                }
-                vm.console_input(b);
-            }
-        }
-    }
-}
-
 /// How often an idle CPU 0 wakes up to look for console input.
 fn console_poll_tsc() -> u64 {
     crate::time::us_to_tsc(20_000)
@@ -507,7 +498,8 @@ pub fn cpu_loop() -> ! {
     crate::console::go_async();
     loop {
         if me == 0 {
-            poll_console();
+            // Console input, the management prompt and the rates it shows.
+            crate::manage::tick(rdtsc());
             crate::nic::poll(rdtsc());
         }
         crate::console::pump(rdtsc());
@@ -525,6 +517,7 @@ pub fn cpu_loop() -> ! {
                 let t0 = rdtsc();
                 let end = v.run_slice(slice);
                 let used = rdtsc().saturating_sub(t0);
+                v.vm.stats.run_tsc.fetch_add(used, Ordering::Relaxed);
                 let runnable = v.vm.runnable.load(Ordering::Acquire);
                 v.vruntime = v
                     .vruntime
@@ -813,8 +806,15 @@ fn vcpu_done(v: Box<Vcpu>) {
             }
         }
     }
+    let last = {
+        let mut g = GLOBAL.lock();
+        g.done.push(vm.id);
+        let last = LIVE_VMS.fetch_sub(1, Ordering::AcqRel) == 1;
+        g.all_done |= last;
+        last
+    };
     drop(vm);
-    if LIVE_VMS.fetch_sub(1, Ordering::AcqRel) == 1 {
+    if last {
         finish();
     }
 }

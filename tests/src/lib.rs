@@ -24,12 +24,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use xtask::machine::{self, Echo, MachineConfig, Media};
+pub use xtask::machine::{Action, Step};
 pub use xtask::machine::{Emulator, EndedBy, RunResult};
 use xtask::prereq::{self, Need};
 use xtask::{esp, paths};
 
 /// Environment variable: when set (to anything but `0`), consoles are echoed live to stderr.
 pub const ECHO_ENV: &str = "FERROVISOR_TEST_ECHO";
+
+/// The time between two keys typed by [`Scenario::send_after`]: a loaded machine running
+/// Bochs takes a few hundred ms of wall time for a 5 ms time slice, after which the
+/// hypervisor reads its console again, and the UART keeps only 16 bytes meanwhile.
+pub const TYPING_PACE: Duration = Duration::from_millis(100);
 
 /// One machine to boot: an emulator, a manifest from `tests/manifests/`, and its resources.
 #[derive(Debug, Clone)]
@@ -41,6 +47,8 @@ pub struct Scenario {
     memory_mib: u32,
     timeout: Duration,
     nic: Option<machine::Nic>,
+    /// Console input and calls made while the machine runs (see [`Scenario::send_after`]).
+    script: Vec<Step>,
 }
 
 impl Scenario {
@@ -63,12 +71,51 @@ impl Scenario {
             memory_mib: 512,
             timeout: Duration::from_secs(timeout_secs),
             nic: None,
+            script: Vec::new(),
         }
     }
 
     /// Gives the machine an e1000 NIC with user-mode NAT (slirp): DHCP hands out 10.0.2.15.
     pub fn with_nic(mut self) -> Self {
         self.nic = Some(machine::Nic::default());
+        self
+    }
+
+    /// Forwards `host_port` on 127.0.0.1 to TCP port `machine_port` of the machine's DHCP
+    /// address (10.0.2.15); implies [`Self::with_nic`].
+    pub fn forward_port(mut self, host_port: u16, machine_port: u16) -> Self {
+        let nic = self.nic.get_or_insert_with(machine::Nic::default);
+        nic.forward.push((host_port, machine_port));
+        self
+    }
+
+    /// Once a serial line containing `line` has appeared (after the previous scripted step),
+    /// types `bytes` on the console (COM1), one every [`TYPING_PACE`] as keys come, not all at
+    /// once. Steps run in the order they were added.
+    pub fn send_after(self, line: &str, bytes: &[u8]) -> Self {
+        self.send_after_delay(line, Duration::ZERO, bytes)
+    }
+
+    /// [`Self::send_after`], `delay` after the line appeared.
+    pub fn send_after_delay(mut self, line: &str, delay: Duration, bytes: &[u8]) -> Self {
+        self.script.push(Step {
+            after: line.to_string(),
+            delay,
+            action: Action::Send(bytes.to_vec()),
+            pace: TYPING_PACE,
+        });
+        self
+    }
+
+    /// Once a serial line containing `line` has appeared (after the previous scripted step),
+    /// calls `f` while the machine runs (e.g. to send it network requests).
+    pub fn call_after(mut self, line: &str, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.script.push(Step {
+            after: line.to_string(),
+            delay: Duration::ZERO,
+            action: Action::Call(std::sync::Arc::new(f)),
+            pace: Duration::ZERO,
+        });
         self
     }
 
@@ -133,8 +180,13 @@ impl Scenario {
             echo,
             nic: self.nic.clone(),
         };
-        let result = machine::run(&cfg, &emulators)
-            .unwrap_or_else(|e| panic!("[{}] running {}: {e:#}", self.name, self.emulator));
+        let result = if self.script.is_empty() {
+            machine::run(&cfg, &emulators)
+        } else {
+            machine::run_scripted(&cfg, &emulators, &self.script)
+        };
+        let result =
+            result.unwrap_or_else(|e| panic!("[{}] running {}: {e:#}", self.name, self.emulator));
 
         // Straight to stderr, past the test harness' capture: how long each boot took is worth
         // seeing in every test run.
@@ -213,6 +265,31 @@ impl Boot {
         let at = |t: &str| self.result.lines().position(|l| l.trim_end() == t);
         let ok = matches!((at(first), at(then)), (Some(a), Some(b)) if a < b);
         self.check(ok, format!("no line `{first}` before a line `{then}`"))
+    }
+
+    /// Some line contains `needle`.
+    pub fn line_containing(&mut self, needle: &str) -> &mut Self {
+        let ok = self.result.lines().any(|l| l.contains(needle));
+        self.check(ok, format!("no line contains `{needle}`"))
+    }
+
+    /// Lines matching `pick` that come after the first line containing `start` and before the
+    /// next line containing `end` after it (all lines to the end without one).
+    pub fn lines_between(&self, start: &str, end: &str) -> Vec<String> {
+        let lines: Vec<&str> = self.result.lines().collect();
+        let Some(a) = lines.iter().position(|l| l.contains(start)) else {
+            return Vec::new();
+        };
+        let b = lines[a + 1..]
+            .iter()
+            .position(|l| l.contains(end))
+            .map_or(lines.len(), |i| a + 1 + i);
+        lines[a + 1..b].iter().map(|l| l.to_string()).collect()
+    }
+
+    /// Records a failed check `what` unless `ok`.
+    pub fn expect(&mut self, ok: bool, what: &str) -> &mut Self {
+        self.check(ok, what.to_string())
     }
 
     /// No line contains `needle`.

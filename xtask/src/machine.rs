@@ -116,12 +116,16 @@ pub struct MachineConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nic {
     pub mac: [u8; 6],
+    /// TCP ports of this host forwarded to the machine's DHCP address (10.0.2.15):
+    /// (host port on 127.0.0.1, machine port). Bochs' slirp `hostfwd`.
+    pub forward: Vec<(u16, u16)>,
 }
 
 impl Default for Nic {
     fn default() -> Self {
         Nic {
             mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+            forward: Vec::new(),
         }
     }
 }
@@ -138,8 +142,8 @@ impl Nic {
 
 /// Bochs' slirp configuration for `dir`: the classic 10.0.2.0/24 network, spelled out, and a
 /// text log of every frame (`slirp-pktlog.txt`) for debugging.
-pub fn slirp_conf(dir: &Path) -> String {
-    format!(
+pub fn slirp_conf(dir: &Path, nic: &Nic) -> String {
+    let mut conf = format!(
         "# slirp config\n\
          restricted = 0\n\
          net = 10.0.2.0\n\
@@ -149,7 +153,12 @@ pub fn slirp_conf(dir: &Path) -> String {
          dns = 10.0.2.3\n\
          pktlog = {}\n",
         dir.join("slirp-pktlog.txt").display()
-    )
+    );
+    // QEMU's syntax (Bochs 2.7 uses QEMU's slirp): tcp:HOSTADDR:HOSTPORT-GUESTADDR:GUESTPORT.
+    for (host, guest) in &nic.forward {
+        conf += &format!("hostfwd = tcp:127.0.0.1:{host}-10.0.2.15:{guest}\n");
+    }
+    conf
 }
 
 /// How a run ended.
@@ -427,6 +436,91 @@ pub fn run_until(
     run_inner(cfg, emulators, Input::None, Some(until))
 }
 
+/// One step of a scripted console session ([`run_scripted`]): once a serial line containing
+/// `after` has appeared (after the previous step ran) and `delay` has passed since, `action`
+/// runs.
+#[derive(Clone)]
+pub struct Step {
+    pub after: String,
+    pub delay: Duration,
+    pub action: Action,
+    /// [`Action::Send`]: the time between two bytes. A UART's receive FIFO holds 16 bytes,
+    /// which a hypervisor that looks at its console between time slices may not empty in time
+    /// when a whole line arrives at once (as a paste would); typed keys come this way.
+    pub pace: Duration,
+}
+
+/// What a [`Step`] does.
+#[derive(Clone)]
+pub enum Action {
+    /// Sends these bytes to the machine's COM1 (as if typed).
+    Send(Vec<u8>),
+    /// Calls this on the thread that watches the machine (e.g. to talk to its network while it
+    /// runs); the console is read on once it returns.
+    Call(Arc<dyn Fn() + Send + Sync>),
+}
+
+impl fmt::Debug for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let action = match &self.action {
+            Action::Send(b) => format!("send {:?}", String::from_utf8_lossy(b)),
+            Action::Call(_) => "call".to_string(),
+        };
+        write!(
+            f,
+            "after `{}` + {:?}: {action} ({:?} a byte)",
+            self.after, self.delay, self.pace
+        )
+    }
+}
+
+/// [`run`] with COM1 input from `script`: each step waits for its line, then sends its bytes
+/// or makes its call. COM1 is a connection to this process, as with [`Input::Stdin`]. Steps
+/// whose line never comes are left undone (the checks on the console then fail).
+pub fn run_scripted(
+    cfg: &MachineConfig,
+    emulators: &Emulators,
+    script: &[Step],
+) -> Result<RunResult> {
+    let mut tries = 0;
+    loop {
+        let r = run_once(cfg, emulators, Input::Stdin, None, Some(script))?;
+        tries += 1;
+        if !rfb_bind_failure(&r) || tries == 4 {
+            return Ok(r);
+        }
+        eprintln!("xtask: bochs found no free display port (5900-5949); starting it again in 3 s");
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+/// The next step of a script, if it is due: `lines` are the console's lines so far, `from` the
+/// first not yet looked at for step `next`'s trigger, `seen` when that trigger was seen.
+fn script_due(
+    script: &[Step],
+    next: usize,
+    lines: &[(Duration, String)],
+    from: &mut usize,
+    seen: &mut Option<Instant>,
+    now: Instant,
+) -> bool {
+    let Some(step) = script.get(next) else {
+        return false;
+    };
+    if seen.is_none() {
+        if let Some(i) = lines[(*from).min(lines.len())..]
+            .iter()
+            .position(|(_, l)| l.contains(&step.after))
+        {
+            *from += i + 1;
+            *seen = Some(now);
+        } else {
+            *from = lines.len();
+        }
+    }
+    seen.is_some_and(|t| now.duration_since(t) >= step.delay)
+}
+
 /// Bochs' display server (the only display library Debian builds without X) listens on the
 /// first free TCP port of 5900-5949; when none is free at that moment Bochs exits at once.
 /// That is a start-up failure of the emulator, not a result: try again a few times.
@@ -447,7 +541,7 @@ fn run_inner(
 ) -> Result<RunResult> {
     let mut tries = 0;
     loop {
-        let r = run_once(cfg, emulators, input, until)?;
+        let r = run_once(cfg, emulators, input, until, None)?;
         tries += 1;
         if !rfb_bind_failure(&r) || tries == 4 || input != Input::None {
             return Ok(r);
@@ -462,6 +556,7 @@ fn run_once(
     emulators: &Emulators,
     input: Input,
     until: Option<&dyn Fn(&str) -> bool>,
+    script: Option<&[Step]>,
 ) -> Result<RunResult> {
     fs::create_dir_all(&cfg.run_dir)
         .with_context(|| format!("creating {}", cfg.run_dir.display()))?;
@@ -501,8 +596,11 @@ fn run_once(
             let rc = cfg.run_dir.join("bochsrc");
             let ovmf_size = fs::metadata(ovmf)?.len();
             fs::write(&rc, bochs_config(cfg, ovmf, ovmf_size, vgabios, com1))?;
-            if cfg.nic.is_some() {
-                fs::write(cfg.run_dir.join("slirp.conf"), slirp_conf(&cfg.run_dir))?;
+            if let Some(nic) = &cfg.nic {
+                fs::write(
+                    cfg.run_dir.join("slirp.conf"),
+                    slirp_conf(&cfg.run_dir, nic),
+                )?;
             }
             // Debian's Bochs has the internal debugger: without commands it stops at a prompt.
             let commands = cfg.run_dir.join("bochs-debugger.rc");
@@ -539,7 +637,7 @@ fn run_once(
     // stop the process (SIGTTIN/SIGTTOU).
     let mut link = listener.map(|listener| SerialLink::new(listener, serial_log.clone()));
     let mut raw = None;
-    if let Some(link) = &link {
+    if let (Some(link), None) = (&link, script) {
         let foreground = terminal::stdin_is_foreground_terminal();
         if foreground {
             raw = terminal::RawMode::enter();
@@ -560,12 +658,37 @@ fn run_once(
 
     let mut console = Console::new(&serial_log, cfg.echo.clone(), start);
     let mut lines_checked = 0;
+    let (mut step, mut step_from, mut step_seen) = (0usize, 0usize, None);
     let stop = loop {
         if let Some(link) = &mut link {
             link.accept();
             link.warn_if_unconnected(start.elapsed());
         }
         console.pump();
+        if let (Some(script), Some(link)) = (script, &link) {
+            let lines = &console.timed_lines;
+            while script_due(
+                script,
+                step,
+                lines,
+                &mut step_from,
+                &mut step_seen,
+                Instant::now(),
+            ) {
+                match &script[step].action {
+                    Action::Send(bytes) if script[step].pace.is_zero() => link.relay.send(bytes),
+                    Action::Send(bytes) => {
+                        for b in bytes {
+                            link.relay.send(std::slice::from_ref(b));
+                            thread::sleep(script[step].pace);
+                        }
+                    }
+                    Action::Call(f) => f(),
+                }
+                step += 1;
+                step_seen = None;
+            }
+        }
         if let Some(until) = until {
             let seen = console.timed_lines[lines_checked..]
                 .iter()
@@ -1013,6 +1136,46 @@ mod tests {
     }
 
     #[test]
+    fn script_steps_wait_for_their_line_then_their_delay() {
+        let step = |after: &str, ms| Step {
+            after: after.into(),
+            delay: Duration::from_millis(ms),
+            action: Action::Send(Vec::new()),
+            pace: Duration::ZERO,
+        };
+        let script = [step("ready", 0), step("ready", 100)];
+        let t0 = Instant::now();
+        let line = |s: &str| (Duration::ZERO, s.to_string());
+        let mut lines = vec![line("boot"), line("x ready")];
+        let (mut from, mut seen) = (0, None);
+        assert!(script_due(&script, 0, &lines, &mut from, &mut seen, t0));
+        assert_eq!(from, 2);
+        // The second step needs a `ready` line after the first one's.
+        seen = None;
+        assert!(!script_due(&script, 1, &lines, &mut from, &mut seen, t0));
+        assert_eq!((from, seen), (2, None));
+        lines.push(line("ready again"));
+        assert!(!script_due(&script, 1, &lines, &mut from, &mut seen, t0));
+        assert_eq!(seen, Some(t0));
+        let later = t0 + Duration::from_millis(100);
+        assert!(script_due(&script, 1, &lines, &mut from, &mut seen, later));
+        assert!(!script_due(&script, 2, &lines, &mut from, &mut seen, later));
+    }
+
+    #[test]
+    fn slirp_forwards_host_ports_to_the_machine() {
+        let nic = Nic {
+            forward: vec![(18080, 8080)],
+            ..Nic::default()
+        };
+        let conf = slirp_conf(Path::new("/r"), &nic);
+        assert!(
+            conf.ends_with("\nhostfwd = tcp:127.0.0.1:18080-10.0.2.15:8080\n"),
+            "{conf}"
+        );
+    }
+
+    #[test]
     fn a_nic_is_opt_in_and_uses_slirp() {
         let mut c = cfg(Emulator::Bochs);
         let rc = bochsrc(&c, Path::new("/o.fd"), 2 << 20, Path::new("/v.bin"));
@@ -1028,7 +1191,7 @@ mod tests {
             ),
             "{rc}"
         );
-        let conf = slirp_conf(Path::new("/r"));
+        let conf = slirp_conf(Path::new("/r"), &Nic::default());
         assert!(conf.starts_with("# slirp config\n"), "{conf}");
         assert!(conf.contains("dhcpstart = 10.0.2.15\n"), "{conf}");
         c.emulator = Emulator::Qemu;

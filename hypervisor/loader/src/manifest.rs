@@ -193,6 +193,31 @@ pub struct HvConfig {
     pub address: Option<Ipv4Prefix>,
     /// `gateway = "10.0.2.2"`: its default route (with `address` only).
     pub gateway: Option<[u8; 4]>,
+    /// `api_port = 8080`: the TCP port of the management API on the endpoint
+    /// (default 8080; the API is served only with `api_token`).
+    pub api_port: Option<u16>,
+    /// `api_token = "..."`: the bearer token every API request must carry
+    /// (RFC 6750 `b64token`, 16 to 128 bytes). Without one the API is off.
+    pub api_token: Option<String>,
+}
+
+/// The API's TCP port when the manifest names none.
+pub const DEFAULT_API_PORT: u16 = 8080;
+/// Shortest and longest API token.
+pub const API_TOKEN_LEN: (usize, usize) = (16, 128);
+
+/// Whether `t` is a usable bearer token: RFC 6750 2.1's `b64token` syntax
+/// (`1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`), and
+/// [`API_TOKEN_LEN`] long.
+pub fn valid_api_token(t: &str) -> bool {
+    let b = t.as_bytes();
+    let (body, pad) = b.split_at(b.iter().take_while(|&&c| c != b'=').count());
+    (API_TOKEN_LEN.0..=API_TOKEN_LEN.1).contains(&b.len())
+        && !body.is_empty()
+        && body
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-._~+/".contains(c))
+        && pad.iter().all(|&c| c == b'=')
 }
 
 /// An IPv4 address with its prefix length (1-32).
@@ -245,6 +270,8 @@ impl Default for HvConfig {
             timeslice_us: 5000,
             address: None,
             gateway: None,
+            api_port: None,
+            api_token: None,
         }
     }
 }
@@ -926,7 +953,14 @@ impl Seen {
 }
 
 const HV_TABLE: &str = "[hypervisor]";
-const HV_KEYS: [&str; 4] = ["poweroff_when_done", "timeslice_us", "address", "gateway"];
+const HV_KEYS: [&str; 6] = [
+    "poweroff_when_done",
+    "timeslice_us",
+    "address",
+    "gateway",
+    "api_port",
+    "api_token",
+];
 
 const GUEST_TABLE: &str = "[[guest]]";
 const GUEST_KEYS: [&str; 16] = [
@@ -973,6 +1007,22 @@ fn set_hv(
                     hv.gateway = Some(parse_ipv4(t).ok_or_else(|| expected(what, &v))?)
                 }
                 _ => return Err(expected(what, &v)),
+            }
+        }
+        "api_port" => hv.api_port = Some(to_u32(&v, 1, 65535, "1 to 65535")? as u16),
+        "api_token" => {
+            const WHAT: &str =
+                "a bearer token of 16 to 128 bytes of A-Z a-z 0-9 - . _ ~ + / (then = only)";
+            match v {
+                Value::Str(t) if valid_api_token(&t) => hv.api_token = Some(t),
+                // The value is a secret: the message says what is wrong, not what it is.
+                Value::Str(t) => {
+                    return Err(ErrorKind::Expected {
+                        what: WHAT,
+                        got: alloc::format!("a string of {} bytes that is not one", t.len()),
+                    })
+                }
+                other => return Err(expected(WHAT, &other)),
             }
         }
         _ => hv.timeslice_us = to_u32(&v, 1, 1_000_000, "1 to 1000000 microseconds")?,
@@ -1800,6 +1850,69 @@ mode = "long64"
         }
         assert!(HvConfig::default().poweroff_when_done);
         assert_eq!(HvConfig::default().timeslice_us, 5000);
+    }
+
+    #[test]
+    fn api_port_and_token() {
+        let m = parse(
+            "m",
+            "[hypervisor]\napi_port = 9000\napi_token = \"s3cr3t-t0ken_0123==\"\n",
+        )
+        .unwrap();
+        assert_eq!(m.hypervisor.api_port, Some(9000));
+        assert_eq!(
+            m.hypervisor.api_token.as_deref(),
+            Some("s3cr3t-t0ken_0123==")
+        );
+        assert_eq!(HvConfig::default().api_token, None);
+        for bad in [0, 65536, -1] {
+            check(
+                &format!("[hypervisor]\napi_port = {bad}\n"),
+                2,
+                Some("api_port"),
+                ErrorKind::OutOfRange {
+                    got: format!("{bad}"),
+                    allowed: "1 to 65535",
+                },
+            );
+        }
+        const WHAT: &str =
+            "a bearer token of 16 to 128 bytes of A-Z a-z 0-9 - . _ ~ + / (then = only)";
+        for bad in [
+            "short",
+            "has space in it 0123",
+            "=abcdefghijklmnopq",
+            "abcdefghijklmnop=q",
+            "\u{e9}abcdefghijklmnop",
+        ] {
+            let e = parse("m", &format!("[hypervisor]\napi_token = \"{bad}\"\n")).unwrap_err();
+            assert_eq!(
+                (e.line, e.field.as_deref()),
+                (2, Some("api_token")),
+                "{bad}"
+            );
+            assert_eq!(
+                e.kind,
+                ErrorKind::Expected {
+                    what: WHAT,
+                    got: format!("a string of {} bytes that is not one", bad.len()),
+                }
+            );
+            // The secret is never echoed.
+            assert!(!format!("{e}").contains(bad), "{e}");
+        }
+        check(
+            "[hypervisor]\napi_token = 5\n",
+            2,
+            Some("api_token"),
+            ErrorKind::Expected {
+                what: WHAT,
+                got: "5".into(),
+            },
+        );
+        assert!(valid_api_token(&"a".repeat(128)));
+        assert!(!valid_api_token(&"a".repeat(129)));
+        assert!(valid_api_token("abcdefghijklmno/+~"));
     }
 
     #[test]

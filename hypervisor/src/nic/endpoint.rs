@@ -169,6 +169,11 @@ impl Endpoint {
         );
     }
 
+    /// The sockets of the services on this endpoint (the management API).
+    pub fn sockets(&mut self) -> &mut SocketSet<'static> {
+        &mut self.sockets
+    }
+
     /// Frames in and out, timers, DHCP events. Never waits.
     pub fn poll(&mut self, nic: &mut dyn NicDriver, now_tsc: u64) {
         let now = instant(now_tsc);

@@ -188,6 +188,15 @@ pub fn poll(now: u64) {
         crate::println!("hv: nic: link {}", if link { "up" } else { "down" });
     }
     up.endpoint.poll(&mut *up.nic, now);
+    if crate::manage::api::poll(up.endpoint.sockets(), now) {
+        // The API's answers go out now rather than at the next poll.
+        up.endpoint.poll(&mut *up.nic, now);
+    }
+}
+
+/// Whether the host has an uplink NIC with the endpoint on it.
+pub fn present() -> bool {
+    UPLINK.lock().is_some()
 }
 
 /// One line of the uplink's counters (for the summary); nothing without one.

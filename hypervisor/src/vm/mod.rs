@@ -9,6 +9,7 @@ pub mod pause;
 pub mod platform;
 pub mod snapshot;
 pub mod snapshot_format;
+pub mod stats;
 pub mod vcpu;
 
 use crate::devices::ioapic::IoApic;
@@ -117,7 +118,16 @@ pub struct Vm {
     /// The snapshot (its id; 0: none) guest RAM equals but for the regions
     /// the dirty log shows written since (see `snapshot`).
     pub ram_baseline: AtomicU64,
+    /// Exits by reason, run time, where vCPUs ran (the management console's figures).
+    pub stats: stats::VmStats,
+    /// What the operator asked for when ending it ([`OP_STOP`], [`OP_RESTART`]; 0: nothing).
+    pub operator: core::sync::atomic::AtomicU8,
 }
+
+/// `Vm::operator`: ended by the operator's `stop`: not restarted, whatever its policy.
+pub const OP_STOP: u8 = 1;
+/// `Vm::operator`: ended by the operator's `restart`: restarted outside its restart budget.
+pub const OP_RESTART: u8 = 2;
 
 /// TSC when the manifest was read (start-up figures are measured from here).
 pub static MANIFEST_TSC: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
@@ -243,6 +253,8 @@ impl Vm {
             paused: AtomicBool::new(false),
             cold_load_tsc: AtomicU64::new(cold),
             ram_baseline: AtomicU64::new(0),
+            stats: stats::VmStats::new(config.vcpus as usize),
+            operator: core::sync::atomic::AtomicU8::new(0),
             lapics: (0..config.vcpus)
                 .map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick())))
                 .collect(),
@@ -328,6 +340,11 @@ impl Vm {
 
     /// Whether the ended VM should start over, per its policy and restart budget.
     pub fn wants_restart(&self) -> bool {
+        match self.operator.load(Ordering::Acquire) {
+            OP_STOP => return false,
+            OP_RESTART => return true,
+            _ => {}
+        }
         let s = self.shared.lock();
         let policy = match &s.end {
             Some(VmEnd::Reset) => Policy::Restart,
@@ -357,14 +374,22 @@ impl Vm {
 
     /// Reloads the image into zeroed RAM and clears the ended state.
     pub fn restart(&self) -> Result<(), loader::LoadError> {
-        let n = self.restarts.fetch_add(1, Ordering::AcqRel) + 1;
-        crate::console::println_after(
-            self.console,
-            format_args!(
-                "vm {}: restarting ({n} of at most {})",
-                self.name, self.config.max_restarts
-            ),
-        );
+        if self.operator.swap(0, Ordering::AcqRel) == OP_RESTART {
+            // The operator's restart does not use up the guest's budget.
+            crate::console::println_after(
+                self.console,
+                format_args!("vm {}: restarting (operator)", self.name),
+            );
+        } else {
+            let n = self.restarts.fetch_add(1, Ordering::AcqRel) + 1;
+            crate::console::println_after(
+                self.console,
+                format_args!(
+                    "vm {}: restarting ({n} of at most {})",
+                    self.name, self.config.max_restarts
+                ),
+            );
+        }
         let t0 = arch::regs::rdtsc();
         self.ram_baseline.store(0, Ordering::Release);
         self.mem.zero();

@@ -108,6 +108,7 @@ impl Vcpu {
         self.vm.mailbox[self.index]
             .running_on
             .store(me + 1, Ordering::Release);
+        self.vm.stats.last_cpu[self.index].store(me as u32 + 1, Ordering::Relaxed);
         self.switch_in();
         let deadline = rdtsc().wrapping_add(slice);
         let rate = vmx::caps().misc.preemption_timer_rate;
@@ -220,6 +221,7 @@ impl Vcpu {
             self.launched = true;
             let reason = ro::EXIT_REASON.read().unwrap_or(0);
             exit_reason = reason & 0xFFFF;
+            vm.stats.count(self.index, exit_reason);
             match self.fast_exit(reason, entry_deadline, &vm, mb) {
                 None => {}
                 Some(None) => {

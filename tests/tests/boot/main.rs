@@ -7,4 +7,5 @@ mod bochs_adversarial;
 mod bochs_basic;
 mod bochs_conformance;
 mod bochs_linux;
+mod bochs_snapshot;
 mod qemu_no_vtx;

@@ -130,7 +130,8 @@ impl Relay {
         self.quit.load(Ordering::SeqCst)
     }
 
-    fn send(&self, bytes: &[u8]) {
+    /// Sends `bytes` to the machine (kept until it connects).
+    pub fn send(&self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
