@@ -13,7 +13,10 @@ fn tick(line: &str, vm: &str) -> Option<(u64, String)> {
     Some((n.parse().ok()?, m.trim_end().to_string()))
 }
 
-/// The first tick line of `vm` after the `nth` line (0-based) containing `after`.
+/// The first tick line of `vm` with marker `before` after the `nth` line (0-based)
+/// containing `after`, if it is among the first two tick lines there: a line the guest
+/// printed before the command may still come out after it (the console holds guest lines
+/// while the prompt is open).
 fn tick_after(lines: &[&str], after: &str, nth: usize, vm: &str) -> Option<(u64, String)> {
     let at = lines
         .iter()
@@ -21,7 +24,11 @@ fn tick_after(lines: &[&str], after: &str, nth: usize, vm: &str) -> Option<(u64,
         .filter(|(_, l)| l.contains(after))
         .nth(nth)?
         .0;
-    lines[at + 1..].iter().find_map(|l| tick(l, vm))
+    lines[at + 1..]
+        .iter()
+        .filter_map(|l| tick(l, vm))
+        .take(2)
+        .find(|(_, m)| m == "before")
 }
 
 /// The last tick line of `vm` before the `nth` line containing `before`.
@@ -48,9 +55,15 @@ fn bochs_snapshot_rollback_clone_and_rollback_on_crash() {
         .cpus(2)
         .timeout_secs(600)
         .send_after("[snapc] snapguest: tick 3 ", b"\x01:snapshot snapc c1\r")
-        .send_after("[snapa] snapguest: tick 5 ", b"\x01:snapshot snapa s1\r")
+        .send_after(
+            "[snapa] snapguest: tick 5 ",
+            b"\x01:snapshot snapa s1\r",
+        )
         // snapa changes its marker at tick 12.
-        .send_after("[snapa] snapguest: tick 13 marker changed", b"\x01:rollback snapa s1\r")
+        .send_after(
+            "[snapa] snapguest: tick 13 marker changed",
+            b"\x01:rollback snapa s1\r",
+        )
         .send_after("hv: vm snapa: rolled back to snapshot s1", b"")
         .send_after("[snapa] snapguest: tick 13 marker changed", b"\x01:rollback snapa s1\r")
         .send_after("hv: vm snapa: rolled back to snapshot s1", b"")
