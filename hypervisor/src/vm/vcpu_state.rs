@@ -146,6 +146,9 @@ pub struct Staged {
     pub extra: VmcsExtra,
     /// The vCPU's TSC offset (the VM's new offset plus its own delta).
     pub tsc_offset: u64,
+    /// The GPRs again: `configure` sets the boot state's before this is
+    /// applied.
+    pub gprs: [u64; 16],
 }
 
 /// Bytes of a vCPU's XSAVE area a snapshot keeps.
@@ -230,6 +233,7 @@ impl Vcpu {
                 guest,
                 extra,
                 tsc_offset: vm_tsc_offset.wrapping_add(img.tsc_delta),
+                gprs: img.gprs,
             }))
         } else if img.wait_sipi {
             None
@@ -279,6 +283,7 @@ impl Vcpu {
         let Some(s) = self.staged.take() else {
             return Ok(());
         };
+        self.regs.gpr = s.gprs;
         let mut g = s.guest;
         // The event to inject is `pending_event`'s; an exit left none here.
         g.entry_intr_info = 0;

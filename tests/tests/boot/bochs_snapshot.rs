@@ -2,7 +2,8 @@
 //! marker and counter, and is rolled back twice (each time it continues with the snapshot's
 //! values and keeps ticking); a clone of the snapshot runs beside it; a guest with
 //! `on_crash = "rollback"` comes back from its snapshot after each crash, faster than a cold
-//! restart would get it there (both times printed).
+//! restart would get it there (both times printed); a 2-vCPU guest is snapshotted and rolled
+//! back while both its vCPUs run.
 
 use integration_tests::Scenario;
 
@@ -57,12 +58,12 @@ fn bochs_snapshot_rollback_clone_and_rollback_on_crash() {
         .send_after("[snapc] snapguest: tick 3 ", b"\x01:snapshot snapc c1\r")
         .send_after(
             "[snapa] snapguest: tick 5 ",
-            b"\x01:snapshot snapa s1\r",
+            b"\x01:snapshot snapa s1\r\x01:snapshot spin2 p1\r",
         )
         // snapa changes its marker at tick 12.
         .send_after(
             "[snapa] snapguest: tick 13 marker changed",
-            b"\x01:rollback snapa s1\r",
+            b"\x01:rollback snapa s1\r\x01:rollback spin2 p1\r",
         )
         .send_after("hv: vm snapa: rolled back to snapshot s1", b"")
         .send_after("[snapa] snapguest: tick 13 marker changed", b"\x01:rollback snapa s1\r")
@@ -158,10 +159,17 @@ fn bochs_snapshot_rollback_clone_and_rollback_on_crash() {
             &format!("snapc after rollback {nth}: {after:?}"),
         );
     }
-    boot.line_starting("hv: summary: 3 guests: snapa exited code=0, snapc stopped (triple fault")
+    // The 2-vCPU guest, paused with both vCPUs running, continues from its snapshot: the
+    // BSP still collects the AP's work and exits.
+    boot.line_starting("hv: snapshot p1 of vm spin2: ")
+        .line_starting("hv: vm spin2: rolled back to snapshot p1 in ")
+        .line_starting("[spin2] spinner: units=")
+        .no_line_containing("did not finish")
+        .line("vm spin2: exited code=0");
+    boot.line_starting("hv: summary: 4 guests: snapa exited code=0, snapc stopped (triple fault")
         .line_starting_containing(
-            "hv: summary: 3 guests:",
-            "after 2 restarts, snapb exited code=0",
+            "hv: summary: 4 guests:",
+            "after 2 restarts, spin2 exited code=0, snapb exited code=0",
         )
         .powered_off();
     boot.finish();
