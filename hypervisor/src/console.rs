@@ -194,9 +194,10 @@ pub struct Drainer {
     owner: Option<usize>,
     /// Where the round robin goes on.
     next: usize,
-    /// Only the hypervisor's own output goes out (the command prompt is
-    /// open: guest lines wait in their queues meanwhile).
-    pub hv_only: bool,
+    /// Only this source's output goes out (the command prompt's, while it
+    /// is open and until its output is out: the other lines wait in their
+    /// queues meanwhile).
+    pub only: Option<usize>,
 }
 
 impl Default for Drainer {
@@ -213,7 +214,7 @@ impl Drainer {
             len: 0,
             owner: None,
             next: 0,
-            hv_only: false,
+            only: None,
         }
     }
 
@@ -269,10 +270,10 @@ impl Drainer {
         // (few, bounded, and about the guests: `vm X: started` must come out
         // before that guest's output and its `vm X: exited`); otherwise the
         // next guest in turn.
-        let pick = match self.owner {
-            Some(o) if has(o) && (o == HV || !self.hv_only) => Some(o),
+        let pick = match (self.only, self.owner) {
+            (Some(p), _) => has(p).then_some(p),
+            (None, Some(o)) if has(o) => Some(o),
             _ if has(HV) => Some(HV),
-            _ if self.hv_only => None,
             _ => (0..n).map(|k| (self.next + k) % n).find(|&i| has(i)),
         };
         let Some(i) = pick else {
@@ -494,7 +495,10 @@ pub fn pump(now_tsc: u64) {
         return;
     };
     let (drainer, com) = &mut *d;
-    drainer.hv_only = HOLD_GUESTS.load(Ordering::Acquire);
+    let p = PROMPT.load(Ordering::Acquire);
+    drainer.only = (p != usize::MAX
+        && (HOLD_GUESTS.load(Ordering::Acquire) || source(p).is_some_and(|s| s.queued() > 0)))
+    .then_some(p);
     let n = NSOURCES.load(Ordering::Acquire);
     let sent = drainer.pump(n, source, com) as u64;
     HOLDING.store(drainer.holding(), Ordering::Release);
@@ -505,19 +509,29 @@ pub fn pump(now_tsc: u64) {
     );
 }
 
-/// While set, guests' lines wait in their queues and only the hypervisor's
-/// go out (the command prompt is open).
+/// While set, every other source's lines wait in their queues and only the
+/// command prompt's go out (the prompt is open).
 static HOLD_GUESTS: AtomicBool = AtomicBool::new(false);
+/// The command prompt's source (no prefix), once it has been used.
+static PROMPT: AtomicUsize = AtomicUsize::new(usize::MAX);
 
-/// Holds guest output back (`true`) or lets it flow again.
+/// Holds every other output back while the prompt is open (`true`), or lets
+/// it flow again once the prompt's output is out (`false`).
 pub fn hold_guests(on: bool) {
     HOLD_GUESTS.store(on, Ordering::Release);
 }
 
-/// Bytes of the hypervisor's own as they come (the prompt and its echo,
-/// command output): no line is added; `\n` ends a line.
-pub fn hv_raw(bytes: &[u8]) {
-    hv().raw(bytes);
+/// The prompt's bytes as they come (the prompt and its echo, command
+/// output): no line is added; `\n` ends a line. They go out before anything
+/// else, and whole: other sources wait until they are out.
+pub fn prompt_raw(bytes: &[u8]) {
+    let mut p = PROMPT.load(Ordering::Acquire);
+    if p == usize::MAX {
+        // No guest is named "" (names have 1 to 32 bytes): a source of its own.
+        p = register("");
+        PROMPT.store(p, Ordering::Release);
+    }
+    src(p).raw(bytes);
     after_queue();
 }
 
@@ -549,7 +563,7 @@ pub fn flush_sync() {
             Some(mut d) => {
                 let (drainer, com) = &mut *d;
                 // Everything goes out on these paths, prompt open or not.
-                drainer.hv_only = false;
+                drainer.only = None;
                 let s = drainer.pump(NSOURCES.load(Ordering::Acquire), source, com);
                 HOLDING.store(drainer.holding(), Ordering::Release);
                 s
@@ -889,29 +903,34 @@ mod tests {
     }
 
     #[test]
-    fn hv_only_holds_guest_lines_back() {
+    fn the_prompt_holds_other_lines_back_until_its_output_is_out() {
         let hv = Source::new("", 1024);
         let g = Source::new("g", 1024);
+        let p = Source::new("", 1024);
         g.raw(b"part");
         let mut d = Drainer::new();
         let mut tx = FakeTx {
             fifo: 16,
             sent: Vec::new(),
         };
-        let srcs = [&hv, &g];
+        let srcs = [&hv, &g, &p];
         assert_eq!(drain_all(&mut d, &srcs, &mut tx), "[g] part");
-        d.hv_only = true;
+        d.only = Some(2);
         g.raw(b"ial\r\nmore\r\n");
-        hv.raw(b"\nhv> list");
-        hv.raw(b"\nVM ...\n");
-        // The guest's open line is ended, its queued lines wait.
+        hv.line(b"hv: a line of the hypervisor");
+        p.raw(b"\nhv> list");
+        p.raw(b"\nVM ...\nrow\n");
+        // The guest's open line is ended; its lines and the hypervisor's wait.
         assert_eq!(
             drain_all(&mut d, &srcs, &mut tx),
-            "\r\n\r\nhv> list\r\nVM ...\r\n"
+            "\r\n\r\nhv> list\r\nVM ...\r\nrow\r\n"
         );
-        assert!(g.queued() > 0);
-        d.hv_only = false;
-        assert_eq!(drain_all(&mut d, &srcs, &mut tx), "[g] ial\r\n[g] more\r\n");
+        assert!(g.queued() > 0 && hv.queued() > 0);
+        d.only = None;
+        assert_eq!(
+            drain_all(&mut d, &srcs, &mut tx),
+            "hv: a line of the hypervisor\r\n[g] ial\r\n[g] more\r\n"
+        );
     }
 
     #[test]

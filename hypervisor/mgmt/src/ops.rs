@@ -50,7 +50,7 @@ pub struct VmSummary {
 #[serde(deny_unknown_fields)]
 pub struct VcpuInfo {
     pub index: u32,
-    /// The physical CPU (APIC id) it runs on now, `None` when it is not running.
+    /// The physical CPU (APIC id) it runs on now, or last ran on; `None` before it first ran.
     pub cpu: Option<u32>,
 }
 

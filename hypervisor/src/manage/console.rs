@@ -42,7 +42,7 @@ pub fn poll() {
             f.get_or_insert_with(ConsoleFilter::new).feed(b, &mut echo)
         };
         if !echo.is_empty() {
-            crate::console::hv_raw(&echo);
+            crate::console::prompt_raw(&echo);
         }
         match route {
             Route::Guest(b) => to_guest(&vms, b),
@@ -56,7 +56,7 @@ pub fn poll() {
             Route::PromptCancelled => crate::console::hold_guests(false),
             Route::Command(line) => {
                 let out = run_line(&line);
-                crate::console::hv_raw(out.as_bytes());
+                crate::console::prompt_raw(out.as_bytes());
                 crate::console::hold_guests(false);
             }
         }
@@ -101,5 +101,28 @@ fn list_guests(vms: &[Arc<Vm>]) {
             i + 1,
             vm.name
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_line;
+
+    #[test]
+    fn console_lines_give_the_commands_output_or_the_error() {
+        // No VMs in the host test's scheduler.
+        assert_eq!(
+            run_line("frobnicate"),
+            "unknown command `frobnicate`; `help` lists the commands\r\n"
+        );
+        assert_eq!(
+            run_line("lsit"),
+            "unknown command `lsit`; did you mean `list`?\r\n"
+        );
+        assert_eq!(run_line("info nosuch"), "no VM `nosuch`\r\n");
+        assert_eq!(run_line("pause nosuch"), "no VM `nosuch`\r\n");
+        assert_eq!(run_line("   "), "");
+        assert!(run_line("list").starts_with("VM "), "{}", run_line("list"));
+        assert!(run_line("help").contains("rollback VM NAME"));
     }
 }

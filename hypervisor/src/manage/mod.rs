@@ -51,20 +51,20 @@ fn paused(vm: &Vm) -> bool {
 
 /// The VM pause primitive (the snapshot engine's, `crate::vm::pause`).
 mod pausing {
-    use crate::vm::{pause, Vm};
+    use crate::vm::Vm;
     use alloc::string::String;
+    use core::sync::atomic::Ordering;
 
     pub fn is_paused(vm: &Vm) -> bool {
-        vm.is_paused()
+        vm.paused.load(Ordering::Acquire)
     }
 
     pub fn pause(vm: &Vm) -> Result<(), String> {
-        pause::pause(vm).map_err(|e| alloc::format!("{e}"))
+        crate::vm::pause::pause(vm).map_err(|e| alloc::format!("{e}"))
     }
 
-    pub fn resume(vm: &Vm) -> Result<(), String> {
-        pause::resume(vm);
-        Ok(())
+    pub fn resume(vm: &Vm) {
+        crate::vm::pause::resume(vm)
     }
 }
 
@@ -163,7 +163,7 @@ impl Ops for CoreOps {
         if state(&vm) != VmState::Paused {
             return Err(wrong_state(name, &vm));
         }
-        pausing::resume(&vm).map_err(OpError::Failed)?;
+        pausing::resume(&vm);
         crate::println!("hv: vm {}: resumed by the operator", vm.name);
         Ok(())
     }
@@ -177,6 +177,7 @@ impl Ops for CoreOps {
         if !vm.end(VmEnd::Stopped(String::from("stopped by the operator"))) {
             return Err(wrong_state(name, &vm));
         }
+        crate::println!("hv: vm {}: stopped by the operator", vm.name);
         leave_pause(&vm);
         kick_all(&vm);
         Ok(())
@@ -190,6 +191,7 @@ impl Ops for CoreOps {
                 return Err(wrong_state(name, &vm));
             }
             vm.operator.store(OP_RESTART, Ordering::Release);
+            crate::println!("hv: vm {}: restarted by the operator", vm.name);
             return sched::revive(&vm).map_err(|e| {
                 vm.operator.store(0, Ordering::Release);
                 OpError::Failed(e)
@@ -202,6 +204,7 @@ impl Ops for CoreOps {
             vm.operator.store(0, Ordering::Release);
             return Err(wrong_state(name, &vm));
         }
+        crate::println!("hv: vm {}: restarted by the operator", vm.name);
         leave_pause(&vm);
         kick_all(&vm);
         Ok(())
@@ -283,7 +286,7 @@ pub fn op_error(e: snapshot::SnapError) -> OpError {
 /// pause so that its vCPUs can leave.
 fn leave_pause(vm: &Vm) {
     if paused(vm) {
-        let _ = pausing::resume(vm);
+        pausing::resume(vm);
     }
 }
 
@@ -299,12 +302,16 @@ fn kick_all(vm: &Vm) {
 /// When the per-VM rates were last sampled (TSC).
 static LAST_SAMPLE: AtomicU64 = AtomicU64::new(0);
 
+/// How often the rates are sampled: per-second rates over the last quarter
+/// of a second (recent enough to show a pause at once).
+const SAMPLES_PER_SEC: u64 = 4;
+
 /// CPU 0's management tick, from its scheduler loop: samples every VM's
-/// counters about once a second (the console's and API's rates are over the
+/// counters every quarter second (the console's and API's rates are over the
 /// last such interval), then serves console input.
 pub fn tick(now: u64) {
     let last = LAST_SAMPLE.load(Ordering::Relaxed);
-    if now.saturating_sub(last) >= tsc_hz() {
+    if now.saturating_sub(last) >= tsc_hz() / SAMPLES_PER_SEC {
         LAST_SAMPLE.store(now, Ordering::Relaxed);
         for vm in sched::vms() {
             vm.stats.push_sample(vm.stats.sample(now));

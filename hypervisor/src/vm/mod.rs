@@ -107,6 +107,10 @@ pub struct Vm {
     pub longest_exit_reason: AtomicU32,
     /// How late its local APIC timer expiries were noticed.
     pub timer_lateness: lateness::Lateness,
+    /// Exits by reason, run time, where vCPUs ran (the management console's figures).
+    pub stats: stats::VmStats,
+    /// What the operator asked for when ending it ([`OP_STOP`], [`OP_RESTART`]; 0: nothing).
+    pub operator: core::sync::atomic::AtomicU8,
     /// A pause is requested (or in effect): vCPUs leave guest mode at their
     /// next exit and the scheduler parks them (see `pause`).
     pub pause_flag: AtomicBool,
@@ -118,10 +122,6 @@ pub struct Vm {
     /// The snapshot (its id; 0: none) guest RAM equals but for the regions
     /// the dirty log shows written since (see `snapshot`).
     pub ram_baseline: AtomicU64,
-    /// Exits by reason, run time, where vCPUs ran (the management console's figures).
-    pub stats: stats::VmStats,
-    /// What the operator asked for when ending it ([`OP_STOP`], [`OP_RESTART`]; 0: nothing).
-    pub operator: core::sync::atomic::AtomicU8,
 }
 
 /// `Vm::operator`: ended by the operator's `stop`: not restarted, whatever its policy.

@@ -31,14 +31,26 @@ fn bochs_vmx_root_two_cpus_and_first_guests() {
         })
         .send_after(
             "[ticker] ticker: tick 40",
-            b"\x01:list\r\x01:info ticker\r\x01:frobnicate\r\x01:info nosuch\r\x01:stop ../x\r",
+            b"\x01:list\r\x01:info ticker\r\x01:frobnicate\r\x01:info nosuch\r\x01:stop ../x\r\x01:pause ticker\r",
         )
-        .send_after("[ticker] ticker: tick 50", b"\x01:restart ticker\r")
+        // Paused for a while (under Bochs here an emulated second takes a minute or more):
+        // its rates fall to 0, then it runs on where it was.
+        .send_after_delay(
+            "hv: vm ticker: paused by the operator",
+            Duration::from_secs(60),
+            b"\x01:info ticker\r\x01:pause ticker\r\x01:resume ticker\r",
+        )
+        .send_after_delay(
+            "hv: vm ticker: resumed by the operator",
+            Duration::from_secs(10),
+            b"\x01:restart ticker\r",
+        )
         // After the restart it counts from 1 again (the first `tick 3` after this line).
         .send_after("vm ticker: started (restart)", b"")
+        // It is the last guest running by then: the machine powers off once it is stopped.
         .send_after(
             "[ticker] ticker: tick 3",
-            b"\x01:stop ticker\r\x01:stop ticker\r",
+            b"\x01:resume ticker\r\x01:stop ticker\r",
         )
         .boot();
     boot.line("hv: ferrovisor 0.1.0 starting")
@@ -195,12 +207,46 @@ fn management_console(boot: &mut integration_tests::Boot) {
         }),
         &format!("info ticker: vCPU 0 ran on no CPU: {info:?}"),
     );
-    // `restart`: a cold restart (it counts from 1 again) outside the restart budget; `stop`:
-    // it ends as if powered off, and a second `stop` is refused.
-    boot.line("vm ticker: restarting (operator)")
+    // `pause`: the ticker stops (no exits in the last sampling interval), a second pause is
+    // refused; `resume`: it goes on counting, no tick left out.
+    boot.line("vm ticker: paused")
+        .line("VM `ticker` is paused")
+        .line("vm ticker: resumed");
+    let paused = boot.lines_between("hv> pause ticker", "hv> resume ticker");
+    let row = paused
+        .iter()
+        .find(|l| l.starts_with("ticker "))
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .unwrap_or_default();
+    boot.expect(
+        row.get(1).map(String::as_str) == Some("paused")
+            && row.get(4).map(String::as_str) == Some("0"),
+        &format!("info ticker while paused: {paused:?}"),
+    );
+    let ticks: Vec<u64> = boot
+        .result
+        .lines()
+        .filter_map(|l| l.strip_prefix("[ticker] ticker: tick ")?.parse().ok())
+        .collect();
+    // The first run, up to the restart's tick 1: 1, 2, 3, ... without a gap.
+    let restart_at = ticks
+        .iter()
+        .skip(1)
+        .position(|&t| t == 1)
+        .map_or(ticks.len(), |i| i + 1);
+    let first_run = &ticks[..restart_at];
+    boot.expect(
+        first_run.len() > 50 && first_run.iter().zip(1..).all(|(&t, n)| t == n),
+        &format!("ticks before the restart not 1, 2, 3, ...: {first_run:?}"),
+    );
+    // `restart`: a cold restart (it counts from 1 again) outside the restart budget; `resume`
+    // of a running VM is refused; `stop`: it ends as if powered off.
+    boot.line("hv: vm ticker: restarted by the operator")
+        .line("vm ticker: restarting (operator)")
+        .line("VM `ticker` is running")
+        .line("hv: vm ticker: stopped by the operator")
         .line_times("[ticker] ticker: tick 1", 2)
         .line("vm ticker: stopped: stopped by the operator")
-        .line("VM `ticker` is stopped")
         .no_line_containing("ticker: done");
 }
 
