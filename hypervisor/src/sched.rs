@@ -336,7 +336,7 @@ pub fn put_paused(vcpus: Vec<(Box<Vcpu>, bool)>) {
     PAUSED.lock().extend(vcpus);
 }
 
-/// Every VM the scheduler knows (running, paused or ended).
+/// Every VM, in manifest order (those that ended too).
 pub fn vms() -> Vec<Arc<Vm>> {
     GLOBAL.lock().vms.clone()
 }

@@ -33,7 +33,12 @@ pub struct GuestMemory {
     /// EPT paging structures (all owned by this guest).
     tables: Vec<Hpa>,
     pml4: Hpa,
+    /// Dirty logging for snapshots (see `memory_dirty.rs`).
+    dirty: dirty::DirtyLog,
 }
+
+#[path = "memory_dirty.rs"]
+pub mod dirty;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemError {
@@ -146,6 +151,9 @@ impl GuestMemory {
             ranges: Vec::new(),
             tables: Vec::new(),
             pml4: Hpa(0),
+            dirty: dirty::DirtyLog::new(
+                layout(size).iter().map(|&(g, l)| g + l).max().unwrap_or(0),
+            ),
         };
         let oom = |wanted| MemError::OutOfMemory {
             wanted,
@@ -190,10 +198,12 @@ impl GuestMemory {
                 "ranges must be ascending and apart"
             );
         }
+        let end = ranges.last().map_or(0, |r| r.end());
         GuestMemory {
             ranges,
             tables: Vec::new(),
             pml4: Hpa(0),
+            dirty: dirty::DirtyLog::new(end),
         }
     }
 
@@ -236,7 +246,7 @@ impl GuestMemory {
     }
 
     pub fn eptp(&self) -> u64 {
-        ept::eptp(self.pml4)
+        ept::eptp(self.pml4) | self.dirty.eptp_bits()
     }
 
     pub fn size(&self) -> u64 {
@@ -285,6 +295,7 @@ impl GuestMemory {
     /// byte is written.
     pub fn write(&self, gpa: Gpa, data: &[u8]) -> Result<(), MemError> {
         let h = self.host_range(gpa, data.len() as u64)?;
+        self.dirty.host_wrote(gpa, data.len() as u64);
         // SAFETY: the destination is inside this guest's RAM.
         unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), h.as_mut_ptr::<u8>(), data.len()) };
         Ok(())

@@ -129,6 +129,9 @@ pub struct Vm {
     /// NICs (bit per index) whose switch port has frames waiting: set by
     /// the senders' CPUs, drained by this VM (see `nic`).
     pub net_rx: AtomicU64,
+    /// The snapshot (its id; 0: none) guest RAM equals but for the regions
+    /// the dirty log shows written since (see `snapshot`).
+    pub ram_baseline: AtomicU64,
 }
 
 /// `Vm::operator`: ended by the operator's `stop`: not restarted, whatever its policy.
@@ -210,6 +213,10 @@ impl Vm {
     ) -> Result<(Arc<Vm>, Vec<Box<vcpu::Vcpu>>), CreateError> {
         let t0 = arch::regs::rdtsc();
         let mem = GuestMemory::new(config.memory).map_err(CreateError::Memory)?;
+        if crate::vmx::caps().ept.accessed_dirty {
+            // Snapshots restore only what was written since.
+            mem.enable_dirty_log();
+        }
         let entry = loader::load(&config, image, initrd, &mem).map_err(CreateError::Load)?;
         let cold = arch::regs::rdtsc().saturating_sub(t0);
         let msr_bitmap = mm::alloc_zeroed_page().ok_or(CreateError::NoMemory)?.0;
@@ -255,14 +262,15 @@ impl Vm {
             longest_exit: core::sync::atomic::AtomicU64::new(0),
             longest_exit_reason: AtomicU32::new(0),
             timer_lateness: lateness::Lateness::default(),
-            stats: stats::VmStats::new(config.vcpus as usize),
-            operator: core::sync::atomic::AtomicU8::new(0),
             pause_flag: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             cold_load_tsc: AtomicU64::new(cold),
             nics,
             nic_slots: spin::Once::new(),
             net_rx: AtomicU64::new(0),
+            ram_baseline: AtomicU64::new(0),
+            stats: stats::VmStats::new(config.vcpus as usize),
+            operator: core::sync::atomic::AtomicU8::new(0),
             lapics: (0..config.vcpus)
                 .map(|i| Mutex::new(VLapic::new(i, i == 0, tsc_per_bus_tick())))
                 .collect(),
@@ -405,6 +413,7 @@ impl Vm {
             );
         }
         let t0 = arch::regs::rdtsc();
+        self.ram_baseline.store(0, Ordering::Release);
         self.mem.zero();
         let entry = loader::load(&self.config, self.image, self.initrd, &self.mem)?;
         *self.entry.lock() = entry;

@@ -61,6 +61,9 @@ pub enum SnapError {
     PauseTimeout(String),
     /// The snapshot can't be used here (format, checksum, CPU or build mismatch).
     Incompatible(String),
+    /// The VM has devices whose state snapshots don't hold yet (virtio
+    /// disks and NICs: queue positions, disk overlays, switch ports).
+    Unsupported(String),
     /// Anything else, with the reason.
     Failed(String),
 }
@@ -91,6 +94,7 @@ impl fmt::Display for SnapError {
                 )
             }
             SnapError::Incompatible(why) => write!(f, "snapshot refused: {why}"),
+            SnapError::Unsupported(why) => write!(f, "can't snapshot: {why}"),
             SnapError::Failed(why) => write!(f, "{why}"),
         }
     }
@@ -144,6 +148,8 @@ impl Drop for Blob {
 }
 
 struct Stored {
+    /// Unique for the hypervisor's run (names can be reused after a delete).
+    id: u64,
     info: SnapshotInfo,
     blob: Arc<Blob>,
 }
@@ -158,6 +164,7 @@ unsafe impl Sync for Blob {}
 /// (it is never held while pausing or while a VM lock is taken).
 static STORE: Mutex<Vec<Stored>> = Mutex::new(Vec::new());
 static NEXT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(1);
+static NEXT_ID: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
 
 /// This build and CPU, as a snapshot records them.
 pub fn ident() -> Ident {
@@ -346,7 +353,7 @@ fn decode(bytes: &[u8]) -> Result<Decoded<'_>, SnapError> {
 /// Puts snapshot `d` into `vm` (paused, or not yet scheduled), whose vCPUs
 /// are `vcpus` (index order, released). The device state is restored first
 /// (all or nothing), so that a refusal leaves the VM as it was.
-fn apply(vm: &Vm, d: &Decoded, vcpus: &mut [&mut Vcpu]) -> Result<(), SnapError> {
+fn apply(vm: &Vm, d: &Decoded, id: u64, vcpus: &mut [&mut Vcpu]) -> Result<(), SnapError> {
     if d.meta.vcpus != vm.config.vcpus || d.meta.memory != vm.config.memory {
         return Err(SnapError::Incompatible(format!(
             "snapshot of {} vCPUs and {} MiB, the VM has {} and {} MiB",
@@ -379,9 +386,23 @@ fn apply(vm: &Vm, d: &Decoded, vcpus: &mut [&mut Vcpu]) -> Result<(), SnapError>
         .restore(d.devices)
         .map_err(|e| SnapError::Incompatible(format!("device state: {e}")))?;
     }
-    // RAM: the snapshot's pages, every other non-zero page zeroed.
+    // RAM: the snapshot's pages, every other non-zero page zeroed; when RAM
+    // was last made equal to this very snapshot, only in the regions
+    // written since.
+    let only = if id != 0 && vm.ram_baseline.load(Ordering::Acquire) == id {
+        vm.mem.take_dirty()
+    } else {
+        None
+    };
+    let per_region = super::memory::dirty::REGION / mm::PAGE;
     let mut next = runs.iter().peekable();
     for p in 0..total {
+        if only
+            .as_ref()
+            .is_some_and(|set| !super::memory::dirty::contains(set, p / per_region))
+        {
+            continue;
+        }
         while next
             .peek()
             .is_some_and(|&&(f, d)| p >= f + (d.len() / fmt_::PAGE) as u64)
@@ -401,6 +422,12 @@ fn apply(vm: &Vm, d: &Decoded, vcpus: &mut [&mut Vcpu]) -> Result<(), SnapError>
             _ => {}
         }
     }
+    if only.is_none() {
+        // A new dirty-log period from here.
+        let _ = vm.mem.take_dirty();
+    }
+    let baseline = if vm.mem.dirty_log_enabled() { id } else { 0 };
+    vm.ram_baseline.store(baseline, Ordering::Release);
     // The guest's clocks continue from the snapshot's TSC: every deadline
     // the device models and local APICs hold is in guest TSC, so they keep
     // their distance (see docs/snapshots.md).
@@ -435,6 +462,14 @@ pub fn take(vm: &str, name: Option<&str>) -> Result<SnapshotInfo, SnapError> {
     if v.ended() {
         return Err(SnapError::VmEnded(vm.into()));
     }
+    // Restoring RAM without the virtio queues' positions and the disks'
+    // overlays would hand the guest a device state its driver never saw.
+    let virtio = v.shared.lock().io.slots().len();
+    if virtio > 0 {
+        return Err(SnapError::Unsupported(format!(
+            "VM `{vm}` has {virtio} virtio device(s) (disks/NICs), whose state snapshots don't hold yet"
+        )));
+    }
     let name: String = match name {
         Some(n) => n.into(),
         None => format!("{vm}-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
@@ -445,7 +480,13 @@ pub fn take(vm: &str, name: Option<&str>) -> Result<SnapshotInfo, SnapError> {
     let t0 = rdtsc();
     let paused = Paused::new(&v)?;
     let mut vcpus = sched::take_paused(&v);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let r = capture(&v, &mut vcpus);
+    if r.is_ok() && v.mem.take_dirty().is_some() {
+        // RAM equals this snapshot now (the vCPUs drop their cached EPT
+        // translations before they run: `capture`).
+        v.ram_baseline.store(id, Ordering::Release);
+    }
     sched::put_paused(vcpus);
     drop(paused);
     let blob = r?;
@@ -466,6 +507,7 @@ pub fn take(vm: &str, name: Option<&str>) -> Result<SnapshotInfo, SnapError> {
         return Err(SnapError::SnapshotExists(name));
     }
     st.push(Stored {
+        id,
         info: info.clone(),
         blob: Arc::new(blob),
     });
@@ -482,12 +524,12 @@ pub fn list(vm: Option<&str>) -> Vec<SnapshotInfo> {
         .collect()
 }
 
-fn blob_of(name: &str) -> Result<(SnapshotInfo, Arc<Blob>), SnapError> {
+fn blob_of(name: &str) -> Result<(u64, SnapshotInfo, Arc<Blob>), SnapError> {
     STORE
         .lock()
         .iter()
         .find(|s| s.info.name == name)
-        .map(|s| (s.info.clone(), s.blob.clone()))
+        .map(|s| (s.id, s.info.clone(), s.blob.clone()))
         .ok_or_else(|| SnapError::NoSuchSnapshot(name.into()))
 }
 
@@ -496,7 +538,7 @@ fn blob_of(name: &str) -> Result<(SnapshotInfo, Arc<Blob>), SnapError> {
 /// snapshot's guest TSC.
 pub fn rollback(vm: &str, name: &str) -> Result<(), SnapError> {
     let v = find_vm(vm)?;
-    let (info, blob) = blob_of(name)?;
+    let (id, info, blob) = blob_of(name)?;
     if info.vm != vm {
         return Err(SnapError::OtherVm {
             snapshot: name.into(),
@@ -513,7 +555,7 @@ pub fn rollback(vm: &str, name: &str) -> Result<(), SnapError> {
     let mut vcpus = sched::take_paused(&v);
     let r = if vcpus.len() == d.vcpus.len() {
         let mut refs: Vec<&mut Vcpu> = vcpus.iter_mut().map(|(c, _)| &mut **c).collect();
-        apply(&v, &d, &mut refs)
+        apply(&v, &d, id, &mut refs)
     } else {
         Err(SnapError::Failed(format!(
             "{} of {} vCPUs parked",
@@ -541,7 +583,7 @@ pub fn rollback(vm: &str, name: &str) -> Result<(), SnapError> {
 /// Starts snapshot `snapshot` as a new VM named `new_name`, with the
 /// original's manifest entry (but its own name and console); returns its name.
 pub fn clone_vm(snapshot: &str, new_name: &str) -> Result<String, SnapError> {
-    let (info, blob) = blob_of(snapshot)?;
+    let (id, info, blob) = blob_of(snapshot)?;
     let vms = sched::vms();
     if vms.iter().any(|v| v.name == new_name) {
         return Err(SnapError::VmExists(new_name.into()));
@@ -557,12 +599,12 @@ pub fn clone_vm(snapshot: &str, new_name: &str) -> Result<String, SnapError> {
     let d = decode(blob.bytes())?;
     let mut cfg = orig.config.clone();
     cfg.name = new_name.into();
-    let id = vms.iter().map(|v| v.id).max().unwrap_or(0) + 1;
-    let (vm, mut vcpus) = Vm::create(id, cfg, orig.image, orig.initrd)
+    let vm_id = vms.iter().map(|v| v.id).max().unwrap_or(0) + 1;
+    let (vm, mut vcpus) = Vm::create(vm_id, cfg, orig.image, orig.initrd)
         .map_err(|e| SnapError::Failed(format!("creating vm {new_name}: {e}")))?;
     {
         let mut refs: Vec<&mut Vcpu> = vcpus.iter_mut().map(|c| &mut **c).collect();
-        apply(&vm, &d, &mut refs)?;
+        apply(&vm, &d, id, &mut refs)?;
     }
     println!(
         "vm {new_name}: started (clone of snapshot {snapshot} of vm {}, {} MiB, in {} us)",
@@ -594,10 +636,10 @@ pub fn delete(name: &str) -> Result<(), SnapError> {
 /// Prints how long the restore took beside what a cold restart costs.
 #[allow(clippy::vec_box)]
 pub fn rollback_after_crash(vm: &Arc<Vm>) -> Option<Result<Vec<Box<Vcpu>>, SnapError>> {
-    let (info, blob) = {
+    let (id, info, blob) = {
         let st = STORE.lock();
         let s = st.iter().rev().find(|s| s.info.vm == vm.name)?;
-        (s.info.clone(), s.blob.clone())
+        (s.id, s.info.clone(), s.blob.clone())
     };
     let t0 = rdtsc();
     let r = (|| {
@@ -606,7 +648,7 @@ pub fn rollback_after_crash(vm: &Arc<Vm>) -> Option<Result<Vec<Box<Vcpu>>, SnapE
             .map(|i| Box::new(Vcpu::new(vm.clone(), i)))
             .collect();
         let mut refs: Vec<&mut Vcpu> = vcpus.iter_mut().map(|c| &mut **c).collect();
-        apply(vm, &d, &mut refs)?;
+        apply(vm, &d, id, &mut refs)?;
         Ok((vcpus, d.meta.guest_tsc))
     })();
     let (vcpus, at) = match r {

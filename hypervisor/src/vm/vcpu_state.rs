@@ -146,6 +146,9 @@ pub struct Staged {
     pub extra: VmcsExtra,
     /// The vCPU's TSC offset (the VM's new offset plus its own delta).
     pub tsc_offset: u64,
+    /// The GPRs again: `configure` sets the boot state's before this is
+    /// applied.
+    pub gprs: [u64; 16],
 }
 
 /// Bytes of a vCPU's XSAVE area a snapshot keeps.
@@ -206,6 +209,9 @@ impl Vcpu {
             // SAFETY: as above; VMCLEAR makes it loadable on any CPU again.
             unsafe { instr::vmclear(self.vmcs) }.map_err(|e| format!("VMCLEAR: {e}"))?;
             self.launched = false;
+            // The snapshot starts a new dirty-log period: no cached EPT
+            // translation may skip setting a dirty flag.
+            self.last_cpu = None;
             to_image(&g, &x, &mut img);
             img.tsc_delta = off.wrapping_sub(vm_tsc_offset);
         }
@@ -233,6 +239,7 @@ impl Vcpu {
                 guest,
                 extra,
                 tsc_offset: vm_tsc_offset.wrapping_add(img.tsc_delta),
+                gprs: img.gprs,
             }))
         } else if img.wait_sipi {
             None
@@ -267,6 +274,8 @@ impl Vcpu {
         self.configured = false;
         self.launched = false;
         self.staged = staged;
+        // Its RAM changed under its TLB entries (and the dirty log restarts).
+        self.last_cpu = None;
         self.start_halted = img.halted;
         self.spin_tsc = 0;
         self.next_timer = 0;
@@ -280,6 +289,7 @@ impl Vcpu {
         let Some(s) = self.staged.take() else {
             return Ok(());
         };
+        self.regs.gpr = s.gprs;
         let mut g = s.guest;
         // The event to inject is `pending_event`'s; an exit left none here.
         g.entry_intr_info = 0;

@@ -9,4 +9,5 @@ mod bochs_conformance;
 mod bochs_linux;
 mod bochs_linux_disk;
 mod bochs_linux_net;
+mod bochs_snapshot;
 mod qemu_no_vtx;
