@@ -692,7 +692,11 @@ fn vmcs_msr_checks(c: &mut Checks) {
             wrmsr(SYSENTER_ESP, 0xFFFF_8000_0000_2000),
         );
     }
-    c.eq("SYSENTER_CS reads back", rdmsr(SYSENTER_CS).unwrap_or(0), 0x10);
+    c.eq(
+        "SYSENTER_CS reads back",
+        rdmsr(SYSENTER_CS).unwrap_or(0),
+        0x10,
+    );
     c.eq(
         "SYSENTER_ESP reads back",
         rdmsr(SYSENTER_ESP).unwrap_or(0),
@@ -717,7 +721,10 @@ fn vmcs_msr_checks(c: &mut Checks) {
     c.eq("EFER.LME and LMA", efer & 0x500, 0x500);
     // SAFETY: must fault: clearing LME with paging on; bit 12 reserved.
     unsafe {
-        c.gp("EFER.LME cleared with paging on", wrmsr(EFER, efer & !0x100));
+        c.gp(
+            "EFER.LME cleared with paging on",
+            wrmsr(EFER, efer & !0x100),
+        );
         c.gp("EFER bit 12", wrmsr(EFER, efer | 1 << 12));
         // Writing the same value (LMA is ignored on write) is fine.
         c.none("EFER rewritten", wrmsr(EFER, efer & !0x400));
