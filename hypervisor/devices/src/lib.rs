@@ -31,6 +31,7 @@
 extern crate alloc;
 
 pub mod bus;
+mod clocked;
 pub mod debug_exit;
 pub mod effects;
 pub mod i8042;

@@ -10,6 +10,7 @@
 //!
 //! Time: guest TSC ticks (one second is the [`Clock`]'s frequency); every
 //! [`PortDevice`] access carries the time.
+use super::clocked::{self, Clocked};
 use super::{Clock, Effects, IrqState, PortDevice};
 
 pub const PORT_INDEX: u16 = 0x70;
@@ -636,6 +637,25 @@ impl Rtc {
     }
 }
 
+impl Clocked for Rtc {
+    const IRQ: u8 = IRQ;
+    fn set_time(&mut self, now: u64) {
+        Rtc::set_time(self, now);
+    }
+    fn read(&mut self, port: u16, size: u8) -> u32 {
+        Rtc::read(self, port, size)
+    }
+    fn write(&mut self, port: u16, size: u8, value: u32) {
+        Rtc::write(self, port, size, value);
+    }
+    fn poll(&mut self, now: u64) -> IrqState {
+        Rtc::poll(self, now)
+    }
+    fn next_deadline(&self) -> Option<u64> {
+        Rtc::next_deadline(self)
+    }
+}
+
 /// Every access reports the IRQ line (`1 << IRQ`) and, when it moved, the
 /// next deadline; time-driven changes come from [`PortDevice::advance`].
 impl PortDevice for Rtc {
@@ -649,28 +669,13 @@ impl PortDevice for Rtc {
         1 << IRQ
     }
     fn io_read(&mut self, port: u16, size: u8, now: u64) -> Effects {
-        self.set_time(now);
-        let before = self.next_deadline();
-        let fx = Effects::read(u64::from(self.read(port, size)));
-        let lines = self.poll(now).lines(1 << IRQ);
-        fx.with_lines(lines)
-            .with_deadline(before, self.next_deadline())
+        clocked::io_read(self, port, size, now)
     }
     fn io_write(&mut self, port: u16, size: u8, value: u32, now: u64) -> Effects {
-        self.set_time(now);
-        let before = self.next_deadline();
-        self.write(port, size, value);
-        let fx = Effects::none();
-        let lines = self.poll(now).lines(1 << IRQ);
-        fx.with_lines(lines)
-            .with_deadline(before, self.next_deadline())
+        clocked::io_write(self, port, size, value, now)
     }
     fn advance(&mut self, now: u64) -> Effects {
-        let lines = self.poll(now).lines(1 << IRQ);
-        Effects {
-            deadline: Some(self.next_deadline()),
-            ..Effects::none().with_lines(lines)
-        }
+        clocked::advance(self, now)
     }
     fn deadline(&self) -> Option<u64> {
         self.next_deadline()
