@@ -910,7 +910,8 @@ impl Bus {
 
 impl Bus {
     /// The states of the bus's devices: the 8259 pair first, then the port
-    /// devices in registration order, then the I/O APIC.
+    /// devices in registration order, then the I/O APIC, then the virtio
+    /// functions in attach order.
     pub fn states(&self) -> Vec<&dyn crate::state::Stateful> {
         let mut out: Vec<&dyn crate::state::Stateful> = Vec::new();
         out.push(&self.pic);
@@ -920,7 +921,15 @@ impl Bus {
                 .map(|d| &**d as &dyn crate::state::Stateful),
         );
         out.push(&self.ioapic);
+        out.extend(self.slots.iter().map(|s| s as &dyn crate::state::Stateful));
         out
+    }
+
+    /// The first virtio function whose state can't be saved now, and why.
+    pub fn virtio_busy(&self) -> Option<(&'static str, &'static str)> {
+        self.slots
+            .iter()
+            .find_map(|s| s.busy().map(|why| (s.name, why)))
     }
 
     /// [`Bus::states`], to restore or reset.
@@ -933,6 +942,11 @@ impl Bus {
                 .map(|d| &mut **d as &mut dyn crate::state::Stateful),
         );
         out.push(&mut self.ioapic);
+        out.extend(
+            self.slots
+                .iter_mut()
+                .map(|s| s as &mut dyn crate::state::Stateful),
+        );
         out
     }
 
@@ -943,9 +957,6 @@ impl Bus {
             d.reset_state();
         }
         crate::snapshot::reset_ioapic(&mut self.ioapic);
-        for s in &mut self.slots {
-            s.power_on();
-        }
         self.forget_lines();
     }
 

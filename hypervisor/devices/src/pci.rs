@@ -137,6 +137,27 @@ impl ConfigSpace {
             .fold(0, |v, (i, &b)| v | u32::from(b) << (i << 3))
     }
 
+    /// The 256 bytes as software reads them.
+    pub fn data(&self) -> &[u8; 256] {
+        &self.data
+    }
+
+    /// Takes `data` as the register contents (a saved state of this very
+    /// function): every bit software can't write must be what it is here,
+    /// so a state can change only what the guest could have programmed.
+    /// Refused whole, or taken whole.
+    pub fn take_programmed(&mut self, data: &[u8; 256]) -> Result<(), crate::state::StateError> {
+        let foreign = self
+            .data
+            .iter()
+            .zip(data.iter())
+            .zip(self.writable.iter())
+            .any(|((&a, &b), &w)| (a ^ b) & !w != 0);
+        crate::state::ensure(!foreign, "PCI configuration (read-only bits)")?;
+        self.data = *data;
+        Ok(())
+    }
+
     pub fn write(&mut self, off: usize, size: usize, value: u32) {
         let bytes = value.to_le_bytes();
         let cells = self

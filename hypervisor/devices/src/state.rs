@@ -77,10 +77,12 @@ pub enum Kind {
     DebugExit = 9,
     IoApic = 10,
     Lapic = 11,
+    /// A virtio PCI function (config space, transport, queues, identity).
+    Virtio = 12,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Pic,
         Kind::Pit,
         Kind::Rtc,
@@ -92,6 +94,7 @@ impl Kind {
         Kind::DebugExit,
         Kind::IoApic,
         Kind::Lapic,
+        Kind::Virtio,
     ];
 
     pub fn tag(self) -> u16 {
@@ -115,6 +118,7 @@ impl Kind {
             Kind::DebugExit => "debug-exit",
             Kind::IoApic => "ioapic",
             Kind::Lapic => "lapic",
+            Kind::Virtio => "virtio",
         }
     }
 }
@@ -180,6 +184,8 @@ pub enum BytesError {
     TooLarge,
     /// The serializer refused a state.
     Encode(Kind),
+    /// The device can't be saved now (requests in flight on its backend).
+    Busy { kind: Kind, what: &'static str },
 }
 
 impl core::fmt::Display for BytesError {
@@ -227,12 +233,15 @@ impl core::fmt::Display for BytesError {
             }
             BytesError::TooLarge => write!(f, "device state: too large for its framing"),
             BytesError::Encode(k) => write!(f, "device state: {} would not encode", k.name()),
+            BytesError::Busy { kind, what } => {
+                write!(f, "device state: {} can't be saved now: {what}", kind.name())
+            }
         }
     }
 }
 
 impl BytesError {
-    fn of(kind: Kind, e: StateError) -> BytesError {
+    pub fn of(kind: Kind, e: StateError) -> BytesError {
         match e {
             StateError::Version { found, expected } => BytesError::Version {
                 kind,

@@ -10,8 +10,9 @@
 //! ([`Bus::attach_virtio`](crate::Bus::attach_virtio) and the slot accessors
 //! there). A new virtio device type only implements
 //! [`super::VirtioDevice`]; `VirtioPci<D>` is a [`Transport`] for every `D`.
-use super::pci::{Effects as VEffects, Fault, VirtioPci, BAR_SIZE};
-use super::{GuestMem, MemError, VirtioDevice};
+use super::pci::{Effects as VEffects, Fault, TransportState, VirtioPci, BAR_SIZE};
+use super::{GuestMem, Identity, MemError, VirtioDevice};
+use crate::state::{BytesError, DeviceState, Kind, StateError, Stateful};
 use crate::pci::{ConfigSpace, BAR0, COMMAND, INTERRUPT_LINE};
 use alloc::boxed::Box;
 use core::any::Any;
@@ -44,6 +45,12 @@ pub trait Transport: Send {
     fn power_on(&mut self);
     /// The device status register (virtio 1.2 2.1).
     fn device_status(&self) -> u8;
+    /// The transport's and the device's state.
+    fn save_virtio(&self) -> (TransportState, Identity);
+    /// Takes both whole, or changes nothing and says why.
+    fn restore_virtio(&mut self, s: &TransportState, id: &Identity) -> Result<(), StateError>;
+    /// Why the state can't be saved now (requests in flight), or None.
+    fn busy(&self) -> Option<&'static str>;
     /// For the core, to reach its backend (disk overlays).
     fn as_any_mut(&mut self) -> &mut dyn Any;
     fn as_any(&self) -> &dyn Any;
@@ -88,6 +95,15 @@ impl<D: VirtioDevice + Send + 'static> Transport for VirtioPci<D> {
     }
     fn device_status(&self) -> u8 {
         self.status()
+    }
+    fn save_virtio(&self) -> (TransportState, Identity) {
+        (DeviceState::save(self).data, self.dev.identity())
+    }
+    fn restore_virtio(&mut self, s: &TransportState, id: &Identity) -> Result<(), StateError> {
+        self.restore_with(s, id)
+    }
+    fn busy(&self) -> Option<&'static str> {
+        self.dev.busy()
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
@@ -271,6 +287,104 @@ impl PciSlot {
 
     pub fn config(&self) -> &ConfigSpace {
         &self.config
+    }
+}
+
+/// A virtio function's complete state: its PCI configuration space as the
+/// guest programmed it (BAR0, command, interrupt line, the configuration
+/// access window), the transport (features, selectors, status, ISR,
+/// notified queues, each queue), the device's identity state and the
+/// slot's own bookkeeping. Its wiring (device number, IRQ line) is saved
+/// to refuse a state of another slot.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SlotState {
+    pub device: u8,
+    pub irq: u8,
+    #[serde(with = "crate::state::array")]
+    pub config: [u8; 256],
+    pub faults: u32,
+    pub work_left: bool,
+    pub transport: TransportState,
+    pub identity: Identity,
+}
+
+/// The layout version of [`SlotState`].
+pub const SLOT_STATE_VERSION: u32 = 1;
+
+impl PciSlot {
+    /// The slot's state; refused while its backend holds requests (they
+    /// would be lost: a restore can't give them back to the backend).
+    pub fn save_state(&self) -> Result<SlotState, BytesError> {
+        if let Some(what) = self.transport.busy() {
+            return Err(BytesError::Busy {
+                kind: Kind::Virtio,
+                what,
+            });
+        }
+        let (transport, identity) = self.transport.save_virtio();
+        Ok(SlotState {
+            device: self.device,
+            irq: self.irq,
+            config: *self.config.data(),
+            faults: self.faults,
+            work_left: self.work_left,
+            transport,
+            identity,
+        })
+    }
+
+    /// Takes `s` whole, or changes nothing and says why: a state of another
+    /// slot, another kind of device or another disk, read-only
+    /// configuration bits that differ, an impossible transport or queue.
+    pub fn restore_state(&mut self, s: &SlotState) -> Result<(), StateError> {
+        crate::state::ensure(
+            s.device == self.device && s.irq == self.irq,
+            "virtio slot (PCI device number or IRQ line)",
+        )?;
+        let mut config = self.config.clone();
+        config.take_programmed(&s.config)?;
+        self.transport.restore_virtio(&s.transport, &s.identity)?;
+        self.config = config;
+        self.faults = s.faults;
+        self.last_fault = None;
+        self.work_left = s.work_left;
+        Ok(())
+    }
+
+    /// Whether the backend holds requests, and which.
+    pub fn busy(&self) -> Option<&'static str> {
+        self.transport.busy()
+    }
+}
+
+impl Stateful for PciSlot {
+    fn kind(&self) -> Kind {
+        Kind::Virtio
+    }
+    fn layout_version(&self) -> u32 {
+        SLOT_STATE_VERSION
+    }
+    fn save_bytes(&self, out: &mut alloc::vec::Vec<u8>) -> Result<(), BytesError> {
+        let state = self.save_state()?;
+        let taken = core::mem::take(out);
+        *out = postcard::to_extend(&state, taken).map_err(|_| BytesError::Encode(Kind::Virtio))?;
+        Ok(())
+    }
+    fn restore_bytes(&mut self, version: u32, bytes: &[u8]) -> Result<(), BytesError> {
+        crate::state::check_version(version, SLOT_STATE_VERSION)
+            .map_err(|e| BytesError::of(Kind::Virtio, e))?;
+        let (state, rest) = postcard::take_from_bytes::<SlotState>(bytes)
+            .map_err(|_| BytesError::Malformed(Kind::Virtio))?;
+        if !rest.is_empty() {
+            return Err(BytesError::Trailing {
+                kind: Some(Kind::Virtio),
+            });
+        }
+        self.restore_state(&state)
+            .map_err(|e| BytesError::of(Kind::Virtio, e))
+    }
+    fn reset_state(&mut self) {
+        self.power_on();
     }
 }
 

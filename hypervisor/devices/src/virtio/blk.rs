@@ -558,6 +558,33 @@ impl<B: AsyncBlockBackend> VirtioDevice for Blk<B> {
     fn activate(&mut self, features: u64) {
         self.negotiated = features;
     }
+    fn identity(&self) -> super::Identity {
+        super::Identity::Blk {
+            capacity: self.backend.capacity(),
+            read_only: self.backend.read_only(),
+            serial: self.id,
+        }
+    }
+    fn take_identity(&mut self, id: &super::Identity) -> Result<(), crate::state::StateError> {
+        let super::Identity::Blk { .. } = id else {
+            return Err(crate::state::StateError::Invalid(
+                "virtio device kind (not a disk)",
+            ));
+        };
+        crate::state::ensure(
+            *id == self.identity(),
+            "disk identity (capacity, read-only or serial differ)",
+        )
+    }
+    fn busy(&self) -> Option<&'static str> {
+        if !self.pending.is_empty() {
+            Some("disk requests in flight on its backend")
+        } else if !self.waiting.is_empty() {
+            Some("disk requests waiting for its backend")
+        } else {
+            None
+        }
+    }
     fn reset(&mut self) {
         self.negotiated = 0;
         // 2.4: after a reset nothing of the old requests reaches the guest.

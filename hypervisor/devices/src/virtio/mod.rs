@@ -61,6 +61,30 @@ pub mod status {
     pub const FAILED: u8 = 0x80;
 }
 
+/// What a device type keeps of its own in a saved state (beside the
+/// transport's): what identifies it to the driver, and the little state it
+/// has besides its queues.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Identity {
+    /// virtio-blk: what the driver read at probe. A state of another disk
+    /// (another size, read-only flag or serial) is refused.
+    Blk {
+        capacity: u64,
+        read_only: bool,
+        serial: [u8; blk::ID_BYTES],
+    },
+    /// virtio-net: its MAC as the driver read it, the link and counters.
+    /// The MAC is the NIC's own (its switch port's) and is not taken from
+    /// a state: a clone keeps the MAC of its new name.
+    Net {
+        mac: crate::switch::Mac,
+        link_up: bool,
+        counters: net::NetCounters,
+    },
+    /// Any other device type: only its device ID.
+    Other { device_id: u16 },
+}
+
 /// What the transport needs from one virtio device type.
 pub trait VirtioDevice {
     /// The virtio device ID (virtio 1.2 5): 2 for a block device.
@@ -109,6 +133,22 @@ pub trait VirtioDevice {
     }
     /// Back to the state of a fresh device (a device reset, virtio 1.2 2.4).
     fn reset(&mut self);
+    /// The device's part of a saved state.
+    fn identity(&self) -> Identity {
+        Identity::Other {
+            device_id: self.device_id(),
+        }
+    }
+    /// Takes the device's part of a saved state, or changes nothing and
+    /// says why (a state of another device).
+    fn take_identity(&mut self, id: &Identity) -> Result<(), crate::state::StateError> {
+        crate::state::ensure(*id == self.identity(), "virtio device identity")
+    }
+    /// Why the device's state can't be saved now (requests its backend
+    /// still works on), or None.
+    fn busy(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 #[cfg(test)]

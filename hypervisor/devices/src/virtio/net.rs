@@ -62,7 +62,7 @@ pub trait Uplink {
 }
 
 /// The device's own counters (the switch counts per port too).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetCounters {
     pub tx_frames: u64,
     pub tx_bytes: u64,
@@ -252,6 +252,24 @@ impl<U: Uplink> VirtioDevice for VirtioNet<U> {
         queue != RXQ || self.rx_ready()
     }
     fn reset(&mut self) {}
+    fn identity(&self) -> super::Identity {
+        super::Identity::Net {
+            mac: self.mac,
+            link_up: self.link_up,
+            counters: self.counters,
+        }
+    }
+    fn take_identity(&mut self, id: &super::Identity) -> Result<(), StateError> {
+        let super::Identity::Net {
+            link_up, counters, ..
+        } = id
+        else {
+            return Err(StateError::Invalid("virtio device kind (not a NIC)"));
+        };
+        self.link_up = *link_up;
+        self.counters = *counters;
+        Ok(())
+    }
 }
 
 /// For the core when frames reached the NIC's port (a [`crate::switch::Delivery`]

@@ -663,7 +663,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
 
 /// The transport's complete state (the device's negotiated features are
 /// derived from it; disk contents belong to the backend, not to it).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TransportState {
     pub device_feature_select: u32,
     pub driver_feature_select: u32,
@@ -675,6 +675,75 @@ pub struct TransportState {
     pub intx: bool,
     pub notified: u64,
     pub queues: Vec<SplitQueue>,
+}
+
+/// Status bits with no meaning (virtio 1.2 2.1).
+const STATUS_RESERVED: u8 = 0x30;
+
+impl<D: VirtioDevice> VirtioPci<D> {
+    /// Whether `s` is a state this transport can be in (changes nothing).
+    pub fn check_state(&self, s: &TransportState) -> Result<(), StateError> {
+        use crate::state::ensure;
+        ensure(s.queues.len() == self.queues.len(), "queue count")?;
+        ensure(s.status & STATUS_RESERVED == 0, "device status bits")?;
+        if s.status & status::FEATURES_OK != 0 {
+            ensure(
+                features_acceptable(self.offered_features(), s.driver_features),
+                "negotiated features",
+            )?;
+        }
+        ensure(
+            s.status & status::DRIVER_OK == 0 || s.status & status::FEATURES_OK != 0,
+            "DRIVER_OK without FEATURES_OK",
+        )?;
+        let live = s.status & status::DRIVER_OK != 0
+            && s.status & (status::DEVICE_NEEDS_RESET | status::FAILED) == 0;
+        let max = self.dev.queue_max_size().min(super::queue::MAX_QUEUE_SIZE);
+        for q in &s.queues {
+            q.check_saved(max, live)?;
+        }
+        let all = 1u64
+            .checked_shl(self.queues.len() as u32)
+            .map_or(u64::MAX, |b| b.wrapping_sub(1));
+        ensure(s.notified & !all == 0, "notified queues")?;
+        ensure(s.isr & !(ISR_QUEUE | ISR_CONFIG) == 0, "ISR bits")?;
+        ensure(s.intx == (s.isr != 0), "INTx level")?;
+        Ok(())
+    }
+
+    /// Takes a checked state: the device is reset (it holds no request:
+    /// a state is saved only without any) and activated again with the
+    /// negotiated features.
+    fn apply_state(&mut self, s: &TransportState) {
+        self.device_feature_select = s.device_feature_select;
+        self.driver_feature_select = s.driver_feature_select;
+        self.driver_features = s.driver_features;
+        self.status = s.status;
+        self.config_generation = s.config_generation;
+        self.queue_select = s.queue_select;
+        self.isr = s.isr;
+        self.intx = s.intx;
+        self.notified = s.notified;
+        self.queues.clone_from(&s.queues);
+        self.dev.reset();
+        if s.status & status::DRIVER_OK != 0 {
+            self.dev.activate(self.negotiated_features());
+        }
+    }
+
+    /// Takes the transport's state and the device's identity state whole,
+    /// or changes nothing and says why (another kind of device, another
+    /// disk, an impossible queue).
+    pub fn restore_with(
+        &mut self,
+        s: &TransportState,
+        identity: &super::Identity,
+    ) -> Result<(), StateError> {
+        self.check_state(s)?;
+        self.dev.take_identity(identity)?;
+        self.apply_state(s);
+        Ok(())
+    }
 }
 
 impl<D: VirtioDevice> DeviceState for VirtioPci<D> {
@@ -701,40 +770,8 @@ impl<D: VirtioDevice> DeviceState for VirtioPci<D> {
 
     fn restore(&mut self, state: &State<TransportState>) -> Result<(), StateError> {
         check_version(state.version, Self::VERSION)?;
-        let s = &state.data;
-        if s.queues.len() != self.queues.len() {
-            return Err(StateError::Invalid("queue count"));
-        }
-        let max = self.dev.queue_max_size();
-        if s.queues.iter().any(|q| {
-            q.max_size != max
-                || (q.enabled && (q.size == 0 || !q.size.is_power_of_two() || q.size > max))
-        }) {
-            return Err(StateError::Invalid("queue size"));
-        }
-        let all = 1u64
-            .checked_shl(self.queues.len() as u32)
-            .map_or(u64::MAX, |b| b.wrapping_sub(1));
-        if s.notified & !all != 0 {
-            return Err(StateError::Invalid("notified queues"));
-        }
-        if s.intx != (s.isr != 0) {
-            return Err(StateError::Invalid("INTx level"));
-        }
-        self.device_feature_select = s.device_feature_select;
-        self.driver_feature_select = s.driver_feature_select;
-        self.driver_features = s.driver_features;
-        self.status = s.status;
-        self.config_generation = s.config_generation;
-        self.queue_select = s.queue_select;
-        self.isr = s.isr;
-        self.intx = s.intx;
-        self.notified = s.notified;
-        self.queues.clone_from(&s.queues);
-        self.dev.reset();
-        if s.status & status::DRIVER_OK != 0 {
-            self.dev.activate(self.negotiated_features());
-        }
+        self.check_state(&state.data)?;
+        self.apply_state(&state.data);
         Ok(())
     }
 

@@ -196,7 +196,7 @@ pub struct QueueFeatures {
 
 /// One split virtqueue: its configuration (written by the driver through
 /// the transport) and the device's position in it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SplitQueue {
     pub max_size: u16,
     pub size: u16,
@@ -232,6 +232,36 @@ impl SplitQueue {
 
     pub fn reset(&mut self) {
         *self = Self::new(self.max_size);
+    }
+
+    /// Checks a saved queue against what this device can be in: its
+    /// maximum and, once enabled, a size that is a power of two up to it,
+    /// aligned rings (whether they are RAM is checked at each use), no position
+    /// moved before it was enabled and, on a `live` device, every chain
+    /// taken also given back (`last_avail == used_idx`: a saved device
+    /// holds no request, so none can be lost across a restore).
+    pub fn check_saved(&self, max: u16, live: bool) -> Result<(), crate::state::StateError> {
+        use crate::state::ensure;
+        ensure(self.max_size == max, "queue maximum size")?;
+        // Before it is enabled the size is whatever the driver wrote (it is
+        // checked when the driver enables the queue).
+        if self.enabled {
+            ensure(
+                self.size != 0 && self.size.is_power_of_two() && self.size <= max,
+                "queue size",
+            )?;
+            ensure(
+                self.desc & 15 == 0 && self.driver & 1 == 0 && self.device & 3 == 0,
+                "queue ring alignment",
+            )?;
+            ensure(!live || self.last_avail == self.used_idx, "queue positions")?;
+        } else {
+            ensure(
+                self.last_avail == 0 && self.used_idx == 0 && self.signalled == 0,
+                "positions of a disabled queue",
+            )?;
+        }
+        Ok(())
     }
 
     fn avail_ring_len(&self) -> u64 {
