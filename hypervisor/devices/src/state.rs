@@ -234,7 +234,11 @@ impl core::fmt::Display for BytesError {
             BytesError::TooLarge => write!(f, "device state: too large for its framing"),
             BytesError::Encode(k) => write!(f, "device state: {} would not encode", k.name()),
             BytesError::Busy { kind, what } => {
-                write!(f, "device state: {} can't be saved now: {what}", kind.name())
+                write!(
+                    f,
+                    "device state: {} can't be saved now: {what}",
+                    kind.name()
+                )
             }
         }
     }
@@ -637,7 +641,7 @@ pub(crate) mod tests {
             assert_eq!(Kind::from_tag(k.tag()), Some(*k));
         }
         assert_eq!(Kind::from_tag(0), None);
-        assert_eq!(Kind::from_tag(12), None);
+        assert_eq!(Kind::from_tag(13), None);
     }
 
     #[test]
