@@ -29,6 +29,9 @@ pub const OVERLAY_LIMIT: u64 = 8 << 20;
 struct Gold {
     name: String,
     bytes: u64,
+    /// [`devices::virtio::block::hash64`] of the image, once a snapshot
+    /// needed it.
+    hash: Option<u64>,
     disks: u32,
     /// Guest ids with a disk on it (a guest with two disks on it counts once).
     guests: Vec<usize>,
@@ -108,6 +111,7 @@ pub fn attach(
                 g.push(Gold {
                     name: disk.image.clone(),
                     bytes: data.len() as u64,
+                    hash: None,
                     disks: 0,
                     guests: Vec::new(),
                 });
@@ -118,6 +122,43 @@ pub fn attach(
         e.disks += 1;
         if !e.guests.contains(&id) {
             e.guests.push(id);
+        }
+    }
+    Ok(())
+}
+
+/// The disks of another VM (`from`, its locked bus) without their
+/// overlays, over the same gold images: for a clone, which then takes a
+/// snapshot's overlays as its own copies.
+pub(super) fn empty_copies(from: &Bus) -> Vec<CowDisk> {
+    blk_devices_ref(from)
+        .map(|b| b.dev.backend().emptied())
+        .collect()
+}
+
+/// Attaches `copies` (from [`empty_copies`]) as guest `id`'s disks, with
+/// the serials of `cfgs`, counting them as users of their gold images.
+pub(super) fn attach_copies(
+    id: usize,
+    io: &mut Bus,
+    cfgs: &[DiskConfig],
+    copies: Vec<CowDisk>,
+) -> Result<(), DiskError> {
+    for (disk, cfg) in copies.into_iter().zip(cfgs) {
+        let serial = cfg.serial.as_deref().unwrap_or("").as_bytes();
+        let dev: BlkPci = VirtioPci::new(Blk::new(disk, serial));
+        io.attach_next(Box::new(dev), "virtio-blk").map_err(|e| {
+            DiskError::Bad(alloc::format!("disk (manifest line {}): {e}", cfg.line))
+        })?;
+        if let Some(g) = GOLD
+            .lock()
+            .iter_mut()
+            .find(|g| g.name.eq_ignore_ascii_case(&cfg.image))
+        {
+            g.disks += 1;
+            if !g.guests.contains(&id) {
+                g.guests.push(id);
+            }
         }
     }
     Ok(())
@@ -143,6 +184,148 @@ fn blk_devices(io: &mut Bus) -> impl Iterator<Item = &mut BlkPci> {
     io.slots_mut()
         .iter_mut()
         .filter_map(|s| s.transport.as_any_mut().downcast_mut::<BlkPci>())
+}
+
+fn blk_devices_ref(io: &Bus) -> impl Iterator<Item = &BlkPci> {
+    io.slots()
+        .iter()
+        .filter_map(|s| s.transport.as_any().downcast_ref::<BlkPci>())
+}
+
+/// The hash of gold image `name` (whose bytes are `base`), computed once.
+fn gold_hash(name: &str, base: &[u8]) -> u64 {
+    let cached = GOLD
+        .lock()
+        .iter()
+        .find(|g| g.name.eq_ignore_ascii_case(name))
+        .and_then(|g| g.hash);
+    if let Some(h) = cached {
+        return h;
+    }
+    let h = devices::virtio::block::hash64(base);
+    if let Some(g) = GOLD
+        .lock()
+        .iter_mut()
+        .find(|g| g.name.eq_ignore_ascii_case(name))
+    {
+        g.hash = Some(h);
+    }
+    h
+}
+
+/// One disk's DISK section as pieces: its head (gold image identity and
+/// chunk table) and its overlay chunks, borrowed from the bus.
+pub(super) struct DiskSection<'a> {
+    pub head: Vec<u8>,
+    pub chunks: Vec<&'a [u8]>,
+}
+
+/// The DISK sections of the VM's disks (`io` is its locked bus), in attach
+/// order.
+pub(super) fn save_disks<'a>(io: &'a Bus, cfgs: &[DiskConfig]) -> Vec<DiskSection<'a>> {
+    use super::snapshot_format::DiskImage;
+    blk_devices_ref(io)
+        .zip(cfgs)
+        .map(|(blk, cfg)| {
+            let disk = blk.dev.backend();
+            let img = DiskImage {
+                name: cfg.image.clone(),
+                base_len: disk.base().len() as u64,
+                base_hash: gold_hash(&cfg.image, disk.base()),
+                chunk: disk.chunk_size() as u32,
+                read_only: cfg.read_only,
+            };
+            let table: Vec<(u64, u32)> = disk
+                .overlay_chunks()
+                .map(|(i, c)| (i, c.len() as u32))
+                .collect();
+            DiskSection {
+                head: img.encode_head(&table),
+                chunks: disk.overlay_chunks().map(|(_, c)| c).collect(),
+            }
+        })
+        .collect()
+}
+
+/// Heap a restore must leave free beside the overlays it builds (the
+/// hypervisor heap is shared by every VM).
+const HEAP_RESERVE: usize = 4 << 20;
+
+/// Overlays built from a snapshot's DISK sections, to be put in place
+/// once the rest of the restore succeeded.
+pub(super) struct Prepared(Vec<devices::virtio::block::CowDisk>);
+
+/// Checks the snapshot's DISK sections against the VM's disks (`io` is its
+/// locked bus) and builds their overlays: one section per disk, each over
+/// the same gold image (name, size, hash) with the same chunk size and
+/// read-only flag. Changes nothing; the old overlays stay until
+/// [`install_disks`].
+pub(super) fn prepare_disks(
+    io: &Bus,
+    cfgs: &[DiskConfig],
+    sections: &[&[u8]],
+) -> Result<Prepared, String> {
+    use super::snapshot_format::DiskImage;
+    let disks: Vec<&BlkPci> = blk_devices_ref(io).collect();
+    if sections.len() != disks.len() {
+        return Err(alloc::format!(
+            "the snapshot has {} disk(s), the VM {}",
+            sections.len(),
+            disks.len()
+        ));
+    }
+    let mut decoded = Vec::new();
+    let mut need = 0usize;
+    for (i, ((blk, cfg), b)) in disks.iter().zip(cfgs).zip(sections).enumerate() {
+        let (img, chunks) = DiskImage::decode(b).map_err(|e| alloc::format!("disk {i}: {e}"))?;
+        let disk = blk.dev.backend();
+        let n = disk_name(i);
+        let same = img.name.eq_ignore_ascii_case(&cfg.image)
+            && img.base_len == disk.base().len() as u64
+            && img.chunk as usize == disk.chunk_size()
+            && img.read_only == cfg.read_only
+            && img.base_hash == gold_hash(&cfg.image, disk.base());
+        if !same {
+            return Err(alloc::format!(
+                "disk {}: the snapshot's is over \\hv\\{} ({} bytes, hash {:016x}), the VM's over \\hv\\{} ({} bytes)",
+                name_str(&n),
+                img.name,
+                img.base_len,
+                img.base_hash,
+                cfg.image,
+                disk.base().len()
+            ));
+        }
+        need = chunks
+            .iter()
+            .fold(need, |a, c| a.saturating_add(c.1.len() + 64));
+        decoded.push(chunks);
+    }
+    let free = crate::heap::usage().1;
+    if need.saturating_add(HEAP_RESERVE) > free {
+        return Err(alloc::format!(
+            "not enough hypervisor heap for the disk overlays: {} KiB needed (and {} KiB kept free), {} KiB free",
+            need.div_ceil(1024),
+            HEAP_RESERVE >> 10,
+            free >> 10
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, (blk, chunks)) in disks.iter().zip(decoded).enumerate() {
+        // An empty overlay over the same base, then the snapshot's chunks.
+        let mut d = blk.dev.backend().emptied();
+        d.replace_overlay(chunks.into_iter())
+            .map_err(|e| alloc::format!("disk {}: overlay: {e:?}", name_str(&disk_name(i))))?;
+        out.push(d);
+    }
+    Ok(Prepared(out))
+}
+
+/// Puts prepared overlays in place (the old ones are freed).
+pub(super) fn install_disks(io: &mut Bus, p: Prepared) {
+    for (blk, d) in blk_devices(io).zip(p.0) {
+        *blk.dev.backend_mut() = d;
+    }
 }
 
 impl Vm {

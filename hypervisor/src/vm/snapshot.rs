@@ -61,8 +61,8 @@ pub enum SnapError {
     PauseTimeout(String),
     /// The snapshot can't be used here (format, checksum, CPU or build mismatch).
     Incompatible(String),
-    /// The VM has devices whose state snapshots don't hold yet (virtio
-    /// disks and NICs: queue positions, disk overlays, switch ports).
+    /// The snapshot can't be taken or used now (disk requests that did not
+    /// finish in time, a clone of a VM with NICs).
     Unsupported(String),
     /// Anything else, with the reason.
     Failed(String),
@@ -284,8 +284,10 @@ fn capture(vm: &Vm, vcpus: &mut [(Box<Vcpu>, bool)]) -> Result<Blob, SnapError> 
         img.sipi = m.sipi.load(Ordering::Acquire);
         images.push(img.encode());
     }
+    // The bus stays locked until the blob is written: the disk sections
+    // borrow the overlays' chunks from it (the vCPUs are parked anyway).
+    let mut s = vm.shared.lock();
     let devices = {
-        let mut s = vm.shared.lock();
         let mut guards: Vec<_> = vm.lapics.iter().map(|l| l.lock()).collect();
         let mut lapics: Vec<&mut devices::lapic::VLapic> =
             guards.iter_mut().map(|g| &mut **g).collect();
@@ -294,8 +296,14 @@ fn capture(vm: &Vm, vcpus: &mut [(Box<Vcpu>, bool)]) -> Result<Blob, SnapError> 
             lapics: &mut lapics,
         }
         .save()
-        .map_err(|e| SnapError::Failed(format!("device state: {e}")))?
+        .map_err(|e| match e {
+            devices::state::BytesError::Busy { .. } => {
+                SnapError::Unsupported(format!("VM `{}`: {e}", vm.name))
+            }
+            _ => SnapError::Failed(format!("device state: {e}")),
+        })?
     };
+    let disks = super::disks::save_disks(&s.io, &vm.config.disks);
     let meta = Meta {
         vm: vm.name.clone(),
         vcpus: vm.config.vcpus,
@@ -304,13 +312,16 @@ fn capture(vm: &Vm, vcpus: &mut [(Box<Vcpu>, bool)]) -> Result<Blob, SnapError> 
         taken_at_ms: uptime_ms(),
     }
     .encode();
-    let mut small: Vec<(u32, u32, &[u8])> = alloc::vec![(fmt_::META, 0, &meta[..])];
+    let mut small: Vec<fmt_::Section> = alloc::vec![(fmt_::META, 0, alloc::vec![&meta[..]])];
     for (i, img) in images.iter().enumerate() {
-        small.push((fmt_::VCPU, i as u32, img));
+        small.push((fmt_::VCPU, i as u32, alloc::vec![&img[..]]));
     }
-    small.push((fmt_::DEVICES, 0, &devices));
-    // Virtio devices (queues and their positions) get a VIRTIO section once
-    // VMs have them.
+    small.push((fmt_::DEVICES, 0, alloc::vec![&devices[..]]));
+    for (i, d) in disks.iter().enumerate() {
+        let mut parts: Vec<&[u8]> = alloc::vec![&d.head[..]];
+        parts.extend(d.chunks.iter().copied());
+        small.push((fmt_::DISK, i as u32, parts));
+    }
     let ram = Ram { vm };
     let total = ram.pages();
     let runs = fmt_::runs(total, |p| ram.page(p).is_some_and(|b| !fmt_::is_zero(b)));
@@ -320,6 +331,9 @@ fn capture(vm: &Vm, vcpus: &mut [(Box<Vcpu>, bool)]) -> Result<Blob, SnapError> 
     fmt_::write(blob.bytes_mut(), &id, &small, total, &runs, |p| {
         ram.page(p).unwrap_or(&[0; 4096])
     });
+    drop(small);
+    drop(disks);
+    drop(s);
     Ok(blob)
 }
 
@@ -328,6 +342,8 @@ struct Decoded<'a> {
     meta: Meta,
     vcpus: Vec<VcpuImage>,
     devices: &'a [u8],
+    /// One per virtio disk, in attach order.
+    disks: Vec<&'a [u8]>,
     ram: &'a [u8],
 }
 
@@ -346,6 +362,7 @@ fn decode(bytes: &[u8]) -> Result<Decoded<'_>, SnapError> {
         meta,
         vcpus,
         devices: p.one(fmt_::DEVICES)?,
+        disks: p.indexed(fmt_::DISK)?,
         ram: p.one(fmt_::RAM)?,
     })
 }
@@ -376,16 +393,30 @@ fn apply(vm: &Vm, d: &Decoded, id: u64, vcpus: &mut [&mut Vcpu]) -> Result<(), S
     }
     {
         let mut s = vm.shared.lock();
-        let mut guards: Vec<_> = vm.lapics.iter().map(|l| l.lock()).collect();
-        let mut lapics: Vec<&mut devices::lapic::VLapic> =
-            guards.iter_mut().map(|g| &mut **g).collect();
-        VmDevices {
-            bus: &mut s.io,
-            lapics: &mut lapics,
+        // The disks' overlays are built first (nothing changes if they
+        // don't fit), put in place once the devices took their state.
+        let disks = super::disks::prepare_disks(&s.io, &vm.config.disks, &d.disks)
+            .map_err(SnapError::Incompatible)?;
+        {
+            let mut guards: Vec<_> = vm.lapics.iter().map(|l| l.lock()).collect();
+            let mut lapics: Vec<&mut devices::lapic::VLapic> =
+                guards.iter_mut().map(|g| &mut **g).collect();
+            VmDevices {
+                bus: &mut s.io,
+                lapics: &mut lapics,
+            }
+            .restore(d.devices)
+            .map_err(|e| SnapError::Incompatible(format!("device state: {e}")))?;
         }
-        .restore(d.devices)
-        .map_err(|e| SnapError::Incompatible(format!("device state: {e}")))?;
+        super::disks::install_disks(&mut s.io, disks);
     }
+    // Frames queued at the NICs' switch ports were for the guest as it was:
+    // dropped (a detach empties a port's queue and what it learned).
+    for p in &vm.nics {
+        p.net.set_attached(p.port, false);
+        p.net.set_attached(p.port, true);
+    }
+    vm.net_rx.store(0, Ordering::Release);
     // RAM: the snapshot's pages, every other non-zero page zeroed; when RAM
     // was last made equal to this very snapshot, only in the regions
     // written since.
@@ -454,6 +485,31 @@ fn apply(vm: &Vm, d: &Decoded, id: u64, vcpus: &mut [&mut Vcpu]) -> Result<(), S
     Ok(())
 }
 
+/// How long a snapshot waits for disk requests in flight to finish.
+const DRAIN_NS: u64 = 1_000_000_000;
+
+/// Lets the virtio backends finish the requests they hold (the VM is
+/// paused, so no new ones come), for at most [`DRAIN_NS`]; a device still
+/// busy then refuses the snapshot with the reason (nothing changed).
+fn drain_disks(v: &Vm) -> Result<(), SnapError> {
+    let t0 = rdtsc();
+    let limit = crate::time::ns_to_tsc(DRAIN_NS);
+    loop {
+        let Some((dev, why)) = v.shared.lock().io.virtio_busy() else {
+            return Ok(());
+        };
+        if rdtsc().wrapping_sub(t0) > limit {
+            return Err(SnapError::Unsupported(format!(
+                "VM `{}`: {dev}: {why} after {} ms (nothing changed)",
+                v.name,
+                DRAIN_NS / 1_000_000
+            )));
+        }
+        let _ = v.poll_devices();
+        core::hint::spin_loop();
+    }
+}
+
 /// Takes a snapshot of running VM `vm` named `name` (without one:
 /// `VM-N`). The VM is paused for the copy and resumes afterwards (a VM the
 /// operator paused stays paused).
@@ -461,14 +517,6 @@ pub fn take(vm: &str, name: Option<&str>) -> Result<SnapshotInfo, SnapError> {
     let v = find_vm(vm)?;
     if v.ended() {
         return Err(SnapError::VmEnded(vm.into()));
-    }
-    // Restoring RAM without the virtio queues' positions and the disks'
-    // overlays would hand the guest a device state its driver never saw.
-    let virtio = v.shared.lock().io.slots().len();
-    if virtio > 0 {
-        return Err(SnapError::Unsupported(format!(
-            "VM `{vm}` has {virtio} virtio device(s) (disks/NICs), whose state snapshots don't hold yet"
-        )));
     }
     let name: String = match name {
         Some(n) => n.into(),
@@ -481,7 +529,7 @@ pub fn take(vm: &str, name: Option<&str>) -> Result<SnapshotInfo, SnapError> {
     let paused = Paused::new(&v)?;
     let mut vcpus = sched::take_paused(&v);
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let r = capture(&v, &mut vcpus);
+    let r = drain_disks(&v).and_then(|()| capture(&v, &mut vcpus));
     if r.is_ok() && v.mem.take_dirty().is_some() {
         // RAM equals this snapshot now (the vCPUs drop their cached EPT
         // translations before they run: `capture`).
@@ -595,12 +643,26 @@ pub fn clone_vm(snapshot: &str, new_name: &str) -> Result<String, SnapError> {
         .iter()
         .find(|v| v.name == info.vm)
         .ok_or_else(|| SnapError::NoSuchVm(info.vm.clone()))?;
+    if !orig.nics.is_empty() {
+        // A clone would need switch ports of its own; networks get their
+        // ports when the manifest is read.
+        return Err(SnapError::Unsupported(format!(
+            "vm {} has {} NIC(s): a clone can't get a switch port of its own yet",
+            info.vm,
+            orig.nics.len()
+        )));
+    }
     let t0 = rdtsc();
     let d = decode(blob.bytes())?;
     let mut cfg = orig.config.clone();
     cfg.name = new_name.into();
     let vm_id = vms.iter().map(|v| v.id).max().unwrap_or(0) + 1;
     let (vm, mut vcpus) = Vm::create(vm_id, cfg, orig.image, orig.initrd)
+        .map_err(|e| SnapError::Failed(format!("creating vm {new_name}: {e}")))?;
+    // Its own disks over the same gold images, which take the snapshot's
+    // overlays as their own copies (`apply`).
+    let copies = super::disks::empty_copies(&orig.shared.lock().io);
+    super::disks::attach_copies(vm_id, &mut vm.shared.lock().io, &vm.config.disks, copies)
         .map_err(|e| SnapError::Failed(format!("creating vm {new_name}: {e}")))?;
     {
         let mut refs: Vec<&mut Vcpu> = vcpus.iter_mut().map(|c| &mut **c).collect();

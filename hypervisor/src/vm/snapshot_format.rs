@@ -7,8 +7,9 @@ use alloc::vec::Vec;
 use core::fmt;
 
 pub const MAGIC: [u8; 8] = *b"FVSNAP\r\n";
-/// Bumped on any change to the layout of the header or of a section.
-pub const VERSION: u32 = 1;
+/// Bumped on any change to the layout of the header or of a section
+/// (2: virtio functions in DEVICES, DISK sections).
+pub const VERSION: u32 = 2;
 pub const PAGE: usize = 4096;
 
 /// Section kinds (a snapshot with a kind this build doesn't know is refused).
@@ -16,9 +17,9 @@ pub const META: u32 = 1;
 pub const VCPU: u32 = 2;
 pub const DEVICES: u32 = 3;
 pub const RAM: u32 = 4;
-/// Reserved for virtio device state (queues, positions) once VMs have virtio
-/// devices: written by no build yet.
-pub const VIRTIO: u32 = 5;
+/// One per virtio disk (index = attach order): its gold image's identity and
+/// its copy-on-write overlay ([`DiskImage`]).
+pub const DISK: u32 = 5;
 
 /// What must match for a snapshot to be restored: the build that wrote it
 /// and the CPU it ran on (the VMCS and XSAVE layouts depend on both).
@@ -87,7 +88,7 @@ pub fn section_name(kind: u32) -> &'static str {
         VCPU => "vcpu",
         DEVICES => "devices",
         RAM => "ram",
-        VIRTIO => "virtio",
+        DISK => "disk",
         _ => "unknown",
     }
 }
@@ -258,13 +259,21 @@ pub fn is_zero(page: &[u8]) -> bool {
     chunks.remainder().iter().all(|&b| b == 0)
 }
 
+/// A section before the RAM: kind, index and its payload as pieces
+/// (written one after the other, so large parts are never copied first).
+pub type Section<'a> = (u32, u32, Vec<&'a [u8]>);
+
+fn pieces_len(p: &[&[u8]]) -> usize {
+    p.iter().map(|b| b.len()).sum()
+}
+
 /// Writes a whole snapshot into `out`, which must be exactly
 /// [`total_len`] bytes: the small sections as given, then the RAM section,
 /// whose pages `page(n)` returns (4 KiB each, for the pages in `runs`).
 pub fn write<'p>(
     out: &mut [u8],
     id: &Ident,
-    small: &[(u32, u32, &[u8])],
+    small: &[Section],
     total_pages: u64,
     runs: &[Run],
     mut page: impl FnMut(u64) -> &'p [u8],
@@ -282,11 +291,14 @@ pub fn write<'p>(
     w.u32(id.xsave_size);
     let crc = crc32(w.slice(0, w.pos()));
     w.u32(crc);
-    for &(kind, index, data) in small {
-        let h = section_head(kind, index, data.len() as u64);
+    for (kind, index, parts) in small {
+        let h = section_head(*kind, *index, pieces_len(parts) as u64);
         w.bytes(&h);
-        w.u32(crc32_update(crc32(&h), data));
-        w.bytes(data);
+        let crc = parts.iter().fold(crc32(&h), |c, p| crc32_update(c, p));
+        w.u32(crc);
+        for p in parts {
+            w.bytes(p);
+        }
     }
     let h = section_head(RAM, 0, ram_len(runs) as u64);
     w.bytes(&h);
@@ -317,11 +329,11 @@ fn section_head(kind: u32, index: u32, len: u64) -> [u8; 16] {
 }
 
 /// Bytes of a snapshot with these small sections and RAM runs.
-pub fn total_len(id: &Ident, small: &[(u32, u32, &[u8])], runs: &[Run]) -> usize {
+pub fn total_len(id: &Ident, small: &[Section], runs: &[Run]) -> usize {
     header_len(id)
         + small
             .iter()
-            .map(|s| SECTION_HEADER + s.2.len())
+            .map(|s| SECTION_HEADER + pieces_len(&s.2))
             .sum::<usize>()
         + SECTION_HEADER
         + ram_len(runs)
@@ -413,7 +425,7 @@ pub fn parse<'a>(bytes: &'a [u8], ours: &Ident) -> Result<Parsed<'a>, FormatErro
         let index = r.u32("section header")?;
         let len = r.u64("section header")?;
         let crc = r.u32("section header")?;
-        if !(META..=VIRTIO).contains(&kind) {
+        if !(META..=DISK).contains(&kind) {
             return Err(FormatError::UnknownSection(kind));
         }
         let len = usize::try_from(len).map_err(|_| FormatError::Truncated("section"))?;
@@ -457,6 +469,99 @@ pub fn ram_runs(data: &[u8]) -> Result<(u64, RunData<'_>), FormatError> {
         return Err(FormatError::TrailingBytes);
     }
     Ok((total, out))
+}
+
+/// A DISK section: the gold image the disk is over (name, size, a 64-bit
+/// hash of its bytes), the overlay's chunk size, and then the overlay's
+/// chunks: a table of (chunk index u64, length u32), indices ascending,
+/// followed by their bytes in that order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskImage {
+    pub name: String,
+    pub base_len: u64,
+    pub base_hash: u64,
+    pub chunk: u32,
+    pub read_only: bool,
+}
+
+/// The overlay chunks of a DISK section: index and bytes.
+pub type Chunks<'a> = Vec<(u64, &'a [u8])>;
+
+impl DiskImage {
+    /// The section's bytes up to the chunks' data, for chunks `table`.
+    pub fn encode_head(&self, table: &[(u64, u32)]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(40 + self.name.len() + 12 * table.len());
+        v.extend_from_slice(&(self.name.len() as u32).to_le_bytes());
+        v.extend_from_slice(self.name.as_bytes());
+        v.extend_from_slice(&self.base_len.to_le_bytes());
+        v.extend_from_slice(&self.base_hash.to_le_bytes());
+        v.extend_from_slice(&self.chunk.to_le_bytes());
+        v.push(u8::from(self.read_only));
+        v.extend_from_slice(&(table.len() as u64).to_le_bytes());
+        for &(i, n) in table {
+            v.extend_from_slice(&i.to_le_bytes());
+            v.extend_from_slice(&n.to_le_bytes());
+        }
+        v
+    }
+
+    /// Checks a DISK section's layout: every chunk inside the base, no
+    /// longer than a chunk, indices ascending, the data exactly as long as
+    /// the table says.
+    pub fn decode(b: &[u8]) -> Result<(DiskImage, Chunks<'_>), FormatError> {
+        let mut r = Reader::new(b);
+        let n = r.u32("disk")? as usize;
+        if n > 256 {
+            return Err(FormatError::Invalid("disk image name length"));
+        }
+        let name = core::str::from_utf8(r.bytes(n, "disk")?)
+            .map_err(|_| FormatError::Invalid("disk image name"))?
+            .into();
+        let d = DiskImage {
+            name,
+            base_len: r.u64("disk")?,
+            base_hash: r.u64("disk")?,
+            chunk: r.u32("disk")?,
+            read_only: match r.u8("disk")? {
+                0 => false,
+                1 => true,
+                _ => return Err(FormatError::Invalid("disk read-only flag")),
+            },
+        };
+        if !d.chunk.is_power_of_two() || d.chunk < 512 {
+            return Err(FormatError::Invalid("disk chunk size"));
+        }
+        let count = r.u64("disk chunk table")?;
+        if count.saturating_mul(12) > r.rest() as u64 {
+            return Err(FormatError::Truncated("disk chunk table"));
+        }
+        let mut table = Vec::with_capacity(count as usize);
+        let mut next = 0u64;
+        for _ in 0..count {
+            let i = r.u64("disk chunk table")?;
+            let len = r.u32("disk chunk table")?;
+            let start = i
+                .checked_mul(u64::from(d.chunk))
+                .filter(|&s| s < d.base_len && i >= next)
+                .ok_or(FormatError::Invalid("disk chunk index"))?;
+            if u64::from(len) != u64::from(d.chunk).min(d.base_len - start) {
+                return Err(FormatError::Invalid("disk chunk length"));
+            }
+            next = i + 1;
+            table.push((i, len));
+        }
+        let mut chunks = Vec::with_capacity(table.len());
+        for (i, len) in table {
+            chunks.push((i, r.bytes(len as usize, "disk chunk data")?));
+        }
+        if !r.done() {
+            return Err(FormatError::TrailingBytes);
+        }
+        if d.read_only && !chunks.is_empty() {
+            return Err(FormatError::Invalid("overlay of a read-only disk"));
+        }
+        Ok((d, chunks))
+    }
 }
 
 /// The META section: what the snapshot is of.
@@ -774,7 +879,21 @@ mod tests {
         .encode();
         let cpu = image().encode();
         let dev = b"FVDS-devices".to_vec();
-        let small: [(u32, u32, &[u8]); 3] = [(META, 0, &meta), (VCPU, 0, &cpu), (DEVICES, 0, &dev)];
+        let disk = DiskImage {
+            name: "gold.img".into(),
+            base_len: 3 * 4096 + 512,
+            base_hash: 0x1234_5678_9abc_def0,
+            chunk: 4096,
+            read_only: false,
+        };
+        let (c0, c3) = (vec![7u8; 4096], vec![9u8; 512]);
+        let head = disk.encode_head(&[(0, 4096), (3, 512)]);
+        let small: [Section; 4] = [
+            (META, 0, vec![&meta]),
+            (VCPU, 0, vec![&cpu]),
+            (DEVICES, 0, vec![&dev]),
+            (DISK, 0, vec![&head, &c0, &c3]),
+        ];
         let mem = ram();
         let r = runs(8, |p| !is_zero(&mem[p as usize * PAGE..][..PAGE]));
         let mut out = vec![0u8; total_len(&id, &small, &r)];
@@ -816,6 +935,15 @@ mod tests {
         assert_eq!(cpus.len(), 1);
         assert_eq!(VcpuImage::decode(cpus[0]).unwrap(), image());
         assert_eq!(p.one(DEVICES).unwrap(), b"FVDS-devices");
+        let (d, chunks) = DiskImage::decode(p.indexed(DISK).unwrap()[0]).unwrap();
+        assert_eq!(
+            (d.name.as_str(), d.base_len, d.chunk),
+            ("gold.img", 3 * 4096 + 512, 4096)
+        );
+        assert_eq!(d.base_hash, 0x1234_5678_9abc_def0);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!((chunks[0].0, chunks[0].1), (0, &[7u8; 4096][..]));
+        assert_eq!((chunks[1].0, chunks[1].1), (3, &[9u8; 512][..]));
         let (total, runs) = ram_runs(p.one(RAM).unwrap()).unwrap();
         assert_eq!(total, 8);
         let mem = ram();
@@ -825,8 +953,8 @@ mod tests {
             back[first as usize * PAGE..][..data.len()].copy_from_slice(data);
         }
         assert_eq!(back, mem);
-        // Only 3 of 8 pages take space.
-        assert!(bytes.len() < 4 * PAGE, "{}", bytes.len());
+        // Only 3 of 8 pages (and the disk's 4.5 KiB) take space.
+        assert!(bytes.len() < 6 * PAGE, "{}", bytes.len());
     }
 
     #[test]
@@ -877,16 +1005,85 @@ mod tests {
         );
         // A newer format version, with a valid header checksum.
         let mut b = bytes.clone();
-        b[8] = 2;
+        b[8] = 3;
         let hl = header_len(&ident());
         let crc = crc32(&b[..hl - 4]);
         b[hl - 4..hl].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             parse(&b, &ident()).unwrap_err(),
             FormatError::Version {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             }
+        );
+        // A format 1 snapshot (before virtio and disks) is refused.
+        let mut b = bytes.clone();
+        b[8] = 1;
+        let crc = crc32(&b[..hl - 4]);
+        b[hl - 4..hl].copy_from_slice(&crc.to_le_bytes());
+        let e = parse(&b, &ident()).unwrap_err();
+        assert_eq!(
+            e,
+            FormatError::Version {
+                found: 1,
+                supported: 2
+            }
+        );
+        assert_eq!(
+            alloc::format!("{e}"),
+            "format version 1, this build reads 2"
+        );
+    }
+
+    #[test]
+    fn disk_sections_are_validated() {
+        let d = DiskImage {
+            name: "g".into(),
+            base_len: 2 * 4096,
+            base_hash: 1,
+            chunk: 4096,
+            read_only: false,
+        };
+        let c = vec![1u8; 4096];
+        let whole = |t: &[(u64, u32)], n: usize| {
+            let mut v = d.encode_head(t);
+            for _ in 0..n {
+                v.extend_from_slice(&c);
+            }
+            v
+        };
+        assert!(DiskImage::decode(&whole(&[(0, 4096), (1, 4096)], 2)).is_ok());
+        let bad = [
+            (
+                whole(&[(1, 4096), (0, 4096)], 2),
+                FormatError::Invalid("disk chunk index"),
+            ),
+            (
+                whole(&[(2, 4096)], 1),
+                FormatError::Invalid("disk chunk index"),
+            ),
+            (
+                whole(&[(0, 512)], 1),
+                FormatError::Invalid("disk chunk length"),
+            ),
+            (whole(&[(0, 4096)], 2), FormatError::TrailingBytes),
+        ];
+        for (b, e) in bad {
+            assert_eq!(DiskImage::decode(&b).unwrap_err(), e);
+        }
+        let b = whole(&[(0, 4096), (1, 4096)], 2);
+        for n in 0..b.len() {
+            assert!(DiskImage::decode(&b[..n]).is_err(), "truncated to {n}");
+        }
+        let ro = DiskImage {
+            read_only: true,
+            ..d.clone()
+        };
+        let mut b = ro.encode_head(&[(0, 4096)]);
+        b.extend_from_slice(&c);
+        assert_eq!(
+            DiskImage::decode(&b).unwrap_err(),
+            FormatError::Invalid("overlay of a read-only disk")
         );
     }
 

@@ -261,6 +261,25 @@ fn pieces(chunk: usize, s: usize, e: usize) -> impl Iterator<Item = (u64, usize,
     })
 }
 
+/// A 64-bit hash of `bytes` (FNV-1a over 64-bit little-endian words, the
+/// tail bytes one by one, then the length): names a gold image's content
+/// in a snapshot. Not cryptographic.
+pub fn hash64(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        h = (h ^ u64::from_le_bytes(a)).wrapping_mul(PRIME);
+    }
+    for &b in words.remainder() {
+        h = (h ^ u64::from(b)).wrapping_mul(PRIME);
+    }
+    (h ^ bytes.len() as u64).wrapping_mul(PRIME)
+}
+
 /// The shared, read-only bytes under a [`CowDisk`]: reference-counted, or a
 /// file that stays loaded for the hypervisor's lifetime (an image read from
 /// the ESP).
@@ -343,6 +362,18 @@ impl CowDisk {
         self.overlay_len
     }
 
+    /// The same disk (base, chunk size, limit, read-only) without an overlay.
+    pub fn emptied(&self) -> Self {
+        Self {
+            base: self.base.clone(),
+            chunk: self.chunk,
+            overlay: BTreeMap::new(),
+            overlay_len: 0,
+            limit: self.limit,
+            read_only: self.read_only,
+        }
+    }
+
     /// Forgets every private change: the disk is the gold image again.
     pub fn drop_overlay(&mut self) {
         self.overlay.clear();
@@ -366,6 +397,59 @@ impl CowDisk {
 
     pub fn base(&self) -> &[u8] {
         &self.base
+    }
+
+    /// The overlay's chunk size in bytes.
+    pub fn chunk_size(&self) -> usize {
+        self.chunk
+    }
+
+    /// The most the overlay may hold.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The overlay's chunks (index, bytes), in index order.
+    pub fn overlay_chunks(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.overlay.iter().map(|(&i, c)| (i, &c[..]))
+    }
+
+    /// Replaces the overlay with `chunks` (index, bytes; a saved overlay of
+    /// a disk over the same base), or changes nothing and says why: indices
+    /// not strictly ascending or outside the base, a chunk of another size
+    /// than its base chunk, more than the limit, a read-only disk, or no
+    /// memory for the copy.
+    pub fn replace_overlay<'a>(
+        &mut self,
+        chunks: impl Iterator<Item = (u64, &'a [u8])>,
+    ) -> Result<(), BlockError> {
+        let mut overlay = BTreeMap::new();
+        let mut len = 0u64;
+        let mut last = None;
+        for (index, data) in chunks {
+            if self.read_only {
+                return Err(BlockError::ReadOnly);
+            }
+            if last.is_some_and(|l| index <= l) {
+                return Err(BlockError::OutOfRange);
+            }
+            last = Some(index);
+            if self.base_chunk(index)?.len() != data.len() {
+                return Err(BlockError::OutOfRange);
+            }
+            len = len
+                .checked_add(data.len() as u64)
+                .filter(|&n| n <= self.limit)
+                .ok_or(BlockError::NoSpace)?;
+            let mut v = Vec::new();
+            v.try_reserve_exact(data.len())
+                .map_err(|_| BlockError::NoSpace)?;
+            v.extend_from_slice(data);
+            overlay.insert(index, v.into_boxed_slice());
+        }
+        self.overlay = overlay;
+        self.overlay_len = len;
+        Ok(())
     }
 
     fn base_chunk(&self, index: u64) -> Result<&[u8], BlockError> {
@@ -541,6 +625,54 @@ mod tests {
         d.discard(2, 1).unwrap();
         d.read(2, &mut buf[..512]).unwrap();
         assert_eq!(&buf[..512], &base[1024..]);
+    }
+
+    #[test]
+    fn an_overlay_is_saved_and_replaced_whole() {
+        let base: Arc<[u8]> = pattern(8 * 1024 + 512).into();
+        let mut a = CowDisk::new(base.clone(), 4096).unwrap();
+        a.write(1, &[1; 512]).unwrap();
+        a.write(16, &[2; 512]).unwrap(); // the short last chunk
+        let saved: Vec<(u64, Vec<u8>)> = a.overlay_chunks().map(|(i, c)| (i, c.to_vec())).collect();
+        assert_eq!(
+            saved.iter().map(|c| (c.0, c.1.len())).collect::<Vec<_>>(),
+            [(0, 4096), (2, 512)]
+        );
+        let mut b = CowDisk::new(base.clone(), 4096).unwrap();
+        b.write(9, &[3; 512]).unwrap();
+        b.replace_overlay(saved.iter().map(|(i, c)| (*i, &c[..])))
+            .unwrap();
+        assert_eq!(b, a, "b holds a's overlay, and only it");
+        // Refused without change: out of order, a wrong length, outside
+        // the base, over the limit, onto a read-only disk.
+        let before = b.clone();
+        let c0 = &saved[0].1[..];
+        for bad in [
+            vec![(2, &saved[1].1[..]), (0, c0)],
+            vec![(0, &c0[..512])],
+            vec![(3, c0)],
+        ] {
+            assert!(b.replace_overlay(bad.into_iter()).is_err());
+            assert_eq!(b, before);
+        }
+        let mut small = CowDisk::new(base.clone(), 4096).unwrap().with_limit(4096);
+        assert_eq!(
+            small.replace_overlay(saved.iter().map(|(i, c)| (*i, &c[..]))),
+            Err(BlockError::NoSpace)
+        );
+        let mut ro = CowDisk::new(base.clone(), 4096)
+            .unwrap()
+            .with_read_only(true);
+        assert!(ro
+            .replace_overlay(saved.iter().map(|(i, c)| (*i, &c[..])))
+            .is_err());
+        assert!(ro.replace_overlay(core::iter::empty()).is_ok());
+        // The hash names the content.
+        assert_eq!(hash64(&base), hash64(&pattern(8 * 1024 + 512)));
+        assert_ne!(hash64(&base), hash64(&base[..base.len() - 1]));
+        let mut other = pattern(8 * 1024 + 512);
+        other[5000] ^= 1;
+        assert_ne!(hash64(&base), hash64(&other));
     }
 
     #[test]
