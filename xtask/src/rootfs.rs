@@ -124,6 +124,35 @@ off() {
     exit 1
 }
 
+# With snaptest=1 (tests/tests/boot/bochs_linux_snapshot.rs): the test snapshots the guest
+# while it waits for a console line, types `change` (the root changes, synced to the disk),
+# rolls the guest back to the snapshot and types `check`: the guest, back in its first wait,
+# reads its root from the disk (page cache dropped) and says what it holds.
+case "$cmdline" in
+*" snaptest=1 "*)
+    echo "state one" > /root/snapfile
+    sync
+    echo "linux-guest: snaptest: wrote state one, synced; waiting for a console line"
+    while read -r cmd; do
+        case "$cmd" in
+        change)
+            echo "state two" > /root/snapfile
+            seq 20000 > /root/later
+            sync
+            echo 3 > /proc/sys/vm/drop_caches
+            echo "linux-guest: snaptest: changed: $(cat /root/snapfile), /root/later $(wc -l < /root/later) lines, synced"
+            ;;
+        check)
+            echo 3 > /proc/sys/vm/drop_caches
+            if [ -e /root/later ]; then later=present; else later=absent; fi
+            echo "linux-guest: snaptest: snapfile '$(cat /root/snapfile)', /root/later $later"
+            break
+            ;;
+        esac
+    done
+    ;;
+esac
+
 case "$cmdline" in
 *" interactive=1 "*)
     echo "linux-guest: interactive shell on the console; exit it to power off"
@@ -449,6 +478,9 @@ mod tests {
             "linux-guest: rootcheck: a file from an earlier boot is present",
             "linux-guest: rootcheck: no file from an earlier boot",
             "*\" rootcheck=1 \"*)",
+            "*\" snaptest=1 \"*)",
+            "linux-guest: snaptest: wrote state one, synced; waiting for a console line",
+            "linux-guest: snaptest: snapfile '$(cat /root/snapfile)', /root/later $later",
             "sync",
             "poweroff -f",
         ] {
