@@ -42,10 +42,11 @@ pub struct Network {
     pub name: String,
     switch: Mutex<Switch>,
     /// Per port: who to tell that frames arrived (set once the NIC's VM
-    /// exists; until then frames only queue).
+    /// exists; until then frames only queue). One for each port the switch
+    /// can have, so ports added at run time (clones) need no resize.
     sinks: Vec<Once<Arc<dyn PortSink>>>,
     /// Per port: the guest and NIC index that own it (for reports).
-    owners: Vec<(String, usize)>,
+    owners: Mutex<Vec<(String, usize)>>,
     /// The switch's clock (ns, monotonic).
     clock: fn() -> u64,
 }
@@ -75,8 +76,10 @@ impl Network {
         Ok(Self {
             name: cfg.name.clone(),
             switch: Mutex::new(switch),
-            sinks: Vec::new(),
-            owners: Vec::new(),
+            sinks: (0..devices::switch::MAX_PORTS)
+                .map(|_| Once::new())
+                .collect(),
+            owners: Mutex::new(Vec::new()),
             clock,
         })
     }
@@ -85,8 +88,16 @@ impl Network {
     /// allocates the port's queue).
     pub fn add_port(&mut self, mac: Mac, guest: &str, nic: usize) -> Result<PortId, SwitchError> {
         let port = self.switch.get_mut().add_port(mac)?;
-        self.sinks.push(Once::new());
-        self.owners.push((String::from(guest), nic));
+        self.owners.get_mut().push((String::from(guest), nic));
+        Ok(port)
+    }
+
+    /// Adds a port while guests run (for a clone: a management command, not
+    /// a guest's exit). Ports are never removed: a clone's stays detached
+    /// after it ends.
+    pub fn add_port_now(&self, mac: Mac, guest: &str, nic: usize) -> Result<PortId, SwitchError> {
+        let port = self.switch.lock().add_port(mac)?;
+        self.owners.lock().push((String::from(guest), nic));
         Ok(port)
     }
 
@@ -98,7 +109,7 @@ impl Network {
     }
 
     pub fn ports(&self) -> usize {
-        self.owners.len()
+        self.owners.lock().len()
     }
 
     pub fn anti_spoofing(&self) -> bool {

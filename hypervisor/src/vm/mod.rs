@@ -211,6 +211,17 @@ impl Vm {
         image: &'static [u8],
         initrd: Option<&'static [u8]>,
     ) -> Result<(Arc<Vm>, Vec<Box<vcpu::Vcpu>>), CreateError> {
+        Self::create_with_nics(id, config, image, initrd, crate::net::guest_ports(id))
+    }
+
+    /// [`Vm::create`] with the switch ports of its NICs given (a clone's).
+    pub fn create_with_nics(
+        id: usize,
+        config: GuestConfig,
+        image: &'static [u8],
+        initrd: Option<&'static [u8]>,
+        nics: Vec<crate::net::NetPort>,
+    ) -> Result<(Arc<Vm>, Vec<Box<vcpu::Vcpu>>), CreateError> {
         let t0 = arch::regs::rdtsc();
         let mem = GuestMemory::new(config.memory).map_err(CreateError::Memory)?;
         if crate::vmx::caps().ept.accessed_dirty {
@@ -232,7 +243,6 @@ impl Vm {
         // SAFETY: freshly allocated, identity-mapped pages owned by this VM.
         unsafe { core::ptr::write_bytes(io_bitmaps as *mut u8, 0xFF, 2 * mm::PAGE as usize) };
         let console = crate::console::register(&config.name);
-        let nics = crate::net::guest_ports(id);
         let io = match platform_bus(console, config.vcpus) {
             Ok(io) => io,
             Err(e) => {

@@ -61,8 +61,8 @@ pub enum SnapError {
     PauseTimeout(String),
     /// The snapshot can't be used here (format, checksum, CPU or build mismatch).
     Incompatible(String),
-    /// The snapshot can't be taken or used now (disk requests that did not
-    /// finish in time, a clone of a VM with NICs).
+    /// The snapshot can't be taken now (disk requests that did not finish
+    /// in time).
     Unsupported(String),
     /// Anything else, with the reason.
     Failed(String),
@@ -643,30 +643,61 @@ pub fn clone_vm(snapshot: &str, new_name: &str) -> Result<String, SnapError> {
         .iter()
         .find(|v| v.name == info.vm)
         .ok_or_else(|| SnapError::NoSuchVm(info.vm.clone()))?;
-    if !orig.nics.is_empty() {
-        // A clone would need switch ports of its own; networks get their
-        // ports when the manifest is read.
-        return Err(SnapError::Unsupported(format!(
-            "vm {} has {} NIC(s): a clone can't get a switch port of its own yet",
-            info.vm,
-            orig.nics.len()
-        )));
-    }
     let t0 = rdtsc();
     let d = decode(blob.bytes())?;
     let mut cfg = orig.config.clone();
     cfg.name = new_name.into();
+    // Its own switch ports, each NIC with the MAC derived from the new name.
+    let mut nics = Vec::new();
+    for (i, p) in orig.nics.iter().enumerate() {
+        let mac = loader::manifest::derive_mac(new_name, i as u32);
+        match p.net.add_port_now(mac.0, new_name, i) {
+            Ok(port) => nics.push(crate::net::NetPort { net: p.net, port }),
+            Err(e) => {
+                for n in &nics {
+                    n.net.set_attached(n.port, false);
+                }
+                return Err(SnapError::Failed(format!(
+                    "creating vm {new_name}: nic {i}: no port on network {}: {e:?}",
+                    p.net.name
+                )));
+            }
+        }
+        if let Some(n) = cfg.nics.get_mut(i) {
+            n.mac = mac;
+            n.mac_source = loader::manifest::MacSource::Derived;
+        }
+    }
+    let ports: Vec<crate::net::NetPort> = nics.clone();
     let vm_id = vms.iter().map(|v| v.id).max().unwrap_or(0) + 1;
-    let (vm, mut vcpus) = Vm::create(vm_id, cfg, orig.image, orig.initrd)
-        .map_err(|e| SnapError::Failed(format!("creating vm {new_name}: {e}")))?;
-    // Its own disks over the same gold images, which take the snapshot's
-    // overlays as their own copies (`apply`).
-    let copies = super::disks::empty_copies(&orig.shared.lock().io);
-    super::disks::attach_copies(vm_id, &mut vm.shared.lock().io, &vm.config.disks, copies)
-        .map_err(|e| SnapError::Failed(format!("creating vm {new_name}: {e}")))?;
+    let created = Vm::create_with_nics(vm_id, cfg, orig.image, orig.initrd, nics)
+        .map_err(|e| SnapError::Failed(format!("creating vm {new_name}: {e}")))
+        .and_then(|(vm, vcpus)| {
+            // Its own disks over the same gold images, which take the
+            // snapshot's overlays as their own copies (`apply`); then its
+            // NICs (the _PRT order: disks, then NICs).
+            let copies = super::disks::empty_copies(&orig.shared.lock().io);
+            super::disks::attach_copies(vm_id, &mut vm.shared.lock().io, &vm.config.disks, copies)
+                .map_err(|e| SnapError::Failed(format!("creating vm {new_name}: {e}")))?;
+            vm.attach_nics_to_bus()
+                .map_err(|e| SnapError::Failed(format!("creating vm {new_name}: {e}")))?;
+            Ok((vm, vcpus))
+        });
+    let (vm, mut vcpus) = match created {
+        Ok(x) => x,
+        Err(e) => {
+            for n in &ports {
+                n.net.set_attached(n.port, false);
+            }
+            return Err(e);
+        }
+    };
     {
         let mut refs: Vec<&mut Vcpu> = vcpus.iter_mut().map(|c| &mut **c).collect();
-        apply(&vm, &d, id, &mut refs)?;
+        if let Err(e) = apply(&vm, &d, id, &mut refs) {
+            vm.attach_nics(false);
+            return Err(e);
+        }
     }
     println!(
         "vm {new_name}: started (clone of snapshot {snapshot} of vm {}, {} MiB, in {} us)",
