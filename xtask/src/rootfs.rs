@@ -127,7 +127,7 @@ off() {
 # With snaptest=1 (tests/tests/boot/bochs_linux_snapshot.rs): the test snapshots the guest
 # while it waits for a console line, types `change` (the root changes, synced to the disk),
 # rolls the guest back to the snapshot and types `check`: the guest, back in its first wait,
-# reads its root from the disk (page cache dropped) and says what it holds.
+# reads its root from the disk (page cache dropped) and says what it holds; `off` ends it.
 case "$cmdline" in
 *" snaptest=1 "*)
     echo "state one" > /root/snapfile
@@ -146,6 +146,8 @@ case "$cmdline" in
             echo 3 > /proc/sys/vm/drop_caches
             if [ -e /root/later ]; then later=present; else later=absent; fi
             echo "linux-guest: snaptest: snapfile '$(cat /root/snapfile)', /root/later $later"
+            ;;
+        off)
             break
             ;;
         esac
