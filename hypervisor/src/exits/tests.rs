@@ -424,10 +424,13 @@ fn wrmsr_pat_sysenter_and_others() {
         wrmsr(&mut g, m::IA32_SYSENTER_ESP, 0xFFFF_8000_0000_0000, 0, 0),
         advanced(2).write(Write::SysenterEsp(0xFFFF_8000_0000_0000))
     );
+    // The lowest non-canonical address for this CPU's linear-address width
+    // (48 bits, or 57 with 5-level paging: the host's CPUID decides).
+    let non_canonical = 1u64 << (super::msr::linear_width() - 1);
     assert_eq!(
-        wrmsr(&mut g, m::IA32_SYSENTER_EIP, 0x0000_8000_0000_0000, 0, 0),
+        wrmsr(&mut g, m::IA32_SYSENTER_EIP, non_canonical, 0, 0),
         gp(),
-        "non-canonical"
+        "non-canonical {non_canonical:#x}"
     );
     assert_eq!(wrmsr(&mut g, 0x17A, 1, 0, 0), gp(), "MCG_STATUS != 0");
     assert_eq!(wrmsr(&mut g, 0x17A, 0, 0, 0), advanced(2));
