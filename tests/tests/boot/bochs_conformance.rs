@@ -41,6 +41,18 @@ fn bochs_cpu_conformance() {
         .line_times("[cpustate-r] cpustate: rtc year 2001", 1)
         .line_starting("vm cpustate-r: restarting (1 of at most 1)");
 
+    // fw_cfg reports the manifest's vCPUs and RAM, its file directory and etc/e820 (by DMA).
+    boot.line("[fwcfg] fwcfg: signature QEMU features 0x3")
+        .line("[fwcfg] fwcfg: cpus 3 max 3 ram 48 MiB")
+        .line("[fwcfg] fwcfg: file etc/e820 key 0x20 size 100")
+        .line_starting("[fwcfg] fwcfg: e820 5 entries, ")
+        .line("[fwcfg] fwcfg: PASS")
+        .no_line_containing("fwcfg: FAIL")
+        .line("vm fwcfg: exited code=0")
+        .line("[mbfwcfg] mbkernel: fw_cfg cpus 2 ram 24576 KiB")
+        .line("[mbfwcfg] mbkernel: PASS")
+        .line("vm mbfwcfg: exited code=0");
+
     // Every NMI is delivered, one at a time.
     boot.line("[nmi] nmi: self-NMI 3 delivered")
         .line("[nmi] nmi: NMI sent inside the handler delivered after its IRET")
