@@ -44,8 +44,9 @@ fn bochs_cpu_conformance() {
     // fw_cfg reports the manifest's vCPUs and RAM, its file directory and etc/e820 (by DMA).
     boot.line("[fwcfg] fwcfg: signature QEMU features 0x3")
         .line("[fwcfg] fwcfg: cpus 3 max 3 ram 48 MiB")
-        .line("[fwcfg] fwcfg: file etc/e820 key 0x20 size 100")
-        .line_starting("[fwcfg] fwcfg: e820 5 entries, ")
+        .line("[fwcfg] fwcfg: file etc/e820 key 0x20 size 120")
+        .line("[fwcfg] fwcfg: e820 0x100000 0x2f00000 type 1")
+        .line("[fwcfg] fwcfg: e820 6 entries, 48767 KiB of RAM")
         .line("[fwcfg] fwcfg: PASS")
         .no_line_containing("fwcfg: FAIL")
         .line("vm fwcfg: exited code=0")
@@ -84,7 +85,7 @@ fn bochs_cpu_conformance() {
     );
 
     boot.no_line_containing("FAIL")
-        .line_starting("hv: summary: 9 guests")
+        .line_starting("hv: summary: 11 guests")
         .no_line_containing("hv: fatal")
         .line_starting("hv: powering off")
         .powered_off();
