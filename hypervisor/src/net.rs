@@ -391,6 +391,43 @@ name = "other"
         (Box::leak(n.nets.into_boxed_slice()), n.ports)
     }
 
+    /// A clone's port, added while the network runs: it gets frames and
+    /// signals like a manifest port; a frame from it with another source
+    /// MAC (a cloned guest that kept the original's) is spoofed.
+    #[test]
+    fn a_port_added_at_run_time_switches_and_refuses_spoofed_frames() {
+        let m = parse(TWO_NETS);
+        let (n, _) = build(&m.networks, &m.guests, clock);
+        let (nets, _) = leak(n);
+        let lan = &nets[0];
+        let before = lan.ports();
+        let clone_mac = manifest::derive_mac("a2", 0).0;
+        let p = lan.add_port_now(clone_mac, "a2", 0).unwrap();
+        assert_eq!(lan.ports(), before + 1);
+        assert_eq!(lan.port_mac(p), Some(clone_mac));
+        assert_eq!(
+            lan.add_port_now(A, "a3", 0),
+            Err(SwitchError::DuplicateMac),
+            "a MAC taken on the network"
+        );
+        let seen = Arc::new(Count(AtomicUsize::new(0)));
+        lan.bind(p, seen.clone());
+        // a (port 0) to the clone.
+        lan.send(0, &frame(clone_mac, A, 60));
+        assert_eq!(seen.0.load(Ordering::SeqCst), 1);
+        let mut buf = [0u8; 1514];
+        assert_eq!(lan.recv(p, &mut buf), Some(60));
+        // The clone sending from a's MAC: dropped as spoofed (anti-spoofing
+        // is on by default), nobody is told.
+        let got = Arc::new(Count(AtomicUsize::new(0)));
+        lan.bind(1, got.clone());
+        lan.send(p, &frame(B, A, 60));
+        assert_eq!(got.0.load(Ordering::SeqCst), 0);
+        assert!(lan.counters(p).unwrap().drop_spoofed > 0);
+        lan.send(p, &frame(B, clone_mac, 60));
+        assert_eq!(got.0.load(Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn ports_follow_the_manifest_and_networks_stay_apart() {
         let m = parse(TWO_NETS);
