@@ -200,6 +200,8 @@ vm mem-03: not started: out of memory
             lateness: Vec::new(),
             linux: None,
             peer: None,
+            blk: None,
+            goldmem: None,
             linux_notes: Vec::new(),
             runs: Vec::new(),
             wall_s: 1.0,

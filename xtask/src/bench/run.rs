@@ -43,7 +43,13 @@ impl LinuxPlan {
             hv_cmdline: read("bench-linux.toml", "cmdline"),
             bench_cmdline: read("bench-exits.toml", "cmdline"),
         };
-        if !(sections.linux || sections.peer || sections.lateness) {
+        // `goldmem` needs only the root image (rootfs.ext4), which comes with the rest.
+        if !(sections.linux
+            || sections.peer
+            || sections.lateness
+            || sections.blk
+            || sections.goldmem)
+        {
             return plan;
         }
         eprintln!("xtask: bench: preparing the Linux kernel and initramfs (target/linux)");
@@ -73,7 +79,7 @@ impl LinuxPlan {
     /// Whether the boot `name` has what it needs.
     pub(super) fn can_run(&self, name: &str) -> bool {
         match name {
-            "linux-hv" | "linux-direct" | "linux-3" => self.assets.is_some(),
+            "linux-hv" | "linux-direct" | "linux-3" | "blk" | "goldmem" => self.assets.is_some(),
             "kvm-peer" => self.peer.is_some(),
             _ => true,
         }
@@ -180,6 +186,9 @@ pub fn jobs(options: &Options) -> Vec<Job> {
     if options.sections.lateness {
         jobs.push(job("linux-3", "bench-linux3.toml", 2, 1024, 900));
     }
+    if options.sections.blk {
+        jobs.push(job("blk", "bench-blk.toml", 1, 1024, 1200));
+    }
     if options.sections.fairness {
         for (name, file) in [
             ("fair-equal", "bench-fair-equal.toml"),
@@ -199,6 +208,9 @@ pub fn jobs(options: &Options) -> Vec<Job> {
     }
     if options.sections.memory {
         jobs.push(job("mem-16", "bench-mem-16.toml", 2, 3072, 600));
+    }
+    if options.sections.goldmem {
+        jobs.push(job("goldmem", "bench-goldmem.toml", 2, 1024, 600));
     }
     if options.sections.exits {
         jobs.push(job("exits-1", "bench-exits.toml", 1, 512, 600));
@@ -359,12 +371,14 @@ mod tests {
                 "linux-hv",
                 "linux-direct",
                 "linux-3",
+                "blk",
                 "fair-equal",
                 "fair-weighted",
                 "fair-vcpus",
                 "console",
                 "kvm-peer",
                 "mem-16",
+                "goldmem",
                 "exits-1",
                 "exits-2",
                 "mem-4",
