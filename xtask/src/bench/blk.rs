@@ -93,6 +93,9 @@ pub fn parse_marks(serial: &str) -> Vec<Mark> {
         .collect()
 }
 
+/// Exit counts by reason name.
+type Counts = Vec<(String, u64)>;
+
 /// One measured phase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Phase {
@@ -142,7 +145,7 @@ impl BlkRun {
             .filter(|m| m.vm == GUEST)
             .collect();
         let at = |v: u32| marks.iter().find(|m| m.value == v);
-        let between = |a: u32| -> Option<(u64, u64, Vec<(String, u64)>)> {
+        let between = |a: u32| -> Option<(u64, u64, Counts)> {
             let (x, y) = (at(a)?, at(a + 1)?);
             let mut reasons: Vec<(String, u64)> = y
                 .reasons
