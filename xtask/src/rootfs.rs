@@ -128,7 +128,8 @@ off() {
 # virtio disks against the same on tmpfs, each phase between two marks. A mark is a 32-bit
 # write of its number to guest-physical 0xFEBFF000 (nothing there), which a bench build of
 # the hypervisor reports with its TSC and the VM's exit counts. Marks 1-2 enclose nothing
-# (what a mark itself costs). vdb is a scratch disk (its own copy-on-write overlay, at most
+# (what a mark itself costs), 6-7 the dropping of the page cache for the last, buffered,
+# read. vdb is a scratch disk (its own copy-on-write overlay, at most
 # 8 MiB), so the writes leave the root file system alone.
 case "$cmdline" in
 *" blkbench=1 "*)
@@ -147,7 +148,12 @@ case "$cmdline" in
     mark 5
     dd if=/dev/zero of=/tmp/written bs=1M count=6 conv=fsync 2>/tmp/dd.4
     mark 6
-    for n in 1 2 3 4; do
+    sync
+    echo 3 > /proc/sys/vm/drop_caches
+    mark 7
+    dd if=/dev/vda of=/dev/null bs=1M count=64 2>/tmp/dd.5
+    mark 8
+    for n in 1 2 3 4 5; do
         echo "linux-guest: blkbench: phase $n: $(tr '\n' ' ' < /tmp/dd.$n)"
     done
     echo "linux-guest: blkbench: done"

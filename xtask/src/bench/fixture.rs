@@ -242,7 +242,8 @@ pub fn report() -> Report {
     }
 }
 
-/// Marks 1-6 of the `blk` guest (phases: empty, read-vda, read-tmpfs, write-vdb, write-tmpfs).
+/// Marks 1-8 of the `blk` guest (phases: empty, read-vda, read-tmpfs, write-vdb, write-tmpfs,
+/// page cache dropped, read-vda-buffered).
 pub const BLK_LOG: &str = "\
 hv: bench mark: vm blk value 1 tsc 1000000 exits 500 (io_instruction=400 ept_violation=100)
 hv: bench mark: vm blk value 2 tsc 1100000 exits 510 (io_instruction=405 ept_violation=105)
@@ -250,6 +251,8 @@ hv: bench mark: vm blk value 3 tsc 65100000 exits 2510 (io_instruction=1405 ept_
 hv: bench mark: vm blk value 4 tsc 97100000 exits 2520 (io_instruction=1410 ept_violation=1110)
 hv: bench mark: vm blk value 5 tsc 103100000 exits 2820 (io_instruction=1710 ept_violation=1110)
 hv: bench mark: vm blk value 6 tsc 107100000 exits 2830 (io_instruction=1720 ept_violation=1110)
+hv: bench mark: vm blk value 7 tsc 110100000 exits 2840 (io_instruction=1730 ept_violation=1110)
+hv: bench mark: vm blk value 8 tsc 150100000 exits 3000 (io_instruction=1830 ept_violation=1170)
 ";
 
 /// Two guests on one gold image.
