@@ -112,7 +112,11 @@ impl Dev {
         }
         outw(self.bar + QUEUE_SELECT, 0);
         outw(self.bar + QUEUE_SIZE, QSIZE);
-        for (off, v) in [(QUEUE_DESC, DESC), (QUEUE_DRIVER, AVAIL), (QUEUE_DEVICE, USED)] {
+        for (off, v) in [
+            (QUEUE_DESC, DESC),
+            (QUEUE_DRIVER, AVAIL),
+            (QUEUE_DEVICE, USED),
+        ] {
             outl(self.bar + off, v as u32);
             outl(self.bar + off + 4, (v >> 32) as u32);
         }
@@ -128,7 +132,11 @@ impl Dev {
         put::<u32>(HDR + 4, 0);
         put::<u64>(HDR + 8, sector);
         put::<u8>(STATUS_BYTE, 0xEE);
-        let data_flags = if kind == T_IN { F_NEXT | F_WRITE } else { F_NEXT };
+        let data_flags = if kind == T_IN {
+            F_NEXT | F_WRITE
+        } else {
+            F_NEXT
+        };
         desc(0, HDR, 16, F_NEXT, 1);
         desc(1, DATA, len, data_flags, 2);
         desc(2, STATUS_BYTE, 1, F_WRITE, 0);
