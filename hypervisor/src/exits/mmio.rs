@@ -107,7 +107,8 @@ impl VcpuBus<'_> {
 pub const BENCH_MARK_GPA: u64 = 0xFEBF_F000;
 
 /// `hv: bench mark: vm <name> value <v> tsc <host TSC> exits <total>
-/// (<reason>=<count> ...)`, the VM's exit counters summed over its vCPUs.
+/// (<reason>=<count> ...) all vms <total>`: the VM's exit counters summed
+/// over its vCPUs, then every VM's together.
 #[cfg(feature = "bench")]
 #[cold]
 fn bench_mark(vm: &Vm, value: u32) {
@@ -120,9 +121,14 @@ fn bench_mark(vm: &Vm, value: u32) {
         let sep = if reasons.is_empty() { "" } else { " " };
         let _ = write!(reasons, "{sep}{}={n}", crate::vm::stats::reason_name(slot));
     }
-    let total = totals.iter().fold(0u64, |a, &n| a.wrapping_add(n));
+    let sum = |t: &[u64]| t.iter().fold(0u64, |a, &n| a.wrapping_add(n));
+    let total = sum(&totals);
+    // Every VM's, for transfers between guests.
+    let all = crate::sched::vms()
+        .iter()
+        .fold(0u64, |a, v| a.wrapping_add(sum(&v.stats.totals())));
     crate::println!(
-        "hv: bench mark: vm {} value {value} tsc {tsc} exits {total} ({reasons})",
+        "hv: bench mark: vm {} value {value} tsc {tsc} exits {total} ({reasons}) all vms {all}",
         vm.name
     );
 }

@@ -69,6 +69,8 @@ pub struct Mark {
     pub value: u32,
     pub tsc: u64,
     pub exits: u64,
+    /// Every VM's exits together (absent from older lines).
+    pub all_vms: Option<u64>,
     /// Exit counts by basic reason (`io_instruction`, `ept_violation`, ...), nonzero only.
     pub reasons: Vec<(String, u64)>,
 }
@@ -82,8 +84,8 @@ pub fn parse_marks(serial: &str) -> Vec<Mark> {
             let (vm, rest) = rest.split_once(' ')?;
             let reasons = rest
                 .split_once('(')
-                .and_then(|(_, r)| r.strip_suffix(')'))
-                .unwrap_or("")
+                .and_then(|(_, r)| r.split_once(')'))
+                .map_or("", |(r, _)| r)
                 .split_whitespace()
                 .filter_map(|kv| {
                     let (k, v) = kv.split_once('=')?;
@@ -95,6 +97,7 @@ pub fn parse_marks(serial: &str) -> Vec<Mark> {
                 value: u32::try_from(number_after(rest, "value ")?).ok()?,
                 tsc: number_after(rest, "tsc ")?,
                 exits: number_after(rest, "exits ")?,
+                all_vms: number_after(rest, ") all vms "),
                 reasons,
             })
         })
@@ -155,7 +158,7 @@ impl BlkRun {
         let at = |v: u32| marks.iter().find(|m| m.value == v);
         let between = |a: u32| -> Option<(u64, u64, Counts)> {
             let (x, y) = (at(a)?, at(a + 1)?);
-            let mut reasons: Vec<(String, u64)> = y
+            let reasons: Vec<(String, u64)> = y
                 .reasons
                 .iter()
                 .map(|(k, n)| {
@@ -300,7 +303,7 @@ mod tests {
 
     pub(crate) const LOG: &str = "\
 vm blk: unmapped write at guest-physical 0xfebff000 (ignored)
-hv: bench mark: vm blk value 1 tsc 1000000 exits 500 (io_instruction=400 ept_violation=100)
+hv: bench mark: vm blk value 1 tsc 1000000 exits 500 (io_instruction=400 ept_violation=100) all vms 900
 hv: bench mark: vm blk value 2 tsc 1100000 exits 510 (io_instruction=405 ept_violation=105)
 hv: bench mark: vm blk value 3 tsc 65100000 exits 2510 (io_instruction=1405 ept_violation=1105)
 hv: bench mark: vm other value 3 tsc 9 exits 9 ()
@@ -315,6 +318,7 @@ hv: bench mark: vm blk value 5 tsc 103100000 exits 2820 (io_instruction=1710 ept
         assert_eq!(m.len(), 6);
         assert_eq!(m[3].vm, "other");
         assert_eq!(m[3].reasons, []);
+        assert_eq!((m[0].all_vms, m[1].all_vms), (Some(900), None));
         assert_eq!(
             m[0].reasons,
             [

@@ -236,6 +236,7 @@ pub fn report() -> Report {
             GOLD_LOG,
             "powered off",
         )),
+        net: None,
         linux_notes: vec!["a note".into()],
         runs,
         wall_s: 600.125,

@@ -41,6 +41,9 @@ pub struct Results {
     /// 8 guests on one gold image.
     #[serde(default)]
     pub goldmem: Option<super::goldmem::GoldRun>,
+    /// virtio-net guest to guest against loopback.
+    #[serde(default)]
+    pub net: Option<super::net::NetRun>,
 }
 
 /// What the figures were measured on.
@@ -339,6 +342,7 @@ impl Report {
             kvm_peer: self.peer.as_ref().map(Peer::of),
             blk: self.blk.clone(),
             goldmem: self.goldmem.clone(),
+            net: self.net.clone(),
         }
     }
 }
@@ -632,6 +636,7 @@ mod tests {
             "kvm_peer",
             "blk",
             "goldmem",
+            "net",
         ];
         expected.sort_unstable();
         assert_eq!(keys, expected, "the top-level keys");

@@ -202,6 +202,7 @@ vm mem-03: not started: out of memory
             peer: None,
             blk: None,
             goldmem: None,
+            net: None,
             linux_notes: Vec::new(),
             runs: Vec::new(),
             wall_s: 1.0,

@@ -22,6 +22,7 @@
 //! | `linux-direct` | no hypervisor: the same kernel, initramfs and command line started by OVMF's shell through the EFI stub ([`linux_boot`]) | 1 | 512 MiB |
 //! | `kvm-peer` | no hypervisor: the same kernel with an initramfs that loads `kvm_intel` and runs the `bench` guest under a minimal KVM VMM ([`kvmpeer`]) | 1 | 512 MiB |
 //! | `blk` | `bench-blk.toml`: the kernel with its root on the gold image `rootfs.ext4` (vda) and a scratch disk on it (vdb), 256 MiB; `blkbench=1`: 64 MiB read from vda and from tmpfs, 6 MiB written to vdb and to tmpfs, between marks ([`blk`]) | 1 | 1024 MiB |
+//! | `net` | `bench-net.toml`: two Linux guests of 192 MiB on one network; `netcli` fetches 32 MiB from `netsrv` (busybox `httpd`/`wget`), the same over its own loopback, and pings `netsrv` 20 times, between marks ([`net`]) | 1 | 1024 MiB |
 //! | `goldmem` | `bench-goldmem.toml`: 8 `blkwrite` guests of 32 MiB, each with a writable disk on the one 64 MiB gold image, writing 128 to 1024 KiB to it ([`goldmem`]) | 2 | 1024 MiB |
 //!
 //! `linux-hv` and `linux-direct` go first, side by side, so that their wall times are taken
@@ -33,7 +34,8 @@
 //!
 //! The code, by concern: [`mod@run`] (the boots and running them), [`parse`] (console and manifest
 //! lines every section reads), one module per section ([`exits`], [`fairness`], [`console`],
-//! [`memory`], [`startup`], [`linux_boot`], [`lateness`], [`kvmpeer`], [`blk`], [`goldmem`]:
+//! [`memory`], [`startup`], [`linux_boot`], [`lateness`], [`kvmpeer`], [`blk`], [`net`],
+//! [`goldmem`]:
 //! its lines and its figures),
 //! [`config`] (what it ran on), [`report`] (the terminal text and `docs/BENCHMARKS.md`) and
 //! [`json`] (`target/bench/results.json`).
@@ -60,6 +62,7 @@ pub mod kvmpeer;
 pub mod lateness;
 pub mod linux_boot;
 pub mod memory;
+pub mod net;
 pub mod parse;
 pub mod report;
 pub mod run;
@@ -149,6 +152,8 @@ pub struct Sections {
     pub blk: bool,
     /// 8 guests on one gold image against 8 private copies (`goldmem`).
     pub goldmem: bool,
+    /// virtio-net guest to guest against loopback, and ping (`net`).
+    pub net: bool,
 }
 
 impl Sections {
@@ -162,6 +167,7 @@ impl Sections {
         lateness: true,
         blk: true,
         goldmem: true,
+        net: true,
     };
     const NONE: Sections = Sections {
         exits: false,
@@ -173,9 +179,10 @@ impl Sections {
         lateness: false,
         blk: false,
         goldmem: false,
+        net: false,
     };
 
-    /// `exits,fairness,console,memory,linux,peer,lateness,blk,goldmem` (any subset,
+    /// `exits,fairness,console,memory,linux,peer,lateness,blk,goldmem,net` (any subset,
     /// comma-separated; `kvm` = `peer`).
     pub fn parse(list: &str) -> Result<Self> {
         let mut s = Self::NONE;
@@ -190,10 +197,11 @@ impl Sections {
                 "lateness" => s.lateness = true,
                 "blk" => s.blk = true,
                 "goldmem" => s.goldmem = true,
+                "net" => s.net = true,
                 other => {
                     bail!(
                         "unknown bench section `{other}` (exits, fairness, console, memory, \
-                         linux, peer, lateness, blk, goldmem)"
+                         linux, peer, lateness, blk, goldmem, net)"
                     )
                 }
             }
@@ -201,7 +209,7 @@ impl Sections {
         if s == Self::NONE {
             bail!(
                 "--only needs at least one of exits, fairness, console, memory, linux, peer, \
-                 lateness, blk, goldmem"
+                 lateness, blk, goldmem, net"
             );
         }
         Ok(s)
@@ -312,6 +320,7 @@ pub fn run(options: &Options) -> Result<Report> {
             || options.sections.peer
             || options.sections.lateness
             || options.sections.blk
+            || options.sections.net
         {
             "10 to 20 minutes"
         } else {
@@ -332,6 +341,7 @@ pub fn run(options: &Options) -> Result<Report> {
         peer: None,
         blk: None,
         goldmem: None,
+        net: None,
         linux_notes: plan.notes(),
         runs: Vec::new(),
         wall_s: 0.0,
@@ -402,6 +412,9 @@ pub fn run(options: &Options) -> Result<Report> {
     }
     if options.sections.blk {
         report.blk = find("blk").map(blk::BlkRun::from_done);
+    }
+    if options.sections.net {
+        report.net = find("net").map(net::NetRun::from_done);
     }
     if options.sections.goldmem {
         report.goldmem = find("goldmem").map(goldmem::GoldRun::from_done);

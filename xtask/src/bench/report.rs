@@ -22,6 +22,8 @@ pub struct Report {
     pub blk: Option<blk::BlkRun>,
     /// 8 guests on one gold image (`goldmem`).
     pub goldmem: Option<goldmem::GoldRun>,
+    /// virtio-net against loopback (`net`).
+    pub net: Option<net::NetRun>,
     /// Why the Linux boots could not run, if they could not.
     pub linux_notes: Vec<String>,
     pub runs: Vec<RunInfo>,
@@ -176,6 +178,45 @@ impl Report {
             t.row(vec![name.to_string(), what.to_string()]);
         }
         t
+    }
+
+    /// The `net` phases.
+    pub fn net_table(n: &net::NetRun) -> Table {
+        let mut t = Table::new(&[
+            "phase",
+            "MiB",
+            "TSC ticks",
+            "instr/MiB",
+            "exits/MiB (all VMs)",
+            "vs loopback",
+            "goal (≤ 1.5× loopback)",
+        ]);
+        for p in &n.phases {
+            t.row(vec![
+                p.name.clone(),
+                p.mib.to_string(),
+                grouped(p.net_tsc),
+                format!("{:.0}", p.instr_per_mib),
+                format!("{:.1}", p.exits_per_mib),
+                opt(p.vs_loopback, |r| format!("{r:.2}×")),
+                net::NetRun::verdict(p),
+            ]);
+        }
+        t
+    }
+
+    fn net_ping_sentence(n: &net::NetRun) -> String {
+        format!(
+            "ping of netsrv ({} pings, 10 ms apart): average round trip {} of guest time \
+             (≈ {} TSC ticks at 200 MHz); {} TSC ticks and {} exits (all VMs) per ping between \
+             the marks, the interval's idle time included; ping said: {}",
+            net::PINGS,
+            opt(n.ping_avg_ms, |m| format!("{m:.3} ms")),
+            opt(n.ping_avg_ms, |m| grouped((m * 200_000.0) as u64)),
+            opt(n.ping_tsc_each, |t| grouped(t as u64)),
+            opt(n.ping_exits_each, |e| format!("{e:.1}")),
+            n.ping_summary.as_deref().unwrap_or("n/a")
+        )
     }
 
     /// The `goldmem` VMs, then the totals.
@@ -655,6 +696,21 @@ impl Report {
                 let _ = writeln!(s, " note: {n}");
             }
         }
+        if let Some(n) = &self.net {
+            let _ = writeln!(
+                s,
+                "\nvirtio-net vs loopback (boot {}, guests netsrv and netcli on one network, 1 \
+                 CPU): TSC ticks (= Bochs instructions of both guests and the hypervisor, and \
+                 idle time) and every VM's exits between netcli's marks, the empty phase \
+                 subtracted, per MiB",
+                n.run
+            );
+            s += &Self::net_table(n).text();
+            let _ = writeln!(s, " {}", Self::net_ping_sentence(n));
+            for x in n.notes() {
+                let _ = writeln!(s, " note: {x}");
+            }
+        }
         if let Some(g) = &self.goldmem {
             let _ = writeln!(
                 s,
@@ -883,6 +939,7 @@ impl Report {
         s += &self.lateness_markdown();
         s += &self.peer_markdown();
         s += &self.blk_markdown();
+        s += &self.net_markdown();
         s += &self.goldmem_markdown();
         s
     }
@@ -915,6 +972,37 @@ impl Report {
         s += &Self::blk_table(b).markdown();
         for n in b.notes() {
             let _ = writeln!(s, "\nNote: {n}.");
+        }
+        s
+    }
+
+    fn net_markdown(&self) -> String {
+        let mut s = String::from("\n## virtio-net against loopback\n\n");
+        let Some(n) = &self.net else {
+            let _ = writeln!(s, "Not measured in this run.");
+            return s;
+        };
+        let _ = writeln!(
+            s,
+            "`bench-net.toml`: two Linux guests (Debian's cloud kernel, busybox initramfs, \
+             192 MiB, 1 vCPU each) with a virtio-net NIC on one network of the hypervisor's L2 \
+             switch, on a 1-CPU Bochs. `netcli` fetches {} MiB of zeros from `netsrv`'s busybox \
+             `httpd` with `wget` into its tmpfs, then the same from its own `httpd` over \
+             loopback, then pings `netsrv` {} times, each phase between two marks as in the \
+             virtio-blk section. With one CPU the TSC ticks between the marks are the \
+             instructions of both guests and the hypervisor (plus any time the CPU idles); the \
+             exits are every VM's. {} MiB, not 64, to keep the boot within a few minutes of \
+             Bochs. Goal (issue 11): guest to guest at most {:.1}× loopback per MiB (a figure, \
+             not a test).\n",
+            n.mib,
+            net::PINGS,
+            n.mib,
+            net::RATIO_GOAL
+        );
+        s += &Self::net_table(n).markdown();
+        let _ = writeln!(s, "\n{}.", Self::net_ping_sentence(n));
+        for x in n.notes() {
+            let _ = writeln!(s, "\nNote: {x}.");
         }
         s
     }
@@ -1209,6 +1297,7 @@ mod tests {
                 "### linux-3",
                 "## Peer comparison (KVM)",
                 "## virtio-blk against tmpfs",
+                "## virtio-net against loopback",
                 "## Gold image memory",
             ]
         );

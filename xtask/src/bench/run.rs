@@ -48,7 +48,8 @@ impl LinuxPlan {
             || sections.peer
             || sections.lateness
             || sections.blk
-            || sections.goldmem)
+            || sections.goldmem
+            || sections.net)
         {
             return plan;
         }
@@ -79,7 +80,9 @@ impl LinuxPlan {
     /// Whether the boot `name` has what it needs.
     pub(super) fn can_run(&self, name: &str) -> bool {
         match name {
-            "linux-hv" | "linux-direct" | "linux-3" | "blk" | "goldmem" => self.assets.is_some(),
+            "linux-hv" | "linux-direct" | "linux-3" | "blk" | "goldmem" | "net" => {
+                self.assets.is_some()
+            }
             "kvm-peer" => self.peer.is_some(),
             _ => true,
         }
@@ -188,6 +191,9 @@ pub fn jobs(options: &Options) -> Vec<Job> {
     }
     if options.sections.blk {
         jobs.push(job("blk", "bench-blk.toml", 1, 1024, 1200));
+    }
+    if options.sections.net {
+        jobs.push(job("net", "bench-net.toml", 1, 1024, 1500));
     }
     if options.sections.fairness {
         for (name, file) in [
@@ -372,6 +378,7 @@ mod tests {
                 "linux-direct",
                 "linux-3",
                 "blk",
+                "net",
                 "fair-equal",
                 "fair-weighted",
                 "fair-vcpus",
