@@ -23,7 +23,7 @@
 //! | `kvm-peer` | no hypervisor: the same kernel with an initramfs that loads `kvm_intel` and runs the `bench` guest under a minimal KVM VMM ([`kvmpeer`]) | 1 | 512 MiB |
 //! | `blk` | `bench-blk.toml`: the kernel with its root on the gold image `rootfs.ext4` (vda) and a scratch disk on it (vdb), 256 MiB; `blkbench=1`: 64 MiB read from vda and from tmpfs, 6 MiB written to vdb and to tmpfs, between marks ([`blk`]) | 1 | 1024 MiB |
 //! | `net` | `bench-net.toml`: two Linux guests of 192 MiB on one network; `netcli` fetches 32 MiB from `netsrv` (busybox `httpd`/`wget`), the same over its own loopback, and pings `netsrv` 20 times, between marks ([`net`]) | 1 | 1024 MiB |
-//! | `goldmem` | `bench-goldmem.toml`: 8 `blkwrite` guests of 32 MiB, each with a writable disk on the one 64 MiB gold image, writing 128 to 1024 KiB to it ([`goldmem`]) | 2 | 1024 MiB |
+//! | `goldmem` | `bench-goldmem.toml`: 8 `blkwrite` guests of 32 MiB, each with a writable disk on the one 64 MiB gold image, writing 128 to 1024 KiB to it ([`goldmem`]) | 1 | 1024 MiB |
 //!
 //! `linux-hv` and `linux-direct` go first, side by side, so that their wall times are taken
 //! under the same load.

@@ -1015,14 +1015,15 @@ impl Report {
         };
         let _ = writeln!(
             s,
-            "`bench-goldmem.toml`: 8 `blkwrite` guests (`tests/guests/blkwrite`) of 32 MiB on 2 \
-             CPUs, each with a writable disk on the same 64 MiB gold image (`rootfs.ext4`); \
+            "`bench-goldmem.toml`: 8 `blkwrite` guests (`tests/guests/blkwrite`) of 32 MiB on 1 \
+             CPU (so that every VM is created before any writes), each with a writable disk on the same 64 MiB gold image (`rootfs.ext4`); \
              guest n writes n × 128 KiB to its disk through virtio-blk, reads the first 64 KiB \
              back and exits. The hypervisor holds the image once (`hv: disk image ... held \
              once`); each disk has a private copy-on-write overlay (4 KiB chunks on the \
              hypervisor heap, reported at the VM's end) and its device model, which is in the \
              VM's overhead line (`vm <name>: memory overhead ...`). Against that: the same \
-             guests each with a private copy of the image (and no overlay).\n"
+             guests each with a private copy of the image (and no overlay). The overlay \
+             figures count the chunks' bytes; the B-tree that indexes them is not in them.\n"
         );
         s += &Self::goldmem_table(g).markdown();
         s += "\n";
