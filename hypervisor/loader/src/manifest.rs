@@ -3085,16 +3085,46 @@ network = "lan"
         validate_files("m.toml", &m, |_| None).unwrap();
         for (url, why) in [
             ("http://10.0.2.2", "it must start with nbd://"),
-            ("nbd://nbd.example.com", "the server must be an IPv4 address A.B.C.D (no host names)"),
-            ("nbd://10.0.2", "the server must be an IPv4 address A.B.C.D (no host names)"),
-            ("nbd://10.0.2.2.5", "the server must be an IPv4 address A.B.C.D (no host names)"),
-            ("nbd://10.0.2.256", "the server must be an IPv4 address A.B.C.D (no host names)"),
-            ("nbd://10.0.2.2:0", "the port must be a number from 1 to 65535"),
-            ("nbd://10.0.2.2:70000", "the port must be a number from 1 to 65535"),
-            ("nbd://10.0.2.2:/x", "the port must be a number from 1 to 65535"),
-            ("nbd://0.0.0.0", "the server address must be a unicast address"),
-            ("nbd://224.0.0.1", "the server address must be a unicast address"),
-            ("nbd://10.0.2.2/a b", "the export name must be at most 255 printable ASCII bytes without spaces"),
+            (
+                "nbd://nbd.example.com",
+                "the server must be an IPv4 address A.B.C.D (no host names)",
+            ),
+            (
+                "nbd://10.0.2",
+                "the server must be an IPv4 address A.B.C.D (no host names)",
+            ),
+            (
+                "nbd://10.0.2.2.5",
+                "the server must be an IPv4 address A.B.C.D (no host names)",
+            ),
+            (
+                "nbd://10.0.2.256",
+                "the server must be an IPv4 address A.B.C.D (no host names)",
+            ),
+            (
+                "nbd://10.0.2.2:0",
+                "the port must be a number from 1 to 65535",
+            ),
+            (
+                "nbd://10.0.2.2:70000",
+                "the port must be a number from 1 to 65535",
+            ),
+            (
+                "nbd://10.0.2.2:/x",
+                "the port must be a number from 1 to 65535",
+            ),
+            (
+                "nbd://0.0.0.0",
+                "the server address must be a unicast address",
+            ),
+            (
+                "nbd://224.0.0.1",
+                "the server address must be a unicast address",
+            ),
+            (
+                "nbd://10.0.2.2/a b",
+                "the export name must be at most 255 printable ASCII bytes without spaces",
+            ),
         ] {
             check(
                 &disk_guest(&format!("nbd = \"{url}\"\n")),

@@ -776,7 +776,10 @@ fn failed_attempts_back_off_doubling_up_to_the_maximum() {
     let mut now = 0;
     for wait in [250, 500, 1000, 2000, 2000] {
         c.disconnected(now);
-        assert!(!c.should_connect(now + wait - 1), "waits {wait} ms after {now}");
+        assert!(
+            !c.should_connect(now + wait - 1),
+            "waits {wait} ms after {now}"
+        );
         assert!(c.should_connect(now + wait));
         now += wait;
     }
