@@ -75,6 +75,27 @@ case "$cmdline" in
     ;;
 esac
 
+# With nbdtest=1 (a root on an NBD export, tests/tests/boot/bochs_linux_nbd.rs): files
+# written and fsynced one after another while the test stops and restarts the server, then
+# read back from the disk.
+case "$cmdline" in
+*" nbdtest=1 "*)
+    echo "linux-guest: nbdtest: writing"
+    for i in 1 2 3 4; do
+        if seq 100000 | dd of=/root/nbd-$i bs=65536 conv=fsync 2>/dev/null; then
+            echo "linux-guest: nbdtest: nbd-$i written and fsynced"
+        else
+            echo "linux-guest: nbdtest: nbd-$i write failed"
+        fi
+    done
+    sync
+    echo 3 > /proc/sys/vm/drop_caches
+    for i in 1 2 3 4; do
+        echo "linux-guest: nbdtest: nbd-$i md5 $(md5sum < /root/nbd-$i | cut -d' ' -f1)"
+    done
+    ;;
+esac
+
 # With disktest=1: what the guest sees of its virtio disks (serial = virtio-blk GET_ID, the
 # read-only flag, the size in sectors), whether a write to vdb gets through, and which
 # interrupt lines the virtio devices are on.
