@@ -117,6 +117,8 @@ struct Link {
     vm: Weak<Vm>,
     /// Its bit in the VM's `disk_done`.
     bit: u64,
+    /// The "requests wait" line was printed for this outage.
+    said_waiting: bool,
 }
 
 static LINKS: Mutex<Vec<Link>> = Mutex::new(Vec::new());
@@ -290,6 +292,7 @@ pub fn connect(
         disk: disk.clone(),
         vm,
         bit,
+        said_waiting: false,
     });
     Ok(NbdBackend { disk, read_only })
 }
@@ -367,7 +370,19 @@ pub fn poll(ep: &mut crate::nic::endpoint::Endpoint, now_tsc: u64) -> bool {
             let client = d.client_mut();
             moved |= drive(ep, l.socket, &mut l.phase, &l.target, client, now);
             events(&l.label, &l.target, client);
-            busy |= client.outstanding() > 0 || l.phase != Phase::Up;
+            let waiting = client.outstanding();
+            if client.is_ready() {
+                l.said_waiting = false;
+            } else if waiting > 0 && !l.said_waiting {
+                // Once per outage: the guest's I/O waits for the server.
+                l.said_waiting = true;
+                crate::println!(
+                    "{}: {}: no connection: {waiting} requests wait for the server",
+                    l.label,
+                    l.target
+                );
+            }
+            busy |= waiting > 0 || l.phase != Phase::Up;
             d.has_done()
         };
         if done {

@@ -80,9 +80,12 @@ esac
 # read back from the disk.
 case "$cmdline" in
 *" nbdtest=1 "*)
+    seq 100000 > /tmp/nbd-data
     echo "linux-guest: nbdtest: writing"
+    # The test stops the server on that line: the writes below find it gone.
+    sleep 2
     for i in 1 2 3 4; do
-        if seq 100000 | dd of=/root/nbd-$i bs=65536 conv=fsync 2>/dev/null; then
+        if dd if=/tmp/nbd-data of=/root/nbd-$i bs=65536 conv=fsync 2>/dev/null; then
             echo "linux-guest: nbdtest: nbd-$i written and fsynced"
         else
             echo "linux-guest: nbdtest: nbd-$i write failed"

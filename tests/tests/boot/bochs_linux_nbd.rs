@@ -1,10 +1,10 @@
 //! A Linux guest whose root is an NBD export (tests/manifests/linux-nbd.toml): this test runs
 //! nbdkit on the host (a writable copy of rootfs.ext4 on port 10819, the image read-only on
 //! port 10820; slirp reaches the host at 10.0.2.2). The hypervisor negotiates both exports
-//! through its own e1000 before the guest starts. While the guest writes and fsyncs files,
-//! the writable export's server is killed and started again a few seconds later: the
-//! connection is lost, comes back (250 ms doubling to 2 s between attempts), the unanswered
-//! requests are re-sent, and the guest's writes complete. The guest reads its files back
+//! through its own e1000 before the guest starts. As the guest starts writing and fsyncing
+//! files, the writable export's server is killed; once the hypervisor says the guest's
+//! requests wait for it, it is started again: the connection comes back (250 ms doubling to
+//! 2 s between attempts), the waiting requests are re-sent, and the guest's writes complete. The guest reads its files back
 //! (md5), checks its root with e2fsck, and after power-off the host checks the export file
 //! (e2fsck -fn) and reads a file the guest wrote out of it.
 
@@ -21,8 +21,8 @@ const RW_PORT: u16 = 10819;
 const RO_PORT: u16 = 10820;
 /// Sectors of rootfs.ext4 (64 MiB).
 const SECTORS: u64 = xtask::rootfs::SIZE_MIB * 1024 * 1024 / 512;
-/// How long the writable export's server is away.
-const OUTAGE: Duration = Duration::from_secs(5);
+/// How long the writable export's server stays away once the guest's requests wait for it.
+const AFTER_WAITING: Duration = Duration::from_secs(2);
 
 /// nbdkit serving `file` on 127.0.0.1:`port` in the foreground (killed with the test).
 fn nbdkit(file: &Path, port: u16, read_only: bool, log: &Path) -> Child {
@@ -127,7 +127,7 @@ fn bochs_linux_root_on_nbd_survives_a_server_restart() {
         ))),
     });
 
-    let (s, e) = (servers.clone(), export.clone());
+    let (s, s2, e) = (servers.clone(), servers.clone(), export.clone());
     let logs = dir.clone();
     let mut boot = Scenario::bochs("bochs_linux_nbd", "linux-nbd.toml")
         .cpus(2)
@@ -135,14 +135,21 @@ fn bochs_linux_root_on_nbd_survives_a_server_restart() {
         .timeout_secs(1200)
         .with_nic()
         .call_after("linux-guest: nbdtest: writing", move || {
-            // The server goes away in the middle of the writes, and comes back.
+            // The server goes away before the guest's writes...
             if let Some(mut c) = s.rw.lock().unwrap().take() {
                 let _ = c.kill();
                 let _ = c.wait();
             }
-            std::thread::sleep(OUTAGE);
-            *s.rw.lock().unwrap() = Some(nbdkit(&e, RW_PORT, false, &logs.join("nbdkit-rw-2.log")));
         })
+        .call_after(
+            "vm nbd: disk vda: nbd://10.0.2.2:10819/: no connection: ",
+            move || {
+                // ... and comes back once they wait for it.
+                std::thread::sleep(AFTER_WAITING);
+                *s2.rw.lock().unwrap() =
+                    Some(nbdkit(&e, RW_PORT, false, &logs.join("nbdkit-rw-2.log")));
+            },
+        )
         .send_after(
             "linux-guest: nbdtest: nbd-4 written and fsynced",
             b"\x01:snapshot nbd\r",
@@ -175,10 +182,13 @@ fn bochs_linux_root_on_nbd_survives_a_server_restart() {
     )))
     .line(&say(&format!("disk vdb serial '' ro 1 sectors {SECTORS}")))
     .line(&say("disk vdb write: refused"));
-    // The server killed and back: the link went down, came back with the unanswered
-    // requests re-sent, and the writes completed after that.
+    // The server killed and back: the link went down, the guest's requests waited (said
+    // once), the link came back with them re-sent, and the writes completed after that.
     let lost = format!("{vda}: connection lost: ");
-    boot.line_starting(&lost);
+    boot.line_starting(&lost).line_starting_containing(
+        &format!("{vda}: no connection: "),
+        " requests wait for the server",
+    );
     let lines: Vec<String> = boot.result.lines().map(str::to_string).collect();
     let at = |pred: &dyn Fn(&str) -> bool| lines.iter().position(|l| pred(l));
     let lost_at = at(&|l| l.starts_with(&lost));
