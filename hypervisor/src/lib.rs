@@ -172,7 +172,10 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
             vm::disks::attach(id, &vm, &disks, &|n| info.file(n).map(|f| f.data()))
                 .map_err(vm::CreateError::Disk)?;
             // Then the NICs (the guest's ACPI _PRT lists disks, then NICs).
-            vm.attach_nics_to_bus().map_err(vm::CreateError::Bus)?;
+            vm.attach_nics_to_bus().map_err(|e| {
+                nbd::release(&alloc::sync::Arc::downgrade(&vm));
+                vm::CreateError::Bus(e)
+            })?;
             Ok((vm, v))
         });
         match created {

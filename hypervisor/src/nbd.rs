@@ -355,6 +355,36 @@ fn negotiate(label: &str, target: &NbdTarget) -> Result<(Client, SocketHandle), 
     }
 }
 
+/// Closes the connections of `vm`'s NBD disks (a VM whose creation failed
+/// after some of them connected): their sockets go, and they no longer
+/// count against [`MAX_LINKS`].
+pub fn release(vm: &Weak<Vm>) {
+    let mut links = LINKS.lock();
+    let mut gone = Vec::new();
+    links.retain(|l| {
+        let mine = Weak::ptr_eq(&l.vm, vm);
+        if mine {
+            gone.push(l.socket);
+        }
+        !mine
+    });
+    drop(links);
+    if gone.is_empty() {
+        return;
+    }
+    *COUNT.lock() -= gone.len();
+    crate::nic::with_uplink(|up| {
+        for &h in &gone {
+            up.endpoint.sockets().get_mut::<tcp::Socket>(h).abort();
+        }
+        // The RSTs go out before the sockets are dropped.
+        up.endpoint.poll(&mut *up.nic, arch::regs::rdtsc());
+        for h in gone {
+            up.endpoint.sockets().remove(h);
+        }
+    });
+}
+
 /// Drives every NBD connection (CPU 0's NIC poll, UPLINK held); returns
 /// whether anything moved (the endpoint is polled again to send it).
 pub fn poll(ep: &mut crate::nic::endpoint::Endpoint, now_tsc: u64) -> bool {

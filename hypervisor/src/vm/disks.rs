@@ -95,6 +95,20 @@ pub fn attach(
     disks: &[DiskConfig],
     file: &dyn Fn(&str) -> Option<&'static [u8]>,
 ) -> Result<(), DiskError> {
+    let r = attach_all(id, vm, disks, file);
+    if r.is_err() {
+        // The VM is not started: its NBD connections go.
+        crate::nbd::release(&Arc::downgrade(vm));
+    }
+    r
+}
+
+fn attach_all(
+    id: usize,
+    vm: &Arc<Vm>,
+    disks: &[DiskConfig],
+    file: &dyn Fn(&str) -> Option<&'static [u8]>,
+) -> Result<(), DiskError> {
     let mut slots = Vec::new();
     for (i, disk) in disks.iter().enumerate() {
         let serial = disk.serial.as_deref().unwrap_or("").as_bytes();

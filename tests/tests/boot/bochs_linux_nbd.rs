@@ -19,6 +19,8 @@ use xtask::linux;
 /// The manifest's ports.
 const RW_PORT: u16 = 10819;
 const RO_PORT: u16 = 10820;
+/// Where no server listens (guest `nbdgone`).
+const NO_PORT: u16 = 10821;
 /// Sectors of rootfs.ext4 (64 MiB).
 const SECTORS: u64 = xtask::rootfs::SIZE_MIB * 1024 * 1024 / 512;
 /// How long the writable export's server stays away once the guest's requests wait for it.
@@ -105,6 +107,7 @@ fn bochs_linux_root_on_nbd_survives_a_server_restart() {
         .expect("rootfs.ext4 (cargo xtask build makes it)");
     free(RW_PORT);
     free(RO_PORT);
+    free(NO_PORT);
     let dir: PathBuf = xtask::paths::run_dir("bochs_linux_nbd-export");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -182,6 +185,17 @@ fn bochs_linux_root_on_nbd_survives_a_server_restart() {
     )))
     .line(&say(&format!("disk vdb serial '' ro 1 sectors {SECTORS}")))
     .line(&say("disk vdb write: refused"));
+    let many = boot
+        .result
+        .lines()
+        .filter(|l| {
+            l.starts_with("vm nbdmany: disk vd") && l.contains(": connected: 67108864 bytes")
+        })
+        .count();
+    boot.expect(
+        many == 6,
+        &format!("nbdmany connected 6 disks before the 7th was refused ({many})"),
+    );
     // The server killed and back: the link went down, the guest's requests waited (said
     // once), the link came back with them re-sent, and the writes completed after that.
     let lost = format!("{vda}: connection lost: ");
