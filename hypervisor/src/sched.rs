@@ -695,12 +695,12 @@ fn next_wake() -> Option<u64> {
         .min()
 }
 
-/// A sleeping vCPU may have become runnable: wake idle CPUs to check.
 /// Wakes CPU 0 if it idles, to poll the NIC (an NBD request to send).
 pub fn wake_poller() {
     kick(0);
 }
 
+/// A sleeping vCPU may have become runnable: wake idle CPUs to check.
 pub fn notify() {
     for c in 0..cpus() {
         kick(c);
