@@ -134,7 +134,7 @@ fn bochs_linux_root_on_nbd_survives_a_server_restart() {
     let logs = dir.clone();
     let mut boot = Scenario::bochs("bochs_linux_nbd", "linux-nbd.toml")
         .cpus(2)
-        .memory_mib(512)
+        .memory_mib(1024)
         .timeout_secs(1200)
         .with_nic()
         .call_after("linux-guest: nbdtest: writing", move || {
@@ -267,6 +267,27 @@ fn bochs_linux_root_on_nbd_survives_a_server_restart() {
         .line_starting_containing("hv: summary: 1 guest", "nbd exited code=0 (powered off)")
         .line_starting("hv: powering off")
         .powered_off();
+
+    // Figures (guest seconds under Bochs: instructions, plus slirp's real time for NBD):
+    // printed, never a pass/fail.
+    for disk in ["nbd", "memory"] {
+        let prefix = say(&format!("nbdtest: bench {disk}: "));
+        boot.line_starting(&prefix);
+        if let Some(l) = boot.result.lines().find(|l| l.starts_with(&prefix)) {
+            let num = |after: &str| -> Option<f64> {
+                l.split(after).nth(1)?.split(' ').next()?.parse().ok()
+            };
+            let secs = [num("write+fsync 4 MiB "), num("cold read 4 MiB ")];
+            let rate = |s: f64| if s > 0.0 { 4.0 / s } else { f64::INFINITY };
+            if let [Some(w), Some(r)] = secs {
+                eprintln!(
+                    "[bochs_linux_nbd] {disk}: write+fsync {:.2} MiB/s, cold read {:.2} MiB/s (guest time)",
+                    rate(w),
+                    rate(r)
+                );
+            }
+        }
+    }
 
     // The export file itself, after power-off: clean, with the guest's files in it.
     let fsck = Command::new("e2fsck")
