@@ -188,10 +188,10 @@ fn bochs_linux_root_on_nbd_survives_a_server_restart() {
     // Past 8 NBD connections a guest is refused, and what it had connected is released:
     // the unreachable server's guest after it still gets its connection (and its 30 s).
     .line(
-        "vm nbdmany: not started: NBD disk (manifest line 53): nbd://10.0.2.2:10820/: more than 8 NBD disks (each holds a TCP connection of the hypervisor's endpoint)",
+        "vm nbdmany: not started: NBD disk (manifest line 58): nbd://10.0.2.2:10820/: more than 8 NBD disks (each holds a TCP connection of the hypervisor's endpoint)",
     )
     .line_starting(
-        "vm nbdgone: not started: NBD disk (manifest line 64): nbd://10.0.2.2:10821/: export not negotiated within 30 s (",
+        "vm nbdgone: not started: NBD disk (manifest line 69): nbd://10.0.2.2:10821/: export not negotiated within 30 s (",
     );
     let many = boot
         .result
