@@ -1214,6 +1214,11 @@ pub fn init_script(modules: Option<&GuestModules>) -> String {
 ///   prints 100% packet loss).
 /// - `netmode=spoof`: pings the peer with its own MAC until one is answered, then sets its MAC
 ///   to `netspoof=` (another guest's) and pings again: the switch drops those frames.
+/// - `netmode=benchsrv` / `netmode=benchcli` (`cargo xtask bench`, section `net`): the server
+///   serves `netmib=` MiB of zeros with `httpd` until the client's `/done`; the client
+///   serves the same, then fetches the server's copy and its own (loopback) into tmpfs and
+///   pings the server 20 times, each phase between bench marks (`devmem 0xfebff000 32 <n>`,
+///   see `xtask/src/bench/net.rs`).
 pub const NET_SECTION: &str = r#"netarg() { sed -n "s/.*[ ]$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 netmode=$(netarg netmode)
 addr=$(netarg netaddr)
@@ -1267,6 +1272,52 @@ if [ -n "$netmode" ]; then
         ;;
     ping)
         echo "linux-guest: net ping $peer: $(pings 3)"
+        ;;
+    benchsrv)
+        mib=$(netarg netmib)
+        mkdir -p /www
+        dd if=/dev/zero of=/www/data bs=1M count="$mib" 2>/dev/null
+        touch /www/ready
+        httpd -p 80 -h /www
+        echo "linux-guest: net bench: serving $mib MiB"
+        n=0
+        until wget -q -O /dev/null "http://$peer/done" 2>/dev/null; do
+            n=$((n + 1))
+            [ "$n" -ge 900 ] && break
+            sleep 1
+        done
+        ;;
+    benchcli)
+        mib=$(netarg netmib)
+        mark() { devmem 0xfebff000 32 "$1"; }
+        mkdir -p /www
+        dd if=/dev/zero of=/www/data bs=1M count="$mib" 2>/dev/null
+        httpd -p 80 -h /www
+        n=0
+        until wget -q -O /dev/null "http://$peer/ready" 2>/dev/null; do
+            n=$((n + 1))
+            [ "$n" -ge 600 ] && break
+            sleep 1
+        done
+        ping -c 1 -W 2 "$peer" > /dev/null 2>&1
+        wget -q -O /dev/null "http://127.0.0.1/ready" 2>/dev/null
+        mark 1
+        mark 2
+        wget -q -O /tmp/got "http://$peer/data"
+        mark 3
+        echo "linux-guest: net bench: from $peer $(wc -c < /tmp/got) bytes"
+        rm -f /tmp/got
+        mark 4
+        wget -q -O /tmp/got "http://127.0.0.1/data"
+        mark 5
+        echo "linux-guest: net bench: from 127.0.0.1 $(wc -c < /tmp/got) bytes"
+        rm -f /tmp/got
+        mark 6
+        ping -c 20 -i 0.01 "$peer" > /tmp/ping 2>&1
+        mark 7
+        echo "linux-guest: net bench: ping $(grep 'packet loss' /tmp/ping); $(grep round-trip /tmp/ping)"
+        touch /www/done
+        sleep 3
         ;;
     spoof)
         n=0

@@ -53,10 +53,12 @@ Commands:
             Arguments after `--` go to the integration test harness (e.g. a test name).
   bench     Benchmark under Bochs (figures, never a pass/fail): VM-exit costs in instructions
             (TSC = instructions under Bochs), scheduling fairness, memory overhead per guest,
-            start-up time. Builds boot.efi with --features bench into target/bench, boots up to
-            two machines side by side (5 to 10 minutes on 2 cores), prints tables and writes
-            target/bench/results.json and docs/BENCHMARKS.md.
-              --only LIST       some of exits,fairness,console,memory,linux,peer,lateness
+            start-up time, the Linux boot, timer lateness, KVM peer, virtio-blk vs tmpfs (blk)
+            8 guests on one gold image (goldmem), virtio-net vs loopback (net). Builds boot.efi with --features bench
+            into target/bench, boots up to two machines side by side (5 to 10 minutes on 2
+            cores), prints tables and writes target/bench/results.json and docs/BENCHMARKS.md.
+              --only LIST       some of exits,fairness,console,memory,linux,peer,lateness,
+                                blk,goldmem,net
                                 (docs/BENCHMARKS.md is then left alone)
               --cycles N        guest TSC ticks each fairness spinner runs (default 1000000000)
               --no-build        use what the last bench build left

@@ -1080,9 +1080,9 @@ pub fn manifest_text(
         "# Until guest firmware exists (issue 15) a guest cannot run its disk's own boot loader:\n";
     t += "# it boots the Linux kernel given with --kernel (`image` below) directly, with the\n";
     t += "# command line given with --cmdline (say root= for the appliance's root partition).\n";
-    t += "# The [[guest.disk]], [[guest.nic]] and [[network]] tables are parsed and validated by\n";
-    t += "# the hypervisor; it attaches them to the guest as virtio-blk and virtio-net devices\n";
-    t += "# once those devices are wired in.\n";
+    t += "# The [[guest.disk]] and [[guest.nic]] tables reach the guest as virtio-blk and\n";
+    t += "# virtio-net devices (the guest's kernel needs their drivers), each NIC on the\n";
+    t += "# [[network]] switch its descriptor named.\n";
     let mut listed: Vec<&String> = d.unsupported.iter().collect();
     listed.dedup();
     if !listed.is_empty() {

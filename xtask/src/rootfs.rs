@@ -166,6 +166,43 @@ off() {
     exit 1
 }
 
+# With blkbench=1 (`cargo xtask bench`, section blk): sequential reads and writes of the
+# virtio disks against the same on tmpfs, each phase between two marks. A mark is a 32-bit
+# write of its number to guest-physical 0xFEBFF000 (nothing there), which a bench build of
+# the hypervisor reports with its TSC and the VM's exit counts. Marks 1-2 enclose nothing
+# (what a mark itself costs), 6-7 the dropping of the page cache for the last, buffered,
+# read. vdb is a scratch disk (its own copy-on-write overlay, at most
+# 8 MiB), so the writes leave the root file system alone.
+case "$cmdline" in
+*" blkbench=1 "*)
+    mark() { devmem 0xfebff000 32 "$1"; }
+    dd if=/dev/vda of=/tmp/disk bs=1M count=64 2>/dev/null
+    sync
+    echo 3 > /proc/sys/vm/drop_caches
+    echo "linux-guest: blkbench: /tmp/disk holds $(wc -c < /tmp/disk) bytes of vda"
+    mark 1
+    mark 2
+    dd if=/dev/vda of=/dev/null bs=1M count=64 iflag=direct 2>/tmp/dd.1
+    mark 3
+    dd if=/tmp/disk of=/dev/null bs=1M count=64 2>/tmp/dd.2
+    mark 4
+    dd if=/dev/zero of=/dev/vdb bs=1M count=6 oflag=direct conv=fsync 2>/tmp/dd.3
+    mark 5
+    dd if=/dev/zero of=/tmp/written bs=1M count=6 conv=fsync 2>/tmp/dd.4
+    mark 6
+    sync
+    echo 3 > /proc/sys/vm/drop_caches
+    mark 7
+    dd if=/dev/vda of=/dev/null bs=1M count=64 2>/tmp/dd.5
+    mark 8
+    for n in 1 2 3 4 5; do
+        echo "linux-guest: blkbench: phase $n: $(tr '\n' ' ' < /tmp/dd.$n)"
+    done
+    echo "linux-guest: blkbench: done"
+    off
+    ;;
+esac
+
 case "$cmdline" in
 *" interactive=1 "*)
     echo "linux-guest: interactive shell on the console; exit it to power off"

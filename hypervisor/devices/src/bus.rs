@@ -523,7 +523,7 @@ impl Bus {
         match target {
             Some(Target::Device(i)) => match self.devices.get_mut(i) {
                 Some(d) => {
-                    let fx = d.io_write(port, size, value, now);
+                    let fx = d.io_write_mem(port, size, value, now, mem);
                     self.settle(i, fx)
                 }
                 None => self.unclaimed_write(),

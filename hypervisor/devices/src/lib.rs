@@ -34,6 +34,7 @@ pub mod bus;
 mod clocked;
 pub mod debug_exit;
 pub mod effects;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod ioapic;
 pub mod lapic;
@@ -143,6 +144,18 @@ pub trait PortDevice: Send + state::Stateful {
     fn io_read(&mut self, port: u16, size: u8, now: u64) -> Effects;
     /// `value` is already masked to `size` bytes.
     fn io_write(&mut self, port: u16, size: u8, value: u32, now: u64) -> Effects;
+    /// [`PortDevice::io_write`] for a model that copies to or from guest
+    /// RAM on a write (fw_cfg's DMA); the others ignore `mem`.
+    fn io_write_mem(
+        &mut self,
+        port: u16,
+        size: u8,
+        value: u32,
+        now: u64,
+        _mem: &dyn virtio::GuestMem,
+    ) -> Effects {
+        self.io_write(port, size, value, now)
+    }
     /// Brings time-driven state up to `now`: the lines and the deadline as
     /// they are then (both always reported).
     fn advance(&mut self, _now: u64) -> Effects {

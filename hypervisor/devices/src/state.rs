@@ -77,10 +77,11 @@ pub enum Kind {
     DebugExit = 9,
     IoApic = 10,
     Lapic = 11,
+    FwCfg = 13,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Pic,
         Kind::Pit,
         Kind::Rtc,
@@ -92,6 +93,7 @@ impl Kind {
         Kind::DebugExit,
         Kind::IoApic,
         Kind::Lapic,
+        Kind::FwCfg,
     ];
 
     pub fn tag(self) -> u16 {
@@ -115,6 +117,7 @@ impl Kind {
             Kind::DebugExit => "debug-exit",
             Kind::IoApic => "ioapic",
             Kind::Lapic => "lapic",
+            Kind::FwCfg => "fw_cfg",
         }
     }
 }
@@ -623,12 +626,27 @@ pub(crate) mod tests {
 
     #[test]
     fn kinds_have_stable_distinct_tags() {
-        for (i, k) in Kind::ALL.iter().enumerate() {
-            assert_eq!(k.tag(), i as u16 + 1, "{k:?}: tags are never renumbered");
-            assert_eq!(Kind::from_tag(k.tag()), Some(*k));
+        // Tags are never renumbered: a saved state names its device by them.
+        let tags: [(Kind, u16); 12] = [
+            (Kind::Pic, 1),
+            (Kind::Pit, 2),
+            (Kind::Rtc, 3),
+            (Kind::Uart, 4),
+            (Kind::Pci, 5),
+            (Kind::I8042, 6),
+            (Kind::Pm, 7),
+            (Kind::PostCode, 8),
+            (Kind::DebugExit, 9),
+            (Kind::IoApic, 10),
+            (Kind::Lapic, 11),
+            (Kind::FwCfg, 13),
+        ];
+        assert_eq!(Kind::ALL.map(|k| (k, k.tag())), tags);
+        for k in Kind::ALL {
+            assert_eq!(Kind::from_tag(k.tag()), Some(k));
         }
         assert_eq!(Kind::from_tag(0), None);
-        assert_eq!(Kind::from_tag(12), None);
+        assert_eq!(Kind::from_tag(14), None);
     }
 
     #[test]

@@ -398,6 +398,40 @@ fn eisa_id(id: &[u8; 7]) -> u32 {
     u32::from_le_bytes(be)
 }
 
+/// A Word Address Space Descriptor (§6.4.3.5.3) that the bridge produces:
+/// `kind` 1 = I/O, 2 = bus numbers; fixed minimum and maximum, positive
+/// decode; `type_flags` 3 for I/O = ISA and non-ISA ranges.
+fn word_space(kind: u8, type_flags: u8, min: u16, max: u16) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    d[0] = 0x88; // large item, Word Address Space Descriptor
+    d[1..3].copy_from_slice(&13u16.to_le_bytes()); // length after byte 2
+    d[3] = kind;
+    d[4] = 0b1100; // _MAF | _MIF, _DEC = 0, producer
+    d[5] = type_flags;
+    // granularity 0, translation offset 0 (bytes 6..8, 12..14)
+    d[8..10].copy_from_slice(&min.to_le_bytes());
+    d[10..12].copy_from_slice(&max.to_le_bytes());
+    // _LEN = max - min + 1; 0x10000 (the whole space) wraps to 0, as a Word can't hold it.
+    let len = max.wrapping_sub(min).wrapping_add(1);
+    d[14..16].copy_from_slice(&len.to_le_bytes());
+    d
+}
+
+/// PCI0's `_CRS` (PCI Firmware 3.x §4.1.3: a host bridge reports its bus
+/// range and windows): bus 0 only, the configuration ports 0xCF8-0xCFF it
+/// consumes, and all other I/O ports as windows. No memory window: the
+/// guest's PCI functions have I/O BARs only.
+fn pci0_crs() -> Vec<u8> {
+    let mut r = Vec::new();
+    r.extend(word_space(2, 0, 0, 0)); // WordBusNumber: 0..0
+                                      // IO (Decode16, 0x0CF8, 0x0CF8, 1, 8) (§6.4.2.5)
+    r.extend([0x47, 0x01, 0xF8, 0x0C, 0xF8, 0x0C, 0x01, 0x08]);
+    r.extend(word_space(1, 3, 0x0000, 0x0CF7)); // WordIO
+    r.extend(word_space(1, 3, 0x0D00, 0xFFFF)); // WordIO
+    r.extend([0x79, 0x00]); // End Tag, checksum 0 = valid (§6.4.2.9)
+    r
+}
+
 /// The DSDT's AML (§20, Definition Block body).
 fn dsdt_aml(cfg: &AcpiConfig) -> Vec<u8> {
     let mut aml = Vec::new();
@@ -419,6 +453,14 @@ fn dsdt_aml(cfg: &AcpiConfig) -> Vec<u8> {
         dev.extend(eisa_id(b"PNP0A03").to_le_bytes());
         dev.extend([0x08, b'_', b'B', b'B', b'N']); // NameOp "_BBN"
         dev.push(0x00); // ZeroOp
+                        // Name (_CRS, ResourceTemplate () { ... }): what the root bridge decodes.
+        let crs = pci0_crs();
+        dev.extend([0x08, b'_', b'C', b'R', b'S']); // NameOp "_CRS"
+        dev.push(0x11); // BufferOp
+        let mut buffer = aml_byte(crs.len() as u8); // BufferSize
+        buffer.extend(crs);
+        dev.extend(pkg_length(buffer.len()));
+        dev.extend(buffer);
         if !cfg.pci_intx.is_empty() {
             // Name (_PRT, Package () { Package () { 0xDDDDFFFF, 0, 0, GSI }, ... }):
             // address = device << 16 | 0xFFFF (any function), pin 0 = INTA#.
@@ -591,16 +633,29 @@ mod tests {
             // Name (\_S5_, Package (4) { 5, 5, 0, 0 })
             0x08, b'\\', b'_', b'S', b'5', b'_',
             0x12, 0x08, 0x04, 0x0A, 0x05, 0x0A, 0x05, 0x00, 0x00,
-            // Scope (\_SB) {
-            0x10, 0x1D, b'\\', b'_', b'S', b'B', b'_',
-            //   Device (PCI0) {
-            0x5B, 0x82, 0x15, b'P', b'C', b'I', b'0',
+            // Scope (\_SB) {  (PkgLength 98)
+            0x10, 0x42, 0x06, b'\\', b'_', b'S', b'B', b'_',
+            //   Device (PCI0) {  (PkgLength 89)
+            0x5B, 0x82, 0x49, 0x05, b'P', b'C', b'I', b'0',
             //     Name (_HID, EisaId ("PNP0A03"))
             0x08, b'_', b'H', b'I', b'D', 0x0C, 0x41, 0xD0, 0x0A, 0x03,
             //     Name (_BBN, Zero)
             0x08, b'_', b'B', b'B', b'N', 0x00,
+            //     Name (_CRS, Buffer (58) {
+            0x08, b'_', b'C', b'R', b'S', 0x11, 0x3D, 0x0A, 58,
+            //       WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode,
+            //                      0, 0, 0, 0, 1)
+            0x88, 0x0D, 0x00, 0x02, 0x0C, 0x00, 0, 0, 0x00, 0x00, 0x00, 0x00, 0, 0, 0x01, 0x00,
+            //       IO (Decode16, 0x0CF8, 0x0CF8, 1, 8)
+            0x47, 0x01, 0xF8, 0x0C, 0xF8, 0x0C, 0x01, 0x08,
+            //       WordIO (..., EntireRange, 0, 0x0000, 0x0CF7, 0, 0x0CF8)
+            0x88, 0x0D, 0x00, 0x01, 0x0C, 0x03, 0, 0, 0x00, 0x00, 0xF7, 0x0C, 0, 0, 0xF8, 0x0C,
+            //       WordIO (..., EntireRange, 0, 0x0D00, 0xFFFF, 0, 0xF300)
+            0x88, 0x0D, 0x00, 0x01, 0x0C, 0x03, 0, 0, 0x00, 0x0D, 0xFF, 0xFF, 0, 0, 0x00, 0xF3,
+            //       EndTag })
+            0x79, 0x00,
         ];
-        assert_eq!(dsdt_aml(&cfg), want);
+        assert_eq!(dsdt_aml(&cfg), want, "{:02x?}", dsdt_aml(&cfg));
         assert_eq!(eisa_id(b"PNP0A03"), 0x030A_D041);
         assert_eq!(eisa_id(b"PNP0C0F"), 0x0F0C_D041);
         let plain = dsdt_aml(&AcpiConfig::default());
@@ -631,7 +686,10 @@ mod tests {
             ..AcpiConfig::default()
         });
         assert_eq!(aml.len(), base.len() + prt.len());
-        assert_eq!(aml[16], base[16] + prt.len() as u8, "Scope PkgLength");
+        // Both PkgLengths are two bytes here (§20.2.4): low nibble, then << 4.
+        let len2 = |b: &[u8]| usize::from(b[0] & 0x0F) | usize::from(b[1]) << 4;
+        assert_eq!(len2(&aml[16..]), len2(&base[16..]) + prt.len(), "Scope");
+        assert_eq!(len2(&aml[25..]), len2(&base[25..]) + prt.len(), "Device");
     }
 
     #[test]

@@ -243,12 +243,9 @@ pub fn virtio_functions(cfg: &GuestConfig) -> usize {
     cfg.disks.len().saturating_add(cfg.nics.len())
 }
 
-/// Writes the guest's ACPI tables and returns them with its E820 map.
-fn platform_tables(
-    cfg: &GuestConfig,
-    mem: &impl GuestRam,
-) -> Result<(acpi_gen::AcpiBlob, e820::E820Map), LoadError> {
-    let acpi = acpi_gen::build(
+/// The guest's ACPI tables.
+fn acpi_tables(cfg: &GuestConfig) -> Result<acpi_gen::AcpiBlob, LoadError> {
+    acpi_gen::build(
         ACPI_BASE,
         &acpi_gen::AcpiConfig {
             vcpus: cfg.vcpus,
@@ -260,7 +257,28 @@ fn platform_tables(
             ..Default::default()
         },
     )
-    .map_err(LoadError::Acpi)?;
+    .map_err(LoadError::Acpi)
+}
+
+/// The E820 map of a guest of `cfg` with the RAM ranges `ram`: what the
+/// loaders hand the guest (RAM, the ACPI tables' area, the EBDA), and what
+/// fw_cfg's `etc/e820` says.
+pub fn guest_e820(cfg: &GuestConfig, ram: &[(u64, u64)]) -> Result<e820::E820Map, LoadError> {
+    let acpi = acpi_tables(cfg)?;
+    let mut map = e820::standard(ram, &acpi.e820_areas()).map_err(LoadError::E820)?;
+    let low_end = ram.iter().find(|r| r.0 == 0).map_or(0, |r| r.1);
+    if let Some(bios) = bda::build(low_end, COM_PORTS) {
+        bios.reserve_in(&mut map).map_err(LoadError::E820)?;
+    }
+    Ok(map)
+}
+
+/// Writes the guest's ACPI tables and returns them with its E820 map.
+fn platform_tables(
+    cfg: &GuestConfig,
+    mem: &impl GuestRam,
+) -> Result<(acpi_gen::AcpiBlob, e820::E820Map), LoadError> {
+    let acpi = acpi_tables(cfg)?;
     mem.write(acpi.base_gpa, &acpi.bytes)
         .ok_or(LoadError::Unsupported(
             "guest RAM too small for the ACPI tables",
@@ -298,6 +316,26 @@ mod tests {
     use manifest::{Policy, UnmappedAccess};
 
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn guest_e820_is_the_map_the_loaders_give() {
+        for (memory, vcpus) in [
+            (16 * MIB, 1),
+            (256 * MIB, 8),
+            (3584 * MIB, 2),
+            (5 << 30, 64),
+        ] {
+            let mut c = cfg(ImageKind::BzImage, memory);
+            c.vcpus = vcpus;
+            let ram = FakeRam::new(memory);
+            let (_, loaded) = platform_tables(&c, &ram).unwrap();
+            assert_eq!(
+                guest_e820(&c, &ram.ram_ranges()).unwrap(),
+                loaded,
+                "{memory:#x}"
+            );
+        }
+    }
 
     fn cfg(kind: ImageKind, memory: u64) -> GuestConfig {
         GuestConfig {

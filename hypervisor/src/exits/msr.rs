@@ -67,7 +67,7 @@ pub fn canonical(v: u64, width: u8) -> bool {
 
 /// The CPU's linear-address width (CPUID.80000008H:EAX[15:8]); WRMSR of an
 /// address checks against it (SDM Vol. 2B WRMSR, Vol. 3A 3.3.7.1).
-fn linear_width() -> u8 {
+pub(crate) fn linear_width() -> u8 {
     let w = (arch::cpuid::cpuid(0x8000_0008, 0).eax >> 8) as u8;
     if w == 0 {
         48

@@ -424,10 +424,13 @@ fn wrmsr_pat_sysenter_and_others() {
         wrmsr(&mut g, m::IA32_SYSENTER_ESP, 0xFFFF_8000_0000_0000, 0, 0),
         advanced(2).write(Write::SysenterEsp(0xFFFF_8000_0000_0000))
     );
+    // The lowest non-canonical address for this CPU's linear-address width
+    // (48 bits, or 57 with 5-level paging: the host's CPUID decides).
+    let non_canonical = 1u64 << (super::msr::linear_width() - 1);
     assert_eq!(
-        wrmsr(&mut g, m::IA32_SYSENTER_EIP, 0x0000_8000_0000_0000, 0, 0),
+        wrmsr(&mut g, m::IA32_SYSENTER_EIP, non_canonical, 0, 0),
         gp(),
-        "non-canonical"
+        "non-canonical {non_canonical:#x}"
     );
     assert_eq!(wrmsr(&mut g, 0x17A, 1, 0, 0), gp(), "MCG_STATUS != 0");
     assert_eq!(wrmsr(&mut g, 0x17A, 0, 0, 0), advanced(2));
@@ -1105,4 +1108,51 @@ fn operand_and_address_modes_from_cr0_cs_and_rflags() {
     assert_eq!(addr_mode(1, 2 | 1 << 17, D), AddrMode::Real, "virtual-8086");
     assert_eq!(addr_mode(1, 2, D), AddrMode::Protected);
     assert_eq!(addr_mode(1, 2, L), AddrMode::Long64);
+}
+
+/// RAM for a page walk: 64 KiB from guest-physical 0.
+struct WalkRam(Vec<u8>);
+
+impl crate::vm::gwalk::GuestPhysRead for WalkRam {
+    fn read(&self, gpa: arch::addr::Gpa, buf: &mut [u8]) -> bool {
+        let at = u64::from(gpa) as usize;
+        match self.0.get(at..at + buf.len()) {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[test]
+fn a_cpl3_instruction_is_fetched_as_a_user_access() {
+    // 4-level paging: PML4 0x1000 -> PDPT 0x2000 -> PD 0x3000 -> PT 0x4000;
+    // linear 0x5000 is a present, user page at 0x5000 holding `mov [rbx], eax`.
+    const P_RW_US: u64 = 0b111;
+    let mut ram = WalkRam(std::vec![0u8; 0x10000]);
+    for (table, next) in [(0x1000usize, 0x2000u64), (0x2000, 0x3000), (0x3000, 0x4000)] {
+        ram.0[table..table + 8].copy_from_slice(&(next | P_RW_US).to_le_bytes());
+    }
+    let pte = 0x4000 + 5 * 8;
+    ram.0[pte..pte + 8].copy_from_slice(&(0x5000 | P_RW_US).to_le_bytes());
+    ram.0[0x5000..0x5002].copy_from_slice(&[0x89, 0x03]);
+    let mut e = flat_emu();
+    e.paging = PagingRegs {
+        cr0: cr0::PE | cr0::PG,
+        cr3: 0x1000,
+        cr4: cr4::PAE | cr4::SMEP,
+        efer: arch::msr::efer::LME | arch::msr::efer::LMA,
+    };
+    // At CPL 3 the user page is fetched (SMEP restricts supervisor fetches only).
+    e.user = true;
+    let insn = super::vmexit::fetch(&ram, &e, 0x5000).expect("CPL-3 fetch");
+    assert_eq!(&insn.bytes()[..2], &[0x89, 0x03]);
+    // The same fetch at CPL 0 faults under SMEP (SDM Vol. 3A 4.6.1).
+    e.user = false;
+    assert!(matches!(
+        super::vmexit::fetch(&ram, &e, 0x5000),
+        Err(InsnError::Fetch(0x5000))
+    ));
 }

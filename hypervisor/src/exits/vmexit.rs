@@ -70,7 +70,8 @@ pub struct Emu {
     pub addr_mode: AddrMode,
     /// The CR0/CR3/CR4/EFER the CPU translates with.
     pub paging: PagingRegs,
-    /// CPL 3 (SS.DPL; string instructions only, else false).
+    /// CPL 3 (SS.DPL): the instruction fetch and a string instruction's
+    /// data accesses are user-mode accesses (SDM Vol. 3A 4.6).
     pub user: bool,
     pub rflags: u64,
     pub rsp: u64,
@@ -305,7 +306,7 @@ fn emu(segments: bool) -> Result<Emu, VmcsError> {
         mode: cpu_mode(cr0, cs_ar),
         addr_mode: addr_mode(cr0, rflags, cs_ar),
         paging: paging_regs(real_cr0)?,
-        user: false,
+        user: cpl()? == 3,
         rflags,
         rsp: rd!(guest::RSP),
         cs_base: rd!(guest::CS_BASE),
@@ -326,6 +327,15 @@ fn read_segments(e: &mut Emu) -> Result<(), VmcsError> {
     Ok(())
 }
 
+/// The fetch of an instruction at the CPL in `e`: a CPL-3 fetch is a user
+/// access (under SMEP a supervisor fetch from a user page faults).
+pub fn fetch_access(e: &Emu) -> Access {
+    Access {
+        user: e.user,
+        ..Access::FETCH
+    }
+}
+
 /// Fetches up to 15 instruction bytes at CS:RIP (the instruction may end
 /// before the next page, which may be unmapped).
 pub fn fetch(mem: &impl gwalk::GuestPhysRead, e: &Emu, rip: u64) -> Result<Insn, InsnError> {
@@ -336,7 +346,7 @@ pub fn fetch(mem: &impl gwalk::GuestPhysRead, e: &Emu, rip: u64) -> Result<Insn,
     };
     let to_page_end = (0x1000 - (la & 0xFFF)) as usize;
     for len in [15usize, to_page_end.min(15)] {
-        if gwalk::read_virt(mem, e.paging, la, Access::FETCH, &mut insn.bytes[..len]).is_ok() {
+        if gwalk::read_virt(mem, e.paging, la, fetch_access(e), &mut insn.bytes[..len]).is_ok() {
             insn.n = len;
             return Ok(insn);
         }
@@ -568,7 +578,7 @@ pub fn decode_as(v: &Vcpu, reason: ExitReason) -> Result<Exit, VmcsError> {
             let mut e = emu(false)?;
             let (insn, rip_gpa) = if q.fetch {
                 let la = e.cs_base.wrapping_add(rip);
-                let pa = gwalk::translate(&v.vm.mem, e.paging, la, Access::FETCH)
+                let pa = gwalk::translate(&v.vm.mem, e.paging, la, fetch_access(&e))
                     .ok()
                     .map(u64::from);
                 (Err(InsnError::Fetch(la)), pa)

@@ -154,6 +154,7 @@ pub enum CreateError {
     NoMemory,
     Bus(devices::BusError),
     Disk(disks::DiskError),
+    FwCfg(devices::fw_cfg::FwCfgError),
 }
 
 impl core::fmt::Display for CreateError {
@@ -164,6 +165,7 @@ impl core::fmt::Display for CreateError {
             CreateError::NoMemory => write!(f, "not enough host memory for the VM's bitmaps"),
             CreateError::Bus(e) => write!(f, "device ranges: {e}"),
             CreateError::Disk(e) => write!(f, "{e}"),
+            CreateError::FwCfg(e) => write!(f, "{e}"),
         }
     }
 }
@@ -182,7 +184,11 @@ fn device_clock() -> devices::Clock {
 /// The PC devices on the bus, in their power-on state (`vcpus` is the I/O
 /// APIC's ID, after the local APICs'); the UART writes to console queue
 /// `console`.
-fn platform_bus(console: usize, vcpus: u32) -> Result<Bus, devices::BusError> {
+fn platform_bus(
+    console: usize,
+    vcpus: u32,
+    fw_cfg: devices::fw_cfg::FwCfg,
+) -> Result<Bus, devices::BusError> {
     let clock = device_clock();
     let mut io = Bus::new(IoApic::new(vcpus as u8));
     let console = devices::uart::ConsolePort {
@@ -200,7 +206,30 @@ fn platform_bus(console: usize, vcpus: u32) -> Result<Bus, devices::BusError> {
     io.register(Box::new(I8042::new()))?;
     io.register(Box::new(Pm::new(loader::PM_BASE, clock)))?;
     io.register(Box::new(PostCode::new()))?;
+    io.register(Box::new(fw_cfg))?;
     Ok(io)
+}
+
+/// What the guest's firmware configuration device (QEMU's fw_cfg) tells
+/// it: its vCPUs, RAM and E820 map, the same values the loaders give.
+fn fw_cfg_for(
+    config: &GuestConfig,
+    mem: &GuestMemory,
+) -> Result<devices::fw_cfg::FwCfg, CreateError> {
+    use loader::e820::GuestRam;
+    let map = loader::guest_e820(config, &mem.ram_ranges()).map_err(CreateError::Load)?;
+    let e820: Vec<(u64, u64, u32)> = map
+        .entries()
+        .iter()
+        .map(|e| (e.addr, e.size, e.kind as u32))
+        .collect();
+    devices::fw_cfg::FwCfg::new(&devices::fw_cfg::FwCfgConfig {
+        cpus: config.vcpus as u16,
+        ram_bytes: config.memory,
+        uuid: [0; 16],
+        files: alloc::vec![("etc/e820".into(), devices::fw_cfg::e820_file(&e820))],
+    })
+    .map_err(CreateError::FwCfg)
 }
 
 /// A TSC offset that makes the guest's TSC start at 0 now (as after RESET).
@@ -238,7 +267,15 @@ impl Vm {
         unsafe { core::ptr::write_bytes(io_bitmaps as *mut u8, 0xFF, 2 * mm::PAGE as usize) };
         let console = crate::console::register(&config.name);
         let nics = crate::net::guest_ports(id);
-        let io = match platform_bus(console, config.vcpus) {
+        let fw_cfg = match fw_cfg_for(&config, &mem) {
+            Ok(f) => f,
+            Err(e) => {
+                mm::free_zeroed(mm::Hpa(msr_bitmap), mm::PAGE);
+                mm::free_zeroed(mm::Hpa(io_bitmaps), 2 * mm::PAGE);
+                return Err(e);
+            }
+        };
+        let io = match platform_bus(console, config.vcpus, fw_cfg) {
             Ok(io) => io,
             Err(e) => {
                 mm::free_zeroed(mm::Hpa(msr_bitmap), mm::PAGE);

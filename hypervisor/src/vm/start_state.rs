@@ -68,7 +68,7 @@ pub fn controls(caps: &VmxCaps, virtual_nmis: bool, mode: Mode) -> Result<Contro
         .adjust(want2, s::ENABLE_EPT | s::UNRESTRICTED_GUEST)?;
     use bits::exit as x;
     let exit = caps.exit.adjust(
-        x::SAVE_IA32_PAT | x::LOAD_IA32_PAT,
+        x::SAVE_IA32_PAT | x::LOAD_IA32_PAT | x::SAVE_PREEMPTION_TIMER,
         x::HOST_ADDRESS_SPACE_SIZE
             | x::SAVE_DEBUG_CONTROLS
             | x::SAVE_IA32_EFER

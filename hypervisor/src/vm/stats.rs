@@ -18,6 +18,15 @@ const OTHER: usize = SLOTS - 1;
 #[repr(align(64))]
 pub struct Row(pub [AtomicU64; SLOTS]);
 
+impl Row {
+    /// Counts one exit with basic reason `reason` (see [`VmStats::count`]).
+    #[inline(always)]
+    pub fn count(&self, reason: u32) {
+        let c = &self.0[(reason as usize).min(OTHER)];
+        c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    }
+}
+
 impl Default for Row {
     fn default() -> Self {
         Row([const { AtomicU64::new(0) }; SLOTS])
@@ -85,11 +94,14 @@ impl VmStats {
     /// CPU running that vCPU calls this, so a plain load and store suffice.
     #[inline(always)]
     pub fn count(&self, vcpu: usize, reason: u32) {
-        if let Some(row) = self.rows.get(vcpu) {
-            let slot = (reason as usize).min(OTHER);
-            let c = &row.0[slot];
-            c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        if let Some(row) = self.row(vcpu) {
+            row.count(reason);
         }
+    }
+
+    /// vCPU `vcpu`'s counters (the run loop looks them up once a slice).
+    pub fn row(&self, vcpu: usize) -> Option<&Row> {
+        self.rows.get(vcpu)
     }
 
     /// Every vCPU's counters summed.

@@ -90,6 +90,8 @@ pub struct Vcpu {
     next_timer: u64,
     /// Timer state may have changed (a timer register or device was written).
     pub timers_dirty: bool,
+    /// The exit saves the preemption timer's value (see `FAST_TIMER_REUSE`).
+    pub(super) timer_saved: bool,
     /// The longest exit of this vCPU (TSC ticks from VM exit to VM entry).
     longest_exit: u64,
     /// Counted in its VM's `runnable` (in a run queue or running).
@@ -147,6 +149,7 @@ impl Vcpu {
             init_cr0: start_state::CR0_RESET,
             next_timer: 0,
             timers_dirty: true,
+            timer_saved: false,
             longest_exit: 0,
             counted_runnable: false,
             moved: false,

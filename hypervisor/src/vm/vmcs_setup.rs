@@ -341,6 +341,7 @@ impl Vcpu {
         wc!(ctrl::PRIMARY_PROCBASED_EXEC_CONTROLS, ctl.primary);
         wc!(ctrl::SECONDARY_PROCBASED_EXEC_CONTROLS, ctl.secondary);
         wc!(ctrl::VMEXIT_CONTROLS, ctl.exit);
+        self.timer_saved = ctl.exit & bits::exit::SAVE_PREEMPTION_TIMER != 0;
         wc!(ctrl::VMENTRY_CONTROLS, ctl.entry);
         wc!(ctrl::EXCEPTION_BITMAP, 0);
         wc!(ctrl::PAGE_FAULT_ERR_CODE_MASK, 0);

@@ -41,6 +41,19 @@ fn bochs_cpu_conformance() {
         .line_times("[cpustate-r] cpustate: rtc year 2001", 1)
         .line_starting("vm cpustate-r: restarting (1 of at most 1)");
 
+    // fw_cfg reports the manifest's vCPUs and RAM, its file directory and etc/e820 (by DMA).
+    boot.line("[fwcfg] fwcfg: signature QEMU features 0x3")
+        .line("[fwcfg] fwcfg: cpus 3 max 3 ram 48 MiB")
+        .line("[fwcfg] fwcfg: file etc/e820 key 0x20 size 120")
+        .line("[fwcfg] fwcfg: e820 0x100000 0x2f00000 type 1")
+        .line("[fwcfg] fwcfg: e820 6 entries, 48767 KiB of RAM")
+        .line("[fwcfg] fwcfg: PASS")
+        .no_line_containing("fwcfg: FAIL")
+        .line("vm fwcfg: exited code=0")
+        .line("[mbfwcfg] mbkernel: fw_cfg cpus 2 ram 24576 KiB")
+        .line("[mbfwcfg] mbkernel: PASS")
+        .line("vm mbfwcfg: exited code=0");
+
     // Every NMI is delivered, one at a time.
     boot.line("[nmi] nmi: self-NMI 3 delivered")
         .line("[nmi] nmi: NMI sent inside the handler delivered after its IRET")
@@ -72,7 +85,7 @@ fn bochs_cpu_conformance() {
     );
 
     boot.no_line_containing("FAIL")
-        .line_starting("hv: summary: 9 guests")
+        .line_starting("hv: summary: 11 guests")
         .no_line_containing("hv: fatal")
         .line_starting("hv: powering off")
         .powered_off();

@@ -91,6 +91,7 @@ fn bochs_linux_multiboot_and_real_mode_guests() {
             .line(&say(
                 "bda com1 0x000003f8 base 639 KiB ebda 0x0009fc00 1 KiB",
             ))
+            .line(&say("fw_cfg cpus 1 ram 16384 KiB"))
             .line(&say("PASS"))
             .no_line_containing(&say("FAIL"))
             .line(&format!("vm {name}: exited code=0"));

@@ -10,5 +10,6 @@ mod bochs_linux;
 mod bochs_linux_disk;
 mod bochs_linux_nbd;
 mod bochs_linux_net;
+mod bochs_ovf;
 mod bochs_snapshot;
 mod qemu_no_vtx;

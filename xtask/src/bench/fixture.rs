@@ -229,8 +229,38 @@ pub fn report() -> Report {
         lateness,
         linux: Some(linux),
         peer: Some(peer),
+        blk: Some(super::blk::BlkRun::analyse("blk", BLK_LOG, "powered off")),
+        goldmem: Some(super::goldmem::GoldRun::analyse(
+            "goldmem",
+            2,
+            GOLD_LOG,
+            "powered off",
+        )),
+        net: None,
         linux_notes: vec!["a note".into()],
         runs,
         wall_s: 600.125,
     }
 }
+
+/// Marks 1-8 of the `blk` guest (phases: empty, read-vda, read-tmpfs, write-vdb, write-tmpfs,
+/// page cache dropped, read-vda-buffered).
+pub const BLK_LOG: &str = "\
+hv: bench mark: vm blk value 1 tsc 1000000 exits 500 (io_instruction=400 ept_violation=100)
+hv: bench mark: vm blk value 2 tsc 1100000 exits 510 (io_instruction=405 ept_violation=105)
+hv: bench mark: vm blk value 3 tsc 65100000 exits 2510 (io_instruction=1405 ept_violation=1105)
+hv: bench mark: vm blk value 4 tsc 97100000 exits 2520 (io_instruction=1410 ept_violation=1110)
+hv: bench mark: vm blk value 5 tsc 103100000 exits 2820 (io_instruction=1710 ept_violation=1110)
+hv: bench mark: vm blk value 6 tsc 107100000 exits 2830 (io_instruction=1720 ept_violation=1110)
+hv: bench mark: vm blk value 7 tsc 110100000 exits 2840 (io_instruction=1730 ept_violation=1110)
+hv: bench mark: vm blk value 8 tsc 150100000 exits 3000 (io_instruction=1830 ept_violation=1170)
+";
+
+/// Two guests on one gold image.
+pub const GOLD_LOG: &str = "\
+vm gold-01: memory overhead 100 KiB for 32 MiB of RAM (EPT 20 KiB, VMCS+XSAVE+bitmaps 40 KiB, heap 40 KiB)
+vm gold-02: memory overhead 104 KiB for 32 MiB of RAM (EPT 24 KiB, VMCS+XSAVE+bitmaps 40 KiB, heap 40 KiB)
+hv: disk image rootfs.ext4: 65536 KiB held once (read-only base), shared by 2 disks of 2 guests
+vm gold-01: memory: disk overlays 0 KiB
+vm gold-02: memory: disk overlays 8 KiB
+";

@@ -35,6 +35,15 @@ pub struct Results {
     pub linux_boot: Option<LinuxBootPair>,
     pub linux_boot_notes: Vec<String>,
     pub kvm_peer: Option<Peer>,
+    /// virtio-blk against tmpfs (absent in documents of older runs).
+    #[serde(default)]
+    pub blk: Option<super::blk::BlkRun>,
+    /// 8 guests on one gold image.
+    #[serde(default)]
+    pub goldmem: Option<super::goldmem::GoldRun>,
+    /// virtio-net guest to guest against loopback.
+    #[serde(default)]
+    pub net: Option<super::net::NetRun>,
 }
 
 /// What the figures were measured on.
@@ -331,6 +340,9 @@ impl Report {
             linux_boot: self.linux.as_ref().map(LinuxBootPair::of),
             linux_boot_notes: self.linux_notes.clone(),
             kvm_peer: self.peer.as_ref().map(Peer::of),
+            blk: self.blk.clone(),
+            goldmem: self.goldmem.clone(),
+            net: self.net.clone(),
         }
     }
 }
@@ -622,6 +634,9 @@ mod tests {
             "linux_boot",
             "linux_boot_notes",
             "kvm_peer",
+            "blk",
+            "goldmem",
+            "net",
         ];
         expected.sort_unstable();
         assert_eq!(keys, expected, "the top-level keys");

@@ -21,17 +21,22 @@
 //! | `linux-3` | `bench-linux3.toml`: three Linux guests of 1 vCPU, for their timer lateness | 2 | 1024 MiB |
 //! | `linux-direct` | no hypervisor: the same kernel, initramfs and command line started by OVMF's shell through the EFI stub ([`linux_boot`]) | 1 | 512 MiB |
 //! | `kvm-peer` | no hypervisor: the same kernel with an initramfs that loads `kvm_intel` and runs the `bench` guest under a minimal KVM VMM ([`kvmpeer`]) | 1 | 512 MiB |
+//! | `blk` | `bench-blk.toml`: the kernel with its root on the gold image `rootfs.ext4` (vda) and a scratch disk on it (vdb), 256 MiB; `blkbench=1`: 64 MiB read from vda and from tmpfs, 6 MiB written to vdb and to tmpfs, between marks ([`blk`]) | 1 | 1024 MiB |
+//! | `net` | `bench-net.toml`: two Linux guests of 192 MiB on one network; `netcli` fetches 32 MiB from `netsrv` (busybox `httpd`/`wget`), the same over its own loopback, and pings `netsrv` 20 times, between marks ([`net`]) | 1 | 1024 MiB |
+//! | `goldmem` | `bench-goldmem.toml`: 8 `blkwrite` guests of 32 MiB, each with a writable disk on the one 64 MiB gold image, writing 128 to 1024 KiB to it ([`goldmem`]) | 1 | 1024 MiB |
 //!
 //! `linux-hv` and `linux-direct` go first, side by side, so that their wall times are taken
 //! under the same load.
 //!
-//! The UEFI application is built with `--features bench` (the floor hypercall) into
+//! The UEFI application is built with `--features bench` (the floor hypercall, and the `blk`
+//! marks: a 32-bit guest write to guest-physical 0xFEBFF000 prints `hv: bench mark: ...`) into
 //! `target/bench/`, so the normal build in `target/` is left alone.
 //!
 //! The code, by concern: [`mod@run`] (the boots and running them), [`parse`] (console and manifest
 //! lines every section reads), one module per section ([`exits`], [`fairness`], [`console`],
-//! [`memory`], [`startup`], [`linux_boot`], [`lateness`], [`kvmpeer`]: its lines and its
-//! figures),
+//! [`memory`], [`startup`], [`linux_boot`], [`lateness`], [`kvmpeer`], [`blk`], [`net`],
+//! [`goldmem`]:
+//! its lines and its figures),
 //! [`config`] (what it ran on), [`report`] (the terminal text and `docs/BENCHMARKS.md`) and
 //! [`json`] (`target/bench/results.json`).
 
@@ -44,17 +49,20 @@ use crate::paths::{self, UEFI_TARGET};
 use crate::prereq::{self, Need};
 use crate::{build, esp, run_command};
 
+pub mod blk;
 pub mod config;
 pub mod console;
 pub mod exits;
 pub mod fairness;
 #[cfg(test)]
 mod fixture;
+pub mod goldmem;
 pub mod json;
 pub mod kvmpeer;
 pub mod lateness;
 pub mod linux_boot;
 pub mod memory;
+pub mod net;
 pub mod parse;
 pub mod report;
 pub mod run;
@@ -140,6 +148,12 @@ pub struct Sections {
     /// Timer lateness of three Linux guests on two CPUs (`linux-3`; `linux-hv`'s too when
     /// `linux` runs).
     pub lateness: bool,
+    /// virtio-blk reads and writes against tmpfs in a Linux guest (`blk`).
+    pub blk: bool,
+    /// 8 guests on one gold image against 8 private copies (`goldmem`).
+    pub goldmem: bool,
+    /// virtio-net guest to guest against loopback, and ping (`net`).
+    pub net: bool,
 }
 
 impl Sections {
@@ -151,6 +165,9 @@ impl Sections {
         linux: true,
         peer: true,
         lateness: true,
+        blk: true,
+        goldmem: true,
+        net: true,
     };
     const NONE: Sections = Sections {
         exits: false,
@@ -160,10 +177,13 @@ impl Sections {
         linux: false,
         peer: false,
         lateness: false,
+        blk: false,
+        goldmem: false,
+        net: false,
     };
 
-    /// `exits,fairness,console,memory,linux,peer,lateness` (any subset, comma-separated;
-    /// `kvm` = `peer`).
+    /// `exits,fairness,console,memory,linux,peer,lateness,blk,goldmem,net` (any subset,
+    /// comma-separated; `kvm` = `peer`).
     pub fn parse(list: &str) -> Result<Self> {
         let mut s = Self::NONE;
         for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -175,10 +195,13 @@ impl Sections {
                 "linux" => s.linux = true,
                 "peer" | "kvm" => s.peer = true,
                 "lateness" => s.lateness = true,
+                "blk" => s.blk = true,
+                "goldmem" => s.goldmem = true,
+                "net" => s.net = true,
                 other => {
                     bail!(
                         "unknown bench section `{other}` (exits, fairness, console, memory, \
-                         linux, peer, lateness)"
+                         linux, peer, lateness, blk, goldmem, net)"
                     )
                 }
             }
@@ -186,7 +209,7 @@ impl Sections {
         if s == Self::NONE {
             bail!(
                 "--only needs at least one of exits, fairness, console, memory, linux, peer, \
-                 lateness"
+                 lateness, blk, goldmem, net"
             );
         }
         Ok(s)
@@ -293,7 +316,12 @@ pub fn run(options: &Options) -> Result<Report> {
     eprintln!(
         "xtask: bench: {} boots under Bochs, {PARALLEL_BOOTS} at a time ({})",
         jobs.len(),
-        if options.sections.linux || options.sections.peer || options.sections.lateness {
+        if options.sections.linux
+            || options.sections.peer
+            || options.sections.lateness
+            || options.sections.blk
+            || options.sections.net
+        {
             "10 to 20 minutes"
         } else {
             "5 to 10 minutes"
@@ -311,6 +339,9 @@ pub fn run(options: &Options) -> Result<Report> {
         lateness: Vec::new(),
         linux: None,
         peer: None,
+        blk: None,
+        goldmem: None,
+        net: None,
         linux_notes: plan.notes(),
         runs: Vec::new(),
         wall_s: 0.0,
@@ -379,6 +410,15 @@ pub fn run(options: &Options) -> Result<Report> {
             direct_cmdline: plan.peer_cmdline(),
         });
     }
+    if options.sections.blk {
+        report.blk = find("blk").map(blk::BlkRun::from_done);
+    }
+    if options.sections.net {
+        report.net = find("net").map(net::NetRun::from_done);
+    }
+    if options.sections.goldmem {
+        report.goldmem = find("goldmem").map(goldmem::GoldRun::from_done);
+    }
     // Start-up from the boots whose guests print right away (a spinner's first output is its
     // result, at the end; the second exit boot would repeat the first).
     for name in STARTUP_BOOTS {
@@ -428,6 +468,9 @@ fn needed_guests(sections: Sections) -> Vec<&'static str> {
     }
     if sections.memory {
         v.push("hello");
+    }
+    if sections.goldmem {
+        v.push("blkwrite");
     }
     v
 }

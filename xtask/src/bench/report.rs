@@ -18,6 +18,12 @@ pub struct Report {
     pub lateness: Vec<LatenessRun>,
     pub linux: Option<LinuxReport>,
     pub peer: Option<kvmpeer::PeerReport>,
+    /// virtio-blk against tmpfs (`blk`).
+    pub blk: Option<blk::BlkRun>,
+    /// 8 guests on one gold image (`goldmem`).
+    pub goldmem: Option<goldmem::GoldRun>,
+    /// virtio-net against loopback (`net`).
+    pub net: Option<net::NetRun>,
     /// Why the Linux boots could not run, if they could not.
     pub linux_notes: Vec<String>,
     pub runs: Vec<RunInfo>,
@@ -134,6 +140,134 @@ fn grouped(n: u64) -> String {
 }
 
 impl Report {
+    /// The `blk` phases.
+    pub fn blk_table(run: &blk::BlkRun) -> Table {
+        let mut t = Table::new(&[
+            "phase",
+            "MiB",
+            "TSC ticks",
+            "instr/MiB",
+            "exits/MiB",
+            "most frequent exits",
+            "vs tmpfs",
+            "goal (≤ 1.5× tmpfs)",
+        ]);
+        for p in &run.phases {
+            t.row(vec![
+                p.name.clone(),
+                format!("{:.0}", p.mib),
+                grouped(p.net_tsc),
+                format!("{:.0}", p.instr_per_mib),
+                format!("{:.1}", p.exits_per_mib),
+                p.top_reasons
+                    .iter()
+                    .map(|(r, n)| format!("{r} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                opt(p.vs_tmpfs, |r| format!("{r:.2}×")),
+                blk::BlkRun::verdict(p),
+            ]);
+        }
+        t
+    }
+
+    /// What each `blk` phase ran.
+    pub fn blk_phase_table() -> Table {
+        let mut t = Table::new(&["phase", "what the guest ran"]);
+        for (_, name, what, _, _) in blk::PHASES {
+            t.row(vec![name.to_string(), what.to_string()]);
+        }
+        t
+    }
+
+    /// The `net` phases.
+    pub fn net_table(n: &net::NetRun) -> Table {
+        let mut t = Table::new(&[
+            "phase",
+            "MiB",
+            "TSC ticks",
+            "instr/MiB",
+            "exits/MiB (all VMs)",
+            "vs loopback",
+            "goal (≤ 1.5× loopback)",
+        ]);
+        for p in &n.phases {
+            t.row(vec![
+                p.name.clone(),
+                p.mib.to_string(),
+                grouped(p.net_tsc),
+                format!("{:.0}", p.instr_per_mib),
+                format!("{:.1}", p.exits_per_mib),
+                opt(p.vs_loopback, |r| format!("{r:.2}×")),
+                net::NetRun::verdict(p),
+            ]);
+        }
+        t
+    }
+
+    fn net_ping_sentence(n: &net::NetRun) -> String {
+        format!(
+            "ping of netsrv ({} pings, 10 ms apart): average round trip {} of guest time \
+             (≈ {} TSC ticks at 200 MHz); {} TSC ticks and {} exits (all VMs) per ping between \
+             the marks, the interval's idle time included; ping said: {}",
+            net::PINGS,
+            opt(n.ping_avg_ms, |m| format!("{m:.3} ms")),
+            opt(n.ping_avg_ms, |m| grouped((m * 200_000.0) as u64)),
+            opt(n.ping_tsc_each, |t| grouped(t as u64)),
+            opt(n.ping_exits_each, |e| format!("{e:.1}")),
+            n.ping_summary.as_deref().unwrap_or("n/a")
+        )
+    }
+
+    /// The `goldmem` VMs, then the totals.
+    pub fn goldmem_table(g: &goldmem::GoldRun) -> Table {
+        let mut t = Table::new(&["VM", "RAM", "overhead", "of it heap", "overlay at its end"]);
+        for v in &g.vms {
+            t.row(vec![
+                v.name.clone(),
+                format!("{} MiB", v.ram_mib),
+                format!("{} KiB", v.overhead_kib),
+                format!("{} KiB", v.heap_kib),
+                opt(g.overlay_of(&v.name), |k| format!("{k} KiB")),
+            ]);
+        }
+        t
+    }
+
+    pub fn goldmem_totals(g: &goldmem::GoldRun) -> Table {
+        let n = g.vms.len() as u64;
+        let image = g.image.as_ref().map(|i| i.kib);
+        let overhead: u64 = g.vms.iter().map(|v| v.overhead_kib).sum();
+        let overlays: u64 = g.overlays.iter().map(|(_, k)| k).sum();
+        let mut t = Table::new(&["", "one gold image", "private copies"]);
+        t.row(vec![
+            "disk images".into(),
+            opt(image, |k| format!("{k} KiB (held once)")),
+            opt(image, |k| format!("{} KiB ({n} × {k} KiB)", k * n)),
+        ]);
+        t.row(vec![
+            "VM overheads (EPT, VMCS, bitmaps, heap with the disk's model)".into(),
+            format!("{overhead} KiB"),
+            format!("{overhead} KiB"),
+        ]);
+        t.row(vec![
+            "copy-on-write overlays".into(),
+            format!("{overlays} KiB"),
+            "none (writes go to the copy)".into(),
+        ]);
+        t.row(vec![
+            "total".into(),
+            opt(g.shared_kib, |k| format!("{k} KiB")),
+            opt(g.private_kib, |k| format!("{k} KiB")),
+        ]);
+        t.row(vec![
+            "one gold image / private copies".into(),
+            opt(g.pct_of_private(), |p| format!("{p:.1} %")),
+            String::new(),
+        ]);
+        t
+    }
+
     /// The exit-cost table of the first exit boot.
     pub fn exit_table(run: &ExitRun) -> Table {
         let mut t = Table::new(&[
@@ -548,6 +682,51 @@ impl Report {
                 let _ = writeln!(s, " note: {n}");
             }
         }
+        if let Some(b) = &self.blk {
+            let _ = writeln!(
+                s,
+                "\nvirtio-blk vs tmpfs (boot {}, guest `{}`, 1 vCPU, 1 CPU): TSC ticks (= Bochs \
+                 instructions, guest and hypervisor) and VM exits between the guest's marks, the \
+                 empty phase subtracted, per MiB",
+                b.run,
+                blk::GUEST
+            );
+            s += &Self::blk_table(b).text();
+            for n in b.notes() {
+                let _ = writeln!(s, " note: {n}");
+            }
+        }
+        if let Some(n) = &self.net {
+            let _ = writeln!(
+                s,
+                "\nvirtio-net vs loopback (boot {}, guests netsrv and netcli on one network, 1 \
+                 CPU): TSC ticks (= Bochs instructions of both guests and the hypervisor, and \
+                 idle time) and every VM's exits between netcli's marks, the empty phase \
+                 subtracted, per MiB",
+                n.run
+            );
+            s += &Self::net_table(n).text();
+            let _ = writeln!(s, " {}", Self::net_ping_sentence(n));
+            for x in n.notes() {
+                let _ = writeln!(s, " note: {x}");
+            }
+        }
+        if let Some(g) = &self.goldmem {
+            let _ = writeln!(
+                s,
+                "\nGold image memory (boot {}): {} guests, each with a writable disk on {}",
+                g.run,
+                g.vms.len(),
+                g.image
+                    .as_ref()
+                    .map_or("n/a".to_string(), |i| format!("{} ({} KiB)", i.name, i.kib))
+            );
+            s += &Self::goldmem_table(g).text();
+            s += &Self::goldmem_totals(g).text();
+            for n in g.notes() {
+                let _ = writeln!(s, " note: {n}");
+            }
+        }
         let _ = writeln!(s, "\nBoots");
         s += &self.runs_table().text();
         let c = &self.config;
@@ -759,6 +938,99 @@ impl Report {
         s += &self.linux_markdown();
         s += &self.lateness_markdown();
         s += &self.peer_markdown();
+        s += &self.blk_markdown();
+        s += &self.net_markdown();
+        s += &self.goldmem_markdown();
+        s
+    }
+
+    fn blk_markdown(&self) -> String {
+        let mut s = String::from("\n## virtio-blk against tmpfs\n\n");
+        let Some(b) = &self.blk else {
+            let _ = writeln!(s, "Not measured in this run.");
+            return s;
+        };
+        let _ = writeln!(
+            s,
+            "`bench-blk.toml`: Debian's cloud kernel, 1 vCPU, 256 MiB, on a 1-CPU Bochs, its root \
+             on the gold image `rootfs.ext4` (vda, copy-on-write overlay) and a second writable \
+             disk on the same image as scratch space (vdb). With `blkbench=1` the root's \
+             `/sbin/init` runs each phase between two marks: busybox `devmem 0xfebff000 32 <n>` \
+             writes to an unclaimed guest-physical address, and the bench build of the \
+             hypervisor prints its TSC and the VM's exit counts (`hv: bench mark: ...`). \
+             *TSC ticks* are the ticks between a phase's marks less those of the empty phase \
+             (two marks back to back: the `devmem` process); under Bochs the TSC counts \
+             executed instructions, guest and hypervisor together, so *instr/MiB* is an \
+             instruction count, not a hardware time. *vs tmpfs*: instructions per MiB over the \
+             same transfer on the guest's tmpfs. Goal (issue 11): at most \
+             {:.1}× (a figure, not a test). The writes are 6 MiB, not 64: a disk's overlay \
+             holds at most 8 MiB of the hypervisor's heap.\n",
+            blk::RATIO_GOAL
+        );
+        s += &Self::blk_phase_table().markdown();
+        s += "\n";
+        s += &Self::blk_table(b).markdown();
+        for n in b.notes() {
+            let _ = writeln!(s, "\nNote: {n}.");
+        }
+        s
+    }
+
+    fn net_markdown(&self) -> String {
+        let mut s = String::from("\n## virtio-net against loopback\n\n");
+        let Some(n) = &self.net else {
+            let _ = writeln!(s, "Not measured in this run.");
+            return s;
+        };
+        let _ = writeln!(
+            s,
+            "`bench-net.toml`: two Linux guests (Debian's cloud kernel, busybox initramfs, \
+             192 MiB, 1 vCPU each) with a virtio-net NIC on one network of the hypervisor's L2 \
+             switch, on a 1-CPU Bochs. `netcli` fetches {} MiB of zeros from `netsrv`'s busybox \
+             `httpd` with `wget` into its tmpfs, then the same from its own `httpd` over \
+             loopback, then pings `netsrv` {} times, each phase between two marks as in the \
+             virtio-blk section. With one CPU the TSC ticks between the marks are the \
+             instructions of both guests and the hypervisor (plus any time the CPU idles); the \
+             exits are every VM's. {} MiB, not 64, to keep the boot within a few minutes of \
+             Bochs. Goal (issue 11): guest to guest at most {:.1}× loopback per MiB (a figure, \
+             not a test).\n",
+            n.mib,
+            net::PINGS,
+            n.mib,
+            net::RATIO_GOAL
+        );
+        s += &Self::net_table(n).markdown();
+        let _ = writeln!(s, "\n{}.", Self::net_ping_sentence(n));
+        for x in n.notes() {
+            let _ = writeln!(s, "\nNote: {x}.");
+        }
+        s
+    }
+
+    fn goldmem_markdown(&self) -> String {
+        let mut s = String::from("\n## Gold image memory\n\n");
+        let Some(g) = &self.goldmem else {
+            let _ = writeln!(s, "Not measured in this run.");
+            return s;
+        };
+        let _ = writeln!(
+            s,
+            "`bench-goldmem.toml`: 8 `blkwrite` guests (`tests/guests/blkwrite`) of 32 MiB on 1 \
+             CPU (so that every VM is created before any writes), each with a writable disk on the same 64 MiB gold image (`rootfs.ext4`); \
+             guest n writes n × 128 KiB to its disk through virtio-blk, reads the first 64 KiB \
+             back and exits. The hypervisor holds the image once (`hv: disk image ... held \
+             once`); each disk has a private copy-on-write overlay (4 KiB chunks on the \
+             hypervisor heap, reported at the VM's end) and its device model, which is in the \
+             VM's overhead line (`vm <name>: memory overhead ...`). Against that: the same \
+             guests each with a private copy of the image (and no overlay). The overlay \
+             figures count the chunks' bytes; the B-tree that indexes them is not in them.\n"
+        );
+        s += &Self::goldmem_table(g).markdown();
+        s += "\n";
+        s += &Self::goldmem_totals(g).markdown();
+        for n in g.notes() {
+            let _ = writeln!(s, "\nNote: {n}.");
+        }
         s
     }
 
@@ -1025,6 +1297,9 @@ mod tests {
                 "## Timer lateness",
                 "### linux-3",
                 "## Peer comparison (KVM)",
+                "## virtio-blk against tmpfs",
+                "## virtio-net against loopback",
+                "## Gold image memory",
             ]
         );
         for row in [
@@ -1040,6 +1315,13 @@ mod tests {
             "| (b) kernel time at its `reboot:` line (guest TSC, emulated seconds) | 3.250 s | \
              1.625 s | 2.00× |",
             "| cpuid | 450.0 | 1079.5 | in the kernel (KVM) | 0.417 | ≤ 1/3 of KVM's | not met |",
+            "| read-vda | 64 | 63_900_000 | 998438 | 31.1 | ept_violation 995, io_instruction \
+             995 | 2.00× | not met |",
+            "| write-vdb | 6 | 5_900_000 | 983333 | 48.3 | io_instruction 295 | 1.51× | not met |",
+            "| read-vda-buffered | 64 | 39_900_000 | 623438 | 2.3 | io_instruction 95, \
+             ept_violation 55 | 1.25× | met |",
+            "| total | 65748 KiB | 131276 KiB |",
+            "| one gold image / private copies | 50.1 % |  |",
         ] {
             assert!(md.lines().any(|l| l == row), "missing {row}\n{md}");
         }

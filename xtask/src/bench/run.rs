@@ -43,7 +43,14 @@ impl LinuxPlan {
             hv_cmdline: read("bench-linux.toml", "cmdline"),
             bench_cmdline: read("bench-exits.toml", "cmdline"),
         };
-        if !(sections.linux || sections.peer || sections.lateness) {
+        // `goldmem` needs only the root image (rootfs.ext4), which comes with the rest.
+        if !(sections.linux
+            || sections.peer
+            || sections.lateness
+            || sections.blk
+            || sections.goldmem
+            || sections.net)
+        {
             return plan;
         }
         eprintln!("xtask: bench: preparing the Linux kernel and initramfs (target/linux)");
@@ -73,7 +80,9 @@ impl LinuxPlan {
     /// Whether the boot `name` has what it needs.
     pub(super) fn can_run(&self, name: &str) -> bool {
         match name {
-            "linux-hv" | "linux-direct" | "linux-3" => self.assets.is_some(),
+            "linux-hv" | "linux-direct" | "linux-3" | "blk" | "goldmem" | "net" => {
+                self.assets.is_some()
+            }
             "kvm-peer" => self.peer.is_some(),
             _ => true,
         }
@@ -180,6 +189,12 @@ pub fn jobs(options: &Options) -> Vec<Job> {
     if options.sections.lateness {
         jobs.push(job("linux-3", "bench-linux3.toml", 2, 1024, 900));
     }
+    if options.sections.blk {
+        jobs.push(job("blk", "bench-blk.toml", 1, 1024, 1200));
+    }
+    if options.sections.net {
+        jobs.push(job("net", "bench-net.toml", 1, 1024, 1500));
+    }
     if options.sections.fairness {
         for (name, file) in [
             ("fair-equal", "bench-fair-equal.toml"),
@@ -199,6 +214,11 @@ pub fn jobs(options: &Options) -> Vec<Job> {
     }
     if options.sections.memory {
         jobs.push(job("mem-16", "bench-mem-16.toml", 2, 3072, 600));
+    }
+    if options.sections.goldmem {
+        // One CPU: every VM is created (and its overhead measured) before any runs and
+        // writes to its overlay, which would add to a later VM's heap figure.
+        jobs.push(job("goldmem", "bench-goldmem.toml", 1, 1024, 600));
     }
     if options.sections.exits {
         jobs.push(job("exits-1", "bench-exits.toml", 1, 512, 600));
@@ -359,12 +379,15 @@ mod tests {
                 "linux-hv",
                 "linux-direct",
                 "linux-3",
+                "blk",
+                "net",
                 "fair-equal",
                 "fair-weighted",
                 "fair-vcpus",
                 "console",
                 "kvm-peer",
                 "mem-16",
+                "goldmem",
                 "exits-1",
                 "exits-2",
                 "mem-4",

@@ -13,6 +13,7 @@
  *   mbkernel: mmap <k> entries
  *   mbkernel: loader <name>
  *   mbkernel: bda com1 0x... base <n> KiB ebda 0x... <k> KiB
+ *   mbkernel: fw_cfg cpus <n> ram <m> KiB    (or: mbkernel: fw_cfg absent)
  *   mbkernel: PASS
  *
  * and writes 0 to the debug-exit port 0xF4; on a failed check it prints
@@ -34,6 +35,8 @@
     .set COM1_LSR, COM1 + 5
     .set LSR_THR_EMPTY, 0x20
     .set DEBUG_EXIT, 0xf4
+    .set FW_CFG_SEL, 0x510
+    .set FW_CFG_DATA, 0x511
 
     .set MB_HEADER_MAGIC, 0x1badb002
     /* bit 0: page-align modules, bit 1: memory information, bit 16: a.out kludge */
@@ -304,6 +307,43 @@ _start:
     jmp .Lbda_mmap_next
 .Lbda_mmap_done:
 
+    /* fw_cfg (QEMU docs/specs/fw_cfg.rst; QEMU and ferrovisor have it, a
+       bare PC doesn't): the signature, then NB_CPUS (key 5, 16-bit LE) and
+       RAM_SIZE (key 3, 64-bit LE; printed in KiB, below 4 TiB). */
+    mov $FW_CFG_SEL, %dx
+    xor %eax, %eax
+    outw %ax, %dx
+    call fw_cfg_dword
+    cmp $0x554d4551, %eax       /* "QEMU", first byte lowest */
+    je .Lfw_present
+    PRINT msg_fw_absent
+    jmp .Lfw_done
+.Lfw_present:
+    mov $FW_CFG_SEL, %dx
+    mov $5, %ax
+    outw %ax, %dx
+    mov $FW_CFG_DATA, %dx
+    xor %eax, %eax
+    inb %dx, %al
+    mov %al, %bl
+    inb %dx, %al
+    mov %al, %ah
+    mov %bl, %al
+    PRINT msg_fw_cpus
+    call put_dec
+    mov $FW_CFG_SEL, %dx
+    mov $3, %ax
+    outw %ax, %dx
+    call fw_cfg_dword
+    mov %eax, %ebx              /* low half */
+    call fw_cfg_dword           /* high half */
+    shrd $10, %eax, %ebx        /* KiB (below 4 TiB) */
+    mov %ebx, %eax
+    PRINT msg_fw_ram
+    call put_dec
+    PRINT msg_kib
+.Lfw_done:
+
     PRINT msg_pass
     xor %eax, %eax
     outb %al, $DEBUG_EXIT
@@ -322,6 +362,22 @@ halt:
     cli
     hlt
     jmp halt
+
+/* Reads the next 4 bytes of the selected fw_cfg item into %eax (first byte
+   lowest). Keeps the other registers. */
+fw_cfg_dword:
+    push %ecx
+    push %edx
+    mov $FW_CFG_DATA, %dx
+    xor %eax, %eax
+    mov $4, %ecx
+.Lfw_dword:
+    inb %dx, %al                /* bits 0..7 are 0 here: they rotate in from the top */
+    ror $8, %eax
+    loop .Lfw_dword
+    pop %edx
+    pop %ecx
+    ret
 
 /* Writes %al to COM1, waiting (boundedly) for the transmitter. Keeps all registers. */
 putc:
@@ -419,6 +475,9 @@ msg_bda_com1:   .asciz "mbkernel: bda com1 0x"
 msg_bda_base:   .asciz " base "
 msg_bda_ebda:   .asciz " KiB ebda 0x"
 msg_space:      .asciz " "
+msg_fw_absent:  .asciz "mbkernel: fw_cfg absent\n"
+msg_fw_cpus:    .asciz "mbkernel: fw_cfg cpus "
+msg_fw_ram:     .asciz " ram "
 msg_pass:       .asciz "mbkernel: PASS\n"
 msg_fail:       .asciz "mbkernel: FAIL: "
 why_magic:      .asciz "EAX is not 0x2BADB002"
