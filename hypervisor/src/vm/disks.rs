@@ -421,35 +421,18 @@ impl Vm {
     pub fn report_disks_attached(&self) {
         for (i, d) in self.config.disks.iter().enumerate() {
             let n = disk_name(i);
-            if let Some(t) = &d.nbd {
-                crate::println!(
-                    "vm {}: disk {}: {t} ({}), {}, 00:{:02x}.0 irq {}",
-                    self.name,
-                    name_str(&n),
-                    if d.read_only {
-                        "read-only"
-                    } else {
-                        "blocks on the NBD server"
-                    },
-                    match &d.serial {
-                        Some(s) => alloc::format!("serial \"{s}\""),
-                        None => String::from("no serial"),
-                    },
-                    devices::virtio::attach::FIRST_DEVICE as usize + i,
-                    devices::virtio::attach::IRQS.get(i).copied().unwrap_or(0)
-                );
-                continue;
-            }
+            let (what, kind) = match &d.nbd {
+                Some(t) => (alloc::format!("{t}"), "blocks on the NBD server"),
+                None => (
+                    alloc::format!("\\hv\\{}", d.image),
+                    "writable, private copy-on-write overlay",
+                ),
+            };
             crate::println!(
-                "vm {}: disk {}: \\hv\\{} ({}), {}, 00:{:02x}.0 irq {}",
+                "vm {}: disk {}: {what} ({}), {}, 00:{:02x}.0 irq {}",
                 self.name,
                 name_str(&n),
-                d.image,
-                if d.read_only {
-                    "read-only"
-                } else {
-                    "writable, private copy-on-write overlay"
-                },
+                if d.read_only { "read-only" } else { kind },
                 match &d.serial {
                     Some(s) => alloc::format!("serial \"{s}\""),
                     None => String::from("no serial"),

@@ -8,6 +8,7 @@
 //! count between its marks, less those of the empty phase (marks 1 and 2 back to back: what
 //! starting `dd` and `devmem` costs), per MiB moved.
 
+use super::parse::round3 as r3;
 use serde::{Deserialize, Serialize};
 
 use super::parse::{guest_line, number_after};
@@ -286,14 +287,6 @@ impl BlkRun {
             n.push(format!("`dd` reported for {d}"));
         }
         n
-    }
-}
-
-fn r3(x: f64) -> f64 {
-    if x.is_finite() {
-        (x * 1000.0).round() / 1000.0
-    } else {
-        0.0
     }
 }
 

@@ -6,6 +6,7 @@
 //! instructions of both guests and the hypervisor (and the emulated CPU's idle time); the exits
 //! are every VM's (`all vms` of the mark line).
 
+use super::parse::round3 as r3;
 use serde::{Deserialize, Serialize};
 
 use super::blk::{parse_marks, Mark};
@@ -190,14 +191,6 @@ impl NetRun {
             n.push(format!("netcli received {r}"));
         }
         n
-    }
-}
-
-fn r3(x: f64) -> f64 {
-    if x.is_finite() {
-        (x * 1000.0).round() / 1000.0
-    } else {
-        0.0
     }
 }
 

@@ -119,3 +119,12 @@ pub(super) fn manifest_cycles(text: &str) -> Option<u64> {
         .collect();
     digits.parse().ok()
 }
+
+/// `x` to three decimals; 0 for a figure that isn't a number (a phase of no bytes).
+pub fn round3(x: f64) -> f64 {
+    if x.is_finite() {
+        (x * 1000.0).round() / 1000.0
+    } else {
+        0.0
+    }
+}
