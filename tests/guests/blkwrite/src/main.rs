@@ -11,6 +11,7 @@
 use guest_rt::cmdline;
 use guest_rt::io::{inl, outb, outl, outw};
 use guest_rt::println;
+use guest_rt::virtio::*;
 
 guest_rt::entry!(main);
 
@@ -26,48 +27,9 @@ const CHUNK: u64 = 64 * 1024;
 const QSIZE: u16 = 8;
 
 // Common configuration (virtio 1.2 4.1.4.3) offsets in BAR0.
-const DEVICE_FEATURE_SELECT: u16 = 0x00;
-const DEVICE_FEATURE: u16 = 0x04;
-const DRIVER_FEATURE_SELECT: u16 = 0x08;
-const DRIVER_FEATURE: u16 = 0x0C;
-const DEVICE_STATUS: u16 = 0x14;
-const QUEUE_SELECT: u16 = 0x16;
-const QUEUE_SIZE: u16 = 0x18;
-const QUEUE_ENABLE: u16 = 0x1C;
-const QUEUE_DESC: u16 = 0x20;
-const QUEUE_DRIVER: u16 = 0x28;
-const QUEUE_DEVICE: u16 = 0x30;
-
-const ACKNOWLEDGE: u8 = 1;
-const DRIVER: u8 = 2;
-const DRIVER_OK: u8 = 4;
-const FEATURES_OK: u8 = 8;
-
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
 
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
-
-fn cfg_read(dev: u32, off: u32) -> u32 {
-    outl(0xcf8, 0x8000_0000 | (dev << 11) | off);
-    inl(0xcfc)
-}
-
-fn cfg_write(dev: u32, off: u32, v: u32) {
-    outl(0xcf8, 0x8000_0000 | (dev << 11) | off);
-    outl(0xcfc, v);
-}
-
-fn put<T>(gpa: u64, v: T) {
-    // SAFETY: `gpa` is in this guest's identity-mapped RAM scratch area.
-    unsafe { core::ptr::write_volatile(gpa as *mut T, v) }
-}
-
-fn get<T>(gpa: u64) -> T {
-    // SAFETY: as for `put`.
-    unsafe { core::ptr::read_volatile(gpa as *const T) }
-}
 
 fn desc(i: u16, addr: u64, len: u32, flags: u16, next: u16) {
     let d = DESC + 16 * u64::from(i);

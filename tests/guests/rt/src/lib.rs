@@ -30,6 +30,7 @@ pub mod io;
 pub mod smp;
 #[cfg(target_os = "none")]
 mod start;
+pub mod virtio;
 
 #[cfg(target_os = "none")]
 pub use hypercall::exit_hypercall;
