@@ -18,6 +18,7 @@ pub mod interrupts;
 pub mod machine;
 pub mod manage;
 pub mod mm;
+pub mod nbd;
 pub mod net;
 pub mod nic;
 pub mod paging;
@@ -168,12 +169,13 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
         let created = vm::Vm::create(id, cfg, file.data(), initrd).and_then(|(vm, v)| {
             // The disks, before the overhead is measured: their devices count.
             let disks = vm.config.disks.clone();
-            vm::disks::attach(id, &mut vm.shared.lock().io, &disks, &|n| {
-                info.file(n).map(|f| f.data())
-            })
-            .map_err(vm::CreateError::Disk)?;
+            vm::disks::attach(id, &vm, &disks, &|n| info.file(n).map(|f| f.data()))
+                .map_err(vm::CreateError::Disk)?;
             // Then the NICs (the guest's ACPI _PRT lists disks, then NICs).
-            vm.attach_nics_to_bus().map_err(vm::CreateError::Bus)?;
+            vm.attach_nics_to_bus().map_err(|e| {
+                nbd::release(&alloc::sync::Arc::downgrade(&vm));
+                vm::CreateError::Bus(e)
+            })?;
             Ok((vm, v))
         });
         match created {

@@ -695,6 +695,11 @@ fn next_wake() -> Option<u64> {
         .min()
 }
 
+/// Wakes CPU 0 if it idles, to poll the NIC (an NBD request to send).
+pub fn wake_poller() {
+    kick(0);
+}
+
 /// A sleeping vCPU may have become runnable: wake idle CPUs to check.
 pub fn notify() {
     for c in 0..cpus() {
@@ -707,7 +712,13 @@ fn idle(me: usize) {
     if QUEUES[me].lock().is_empty() {
         let mut deadline = next_wake();
         if me == 0 {
-            let poll = rdtsc() + console_poll_tsc();
+            // NBD requests in flight: the NIC is polled every millisecond.
+            let every = if crate::nbd::busy() {
+                crate::time::us_to_tsc(1000)
+            } else {
+                console_poll_tsc()
+            };
+            let poll = rdtsc() + every;
             deadline = Some(deadline.map_or(poll, |d| d.min(poll)));
         }
         if let Some(t) = crate::console::next_pump_tsc() {

@@ -75,6 +75,48 @@ case "$cmdline" in
     ;;
 esac
 
+# With nbdtest=1 (a root on an NBD export, tests/tests/boot/bochs_linux_nbd.rs): files
+# written and fsynced one after another while the test stops and restarts the server, then
+# read back from the disk.
+case "$cmdline" in
+*" nbdtest=1 "*)
+    seq 100000 > /tmp/nbd-data
+    echo "linux-guest: nbdtest: writing"
+    # The test stops the server on that line: the writes below find it gone.
+    sleep 2
+    for i in 1 2 3 4; do
+        if dd if=/tmp/nbd-data of=/root/nbd-$i bs=65536 conv=fsync 2>/dev/null; then
+            echo "linux-guest: nbdtest: nbd-$i written and fsynced"
+        else
+            echo "linux-guest: nbdtest: nbd-$i write failed"
+        fi
+    done
+    sync
+    echo 3 > /proc/sys/vm/drop_caches
+    for i in 1 2 3 4; do
+        echo "linux-guest: nbdtest: nbd-$i md5 $(md5sum < /root/nbd-$i | cut -d' ' -f1)"
+    done
+    # Figures: 4 MiB written and fsynced, then read cold, on the root (NBD) and on vdc (an
+    # in-memory disk, when there is one), in guest seconds (/proc/uptime).
+    up() { cut -d' ' -f1 /proc/uptime; }
+    bench() {
+        t0=$(up)
+        dd if=/dev/zero of="$1/bench" bs=65536 count=64 conv=fsync 2>/dev/null
+        t1=$(up)
+        echo 3 > /proc/sys/vm/drop_caches
+        dd if="$1/bench" of=/dev/null bs=65536 2>/dev/null
+        t2=$(up)
+        rm -f "$1/bench"
+        echo "linux-guest: nbdtest: bench $2: write+fsync 4 MiB $(awk "BEGIN { printf \"%.2f\", $t1 - $t0 }") s, cold read 4 MiB $(awk "BEGIN { printf \"%.2f\", $t2 - $t1 }") s"
+    }
+    bench /root nbd
+    if [ -b /dev/vdc ] && mount /dev/vdc /mnt 2>/dev/null; then
+        bench /mnt memory
+        umount /mnt
+    fi
+    ;;
+esac
+
 # With disktest=1: what the guest sees of its virtio disks (serial = virtio-blk GET_ID, the
 # read-only flag, the size in sectors), whether a write to vdb gets through, and which
 # interrupt lines the virtio devices are on.

@@ -69,11 +69,16 @@ pub struct NetworkConfig {
     pub line: u32,
 }
 
-/// One `[[guest.disk]]` table: a virtio-blk disk backed by an image file.
+/// One `[[guest.disk]]` table: a virtio-blk disk backed by an image file
+/// or by an NBD export.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
-    /// Image file, relative to `\hv\` like the kernel image.
+    /// Image file, relative to `\hv\` like the kernel image (empty for an
+    /// NBD disk).
     pub image: String,
+    /// `nbd = "nbd://A.B.C.D[:PORT][/EXPORT]"`: the blocks live on that
+    /// server, reached through the hypervisor's own NIC (excludes `image`).
+    pub nbd: Option<NbdTarget>,
     /// The guest may not write (default false: writes go to a private
     /// copy-on-write overlay; the image file itself is never changed).
     pub read_only: bool,
@@ -87,6 +92,80 @@ pub struct DiskConfig {
     pub line: u32,
     /// Line of its `image` key.
     pub image_line: u32,
+}
+
+/// Where an NBD disk's blocks are: `nbd://A.B.C.D[:PORT][/EXPORT]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdTarget {
+    pub addr: [u8; 4],
+    /// [`NBD_DEFAULT_PORT`] unless written.
+    pub port: u16,
+    /// The export name (empty: the server's default export).
+    pub export: String,
+}
+
+/// The NBD port IANA assigned (the NBD protocol document, "Protocol phases").
+pub const NBD_DEFAULT_PORT: u16 = 10809;
+/// The longest export name taken here (printable ASCII, no spaces).
+pub const NBD_EXPORT_MAX: usize = 255;
+
+impl fmt::Display for NbdTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d] = self.addr;
+        write!(f, "nbd://{a}.{b}.{c}.{d}:{}/{}", self.port, self.export)
+    }
+}
+
+impl NbdTarget {
+    /// Parses `nbd://A.B.C.D[:PORT][/EXPORT]`; the error says what is wrong.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let rest = s
+            .strip_prefix("nbd://")
+            .ok_or("it must start with nbd://")?;
+        let (hostport, export) = match rest.split_once('/') {
+            Some((h, e)) => (h, e),
+            None => (rest, ""),
+        };
+        let (host, port) = match hostport.split_once(':') {
+            Some((h, p)) => {
+                let port = p
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or("the port must be a number from 1 to 65535")?;
+                (h, port)
+            }
+            None => (hostport, NBD_DEFAULT_PORT),
+        };
+        let mut addr = [0u8; 4];
+        let mut parts = host.split('.');
+        for a in addr.iter_mut() {
+            let part = parts.next().unwrap_or("");
+            let ok = !part.is_empty()
+                && part.len() <= 3
+                && part.bytes().all(|b| b.is_ascii_digit())
+                && !(part.len() > 1 && part.starts_with('0'));
+            *a = part
+                .parse::<u8>()
+                .ok()
+                .filter(|_| ok)
+                .ok_or("the server must be an IPv4 address A.B.C.D (no host names)")?;
+        }
+        if parts.next().is_some() {
+            return Err("the server must be an IPv4 address A.B.C.D (no host names)");
+        }
+        if addr == [0; 4] || addr == [255; 4] || addr[0] >= 224 {
+            return Err("the server address must be a unicast address");
+        }
+        if export.len() > NBD_EXPORT_MAX || !export.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            return Err("the export name must be at most 255 printable ASCII bytes without spaces");
+        }
+        Ok(NbdTarget {
+            addr,
+            port,
+            export: export.to_string(),
+        })
+    }
 }
 
 /// The longest disk serial: virtio-blk GET_ID returns 20 bytes (virtio 1.2,
@@ -449,6 +528,8 @@ pub enum ErrorKind {
     Conflicts { with: &'static str },
     /// A file the manifest names is not there (from [`validate_files`]).
     MissingFile { path: String },
+    /// An `nbd` value that is not `nbd://A.B.C.D[:PORT][/EXPORT]`.
+    BadNbd { got: String, why: &'static str },
 }
 
 impl fmt::Display for ErrorKind {
@@ -544,6 +625,10 @@ impl fmt::Display for ErrorKind {
             ),
             ErrorKind::Conflicts { with } => write!(f, "cannot be used with {with}"),
             ErrorKind::MissingFile { path } => write!(f, "file \"{path}\" not found"),
+            ErrorKind::BadNbd { got, why } => write!(
+                f,
+                "{got} is not an NBD server (nbd://A.B.C.D[:PORT][/EXPORT]): {why}"
+            ),
         }
     }
 }
@@ -1033,7 +1118,7 @@ fn set_hv(
 const NET_TABLE: &str = "[[network]]";
 const NET_KEYS: [&str; 2] = ["name", "anti_spoofing"];
 const DISK_TABLE: &str = "[[guest.disk]]";
-const DISK_KEYS: [&str; 4] = ["image", "read_only", "serial", "keep_overlay"];
+const DISK_KEYS: [&str; 5] = ["image", "nbd", "read_only", "serial", "keep_overlay"];
 const NIC_TABLE: &str = "[[guest.nic]]";
 const NIC_KEYS: [&str; 2] = ["network", "mac"];
 
@@ -1097,6 +1182,7 @@ struct DiskBuilder {
     line: u32,
     seen: Seen,
     image: Option<String>,
+    nbd: Option<NbdTarget>,
     read_only: bool,
     serial: Option<String>,
     keep_overlay: bool,
@@ -1106,6 +1192,14 @@ impl DiskBuilder {
     fn set(&mut self, key: &str, v: Value, line: u32) -> Result<(), ErrorKind> {
         match self.seen.claim(key, line, &DISK_KEYS, DISK_TABLE)? {
             "image" => self.image = Some(to_path(v)?),
+            "nbd" => {
+                let s = to_str(v)?;
+                let t = NbdTarget::parse(&s).map_err(|why| ErrorKind::BadNbd {
+                    got: Value::Str(s.clone()).render(),
+                    why,
+                })?;
+                self.nbd = Some(t);
+            }
             "read_only" => self.read_only = to_bool(&v)?,
             "serial" => {
                 let s = to_str(v)?;
@@ -1123,24 +1217,47 @@ impl DiskBuilder {
 
     fn finish(self) -> Result<DiskConfig, FinishError> {
         let line_of = |key| self.seen.line_of(key).unwrap_or(self.line);
-        let image = self.image.clone().ok_or((
-            self.line,
-            "image",
-            ErrorKind::MissingKey { table: DISK_TABLE },
-        ))?;
+        if self.nbd.is_some() {
+            let with = if self.image.is_some() {
+                Some(("image", "nbd (a disk is an image file or an NBD export)"))
+            } else if self.keep_overlay {
+                Some((
+                    "keep_overlay",
+                    "nbd (an NBD disk has no overlay: its writes go to the server)",
+                ))
+            } else {
+                None
+            };
+            if let Some((key, with)) = with {
+                return Err((line_of(key), key, ErrorKind::Conflicts { with }));
+            }
+        }
+        let image = match (&self.image, &self.nbd) {
+            (Some(i), _) => i.clone(),
+            (None, Some(_)) => String::new(),
+            (None, None) => {
+                return Err((
+                    self.line,
+                    "image",
+                    ErrorKind::MissingKey { table: DISK_TABLE },
+                ))
+            }
+        };
         if self.read_only && self.keep_overlay {
             let kind = ErrorKind::Conflicts {
                 with: "read_only = true (a read-only disk has no overlay)",
             };
             return Err((line_of("keep_overlay"), "keep_overlay", kind));
         }
+        let image_line = line_of(if self.nbd.is_some() { "nbd" } else { "image" });
         Ok(DiskConfig {
             image,
+            nbd: self.nbd,
             read_only: self.read_only,
             serial: self.serial,
             keep_overlay: self.keep_overlay,
             line: self.line,
-            image_line: line_of("image"),
+            image_line,
         })
     }
 }
@@ -1194,6 +1311,7 @@ impl SubTable {
                 line,
                 seen: Seen::default(),
                 image: None,
+                nbd: None,
                 read_only: false,
                 serial: None,
                 keep_overlay: false,
@@ -1671,6 +1789,9 @@ pub fn validate_files(
         kind,
     };
     for disk in manifest.guests.iter().flat_map(|g| g.disks.iter()) {
+        if disk.nbd.is_some() {
+            continue; // its size is the export's, known once connected
+        }
         let size = size_of(&disk.image).ok_or_else(|| {
             let path = disk.image.clone();
             err(disk.image_line, ErrorKind::MissingFile { path })
@@ -2666,6 +2787,7 @@ network = "lan"
             vec![
                 DiskConfig {
                     image: "gold.img".into(),
+                    nbd: None,
                     read_only: false,
                     serial: Some("root-disk".into()),
                     keep_overlay: false,
@@ -2674,6 +2796,7 @@ network = "lan"
                 },
                 DiskConfig {
                     image: "data.img".into(),
+                    nbd: None,
                     read_only: true,
                     serial: Some("ABCDEFGHIJKLMNOPQRST".into()),
                     keep_overlay: false,
@@ -2682,6 +2805,7 @@ network = "lan"
                 },
                 DiskConfig {
                     image: "late.img".into(),
+                    nbd: None,
                     read_only: false,
                     serial: None,
                     keep_overlay: true,
@@ -2925,6 +3049,109 @@ network = "lan"
     fn disk_guest(disk: &str) -> String {
         // Guest 1-5, [[guest.disk]] at 6, `disk` from 7.
         format!("{}[[guest.disk]]\n{disk}", guest(""))
+    }
+
+    #[test]
+    fn nbd_disks() {
+        let m = parse(
+            "m.toml",
+            &disk_guest("nbd = \"nbd://10.0.2.2\"\n[[guest.disk]]\nnbd = \"nbd://192.168.1.20:10900/root-disk\"\nread_only = true\n"),
+        )
+        .unwrap();
+        let d = &m.guests[0].disks;
+        assert_eq!(
+            d[0].nbd,
+            Some(NbdTarget {
+                addr: [10, 0, 2, 2],
+                port: NBD_DEFAULT_PORT,
+                export: String::new()
+            })
+        );
+        assert_eq!((d[0].image.as_str(), d[0].image_line), ("", 7));
+        assert_eq!(
+            d[1].nbd,
+            Some(NbdTarget {
+                addr: [192, 168, 1, 20],
+                port: 10900,
+                export: "root-disk".into()
+            })
+        );
+        assert!(d[1].read_only);
+        assert_eq!(
+            d[1].nbd.as_ref().unwrap().to_string(),
+            "nbd://192.168.1.20:10900/root-disk"
+        );
+        // An NBD disk needs no file on the ESP.
+        validate_files("m.toml", &m, |_| None).unwrap();
+        for (url, why) in [
+            ("http://10.0.2.2", "it must start with nbd://"),
+            (
+                "nbd://nbd.example.com",
+                "the server must be an IPv4 address A.B.C.D (no host names)",
+            ),
+            (
+                "nbd://10.0.2",
+                "the server must be an IPv4 address A.B.C.D (no host names)",
+            ),
+            (
+                "nbd://10.0.2.2.5",
+                "the server must be an IPv4 address A.B.C.D (no host names)",
+            ),
+            (
+                "nbd://10.0.2.256",
+                "the server must be an IPv4 address A.B.C.D (no host names)",
+            ),
+            (
+                "nbd://10.0.2.2:0",
+                "the port must be a number from 1 to 65535",
+            ),
+            (
+                "nbd://10.0.2.2:70000",
+                "the port must be a number from 1 to 65535",
+            ),
+            (
+                "nbd://10.0.2.2:/x",
+                "the port must be a number from 1 to 65535",
+            ),
+            (
+                "nbd://0.0.0.0",
+                "the server address must be a unicast address",
+            ),
+            (
+                "nbd://224.0.0.1",
+                "the server address must be a unicast address",
+            ),
+            (
+                "nbd://10.0.2.2/a b",
+                "the export name must be at most 255 printable ASCII bytes without spaces",
+            ),
+        ] {
+            check(
+                &disk_guest(&format!("nbd = \"{url}\"\n")),
+                7,
+                Some("nbd"),
+                ErrorKind::BadNbd {
+                    got: format!("\"{url}\""),
+                    why,
+                },
+            );
+        }
+        check(
+            &disk_guest("image = \"d\"\nnbd = \"nbd://10.0.2.2\"\n"),
+            7,
+            Some("image"),
+            ErrorKind::Conflicts {
+                with: "nbd (a disk is an image file or an NBD export)",
+            },
+        );
+        check(
+            &disk_guest("nbd = \"nbd://10.0.2.2\"\nkeep_overlay = true\n"),
+            8,
+            Some("keep_overlay"),
+            ErrorKind::Conflicts {
+                with: "nbd (an NBD disk has no overlay: its writes go to the server)",
+            },
+        );
     }
 
     #[test]

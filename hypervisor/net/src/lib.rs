@@ -29,7 +29,8 @@
 //!   milliseconds from the core's TSC-based clock. A request unanswered
 //!   for [`nbd::Config::deadline_ms`] completes with
 //!   [`nbd::Error::TimedOut`] (the guest sees an I/O error); a connection
-//!   that goes down is retried every [`nbd::Config::retry_ms`].
+//!   that goes down is retried after [`nbd::Config::retry_ms`], doubling up to
+//!   [`nbd::Config::retry_max_ms`].
 //! - **Console**: [`nbd::Client::next_event`] returns what deserves a
 //!   console line (connected, connection lost and why, a refused export,
 //!   requests timed out); the events implement `Display`.

@@ -288,8 +288,11 @@ pub struct Config {
     pub export: String,
     /// Milliseconds a request may stay unanswered.
     pub deadline_ms: u64,
-    /// Milliseconds between connection attempts.
+    /// Milliseconds before the first attempt to connect again; each failed
+    /// attempt doubles it, up to `retry_max_ms`; a negotiation that
+    /// succeeds sets it back.
     pub retry_ms: u64,
+    pub retry_max_ms: u64,
     /// Requests on the wire at once.
     pub max_in_flight: usize,
 }
@@ -352,6 +355,8 @@ pub struct Client {
     shutdown: bool,
     /// When the current connection came up.
     connected_at: u64,
+    /// The wait before the next connection attempt (see [`Config::retry_ms`]).
+    backoff_ms: u64,
     /// Why the last connection went down, until one is ready again: the
     /// same reason again (a refused export on every retry) is one event.
     last_down: Option<DownReason>,
@@ -395,6 +400,7 @@ fn block_sizes_valid(min: u32, pref: u32, max: u32) -> bool {
 impl Client {
     pub fn new(config: Config) -> Self {
         Self {
+            backoff_ms: config.retry_ms,
             config,
             link: Link::Down { retry_at: 0 },
             rx: Vec::new(),
@@ -469,6 +475,10 @@ impl Client {
         }
     }
 
+    /// Whether [`Client::next_completion`] has one to give.
+    pub fn has_completions(&self) -> bool {
+        !self.completions.is_empty()
+    }
     pub fn next_completion(&mut self) -> Option<Completion> {
         self.completions.pop_front()
     }
@@ -576,8 +586,12 @@ impl Client {
         let was_up = !matches!(self.link, Link::Down { .. } | Link::Closed);
         if !matches!(self.link, Link::Closed) {
             self.link = Link::Down {
-                retry_at: now.saturating_add(self.config.retry_ms),
+                retry_at: now.saturating_add(self.backoff_ms),
             };
+            self.backoff_ms = self
+                .backoff_ms
+                .saturating_mul(2)
+                .min(self.config.retry_max_ms.max(self.config.retry_ms));
         }
         self.close = true;
         self.rx.clear();
@@ -724,6 +738,7 @@ impl Client {
                 self.export = Some(e);
                 self.link = Link::Ready;
                 self.last_down = None;
+                self.backoff_ms = self.config.retry_ms;
                 self.events.push_back(Event::Ready {
                     size: e.size,
                     flags: e.flags,

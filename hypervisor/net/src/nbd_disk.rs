@@ -56,6 +56,10 @@ impl NbdDisk {
     pub fn client_mut(&mut self) -> &mut Client {
         &mut self.client
     }
+    /// Whether a request finished (its `poll` has one to give).
+    pub fn has_done(&self) -> bool {
+        !self.ready.is_empty() || self.client.has_completions()
+    }
     /// The time requests submitted from now on are stamped with.
     pub fn set_now(&mut self, now: u64) {
         self.now = now;

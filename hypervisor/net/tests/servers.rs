@@ -77,6 +77,7 @@ impl Driver {
                 export: export.into(),
                 deadline_ms: 30_000,
                 retry_ms: 100,
+                retry_max_ms: 100,
                 max_in_flight: 16,
             }),
             sock: None,

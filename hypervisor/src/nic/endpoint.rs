@@ -174,6 +174,18 @@ impl Endpoint {
         &mut self.sockets
     }
 
+    /// Opens TCP socket `h` of [`Endpoint::sockets`] to `remote` from
+    /// local port `local_port` (the SYN goes out at the next poll).
+    pub fn tcp_connect(
+        &mut self,
+        h: SocketHandle,
+        remote: (smoltcp::wire::Ipv4Address, u16),
+        local_port: u16,
+    ) -> Result<(), smoltcp::socket::tcp::ConnectError> {
+        let s = self.sockets.get_mut::<smoltcp::socket::tcp::Socket>(h);
+        s.connect(self.iface.context(), remote, local_port)
+    }
+
     /// Frames in and out, timers, DHCP events. Never waits.
     pub fn poll(&mut self, nic: &mut dyn NicDriver, now_tsc: u64) {
         let now = instant(now_tsc);

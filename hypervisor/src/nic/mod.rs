@@ -188,10 +188,19 @@ pub fn poll(now: u64) {
         crate::println!("hv: nic: link {}", if link { "up" } else { "down" });
     }
     up.endpoint.poll(&mut *up.nic, now);
-    if crate::manage::api::poll(up.endpoint.sockets(), now) {
-        // The API's answers go out now rather than at the next poll.
+    let api = crate::manage::api::poll(up.endpoint.sockets(), now);
+    let nbd = crate::nbd::poll(&mut up.endpoint, now);
+    if api || nbd {
+        // The API's answers and the NBD requests go out now rather than
+        // at the next poll.
         up.endpoint.poll(&mut *up.nic, now);
     }
+}
+
+/// Runs `f` on the uplink; None without one. For the bring-up CPU before
+/// the scheduler runs (an NBD disk's first connection).
+pub fn with_uplink<R>(f: impl FnOnce(&mut Uplink) -> R) -> Option<R> {
+    UPLINK.lock().as_mut().map(f)
 }
 
 /// Whether the host has an uplink NIC with the endpoint on it.

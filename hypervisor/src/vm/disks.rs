@@ -5,19 +5,28 @@
 //! [`CowDisk`] over it whose private overlay (in hypervisor heap memory, in
 //! [`CHUNK`]-byte chunks, at most [`OVERLAY_LIMIT`] bytes) takes the guest's
 //! writes. A read-only disk never has an overlay.
+//!
+//! An NBD disk (`nbd = "nbd://..."`) has no image: its blocks live on the
+//! server, reached through the hypervisor's endpoint (`crate::nbd`); its
+//! requests finish later, delivered by [`Vm::drain_disks`].
+use super::irq::Source;
 use super::Vm;
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
 use devices::virtio::blk::Blk;
 use devices::virtio::block::CowDisk;
-use devices::virtio::pci::VirtioPci;
-use devices::Bus;
+use devices::virtio::pci::{Effects as VEffects, VirtioPci};
+use devices::{Bus, Effects};
 use loader::manifest::DiskConfig;
 use spin::Mutex;
 
 /// The virtio-blk device type every disk is.
 pub type BlkPci = VirtioPci<Blk<CowDisk>>;
+/// An NBD disk's virtio-blk function.
+pub type NbdPci = VirtioPci<Blk<crate::nbd::NbdBackend>>;
 
 /// Overlay chunk: ext4's block size, so a block write copies one chunk.
 pub const CHUNK: usize = 4096;
@@ -78,14 +87,55 @@ pub fn cow_disk(disk: &DiskConfig, data: &'static [u8]) -> Result<CowDisk, DiskE
 }
 
 /// Attaches the guest's disks to its bus, each over its gold image (found by
-/// `file`), and counts them as users of their images.
+/// `file`) or its NBD export (connected and negotiated first), and counts
+/// the image disks as users of their images.
 pub fn attach(
     id: usize,
-    io: &mut Bus,
+    vm: &Arc<Vm>,
     disks: &[DiskConfig],
     file: &dyn Fn(&str) -> Option<&'static [u8]>,
 ) -> Result<(), DiskError> {
-    for disk in disks {
+    let r = attach_all(id, vm, disks, file);
+    if r.is_err() {
+        // The VM is not started: its NBD connections go.
+        crate::nbd::release(&Arc::downgrade(vm));
+    }
+    r
+}
+
+fn attach_all(
+    id: usize,
+    vm: &Arc<Vm>,
+    disks: &[DiskConfig],
+    file: &dyn Fn(&str) -> Option<&'static [u8]>,
+) -> Result<(), DiskError> {
+    let mut slots = Vec::new();
+    for (i, disk) in disks.iter().enumerate() {
+        let serial = disk.serial.as_deref().unwrap_or("").as_bytes();
+        let bus_err = |e: devices::BusError| {
+            DiskError::Bad(alloc::format!("disk (manifest line {}): {e}", disk.line))
+        };
+        if let Some(target) = &disk.nbd {
+            let n = disk_name(i);
+            let label = alloc::format!("vm {}: disk {}", vm.name, name_str(&n));
+            let backend =
+                crate::nbd::connect(label, target, disk.read_only, Arc::downgrade(vm), 1u64 << i)
+                    .map_err(|e| {
+                    DiskError::Bad(alloc::format!(
+                        "NBD disk (manifest line {}): {e}",
+                        disk.image_line
+                    ))
+                })?;
+            let dev: NbdPci = VirtioPci::new(Blk::new(backend, serial));
+            let slot = vm
+                .shared
+                .lock()
+                .io
+                .attach_next(Box::new(dev), "virtio-blk")
+                .map_err(bus_err)?;
+            slots.push(slot);
+            continue;
+        }
         let data = file(&disk.image).ok_or_else(|| {
             DiskError::Missing(alloc::format!(
                 "disk image file \\hv\\{} not found on the ESP (manifest line {})",
@@ -93,11 +143,14 @@ pub fn attach(
                 disk.image_line
             ))
         })?;
-        let serial = disk.serial.as_deref().unwrap_or("").as_bytes();
         let dev: BlkPci = VirtioPci::new(Blk::new(cow_disk(disk, data)?, serial));
-        io.attach_next(Box::new(dev), "virtio-blk").map_err(|e| {
-            DiskError::Bad(alloc::format!("disk (manifest line {}): {e}", disk.line))
-        })?;
+        let slot = vm
+            .shared
+            .lock()
+            .io
+            .attach_next(Box::new(dev), "virtio-blk")
+            .map_err(bus_err)?;
+        slots.push(slot);
         let mut g = GOLD.lock();
         let at = match g
             .iter()
@@ -120,6 +173,7 @@ pub fn attach(
             e.guests.push(id);
         }
     }
+    vm.disk_slots.call_once(|| slots);
     Ok(())
 }
 
@@ -146,10 +200,63 @@ fn blk_devices(io: &mut Bus) -> impl Iterator<Item = &mut BlkPci> {
 }
 
 impl Vm {
+    /// Delivers the requests its NBD disks finished (signalled by the NIC
+    /// poll) to their used rings, raising their interrupt lines. Called by
+    /// vCPU 0 before an entry and by the scheduler before it decides
+    /// whether a halted vCPU 0 wakes.
+    pub fn drain_disks(&self) {
+        let bits = self.disk_done.swap(0, Ordering::AcqRel);
+        if bits == 0 {
+            return;
+        }
+        let now = self.guest_tsc();
+        let mut fx = Effects::none();
+        {
+            let mut s = self.shared.lock();
+            let slots = self.disk_slots.get().map_or(&[][..], |v| v.as_slice());
+            for (i, &slot) in slots.iter().enumerate().take(64) {
+                if bits & (1 << i) == 0 {
+                    continue;
+                }
+                let got = s.io.slot_kick(slot, now, &self.mem, |t, mem| {
+                    match t.as_any_mut().downcast_mut::<NbdPci>() {
+                        Some(d) => d.complete(mem),
+                        None => VEffects::default(),
+                    }
+                });
+                if let Some(f) = got {
+                    fx.merge(f);
+                }
+            }
+        }
+        if !fx.is_quiet() {
+            let _ = self.apply(Source::Platform, fx);
+        }
+    }
+
     /// One line per disk as the guest starts.
     pub fn report_disks_attached(&self) {
         for (i, d) in self.config.disks.iter().enumerate() {
             let n = disk_name(i);
+            if let Some(t) = &d.nbd {
+                crate::println!(
+                    "vm {}: disk {}: {t} ({}), {}, 00:{:02x}.0 irq {}",
+                    self.name,
+                    name_str(&n),
+                    if d.read_only {
+                        "read-only"
+                    } else {
+                        "blocks on the NBD server"
+                    },
+                    match &d.serial {
+                        Some(s) => alloc::format!("serial \"{s}\""),
+                        None => String::from("no serial"),
+                    },
+                    devices::virtio::attach::FIRST_DEVICE as usize + i,
+                    devices::virtio::attach::IRQS.get(i).copied().unwrap_or(0)
+                );
+                continue;
+            }
             crate::println!(
                 "vm {}: disk {}: \\hv\\{} ({}), {}, 00:{:02x}.0 irq {}",
                 self.name,
@@ -170,15 +277,25 @@ impl Vm {
         }
     }
 
+    /// The disks over image files (not NBD), with their manifest index: in
+    /// the order of [`blk_devices`].
+    fn image_disks(&self) -> impl Iterator<Item = (usize, &DiskConfig)> {
+        self.config
+            .disks
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.nbd.is_none())
+    }
+
     /// `vm <name>: disk vdX: overlay N KiB ...` lines and the total, queued
     /// after the guest's output (when the VM ends). `io` is the locked bus.
     pub(super) fn report_overlays(&self, io: &mut Bus, when: &str) {
-        if self.config.disks.is_empty() {
+        if self.image_disks().next().is_none() {
             return;
         }
         let mut total = 0u64;
         let (name, c) = (&self.name, self.console);
-        for (i, (blk, cfg)) in blk_devices(io).zip(&self.config.disks).enumerate() {
+        for (blk, (i, cfg)) in blk_devices(io).zip(self.image_disks()) {
             let bytes = blk.dev.backend().overlay_bytes();
             total = total.saturating_add(bytes);
             let n = disk_name(i);
@@ -206,7 +323,7 @@ impl Vm {
     /// again) unless its disk says `keep_overlay = true`.
     pub(super) fn restart_disks(&self, io: &mut Bus) {
         let (name, c) = (&self.name, self.console);
-        for (i, (blk, cfg)) in blk_devices(io).zip(&self.config.disks).enumerate() {
+        for (blk, (i, cfg)) in blk_devices(io).zip(self.image_disks()) {
             if cfg.read_only {
                 continue; // no overlay to drop or keep
             }
@@ -246,6 +363,7 @@ mod tests {
     fn cfg(read_only: bool) -> DiskConfig {
         DiskConfig {
             image: "gold.img".into(),
+            nbd: None,
             read_only,
             serial: None,
             keep_overlay: false,

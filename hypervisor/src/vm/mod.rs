@@ -129,6 +129,11 @@ pub struct Vm {
     /// NICs (bit per index) whose switch port has frames waiting: set by
     /// the senders' CPUs, drained by this VM (see `nic`).
     pub net_rx: AtomicU64,
+    /// NBD disks (bit per disk index) with finished requests: set by the
+    /// NIC poll, delivered by this VM (`disks::drain_disks`).
+    pub disk_done: AtomicU64,
+    /// Each disk's slot on the bus, in manifest order (set by `disks::attach`).
+    pub disk_slots: spin::Once<Vec<usize>>,
     /// The snapshot (its id; 0: none) guest RAM equals but for the regions
     /// the dirty log shows written since (see `snapshot`).
     pub ram_baseline: AtomicU64,
@@ -305,6 +310,8 @@ impl Vm {
             nics,
             nic_slots: spin::Once::new(),
             net_rx: AtomicU64::new(0),
+            disk_done: AtomicU64::new(0),
+            disk_slots: spin::Once::new(),
             ram_baseline: AtomicU64::new(0),
             stats: stats::VmStats::new(config.vcpus as usize),
             operator: core::sync::atomic::AtomicU8::new(0),

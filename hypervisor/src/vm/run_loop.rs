@@ -258,6 +258,10 @@ impl Vcpu {
                 if self.index == 0 && self.vm.net_rx.load(Ordering::Acquire) != 0 {
                     self.vm.drain_nics();
                 }
+                // NBD requests the NIC poll saw finish: into the used rings.
+                if self.index == 0 && self.vm.disk_done.load(Ordering::Acquire) != 0 {
+                    self.vm.drain_disks();
+                }
                 let mut left = left.min(self.next_timer.saturating_sub(now).max(1));
                 if let Some(t) = crate::console::next_pump_tsc() {
                     // Back in time to feed the serial port again.

@@ -196,6 +196,19 @@ fn uptime_ms() -> u64 {
         / 1_000_000
 }
 
+/// A VM with an NBD disk is never snapshotted, rolled back or cloned: its
+/// blocks live on the server, which no snapshot can take back.
+fn refuse_nbd(v: &Vm) -> Result<(), SnapError> {
+    let n = v.config.disks.iter().filter(|d| d.nbd.is_some()).count();
+    if n == 0 {
+        return Ok(());
+    }
+    Err(SnapError::Unsupported(format!(
+        "VM `{}` has {n} NBD disk(s): their blocks live on the NBD server, which a snapshot can't hold or roll back",
+        v.name
+    )))
+}
+
 fn find_vm(name: &str) -> Result<Arc<Vm>, SnapError> {
     pause::find(name).ok_or_else(|| SnapError::NoSuchVm(name.into()))
 }
@@ -459,6 +472,7 @@ fn apply(vm: &Vm, d: &Decoded, id: u64, vcpus: &mut [&mut Vcpu]) -> Result<(), S
 /// operator paused stays paused).
 pub fn take(vm: &str, name: Option<&str>) -> Result<SnapshotInfo, SnapError> {
     let v = find_vm(vm)?;
+    refuse_nbd(&v)?;
     if v.ended() {
         return Err(SnapError::VmEnded(vm.into()));
     }
@@ -538,6 +552,7 @@ fn blob_of(name: &str) -> Result<(u64, SnapshotInfo, Arc<Blob>), SnapError> {
 /// snapshot's guest TSC.
 pub fn rollback(vm: &str, name: &str) -> Result<(), SnapError> {
     let v = find_vm(vm)?;
+    refuse_nbd(&v)?;
     let (id, info, blob) = blob_of(name)?;
     if info.vm != vm {
         return Err(SnapError::OtherVm {
@@ -595,6 +610,7 @@ pub fn clone_vm(snapshot: &str, new_name: &str) -> Result<String, SnapError> {
         .iter()
         .find(|v| v.name == info.vm)
         .ok_or_else(|| SnapError::NoSuchVm(info.vm.clone()))?;
+    refuse_nbd(orig)?;
     let t0 = rdtsc();
     let d = decode(blob.bytes())?;
     let mut cfg = orig.config.clone();

@@ -176,6 +176,16 @@ impl Vcpu {
             // Received frames may raise a NIC's interrupt: that wakes it.
             self.vm.drain_nics();
         }
+        if self.index == 0
+            && self
+                .vm
+                .disk_done
+                .load(core::sync::atomic::Ordering::Acquire)
+                != 0
+        {
+            // Finished NBD requests raise their disk's interrupt: that wakes it.
+            self.vm.drain_disks();
+        }
         self.interrupt_pending() || self.next_event_tsc().is_some_and(|t| t <= now_tsc)
     }
 

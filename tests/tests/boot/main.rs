@@ -8,6 +8,7 @@ mod bochs_basic;
 mod bochs_conformance;
 mod bochs_linux;
 mod bochs_linux_disk;
+mod bochs_linux_nbd;
 mod bochs_linux_net;
 mod bochs_ovf;
 mod bochs_snapshot;

@@ -9,6 +9,7 @@ fn config() -> Config {
         export: String::from("disk"),
         deadline_ms: 1000,
         retry_ms: 100,
+        retry_max_ms: 100,
         max_in_flight: 8,
     }
 }
@@ -761,4 +762,30 @@ fn silent_server_is_dropped_after_the_deadline() {
     );
     assert!(c.wants_close());
     assert!(c.should_connect(1100));
+}
+
+#[test]
+fn failed_attempts_back_off_doubling_up_to_the_maximum() {
+    let mut c = Client::new(Config {
+        retry_ms: 250,
+        retry_max_ms: 2000,
+        ..config()
+    });
+    assert!(c.should_connect(0));
+    // Connection attempts that fail: waits of 250, 500, 1000, 2000, 2000 ms.
+    let mut now = 0;
+    for wait in [250, 500, 1000, 2000, 2000] {
+        c.disconnected(now);
+        assert!(
+            !c.should_connect(now + wait - 1),
+            "waits {wait} ms after {now}"
+        );
+        assert!(c.should_connect(now + wait));
+        now += wait;
+    }
+    // A successful negotiation starts the series again.
+    connect(&mut c, TF_HAS_FLAGS, now);
+    c.disconnected(now);
+    assert!(!c.should_connect(now + 249));
+    assert!(c.should_connect(now + 250));
 }
