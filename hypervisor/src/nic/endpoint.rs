@@ -259,6 +259,13 @@ mod tests {
         fn counters(&mut self) -> Counters {
             Counters::default()
         }
+        fn set_rx_filter(&mut self, extra: &[[u8; 6]], all: bool) -> super::super::RxFilter {
+            super::super::RxFilter {
+                addresses: 1 + extra.len(),
+                unicast_promiscuous: false,
+                multicast_promiscuous: all,
+            }
+        }
     }
 
     fn eth(dst: [u8; 6], proto: EthernetProtocol, payload_len: usize) -> (Vec<u8>, EthernetRepr) {

@@ -22,6 +22,19 @@ pub trait NicDriver: Send {
     /// The next received frame copied into `out`, or None if none waits.
     fn recv(&mut self, out: &mut [u8]) -> Option<usize>;
     fn counters(&mut self) -> Counters;
+    /// Receive filter: the NIC's own MAC plus `extra` (a bridged network's
+    /// guests), falling back to unicast promiscuous when they don't fit;
+    /// `all_multicast` passes every multicast frame.
+    fn set_rx_filter(&mut self, extra: &[[u8; 6]], all_multicast: bool) -> RxFilter;
+}
+
+/// What [`NicDriver::set_rx_filter`] programmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxFilter {
+    /// Exact unicast addresses in the filter (the NIC's own included).
+    pub addresses: usize,
+    pub unicast_promiscuous: bool,
+    pub multicast_promiscuous: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
