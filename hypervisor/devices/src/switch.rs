@@ -463,8 +463,7 @@ impl Switch {
             && frame.get(6..12).is_some_and(|s| {
                 let mut m = [0u8; 6];
                 m.copy_from_slice(s);
-                self.assigned(&m).is_some()
-                    || self.lookup(&m, now_ns).is_some_and(|p| p != from)
+                self.assigned(&m).is_some() || self.lookup(&m, now_ns).is_some_and(|p| p != from)
             });
         let uplink = self.uplink();
         let Some(src_port) = self.ports.get_mut(from) else {

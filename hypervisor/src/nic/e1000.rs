@@ -356,8 +356,10 @@ impl<R: Regs> E1000<R> {
         };
         self.regs
             .write(reg::RAL0 + at, u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
-        self.regs
-            .write(reg::RAH0 + at, u32::from_le_bytes([m[4], m[5], 0, 0]) | RAH_AV);
+        self.regs.write(
+            reg::RAH0 + at,
+            u32::from_le_bytes([m[4], m[5], 0, 0]) | RAH_AV,
+        );
     }
 
     /// 14.4: descriptors with buffers, RDBAL/RDLEN, RDH = 0, RDT = the last
@@ -531,10 +533,16 @@ impl<R: Regs + Send> NicDriver for E1000<R> {
         self.counters
     }
 
-    /// RAL/RAH 1..15 get `extra`; more than 15 sets RCTL.UPE instead (the
-    /// entries are cleared). `all_multicast` sets RCTL.MPE; BAM stays on.
-    fn set_rx_filter(&mut self, extra: &[[u8; 6]], all_multicast: bool) -> RxFilter {
-        let promiscuous = extra.len() > RA_ENTRIES - 1;
+    /// RAL/RAH 1..15 get `extra`; more than 15 (or `all_unicast`) sets
+    /// RCTL.UPE instead (the entries are cleared). `all_multicast` sets
+    /// RCTL.MPE; BAM stays on.
+    fn set_rx_filter(
+        &mut self,
+        extra: &[[u8; 6]],
+        all_unicast: bool,
+        all_multicast: bool,
+    ) -> RxFilter {
+        let promiscuous = all_unicast || extra.len() > RA_ENTRIES - 1;
         for i in 1..RA_ENTRIES {
             let m = if promiscuous {
                 None
@@ -844,7 +852,7 @@ mod tests {
         assert!(!dev.accepts(&to(guest(1))) && !dev.accepts(&to(mcast)));
         // 15 guests: entries 1..15, exact filtering, multicast promiscuous.
         let fifteen: Vec<[u8; 6]> = (1..=15).map(guest).collect();
-        let f = nic.set_rx_filter(&fifteen, true);
+        let f = nic.set_rx_filter(&fifteen, false, true);
         assert_eq!(
             f,
             RxFilter {
@@ -854,7 +862,10 @@ mod tests {
             }
         );
         let rctl = dev.regs[reg::RCTL as usize / 4];
-        assert_eq!(rctl & (rctl::UPE | rctl::MPE | rctl::EN), rctl::MPE | rctl::EN);
+        assert_eq!(
+            rctl & (rctl::UPE | rctl::MPE | rctl::EN),
+            rctl::MPE | rctl::EN
+        );
         for i in 1..=15 {
             assert!(dev.accepts(&to(guest(i))), "guest {i}");
         }
@@ -870,14 +881,24 @@ mod tests {
         assert!(dev.deliver(&to(guest(3))) && !dev.deliver(&to(guest(16))));
         // 16: unicast promiscuous, the extra entries cleared.
         let sixteen: Vec<[u8; 6]> = (1..=16).map(guest).collect();
-        assert!(nic.set_rx_filter(&sixteen, true).unicast_promiscuous);
+        assert!(nic.set_rx_filter(&sixteen, false, true).unicast_promiscuous);
         assert_eq!(dev.regs[reg::RCTL as usize / 4] & rctl::UPE, rctl::UPE);
         assert_eq!(dev.regs[(reg::RAH0 + 8) as usize / 4] & RAH_AV, 0);
         assert!(dev.accepts(&to(guest(16))) && dev.accepts(&to(guest(200))));
         // Back to two: exact again, entries past them invalid.
-        assert_eq!(nic.set_rx_filter(&fifteen[..2], false).addresses, 3);
-        assert_eq!(dev.regs[reg::RCTL as usize / 4] & (rctl::UPE | rctl::MPE), 0);
+        assert_eq!(nic.set_rx_filter(&fifteen[..2], false, false).addresses, 3);
+        assert_eq!(
+            dev.regs[reg::RCTL as usize / 4] & (rctl::UPE | rctl::MPE),
+            0
+        );
         assert!(dev.accepts(&to(guest(2))) && !dev.accepts(&to(guest(3))));
+        // Guests that may use any MAC (anti-spoofing off): promiscuous.
+        assert!(
+            nic.set_rx_filter(&fifteen[..2], true, true)
+                .unicast_promiscuous
+        );
+        assert!(dev.accepts(&to(guest(3))));
+        nic.set_rx_filter(&fifteen[..2], false, false);
         assert!(!dev.accepts(&to(mcast)) && dev.accepts(&to([0xff; 6])));
         drop(nic);
         // SAFETY: from `Box::into_raw` above, freed once.

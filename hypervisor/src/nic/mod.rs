@@ -7,7 +7,7 @@ pub mod endpoint;
 pub mod pci;
 
 use alloc::boxed::Box;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// What the core needs of a NIC driver; one more driver (virtio-net for
 /// nested use, igb) is one more file implementing this.
@@ -23,9 +23,14 @@ pub trait NicDriver: Send {
     fn recv(&mut self, out: &mut [u8]) -> Option<usize>;
     fn counters(&mut self) -> Counters;
     /// Receive filter: the NIC's own MAC plus `extra` (a bridged network's
-    /// guests), falling back to unicast promiscuous when they don't fit;
+    /// guests), unicast promiscuous when they don't fit or `all_unicast`;
     /// `all_multicast` passes every multicast frame.
-    fn set_rx_filter(&mut self, extra: &[[u8; 6]], all_multicast: bool) -> RxFilter;
+    fn set_rx_filter(
+        &mut self,
+        extra: &[[u8; 6]],
+        all_unicast: bool,
+        all_multicast: bool,
+    ) -> RxFilter;
 }
 
 /// What [`NicDriver::set_rx_filter`] programmed.
@@ -66,11 +71,31 @@ pub struct Uplink {
     pub endpoint: endpoint::Endpoint,
     /// The link state last reported.
     pub link: bool,
+    /// The network bridged to this NIC (`uplink = "nic0"`).
+    pub bridge: Option<Bridge>,
 }
+
+/// A network bridged to the NIC, and what crossed the bridge.
+pub struct Bridge {
+    pub net: &'static crate::net::Network,
+    /// Guest frames put on the wire.
+    pub to_wire_frames: u64,
+    pub to_wire_bytes: u64,
+    /// Guest frames dropped because the link was down.
+    pub dropped_link_down: u64,
+}
+
+/// Guest frames for the wire per [`poll`] at most (the other way,
+/// [`endpoint::RX_BUDGET`]).
+pub const TX_BUDGET: usize = 64;
 
 static UPLINK: spin::Mutex<Option<Uplink>> = spin::Mutex::new(None);
 /// The TSC value before which [`poll`] does nothing.
 static NEXT_POLL: AtomicU64 = AtomicU64::new(0);
+/// Guest frames wait for the wire: the next [`poll`] runs at once.
+static WIRE_PENDING: AtomicBool = AtomicBool::new(false);
+/// A network is bridged to the NIC: an idle CPU 0 polls every millisecond.
+static BRIDGED: AtomicBool = AtomicBool::new(false);
 
 /// How often the uplink is polled at most (1 ms).
 fn poll_interval_tsc() -> u64 {
@@ -143,6 +168,7 @@ pub fn init() {
                 nic,
                 endpoint,
                 link,
+                bridge: None,
             });
         }
         Err(e) => crate::println!("hv: nic: {} not used: {e}: no uplink", f.at),
@@ -183,7 +209,7 @@ fn bring_up(
 /// Runs the endpoint: frames in, timers, frames out. Called by CPU 0's
 /// scheduler loop; does nothing more than every millisecond, never waits.
 pub fn poll(now: u64) {
-    if now < NEXT_POLL.load(Ordering::Relaxed) {
+    if now < NEXT_POLL.load(Ordering::Relaxed) && !WIRE_PENDING.load(Ordering::Acquire) {
         return;
     }
     NEXT_POLL.store(now + poll_interval_tsc(), Ordering::Relaxed);
@@ -200,7 +226,17 @@ pub fn poll(now: u64) {
         up.link = link;
         crate::println!("hv: nic: link {}", if link { "up" } else { "down" });
     }
-    up.endpoint.poll(&mut *up.nic, now);
+    match up.bridge.as_ref().map(|b| b.net) {
+        Some(net) => {
+            let from_wire = |f: &[u8]| net.from_wire(f);
+            up.endpoint
+                .poll_bridged(&mut *up.nic, now, Some(&from_wire));
+        }
+        None => up.endpoint.poll(&mut *up.nic, now),
+    }
+    if let Some(b) = up.bridge.as_mut() {
+        bridge_to_wire(b, &mut *up.nic, link);
+    }
     let api = crate::manage::api::poll(up.endpoint.sockets(), now);
     let nbd = crate::nbd::poll(&mut up.endpoint, now);
     if api || nbd {
@@ -208,6 +244,94 @@ pub fn poll(now: u64) {
         // at the next poll.
         up.endpoint.poll(&mut *up.nic, now);
     }
+}
+
+/// Moves at most [`TX_BUDGET`] guest frames from the bridge's switch port
+/// to the NIC. A full transmit ring leaves them queued (the port's queue
+/// is bounded: what overflows it is counted there); with the link down
+/// they are dropped and counted.
+fn bridge_to_wire(b: &mut Bridge, nic: &mut dyn NicDriver, link: bool) {
+    WIRE_PENDING.store(false, Ordering::Release);
+    let mut buf = [0u8; e1000::MAX_FRAME];
+    for _ in 0..TX_BUDGET {
+        if link && !nic.can_send() {
+            // Back when the ring has room: the next loop of CPU 0.
+            WIRE_PENDING.store(true, Ordering::Release);
+            return;
+        }
+        let Some(n) = b.net.to_wire(&mut buf) else {
+            return;
+        };
+        let Some(frame) = buf.get(..n) else { continue };
+        if !link {
+            b.dropped_link_down = b.dropped_link_down.wrapping_add(1);
+            continue;
+        }
+        if nic.send(frame).is_ok() {
+            b.to_wire_frames = b.to_wire_frames.wrapping_add(1);
+            b.to_wire_bytes = b.to_wire_bytes.wrapping_add(n as u64);
+        }
+    }
+    // The budget ran out with frames left: again at the next loop.
+    if b.net.uplink_port().is_some_and(|p| b.net.pending(p)) {
+        WIRE_PENDING.store(true, Ordering::Release);
+    }
+}
+
+/// Guest frames were queued for the wire: CPU 0 polls the NIC at once
+/// (called by the uplink port's sink, with no lock held; never waits).
+pub fn wire_pending() {
+    if !WIRE_PENDING.swap(true, Ordering::AcqRel) {
+        crate::sched::wake_poller();
+    }
+}
+
+/// Whether a network is bridged to the NIC.
+pub fn bridged() -> bool {
+    BRIDGED.load(Ordering::Relaxed)
+}
+
+/// Bridges `net` to the NIC the manifest named (`nic0`, the only one):
+/// programs the receive filter with the guests' MACs. One `hv: network`
+/// line says what was done.
+pub fn attach_bridge(net: &'static crate::net::Network, nic_name: &str) {
+    let mut guard = UPLINK.lock();
+    let Some(up) = guard.as_mut() else {
+        crate::println!(
+            "hv: network {}: uplink {nic_name}: no supported NIC, not bridged",
+            net.name
+        );
+        return;
+    };
+    let macs = net.guest_macs();
+    // Without anti-spoofing a guest may send from any MAC: replies to it
+    // must pass the filter too.
+    let f = up.nic.set_rx_filter(&macs, !net.anti_spoofing(), true);
+    crate::println!(
+        "hv: network {}: uplink {nic_name} ({} {}): receive filter {} address{}{}{}",
+        net.name,
+        up.nic.name(),
+        MacFmt(up.nic.mac()),
+        f.addresses,
+        if f.addresses == 1 { "" } else { "es" },
+        if f.unicast_promiscuous {
+            ", unicast promiscuous"
+        } else {
+            ""
+        },
+        if f.multicast_promiscuous {
+            ", multicast promiscuous"
+        } else {
+            ""
+        },
+    );
+    up.bridge = Some(Bridge {
+        net,
+        to_wire_frames: 0,
+        to_wire_bytes: 0,
+        dropped_link_down: 0,
+    });
+    BRIDGED.store(true, Ordering::Relaxed);
 }
 
 /// Runs `f` on the uplink; None without one. For the bring-up CPU before
@@ -239,6 +363,36 @@ pub fn report() {
         c.hw_rx_missed,
         c.hw_rx_crc_errors
     );
+    if let Some(b) = up.bridge.as_ref() {
+        let Some(p) = b.net.uplink_port() else { return };
+        let s = b.net.counters(p).unwrap_or_default();
+        crate::println!("{}", bridge_line(&b.net.name, b, &s));
+    }
+}
+
+/// The end-of-run line of a bridged network: on the uplink port, `tx` is
+/// what the wire sent into the switch and `rx` what the switch queued for
+/// the wire.
+pub fn bridge_line(
+    net: &str,
+    b: &Bridge,
+    s: &devices::switch::PortCounters,
+) -> alloc::string::String {
+    alloc::format!(
+        "hv: network {net}: uplink: to wire {} frames {} bytes, from wire {} frames {} bytes; \
+         dropped to wire: link down {}, queue full {}; from wire: spoofed {}, unknown {}, \
+         bad source {}, length {}",
+        b.to_wire_frames,
+        b.to_wire_bytes,
+        s.tx_frames,
+        s.tx_bytes,
+        b.dropped_link_down,
+        s.drop_queue_full,
+        s.drop_spoofed,
+        s.drop_unknown,
+        s.drop_bad_source,
+        s.drop_length,
+    )
 }
 
 /// The manifest's `[hypervisor] address` (and `gateway`): the endpoint
