@@ -17,12 +17,15 @@ const MTU: usize = 1514;
 /// share of CPU 0 is bounded by it).
 pub const RX_BUDGET: usize = 64;
 
+/// Takes the wire's frames for a bridged network.
+pub type BridgeIn<'a> = &'a dyn Fn(&[u8]);
+
 /// The NIC seen as a smoltcp device for one poll.
 struct Port<'a> {
     nic: &'a mut dyn NicDriver,
     rx: &'a mut [u8],
     /// A bridged network: frames not for the endpoint go there.
-    bridge: Option<&'a dyn Fn(&[u8])>,
+    bridge: Option<BridgeIn<'a>>,
     mac: [u8; 6],
     /// Frames this poll may still read from the NIC.
     budget: usize,
@@ -259,7 +262,7 @@ impl Endpoint {
         &mut self,
         nic: &mut dyn NicDriver,
         now_tsc: u64,
-        bridge: Option<&dyn Fn(&[u8])>,
+        bridge: Option<BridgeIn<'_>>,
     ) {
         let now = instant(now_tsc);
         let mut port = Port {
