@@ -409,3 +409,116 @@ pub fn set_static(address: loader::manifest::Ipv4Prefix, gateway: Option<[u8; 4]
         gateway.map(Ipv4Address::from),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    /// A NIC whose transmit ring holds `room` frames until the test empties it.
+    struct Ring {
+        room: usize,
+        sent: Vec<Vec<u8>>,
+    }
+
+    impl NicDriver for Ring {
+        fn name(&self) -> &'static str {
+            "ring"
+        }
+        fn mac(&self) -> [u8; 6] {
+            [0x52, 0x54, 0, 0x12, 0x34, 0x56]
+        }
+        fn link_up(&mut self) -> bool {
+            true
+        }
+        fn can_send(&mut self) -> bool {
+            self.sent.len() < self.room
+        }
+        fn send(&mut self, frame: &[u8]) -> Result<(), SendError> {
+            if !self.can_send() {
+                return Err(SendError::Busy);
+            }
+            self.sent.push(frame.to_vec());
+            Ok(())
+        }
+        fn recv(&mut self, _: &mut [u8]) -> Option<usize> {
+            None
+        }
+        fn counters(&mut self) -> Counters {
+            Counters::default()
+        }
+        fn set_rx_filter(&mut self, extra: &[[u8; 6]], uni: bool, multi: bool) -> RxFilter {
+            RxFilter {
+                addresses: 1 + extra.len(),
+                unicast_promiscuous: uni,
+                multicast_promiscuous: multi,
+            }
+        }
+    }
+
+    fn clock() -> u64 {
+        0
+    }
+
+    #[test]
+    fn guest_frames_reach_the_wire_bounded_kept_when_the_ring_is_full_dropped_when_down() {
+        let m = loader::manifest::parse(
+            "t.toml",
+            "[[guest]]\nname = \"a\"\nmemory = \"16M\"\nimage = \"x\"\nkind = \"elf64\"\n\
+             [[guest.nic]]\nnetwork = \"wan\"\nmac = \"02:00:00:00:00:0a\"\n\
+             [[network]]\nname = \"wan\"\nuplink = \"nic0\"\n",
+        )
+        .unwrap();
+        let (n, errors) = crate::net::build(&m.networks, &m.guests, clock);
+        assert!(errors.is_empty());
+        let net: &'static crate::net::Network =
+            Box::leak(Box::new(n.nets.into_iter().next().unwrap()));
+        let up = net.uplink_port().unwrap();
+        let a = [2, 0, 0, 0, 0, 0x0a];
+        let frame = |i: u8| {
+            let mut f = Vec::from([0xffu8; 6]);
+            f.extend_from_slice(&a);
+            f.extend_from_slice(&[0x08, 0x00]);
+            f.resize(60, i);
+            f
+        };
+        for i in 0..100u8 {
+            net.send(0, &frame(i));
+        }
+        let mut b = Bridge {
+            net,
+            to_wire_frames: 0,
+            to_wire_bytes: 0,
+            dropped_link_down: 0,
+        };
+        // A ring of 10: 10 go out in order, the rest stay queued.
+        let mut nic = Ring {
+            room: 10,
+            sent: Vec::new(),
+        };
+        bridge_to_wire(&mut b, &mut nic, true);
+        assert_eq!(nic.sent.len(), 10);
+        assert_eq!(nic.sent[3], frame(3));
+        assert_eq!(b.to_wire_frames, 10);
+        assert!(WIRE_PENDING.load(Ordering::Acquire));
+        // Room again: at most TX_BUDGET per poll.
+        nic.room = usize::MAX;
+        bridge_to_wire(&mut b, &mut nic, true);
+        assert_eq!(nic.sent.len(), 10 + TX_BUDGET);
+        assert_eq!(nic.sent[10], frame(10));
+        assert!(net.pending(up));
+        // Link down: the rest (26) dropped and counted.
+        bridge_to_wire(&mut b, &mut nic, false);
+        assert_eq!(b.dropped_link_down, 100 - 10 - TX_BUDGET as u64);
+        assert!(!net.pending(up));
+        assert_eq!(nic.sent.len(), 10 + TX_BUDGET);
+        let line = bridge_line("wan", &b, &net.counters(up).unwrap());
+        assert!(
+            line.starts_with(
+                "hv: network wan: uplink: to wire 74 frames 4440 bytes, from wire 0 frames"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("link down 26, queue full 0"), "{line}");
+    }
+}
