@@ -15,6 +15,13 @@
 //! the VM lock calls into its port). A network's lock is never held while a
 //! VM lock is taken, and no path holds two VMs' locks.
 //!
+//! Uplink (`uplink = "nic0"`): the network's switch has one more port, the
+//! bridge to the host NIC. Its queue holds the guests' frames for the wire;
+//! a frame queued there only wakes CPU 0 ([`crate::nic::wire_pending`]),
+//! whose NIC poll moves a bounded number of them to the NIC and hands the
+//! wire's frames to [`Network::from_wire`] (switched like a guest's, under
+//! the network lock, on CPU 0).
+//!
 //! A flooding guest: its frames are switched on its own exits, at most the
 //! transport's per-notification budget at a time, so it spends only its own
 //! CPU share; each destination queue holds a bounded number of frames and
@@ -49,6 +56,10 @@ pub struct Network {
     owners: Mutex<Vec<(String, usize)>>,
     /// The switch's clock (ns, monotonic).
     clock: fn() -> u64,
+    /// The manifest's `uplink` (the host NIC's name) and the switch port
+    /// bridged to it (made after the guests' ports).
+    pub uplink_nic: Option<String>,
+    uplink: Option<PortId>,
 }
 
 /// Why a NIC could not be put on its network.
@@ -81,7 +92,42 @@ impl Network {
                 .collect(),
             owners: Mutex::new(Vec::new()),
             clock,
+            uplink_nic: cfg.uplink.clone(),
+            uplink: None,
         })
+    }
+
+    /// Adds the port bridged to the host NIC (configuration time, once).
+    pub fn add_uplink_port(&mut self) -> Result<PortId, SwitchError> {
+        let port = self.switch.get_mut().add_uplink_port()?;
+        self.sinks.push(Once::new());
+        self.uplink = Some(port);
+        Ok(port)
+    }
+
+    /// The port bridged to the host NIC, if any.
+    pub fn uplink_port(&self) -> Option<PortId> {
+        self.uplink
+    }
+
+    /// The assigned MACs of the guests' ports (for the NIC's filter).
+    pub fn guest_macs(&self) -> Vec<Mac> {
+        let sw = self.switch.lock();
+        (0..self.owners.len())
+            .filter_map(|p| sw.port_mac(p))
+            .collect()
+    }
+
+    /// A frame from the wire: switched as if the uplink port sent it.
+    pub fn from_wire(&self, frame: &[u8]) {
+        if let Some(p) = self.uplink {
+            self.send(p, frame);
+        }
+    }
+
+    /// The oldest guest frame waiting for the wire, into `buf`.
+    pub fn to_wire(&self, buf: &mut [u8]) -> Option<usize> {
+        self.recv(self.uplink?, buf)
     }
 
     /// Adds a port for NIC `nic` of `guest` (configuration time only: it
@@ -223,6 +269,13 @@ pub fn build(
         }
         ports.push(mine);
     }
+    for (i, net) in nets.iter_mut().enumerate() {
+        if net.uplink_nic.is_some() {
+            if let Err(e) = net.add_uplink_port() {
+                errors.push((usize::MAX, i, AttachError::Switch(e)));
+            }
+        }
+    }
     (Networks { nets, ports }, errors)
 }
 
@@ -272,13 +325,32 @@ pub fn setup(networks: &[NetworkConfig], guests: &[loader::manifest::GuestConfig
     for net in &n.nets {
         let ports = net.ports();
         crate::println!(
-            "hv: network {}: {ports} port{}, anti-spoofing {}",
+            "hv: network {}: {ports} port{}, anti-spoofing {}{}",
             net.name,
             if ports == 1 { "" } else { "s" },
-            if net.anti_spoofing() { "on" } else { "off" }
+            if net.anti_spoofing() { "on" } else { "off" },
+            match (&net.uplink_nic, net.uplink) {
+                (Some(nic), Some(_)) => alloc::format!(", uplink {nic}"),
+                _ => String::new(),
+            }
         );
     }
     install(n);
+    for net in self::networks() {
+        if let (Some(nic), Some(p)) = (&net.uplink_nic, net.uplink) {
+            net.bind(p, Arc::new(WireSink));
+            crate::nic::attach_bridge(net, nic);
+        }
+    }
+}
+
+/// The uplink port's sink: guest frames for the wire wake CPU 0's NIC poll.
+struct WireSink;
+
+impl PortSink for WireSink {
+    fn frames_arrived(&self) {
+        crate::nic::wire_pending();
+    }
 }
 
 /// The switch's time: the host TSC in ns.
@@ -480,6 +552,42 @@ name = "other"
         assert_eq!(got, vec![0, 1, 1, 0]);
         assert_eq!(nets[1].counters(0).unwrap().tx_frames, 1);
         assert!(!a.pending());
+    }
+
+    #[test]
+    fn an_uplinked_network_bridges_to_its_uplink_port() {
+        let text = TWO_NETS.replace(
+            "[[network]]\nname = \"lan\"\n",
+            "[[network]]\nname = \"lan\"\nuplink = \"nic0\"\n",
+        );
+        let m = parse(&text);
+        let (n, errors) = build(&m.networks, &m.guests, clock);
+        assert!(errors.is_empty(), "{errors:?}");
+        let (nets, _) = leak(n);
+        let lan = &nets[0];
+        // Guests keep ports 0..2; the uplink comes after them.
+        assert_eq!((lan.ports(), lan.uplink_port()), (3, Some(3)));
+        assert_eq!(nets[1].uplink_port(), None);
+        assert_eq!(lan.guest_macs().len(), 3);
+        assert_eq!(&lan.guest_macs()[..2], &[A, B]);
+        let wire = Arc::new(Count(AtomicUsize::new(0)));
+        lan.bind(3, wire.clone());
+        const W: Mac = [0x52, 0x55, 10, 0, 2, 2];
+        // a to a host on the wire: only the uplink hears it.
+        NetPort { net: lan, port: 0 }.send(&frame(W, A, 98));
+        assert_eq!(wire.0.load(Ordering::SeqCst), 1);
+        let mut buf = [0u8; 1514];
+        assert_eq!(lan.to_wire(&mut buf), Some(98));
+        assert_eq!(lan.to_wire(&mut buf), None);
+        assert!(!lan.pending(1) && !lan.pending(2));
+        // The answer from the wire reaches a alone.
+        lan.from_wire(&frame(A, W, 98));
+        assert_eq!(lan.recv(0, &mut buf), Some(98));
+        assert!(!lan.pending(1));
+        // The wire posing as b: dropped, counted on the uplink.
+        lan.from_wire(&frame([0xff; 6], B, 60));
+        assert!(!lan.pending(0) && !lan.pending(2));
+        assert_eq!(lan.counters(3).unwrap().drop_spoofed, 1);
     }
 
     #[test]

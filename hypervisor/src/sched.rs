@@ -712,8 +712,10 @@ fn idle(me: usize) {
     if QUEUES[me].lock().is_empty() {
         let mut deadline = next_wake();
         if me == 0 {
-            // NBD requests in flight: the NIC is polled every millisecond.
-            let every = if crate::nbd::busy() {
+            // NBD requests in flight or a network bridged to the NIC
+            // (whose frames raise no interrupt): the NIC is polled every
+            // millisecond.
+            let every = if crate::nbd::busy() || crate::nic::bridged() {
                 crate::time::us_to_tsc(1000)
             } else {
                 console_poll_tsc()

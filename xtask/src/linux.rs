@@ -1214,6 +1214,9 @@ pub fn init_script(modules: Option<&GuestModules>) -> String {
 ///   prints 100% packet loss).
 /// - `netmode=spoof`: pings the peer with its own MAC until one is answered, then sets its MAC
 ///   to `netspoof=` (another guest's) and pings again: the switch drops those frames.
+/// - `netmode=uplink`: on a network bridged to the host NIC: three pings of `netpeer=` (a
+///   host on the wire), then fetches `neturl=` with `wget` (retrying for 30 s) and prints
+///   its sha256 and size.
 /// - `netmode=benchsrv` / `netmode=benchcli` (`cargo xtask bench`, section `net`): the server
 ///   serves `netmib=` MiB of zeros with `httpd` until the client's `/done`; the client
 ///   serves the same, then fetches the server's copy and its own (loopback) into tmpfs and
@@ -1272,6 +1275,17 @@ if [ -n "$netmode" ]; then
         ;;
     ping)
         echo "linux-guest: net ping $peer: $(pings 3)"
+        ;;
+    uplink)
+        echo "linux-guest: net ping $peer: $(pings 3)"
+        url=$(netarg neturl)
+        n=0
+        until wget -q -O /tmp/got "$url" 2>/dev/null; do
+            n=$((n + 1))
+            [ "$n" -ge 30 ] && break
+            sleep 1
+        done
+        echo "linux-guest: net fetched $url sha256 $(sha256sum /tmp/got | cut -d' ' -f1) $(wc -c < /tmp/got) bytes"
         ;;
     benchsrv)
         mib=$(netarg netmib)

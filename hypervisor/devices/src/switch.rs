@@ -18,6 +18,15 @@
 //! MAC is not the sending port's assigned MAC. Without it, a guest that
 //! sends from many addresses can only evict entries of its own network's
 //! table (the set is bounded), which makes that network flood more.
+//!
+//! Uplink: a network bridged to the host NIC has one more port, the
+//! uplink ([`Switch::add_uplink_port`]), which has no MAC of its own. Its
+//! source MACs (the wire's hosts) are learned like any other, except that
+//! the wire may never use a guest port's assigned MAC or one learned on a
+//! guest port (dropped, counted as spoofed on the uplink). Unicast from the
+//! wire goes only to a guest port that has (or learned) the destination,
+//! never flooded (`drop_unknown`); a guest's unicast for a MAC not on the
+//! switch goes to the uplink alone.
 use crate::state::{check_version, DeviceState, State, StateError};
 use alloc::vec::Vec;
 
@@ -97,6 +106,8 @@ pub enum DropReason {
     PortDown,
     /// The destination is on the sending port itself.
     SamePort,
+    /// Unicast from the uplink for no port of this switch.
+    Unknown,
 }
 
 /// Per-port counters: `tx` is what the port sent into the switch, `rx`
@@ -115,6 +126,8 @@ pub struct PortCounters {
     pub drop_queue_full: u64,
     /// Frames for this port dropped because it was detached.
     pub drop_port_down: u64,
+    /// Uplink only: unicast from the wire for no port of the switch.
+    pub drop_unknown: u64,
 }
 
 fn inc(c: &mut u64) {
@@ -238,6 +251,8 @@ impl FrameQueue {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Port {
     mac: Mac,
+    /// The uplink port (no MAC of its own: `mac` is zero).
+    uplink: bool,
     attached: bool,
     queue: FrameQueue,
     counters: PortCounters,
@@ -307,11 +322,41 @@ impl Switch {
         let queue = FrameQueue::new(self.config.queue_frames)?;
         self.ports.push(Port {
             mac,
+            uplink: false,
             attached: true,
             queue,
             counters: PortCounters::default(),
         });
         Ok(self.ports.len().saturating_sub(1))
+    }
+
+    /// Adds the uplink port (one per switch: the bridge to the host NIC).
+    pub fn add_uplink_port(&mut self) -> Result<PortId, SwitchError> {
+        if self.ports.len() >= MAX_PORTS {
+            return Err(SwitchError::TooManyPorts);
+        }
+        if self.uplink().is_some() {
+            return Err(SwitchError::DuplicateMac);
+        }
+        let queue = FrameQueue::new(self.config.queue_frames)?;
+        self.ports.push(Port {
+            mac: [0; 6],
+            uplink: true,
+            attached: true,
+            queue,
+            counters: PortCounters::default(),
+        });
+        Ok(self.ports.len().saturating_sub(1))
+    }
+
+    /// The uplink port, if the switch has one.
+    pub fn uplink(&self) -> Option<PortId> {
+        self.ports.iter().position(|p| p.uplink)
+    }
+
+    /// The guest port whose assigned MAC is `mac`.
+    fn assigned(&self, mac: &Mac) -> Option<PortId> {
+        self.ports.iter().position(|p| !p.uplink && p.mac == *mac)
     }
 
     pub fn ports(&self) -> usize {
@@ -412,6 +457,15 @@ impl Switch {
     /// clock in ns): checked, learned, then queued for its destination(s).
     pub fn transmit(&mut self, from: PortId, frame: &[u8], now_ns: u64) -> Delivery {
         let anti_spoofing = self.config.anti_spoofing;
+        // The wire posing as a guest: a source that is a guest port's
+        // assigned MAC or was learned on a guest port.
+        let wire_spoof = self.ports.get(from).is_some_and(|p| p.uplink)
+            && frame.get(6..12).is_some_and(|s| {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(s);
+                self.assigned(&m).is_some() || self.lookup(&m, now_ns).is_some_and(|p| p != from)
+            });
+        let uplink = self.uplink();
         let Some(src_port) = self.ports.get_mut(from) else {
             return Delivery {
                 to: 0,
@@ -433,7 +487,7 @@ impl Switch {
             Some((DropReason::PortDown, &mut c.drop_port_down))
         } else if !is_valid_unicast(&s) {
             Some((DropReason::BadSource, &mut c.drop_bad_source))
-        } else if anti_spoofing && s != src_port.mac {
+        } else if wire_spoof || (anti_spoofing && !src_port.uplink && s != src_port.mac) {
             Some((DropReason::Spoofed, &mut c.drop_spoofed))
         } else {
             None
@@ -442,6 +496,7 @@ impl Switch {
             inc(counter);
             return dropped(why);
         }
+        let from_wire = src_port.uplink;
         inc(&mut c.tx_frames);
         add(&mut c.tx_bytes, frame.len());
         self.learn(&s, from, now_ns);
@@ -464,6 +519,32 @@ impl Switch {
                     if let Some(port) = self.ports.get_mut(p) {
                         if deliver(port, frame) {
                             to |= 1u64 << p;
+                        }
+                    }
+                }
+                // On a bridged switch: to the guest port with that MAC,
+                // else from a guest to the wire; from the wire, nowhere.
+                None if uplink.is_some() => {
+                    let target = self.assigned(&d).or(if from_wire { None } else { uplink });
+                    match target {
+                        Some(p) if p == from => {
+                            if let Some(sp) = self.ports.get_mut(from) {
+                                inc(&mut sp.counters.drop_same_port);
+                            }
+                            return dropped(DropReason::SamePort);
+                        }
+                        Some(p) => {
+                            if let Some(port) = self.ports.get_mut(p) {
+                                if deliver(port, frame) {
+                                    to |= 1u64 << p;
+                                }
+                            }
+                        }
+                        None => {
+                            if let Some(sp) = self.ports.get_mut(from) {
+                                inc(&mut sp.counters.drop_unknown);
+                            }
+                            return dropped(DropReason::Unknown);
                         }
                     }
                 }
@@ -654,6 +735,65 @@ mod tests {
             (c.tx_frames, c.tx_bytes, c.rx_frames, c.rx_bytes),
             (2, 120, 1, 100)
         );
+    }
+
+    #[test]
+    fn uplink_bridges_guests_and_the_wire() {
+        // Ports 0..2 are guests A, B, C; port 3 the uplink.
+        let mut s = three(SwitchConfig::default());
+        let up = s.add_uplink_port().unwrap();
+        assert_eq!((up, s.uplink()), (3, Some(3)));
+        assert_eq!(s.add_uplink_port(), Err(SwitchError::DuplicateMac));
+        const W: Mac = [0x52, 0x55, 10, 0, 2, 2];
+        const X: Mac = [0x52, 0x55, 10, 0, 2, 9];
+        // A guest's unicast for a MAC not on the switch: to the wire only.
+        assert_eq!(s.transmit(0, &frame(W, A, 60, 1), 0).to, 1 << up);
+        assert_eq!(take(&mut s, up), Some(frame(W, A, 60, 1)));
+        assert!(!s.pending(1) && !s.pending(2));
+        // For a guest's MAC not learned yet: to that guest alone.
+        assert_eq!(s.transmit(0, &frame(C, A, 60, 2), 0).to, 0b100);
+        take(&mut s, 2);
+        // Broadcast from a guest: every other guest and the wire.
+        assert_eq!(s.transmit(1, &frame(BROADCAST, B, 60, 3), 0).to, 0b1101);
+        // From the wire: to the guest with that MAC (learned or not).
+        assert_eq!(s.transmit(up, &frame(A, W, 80, 4), 1).to, 0b001);
+        assert_eq!(s.transmit(up, &frame(C, W, 80, 5), 1).to, 0b100);
+        // The wire's MAC was learned on the uplink; guests reach it there.
+        assert_eq!(s.lookup(&W, 1), Some(up));
+        assert_eq!(s.transmit(2, &frame(W, C, 60, 6), 2).to, 1 << up);
+        // Broadcast and multicast from the wire: to every guest.
+        assert_eq!(s.transmit(up, &frame(BROADCAST, W, 60, 7), 3).to, 0b111);
+        let mcast = [0x33, 0x33, 0, 0, 0, 1];
+        assert_eq!(s.transmit(up, &frame(mcast, W, 60, 8), 3).to, 0b111);
+        // Unicast from the wire for nobody here: dropped, counted.
+        let d = s.transmit(up, &frame(X, W, 60, 9), 4);
+        assert_eq!(d.dropped, Some(DropReason::Unknown));
+        assert_eq!(s.counters(up).unwrap().drop_unknown, 1);
+        let before: Vec<usize> = (0..3).map(|p| s.queued(p)).collect();
+        // The wire posing as guest B (anti-spoofing on or off): dropped,
+        // B's table entry stays.
+        for src in [B, A] {
+            let d = s.transmit(up, &frame(BROADCAST, src, 60, 10), 5);
+            assert_eq!(d.dropped, Some(DropReason::Spoofed));
+            let d = s.transmit(up, &frame(C, src, 60, 10), 5);
+            assert_eq!(d.dropped, Some(DropReason::Spoofed));
+        }
+        assert_eq!(s.counters(up).unwrap().drop_spoofed, 4);
+        assert_eq!(s.lookup(&B, 5), Some(1));
+        let after: Vec<usize> = (0..3).map(|p| s.queued(p)).collect();
+        assert_eq!(before, after);
+        let mut open = three(SwitchConfig {
+            anti_spoofing: false,
+            ..SwitchConfig::default()
+        });
+        let up = open.add_uplink_port().unwrap();
+        // Without anti-spoofing a guest may use another MAC: once learned
+        // on the guest, the wire can't take it either.
+        open.transmit(0, &frame(W, X, 60, 0), 0);
+        let d = open.transmit(up, &frame(C, X, 60, 0), 1);
+        assert_eq!(d.dropped, Some(DropReason::Spoofed));
+        assert_eq!(open.transmit(up, &frame(C, W, 60, 0), 1).to, 0b100);
+        assert_eq!(open.lookup(&X, 1), Some(0));
     }
 
     #[test]

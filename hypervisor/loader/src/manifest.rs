@@ -65,9 +65,16 @@ pub struct NetworkConfig {
     pub name: String,
     /// Drop frames whose source MAC is not the sending NIC's (default true).
     pub anti_spoofing: bool,
+    /// `uplink = "nic0"`: the network is bridged to the host's first
+    /// supported NIC (the only name there is, [`UPLINK_NICS`]).
+    pub uplink: Option<String>,
     /// Line of the `[[network]]` header.
     pub line: u32,
 }
+
+/// The host NIC names a network's `uplink` may give: `nic0` is the first
+/// supported NIC the hypervisor finds on the host's PCI bus.
+pub const UPLINK_NICS: [&str; 1] = ["nic0"];
 
 /// One `[[guest.disk]]` table: a virtio-blk disk backed by an image file
 /// or by an NBD export.
@@ -514,6 +521,10 @@ pub enum ErrorKind {
     DuplicateNetwork { name: String, first_line: u32 },
     /// A NIC names a network no `[[network]]` declares.
     UnknownNetwork { name: String },
+    /// `uplink` names no host NIC there can be.
+    UnknownUplink { got: String },
+    /// Two networks name the same uplink.
+    UplinkTaken { nic: String, first_line: u32 },
     /// Not a MAC address written `xx:xx:xx:xx:xx:xx`.
     BadMac { got: String },
     /// A MAC with the multicast bit set, or all zeros.
@@ -604,6 +615,14 @@ impl fmt::Display for ErrorKind {
             ErrorKind::UnknownNetwork { name } => {
                 write!(f, "no [[network]] is named \"{name}\"")
             }
+            ErrorKind::UnknownUplink { got } => write!(
+                f,
+                "{got} is not a host NIC (the uplink is \"nic0\", the first supported NIC)"
+            ),
+            ErrorKind::UplinkTaken { nic, first_line } => write!(
+                f,
+                "uplink \"{nic}\" is already the uplink of the network at line {first_line}"
+            ),
             ErrorKind::BadMac { got } => write!(
                 f,
                 "{got} is not a MAC address (six hex bytes: \"52:54:00:12:34:56\")"
@@ -1116,7 +1135,7 @@ fn set_hv(
 }
 
 const NET_TABLE: &str = "[[network]]";
-const NET_KEYS: [&str; 2] = ["name", "anti_spoofing"];
+const NET_KEYS: [&str; 3] = ["name", "anti_spoofing", "uplink"];
 const DISK_TABLE: &str = "[[guest.disk]]";
 const DISK_KEYS: [&str; 5] = ["image", "nbd", "read_only", "serial", "keep_overlay"];
 const NIC_TABLE: &str = "[[guest.nic]]";
@@ -1131,6 +1150,7 @@ struct NetworkBuilder {
     seen: Seen,
     name: Option<String>,
     anti_spoofing: bool,
+    uplink: Option<String>,
 }
 
 impl NetworkBuilder {
@@ -1140,6 +1160,7 @@ impl NetworkBuilder {
             seen: Seen::default(),
             name: None,
             anti_spoofing: true,
+            uplink: None,
         }
     }
 
@@ -1153,6 +1174,15 @@ impl NetworkBuilder {
                     });
                 }
                 self.name = Some(s);
+            }
+            "uplink" => {
+                let s = to_str(v)?;
+                if !UPLINK_NICS.contains(&s.as_str()) {
+                    return Err(ErrorKind::UnknownUplink {
+                        got: Value::Str(s).render(),
+                    });
+                }
+                self.uplink = Some(s);
             }
             _ => self.anti_spoofing = to_bool(&v)?,
         }
@@ -1168,6 +1198,7 @@ impl NetworkBuilder {
         Ok(NetworkConfig {
             name,
             anti_spoofing: self.anti_spoofing,
+            uplink: self.uplink,
             line: self.line,
         })
     }
@@ -1588,6 +1619,7 @@ impl Parser<'_> {
             Section::Guest(g) => g,
             Section::Network(n) => {
                 let name_line = n.seen.line_of("name");
+                let uplink_line = n.seen.line_of("uplink");
                 let net = n
                     .finish()
                     .map_err(|(line, field, kind)| self.err(line, Some(field), kind))?;
@@ -1597,6 +1629,23 @@ impl Parser<'_> {
                         first_line: first.line,
                     };
                     return Err(self.err(name_line.unwrap_or(net.line), Some("name"), kind));
+                }
+                if let Some(nic) = &net.uplink {
+                    if let Some(first) = self
+                        .networks
+                        .iter()
+                        .find(|o| o.uplink.as_ref() == Some(nic))
+                    {
+                        let kind = ErrorKind::UplinkTaken {
+                            nic: nic.clone(),
+                            first_line: first.line,
+                        };
+                        return Err(self.err(
+                            uplink_line.unwrap_or(net.line),
+                            Some("uplink"),
+                            kind,
+                        ));
+                    }
                 }
                 self.networks.push(net);
                 return Ok(());
@@ -2772,11 +2821,13 @@ network = "lan"
                 NetworkConfig {
                     name: "lan".into(),
                     anti_spoofing: true,
+                    uplink: None,
                     line: 23,
                 },
                 NetworkConfig {
                     name: "dmz".into(),
                     anti_spoofing: false,
+                    uplink: None,
                     line: 26,
                 },
             ]
@@ -3001,6 +3052,17 @@ network = "lan"
     }
 
     #[test]
+    fn network_uplink() {
+        let m = parse(
+            "t.toml",
+            "[[network]]\nname = \"lan\"\nuplink = \"nic0\"\n[[network]]\nname = \"internal\"\n",
+        )
+        .unwrap();
+        assert_eq!(m.networks[0].uplink.as_deref(), Some("nic0"));
+        assert_eq!(m.networks[1].uplink, None);
+    }
+
+    #[test]
     fn network_errors() {
         check(
             "[[network]]\nanti_spoofing = true\n",
@@ -3025,6 +3087,23 @@ network = "lan"
             Some("name"),
             ErrorKind::BadName {
                 got: "\"a.b\"".into(),
+            },
+        );
+        check(
+            "[[network]]\nname = \"a\"\nuplink = \"eth0\"\n",
+            3,
+            Some("uplink"),
+            ErrorKind::UnknownUplink {
+                got: "\"eth0\"".into(),
+            },
+        );
+        check(
+            "[[network]]\nname = \"a\"\nuplink = \"nic0\"\n[[network]]\nname = \"b\"\nuplink = \"nic0\"\n",
+            6,
+            Some("uplink"),
+            ErrorKind::UplinkTaken {
+                nic: "nic0".into(),
+                first_line: 1,
             },
         );
         check(

@@ -8,7 +8,7 @@
 //! The register access is a trait so the ring logic runs on the host against
 //! a fake device ([`fake::FakeE1000`]) that does its "DMA" at the addresses
 //! the driver programs, as the hardware does.
-use super::{Counters, NicDriver, SendError};
+use super::{Counters, NicDriver, RxFilter, SendError};
 use alloc::boxed::Box;
 use core::sync::atomic::{fence, Ordering};
 
@@ -45,9 +45,17 @@ pub mod reg {
     pub const GPTC: u32 = 0x4080;
     /// Multicast table array, 128 dwords.
     pub const MTA: u32 = 0x5200;
+    /// Receive address n: RAL at 0x5400 + 8n, RAH at 0x5404 + 8n, n < 16
+    /// (8254x SDM 13.4.41-42).
     pub const RAL0: u32 = 0x5400;
     pub const RAH0: u32 = 0x5404;
 }
+
+/// Receive address entries (RAL/RAH 0..15); entry 0 is the NIC's own MAC.
+pub const RA_ENTRIES: usize = 16;
+/// RAH.AV: the entry is valid (RAH.AS, bits 17:16, = 00: compare with the
+/// destination address).
+pub const RAH_AV: u32 = 1 << 31;
 
 /// CTRL bits (8254x SDM 13.4.1).
 pub mod ctrl {
@@ -74,6 +82,10 @@ pub mod eerd {
 /// RCTL bits (8254x SDM 13.4.22).
 pub mod rctl {
     pub const EN: u32 = 1 << 1;
+    /// Unicast promiscuous: every unicast frame passes the filter.
+    pub const UPE: u32 = 1 << 3;
+    /// Multicast promiscuous: every multicast frame passes the filter.
+    pub const MPE: u32 = 1 << 4;
     /// Broadcast accept.
     pub const BAM: u32 = 1 << 15;
     /// Strip the Ethernet CRC from received frames.
@@ -324,15 +336,30 @@ impl<R: Regs> E1000<R> {
 
     fn program_address(&mut self) {
         let m = self.mac;
-        self.regs
-            .write(reg::RAL0, u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
-        self.regs.write(
-            reg::RAH0,
-            u32::from_le_bytes([m[4], m[5], 0, 0]) | (1 << 31),
-        );
+        self.write_ra(0, Some(m));
+        for i in 1..RA_ENTRIES {
+            self.write_ra(i, None);
+        }
         for i in 0..128 {
             self.regs.write(reg::MTA + 4 * i, 0);
         }
+    }
+
+    /// Receive address entry `i`: AV cleared first, so the filter never
+    /// matches half an address, then RAL, then RAH with AV (13.4.41-42).
+    fn write_ra(&mut self, i: usize, mac: Option<[u8; 6]>) {
+        let at = 8 * i as u32;
+        self.regs.write(reg::RAH0 + at, 0);
+        let Some(m) = mac else {
+            self.regs.write(reg::RAL0 + at, 0);
+            return;
+        };
+        self.regs
+            .write(reg::RAL0 + at, u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
+        self.regs.write(
+            reg::RAH0 + at,
+            u32::from_le_bytes([m[4], m[5], 0, 0]) | RAH_AV,
+        );
     }
 
     /// 14.4: descriptors with buffers, RDBAL/RDLEN, RDH = 0, RDT = the last
@@ -505,6 +532,39 @@ impl<R: Regs + Send> NicDriver for E1000<R> {
         self.refresh_counters();
         self.counters
     }
+
+    /// RAL/RAH 1..15 get `extra`; more than 15 (or `all_unicast`) sets
+    /// RCTL.UPE instead (the entries are cleared). `all_multicast` sets
+    /// RCTL.MPE; BAM stays on.
+    fn set_rx_filter(
+        &mut self,
+        extra: &[[u8; 6]],
+        all_unicast: bool,
+        all_multicast: bool,
+    ) -> RxFilter {
+        let promiscuous = all_unicast || extra.len() > RA_ENTRIES - 1;
+        for i in 1..RA_ENTRIES {
+            let m = if promiscuous {
+                None
+            } else {
+                extra.get(i - 1).copied()
+            };
+            self.write_ra(i, m);
+        }
+        let mut r = self.regs.read(reg::RCTL) & !(rctl::UPE | rctl::MPE);
+        if promiscuous {
+            r |= rctl::UPE;
+        }
+        if all_multicast {
+            r |= rctl::MPE;
+        }
+        self.regs.write(reg::RCTL, r);
+        RxFilter {
+            addresses: if promiscuous { 1 } else { 1 + extra.len() },
+            unicast_promiscuous: promiscuous,
+            multicast_promiscuous: all_multicast,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -597,9 +657,33 @@ pub mod fake {
             }
         }
 
-        /// A frame arrives from the wire. False if it was missed (no
-        /// descriptor owned by the device, or receive off).
+        /// The receive filter (8254x SDM 3.2.1, 13.4.22): broadcast with
+        /// BAM, multicast with MPE (the MTA is all zeros here), unicast with
+        /// UPE or a valid RAL/RAH entry equal to the destination.
+        pub fn accepts(&self, frame: &[u8]) -> bool {
+            let rctl = self.r(reg::RCTL);
+            let dst = &frame[..6];
+            if dst == [0xff; 6] && rctl & rctl::BAM != 0 {
+                return true;
+            }
+            if dst[0] & 1 != 0 {
+                return rctl & rctl::MPE != 0;
+            }
+            rctl & rctl::UPE != 0
+                || (0..RA_ENTRIES as u32).any(|i| {
+                    let ral = self.r(reg::RAL0 + 8 * i);
+                    let rah = self.r(reg::RAH0 + 8 * i);
+                    mac_from_ral(ral, rah).is_some_and(|m| m[..] == *dst)
+                })
+        }
+
+        /// A frame arrives from the wire. False if the filter refused it or
+        /// it was missed (no descriptor owned by the device, or receive
+        /// off: counted in MPC).
         pub fn deliver(&mut self, frame: &[u8]) -> bool {
+            if !self.accepts(frame) {
+                return false;
+            }
             let n = self.ring_len(reg::RDLEN);
             let h = self.r(reg::RDH);
             if self.r(reg::RCTL) & rctl::EN == 0 || n == 0 || h == self.r(reg::RDT) {
@@ -747,6 +831,78 @@ mod tests {
             ),
             Some(MAC)
         );
+    }
+
+    #[test]
+    fn the_receive_filter_takes_the_bridged_macs_then_goes_promiscuous() {
+        let dev: *mut FakeE1000 = Box::into_raw(Box::new(FakeE1000::new(MAC)));
+        // SAFETY: as in the ring tests below.
+        let mut nic = E1000::init(unsafe { &mut *dev }, &|_| {}).unwrap();
+        let to = |d: [u8; 6]| {
+            let mut f = frame(60, 9);
+            f[..6].copy_from_slice(&d);
+            f
+        };
+        let guest = |i: u8| [0x02, 0xfe, 0, 0, 0, i];
+        let mcast = [0x33, 0x33, 0, 0, 0, 1];
+        // SAFETY: as above, one access at a time.
+        let dev = unsafe { &mut *dev };
+        // Before: our MAC and broadcast only.
+        assert!(dev.accepts(&to(MAC)) && dev.accepts(&to([0xff; 6])));
+        assert!(!dev.accepts(&to(guest(1))) && !dev.accepts(&to(mcast)));
+        // 15 guests: entries 1..15, exact filtering, multicast promiscuous.
+        let fifteen: Vec<[u8; 6]> = (1..=15).map(guest).collect();
+        let f = nic.set_rx_filter(&fifteen, false, true);
+        assert_eq!(
+            f,
+            RxFilter {
+                addresses: 16,
+                unicast_promiscuous: false,
+                multicast_promiscuous: true
+            }
+        );
+        let rctl = dev.regs[reg::RCTL as usize / 4];
+        assert_eq!(
+            rctl & (rctl::UPE | rctl::MPE | rctl::EN),
+            rctl::MPE | rctl::EN
+        );
+        for i in 1..=15 {
+            assert!(dev.accepts(&to(guest(i))), "guest {i}");
+        }
+        assert_eq!(
+            mac_from_ral(
+                dev.regs[(reg::RAL0 + 8 * 15) as usize / 4],
+                dev.regs[(reg::RAH0 + 8 * 15) as usize / 4]
+            ),
+            Some(guest(15))
+        );
+        assert!(dev.accepts(&to(MAC)) && dev.accepts(&to(mcast)));
+        assert!(!dev.accepts(&to(guest(16))));
+        assert!(dev.deliver(&to(guest(3))) && !dev.deliver(&to(guest(16))));
+        // 16: unicast promiscuous, the extra entries cleared.
+        let sixteen: Vec<[u8; 6]> = (1..=16).map(guest).collect();
+        assert!(nic.set_rx_filter(&sixteen, false, true).unicast_promiscuous);
+        assert_eq!(dev.regs[reg::RCTL as usize / 4] & rctl::UPE, rctl::UPE);
+        assert_eq!(dev.regs[(reg::RAH0 + 8) as usize / 4] & RAH_AV, 0);
+        assert!(dev.accepts(&to(guest(16))) && dev.accepts(&to(guest(200))));
+        // Back to two: exact again, entries past them invalid.
+        assert_eq!(nic.set_rx_filter(&fifteen[..2], false, false).addresses, 3);
+        assert_eq!(
+            dev.regs[reg::RCTL as usize / 4] & (rctl::UPE | rctl::MPE),
+            0
+        );
+        assert!(dev.accepts(&to(guest(2))) && !dev.accepts(&to(guest(3))));
+        // Guests that may use any MAC (anti-spoofing off): promiscuous.
+        assert!(
+            nic.set_rx_filter(&fifteen[..2], true, true)
+                .unicast_promiscuous
+        );
+        assert!(dev.accepts(&to(guest(3))));
+        nic.set_rx_filter(&fifteen[..2], false, false);
+        assert!(!dev.accepts(&to(mcast)) && dev.accepts(&to([0xff; 6])));
+        drop(nic);
+        // SAFETY: from `Box::into_raw` above, freed once.
+        drop(unsafe { Box::from_raw(dev) });
     }
 
     #[test]

@@ -13,10 +13,52 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Cidr};
 /// The largest Ethernet frame, header included, without the CRC.
 const MTU: usize = 1514;
 
+/// Frames read from the NIC per [`Endpoint::poll`] at most (the bridge's
+/// share of CPU 0 is bounded by it).
+pub const RX_BUDGET: usize = 64;
+
+/// Takes the wire's frames for a bridged network.
+pub type BridgeIn<'a> = &'a dyn Fn(&[u8]);
+
 /// The NIC seen as a smoltcp device for one poll.
 struct Port<'a> {
     nic: &'a mut dyn NicDriver,
     rx: &'a mut [u8],
+    /// A bridged network: frames not for the endpoint go there.
+    bridge: Option<BridgeIn<'a>>,
+    mac: [u8; 6],
+    /// Frames this poll may still read from the NIC.
+    budget: usize,
+}
+
+/// Where a frame from the wire goes when a network is bridged to it: to
+/// the endpoint (its own MAC), to the bridge (any other unicast), to both
+/// (broadcast and multicast, so ARP for the endpoint's address is seen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Demux {
+    pub endpoint: bool,
+    pub bridge: bool,
+}
+
+pub fn demux(frame: &[u8], ours: [u8; 6]) -> Demux {
+    let Some(dst) = frame.get(..6) else {
+        return Demux {
+            endpoint: false,
+            bridge: false,
+        };
+    };
+    if dst == ours {
+        Demux {
+            endpoint: true,
+            bridge: false,
+        }
+    } else {
+        let group = dst.first().is_some_and(|b| b & 1 != 0);
+        Demux {
+            endpoint: group,
+            bridge: true,
+        }
+    }
 }
 
 struct Rx<'a>(&'a [u8]);
@@ -50,7 +92,19 @@ impl Device for Port<'_> {
         Self: 'a;
 
     fn receive(&mut self, _: Instant) -> Option<(Rx<'_>, Tx<'_>)> {
-        let n = self.nic.recv(self.rx)?;
+        let n = loop {
+            self.budget = self.budget.checked_sub(1)?;
+            let n = self.nic.recv(self.rx)?;
+            let Some(bridge) = self.bridge else { break n };
+            let frame = self.rx.get(..n)?;
+            let d = demux(frame, self.mac);
+            if d.bridge {
+                bridge(frame);
+            }
+            if d.endpoint {
+                break n;
+            }
+        };
         Some((Rx(&self.rx[..n]), Tx(&mut *self.nic)))
     }
 
@@ -127,7 +181,17 @@ impl Endpoint {
         config.random_seed =
             now_tsc ^ u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]);
         let mut rx = vec![0u8; 2048];
-        let iface = Interface::new(config, &mut Port { nic, rx: &mut rx }, instant(now_tsc));
+        let iface = Interface::new(
+            config,
+            &mut Port {
+                nic,
+                rx: &mut rx,
+                bridge: None,
+                mac,
+                budget: RX_BUDGET,
+            },
+            instant(now_tsc),
+        );
         Endpoint {
             iface,
             sockets: SocketSet::new(Vec::new()),
@@ -188,10 +252,25 @@ impl Endpoint {
 
     /// Frames in and out, timers, DHCP events. Never waits.
     pub fn poll(&mut self, nic: &mut dyn NicDriver, now_tsc: u64) {
+        self.poll_bridged(nic, now_tsc, None);
+    }
+
+    /// [`Endpoint::poll`] with a bridged network: at most [`RX_BUDGET`]
+    /// frames come off the NIC, and those [`demux`] gives the bridge go to
+    /// `bridge`.
+    pub fn poll_bridged(
+        &mut self,
+        nic: &mut dyn NicDriver,
+        now_tsc: u64,
+        bridge: Option<BridgeIn<'_>>,
+    ) {
         let now = instant(now_tsc);
         let mut port = Port {
             nic,
             rx: &mut self.rx,
+            bridge,
+            mac: self.mac,
+            budget: RX_BUDGET,
         };
         self.iface.poll(now, &mut port, &mut self.sockets);
         let Some(h) = self.dhcp else { return };
@@ -258,6 +337,18 @@ mod tests {
         }
         fn counters(&mut self) -> Counters {
             Counters::default()
+        }
+        fn set_rx_filter(
+            &mut self,
+            extra: &[[u8; 6]],
+            uni: bool,
+            all: bool,
+        ) -> super::super::RxFilter {
+            super::super::RxFilter {
+                addresses: 1 + extra.len(),
+                unicast_promiscuous: uni,
+                multicast_promiscuous: all,
+            }
         }
     }
 
@@ -363,6 +454,62 @@ mod tests {
             }
         }
         assert!(arp_reply && echo_reply, "sent: {:?}", wire.sent);
+    }
+
+    #[test]
+    fn a_bridged_endpoint_keeps_its_frames_and_passes_the_rest() {
+        let guest = [0x02, 0xfe, 0, 0, 0, 1];
+        assert_eq!(
+            demux(&echo_request(1), OURS),
+            Demux {
+                endpoint: true,
+                bridge: false
+            }
+        );
+        assert_eq!(
+            demux(&arp_request(), OURS),
+            Demux {
+                endpoint: true,
+                bridge: true
+            }
+        );
+        let mut to_guest = echo_request(2);
+        to_guest[..6].copy_from_slice(&guest);
+        assert_eq!(
+            demux(&to_guest, OURS),
+            Demux {
+                endpoint: false,
+                bridge: true
+            }
+        );
+        assert!(!demux(&[0u8; 4], OURS).bridge);
+
+        let mut wire = Wire::default();
+        let mut ep = Endpoint::with_static(&mut wire, 1, Ipv4Cidr::new(OUR_IP, 24), Some(PEER_IP));
+        wire.inbound.push_back(to_guest.clone());
+        wire.inbound.push_back(arp_request());
+        wire.inbound.push_back(echo_request(7));
+        let bridged = std::cell::RefCell::new(Vec::new());
+        let hand = |f: &[u8]| bridged.borrow_mut().push(f.to_vec());
+        ep.poll_bridged(&mut wire, 1_000_000, Some(&hand));
+        // The guest's frame and the broadcast ARP reached the bridge...
+        assert_eq!(*bridged.borrow(), vec![to_guest.clone(), arp_request()]);
+        // ...and the endpoint still answered ARP and ping.
+        let types: Vec<EthernetProtocol> = wire
+            .sent
+            .iter()
+            .map(|f| EthernetFrame::new_checked(&f[..]).unwrap().ethertype())
+            .collect();
+        assert!(types.contains(&EthernetProtocol::Arp), "{types:?}");
+        assert!(types.contains(&EthernetProtocol::Ipv4), "{types:?}");
+        // A burst: at most RX_BUDGET frames come off the NIC per poll.
+        bridged.borrow_mut().clear();
+        for _ in 0..RX_BUDGET + 10 {
+            wire.inbound.push_back(to_guest.clone());
+        }
+        ep.poll_bridged(&mut wire, 2_000_000, Some(&hand));
+        assert_eq!(bridged.borrow().len(), RX_BUDGET);
+        assert_eq!(wire.inbound.len(), 10);
     }
 
     #[test]

@@ -7,7 +7,7 @@ pub mod endpoint;
 pub mod pci;
 
 use alloc::boxed::Box;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// What the core needs of a NIC driver; one more driver (virtio-net for
 /// nested use, igb) is one more file implementing this.
@@ -22,6 +22,24 @@ pub trait NicDriver: Send {
     /// The next received frame copied into `out`, or None if none waits.
     fn recv(&mut self, out: &mut [u8]) -> Option<usize>;
     fn counters(&mut self) -> Counters;
+    /// Receive filter: the NIC's own MAC plus `extra` (a bridged network's
+    /// guests), unicast promiscuous when they don't fit or `all_unicast`;
+    /// `all_multicast` passes every multicast frame.
+    fn set_rx_filter(
+        &mut self,
+        extra: &[[u8; 6]],
+        all_unicast: bool,
+        all_multicast: bool,
+    ) -> RxFilter;
+}
+
+/// What [`NicDriver::set_rx_filter`] programmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxFilter {
+    /// Exact unicast addresses in the filter (the NIC's own included).
+    pub addresses: usize,
+    pub unicast_promiscuous: bool,
+    pub multicast_promiscuous: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,11 +71,31 @@ pub struct Uplink {
     pub endpoint: endpoint::Endpoint,
     /// The link state last reported.
     pub link: bool,
+    /// The network bridged to this NIC (`uplink = "nic0"`).
+    pub bridge: Option<Bridge>,
 }
+
+/// A network bridged to the NIC, and what crossed the bridge.
+pub struct Bridge {
+    pub net: &'static crate::net::Network,
+    /// Guest frames put on the wire.
+    pub to_wire_frames: u64,
+    pub to_wire_bytes: u64,
+    /// Guest frames dropped because the link was down.
+    pub dropped_link_down: u64,
+}
+
+/// Guest frames for the wire per [`poll`] at most (the other way,
+/// [`endpoint::RX_BUDGET`]).
+pub const TX_BUDGET: usize = 64;
 
 static UPLINK: spin::Mutex<Option<Uplink>> = spin::Mutex::new(None);
 /// The TSC value before which [`poll`] does nothing.
 static NEXT_POLL: AtomicU64 = AtomicU64::new(0);
+/// Guest frames wait for the wire: the next [`poll`] runs at once.
+static WIRE_PENDING: AtomicBool = AtomicBool::new(false);
+/// A network is bridged to the NIC: an idle CPU 0 polls every millisecond.
+static BRIDGED: AtomicBool = AtomicBool::new(false);
 
 /// How often the uplink is polled at most (1 ms).
 fn poll_interval_tsc() -> u64 {
@@ -130,6 +168,7 @@ pub fn init() {
                 nic,
                 endpoint,
                 link,
+                bridge: None,
             });
         }
         Err(e) => crate::println!("hv: nic: {} not used: {e}: no uplink", f.at),
@@ -170,7 +209,7 @@ fn bring_up(
 /// Runs the endpoint: frames in, timers, frames out. Called by CPU 0's
 /// scheduler loop; does nothing more than every millisecond, never waits.
 pub fn poll(now: u64) {
-    if now < NEXT_POLL.load(Ordering::Relaxed) {
+    if now < NEXT_POLL.load(Ordering::Relaxed) && !WIRE_PENDING.load(Ordering::Acquire) {
         return;
     }
     NEXT_POLL.store(now + poll_interval_tsc(), Ordering::Relaxed);
@@ -187,7 +226,17 @@ pub fn poll(now: u64) {
         up.link = link;
         crate::println!("hv: nic: link {}", if link { "up" } else { "down" });
     }
-    up.endpoint.poll(&mut *up.nic, now);
+    match up.bridge.as_ref().map(|b| b.net) {
+        Some(net) => {
+            let from_wire = |f: &[u8]| net.from_wire(f);
+            up.endpoint
+                .poll_bridged(&mut *up.nic, now, Some(&from_wire));
+        }
+        None => up.endpoint.poll(&mut *up.nic, now),
+    }
+    if let Some(b) = up.bridge.as_mut() {
+        bridge_to_wire(b, &mut *up.nic, link);
+    }
     let api = crate::manage::api::poll(up.endpoint.sockets(), now);
     let nbd = crate::nbd::poll(&mut up.endpoint, now);
     if api || nbd {
@@ -195,6 +244,94 @@ pub fn poll(now: u64) {
         // at the next poll.
         up.endpoint.poll(&mut *up.nic, now);
     }
+}
+
+/// Moves at most [`TX_BUDGET`] guest frames from the bridge's switch port
+/// to the NIC. A full transmit ring leaves them queued (the port's queue
+/// is bounded: what overflows it is counted there); with the link down
+/// they are dropped and counted.
+fn bridge_to_wire(b: &mut Bridge, nic: &mut dyn NicDriver, link: bool) {
+    WIRE_PENDING.store(false, Ordering::Release);
+    let mut buf = [0u8; e1000::MAX_FRAME];
+    for _ in 0..TX_BUDGET {
+        if link && !nic.can_send() {
+            // Back when the ring has room: the next loop of CPU 0.
+            WIRE_PENDING.store(true, Ordering::Release);
+            return;
+        }
+        let Some(n) = b.net.to_wire(&mut buf) else {
+            return;
+        };
+        let Some(frame) = buf.get(..n) else { continue };
+        if !link {
+            b.dropped_link_down = b.dropped_link_down.wrapping_add(1);
+            continue;
+        }
+        if nic.send(frame).is_ok() {
+            b.to_wire_frames = b.to_wire_frames.wrapping_add(1);
+            b.to_wire_bytes = b.to_wire_bytes.wrapping_add(n as u64);
+        }
+    }
+    // The budget ran out with frames left: again at the next loop.
+    if b.net.uplink_port().is_some_and(|p| b.net.pending(p)) {
+        WIRE_PENDING.store(true, Ordering::Release);
+    }
+}
+
+/// Guest frames were queued for the wire: CPU 0 polls the NIC at once
+/// (called by the uplink port's sink, with no lock held; never waits).
+pub fn wire_pending() {
+    if !WIRE_PENDING.swap(true, Ordering::AcqRel) {
+        crate::sched::wake_poller();
+    }
+}
+
+/// Whether a network is bridged to the NIC.
+pub fn bridged() -> bool {
+    BRIDGED.load(Ordering::Relaxed)
+}
+
+/// Bridges `net` to the NIC the manifest named (`nic0`, the only one):
+/// programs the receive filter with the guests' MACs. One `hv: network`
+/// line says what was done.
+pub fn attach_bridge(net: &'static crate::net::Network, nic_name: &str) {
+    let mut guard = UPLINK.lock();
+    let Some(up) = guard.as_mut() else {
+        crate::println!(
+            "hv: network {}: uplink {nic_name}: no supported NIC, not bridged",
+            net.name
+        );
+        return;
+    };
+    let macs = net.guest_macs();
+    // Without anti-spoofing a guest may send from any MAC: replies to it
+    // must pass the filter too.
+    let f = up.nic.set_rx_filter(&macs, !net.anti_spoofing(), true);
+    crate::println!(
+        "hv: network {}: uplink {nic_name} ({} {}): receive filter {} address{}{}{}",
+        net.name,
+        up.nic.name(),
+        MacFmt(up.nic.mac()),
+        f.addresses,
+        if f.addresses == 1 { "" } else { "es" },
+        if f.unicast_promiscuous {
+            ", unicast promiscuous"
+        } else {
+            ""
+        },
+        if f.multicast_promiscuous {
+            ", multicast promiscuous"
+        } else {
+            ""
+        },
+    );
+    up.bridge = Some(Bridge {
+        net,
+        to_wire_frames: 0,
+        to_wire_bytes: 0,
+        dropped_link_down: 0,
+    });
+    BRIDGED.store(true, Ordering::Relaxed);
 }
 
 /// Runs `f` on the uplink; None without one. For the bring-up CPU before
@@ -226,6 +363,36 @@ pub fn report() {
         c.hw_rx_missed,
         c.hw_rx_crc_errors
     );
+    if let Some(b) = up.bridge.as_ref() {
+        let Some(p) = b.net.uplink_port() else { return };
+        let s = b.net.counters(p).unwrap_or_default();
+        crate::println!("{}", bridge_line(&b.net.name, b, &s));
+    }
+}
+
+/// The end-of-run line of a bridged network: on the uplink port, `tx` is
+/// what the wire sent into the switch and `rx` what the switch queued for
+/// the wire.
+pub fn bridge_line(
+    net: &str,
+    b: &Bridge,
+    s: &devices::switch::PortCounters,
+) -> alloc::string::String {
+    alloc::format!(
+        "hv: network {net}: uplink: to wire {} frames {} bytes, from wire {} frames {} bytes; \
+         dropped to wire: link down {}, queue full {}; from wire: spoofed {}, unknown {}, \
+         bad source {}, length {}",
+        b.to_wire_frames,
+        b.to_wire_bytes,
+        s.tx_frames,
+        s.tx_bytes,
+        b.dropped_link_down,
+        s.drop_queue_full,
+        s.drop_spoofed,
+        s.drop_unknown,
+        s.drop_bad_source,
+        s.drop_length,
+    )
 }
 
 /// The manifest's `[hypervisor] address` (and `gateway`): the endpoint
@@ -241,4 +408,117 @@ pub fn set_static(address: loader::manifest::Ipv4Prefix, gateway: Option<[u8; 4]
         Ipv4Cidr::new(Ipv4Address::from(address.addr), address.prefix),
         gateway.map(Ipv4Address::from),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    /// A NIC whose transmit ring holds `room` frames until the test empties it.
+    struct Ring {
+        room: usize,
+        sent: Vec<Vec<u8>>,
+    }
+
+    impl NicDriver for Ring {
+        fn name(&self) -> &'static str {
+            "ring"
+        }
+        fn mac(&self) -> [u8; 6] {
+            [0x52, 0x54, 0, 0x12, 0x34, 0x56]
+        }
+        fn link_up(&mut self) -> bool {
+            true
+        }
+        fn can_send(&mut self) -> bool {
+            self.sent.len() < self.room
+        }
+        fn send(&mut self, frame: &[u8]) -> Result<(), SendError> {
+            if !self.can_send() {
+                return Err(SendError::Busy);
+            }
+            self.sent.push(frame.to_vec());
+            Ok(())
+        }
+        fn recv(&mut self, _: &mut [u8]) -> Option<usize> {
+            None
+        }
+        fn counters(&mut self) -> Counters {
+            Counters::default()
+        }
+        fn set_rx_filter(&mut self, extra: &[[u8; 6]], uni: bool, multi: bool) -> RxFilter {
+            RxFilter {
+                addresses: 1 + extra.len(),
+                unicast_promiscuous: uni,
+                multicast_promiscuous: multi,
+            }
+        }
+    }
+
+    fn clock() -> u64 {
+        0
+    }
+
+    #[test]
+    fn guest_frames_reach_the_wire_bounded_kept_when_the_ring_is_full_dropped_when_down() {
+        let m = loader::manifest::parse(
+            "t.toml",
+            "[[guest]]\nname = \"a\"\nmemory = \"16M\"\nimage = \"x\"\nkind = \"elf64\"\n\
+             [[guest.nic]]\nnetwork = \"wan\"\nmac = \"02:00:00:00:00:0a\"\n\
+             [[network]]\nname = \"wan\"\nuplink = \"nic0\"\n",
+        )
+        .unwrap();
+        let (n, errors) = crate::net::build(&m.networks, &m.guests, clock);
+        assert!(errors.is_empty());
+        let net: &'static crate::net::Network =
+            Box::leak(Box::new(n.nets.into_iter().next().unwrap()));
+        let up = net.uplink_port().unwrap();
+        let a = [2, 0, 0, 0, 0, 0x0a];
+        let frame = |i: u8| {
+            let mut f = Vec::from([0xffu8; 6]);
+            f.extend_from_slice(&a);
+            f.extend_from_slice(&[0x08, 0x00]);
+            f.resize(60, i);
+            f
+        };
+        for i in 0..100u8 {
+            net.send(0, &frame(i));
+        }
+        let mut b = Bridge {
+            net,
+            to_wire_frames: 0,
+            to_wire_bytes: 0,
+            dropped_link_down: 0,
+        };
+        // A ring of 10: 10 go out in order, the rest stay queued.
+        let mut nic = Ring {
+            room: 10,
+            sent: Vec::new(),
+        };
+        bridge_to_wire(&mut b, &mut nic, true);
+        assert_eq!(nic.sent.len(), 10);
+        assert_eq!(nic.sent[3], frame(3));
+        assert_eq!(b.to_wire_frames, 10);
+        assert!(WIRE_PENDING.load(Ordering::Acquire));
+        // Room again: at most TX_BUDGET per poll.
+        nic.room = usize::MAX;
+        bridge_to_wire(&mut b, &mut nic, true);
+        assert_eq!(nic.sent.len(), 10 + TX_BUDGET);
+        assert_eq!(nic.sent[10], frame(10));
+        assert!(net.pending(up));
+        // Link down: the rest (26) dropped and counted.
+        bridge_to_wire(&mut b, &mut nic, false);
+        assert_eq!(b.dropped_link_down, 100 - 10 - TX_BUDGET as u64);
+        assert!(!net.pending(up));
+        assert_eq!(nic.sent.len(), 10 + TX_BUDGET);
+        let line = bridge_line("wan", &b, &net.counters(up).unwrap());
+        assert!(
+            line.starts_with(
+                "hv: network wan: uplink: to wire 74 frames 4440 bytes, from wire 0 frames"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("link down 26, queue full 0"), "{line}");
+    }
 }

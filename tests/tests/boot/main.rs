@@ -11,6 +11,7 @@ mod bochs_linux_disk;
 mod bochs_linux_nbd;
 mod bochs_linux_net;
 mod bochs_linux_snapshot;
+mod bochs_linux_uplink;
 mod bochs_ovf;
 mod bochs_snapshot;
 mod qemu_no_vtx;
