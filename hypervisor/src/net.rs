@@ -100,7 +100,6 @@ impl Network {
     /// Adds the port bridged to the host NIC (configuration time, once).
     pub fn add_uplink_port(&mut self) -> Result<PortId, SwitchError> {
         let port = self.switch.get_mut().add_uplink_port()?;
-        self.sinks.push(Once::new());
         self.uplink = Some(port);
         Ok(port)
     }
@@ -110,10 +109,12 @@ impl Network {
         self.uplink
     }
 
-    /// The assigned MACs of the guests' ports (for the NIC's filter).
+    /// The assigned MACs of the guests' ports (for the NIC's filter):
+    /// every port but the bridge, clones' ports added at run time included.
     pub fn guest_macs(&self) -> Vec<Mac> {
         let sw = self.switch.lock();
-        (0..self.owners.len())
+        (0..devices::switch::MAX_PORTS)
+            .filter(|p| Some(*p) != self.uplink)
             .filter_map(|p| sw.port_mac(p))
             .collect()
     }
