@@ -5,6 +5,8 @@
 //! reason for malformed requests). Polled with the endpoint from CPU 0's
 //! scheduler loop; never waits: bytes are taken and sent as far as the
 //! sockets allow, and a request that does not complete in time gets a 408.
+//! Snapshot files (`/snapshots/NAME/file`) stream: out as the socket takes
+//! them, in from the socket into the snapshot's frames.
 use alloc::vec;
 use alloc::vec::Vec;
 use mgmt::http::{After, Connection};
@@ -16,8 +18,8 @@ use spin::Mutex;
 /// Connections served at once (one more waits in the peer's SYN retries).
 const SOCKETS: usize = 2;
 /// Socket buffers: a request head or body arrives in pieces of at most this.
-const RX_BUF: usize = 4096;
-const TX_BUF: usize = 8192;
+const RX_BUF: usize = 16384;
+const TX_BUF: usize = 16384;
 /// A request must be complete this long after its first byte (ms).
 const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// An idle keep-alive connection is closed after this long (ms).
@@ -146,13 +148,34 @@ fn serve(
         }
     }
     let mut sent = false;
-    while !c.out.is_empty() && s.may_send() && s.can_send() {
-        match s.send_slice(&c.out) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                c.out.drain(..n);
-                sent = true;
+    loop {
+        // A snapshot file goes out as the socket takes it: at most TX_BUF
+        // of it waits on the heap.
+        if http.sending() && c.out.len() < TX_BUF && !c.closing {
+            if http.pull(TX_BUF - c.out.len(), &mut c.out) > 0 {
+                c.last_ms = now_ms;
             }
+            if !http.sending() {
+                // Requests that came behind the file are served now.
+                if http.receive(now_ms, &[], ops, &mut c.out) == After::Close
+                    || http.is_closed()
+                {
+                    c.closing = true;
+                }
+            }
+        }
+        let before = c.out.len();
+        while !c.out.is_empty() && s.may_send() && s.can_send() {
+            match s.send_slice(&c.out) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    c.out.drain(..n);
+                    sent = true;
+                }
+            }
+        }
+        if !http.sending() || c.out.len() == before || !s.can_send() {
+            break;
         }
     }
     if c.closing && c.out.is_empty() {
