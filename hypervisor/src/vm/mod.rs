@@ -150,6 +150,8 @@ pub enum CreateError {
     Bus(devices::BusError),
     Disk(disks::DiskError),
     FwCfg(devices::fw_cfg::FwCfgError),
+    /// The manifest's `snapshot =` file can't be started from.
+    Snapshot(String),
 }
 
 impl core::fmt::Display for CreateError {
@@ -161,6 +163,7 @@ impl core::fmt::Display for CreateError {
             CreateError::Bus(e) => write!(f, "device ranges: {e}"),
             CreateError::Disk(e) => write!(f, "{e}"),
             CreateError::FwCfg(e) => write!(f, "{e}"),
+            CreateError::Snapshot(why) => write!(f, "{why}"),
         }
     }
 }

@@ -863,6 +863,61 @@ pub fn delete(name: &str) -> Result<(), SnapError> {
     Ok(())
 }
 
+/// The snapshot files guests start from (manifest `snapshot =`), by VM id:
+/// their restarts start from them again.
+static BOOT: Mutex<Vec<(usize, &'static [u8])>> = Mutex::new(Vec::new());
+
+/// Puts snapshot file `file` (the manifest's `snapshot =`, on the ESP) into
+/// newly created `vm` and its fresh `vcpus`, after checking it whole (header,
+/// CRCs, build and CPU, vCPUs, memory, devices, disks); from then on its
+/// restarts start from it too. Nothing is changed on an error.
+#[allow(clippy::vec_box)]
+pub fn start_from_file(
+    vm: &Vm,
+    file: &'static [u8],
+    vcpus: &mut [Box<Vcpu>],
+) -> Result<(), SnapError> {
+    let d = decode(file)?;
+    check_all(vm, &d)?;
+    let mut refs: Vec<&mut Vcpu> = vcpus.iter_mut().map(|c| &mut **c).collect();
+    apply(vm, &d, 0, &mut refs)?;
+    let mut b = BOOT.lock();
+    if !b.iter().any(|&(id, _)| id == vm.id) {
+        b.push((vm.id, file));
+    }
+    Ok(())
+}
+
+/// `vm`'s start: fresh vCPUs at the loader's start state, or at the state of
+/// the snapshot file it starts from (after [`Vm::restart`] reloaded it).
+#[allow(clippy::vec_box)]
+pub fn fresh_vcpus(vm: &Arc<Vm>) -> Result<Vec<Box<Vcpu>>, SnapError> {
+    let mut vcpus: Vec<Box<Vcpu>> = (0..vm.config.vcpus as usize)
+        .map(|i| Box::new(Vcpu::new(vm.clone(), i)))
+        .collect();
+    let file = BOOT
+        .lock()
+        .iter()
+        .find(|&&(id, _)| id == vm.id)
+        .map(|&(_, f)| f);
+    if let Some(file) = file {
+        let t0 = rdtsc();
+        let d = decode(file)?;
+        let mut refs: Vec<&mut Vcpu> = vcpus.iter_mut().map(|c| &mut **c).collect();
+        apply(vm, &d, 0, &mut refs)?;
+        crate::console::println_after(
+            vm.console,
+            format_args!(
+                "vm {}: started from snapshot file \\hv\\{} again in {} us",
+                vm.name,
+                vm.config.snapshot.as_deref().unwrap_or("?"),
+                us(rdtsc() - t0)
+            ),
+        );
+    }
+    Ok(vcpus)
+}
+
 /// `on_crash = "rollback"`: restores the latest snapshot of crashed `vm`
 /// (all its vCPUs gone) into fresh vCPUs; None when it has no snapshot.
 /// Prints how long the restore took beside what a cold restart costs.
