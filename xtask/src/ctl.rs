@@ -393,7 +393,7 @@ mod tests {
         let e = ctl(&format!("import web s3 {}", badf.display()))
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "snapshot refused: section RAM #0: checksum mismatch (400)");
+        assert_eq!(e, "snapshot refused: section ram #0: checksum mismatch (400)");
         let e = ctl(&format!("export web nope {f}")).unwrap_err().to_string();
         assert_eq!(e, "no snapshot `nope` (404)");
         assert!(ctl("export web s1").unwrap_err().to_string().contains("usage: export VM NAME FILE"));

@@ -7,7 +7,7 @@
 use anyhow::{bail, Result};
 
 /// Keys whose value is a file, relative to `\hv\` on the ESP.
-pub const FILE_KEYS: &[&str] = &["image", "initrd"];
+pub const FILE_KEYS: &[&str] = &["image", "initrd", "snapshot"];
 
 /// One file a manifest refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -137,7 +137,7 @@ impl SnapshotSink for FakeSink {
             .all(|(i, &b)| b == (i % 251) as u8);
         if !body_ok {
             return Err(OpError::Invalid(String::from(
-                "snapshot refused: section RAM #0: checksum mismatch",
+                "snapshot refused: section ram #0: checksum mismatch",
             )));
         }
         Ok(SnapshotInfo {

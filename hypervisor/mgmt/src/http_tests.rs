@@ -763,7 +763,7 @@ fn bad_uploads_get_their_reason() {
     let mut bad = good.clone();
     bad[70_000] ^= 1;
     let (st, e, _) = send(&mut ops, "/snapshots/s2/file?vm=web", &bad);
-    assert_eq!((st, e.as_str()), (400, "snapshot refused: section RAM #0: checksum mismatch"));
+    assert_eq!((st, e.as_str()), (400, "snapshot refused: section ram #0: checksum mismatch"));
     let (st, e, _) = send(&mut ops, "/snapshots/s2/file?vm=web", b"hello");
     assert_eq!(st, 400);
     assert!(e.contains("bad magic"), "{e}");
