@@ -128,8 +128,7 @@ pub fn export(addr: &str, token: &str, vm: &str, name: &str, file: &str) -> Resu
         .length
         .ok_or_else(|| anyhow!("{addr}: a snapshot file without Content-Length"))?;
     let part = format!("{file}.part");
-    let mut out =
-        std::fs::File::create(&part).with_context(|| format!("cannot create {part}"))?;
+    let mut out = std::fs::File::create(&part).with_context(|| format!("cannot create {part}"))?;
     let first = &got[head.body_at.min(got.len())..];
     let first = &first[..first.len().min(len as usize)];
     out.write_all(first)?;
@@ -393,10 +392,18 @@ mod tests {
         let e = ctl(&format!("import web s3 {}", badf.display()))
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "snapshot refused: section ram #0: checksum mismatch (400)");
-        let e = ctl(&format!("export web nope {f}")).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "snapshot refused: section ram #0: checksum mismatch (400)"
+        );
+        let e = ctl(&format!("export web nope {f}"))
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "no snapshot `nope` (404)");
-        assert!(ctl("export web s1").unwrap_err().to_string().contains("usage: export VM NAME FILE"));
+        assert!(ctl("export web s1")
+            .unwrap_err()
+            .to_string()
+            .contains("usage: export VM NAME FILE"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

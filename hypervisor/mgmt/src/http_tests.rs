@@ -680,12 +680,18 @@ fn export(c: &mut Connection, ops: &mut FakeOps, path: &str) -> (String, Vec<u8>
 #[test]
 fn a_snapshot_file_is_streamed_out_and_back_in() {
     let mut ops = ops();
-    ops.snapshot(&Name::parse("web").unwrap(), Some(&Name::parse("s1").unwrap()))
-        .unwrap();
+    ops.snapshot(
+        &Name::parse("web").unwrap(),
+        Some(&Name::parse("s1").unwrap()),
+    )
+    .unwrap();
     let mut c = Connection::new(TOKEN.as_bytes());
     let (head, file) = export(&mut c, &mut ops, "/snapshots/s1/file?vm=web");
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    assert!(head.contains("Content-Type: application/octet-stream\r\n"), "{head}");
+    assert!(
+        head.contains("Content-Type: application/octet-stream\r\n"),
+        "{head}"
+    );
     assert!(head.contains("Content-Length: 131072\r\n"), "{head}");
     assert_eq!(file, crate::fake::fake_file("web", 128 * 1024));
 
@@ -700,20 +706,32 @@ fn a_snapshot_file_is_streamed_out_and_back_in() {
     let r = responses(&out);
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].status, 201, "{r:?}");
-    assert!(r[0].body.contains("\"name\":\"s2\",\"vm\":\"web\",\"size_bytes\":131072"), "{r:?}");
-    assert!(ops.snapshots.iter().any(|s| s.name == "s2" && s.vm == "web"));
+    assert!(
+        r[0].body
+            .contains("\"name\":\"s2\",\"vm\":\"web\",\"size_bytes\":131072"),
+        "{r:?}"
+    );
+    assert!(ops
+        .snapshots
+        .iter()
+        .any(|s| s.name == "s2" && s.vm == "web"));
     assert!(!c.is_closed());
 }
 
 #[test]
 fn an_export_of_another_vms_or_a_missing_snapshot_is_refused() {
     let mut ops = ops();
-    ops.snapshot(&Name::parse("web").unwrap(), Some(&Name::parse("s1").unwrap()))
-        .unwrap();
+    ops.snapshot(
+        &Name::parse("web").unwrap(),
+        Some(&Name::parse("s1").unwrap()),
+    )
+    .unwrap();
     let mut c = Connection::new(TOKEN.as_bytes());
     let (head, body) = export(&mut c, &mut ops, "/snapshots/s1/file?vm=db");
     assert!(head.starts_with("HTTP/1.1 409 "), "{head}");
-    assert!(String::from_utf8(body).unwrap().contains("taken of vm `web`, not `db`"));
+    assert!(String::from_utf8(body)
+        .unwrap()
+        .contains("taken of vm `web`, not `db`"));
     let (head, _) = export(&mut c, &mut ops, "/snapshots/nope/file");
     assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
 }
@@ -721,8 +739,11 @@ fn an_export_of_another_vms_or_a_missing_snapshot_is_refused() {
 #[test]
 fn a_request_pipelined_behind_an_export_is_answered_after_the_file() {
     let mut ops = ops();
-    ops.snapshot(&Name::parse("db").unwrap(), Some(&Name::parse("d").unwrap()))
-        .unwrap();
+    ops.snapshot(
+        &Name::parse("db").unwrap(),
+        Some(&Name::parse("d").unwrap()),
+    )
+    .unwrap();
     let mut c = Connection::new(TOKEN.as_bytes());
     let two = format!(
         "GET /snapshots/d/file HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\nGET /vms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
@@ -736,7 +757,10 @@ fn a_request_pipelined_behind_an_export_is_answered_after_the_file() {
     let end = find(&out, b"\r\n\r\n").unwrap() + 4;
     let head = core::str::from_utf8(&out[..end]).unwrap();
     assert!(head.contains("Content-Length: 65536\r\n"), "{head}");
-    assert_eq!(&out[end..end + 65536], &crate::fake::fake_file("db", 65536)[..]);
+    assert_eq!(
+        &out[end..end + 65536],
+        &crate::fake::fake_file("db", 65536)[..]
+    );
     let r = responses(&out[end + 65536..]);
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!(r[0].status, 200);
@@ -747,8 +771,11 @@ fn a_request_pipelined_behind_an_export_is_answered_after_the_file() {
 #[test]
 fn bad_uploads_get_their_reason() {
     let mut ops = ops();
-    ops.snapshot(&Name::parse("web").unwrap(), Some(&Name::parse("s1").unwrap()))
-        .unwrap();
+    ops.snapshot(
+        &Name::parse("web").unwrap(),
+        Some(&Name::parse("s1").unwrap()),
+    )
+    .unwrap();
     let good = crate::fake::fake_file("web", 128 * 1024);
     let send = |ops: &mut FakeOps, path: &str, body: &[u8]| {
         let mut c = Connection::new(TOKEN.as_bytes());
@@ -763,7 +790,10 @@ fn bad_uploads_get_their_reason() {
     let mut bad = good.clone();
     bad[70_000] ^= 1;
     let (st, e, _) = send(&mut ops, "/snapshots/s2/file?vm=web", &bad);
-    assert_eq!((st, e.as_str()), (400, "snapshot refused: section ram #0: checksum mismatch"));
+    assert_eq!(
+        (st, e.as_str()),
+        (400, "snapshot refused: section ram #0: checksum mismatch")
+    );
     let (st, e, _) = send(&mut ops, "/snapshots/s2/file?vm=web", b"hello");
     assert_eq!(st, 400);
     assert!(e.contains("bad magic"), "{e}");
@@ -772,7 +802,10 @@ fn bad_uploads_get_their_reason() {
     assert!(e.contains("a snapshot of vm `db` has 65536"), "{e}");
     // refused from the head alone, the body unread: the connection closes
     let (st, e, closed) = send(&mut ops, "/snapshots/s1/file?vm=web", &good);
-    assert_eq!((st, e.as_str(), closed), (409, "a snapshot `s1` exists already", true));
+    assert_eq!(
+        (st, e.as_str(), closed),
+        (409, "a snapshot `s1` exists already", true)
+    );
     ops.free_bytes = 1000;
     let (st, e, closed) = send(&mut ops, "/snapshots/s3/file?vm=web", &good);
     assert_eq!((st, closed), (507, true));
@@ -790,7 +823,9 @@ fn other_methods_on_a_snapshot_file_get_405() {
     let mut ops = ops();
     let mut c = Connection::new(TOKEN.as_bytes());
     let mut out = Vec::new();
-    let req = format!("DELETE /snapshots/s1/file HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+    let req = format!(
+        "DELETE /snapshots/s1/file HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    );
     c.receive(0, req.as_bytes(), &mut ops, &mut out);
     let r = responses(&out);
     assert_eq!(r[0].status, 405);

@@ -157,9 +157,7 @@ fn serve(
             }
             if !http.sending() {
                 // Requests that came behind the file are served now.
-                if http.receive(now_ms, &[], ops, &mut c.out) == After::Close
-                    || http.is_closed()
-                {
+                if http.receive(now_ms, &[], ops, &mut c.out) == After::Close || http.is_closed() {
                     c.closing = true;
                 }
             }

@@ -10,13 +10,13 @@ pub mod console;
 use crate::sched;
 use crate::vm::snapshot;
 use crate::vm::{Vm, VmEnd, OP_RESTART, OP_STOP};
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use mgmt::command::Name;
-use alloc::boxed::Box;
 use mgmt::ops::{
     ExitRate, OpError, Ops, SnapshotInfo, SnapshotSink, SnapshotSource, VcpuInfo, VmInfo, VmState,
     VmSummary,

@@ -299,7 +299,12 @@ fn snapshot_files(
     boot.line_starting("hv: snapshot imp of vm snapa: imported, ")
         .line_starting("hv: vm snapa: rolled back to snapshot imp in ");
     let lines: Vec<&str> = boot.result.serial.lines().collect();
-    let after = tick_after(&lines, "hv: vm snapa: rolled back to snapshot imp", 0, "snapa");
+    let after = tick_after(
+        &lines,
+        "hv: vm snapa: rolled back to snapshot imp",
+        0,
+        "snapa",
+    );
     boot.expect(
         matches!(&after, Some((n, m)) if *n >= 5 && *n < 25 && m == "before"),
         &format!("snapa after the rollback to the imported copy: {after:?}"),
