@@ -87,7 +87,7 @@ struct FakeSource {
 }
 
 impl SnapshotSource for FakeSource {
-    fn len(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.bytes.len() as u64
     }
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> usize {

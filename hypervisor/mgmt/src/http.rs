@@ -582,9 +582,11 @@ impl Connection {
         };
         let mut piece = [0u8; FILE_PIECE];
         let mut done = 0usize;
-        let len = o.src.len();
+        let len = o.src.size();
         while done < max && o.offset < len {
-            let want = (len - o.offset).min((max - done).min(FILE_PIECE) as u64) as usize;
+            let want =
+                len.saturating_sub(o.offset)
+                    .min(max.saturating_sub(done).min(FILE_PIECE) as u64) as usize;
             let Some(dst) = piece.get_mut(..want) else {
                 break;
             };
@@ -791,7 +793,7 @@ impl Connection {
                 match ops.export(&snapshot, vm.as_ref()) {
                     Err(e) => answer(Response::error(e.status(), &format!("{e}")), out, close),
                     Ok(src) => {
-                        encode_file_head(src.len(), close, out);
+                        encode_file_head(src.size(), close, out);
                         self.outgoing = Some(Outgoing {
                             src,
                             offset: 0,
@@ -837,7 +839,7 @@ impl Connection {
         if n > 0 {
             inc.sink.write(self.buf.get(..n).unwrap_or_default());
             self.buf.drain(..n);
-            inc.left -= n as u64;
+            inc.left = inc.left.saturating_sub(n as u64);
         }
         if inc.left > 0 {
             return Step::NeedMore;

@@ -166,7 +166,7 @@ impl fmt::Display for OpError {
 /// no more than one piece is ever copied to the heap.
 pub trait SnapshotSource: Send {
     /// The file's length in bytes.
-    fn len(&self) -> u64;
+    fn size(&self) -> u64;
     /// Copies the bytes at `offset` into `buf`; returns how many (0 only at the end).
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> usize;
 }

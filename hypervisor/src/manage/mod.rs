@@ -269,8 +269,8 @@ impl Ops for CoreOps {
 struct Source(snapshot::FileOut);
 
 impl SnapshotSource for Source {
-    fn len(&self) -> u64 {
-        self.0.len()
+    fn size(&self) -> u64 {
+        self.0.size()
     }
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> usize {
         self.0.read_at(offset, buf)

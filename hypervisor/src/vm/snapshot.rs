@@ -660,7 +660,8 @@ pub struct FileOut {
 }
 
 impl FileOut {
-    pub fn len(&self) -> u64 {
+    /// The file's length in bytes.
+    pub fn size(&self) -> u64 {
         self.blob.len as u64
     }
     /// Copies the file's bytes at `offset` into `buf`; returns how many.

@@ -44,7 +44,10 @@ fn files_dir() -> PathBuf {
 }
 
 /// The API steps while the first machine runs: (what, result).
-fn api_steps(port: u16, dir: &Path) -> Vec<(String, Result<String, String>)> {
+type Steps = Vec<(String, Result<String, String>)>;
+
+/// Runs the API steps (see [`Steps`]).
+fn api_steps(port: u16, dir: &Path) -> Steps {
     let file = dir.join("s1.snap");
     let bad = dir.join("bad.snap");
     let mut out = Vec::new();
@@ -124,7 +127,7 @@ fn bochs_snapshot_rollback_clone_and_rollback_on_crash() {
         .map(|a| a.port())
         .expect("a free local port");
     let dir = files_dir();
-    let steps: Arc<Mutex<Vec<(String, Result<String, String>)>>> = Arc::default();
+    let steps: Arc<Mutex<Steps>> = Arc::default();
     let record = steps.clone();
     let call_dir = dir.clone();
     let mut boot = Scenario::bochs("bochs_snapshot", "snapshot.toml")
@@ -262,11 +265,7 @@ fn bochs_snapshot_rollback_clone_and_rollback_on_crash() {
 }
 
 /// The API steps' results, and the exported file's header.
-fn snapshot_files(
-    boot: &mut integration_tests::Boot,
-    steps: &[(String, Result<String, String>)],
-    dir: &Path,
-) {
+fn snapshot_files(boot: &mut integration_tests::Boot, steps: &Steps, dir: &Path) {
     boot.expect(steps.len() == 4, &format!("API steps: {steps:?}"));
     let res = |i: usize| steps.get(i).map(|s| s.1.clone());
     let file = dir.join("s1.snap");
