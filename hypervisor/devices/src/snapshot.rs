@@ -517,6 +517,56 @@ mod tests {
     }
 
     #[test]
+    fn check_takes_a_complete_set_and_names_what_does_not_match() {
+        let bytes = Set::busy(2).save();
+        let mut target = Set::new(2);
+        let before = target.save();
+        target.with(|d| d.check(&bytes)).unwrap();
+        // Another vCPU count: a local APIC too many, or one missing.
+        let three = Set::busy(3).save();
+        assert_eq!(
+            target.with(|d| d.check(&three)),
+            Err(BytesError::NoDevice {
+                kind: Kind::Lapic,
+                instance: 2
+            })
+        );
+        let mut one = Set::new(1);
+        assert_eq!(
+            one.with(|d| d.check(&bytes)),
+            Err(BytesError::NoDevice {
+                kind: Kind::Lapic,
+                instance: 1
+            })
+        );
+        let short = edit(&bytes, |e| {
+            e.pop();
+        });
+        assert_eq!(
+            target.with(|d| d.check(&short)),
+            Err(BytesError::Missing {
+                kind: Kind::Lapic,
+                instance: 1
+            })
+        );
+        let newer = edit(&bytes, |e| e[0].version = 7);
+        assert!(matches!(
+            target.with(|d| d.check(&newer)),
+            Err(BytesError::Version { found: 7, .. })
+        ));
+        let twice = edit(&bytes, |e| {
+            let first = e[0];
+            e.push(first);
+        });
+        assert!(matches!(
+            target.with(|d| d.check(&twice)),
+            Err(BytesError::Duplicate { .. })
+        ));
+        // Nothing changed by any check.
+        assert_eq!(target.save(), before);
+    }
+
+    #[test]
     fn every_corruption_has_its_error_and_changes_nothing() {
         let bytes = Set::busy(2).save();
         let mut target = Set::new(2);
