@@ -163,6 +163,16 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
                 }
             },
         };
+        let snapshot = match &cfg.snapshot {
+            None => None,
+            Some(n) => match info.file(n) {
+                Some(f) => Some(f.data()),
+                None => {
+                    println!("vm {name}: not started: snapshot file \\hv\\{n} not found on the ESP (manifest line {})", cfg.snapshot_line);
+                    continue;
+                }
+            },
+        };
         let desc = loader::describe(&cfg.kind);
         let (mem, vcpus) = (cfg.memory, cfg.vcpus);
         let (free0, heap0) = (mm::free_bytes(), heap::usage().0 as u64);
@@ -176,6 +186,24 @@ pub fn run_guests(info: &'static BootInfo) -> ! {
                 nbd::release(&alloc::sync::Arc::downgrade(&vm));
                 vm::CreateError::Bus(e)
             })?;
+            let mut v = v;
+            if let Some(file) = snapshot {
+                // Started from the snapshot's state instead of the loader's.
+                vm::snapshot::start_from_file(&vm, file, &mut v).map_err(|e| {
+                    nbd::release(&alloc::sync::Arc::downgrade(&vm));
+                    vm::CreateError::Snapshot(alloc::format!(
+                        "snapshot file \\hv\\{} (manifest line {}): {e}",
+                        vm.config.snapshot.as_deref().unwrap_or(""),
+                        vm.config.snapshot_line
+                    ))
+                })?;
+                println!(
+                    "vm {}: starts from snapshot file \\hv\\{} (manifest line {})",
+                    vm.name,
+                    vm.config.snapshot.as_deref().unwrap_or(""),
+                    vm.config.snapshot_line
+                );
+            }
             Ok((vm, v))
         });
         match created {

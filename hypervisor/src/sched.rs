@@ -385,9 +385,27 @@ pub fn revive(vm: &Arc<Vm>) -> Result<(), String> {
         }
         return Err(alloc::format!("restart failed: {e}"));
     }
-    let vcpus: Vec<Box<Vcpu>> = (0..vm.config.vcpus as usize)
-        .map(|i| Box::new(Vcpu::new(vm.clone(), i)))
-        .collect();
+    let vcpus = match crate::vm::snapshot::fresh_vcpus(vm) {
+        Ok(v) => v,
+        Err(e) => {
+            let why = alloc::format!("restart from its snapshot file failed: {e}");
+            vm.end(VmEnd::Stopped(why.clone()));
+            let last = {
+                let mut g = GLOBAL.lock();
+                if let Some((_, n)) = g.alive.iter_mut().find(|(id, _)| *id == vm.id) {
+                    *n = 0;
+                }
+                g.done.push(vm.id);
+                let last = LIVE_VMS.fetch_sub(1, Ordering::AcqRel) == 1;
+                g.all_done |= last;
+                last
+            };
+            if last {
+                finish();
+            }
+            return Err(why);
+        }
+    };
     crate::console::println_after(
         vm.console,
         format_args!("vm {}: started (restart)", vm.name),
@@ -799,11 +817,14 @@ fn vcpu_done(v: Box<Vcpu>) {
         }
     }
     if vm.wants_restart() {
-        match vm.restart() {
-            Ok(()) => {
-                let vcpus: Vec<Box<Vcpu>> = (0..vm.config.vcpus as usize)
-                    .map(|i| Box::new(Vcpu::new(vm.clone(), i)))
-                    .collect();
+        match vm
+            .restart()
+            .map_err(|e| alloc::format!("restart failed: {e}"))
+            .and_then(|()| {
+                crate::vm::snapshot::fresh_vcpus(&vm)
+                    .map_err(|e| alloc::format!("restart from its snapshot file failed: {e}"))
+            }) {
+            Ok(vcpus) => {
                 if let Some((_, n)) = GLOBAL.lock().alive.iter_mut().find(|(id, _)| *id == vm.id) {
                     *n = vcpus.len();
                 }
@@ -814,8 +835,8 @@ fn vcpu_done(v: Box<Vcpu>) {
                 place(vcpus);
                 return;
             }
-            Err(e) => {
-                vm.end(VmEnd::Stopped(alloc::format!("restart failed: {e}")));
+            Err(why) => {
+                vm.end(VmEnd::Stopped(why));
             }
         }
     }

@@ -2,13 +2,19 @@
 //! The command is a console command (`list`, `info VM`, ...; see docs/management.md); it is
 //! checked here, sent as its API request, and the result is printed as the console prints
 //! it (or the JSON body with `--json`). Failure: the error on stderr and a non-zero exit.
+//! Two more commands move snapshot files: `export VM NAME FILE` writes snapshot NAME of VM to
+//! FILE (streamed, format: docs/snapshots.md), `import VM NAME FILE` uploads FILE as snapshot
+//! NAME of VM (the hypervisor checks it whole before keeping it).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use mgmt::client::{encode_request, outcome, parse_response, request};
+use mgmt::client::{
+    encode_export, encode_import_head, encode_request, error_text, outcome, parse_head,
+    parse_response, request,
+};
 use mgmt::command::{help_text, parse, Command};
 use mgmt::render::text;
 
@@ -61,8 +67,149 @@ pub fn parse_args(args: &[String]) -> Result<Args> {
     Ok(a)
 }
 
+fn connect(addr: &str) -> Result<TcpStream> {
+    let target = addr
+        .to_socket_addrs()
+        .with_context(|| format!("bad address `{addr}` (want HOST:PORT)"))?
+        .next()
+        .ok_or_else(|| anyhow!("`{addr}` resolves to no address"))?;
+    let stream = TcpStream::connect_timeout(&target, TIMEOUT)
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    Ok(stream)
+}
+
+/// Checks a name as the console does (`export`/`import` are not console commands).
+fn check_name(s: &str, what: &str) -> Result<()> {
+    mgmt::command::Name::parse(s).map_err(|e| anyhow!("bad {what} name `{s}`: {e}"))?;
+    Ok(())
+}
+
+/// `export VM NAME FILE`: streams the snapshot file into FILE (via FILE.part, renamed once
+/// complete).
+pub fn export(addr: &str, token: &str, vm: &str, name: &str, file: &str) -> Result<String> {
+    check_name(vm, "VM")?;
+    check_name(name, "snapshot")?;
+    let mut stream = connect(addr)?;
+    stream
+        .write_all(&encode_export(vm, name, addr, token))
+        .with_context(|| format!("sending to {addr}"))?;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let head = loop {
+        let n = stream
+            .read(&mut buf)
+            .with_context(|| format!("reading the answer from {addr}"))?;
+        got.extend_from_slice(&buf[..n]);
+        if let Some(h) = parse_head(&got).map_err(|e| anyhow!("{addr}: {e}"))? {
+            break h;
+        }
+        if n == 0 {
+            bail!("{addr}: connection closed before a complete response");
+        }
+    };
+    if head.status != 200 {
+        let resp = loop {
+            if let Some(r) = parse_response(&got, false).map_err(|e| anyhow!("{addr}: {e}"))? {
+                break r;
+            }
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                break parse_response(&got, true)
+                    .map_err(|e| anyhow!("{addr}: {e}"))?
+                    .ok_or_else(|| anyhow!("{addr}: no answer"))?;
+            }
+            got.extend_from_slice(&buf[..n]);
+        };
+        bail!("{}", error_text(resp.status, &resp.body));
+    }
+    let len = head
+        .length
+        .ok_or_else(|| anyhow!("{addr}: a snapshot file without Content-Length"))?;
+    let part = format!("{file}.part");
+    let mut out = std::fs::File::create(&part).with_context(|| format!("cannot create {part}"))?;
+    let first = &got[head.body_at.min(got.len())..];
+    let first = &first[..first.len().min(len as usize)];
+    out.write_all(first)?;
+    let mut have = first.len() as u64;
+    while have < len {
+        let want = (len - have).min(buf.len() as u64) as usize;
+        let n = stream
+            .read(&mut buf[..want])
+            .with_context(|| format!("reading the snapshot from {addr}"))?;
+        if n == 0 {
+            bail!("{addr}: connection closed after {have} of {len} bytes");
+        }
+        out.write_all(&buf[..n])?;
+        have += n as u64;
+    }
+    out.sync_all()?;
+    drop(out);
+    std::fs::rename(&part, file).with_context(|| format!("renaming {part} to {file}"))?;
+    Ok(format!(
+        "snapshot {name} of vm {vm}: exported to {file} ({} KiB)\n",
+        len.div_ceil(1024)
+    ))
+}
+
+/// `import VM NAME FILE`: uploads FILE as snapshot NAME of VM.
+pub fn import(addr: &str, token: &str, vm: &str, name: &str, file: &str) -> Result<String> {
+    check_name(vm, "VM")?;
+    check_name(name, "snapshot")?;
+    let mut f = std::fs::File::open(file).with_context(|| format!("cannot open {file}"))?;
+    let len = f.metadata()?.len();
+    let mut stream = connect(addr)?;
+    stream
+        .write_all(&encode_import_head(vm, name, len, addr, token))
+        .with_context(|| format!("sending to {addr}"))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    // A refusal from the head alone (409, 507, 404) comes before the body is read: the
+    // server then closes, so a failed write ends the upload and the answer is read.
+    while sent < len {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            bail!("{file} shrank while it was sent");
+        }
+        if stream.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        sent += n as u64;
+    }
+    let mut got = Vec::new();
+    let resp = loop {
+        let n = match stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !got.is_empty() => 0,
+            Err(e) => return Err(e).with_context(|| format!("reading the answer from {addr}")),
+        };
+        got.extend_from_slice(&buf[..n]);
+        if let Some(r) = parse_response(&got, n == 0).map_err(|e| anyhow!("{addr}: {e}"))? {
+            break r;
+        }
+    };
+    if resp.status != 201 {
+        bail!("{}", error_text(resp.status, &resp.body));
+    }
+    let info: mgmt::ops::SnapshotInfo = serde_json::from_str(&resp.body)
+        .map_err(|e| anyhow!("unexpected response ({}): {e}", resp.status))?;
+    Ok(format!(
+        "snapshot {}: imported for vm {} from {file} ({} KiB)\n",
+        info.name,
+        info.vm,
+        info.size_bytes.div_ceil(1024)
+    ))
+}
+
 /// Runs one command against the API at `addr`; returns what to print.
 pub fn run(addr: &str, token: &str, json: bool, words: &[String]) -> Result<String> {
+    match words {
+        [c, vm, name, file] if c == "export" => return export(addr, token, vm, name, file),
+        [c, vm, name, file] if c == "import" => return import(addr, token, vm, name, file),
+        [c, ..] if c == "export" || c == "import" => bail!("usage: {c} VM NAME FILE"),
+        _ => {}
+    }
     let cmd = parse(&words.join(" ")).map_err(|e| anyhow!("{e}"))?;
     let Some(req) = request(&cmd) else {
         let Command::Help(c) = cmd else {
@@ -70,15 +217,7 @@ pub fn run(addr: &str, token: &str, json: bool, words: &[String]) -> Result<Stri
         };
         return Ok(help_text(c));
     };
-    let target = addr
-        .to_socket_addrs()
-        .with_context(|| format!("bad address `{addr}` (want HOST:PORT)"))?
-        .next()
-        .ok_or_else(|| anyhow!("`{addr}` resolves to no address"))?;
-    let mut stream = TcpStream::connect_timeout(&target, TIMEOUT)
-        .with_context(|| format!("cannot connect to {addr}"))?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
+    let mut stream = connect(addr)?;
     let host = addr;
     stream
         .write_all(&encode_request(&req, host, token))
@@ -145,8 +284,20 @@ mod tests {
                         Ok(n) => n,
                     };
                     let mut out = Vec::new();
-                    let after = c.receive(0, &buf[..n], &mut *ops.lock().unwrap(), &mut out);
-                    if s.write_all(&out).is_err() || after == After::Close {
+                    let mut ops = ops.lock().unwrap();
+                    let mut after = c.receive(0, &buf[..n], &mut *ops, &mut out);
+                    // a snapshot file goes out in bounded pieces
+                    while c.sending() {
+                        c.pull(8192, &mut out);
+                        if s.write_all(&out).is_err() {
+                            break;
+                        }
+                        out.clear();
+                        if !c.sending() {
+                            after = c.receive(0, &[], &mut *ops, &mut out);
+                        }
+                    }
+                    if s.write_all(&out).is_err() || after == After::Close || c.is_closed() {
                         break;
                     }
                 }
@@ -207,6 +358,53 @@ mod tests {
             json.starts_with(r#"{"name":"db","state":"running""#),
             "{json}"
         );
+    }
+
+    #[test]
+    fn snapshot_files_export_and_import_over_a_real_socket() {
+        let ops = Arc::new(Mutex::new(FakeOps::new(&[("web", 2, 128)])));
+        let addr = server(ops.clone());
+        let ctl = |s: &str| run(&addr, TOKEN, false, &words(s));
+        ctl("snapshot web s1").unwrap();
+        let dir = std::env::temp_dir().join(format!("ctl-export-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("s1.snap");
+        let f = file.to_str().unwrap();
+        assert_eq!(
+            ctl(&format!("export web s1 {f}")).unwrap(),
+            format!("snapshot s1 of vm web: exported to {f} (128 KiB)\n")
+        );
+        let bytes = std::fs::read(&file).unwrap();
+        assert_eq!(bytes, mgmt::fake::fake_file("web", 128 * 1024));
+        assert_eq!(
+            ctl(&format!("import web s2 {f}")).unwrap(),
+            format!("snapshot s2: imported for vm web from {f} (128 KiB)\n")
+        );
+        assert!(ops.lock().unwrap().snapshots.iter().any(|s| s.name == "s2"));
+        // an in-use name is refused from the head, before the body
+        let e = ctl(&format!("import web s2 {f}")).unwrap_err().to_string();
+        assert_eq!(e, "a snapshot `s2` exists already (409)");
+        // a corrupted copy is refused with the reason
+        let mut bad = bytes.clone();
+        bad[100_000] ^= 0x55;
+        let badf = dir.join("bad.snap");
+        std::fs::write(&badf, &bad).unwrap();
+        let e = ctl(&format!("import web s3 {}", badf.display()))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "snapshot refused: section ram #0: checksum mismatch (400)"
+        );
+        let e = ctl(&format!("export web nope {f}"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "no snapshot `nope` (404)");
+        assert!(ctl("export web s1")
+            .unwrap_err()
+            .to_string()
+            .contains("usage: export VM NAME FILE"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -65,7 +65,8 @@ Commands:
   ctl       HOST:PORT [--token T] [--json] COMMAND...: a console command (list, info VM,
             pause VM, snapshot VM [NAME], ...; `ctl HOST:PORT help`) sent to the management
             API, the result printed as the console prints it (token also from
-            FERROVISOR_TOKEN); see docs/management.md.
+            FERROVISOR_TOKEN); see docs/management.md. Also `export VM NAME FILE` (snapshot
+            NAME of VM to FILE) and `import VM NAME FILE` (FILE back as snapshot NAME of VM).
   help      This text.
 
 Runs keep their files (ESP, emulator configuration, serial and emulator logs) in

@@ -1,18 +1,19 @@
 //! The part of the hypervisor manifest format xtask needs: which files a manifest names.
 //!
 //! The hypervisor parses the whole manifest itself. xtask only has to find the lines whose key
-//! names a file that must be put on the ESP next to it (`image = "..."`, `initrd = "..."`),
+//! names a file that must be put on the ESP next to it (`image = "..."`, `initrd = "..."`,
+//! `snapshot = "..."`),
 //! so this scanner reads `key = "value"` lines and nothing else.
 
 use anyhow::{bail, Result};
 
 /// Keys whose value is a file, relative to `\hv\` on the ESP.
-pub const FILE_KEYS: &[&str] = &["image", "initrd"];
+pub const FILE_KEYS: &[&str] = &["image", "initrd", "snapshot"];
 
 /// One file a manifest refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRef {
-    /// `image` or `initrd`.
+    /// `image`, `initrd` or `snapshot`.
     pub key: String,
     /// The value: a path relative to `\hv\`, with `/` separators.
     pub path: String,

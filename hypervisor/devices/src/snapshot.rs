@@ -144,6 +144,46 @@ pub fn save(devices: &[&dyn Stateful]) -> Result<Vec<u8>, BytesError> {
     frame(&framed)
 }
 
+/// Checks without changing anything that `bytes` holds exactly one entry
+/// per device of `devices` (by kind and instance) in the layout version
+/// each model writes: what an imported snapshot must pass before it is kept.
+pub fn check(bytes: &[u8], devices: &[&dyn Stateful]) -> Result<(), BytesError> {
+    let entries = entries(bytes)?;
+    let id = ids(devices.iter().map(|d| d.kind()))?;
+    let mut seen: Vec<bool> = id.iter().map(|_| false).collect();
+    for e in &entries {
+        let kind = Kind::from_tag(e.kind).ok_or(BytesError::UnknownKind(e.kind))?;
+        let at = id.iter().position(|&d| d == (kind, e.instance));
+        let no = BytesError::NoDevice {
+            kind,
+            instance: e.instance,
+        };
+        let i = at.ok_or(no)?;
+        let slot = seen.get_mut(i).ok_or(no)?;
+        if *slot {
+            return Err(BytesError::Duplicate {
+                kind,
+                instance: e.instance,
+            });
+        }
+        *slot = true;
+        let ours = devices.get(i).map_or(0, |d| d.layout_version());
+        if e.version != ours {
+            return Err(BytesError::Version {
+                kind,
+                found: e.version,
+                expected: ours,
+            });
+        }
+    }
+    for (&(kind, instance), s) in id.iter().zip(&seen) {
+        if !s {
+            return Err(BytesError::Missing { kind, instance });
+        }
+    }
+    Ok(())
+}
+
 /// Takes every device's state from `bytes`, which must hold exactly one
 /// entry per device (matched by kind and instance, in any order). On any
 /// error nothing has changed.
@@ -229,6 +269,11 @@ impl VmDevices<'_> {
         restore(bytes, &mut list)?;
         self.bus.forget_lines();
         Ok(())
+    }
+
+    /// Whether `bytes` is a complete state of this device set ([`check`]).
+    pub fn check(&self, bytes: &[u8]) -> Result<(), BytesError> {
+        check(bytes, &self.list())
     }
 
     /// Power-on state for every device.
@@ -469,6 +514,56 @@ mod tests {
         let mut e = entries(bytes).unwrap();
         f(&mut e);
         frame(&e).unwrap()
+    }
+
+    #[test]
+    fn check_takes_a_complete_set_and_names_what_does_not_match() {
+        let bytes = Set::busy(2).save();
+        let mut target = Set::new(2);
+        let before = target.save();
+        target.with(|d| d.check(&bytes)).unwrap();
+        // Another vCPU count: a local APIC too many, or one missing.
+        let three = Set::busy(3).save();
+        assert_eq!(
+            target.with(|d| d.check(&three)),
+            Err(BytesError::NoDevice {
+                kind: Kind::Lapic,
+                instance: 2
+            })
+        );
+        let mut one = Set::new(1);
+        assert_eq!(
+            one.with(|d| d.check(&bytes)),
+            Err(BytesError::NoDevice {
+                kind: Kind::Lapic,
+                instance: 1
+            })
+        );
+        let short = edit(&bytes, |e| {
+            e.pop();
+        });
+        assert_eq!(
+            target.with(|d| d.check(&short)),
+            Err(BytesError::Missing {
+                kind: Kind::Lapic,
+                instance: 1
+            })
+        );
+        let newer = edit(&bytes, |e| e[0].version = 7);
+        assert!(matches!(
+            target.with(|d| d.check(&newer)),
+            Err(BytesError::Version { found: 7, .. })
+        ));
+        let twice = edit(&bytes, |e| {
+            let first = e[0];
+            e.push(first);
+        });
+        assert!(matches!(
+            target.with(|d| d.check(&twice)),
+            Err(BytesError::Duplicate { .. })
+        ));
+        // Nothing changed by any check.
+        assert_eq!(target.save(), before);
     }
 
     #[test]

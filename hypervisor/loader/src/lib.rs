@@ -354,6 +354,8 @@ mod tests {
             unmapped_access: UnmappedAccess::Ignore,
             disks: Vec::new(),
             nics: Vec::new(),
+            snapshot: None,
+            snapshot_line: 0,
             line: 1,
         }
     }

@@ -399,6 +399,12 @@ pub struct GuestConfig {
     pub disks: Vec<DiskConfig>,
     /// The `[[guest.nic]]` tables after this guest, in order (may be empty).
     pub nics: Vec<NicConfig>,
+    /// `snapshot = "x.snap"`: a snapshot file in `\hv\` the guest starts
+    /// (and restarts) from instead of its loader's start state; the core
+    /// checks it fits this guest (vCPUs, memory, devices, disks) at start-up.
+    pub snapshot: Option<String>,
+    /// Line of the `snapshot` key (0 without one).
+    pub snapshot_line: u32,
     /// Line of the `[[guest]]` header.
     pub line: u32,
 }
@@ -1067,7 +1073,7 @@ const HV_KEYS: [&str; 6] = [
 ];
 
 const GUEST_TABLE: &str = "[[guest]]";
-const GUEST_KEYS: [&str; 16] = [
+const GUEST_KEYS: [&str; 17] = [
     "name",
     "memory",
     "vcpus",
@@ -1084,6 +1090,7 @@ const GUEST_KEYS: [&str; 16] = [
     "load",
     "entry",
     "mode",
+    "snapshot",
 ];
 
 fn set_hv(
@@ -1432,6 +1439,7 @@ struct GuestBuilder {
     load: Option<u64>,
     entry: Option<u64>,
     mode: Option<EntryMode>,
+    snapshot: Option<String>,
 }
 
 impl GuestBuilder {
@@ -1455,6 +1463,7 @@ impl GuestBuilder {
             load: None,
             entry: None,
             mode: None,
+            snapshot: None,
         }
     }
 
@@ -1501,6 +1510,7 @@ impl GuestBuilder {
             "unmapped_access" => self.unmapped_access = to_enum(&v, &UNMAPPED, UNMAPPED_WHAT)?,
             "load" => self.load = Some(to_addr(&v)?),
             "entry" => self.entry = Some(to_addr(&v)?),
+            "snapshot" => self.snapshot = Some(to_path(v)?),
             _ => {
                 let what = "one of \"real16\", \"prot32\", \"long64\"";
                 self.mode = Some(to_enum(&v, &MODES, what)?);
@@ -1579,6 +1589,8 @@ impl GuestBuilder {
             unmapped_access: self.unmapped_access,
             disks: Vec::new(),
             nics: Vec::new(),
+            snapshot_line: self.seen.line_of("snapshot").unwrap_or(0),
+            snapshot: self.snapshot,
             line: self.line,
         })
     }
@@ -1937,6 +1949,16 @@ mode = "long64"
     }
 
     #[test]
+    fn a_snapshot_to_start_from_parses_with_its_line() {
+        let m = parse("m", &guest("snapshot = \"web.snap\"\n")).unwrap();
+        let g = &m.guests[0];
+        assert_eq!(g.snapshot.as_deref(), Some("web.snap"));
+        assert!(g.snapshot_line > g.line, "{} {}", g.snapshot_line, g.line);
+        let e = parse("m", &guest("snapshot = \"\"\n")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("snapshot"), "{e}");
+    }
+
+    #[test]
     fn on_crash_rollback_parses() {
         let m = parse("m", &guest("on_crash = \"rollback\"\n")).unwrap();
         assert_eq!(m.guests[0].on_crash, Policy::Rollback);
@@ -1974,6 +1996,8 @@ mode = "long64"
                 unmapped_access: UnmappedAccess::Stop,
                 disks: Vec::new(),
                 nics: Vec::new(),
+                snapshot: None,
+                snapshot_line: 0,
                 line: 6,
             }
         );

@@ -85,6 +85,90 @@ pub fn encode_request(req: &ApiRequest, host: &str, token: &str) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// The path of snapshot `snapshot`'s file (`GET` exports it, `PUT` imports one for `vm`).
+pub fn file_path(vm: &str, snapshot: &str) -> String {
+    format!("/snapshots/{snapshot}/file?vm={vm}")
+}
+
+/// The request head of an export (`GET`, no body).
+pub fn encode_export(vm: &str, snapshot: &str, host: &str, token: &str) -> Vec<u8> {
+    format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nAccept: application/octet-stream\r\nConnection: close\r\n\r\n",
+        file_path(vm, snapshot)
+    )
+    .into_bytes()
+}
+
+/// The request head of an import of a `len`-byte snapshot file (the file follows).
+pub fn encode_import_head(vm: &str, snapshot: &str, len: u64, host: &str, token: &str) -> Vec<u8> {
+    format!(
+        "PUT {} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nAccept: application/json\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
+        file_path(vm, snapshot)
+    )
+    .into_bytes()
+}
+
+/// A final response's head: its status, Content-Length and where the body starts in the
+/// bytes given to [`parse_head`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub length: Option<u64>,
+    pub body_at: usize,
+}
+
+/// The head of the first final response in `bytes` (1xx skipped); `Ok(None)` while incomplete.
+pub fn parse_head(bytes: &[u8]) -> Result<Option<ResponseHead>, String> {
+    let mut at = 0usize;
+    loop {
+        let rest = bytes.get(at..).unwrap_or_default();
+        let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Ok(None);
+        };
+        let head = core::str::from_utf8(rest.get(..end).unwrap_or_default())
+            .map_err(|_| String::from("response head is not UTF-8"))?;
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status = status_line
+            .strip_prefix("HTTP/1.")
+            .and_then(|s| s.get(2..5))
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or_else(|| format!("bad status line `{status_line}`"))?;
+        let mut length = None;
+        for l in lines {
+            if let Some((n, v)) = l.split_once(':') {
+                if n.eq_ignore_ascii_case("content-length") {
+                    length = Some(
+                        v.trim()
+                            .parse::<u64>()
+                            .map_err(|_| format!("bad Content-Length `{}`", v.trim()))?,
+                    );
+                }
+            }
+        }
+        at = at.saturating_add(end).saturating_add(4);
+        if !(100..200).contains(&status) {
+            return Ok(Some(ResponseHead {
+                status,
+                length,
+                body_at: at,
+            }));
+        }
+    }
+}
+
+/// The error text of a failed response's body (the API's `error` field with the status).
+pub fn error_text(status: u16, body: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct E {
+        error: String,
+    }
+    match serde_json::from_str::<E>(body) {
+        Ok(e) => format!("{} ({status})", e.error),
+        Err(_) => format!("HTTP {status} {body}"),
+    }
+}
+
 /// A response's status and body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiResponse {
@@ -150,14 +234,7 @@ pub fn parse_response(bytes: &[u8], eof: bool) -> Result<Option<ApiResponse>, St
 /// status).
 pub fn outcome(cmd: &Command, resp: &ApiResponse) -> Result<Outcome, String> {
     if !(200..300).contains(&resp.status) {
-        #[derive(serde::Deserialize)]
-        struct E {
-            error: String,
-        }
-        return Err(match serde_json::from_str::<E>(&resp.body) {
-            Ok(e) => format!("{} ({})", e.error, resp.status),
-            Err(_) => format!("HTTP {} {}", resp.status, resp.body),
-        });
+        return Err(error_text(resp.status, &resp.body));
     }
     let bad = |e: serde_json::Error| format!("unexpected response ({}): {e}", resp.status);
     let b = resp.body.as_str();

@@ -2,12 +2,16 @@
 //! and the API (host tests, `cargo xtask ctl`'s tests), and a model of the semantics the core
 //! must give each operation.
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::command::Name;
-use crate::ops::{ExitRate, OpError, Ops, SnapshotInfo, VcpuInfo, VmInfo, VmState, VmSummary};
+use crate::ops::{
+    ExitRate, OpError, Ops, SnapshotInfo, SnapshotSink, SnapshotSource, VcpuInfo, VmInfo, VmState,
+    VmSummary,
+};
 
 /// See the module documentation.
 #[derive(Clone, Debug, Default)]
@@ -64,6 +68,84 @@ impl FakeOps {
         }
         v.state = to;
         Ok(())
+    }
+}
+
+/// The fake's snapshot file: `FAKESNAP`, the VM's name, a NUL, then byte `i` = `i mod 251`
+/// up to `size_bytes`.
+pub fn fake_file(vm: &str, len: u64) -> Vec<u8> {
+    let mut v = Vec::from(&b"FAKESNAP"[..]);
+    v.extend_from_slice(vm.as_bytes());
+    v.push(0);
+    let start = v.len() as u64;
+    v.extend((start..len.max(start)).map(|i| (i % 251) as u8));
+    v
+}
+
+struct FakeSource {
+    bytes: Vec<u8>,
+}
+
+impl SnapshotSource for FakeSource {
+    fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> usize {
+        let rest = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.bytes.get(o..))
+            .unwrap_or_default();
+        let n = rest.len().min(buf.len());
+        if let (Some(d), Some(s)) = (buf.get_mut(..n), rest.get(..n)) {
+            d.copy_from_slice(s);
+        }
+        n
+    }
+}
+
+struct FakeSink {
+    vm: String,
+    name: String,
+    memory_mib: u64,
+    bytes: Vec<u8>,
+}
+
+impl SnapshotSink for FakeSink {
+    fn write(&mut self, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
+    }
+    fn finish(self: Box<Self>) -> Result<SnapshotInfo, OpError> {
+        let len = self.bytes.len() as u64;
+        if !self.bytes.starts_with(b"FAKESNAP") {
+            return Err(OpError::Invalid(String::from(
+                "snapshot refused: not a ferrovisor snapshot (bad magic)",
+            )));
+        }
+        let want = self.memory_mib.saturating_mul(1024);
+        if len != want {
+            return Err(OpError::Invalid(format!(
+                "snapshot refused: {len} bytes, a snapshot of vm `{}` has {want}",
+                self.vm
+            )));
+        }
+        let body_ok = self
+            .bytes
+            .iter()
+            .enumerate()
+            .skip_while(|&(_, &b)| b != 0)
+            .skip(1)
+            .all(|(i, &b)| b == (i % 251) as u8);
+        if !body_ok {
+            return Err(OpError::Invalid(String::from(
+                "snapshot refused: section ram #0: checksum mismatch",
+            )));
+        }
+        Ok(SnapshotInfo {
+            name: self.name,
+            vm: self.vm,
+            size_bytes: len,
+            taken_at_ms: 0,
+        })
     }
 }
 
@@ -204,5 +286,70 @@ impl Ops for FakeOps {
         self.snapshots.retain(|s| s.name != snapshot.as_str());
         self.free_bytes = self.free_bytes.saturating_add(size);
         Ok(())
+    }
+
+    fn export(
+        &mut self,
+        snapshot: &Name,
+        vm: Option<&Name>,
+    ) -> Result<Box<dyn SnapshotSource>, OpError> {
+        let s = self.snap(snapshot)?;
+        if let Some(vm) = vm {
+            if s.vm != vm.as_str() {
+                return Err(OpError::OtherVmsSnapshot {
+                    snapshot: snapshot.clone(),
+                    of: s.vm.clone(),
+                    vm: vm.clone(),
+                });
+            }
+        }
+        Ok(Box::new(FakeSource {
+            bytes: fake_file(&s.vm, s.size_bytes),
+        }))
+    }
+
+    fn import(
+        &mut self,
+        vm: &Name,
+        snapshot: &Name,
+        len: u64,
+    ) -> Result<Box<dyn SnapshotSink>, OpError> {
+        let memory_mib = self.vm_mut(vm)?.memory_mib;
+        if self.snapshots.iter().any(|s| s.name == snapshot.as_str()) {
+            return Err(OpError::SnapshotExists(snapshot.clone()));
+        }
+        if len > self.free_bytes {
+            return Err(OpError::OutOfMemory {
+                needed: len,
+                free: self.free_bytes,
+            });
+        }
+        Ok(Box::new(FakeSink {
+            vm: String::from(vm.as_str()),
+            name: String::from(snapshot.as_str()),
+            memory_mib,
+            bytes: Vec::new(),
+        }))
+    }
+
+    fn import_done(&mut self, sink: Box<dyn SnapshotSink>) -> Result<SnapshotInfo, OpError> {
+        let mut info = sink.finish()?;
+        if self.snapshots.iter().any(|s| s.name == info.name) {
+            return Err(OpError::Failed(format!(
+                "a snapshot `{}` was taken meanwhile",
+                info.name
+            )));
+        }
+        if info.size_bytes > self.free_bytes {
+            return Err(OpError::OutOfMemory {
+                needed: info.size_bytes,
+                free: self.free_bytes,
+            });
+        }
+        self.free_bytes = self.free_bytes.saturating_sub(info.size_bytes);
+        self.clock_ms = self.clock_ms.saturating_add(250);
+        info.taken_at_ms = self.clock_ms;
+        self.snapshots.push(info.clone());
+        Ok(info)
     }
 }

@@ -15,6 +15,7 @@
 //!   unless `Connection: keep-alive`. Pipelined requests are answered in order.
 //! - a request that never completes is the caller's to time out: [`Connection::pending_since`].
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -22,7 +23,7 @@ use core::fmt::Write;
 use serde::Deserialize;
 
 use crate::command::{Command, Name};
-use crate::ops::{execute, Ops, Outcome};
+use crate::ops::{execute, Ops, Outcome, SnapshotSink, SnapshotSource};
 use crate::render::{error_json, json};
 
 /// Longest request line, in bytes (without CRLF).
@@ -97,6 +98,7 @@ fn reason(status: u16) -> &'static str {
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
+        503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
         507 => "Insufficient Storage",
         _ => "Unknown",
@@ -446,8 +448,88 @@ pub fn serve(ops: &mut dyn Ops, method: &str, target: &str, b: &[u8]) -> Respons
     }
 }
 
+/// A snapshot file request: `GET /snapshots/NAME/file[?vm=VM]` sends it,
+/// `PUT /snapshots/NAME/file?vm=VM` uploads one (the body is the file, of any length).
+enum FileReq {
+    Export { snapshot: Name, vm: Option<Name> },
+    Import { snapshot: Name, vm: Name },
+}
+
+/// `None`: not a file path; else the request or its error response.
+fn file_route(method: &str, target: &str) -> Option<Result<FileReq, Response>> {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let path = path.strip_suffix('/').unwrap_or(path);
+    let snap = path.strip_prefix("/snapshots/")?.strip_suffix("/file")?;
+    if snap.contains('/') {
+        return None;
+    }
+    Some((|| {
+        let snapshot = name(snap, "snapshot")?;
+        let vm = match query {
+            None | Some("") => None,
+            Some(q) => match q.strip_prefix("vm=") {
+                Some(v) => Some(name(v, "VM")?),
+                None => {
+                    return Err(Response::error(
+                        400,
+                        &format!("unknown query `{q}` (only vm=NAME)"),
+                    ))
+                }
+            },
+        };
+        match (method, vm) {
+            ("GET", vm) => Ok(FileReq::Export { snapshot, vm }),
+            ("PUT", Some(vm)) => Ok(FileReq::Import { snapshot, vm }),
+            ("PUT", None) => Err(Response::error(
+                400,
+                "an upload names the VM it is for: PUT /snapshots/NAME/file?vm=VM",
+            )),
+            _ => Err(Response {
+                allow: Some("GET, PUT"),
+                ..Response::error(
+                    405,
+                    &format!("{method} not allowed on `{path}` (allowed: GET, PUT)"),
+                )
+            }),
+        }
+    })())
+}
+
+/// The head of a snapshot file being sent.
+pub fn encode_file_head(len: u64, close: bool, out: &mut Vec<u8>) {
+    let mut head = String::new();
+    let _ = write!(
+        head,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n"
+    );
+    if close {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    out.extend_from_slice(head.as_bytes());
+}
+
+/// A snapshot file being sent: the next offset, whether to close after it.
+struct Outgoing {
+    src: Box<dyn SnapshotSource>,
+    offset: u64,
+    close: bool,
+}
+
+/// A snapshot file being received: bytes still to come.
+struct Incoming {
+    sink: Box<dyn SnapshotSink>,
+    left: u64,
+    close: bool,
+}
+
+/// Bytes of a snapshot file copied per [`Connection::pull`] step.
+pub const FILE_PIECE: usize = 4096;
+
 /// One HTTP connection's server state.
-#[derive(Clone, Debug)]
 pub struct Connection {
     token: Vec<u8>,
     buf: Vec<u8>,
@@ -455,6 +537,21 @@ pub struct Connection {
     head: Option<Head>,
     pending_since: Option<u64>,
     closed: bool,
+    outgoing: Option<Outgoing>,
+    incoming: Option<Incoming>,
+}
+
+impl core::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Connection")
+            .field("buffered", &self.buf.len())
+            .field("head", &self.head)
+            .field("pending_since", &self.pending_since)
+            .field("closed", &self.closed)
+            .field("sending", &self.outgoing.as_ref().map(|o| o.offset))
+            .field("receiving", &self.incoming.as_ref().map(|i| i.left))
+            .finish()
+    }
 }
 
 impl Connection {
@@ -466,7 +563,53 @@ impl Connection {
             head: None,
             pending_since: None,
             closed: false,
+            outgoing: None,
+            incoming: None,
         }
+    }
+
+    /// Whether a snapshot file is being sent ([`Self::pull`] has more).
+    pub fn sending(&self) -> bool {
+        self.outgoing.is_some()
+    }
+
+    /// Appends up to `max` bytes of the snapshot file being sent to `out` (in pieces of
+    /// [`FILE_PIECE`]); returns how many. When the file is done, requests that came
+    /// meanwhile are served by the next [`Self::receive`] (bytes or none).
+    pub fn pull(&mut self, max: usize, out: &mut Vec<u8>) -> usize {
+        let Some(o) = self.outgoing.as_mut() else {
+            return 0;
+        };
+        let mut piece = [0u8; FILE_PIECE];
+        let mut done = 0usize;
+        let len = o.src.size();
+        while done < max && o.offset < len {
+            let want =
+                len.saturating_sub(o.offset)
+                    .min(max.saturating_sub(done).min(FILE_PIECE) as u64) as usize;
+            let Some(dst) = piece.get_mut(..want) else {
+                break;
+            };
+            let n = o.src.read_at(o.offset, dst);
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(piece.get(..n).unwrap_or_default());
+            o.offset = o.offset.saturating_add(n as u64);
+            done = done.saturating_add(n);
+        }
+        if o.offset >= len || done == 0 {
+            // At the end (or the source ended early: the length was promised, so close).
+            let close = o.close || o.offset < len;
+            self.outgoing = None;
+            if close {
+                self.closed = true;
+                self.buf.clear();
+                self.head = None;
+                self.pending_since = None;
+            }
+        }
+        done
     }
 
     /// When the first byte of the request still incomplete arrived (`None`: between
@@ -507,7 +650,8 @@ impl Connection {
         if self.closed {
             return After::Close;
         }
-        if self.pending_since.is_none() && !bytes.is_empty() {
+        if (self.pending_since.is_none() || self.incoming.is_some()) && !bytes.is_empty() {
+            // an upload times out only when it stops making progress
             self.pending_since = Some(now);
         }
         self.buf.extend_from_slice(bytes);
@@ -544,6 +688,13 @@ impl Connection {
     }
 
     fn step(&mut self, ops: &mut dyn Ops, out: &mut Vec<u8>) -> Step {
+        if self.outgoing.is_some() {
+            // the next request waits for the file before it
+            return Step::NeedMore;
+        }
+        if self.incoming.is_some() {
+            return self.upload(ops, out);
+        }
         if self.head.is_none() {
             // RFC 9112 2.2: ignore empty lines before a request line
             while self.buf.starts_with(b"\r\n") {
@@ -577,6 +728,9 @@ impl Connection {
                     // the body cannot be skipped safely without reading it: close
                     return self.refuse(Response::error(401, ""), false, out);
                 }
+                Ok(h) if file_route(&h.method, &h.target).is_some() => {
+                    return self.file(h, ops, out);
+                }
                 Ok(h) if h.content_length > MAX_BODY => {
                     let text = format!("request body longer than {MAX_BODY} bytes");
                     return self.refuse(Response::error(413, &text), true, out);
@@ -602,6 +756,109 @@ impl Connection {
         let mut r = serve(ops, &h.method, &h.target, &body);
         // a 400 from routing (bad name or JSON) leaves the framing intact: keep-alive holds
         r.close |= !h.keep_alive;
+        encode(&r, out);
+        if r.close {
+            Step::Close
+        } else {
+            Step::Served
+        }
+    }
+}
+
+impl Connection {
+    /// Starts a snapshot file request (its head is complete).
+    fn file(&mut self, h: Head, ops: &mut dyn Ops, out: &mut Vec<u8>) -> Step {
+        let close = !h.keep_alive;
+        let answer = |r: Response, out: &mut Vec<u8>, close: bool| {
+            let r = Response { close, ..r };
+            encode(&r, out);
+            if close {
+                Step::Close
+            } else {
+                Step::Served
+            }
+        };
+        match file_route(&h.method, &h.target) {
+            None => answer(Response::error(404, "no route"), out, true),
+            // the body (if any) is not read: close
+            Some(Err(r)) => answer(r, out, close || h.content_length > 0),
+            Some(Ok(FileReq::Export { snapshot, vm })) => {
+                if h.content_length > 0 {
+                    return answer(
+                        Response::error(400, "a GET of a snapshot file has no body"),
+                        out,
+                        true,
+                    );
+                }
+                match ops.export(&snapshot, vm.as_ref()) {
+                    Err(e) => answer(Response::error(e.status(), &format!("{e}")), out, close),
+                    Ok(src) => {
+                        encode_file_head(src.size(), close, out);
+                        self.outgoing = Some(Outgoing {
+                            src,
+                            offset: 0,
+                            close,
+                        });
+                        Step::NeedMore
+                    }
+                }
+            }
+            Some(Ok(FileReq::Import { snapshot, vm })) => {
+                if h.content_length == 0 {
+                    return answer(
+                        Response::error(400, "empty upload (the body is the snapshot file)"),
+                        out,
+                        close,
+                    );
+                }
+                match ops.import(&vm, &snapshot, h.content_length as u64) {
+                    // refused before the body: it is not read, so close
+                    Err(e) => answer(Response::error(e.status(), &format!("{e}")), out, true),
+                    Ok(sink) => {
+                        if h.expect_continue && self.buf.is_empty() {
+                            out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        }
+                        self.incoming = Some(Incoming {
+                            sink,
+                            left: h.content_length as u64,
+                            close,
+                        });
+                        self.upload(ops, out)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Passes what arrived of an upload on; answers once it is complete.
+    fn upload(&mut self, ops: &mut dyn Ops, out: &mut Vec<u8>) -> Step {
+        let Some(inc) = self.incoming.as_mut() else {
+            return Step::NeedMore;
+        };
+        let n = (self.buf.len() as u64).min(inc.left) as usize;
+        if n > 0 {
+            inc.sink.write(self.buf.get(..n).unwrap_or_default());
+            self.buf.drain(..n);
+            inc.left = inc.left.saturating_sub(n as u64);
+        }
+        if inc.left > 0 {
+            return Step::NeedMore;
+        }
+        let Some(inc) = self.incoming.take() else {
+            return Step::NeedMore;
+        };
+        let r = match ops.import_done(inc.sink) {
+            Ok(info) => Response {
+                status: 201,
+                body: json(&Outcome::Snapshot(info)),
+                allow: None,
+                close: inc.close,
+            },
+            Err(e) => Response {
+                close: inc.close,
+                ..Response::error(e.status(), &format!("{e}"))
+            },
+        };
         encode(&r, out);
         if r.close {
             Step::Close

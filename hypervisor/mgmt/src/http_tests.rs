@@ -654,3 +654,180 @@ fn documented_serde_error_text() {
         "bad JSON body: unknown field `nam`, expected `name` at line 1 column 6"
     );
 }
+
+/// The head of a request with `len` body bytes to follow.
+fn put_head(path: &str, len: usize) -> String {
+    format!("PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {len}\r\n\r\n")
+}
+
+/// Sends a whole snapshot file through `pull` in bounded steps; returns the head and body.
+fn export(c: &mut Connection, ops: &mut FakeOps, path: &str) -> (String, Vec<u8>) {
+    let mut out = Vec::new();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+    c.receive(0, req.as_bytes(), ops, &mut out);
+    let end = find(&out, b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8(out[..end].to_vec()).unwrap();
+    let mut body = out[end..].to_vec();
+    while c.sending() {
+        let mut piece = Vec::new();
+        let n = c.pull(1000, &mut piece);
+        assert!(n <= 1000 && piece.len() == n, "{n}");
+        body.extend_from_slice(&piece);
+    }
+    (head, body)
+}
+
+#[test]
+fn a_snapshot_file_is_streamed_out_and_back_in() {
+    let mut ops = ops();
+    ops.snapshot(
+        &Name::parse("web").unwrap(),
+        Some(&Name::parse("s1").unwrap()),
+    )
+    .unwrap();
+    let mut c = Connection::new(TOKEN.as_bytes());
+    let (head, file) = export(&mut c, &mut ops, "/snapshots/s1/file?vm=web");
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains("Content-Type: application/octet-stream\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("Content-Length: 131072\r\n"), "{head}");
+    assert_eq!(file, crate::fake::fake_file("web", 128 * 1024));
+
+    // the same connection: uploaded in pieces under another name
+    let mut out = Vec::new();
+    let h = put_head("/snapshots/s2/file?vm=web", file.len());
+    c.receive(1, h.as_bytes(), &mut ops, &mut out);
+    for piece in file.chunks(3000) {
+        assert!(out.is_empty());
+        c.receive(2, piece, &mut ops, &mut out);
+    }
+    let r = responses(&out);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].status, 201, "{r:?}");
+    assert!(
+        r[0].body
+            .contains("\"name\":\"s2\",\"vm\":\"web\",\"size_bytes\":131072"),
+        "{r:?}"
+    );
+    assert!(ops
+        .snapshots
+        .iter()
+        .any(|s| s.name == "s2" && s.vm == "web"));
+    assert!(!c.is_closed());
+}
+
+#[test]
+fn an_export_of_another_vms_or_a_missing_snapshot_is_refused() {
+    let mut ops = ops();
+    ops.snapshot(
+        &Name::parse("web").unwrap(),
+        Some(&Name::parse("s1").unwrap()),
+    )
+    .unwrap();
+    let mut c = Connection::new(TOKEN.as_bytes());
+    let (head, body) = export(&mut c, &mut ops, "/snapshots/s1/file?vm=db");
+    assert!(head.starts_with("HTTP/1.1 409 "), "{head}");
+    assert!(String::from_utf8(body)
+        .unwrap()
+        .contains("taken of vm `web`, not `db`"));
+    let (head, _) = export(&mut c, &mut ops, "/snapshots/nope/file");
+    assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
+}
+
+#[test]
+fn a_request_pipelined_behind_an_export_is_answered_after_the_file() {
+    let mut ops = ops();
+    ops.snapshot(
+        &Name::parse("db").unwrap(),
+        Some(&Name::parse("d").unwrap()),
+    )
+    .unwrap();
+    let mut c = Connection::new(TOKEN.as_bytes());
+    let two = format!(
+        "GET /snapshots/d/file HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\nGET /vms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = Vec::new();
+    c.receive(0, two.as_bytes(), &mut ops, &mut out);
+    while c.sending() {
+        c.pull(4096, &mut out);
+    }
+    c.receive(1, &[], &mut ops, &mut out);
+    let end = find(&out, b"\r\n\r\n").unwrap() + 4;
+    let head = core::str::from_utf8(&out[..end]).unwrap();
+    assert!(head.contains("Content-Length: 65536\r\n"), "{head}");
+    assert_eq!(
+        &out[end..end + 65536],
+        &crate::fake::fake_file("db", 65536)[..]
+    );
+    let r = responses(&out[end + 65536..]);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].status, 200);
+    assert!(r[0].body.contains("\"name\":\"web\""), "{r:?}");
+    assert!(c.is_closed());
+}
+
+#[test]
+fn bad_uploads_get_their_reason() {
+    let mut ops = ops();
+    ops.snapshot(
+        &Name::parse("web").unwrap(),
+        Some(&Name::parse("s1").unwrap()),
+    )
+    .unwrap();
+    let good = crate::fake::fake_file("web", 128 * 1024);
+    let send = |ops: &mut FakeOps, path: &str, body: &[u8]| {
+        let mut c = Connection::new(TOKEN.as_bytes());
+        let mut out = Vec::new();
+        c.receive(0, put_head(path, body.len()).as_bytes(), ops, &mut out);
+        if !c.is_closed() {
+            c.receive(0, body, ops, &mut out);
+        }
+        let r = responses(&out).remove(0);
+        (r.status, r.error(), c.is_closed())
+    };
+    let mut bad = good.clone();
+    bad[70_000] ^= 1;
+    let (st, e, _) = send(&mut ops, "/snapshots/s2/file?vm=web", &bad);
+    assert_eq!(
+        (st, e.as_str()),
+        (400, "snapshot refused: section ram #0: checksum mismatch")
+    );
+    let (st, e, _) = send(&mut ops, "/snapshots/s2/file?vm=web", b"hello");
+    assert_eq!(st, 400);
+    assert!(e.contains("bad magic"), "{e}");
+    let (st, e, _) = send(&mut ops, "/snapshots/s2/file?vm=db", &good);
+    assert_eq!(st, 400);
+    assert!(e.contains("a snapshot of vm `db` has 65536"), "{e}");
+    // refused from the head alone, the body unread: the connection closes
+    let (st, e, closed) = send(&mut ops, "/snapshots/s1/file?vm=web", &good);
+    assert_eq!(
+        (st, e.as_str(), closed),
+        (409, "a snapshot `s1` exists already", true)
+    );
+    ops.free_bytes = 1000;
+    let (st, e, closed) = send(&mut ops, "/snapshots/s3/file?vm=web", &good);
+    assert_eq!((st, closed), (507, true));
+    assert!(e.contains("not enough hypervisor memory"), "{e}");
+    let (st, e, _) = send(&mut ops, "/snapshots/s3/file", &good);
+    assert_eq!(st, 400);
+    assert!(e.contains("?vm=VM"), "{e}");
+    let (st, _, _) = send(&mut ops, "/snapshots/x/file?vm=nope", &good);
+    assert_eq!(st, 404);
+    assert_eq!(ops.snapshots.len(), 1);
+}
+
+#[test]
+fn other_methods_on_a_snapshot_file_get_405() {
+    let mut ops = ops();
+    let mut c = Connection::new(TOKEN.as_bytes());
+    let mut out = Vec::new();
+    let req = format!(
+        "DELETE /snapshots/s1/file HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    c.receive(0, req.as_bytes(), &mut ops, &mut out);
+    let r = responses(&out);
+    assert_eq!(r[0].status, 405);
+    assert_eq!(r[0].header("allow"), Some("GET, PUT"));
+}

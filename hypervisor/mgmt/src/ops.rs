@@ -1,6 +1,7 @@
 //! The operations the core implements for the console and the API, with their results and
 //! errors as values, and [`execute`] that runs one console [`Command`] against them.
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -109,6 +110,10 @@ pub enum OpError {
     },
     /// The core does not support this yet (the text says what).
     Unsupported(String),
+    /// The request or an uploaded snapshot file is unusable (the text says why).
+    Invalid(String),
+    /// Can't be done now (a pause that timed out, disk requests in flight).
+    Busy(String),
     /// Anything else, with the reason.
     Failed(String),
 }
@@ -124,6 +129,8 @@ impl OpError {
             | OpError::OtherVmsSnapshot { .. } => 409,
             OpError::OutOfMemory { .. } => 507,
             OpError::Unsupported(_) => 501,
+            OpError::Invalid(_) => 400,
+            OpError::Busy(_) => 503,
             OpError::Failed(_) => 500,
         }
     }
@@ -148,9 +155,30 @@ impl fmt::Display for OpError {
                 free / 1024
             ),
             OpError::Unsupported(what) => write!(f, "not supported: {what}"),
+            OpError::Invalid(why) => write!(f, "{why}"),
+            OpError::Busy(why) => write!(f, "busy: {why}"),
             OpError::Failed(why) => write!(f, "failed: {why}"),
         }
     }
+}
+
+/// A snapshot file being sent (`GET /snapshots/NAME/file`): read piece by piece, so that
+/// no more than one piece is ever copied to the heap.
+pub trait SnapshotSource: Send {
+    /// The file's length in bytes.
+    fn size(&self) -> u64;
+    /// Copies the bytes at `offset` into `buf`; returns how many (0 only at the end).
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> usize;
+}
+
+/// A snapshot file being received (`PUT /snapshots/NAME/file?vm=VM`), in order, into storage
+/// the core reserved for its announced length.
+pub trait SnapshotSink: Send {
+    /// The next bytes of the file.
+    fn write(&mut self, bytes: &[u8]);
+    /// Every announced byte is in: checks the whole file and keeps it as a snapshot (or,
+    /// where the [`Ops`] keeps snapshots itself, says what to keep: [`Ops::import_done`]).
+    fn finish(self: Box<Self>) -> Result<SnapshotInfo, OpError>;
 }
 
 /// The management operations, implemented by the core. Each runs while the guests keep
@@ -170,6 +198,30 @@ pub trait Ops {
     /// Starts snapshot `snapshot` as new VM `new_vm`.
     fn clone_vm(&mut self, snapshot: &Name, new_vm: &Name) -> Result<VmSummary, OpError>;
     fn delete(&mut self, snapshot: &Name) -> Result<(), OpError>;
+    /// Snapshot `snapshot`'s file (when `vm` is given, it must be a snapshot of that VM).
+    fn export(
+        &mut self,
+        snapshot: &Name,
+        vm: Option<&Name>,
+    ) -> Result<Box<dyn SnapshotSource>, OpError> {
+        let _ = (snapshot, vm);
+        Err(OpError::Unsupported(String::from("snapshot export")))
+    }
+    /// Reserves room for a snapshot file of `len` bytes to be kept as `snapshot` of `vm`
+    /// (refused at once: no such VM, the name in use, too large for the free memory).
+    fn import(
+        &mut self,
+        vm: &Name,
+        snapshot: &Name,
+        len: u64,
+    ) -> Result<Box<dyn SnapshotSink>, OpError> {
+        let _ = (vm, snapshot, len);
+        Err(OpError::Unsupported(String::from("snapshot import")))
+    }
+    /// The whole file of an [`Ops::import`] arrived.
+    fn import_done(&mut self, sink: Box<dyn SnapshotSink>) -> Result<SnapshotInfo, OpError> {
+        sink.finish()
+    }
 }
 
 /// What a command produced.

@@ -5,6 +5,8 @@
 //! reason for malformed requests). Polled with the endpoint from CPU 0's
 //! scheduler loop; never waits: bytes are taken and sent as far as the
 //! sockets allow, and a request that does not complete in time gets a 408.
+//! Snapshot files (`/snapshots/NAME/file`) stream: out as the socket takes
+//! them, in from the socket into the snapshot's frames.
 use alloc::vec;
 use alloc::vec::Vec;
 use mgmt::http::{After, Connection};
@@ -16,8 +18,8 @@ use spin::Mutex;
 /// Connections served at once (one more waits in the peer's SYN retries).
 const SOCKETS: usize = 2;
 /// Socket buffers: a request head or body arrives in pieces of at most this.
-const RX_BUF: usize = 4096;
-const TX_BUF: usize = 8192;
+const RX_BUF: usize = 16384;
+const TX_BUF: usize = 16384;
 /// A request must be complete this long after its first byte (ms).
 const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// An idle keep-alive connection is closed after this long (ms).
@@ -146,13 +148,32 @@ fn serve(
         }
     }
     let mut sent = false;
-    while !c.out.is_empty() && s.may_send() && s.can_send() {
-        match s.send_slice(&c.out) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                c.out.drain(..n);
-                sent = true;
+    loop {
+        // A snapshot file goes out as the socket takes it: at most TX_BUF
+        // of it waits on the heap.
+        if http.sending() && c.out.len() < TX_BUF && !c.closing {
+            if http.pull(TX_BUF - c.out.len(), &mut c.out) > 0 {
+                c.last_ms = now_ms;
             }
+            if !http.sending() {
+                // Requests that came behind the file are served now.
+                if http.receive(now_ms, &[], ops, &mut c.out) == After::Close || http.is_closed() {
+                    c.closing = true;
+                }
+            }
+        }
+        let before = c.out.len();
+        while !c.out.is_empty() && s.may_send() && s.can_send() {
+            match s.send_slice(&c.out) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    c.out.drain(..n);
+                    sent = true;
+                }
+            }
+        }
+        if !http.sending() || c.out.len() == before || !s.can_send() {
+            break;
         }
     }
     if c.closing && c.out.is_empty() {
@@ -219,6 +240,18 @@ mod tests {
     }
 
     fn exchange_for(requests: &[&str], steps: u64) -> Vec<String> {
+        let ops = FakeOps::new(&[("web", 2, 128)]);
+        exchange_bytes(
+            requests.iter().map(|r| r.as_bytes().to_vec()).collect(),
+            steps,
+            ops,
+        )
+        .into_iter()
+        .map(|b| String::from_utf8(b).unwrap())
+        .collect()
+    }
+
+    fn exchange_bytes(requests: Vec<Vec<u8>>, steps: u64, mut ops: FakeOps) -> Vec<Vec<u8>> {
         let mut dev = Loopback::new(Medium::Ethernet);
         let cfg = Config::new(EthernetAddress([2, 0, 0, 0, 0, 1]).into());
         let mut iface = Interface::new(cfg, &mut dev, Instant::from_millis(0));
@@ -227,14 +260,13 @@ mod tests {
         });
         let mut sockets = SocketSet::new(Vec::new());
         let mut server = Server::new(8080, TOKEN);
-        let mut ops = FakeOps::new(&[("web", 2, 128)]);
         let mut now = 0u64;
         let mut answers = Vec::new();
         for (i, req) in requests.iter().enumerate() {
             let rx = tcp::SocketBuffer::new(vec![0u8; 8192]);
             let tx = tcp::SocketBuffer::new(vec![0u8; 8192]);
             let h = sockets.add(tcp::Socket::new(rx, tx));
-            let mut sent = false;
+            let mut sent = 0usize;
             let mut got = Vec::new();
             for step in 0..steps {
                 now += 1;
@@ -246,21 +278,20 @@ mod tests {
                     c.connect(iface.context(), (IpAddress::v4(127, 0, 0, 1), 8080), local)
                         .unwrap();
                 }
-                if !sent && c.may_send() {
-                    c.send_slice(req.as_bytes()).unwrap();
-                    sent = true;
+                if sent < req.len() && c.may_send() {
+                    sent += c.send_slice(&req[sent..]).unwrap();
                 }
                 while c.can_recv() {
                     let mut buf = [0u8; 512];
                     let n = c.recv_slice(&mut buf).unwrap();
                     got.extend_from_slice(&buf[..n]);
                 }
-                if sent && !c.may_recv() && step > 10 {
+                if sent == req.len() && !c.may_recv() && step > 10 {
                     c.close();
                     break;
                 }
             }
-            answers.push(String::from_utf8(got).unwrap());
+            answers.push(got);
         }
         answers
     }
@@ -282,6 +313,34 @@ mod tests {
         assert!(a[2].ends_with("\"name\":\"web\",\"state\":\"running\",\"vcpus\":2,\"memory_mib\":128,\"exits_per_sec\":1200,\"cpu_share_permille\":125}]"), "{a:?}");
         assert!(a[3].starts_with("HTTP/1.1 400 "), "{a:?}");
         assert!(a[3].contains("bad Content-Length"), "{a:?}");
+    }
+
+    #[test]
+    fn a_snapshot_file_streams_out_and_back_in_through_the_sockets() {
+        use mgmt::ops::Ops;
+        let mut ops = FakeOps::new(&[("web", 2, 128)]);
+        let name = |s: &str| mgmt::command::Name::parse(s).unwrap();
+        ops.snapshot(&name("web"), Some(&name("s1"))).unwrap();
+        let file = mgmt::fake::fake_file("web", 128 * 1024);
+        let auth = format!("Host: x\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\n");
+        let get = format!("GET /snapshots/s1/file?vm=web HTTP/1.1\r\n{auth}\r\n").into_bytes();
+        let mut put = format!(
+            "PUT /snapshots/s2/file?vm=web HTTP/1.1\r\n{auth}Content-Length: {}\r\n\r\n",
+            file.len()
+        )
+        .into_bytes();
+        put.extend_from_slice(&file);
+        let a = exchange_bytes(vec![get, put], 20_000, ops);
+        let end = a[0].windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = std::str::from_utf8(&a[0][..end]).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.contains("Content-Length: 131072\r\n"), "{head}");
+        // Many times the socket's buffer, all of it, in order.
+        assert!(file.len() > 4 * TX_BUF);
+        assert!(a[0][end..] == file[..], "{} bytes", a[0].len() - end);
+        let put_answer = String::from_utf8(a[1].clone()).unwrap();
+        assert!(put_answer.starts_with("HTTP/1.1 201 "), "{put_answer}");
+        assert!(put_answer.contains("\"name\":\"s2\""), "{put_answer}");
     }
 
     #[test]

@@ -10,13 +10,17 @@ pub mod console;
 use crate::sched;
 use crate::vm::snapshot;
 use crate::vm::{Vm, VmEnd, OP_RESTART, OP_STOP};
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use mgmt::command::Name;
-use mgmt::ops::{ExitRate, OpError, Ops, SnapshotInfo, VcpuInfo, VmInfo, VmState, VmSummary};
+use mgmt::ops::{
+    ExitRate, OpError, Ops, SnapshotInfo, SnapshotSink, SnapshotSource, VcpuInfo, VmInfo, VmState,
+    VmSummary,
+};
 
 /// The core's management operations (stateless: the state is the VMs').
 pub struct CoreOps;
@@ -241,6 +245,47 @@ impl Ops for CoreOps {
     fn delete(&mut self, snap: &Name) -> Result<(), OpError> {
         snapshot::delete(snap.as_str()).map_err(op_error)
     }
+
+    fn export(
+        &mut self,
+        snap: &Name,
+        vm: Option<&Name>,
+    ) -> Result<Box<dyn SnapshotSource>, OpError> {
+        let f = snapshot::export(snap.as_str(), vm.map(Name::as_str)).map_err(op_error)?;
+        Ok(Box::new(Source(f)))
+    }
+
+    fn import(
+        &mut self,
+        vm: &Name,
+        snap: &Name,
+        len: u64,
+    ) -> Result<Box<dyn SnapshotSink>, OpError> {
+        let f = snapshot::import(vm.as_str(), snap.as_str(), len).map_err(op_error)?;
+        Ok(Box::new(Sink(f)))
+    }
+}
+
+struct Source(snapshot::FileOut);
+
+impl SnapshotSource for Source {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> usize {
+        self.0.read_at(offset, buf)
+    }
+}
+
+struct Sink(snapshot::FileIn);
+
+impl SnapshotSink for Sink {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write(bytes);
+    }
+    fn finish(self: Box<Self>) -> Result<SnapshotInfo, OpError> {
+        self.0.finish().map(snap_info).map_err(op_error)
+    }
 }
 
 fn snap_info(s: snapshot::SnapshotInfo) -> SnapshotInfo {
@@ -277,7 +322,9 @@ pub fn op_error(e: snapshot::SnapError) -> OpError {
             needed: *needed,
             free: *free,
         }),
-        _ => Ok(OpError::Failed(format!("{e}"))),
+        S::NoSlot | S::PauseTimeout(_) | S::Unsupported(_) => Ok(OpError::Busy(format!("{e}"))),
+        S::Incompatible(_) => Ok(OpError::Invalid(format!("{e}"))),
+        S::Failed(_) => Ok(OpError::Failed(format!("{e}"))),
     };
     r.unwrap_or_else(|e| e)
 }

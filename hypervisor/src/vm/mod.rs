@@ -155,6 +155,8 @@ pub enum CreateError {
     Bus(devices::BusError),
     Disk(disks::DiskError),
     FwCfg(devices::fw_cfg::FwCfgError),
+    /// The manifest's `snapshot =` file can't be started from.
+    Snapshot(String),
 }
 
 impl core::fmt::Display for CreateError {
@@ -166,6 +168,7 @@ impl core::fmt::Display for CreateError {
             CreateError::Bus(e) => write!(f, "device ranges: {e}"),
             CreateError::Disk(e) => write!(f, "{e}"),
             CreateError::FwCfg(e) => write!(f, "{e}"),
+            CreateError::Snapshot(why) => write!(f, "{why}"),
         }
     }
 }

@@ -380,10 +380,9 @@ fn decode(bytes: &[u8]) -> Result<Decoded<'_>, SnapError> {
     })
 }
 
-/// Puts snapshot `d` into `vm` (paused, or not yet scheduled), whose vCPUs
-/// are `vcpus` (index order, released). The device state is restored first
-/// (all or nothing), so that a refusal leaves the VM as it was.
-fn apply(vm: &Vm, d: &Decoded, id: u64, vcpus: &mut [&mut Vcpu]) -> Result<(), SnapError> {
+/// Whether decoded snapshot `d` fits `vm`: its vCPUs, memory size and RAM
+/// layout; returns the RAM section's pages and runs.
+fn check_fits<'a>(vm: &Vm, d: &Decoded<'a>) -> Result<(u64, fmt_::RunData<'a>), SnapError> {
     if d.meta.vcpus != vm.config.vcpus || d.meta.memory != vm.config.memory {
         return Err(SnapError::Incompatible(format!(
             "snapshot of {} vCPUs and {} MiB, the VM has {} and {} MiB",
@@ -404,6 +403,32 @@ fn apply(vm: &Vm, d: &Decoded, id: u64, vcpus: &mut [&mut Vcpu]) -> Result<(), S
             return Err(FormatError::Invalid("ram run outside RAM").into());
         }
     }
+    Ok((total, runs))
+}
+
+/// Everything [`apply`] would check, without changing anything: the RAM
+/// layout, the device set (kinds, instances, layout versions) and the
+/// disks (same gold images, overlays that fit the heap).
+fn check_all(vm: &Vm, d: &Decoded) -> Result<(), SnapError> {
+    check_fits(vm, d)?;
+    let s = vm.shared.lock();
+    let prepared = super::disks::prepare_disks(&s.io, &vm.config.disks, &d.disks)
+        .map_err(SnapError::Incompatible)?;
+    drop(prepared);
+    let mut guards: Vec<_> = vm.lapics.iter().map(|l| l.lock()).collect();
+    let lapics: Vec<&devices::lapic::VLapic> = guards.iter_mut().map(|g| &**g).collect();
+    let mut list = s.io.states();
+    list.extend(lapics.iter().map(|l| *l as &dyn devices::state::Stateful));
+    devices::snapshot::check(d.devices, &list)
+        .map_err(|e| SnapError::Incompatible(format!("device state: {e}")))
+}
+
+/// Puts snapshot `d` into `vm` (paused, or not yet scheduled), whose vCPUs
+/// are `vcpus` (index order, released). The device state is restored first
+/// (all or nothing), so that a refusal leaves the VM as it was.
+fn apply(vm: &Vm, d: &Decoded, id: u64, vcpus: &mut [&mut Vcpu]) -> Result<(), SnapError> {
+    let ram = Ram { vm };
+    let (total, runs) = check_fits(vm, d)?;
     {
         let mut s = vm.shared.lock();
         // The disks' overlays are built first (nothing changes if they
@@ -643,6 +668,121 @@ pub fn rollback(vm: &str, name: &str) -> Result<(), SnapError> {
     Ok(())
 }
 
+/// A stored snapshot's file, to be sent out ([`export`]); its frames stay
+/// while this lives, even if the snapshot is deleted meanwhile.
+pub struct FileOut {
+    blob: Arc<Blob>,
+}
+
+impl FileOut {
+    /// The file's length in bytes.
+    pub fn size(&self) -> u64 {
+        self.blob.len as u64
+    }
+    /// Copies the file's bytes at `offset` into `buf`; returns how many.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> usize {
+        let rest = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.blob.bytes().get(o..))
+            .unwrap_or_default();
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        n
+    }
+}
+
+/// Snapshot `name`'s file (format: docs/snapshots.md), exactly as kept;
+/// with `vm`, it must be a snapshot of that VM.
+pub fn export(name: &str, vm: Option<&str>) -> Result<FileOut, SnapError> {
+    let (_, info, blob) = blob_of(name)?;
+    if let Some(vm) = vm {
+        find_vm(vm)?;
+        if info.vm != vm {
+            return Err(SnapError::OtherVm {
+                snapshot: name.into(),
+                of: info.vm,
+                vm: vm.into(),
+            });
+        }
+    }
+    Ok(FileOut { blob })
+}
+
+/// A snapshot file arriving ([`import`]): written into frames reserved for
+/// its whole length, checked whole by [`FileIn::finish`] before it is kept.
+pub struct FileIn {
+    blob: Blob,
+    at: usize,
+    vm: String,
+    name: String,
+}
+
+impl FileIn {
+    /// The next bytes (any beyond the announced length are dropped; the
+    /// HTTP framing never passes them).
+    pub fn write(&mut self, bytes: &[u8]) {
+        let at = self.at;
+        let dst = self.blob.bytes_mut();
+        let n = bytes.len().min(dst.len().saturating_sub(at));
+        dst[at..at + n].copy_from_slice(&bytes[..n]);
+        self.at += n;
+    }
+
+    /// Checks the whole file (header, CRCs, build and CPU, then that it fits
+    /// the VM: vCPUs, memory, RAM layout, devices, disks) and keeps it as a
+    /// snapshot of the VM; nothing is kept on any error.
+    pub fn finish(self) -> Result<SnapshotInfo, SnapError> {
+        if self.at != self.blob.len {
+            return Err(FormatError::Truncated("upload").into());
+        }
+        let v = find_vm(&self.vm)?;
+        let d = decode(self.blob.bytes())?;
+        check_all(&v, &d)?;
+        let info = SnapshotInfo {
+            name: self.name.clone(),
+            vm: self.vm.clone(),
+            size_bytes: self.blob.size(),
+            taken_at_ms: uptime_ms(),
+        };
+        let mut st = STORE.lock();
+        if st.iter().any(|s| s.info.name == self.name) {
+            return Err(SnapError::SnapshotExists(self.name));
+        }
+        println!(
+            "hv: snapshot {} of vm {}: imported, {} KiB (taken of vm {} at {} ms)",
+            info.name,
+            info.vm,
+            info.size_bytes >> 10,
+            d.meta.vm,
+            d.meta.taken_at_ms
+        );
+        st.push(Stored {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            info: info.clone(),
+            blob: Arc::new(self.blob),
+        });
+        Ok(info)
+    }
+}
+
+/// Reserves hypervisor memory for a snapshot file of `len` bytes to be
+/// kept as snapshot `name` of VM `vm`: refused at once when there is no
+/// such VM, the name is taken or the file would not fit.
+pub fn import(vm: &str, name: &str, len: u64) -> Result<FileIn, SnapError> {
+    find_vm(vm)?;
+    if STORE.lock().iter().any(|s| s.info.name == name) {
+        return Err(SnapError::SnapshotExists(name.into()));
+    }
+    let free = mm::free_bytes();
+    let len = usize::try_from(len).map_err(|_| SnapError::OutOfMemory { needed: len, free })?;
+    Ok(FileIn {
+        blob: Blob::alloc(len)?,
+        at: 0,
+        vm: vm.into(),
+        name: name.into(),
+    })
+}
+
 /// Starts snapshot `snapshot` as a new VM named `new_name`, with the
 /// original's manifest entry (but its own name and console); returns its name.
 pub fn clone_vm(snapshot: &str, new_name: &str) -> Result<String, SnapError> {
@@ -738,6 +878,63 @@ pub fn delete(name: &str) -> Result<(), SnapError> {
     // Freed (scrubbed) here, or by the last rollback still reading it.
     drop(removed);
     Ok(())
+}
+
+/// The snapshot files guests start from (manifest `snapshot =`), by VM id:
+/// their restarts start from them again.
+static BOOT: Mutex<Vec<(usize, &'static [u8])>> = Mutex::new(Vec::new());
+
+/// Puts snapshot file `file` (the manifest's `snapshot =`, on the ESP) into
+/// newly created `vm` and its fresh `vcpus`, after checking it whole (header,
+/// CRCs, build and CPU, vCPUs, memory, devices, disks); from then on its
+/// restarts start from it too. Nothing is changed on an error.
+#[allow(clippy::vec_box)]
+pub fn start_from_file(
+    vm: &Vm,
+    file: &'static [u8],
+    vcpus: &mut [Box<Vcpu>],
+) -> Result<(), SnapError> {
+    // An NBD disk's blocks are the server's now, not the snapshot's.
+    refuse_nbd(vm)?;
+    let d = decode(file)?;
+    check_all(vm, &d)?;
+    let mut refs: Vec<&mut Vcpu> = vcpus.iter_mut().map(|c| &mut **c).collect();
+    apply(vm, &d, 0, &mut refs)?;
+    let mut b = BOOT.lock();
+    if !b.iter().any(|&(id, _)| id == vm.id) {
+        b.push((vm.id, file));
+    }
+    Ok(())
+}
+
+/// `vm`'s start: fresh vCPUs at the loader's start state, or at the state of
+/// the snapshot file it starts from (after [`Vm::restart`] reloaded it).
+#[allow(clippy::vec_box)]
+pub fn fresh_vcpus(vm: &Arc<Vm>) -> Result<Vec<Box<Vcpu>>, SnapError> {
+    let mut vcpus: Vec<Box<Vcpu>> = (0..vm.config.vcpus as usize)
+        .map(|i| Box::new(Vcpu::new(vm.clone(), i)))
+        .collect();
+    let file = BOOT
+        .lock()
+        .iter()
+        .find(|&&(id, _)| id == vm.id)
+        .map(|&(_, f)| f);
+    if let Some(file) = file {
+        let t0 = rdtsc();
+        let d = decode(file)?;
+        let mut refs: Vec<&mut Vcpu> = vcpus.iter_mut().map(|c| &mut **c).collect();
+        apply(vm, &d, 0, &mut refs)?;
+        crate::console::println_after(
+            vm.console,
+            format_args!(
+                "vm {}: started from snapshot file \\hv\\{} again in {} us",
+                vm.name,
+                vm.config.snapshot.as_deref().unwrap_or("?"),
+                us(rdtsc() - t0)
+            ),
+        );
+    }
+    Ok(vcpus)
 }
 
 /// `on_crash = "rollback"`: restores the latest snapshot of crashed `vm`

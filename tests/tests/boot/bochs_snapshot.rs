@@ -3,9 +3,79 @@
 //! values and keeps ticking); a clone of the snapshot runs beside it; a guest with
 //! `on_crash = "rollback"` comes back from its snapshot after each crash, faster than a cold
 //! restart would get it there (both times printed); a 2-vCPU guest is snapshotted and rolled
-//! back while both its vCPUs run.
+//! back while both its vCPUs run. Over the management API (`cargo xtask ctl`'s client code)
+//! a snapshot is exported to a file, imported back under another name and rolled back to, and a
+//! corrupted copy is refused with the reason; a second, short boot starts a guest from the
+//! exported file (`snapshot =` in its manifest) and restarts it from there, and refuses guests
+//! whose file is corrupted or whose memory does not match.
 
 use integration_tests::Scenario;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// `api_token` in snapshot.toml.
+const TOKEN: &str = "bochs-snapshot-api-token-0123";
+
+/// A `cargo xtask ctl` command against the forwarded API port, tried a few times (slirp takes a
+/// connection at once and drops it if the machine's side isn't listening yet).
+fn ctl(port: u16, words: &str) -> Result<String, String> {
+    let addr = format!("127.0.0.1:{port}");
+    let words: Vec<String> = words.split(' ').map(String::from).collect();
+    let mut last = String::new();
+    for _ in 0..3 {
+        match xtask::ctl::run(&addr, TOKEN, false, &words) {
+            Ok(out) => return Ok(out),
+            // an answer from the hypervisor is final
+            Err(e) if e.to_string().ends_with(')') => return Err(e.to_string()),
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    Err(last)
+}
+
+/// Where the exported files go (kept for a look afterwards).
+fn files_dir() -> PathBuf {
+    let d = xtask::paths::target_dir().join("runs/bochs_snapshot_files");
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("files dir");
+    d
+}
+
+/// The API steps while the first machine runs: (what, result).
+type Steps = Vec<(String, Result<String, String>)>;
+
+/// Runs the API steps (see [`Steps`]).
+fn api_steps(port: u16, dir: &Path) -> Steps {
+    let file = dir.join("s1.snap");
+    let bad = dir.join("bad.snap");
+    let mut out = Vec::new();
+    let mut step = |what: String| {
+        let r = ctl(port, &what);
+        out.push((what, r));
+    };
+    step(format!("export snapa s1 {}", file.display()));
+    if let Ok(mut bytes) = std::fs::read(&file) {
+        // A bit flipped in the last page of the RAM section.
+        let at = bytes.len() - 100;
+        bytes[at] ^= 0x10;
+        std::fs::write(&bad, &bytes).expect("writing the corrupted copy");
+    }
+    step(format!("import snapa imp {}", file.display()));
+    step(format!("import snapa bad {}", bad.display()));
+    step(String::from("rollback snapa imp"));
+    out
+}
+
+/// The snapshot file's header: magic, format version, then the build string.
+fn header(bytes: &[u8]) -> Option<(&[u8], u32, String)> {
+    let magic = bytes.get(..8)?;
+    let version = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
+    let blen = u32::from_le_bytes(bytes.get(16..20)?.try_into().ok()?) as usize;
+    let build = String::from_utf8(bytes.get(20..20 + blen)?.to_vec()).ok()?;
+    Some((magic, version, build))
+}
 
 /// `(tick, marker)` of a `[vm] snapguest: tick N marker M` line.
 fn tick(line: &str, vm: &str) -> Option<(u64, String)> {
@@ -52,9 +122,18 @@ fn number_after(line: &str, key: &str) -> Option<u64> {
 
 #[test]
 fn bochs_snapshot_rollback_clone_and_rollback_on_crash() {
+    let api_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port");
+    let dir = files_dir();
+    let steps: Arc<Mutex<Steps>> = Arc::default();
+    let record = steps.clone();
+    let call_dir = dir.clone();
     let mut boot = Scenario::bochs("bochs_snapshot", "snapshot.toml")
         .cpus(2)
         .timeout_secs(600)
+        .forward_port(api_port, 8080)
         .send_after("[snapc] snapguest: tick 3 ", b"\x01:snapshot snapc c1\r")
         .send_after(
             "[snapa] snapguest: tick 5 ",
@@ -74,6 +153,12 @@ fn bochs_snapshot_rollback_clone_and_rollback_on_crash() {
             "[snapa] snapguest: tick ",
             b"\x01:clone s1 snapb\r\x01:rollback snapa c1\r\x01:rollback snapa nosuch\r\x01:snapshots\r",
         )
+        // Over the API while snapa still runs: export s1, import it back as `imp` (and a
+        // corrupted copy), roll snapa back to `imp`.
+        .call_after("no snapshot `nosuch`", move || {
+            let got = api_steps(api_port, &call_dir);
+            record.lock().unwrap().extend(got);
+        })
         .boot();
     let text = boot.result.serial.clone();
     let lines: Vec<&str> = text.lines().collect();
@@ -173,6 +258,115 @@ fn bochs_snapshot_rollback_clone_and_rollback_on_crash() {
             "hv: summary: 4 guests:",
             "after 2 restarts, spin2 exited code=0, snapb exited code=0",
         )
+        .powered_off();
+    snapshot_files(&mut boot, &steps.lock().unwrap(), &dir);
+    boot.finish();
+    start_from_file(&dir);
+}
+
+/// The API steps' results, and the exported file's header.
+fn snapshot_files(boot: &mut integration_tests::Boot, steps: &Steps, dir: &Path) {
+    boot.expect(steps.len() == 4, &format!("API steps: {steps:?}"));
+    let res = |i: usize| steps.get(i).map(|s| s.1.clone());
+    let file = dir.join("s1.snap");
+    let want = format!("snapshot s1 of vm snapa: exported to {} (", file.display());
+    boot.expect(
+        matches!(res(0), Some(Ok(ref o)) if o.starts_with(&want)),
+        &format!("export: {:?}", res(0)),
+    );
+    let bytes = std::fs::read(&file).unwrap_or_default();
+    let h = header(&bytes);
+    boot.expect(
+        matches!(&h, Some((m, 2, b)) if *m == b"FVSNAP\r\n" && b == "ferrovisor 0.1.0 snapshot format 2"),
+        &format!("exported file header: {h:?} ({} bytes)", bytes.len()),
+    );
+    boot.expect(
+        matches!(res(1), Some(Ok(ref o)) if o.starts_with("snapshot imp: imported for vm snapa from ")),
+        &format!("import: {:?}", res(1)),
+    );
+    boot.expect(
+        res(2)
+            == Some(Err(String::from(
+                "snapshot refused: section ram #0: checksum mismatch (400)",
+            ))),
+        &format!("import of a corrupted copy: {:?}", res(2)),
+    );
+    boot.expect(
+        res(3) == Some(Ok(String::from("vm snapa: rolled back to imp\n"))),
+        &format!("rollback to the imported snapshot: {:?}", res(3)),
+    );
+    boot.line_starting("hv: snapshot imp of vm snapa: imported, ")
+        .line_starting("hv: vm snapa: rolled back to snapshot imp in ");
+    let lines: Vec<&str> = boot.result.serial.lines().collect();
+    let after = tick_after(
+        &lines,
+        "hv: vm snapa: rolled back to snapshot imp",
+        0,
+        "snapa",
+    );
+    boot.expect(
+        matches!(&after, Some((n, m)) if *n >= 5 && *n < 25 && m == "before"),
+        &format!("snapa after the rollback to the imported copy: {after:?}"),
+    );
+}
+
+/// The second boot: a guest started from the exported file, restarted from it once, and two
+/// guests refused at start-up with the manifest line and the reason.
+fn start_from_file(dir: &Path) {
+    let manifest = dir.join("from_file.toml");
+    std::fs::write(
+        &manifest,
+        "[hypervisor]
+poweroff_when_done = true
+
+[[guest]]
+name = \"snapr\"
+memory = \"16M\"
+image = \"snapguest.elf\"
+kind = \"elf64\"
+snapshot = \"s1.snap\"
+on_exit = \"restart\"
+max_restarts = 1
+
+[[guest]]
+name = \"badfile\"
+memory = \"16M\"
+image = \"snapguest.elf\"
+kind = \"elf64\"
+snapshot = \"bad.snap\"
+
+[[guest]]
+name = \"bigger\"
+memory = \"32M\"
+image = \"snapguest.elf\"
+kind = \"elf64\"
+snapshot = \"s1.snap\"
+",
+    )
+    .expect("writing the manifest");
+    let mut boot = Scenario::bochs("bochs_snapshot_file", manifest.to_str().unwrap())
+        .cpus(1)
+        .timeout_secs(300)
+        .boot();
+    boot.line("vm snapr: starts from snapshot file \\hv\\s1.snap (manifest line 9)")
+        .line("vm badfile: not started: snapshot file \\hv\\bad.snap (manifest line 18): snapshot refused: section ram #0: checksum mismatch")
+        .line("vm bigger: not started: snapshot file \\hv\\s1.snap (manifest line 25): snapshot refused: snapshot of 1 vCPUs and 16 MiB, the VM has 1 and 32 MiB")
+        .line_starting("vm snapr: started from snapshot file \\hv\\s1.snap again in ");
+    let text = boot.result.serial.clone();
+    let lines: Vec<&str> = text.lines().collect();
+    // It continues from the snapshot's tick and marker (never from tick 1), both times.
+    let first = lines.iter().find_map(|l| tick(l, "snapr"));
+    boot.expect(
+        matches!(&first, Some((n, m)) if *n >= 5 && *n < 25 && m == "before"),
+        &format!("first tick of the guest started from the file: {first:?}"),
+    );
+    let again = tick_after(&lines, "vm snapr: started from snapshot file", 0, "snapr");
+    boot.expect(
+        matches!(&again, Some((n, m)) if *n >= 5 && *n < 25 && m == "before"),
+        &format!("first tick after its restart: {again:?}"),
+    );
+    boot.no_line_containing("[snapr] snapguest: tick 1 ")
+        .line_starting("[snapr] snapguest: tick 26 marker changed")
         .powered_off();
     boot.finish();
 }
