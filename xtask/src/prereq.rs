@@ -145,10 +145,41 @@ pub fn ensure(needs: &[Need]) -> Result<Emulators> {
     Ok(found)
 }
 
+/// `apt-get install` of [`APT_PACKAGES`], with qemu-utils at qemu-system-x86's candidate
+/// version: some Debian images carry a backported qemu-utils that Breaks the release's
+/// qemu-system-common, and apt then refuses the whole set (the pin may downgrade it).
 fn apt_install() -> bool {
-    let mut args = vec!["install", "-y", "--no-install-recommends"];
-    args.extend_from_slice(APT_PACKAGES);
+    let pin = apt_candidate("qemu-system-x86").map(|v| format!("{QEMU_IMG_PACKAGE}={v}"));
+    let mut args: Vec<&str> = vec!["install", "-y", "--no-install-recommends"];
+    if pin.is_some() {
+        args.push("--allow-downgrades");
+    }
+    for p in APT_PACKAGES {
+        match &pin {
+            Some(pinned) if *p == QEMU_IMG_PACKAGE => args.push(pinned),
+            _ => args.push(p),
+        }
+    }
     apt_get(&args)
+}
+
+/// The version apt would install of `package` (`apt-cache policy`), if it knows one.
+fn apt_candidate(package: &str) -> Option<String> {
+    let out = Command::new("apt-cache")
+        .args(["policy", package])
+        .output()
+        .ok()?;
+    candidate_in(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The `Candidate:` of `apt-cache policy` output; `(none)` is none.
+fn candidate_in(policy: &str) -> Option<String> {
+    policy
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate:"))
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && *v != "(none)")
+        .map(String::from)
 }
 
 fn apt_get(args: &[&str]) -> bool {
@@ -250,4 +281,21 @@ fn in_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_candidate_version_is_read_from_apt_cache_policy() {
+        let policy = "qemu-system-x86:\n  Installed: (none)\n  Candidate: 1:7.2+dfsg-7+deb12u18+b3\n  Version table:\n     1:7.2+dfsg-7+deb12u18+b3 500\n";
+        assert_eq!(
+            super::candidate_in(policy).as_deref(),
+            Some("1:7.2+dfsg-7+deb12u18+b3")
+        );
+        assert_eq!(
+            super::candidate_in("x:\n  Installed: (none)\n  Candidate: (none)\n"),
+            None
+        );
+        assert_eq!(super::candidate_in("N: Unable to locate package x\n"), None);
+    }
 }
