@@ -42,7 +42,7 @@ Commands:
                                      qemu: TCG, fast, no VT-x (shows the no-VT-x path)
               --kvm             QEMU with KVM and nested VT-x (-cpu host,+vmx); Intel hosts
               --cpus N          CPUs (default 2)
-              --memory MiB      RAM (default 512)
+              --memory MiB      RAM (default 1024: the demo's six guests take 369 MiB, each in one 2 MiB-aligned run)
               --manifest FILE   manifest (default tests/manifests/demo.toml)
               --timeout SECS    give up after SECS (default 900; 0 = never)
               --disk-image      boot the GPT disk image instead of the ESP directory
@@ -239,7 +239,7 @@ fn run(options: Options) -> Result<ExitCode> {
     let mut cfg = MachineConfig {
         emulator: kind,
         cpus: u32::try_from(options.number("--cpus", 2)?).context("--cpus")?,
-        memory_mib: u32::try_from(options.number("--memory", 512)?).context("--memory")?,
+        memory_mib: u32::try_from(options.number("--memory", 1024)?).context("--memory")?,
         timeout: (timeout > 0).then(|| Duration::from_secs(timeout)),
         media: Media::EspDir(run_dir.join("esp")),
         run_dir: run_dir.clone(),
