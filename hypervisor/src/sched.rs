@@ -369,49 +369,40 @@ pub fn revive(vm: &Arc<Vm>) -> Result<(), String> {
         }
     }
     if let Err(e) = vm.restart() {
-        vm.end(VmEnd::Stopped(alloc::format!("restart failed: {e}")));
-        let last = {
-            let mut g = GLOBAL.lock();
-            if let Some((_, n)) = g.alive.iter_mut().find(|(id, _)| *id == vm.id) {
-                *n = 0;
-            }
-            g.done.push(vm.id);
-            let last = LIVE_VMS.fetch_sub(1, Ordering::AcqRel) == 1;
-            g.all_done |= last;
-            last
-        };
-        if last {
-            finish();
-        }
-        return Err(alloc::format!("restart failed: {e}"));
+        return Err(give_up(vm, alloc::format!("restart failed: {e}")));
     }
-    let vcpus = match crate::vm::snapshot::fresh_vcpus(vm) {
-        Ok(v) => v,
-        Err(e) => {
-            let why = alloc::format!("restart from its snapshot file failed: {e}");
-            vm.end(VmEnd::Stopped(why.clone()));
-            let last = {
-                let mut g = GLOBAL.lock();
-                if let Some((_, n)) = g.alive.iter_mut().find(|(id, _)| *id == vm.id) {
-                    *n = 0;
-                }
-                g.done.push(vm.id);
-                let last = LIVE_VMS.fetch_sub(1, Ordering::AcqRel) == 1;
-                g.all_done |= last;
-                last
-            };
-            if last {
-                finish();
-            }
-            return Err(why);
-        }
-    };
+    let vcpus = crate::vm::snapshot::fresh_vcpus(vm).map_err(|e| {
+        give_up(
+            vm,
+            alloc::format!("restart from its snapshot file failed: {e}"),
+        )
+    })?;
     crate::console::println_after(
         vm.console,
         format_args!("vm {}: started (restart)", vm.name),
     );
     place(vcpus);
     Ok(())
+}
+
+/// Ends a VM whose revival failed (`why`), returning it to the ended set, and stops the
+/// machine if it was the last one; gives `why` back for the caller's error.
+fn give_up(vm: &Arc<Vm>, why: String) -> String {
+    vm.end(VmEnd::Stopped(why.clone()));
+    let last = {
+        let mut g = GLOBAL.lock();
+        if let Some((_, n)) = g.alive.iter_mut().find(|(id, _)| *id == vm.id) {
+            *n = 0;
+        }
+        g.done.push(vm.id);
+        let last = LIVE_VMS.fetch_sub(1, Ordering::AcqRel) == 1;
+        g.all_done |= last;
+        last
+    };
+    if last {
+        finish();
+    }
+    why
 }
 
 /// Called once all VMs are queued: if there are none, finish right away.

@@ -351,3 +351,26 @@ impl Boot {
         panic!("{msg}");
     }
 }
+
+/// The hex digest of `bytes` by a coreutils checksum tool (`md5sum`, `sha256sum`): the same
+/// program a user would compare a copy with.
+pub fn digest(tool: &str, bytes: &[u8]) -> String {
+    let mut c = std::process::Command::new(tool)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    c.stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(bytes)
+        .unwrap_or_else(|e| panic!("{tool}: writing its input: {e}"));
+    let out = c
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}

@@ -180,54 +180,29 @@ pub struct ApiResponse {
 /// is incomplete; `eof` says no more bytes will come (then a body without Content-Length ends
 /// there).
 pub fn parse_response(bytes: &[u8], eof: bool) -> Result<Option<ApiResponse>, String> {
-    let mut rest = bytes;
-    loop {
-        let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
-            return if eof {
-                Err(String::from("connection closed before a complete response"))
-            } else {
-                Ok(None)
-            };
+    let Some(head) = parse_head(bytes)? else {
+        return if eof {
+            Err(String::from("connection closed before a complete response"))
+        } else {
+            Ok(None)
         };
-        let head = core::str::from_utf8(rest.get(..end).unwrap_or_default())
-            .map_err(|_| String::from("response head is not UTF-8"))?;
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status = status_line
-            .strip_prefix("HTTP/1.")
-            .and_then(|s| s.get(2..5))
-            .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| format!("bad status line `{status_line}`"))?;
-        let mut length = None;
-        for l in lines {
-            if let Some((n, v)) = l.split_once(':') {
-                if n.eq_ignore_ascii_case("content-length") {
-                    length = Some(
-                        v.trim()
-                            .parse::<usize>()
-                            .map_err(|_| format!("bad Content-Length `{}`", v.trim()))?,
-                    );
-                }
-            }
-        }
-        let body_start = end.saturating_add(4);
-        let after = rest.get(body_start..).unwrap_or_default();
-        if (100..200).contains(&status) {
-            rest = after;
-            continue;
-        }
-        let body = match length {
-            Some(n) if after.len() >= n => after.get(..n).unwrap_or_default(),
-            Some(_) if eof => return Err(String::from("connection closed inside the body")),
-            Some(_) => return Ok(None),
-            None if status == 204 || status == 304 => &[],
-            None if eof => after,
-            None => return Ok(None),
-        };
-        let body = String::from_utf8(Vec::from(body))
-            .map_err(|_| String::from("response body is not UTF-8"))?;
-        return Ok(Some(ApiResponse { status, body }));
-    }
+    };
+    let after = bytes.get(head.body_at..).unwrap_or_default();
+    let body = match head.length.map(usize::try_from) {
+        Some(Err(_)) => return Err(String::from("Content-Length too large")),
+        Some(Ok(n)) if after.len() >= n => after.get(..n).unwrap_or_default(),
+        Some(Ok(_)) if eof => return Err(String::from("connection closed inside the body")),
+        Some(Ok(_)) => return Ok(None),
+        None if head.status == 204 || head.status == 304 => &[],
+        None if eof => after,
+        None => return Ok(None),
+    };
+    let body = String::from_utf8(Vec::from(body))
+        .map_err(|_| String::from("response body is not UTF-8"))?;
+    Ok(Some(ApiResponse {
+        status: head.status,
+        body,
+    }))
 }
 
 /// The outcome of `cmd` from its response, or the error text (the API's `error` field with the

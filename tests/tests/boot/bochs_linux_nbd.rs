@@ -61,22 +61,6 @@ fn free(port: u16) {
     }
 }
 
-fn md5_of(bytes: &[u8]) -> String {
-    use std::io::Write as _;
-    let mut c = Command::new("md5sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("md5sum");
-    c.stdin.take().unwrap().write_all(bytes).unwrap();
-    let out = c.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string()
-}
-
 struct Servers {
     rw: Mutex<Option<Child>>,
     ro: Mutex<Option<Child>>,
@@ -310,7 +294,7 @@ fn bochs_linux_root_on_nbd_survives_a_server_restart() {
         .output()
         .expect("debugfs (e2fsprogs)");
     boot.expect(
-        md5_of(&cat.stdout) == xtask::rootfs::DATA_MD5,
+        integration_tests::digest("md5sum", &cat.stdout) == xtask::rootfs::DATA_MD5,
         "/root/nbd-4 read from the export file on the host has the guest's data",
     );
     boot.finish();

@@ -7,7 +7,6 @@
 use integration_tests::Scenario;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -15,21 +14,6 @@ use std::sync::Arc;
 const PORT: u16 = 10830;
 /// Bytes of the served file: a few hundred frames each way through the bridge.
 const BYTES: usize = 192 * 1024;
-
-fn sha256_of(bytes: &[u8]) -> String {
-    let mut c = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("sha256sum");
-    c.stdin.take().unwrap().write_all(bytes).unwrap();
-    let out = c.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string()
-}
 
 /// Pseudo-random bytes (xorshift), so a truncated or reordered copy has another digest.
 fn blob() -> Vec<u8> {
@@ -83,7 +67,7 @@ fn bochs_linux_uplink_guest_reaches_the_host_through_the_nic() {
         panic!("port {PORT} on 127.0.0.1 ({e}): linux-uplink.toml's HTTP server needs it")
     });
     let body = Arc::new(blob());
-    let sha = sha256_of(&body);
+    let sha = integration_tests::digest("sha256sum", &body);
     let served = Arc::new(AtomicUsize::new(0));
     {
         let (b, s) = (body.clone(), served.clone());
