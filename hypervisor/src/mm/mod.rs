@@ -47,3 +47,13 @@ pub fn free_zeroed(start: Hpa, size: u64) {
 pub fn free_bytes() -> u64 {
     FRAMES.lock().free_bytes()
 }
+
+/// The biggest free run in bytes (what one contiguous allocation can get at most).
+pub fn largest_free_run() -> u64 {
+    FRAMES
+        .lock()
+        .free_ranges()
+        .map(|(s, e)| e - s)
+        .max()
+        .unwrap_or(0)
+}

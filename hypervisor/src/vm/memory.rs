@@ -42,39 +42,40 @@ pub mod dirty;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemError {
+    /// No free host run of `wanted` bytes in one piece: `free` in all, `largest` the biggest
+    /// run (guest RAM ranges are backed contiguously).
     OutOfMemory {
         wanted: u64,
         free: u64,
+        largest: u64,
     },
     /// `gpa + len` passes 2^64.
-    Wraps {
-        gpa: Gpa,
-        len: u64,
-    },
+    Wraps { gpa: Gpa, len: u64 },
     /// The access starts outside guest RAM.
-    NotRam {
-        gpa: Gpa,
-        len: u64,
-    },
+    NotRam { gpa: Gpa, len: u64 },
     /// The access starts in RAM but runs past the end of its RAM range at
     /// `end` (into the MMIO hole or beyond the last byte of RAM).
-    CrossesEnd {
-        gpa: Gpa,
-        len: u64,
-        end: Gpa,
-    },
+    CrossesEnd { gpa: Gpa, len: u64, end: Gpa },
 }
 
 impl core::fmt::Display for MemError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            MemError::OutOfMemory { wanted, free } => {
+            MemError::OutOfMemory {
+                wanted,
+                free,
+                largest,
+            } => {
                 write!(
                     f,
-                    "not enough host memory: wanted {} KiB, {} KiB free",
+                    "not enough host memory: wanted {} KiB in one piece, {} KiB free",
                     wanted >> 10,
                     free >> 10
-                )
+                )?;
+                if largest < wanted && free >= wanted {
+                    write!(f, " but the largest free run is {} KiB", largest >> 10)?;
+                }
+                Ok(())
             }
             MemError::Wraps { gpa, len } => write!(
                 f,
@@ -158,10 +159,15 @@ impl GuestMemory {
         let oom = |wanted| MemError::OutOfMemory {
             wanted,
             free: mm::free_bytes(),
+            largest: mm::largest_free_run(),
         };
         for (gpa, len) in layout(size) {
-            // 2 MiB-aligned backing lets the EPT use 2 MiB pages.
-            let host = mm::alloc_zeroed(len, if len >= TWO_MIB { TWO_MIB } else { mm::PAGE })
+            // 2 MiB-aligned backing lets the EPT use 2 MiB pages; where host memory is too
+            // fragmented for that, any 4 KiB-aligned run will do (the EPT then maps 4 KiB pages).
+            let host = (len >= TWO_MIB)
+                .then(|| mm::alloc_zeroed(len, TWO_MIB))
+                .flatten()
+                .or_else(|| mm::alloc_zeroed(len, mm::PAGE))
                 .ok_or_else(|| oom(len))?;
             me.ranges.push(RamRange {
                 gpa: Gpa(gpa),
@@ -587,6 +593,55 @@ mod tests {
         let raw = unsafe { r.host.as_ptr::<u64>().add(((size - 8) / 8) as usize).read() };
         assert_eq!(raw, 0xAB);
         assert_eq!(m.ept_bytes(), 4 * 0x1000);
+
+        // Fragmented host memory: a page is taken at both ends of every 4 MiB block, so no
+        // free run holds an aligned 2 MiB block. A 3 MiB guest still gets one 4 KiB-aligned
+        // run, mapped with 4 KiB pages; an 8 MiB one is refused, naming the largest run.
+        const FOUR_MIB: u64 = 4 << 20;
+        {
+            let mut f = mm::FRAMES.lock();
+            let free: Vec<(u64, u64)> = f.free_ranges().collect();
+            for (s, e) in free {
+                let mut a = s & !(FOUR_MIB - 1);
+                while a < e {
+                    for p in [a, a + FOUR_MIB - 0x1000] {
+                        if p >= s && p + 0x1000 <= e {
+                            f.reserve(Hpa(p), 0x1000).unwrap();
+                        }
+                    }
+                    a += FOUR_MIB;
+                }
+            }
+        }
+        let small = GuestMemory::new(3 << 20).unwrap();
+        let r = small.ranges[0];
+        let pml4 = ept::entry_addr(small.eptp());
+        let mut gpa = Gpa(0);
+        while gpa.0 < 3 << 20 {
+            let (page, len) = ept_lookup(pml4, gpa).unwrap();
+            assert_eq!(len, 0x1000, "page size at {gpa:?}");
+            assert_eq!(page, r.host.checked_add(gpa.0).unwrap());
+            gpa = gpa.checked_add(0x1000).unwrap();
+        }
+        match GuestMemory::new(8 << 20) {
+            Err(
+                e @ MemError::OutOfMemory {
+                    wanted,
+                    free,
+                    largest,
+                },
+            ) => {
+                assert_eq!(wanted, 8 << 20);
+                assert!(free >= wanted, "the pool has {free} bytes free");
+                assert_eq!(largest, FOUR_MIB - 0x2000);
+                assert!(
+                    e.to_string()
+                        .ends_with(" but the largest free run is 4088 KiB"),
+                    "{e}"
+                );
+            }
+            other => panic!("8 MiB on fragmented memory: {:?}", other.map(|m| m.size())),
+        }
     }
 
     #[test]
@@ -615,6 +670,15 @@ mod tests {
             }
             .to_string(),
             "guest-physical 0xffffffffffffffff+0x2: the range wraps past 2^64"
+        );
+        assert_eq!(
+            MemError::OutOfMemory {
+                wanted: 16 << 20,
+                free: 8 << 20,
+                largest: 2 << 20
+            }
+            .to_string(),
+            "not enough host memory: wanted 16384 KiB in one piece, 8192 KiB free"
         );
     }
 }
